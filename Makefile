@@ -1,0 +1,36 @@
+# Two entry points for a newcomer: `make lab` and `make test`. Both do all of the set-up.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv lab test quality conformance bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, from the CPU wheel on this disk: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+quality: $(STAMP)
+	$(BIN)/ruff check workbench tests benchmarks
+
+# Regenerates tests/conformance/fixtures with the AdapterHub `adapters` library (own venv, transformers 4.57.6).
+conformance:
+	$(MAKE) -C tests/conformance fixtures
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/inference_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

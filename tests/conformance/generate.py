@@ -1,0 +1,597 @@
+"""Generate conformance fixtures with the real AdapterHub ``adapters`` library.
+
+Runs in its own virtualenv (adapters 1.3.0, transformers 4.57.6, torch 2.13.0; see the Makefile).
+For every case it builds a tiny seeded model, adds adapters / heads / fusions, perturbs all of their
+parameters away from init, runs fixed inputs and writes:
+
+  cases/<id>/<name>/            folders exactly as written by save_adapter / save_adapter_fusion
+  cases/<id>/expected.safetensors   output tensors (float32)
+  cases/<id>/keys.json          key names and shapes of every weight file in the case
+  manifest.json                 how to rebuild each case (schema in README.md)
+
+Everything is seeded, so re-running gives the same files.
+"""
+
+import argparse
+import json
+import logging
+import shutil
+import traceback
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import adapters
+import torch
+import transformers
+from adapters import AutoAdapterModel
+from adapters.composition import (
+    AdapterCompositionBlock,
+    Average,
+    BatchSplit,
+    Fuse,
+    Parallel,
+    Split,
+    Stack,
+    parse_composition,
+)
+from adapters.configuration.adapter_fusion_config import ADAPTERFUSION_CONFIG_MAP
+from adapters.utils import parse_adapter_config_string
+from safetensors.torch import load_file, save_file
+
+# ---------------------------------------------------------------------------------------------
+# Tiny models and fixed inputs
+# ---------------------------------------------------------------------------------------------
+
+VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, MAX_POS = 128, 32, 2, 4, 2, 64, 64
+PAD, BOS, EOS = 1, 0, 2
+LENGTHS = (8, 5, 3)  # right padding, batch of 3, sequence length 8
+NOISE_STD = 0.2
+# Decoders run with eager attention: under transformers 4.57 "sdpa" masks are boolean, and adapters 1.3.0
+# then inverts the prefix-tuning mask on gpt2/llama/mistral, so prefixes would be silently ignored.
+# Encoders keep the library default (sdpa): under eager, adapters 1.3.0 fails on bert Parallel(lora, lora)
+# and distilbert prompt tuning. Numerically the two agree far below the 1e-4 tolerance.
+DECODERS = ("gpt2", "llama", "mistral", "qwen2")
+
+
+def attn_for(arch: str) -> str:
+    return "eager" if arch in DECODERS else "sdpa"
+
+
+COMMON = dict(vocab_size=VOCAB, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, initializer_range=0.1)
+BERT_LIKE = dict(
+    COMMON,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    intermediate_size=FFN,
+    max_position_embeddings=MAX_POS,
+    type_vocab_size=2,
+)
+DECODER = dict(
+    COMMON,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    num_key_value_heads=KV_HEADS,
+    intermediate_size=FFN,
+    max_position_embeddings=MAX_POS,
+    tie_word_embeddings=False,
+)
+
+ARCHS = {
+    "bert": (transformers.BertConfig, BERT_LIKE),
+    "roberta": (transformers.RobertaConfig, BERT_LIKE),
+    "xlm-roberta": (transformers.XLMRobertaConfig, BERT_LIKE),
+    "distilbert": (
+        transformers.DistilBertConfig,
+        dict(
+            COMMON,
+            dim=HIDDEN,
+            n_layers=LAYERS,
+            n_heads=HEADS,
+            hidden_dim=FFN,
+            max_position_embeddings=MAX_POS,
+        ),
+    ),
+    "gpt2": (
+        transformers.GPT2Config,
+        dict(COMMON, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN, n_positions=MAX_POS),
+    ),
+    "llama": (transformers.LlamaConfig, DECODER),
+    "mistral": (transformers.MistralConfig, dict(DECODER, sliding_window=None)),
+    "qwen2": (transformers.Qwen2Config, DECODER),
+}
+
+
+def make_inputs() -> dict:
+    """Fixed batch: token ids in [3, VOCAB), right padded with PAD."""
+    gen = torch.Generator().manual_seed(1234)
+    ids = torch.randint(3, VOCAB, (len(LENGTHS), max(LENGTHS)), generator=gen)
+    mask = torch.tensor([[1] * n + [0] * (max(LENGTHS) - n) for n in LENGTHS])
+    ids = ids.masked_fill(mask == 0, PAD)
+    return {
+        "input_ids": ids.tolist(),
+        "attention_mask": mask.tolist(),
+        "pad_token_id": PAD,
+        "lengths": list(LENGTHS),
+        "multiple_choice_layout": "input_ids/attention_mask viewed as (1, 3, 8): 1 example, 3 choices",
+    }
+
+
+def build_base_models(out: Path) -> None:
+    """Create and save one seeded base model (plain AutoModel class) per architecture."""
+    for i, (arch, (config_cls, kwargs)) in enumerate(ARCHS.items()):
+        torch.manual_seed(100 + i)
+        model = transformers.AutoModel.from_config(config_cls(**kwargs), attn_implementation=attn_for(arch))
+        model.save_pretrained(out / "models" / arch, safe_serialization=True)
+        write_json(out / "models" / arch / "keys.json", weight_keys(out / "models" / arch))
+
+
+# ---------------------------------------------------------------------------------------------
+# Case table
+# ---------------------------------------------------------------------------------------------
+
+Setup = str | AdapterCompositionBlock | None
+
+
+@dataclass
+class Case:
+    """One fixture: a model, its adapters/heads/fusions, an active setup, and options."""
+
+    id: str
+    arch: str
+    adapters: list  # [(name, config string)]
+    active: Setup
+    model_class: str = "base"  # "base": adapters.init(AutoModel); "adapter_model": AutoAdapterModel
+    heads: list = field(default_factory=list)  # [(name, add_*_head method suffix, kwargs)]
+    fusions: list = field(default_factory=list)  # [(adapter names, fusion config string)]
+    layout: str = "default"  # or "multiple_choice"
+    forward_kwargs: dict = field(default_factory=dict)
+    merge: str | None = None  # LoRA/IA3 adapter merged into the base weights before the forward pass
+    average: dict | None = None  # kwargs of model.average_adapter(...)
+    safetensors: bool = False  # save with use_safetensors=True
+    save_full_model: bool = False  # also save_pretrained the whole AdapterModel
+
+
+METHODS = {
+    m: m
+    for m in "seq_bn double_seq_bn par_bn scaled_par_bn seq_bn_inv double_seq_bn_inv lora ia3 "
+    "prefix_tuning prompt_tuning".split()
+}
+# Default compacter bottleneck is hidden/32 = 1, which PHM (phm_dim=4) cannot split: use hidden/8 = 4.
+METHODS.update(
+    {"compacter": "compacter[reduction_factor=8]", "compacter++": "compacter++[reduction_factor=8]"}
+)
+
+VARIANTS = {
+    "seq_bn-rf4-gelu": "seq_bn[reduction_factor=4,non_linearity='gelu']",
+    "seq_bn-gating": "seq_bn[use_gating=True]",
+    "seq_bn-channel-scaling": "seq_bn[scaling='channel',reduction_factor=8]",
+    "double_seq_bn-ln": "double_seq_bn[ln_before=True,ln_after=True,residual_before_ln=False]",
+    "par_bn-scaling2-rf4": "par_bn[scaling=2.0,reduction_factor=4]",
+    "lora-r4-qkv-ffn": "lora[r=4,alpha=16,attn_matrices=['q','k','v'],"
+    "intermediate_lora=True,output_lora=True]",
+    "lora-gating": "lora[use_gating=True]",
+    "lora-leave_out0": "lora[leave_out=[0]]",
+    "ia3-output": "ia3[output_lora=True]",
+    "prefix_tuning-flat": "prefix_tuning[flat=True]",
+    "prefix_tuning-len5": "prefix_tuning[prefix_length=5,bottleneck_size=64]",
+    "prompt_tuning-len3": "prompt_tuning[prompt_length=3]",
+    "mam": "mam",
+    "unipelt": "unipelt",
+}
+GATED = {"seq_bn-gating", "lora-gating", "unipelt"}
+
+HEADS_ENC = {  # head case suffix -> (add_<x>_head, kwargs, layout)
+    "classification": (
+        "classification",
+        dict(num_labels=3, layers=2, id2label={0: "neg", 1: "neu", 2: "pos"}),
+    ),
+    "multilabel": ("classification", dict(num_labels=3, layers=2, multilabel=True)),
+    "tagging": ("tagging", dict(num_labels=5)),
+    "multiple_choice": ("multiple_choice", dict(num_choices=3)),
+    "qa": ("qa", dict()),
+    "masked_lm": ("masked_lm", dict()),
+}
+HEADS_DEC = {
+    "causal_lm": ("causal_lm", dict()),
+    "classification": ("classification", dict(num_labels=3, layers=2)),
+}
+
+
+def method_cases() -> list:
+    """a) base model without adapters, every method on every architecture, and config variants."""
+    cases = [Case(f"{arch}-base", arch, [], None) for arch in ARCHS]
+    cases += [Case(f"{arch}-{m}", arch, [("a", cfg)], "a") for arch in ARCHS for m, cfg in METHODS.items()]
+    cases.append(Case("bert-compacter-default", "bert", [("a", "compacter")], "a"))  # records the limitation
+    for arch in ("bert", "llama", "gpt2"):
+        for slug, cfg in VARIANTS.items():
+            kwargs = {"output_adapter_gating_scores": True} if slug in GATED else {}
+            cases.append(Case(f"{arch}-{slug}", arch, [("a", cfg)], "a", forward_kwargs=kwargs))
+    cases.append(Case("bert-seq_bn-safetensors", "bert", [("a", "seq_bn")], "a", safetensors=True))
+    cases.append(Case("llama-lora-safetensors", "llama", [("a", "lora")], "a", safetensors=True))
+    return cases
+
+
+def head_cases() -> list:
+    """b) prediction heads on AutoAdapterModel, each with an active seq_bn adapter of the same name."""
+    cases = []
+    for archs, table in ((("bert", "roberta"), HEADS_ENC), (("gpt2", "llama"), HEADS_DEC)):
+        for arch in archs:
+            for slug, (kind, kwargs) in table.items():
+                cases.append(
+                    Case(
+                        f"{arch}-head-{slug}",
+                        arch,
+                        [("a", "seq_bn")],
+                        "a",
+                        model_class="adapter_model",
+                        heads=[("a", kind, kwargs)],
+                        layout="multiple_choice" if kind == "multiple_choice" else "default",
+                        save_full_model=(arch == "bert" and slug == "classification"),
+                    )
+                )
+    for slug, config, st in (("safetensors", "seq_bn", True), ("compacter", METHODS["compacter"], False)):
+        cases.append(
+            Case(
+                f"bert-head-classification-{slug}",
+                "bert",
+                [("a", config)],
+                "a",
+                model_class="adapter_model",
+                heads=[("a", "classification", dict(num_labels=3))],
+                safetensors=st,
+            )
+        )
+    return cases
+
+
+def average(**kwargs) -> dict:
+    """Case options for model.average_adapter("avg", ["a", "b"], weights=[0.3, 0.7], ...)."""
+    options = dict(adapter_name="avg", adapter_list=["a", "b"], weights=[0.3, 0.7], combine_strategy="linear")
+    return {"average": {**options, **kwargs}}
+
+
+def composition_cases() -> list:
+    """c) + d) composition blocks, fusion variants, averaging and merging."""
+    bn2, bn3 = [("a", "seq_bn"), ("b", "seq_bn")], [("a", "seq_bn"), ("b", "seq_bn"), ("c", "seq_bn")]
+    lora2, prefix2 = [("a", "lora"), ("b", "lora")], [("a", "prefix_tuning"), ("b", "prefix_tuning")]
+    fuse_out = {"output_adapter_fusion_attentions": True}
+    specs = {
+        "stack": (bn2, Stack("a", "b"), {}),
+        "parallel": (bn2, Parallel("a", "b"), {}),
+        "fuse": (bn2, Fuse("a", "b"), dict(fusions=[(["a", "b"], "dynamic")], forward_kwargs=fuse_out)),
+        "fuse-static": (bn2, Fuse("a", "b"), dict(fusions=[(["a", "b"], "static")], forward_kwargs=fuse_out)),
+        "fuse-options": (
+            bn2,
+            Fuse("a", "b"),
+            dict(
+                fusions=[(["a", "b"], "dynamic[residual_before=True,temperature=True,query_before_ln=True]")],
+                forward_kwargs=fuse_out,
+            ),
+        ),
+        "fuse-double_seq_bn": (
+            [("a", "double_seq_bn"), ("b", "double_seq_bn")],
+            Fuse("a", "b"),
+            dict(fusions=[(["a", "b"], "dynamic")], forward_kwargs=fuse_out),
+        ),
+        "split": (bn2, Split("a", "b", splits=[5, 3]), {}),
+        "batchsplit": (bn2, BatchSplit("a", "b", batch_sizes=[1, 2]), {}),
+        "average": (bn2, Average("a", "b", weights=[0.3, 0.7]), {}),
+        "stack-parallel": (bn3, Stack("a", Parallel("b", "c")), {}),
+        "stack-fuse": (bn3, Stack("a", Fuse("b", "c")), dict(fusions=[(["b", "c"], "dynamic")])),
+        "madx": ([("lang", "seq_bn_inv"), ("task", "seq_bn")], Stack("lang", "task"), {}),
+        "lora-stack": (lora2, Stack("a", "b"), {}),
+        "lora-average": (lora2, Average("a", "b", weights=[0.3, 0.7]), {}),
+        "lora-parallel": (lora2, Parallel("a", "b"), {}),
+        "prefix-stack": (prefix2, Stack("a", "b"), {}),
+        "prefix-parallel": (prefix2, Parallel("a", "b"), {}),
+        "average_adapter": (bn2, "avg", average()),
+        "average_adapter-lora": (lora2, "avg", average()),
+        "average_adapter-lora-svd": (lora2, "avg", average(combine_strategy="lora_delta_w_svd", svd_rank=4)),
+        "lora-merge": ([("a", "lora")], "a", dict(merge="a")),
+        "ia3-merge": ([("a", "ia3")], "a", dict(merge="a")),
+    }
+    return [
+        Case(f"{arch}-comp-{slug}", arch, ads, active, **extra)
+        for arch in ("bert", "llama")
+        for slug, (ads, active, extra) in specs.items()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and running one case
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_of(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def load_model(case: Case, out: Path):
+    """Load the saved base model: adapters.init(AutoModel) or AutoAdapterModel."""
+    path, attn = out / "models" / case.arch, attn_for(case.arch)
+    if case.model_class == "adapter_model":
+        model = AutoAdapterModel.from_pretrained(path, attn_implementation=attn)
+    else:
+        model = transformers.AutoModel.from_pretrained(path, attn_implementation=attn)
+        adapters.init(model)
+    model.config.name_or_path = f"models/{case.arch}"  # written as "model_name" into the saved json files
+    return model
+
+
+def perturb_new_parameters(model, base_ids: set, seed: int) -> int:
+    """Add seeded normal noise to every parameter that was not in the base model (tied ones excluded)."""
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if id(p) not in base_ids:
+                p.add_(torch.randn(p.shape, generator=gen) * NOISE_STD)
+                count += 1
+    return count
+
+
+def fusion_config(spec: str) -> dict:
+    """Resolve 'dynamic' or 'dynamic[key=value,...]' (the library only parses plain names for fusions)."""
+    ((name, overrides),) = parse_adapter_config_string(spec)
+    return ADAPTERFUSION_CONFIG_MAP[name].replace(**overrides).to_dict()
+
+
+def model_inputs(inputs: dict, layout: str) -> dict:
+    ids, mask = torch.tensor(inputs["input_ids"]), torch.tensor(inputs["attention_mask"])
+    if layout == "multiple_choice":
+        ids, mask = ids.view(1, *ids.shape), mask.view(1, *mask.shape)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def collect_outputs(outputs) -> dict:
+    """Tensor outputs (no caches), plus flattened fusion attentions / gating scores if returned."""
+    tensors = {}
+    for key, value in outputs.items():
+        if torch.is_tensor(value):
+            tensors[key] = value
+        elif key in ("adapter_fusion_attentions", "adapter_gating_scores"):
+            for name, layers in value.items():
+                for layer, locations in layers.items():
+                    for location, arr in locations.items():
+                        tensors[f"{key}.{name}.{layer}.{location}"] = torch.as_tensor(arr)
+    return {k: v.detach().float().contiguous() for k, v in tensors.items()}
+
+
+def run_case(case: Case, inputs: dict, out: Path) -> dict:
+    """Build, perturb, save and run one case; returns its manifest entry."""
+    case_dir = out / "cases" / case.id
+    rel = lambda p: str(p.relative_to(out))  # noqa: E731
+    seed = seed_of(case.id)
+    torch.manual_seed(seed)
+    model = load_model(case, out)
+    base_ids = {id(p) for p in model.parameters()}
+
+    for name, config in case.adapters:
+        model.add_adapter(name, config=config)
+    for name, kind, kwargs in case.heads:
+        getattr(model, f"add_{kind}_head")(name, **kwargs)
+    for names, config in case.fusions:
+        model.add_adapter_fusion(Fuse(*names), config=fusion_config(config))
+    n_perturbed = perturb_new_parameters(model, base_ids, seed)
+    if case.average:
+        model.average_adapter(**case.average)
+    if case.active is not None:
+        model.set_active_adapters(case.active)
+    model.eval()
+
+    # Save exactly as the library writes it.
+    case_dir.mkdir(parents=True, exist_ok=True)
+    entry_adapters, entry_fusions = [], []
+    use_st = case.safetensors
+    for name, config in case.adapters + ([(case.average["adapter_name"], None)] if case.average else []):
+        kwargs = {"with_head": bool(case.heads)} if case.model_class == "adapter_model" else {}
+        model.save_adapter(str(case_dir / name), name, use_safetensors=use_st, **kwargs)
+        entry_adapters.append(
+            {
+                "name": name,
+                "config": config,
+                "dir": rel(case_dir / name),
+                "with_head": bool(kwargs.get("with_head")),
+                "derived": "average" if config is None else None,
+            }
+        )
+    for names, config in case.fusions:
+        fdir = case_dir / ("fusion_" + "_".join(names))
+        model.save_adapter_fusion(str(fdir), ",".join(names), use_safetensors=use_st)
+        entry_fusions.append(
+            {
+                "adapters": names,
+                "name": ",".join(names),
+                "config": config,
+                "config_dict": fusion_config(config),
+                "dir": rel(fdir),
+            }
+        )
+    if case.save_full_model:
+        model.save_pretrained(case_dir / "full_model", safe_serialization=True)
+
+    unsaved = save_unsaved_shared_parameters(model, case_dir)
+    expected = forward(model, inputs, case.layout, case.forward_kwargs, case.merge)
+    save_file(expected, case_dir / "expected.safetensors")
+    write_json(case_dir / "keys.json", weight_keys(case_dir))
+
+    active = None if case.active is None else parse_composition(case.active)
+    return {
+        "id": case.id,
+        "arch": case.arch,
+        "model": f"models/{case.arch}",
+        "model_class": case.model_class,
+        "adapters": entry_adapters,
+        "fusions": entry_fusions,
+        "heads": [{"name": n, "type": k, "kwargs": kw, "dir": rel(case_dir / n)} for n, k, kw in case.heads],
+        "setup": {
+            "active": active.to_dict() if active is not None else None,
+            "active_repr": str(active) if active is not None else None,
+            "head": case.heads[0][0] if case.heads else None,
+            "merge": case.merge,
+            "average": case.average,
+        },
+        "attn_implementation": attn_for(case.arch),
+        "input_layout": case.layout,
+        "forward_kwargs": case.forward_kwargs,
+        "safetensors": use_st,
+        "full_model": rel(case_dir / "full_model") if case.save_full_model else None,
+        "outputs": {k: list(v.shape) for k, v in expected.items()},
+        "expected": rel(case_dir / "expected.safetensors"),
+        "keys": rel(case_dir / "keys.json"),
+        "perturbed_parameters": n_perturbed,
+        "noise_std": NOISE_STD,
+        "unsaved_parameters": rel(unsaved) if unsaved else None,
+    }
+
+
+def forward(model, inputs: dict, layout: str, forward_kwargs: dict, merge: str | None) -> dict:
+    """Run the fixed batch; with `merge`, also record the outputs before merging as 'unmerged.*'."""
+    expected = {}
+    with torch.no_grad():
+        batch = model_inputs(inputs, layout)
+        if merge:
+            unmerged = collect_outputs(model(**batch, **forward_kwargs))
+            expected.update({f"unmerged.{k}": v for k, v in unmerged.items()})
+            model.merge_adapter(merge)
+        expected.update(collect_outputs(model(**batch, **forward_kwargs)))
+    return expected
+
+
+def save_unsaved_shared_parameters(model, case_dir: Path) -> Path | None:
+    """Write shared parameters (compacter phm_rule) that save_adapter left out of the weight files.
+
+    adapters 1.3.0 selects them with the pattern ".shared_parameters.<name>.", which never matches the
+    unprefixed keys of a model prepared with adapters.init(), so they would be lost.
+    """
+    saved = {key for files in weight_keys(case_dir).values() for key in files}
+    missing = {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if "shared_parameters." in n and n not in saved
+    }
+    if not missing:
+        return None
+    save_file(missing, case_dir / "unsaved_parameters.safetensors")
+    return case_dir / "unsaved_parameters.safetensors"
+
+
+def verify_roundtrip(entry: dict, inputs: dict, out: Path) -> dict:
+    """Rebuild a case from its manifest entry with the library's own loaders and compare outputs."""
+    case = Case(entry["id"], entry["arch"], [], None, model_class=entry["model_class"])
+    model = load_model(case, out)
+    st = entry["safetensors"]
+    for ad in entry["adapters"]:
+        if not ad["derived"]:
+            kwargs = {"with_head": ad["with_head"]} if entry["model_class"] == "adapter_model" else {}
+            model.load_adapter(str(out / ad["dir"]), load_as=ad["name"], use_safetensors=st, **kwargs)
+    for fusion in entry["fusions"]:
+        model.load_adapter_fusion(str(out / fusion["dir"]), use_safetensors=st)
+    if entry["unsaved_parameters"]:
+        model.load_state_dict(load_file(out / entry["unsaved_parameters"]), strict=False)
+    setup = entry["setup"]
+    if setup["average"]:
+        model.average_adapter(**setup["average"])
+    if setup["active"]:
+        model.set_active_adapters(AdapterCompositionBlock.from_dict(setup["active"]))
+    if setup["head"]:
+        model.active_head = setup["head"]
+    model.eval()
+    got = forward(model, inputs, entry["input_layout"], entry["forward_kwargs"], setup["merge"])
+    expected = load_file(out / entry["expected"])
+    if set(got) != set(expected):
+        return {"ok": False, "error": f"output names differ: {sorted(set(got) ^ set(expected))}"}
+    diff = max((got[k] - expected[k]).abs().max().item() for k in expected)
+    return {"ok": diff <= 1e-5, "max_abs_diff": diff}
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+def weight_keys(directory: Path) -> dict:
+    """{relative weight file: {key: shape}} for every .bin / .safetensors file below directory."""
+    result = {}
+    for path in sorted(directory.rglob("*")):
+        if path.suffix == ".safetensors" and path.name != "expected.safetensors":
+            state = load_file(path)
+        elif path.suffix == ".bin":
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            continue
+        result[str(path.relative_to(directory))] = {k: list(v.shape) for k, v in sorted(state.items())}
+    return result
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def first_error_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines() or [""]
+    return f"{type(exc).__name__}: {lines[0][:300]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "fixtures")
+    parser.add_argument("--only", help="substring filter on case ids (for debugging)")
+    args = parser.parse_args()
+    out: Path = args.out
+    torch.use_deterministic_algorithms(True)
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("adapters").setLevel(
+        logging.ERROR
+    )  # "none are activated" noise from set_active_adapters
+    torch.set_num_threads(1)
+
+    inputs = make_inputs()
+    write_json(out / "inputs.json", inputs)
+    build_base_models(out)
+
+    entries, skipped = [], []
+    for case in method_cases() + head_cases() + composition_cases():
+        if args.only and args.only not in case.id:
+            continue
+        try:
+            entries.append(run_case(case, inputs, out))
+        except Exception as exc:  # unsupported in the adapters library: record and go on
+            shutil.rmtree(out / "cases" / case.id, ignore_errors=True)
+            skipped.append({"id": case.id, "error": first_error_line(exc)})
+            print(f"SKIP  {case.id}: {first_error_line(exc)}")
+            if args.only:
+                traceback.print_exc()
+            continue
+        try:
+            entries[-1]["library_roundtrip"] = verify_roundtrip(entries[-1], inputs, out)
+        except Exception as exc:
+            entries[-1]["library_roundtrip"] = {"ok": False, "error": first_error_line(exc)}
+        print(
+            f"{'ok' if entries[-1]['library_roundtrip']['ok'] else 'NOTE'}  {case.id}: "
+            f"{entries[-1]['library_roundtrip']}"
+        )
+
+    write_json(
+        out / "manifest.json",
+        {
+            "versions": {
+                "adapters": adapters.__version__,
+                "transformers": transformers.__version__,
+                "torch": torch.__version__.split("+")[0],
+            },
+            "inputs": "inputs.json",
+            "tolerance": 1e-4,
+            "cases": entries,
+            "skipped": skipped,
+        },
+    )
+    print(f"{len(entries)} cases written, {len(skipped)} skipped")
+
+
+if __name__ == "__main__":
+    main()

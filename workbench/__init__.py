@@ -1,0 +1,44 @@
+"""Adapter Workbench: AdapterHub-compatible adapters on transformers 5.
+
+The public API keeps AdapterHub's names, so its tutorials run with only the import changed.
+"""
+
+from .core.adapter_model import AdapterModel, AutoAdapterModel, AutoModelWithHeads, init
+from .core.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_composition
+from .core.configs import (
+    ADAPTER_CONFIG_MAP,
+    AdapterConfig,
+    AdapterFusionConfig,
+    BnConfig,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
+    ConfigUnion,
+    DoubleSeqBnConfig,
+    DoubleSeqBnInvConfig,
+    IA3Config,
+    LoRAConfig,
+    ParBnConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    SeqBnConfig,
+    SeqBnInvConfig,
+)
+from .core.errors import (
+    AdapterConfigError,
+    AdapterError,
+    AdapterLoadError,
+    CompositionError,
+    HeadError,
+    UnsupportedModelError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADAPTER_CONFIG_MAP", "AdapterConfig", "AdapterConfigError", "AdapterError", "AdapterFusionConfig",
+    "AdapterLoadError", "AdapterModel", "AutoAdapterModel", "AutoModelWithHeads", "Average", "BatchSplit",
+    "BnConfig", "CompacterConfig", "CompacterPlusPlusConfig", "CompositionError", "ConfigUnion",
+    "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "Fuse", "HeadError", "IA3Config", "LoRAConfig", "ParBnConfig",
+    "Parallel", "PrefixTuningConfig", "PromptTuningConfig", "SeqBnConfig", "SeqBnInvConfig", "Split", "Stack",
+    "UnsupportedModelError", "init", "parse_composition",
+]

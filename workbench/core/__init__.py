@@ -1,0 +1,1 @@
+"""The adapter engine. Never imports UI, IPython or server code."""

@@ -1,0 +1,368 @@
+"""`AutoAdapterModel`: a transformers base model plus named prediction heads, and `init()` for any model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+
+from . import files
+from .composition import BatchSplit, Parallel, Stack, parse_composition
+from .errors import HeadError
+from .heads import (
+    ClassificationHead,
+    HEAD_TYPES,
+    LMHead,
+    PredictionHead,
+    head_from_config,
+)
+from .keys import is_head_key, rename_prefixed
+from .model_mixin import ModelAdaptersMixin
+
+_CONFIG_CLASS_TO_MODEL = {"XLMRobertaConfig": "XLMRoberta"}
+
+
+class AdapterModel(ModelAdaptersMixin, nn.Module):
+    """A base transformers model (stored under its usual prefix, e.g. `bert`) with flexible named heads."""
+
+    def __init__(self, base: PreTrainedModel):
+        super().__init__()
+        self.base_model_prefix = base.base_model_prefix
+        self.add_module(self.base_model_prefix, base)
+        self.config = base.config
+        self.heads = nn.ModuleDict()
+        self._active_head: str | None = None
+        self._init_adapters(base)
+
+    # --- construction ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> AdapterModel:
+        """Load the base model with `transformers.AutoModel` (never with remote code) and wrap it."""
+        kwargs.pop("trust_remote_code", None)
+        base = AutoModel.from_pretrained(pretrained_model_name_or_path, trust_remote_code=False, **kwargs)
+        return cls(base)
+
+    @classmethod
+    def from_config(cls, config, **kwargs) -> AdapterModel:
+        return cls(AutoModel.from_config(config, **kwargs))
+
+    @property
+    def base_model(self) -> PreTrainedModel:
+        return getattr(self, self.base_model_prefix)
+
+    @property
+    def device(self) -> torch.device:
+        return self.base_model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base_model.dtype
+
+    def get_input_embeddings(self):
+        return self.base_model.get_input_embeddings()
+
+    def _model_class_name(self) -> str:
+        name = type(self.config).__name__
+        return _CONFIG_CLASS_TO_MODEL.get(name, name.removesuffix("Config")) + "AdapterModel"
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """Save the base model (transformers format) plus every adapter, fusion and head in subfolders."""
+        folder = Path(save_directory)
+        self.base_model.save_pretrained(folder, **kwargs)
+        for name in self._engine.configs:
+            self.save_adapter(folder / "adapters" / name, name, with_head=False)
+        for fusion_name in self._engine.fusions:
+            self.save_adapter_fusion(folder / "fusions" / fusion_name, fusion_name)
+        for name in self.heads:
+            self.save_head(folder / "heads" / name, name)
+
+    # --- heads -------------------------------------------------------------------------------------------
+
+    @property
+    def active_head(self) -> str | list[str] | None:
+        return self._active_head
+
+    @active_head.setter
+    def active_head(self, head_name) -> None:
+        names = head_name if isinstance(head_name, (list, tuple)) else [head_name] if head_name else []
+        for name in names:
+            if name not in self.heads:
+                raise HeadError(f"no head named {name!r} (heads: {', '.join(self.heads) or 'none'})")
+        self._active_head = list(head_name) if isinstance(head_name, (list, tuple)) else head_name
+        if isinstance(self._active_head, str):
+            id2label = self.heads[self._active_head].id2label
+            if id2label:
+                self.config.id2label = id2label
+                self.config.label2id = {v: k for k, v in id2label.items()}
+
+    def add_prediction_head(self, head_name: str, head: PredictionHead, overwrite_ok: bool = False,
+                            set_active: bool = True) -> None:
+        if head_name in self.heads and not overwrite_ok:
+            raise HeadError(f"a head named {head_name!r} already exists (pass overwrite_ok=True to replace it)")
+        head.to(self.base_model.device)
+        self.heads[head_name] = head
+        if set_active or self._active_head is None:
+            self.active_head = head_name
+
+    def _add_head(self, cls, head_name, overwrite_ok, set_active, **options):
+        self.add_prediction_head(head_name, cls(self.config, **options), overwrite_ok, set_active)
+
+    def add_classification_head(self, head_name: str, num_labels: int = 2, layers: int = 2,
+                                activation_function: str = "tanh", overwrite_ok: bool = False,
+                                multilabel: bool = False, id2label=None, use_pooler: bool = False,
+                                set_active: bool = True) -> None:
+        _check_labels(num_labels, id2label, head_name)
+        kind = HEAD_TYPES["multilabel_classification" if multilabel else "classification"]
+        self._add_head(kind, head_name, overwrite_ok, set_active, num_labels=num_labels, layers=layers,
+                       activation_function=activation_function, label2id=_label2id(id2label, num_labels),
+                       use_pooler=use_pooler)
+
+    def add_tagging_head(self, head_name: str, num_labels: int = 2, layers: int = 1,
+                         activation_function: str = "tanh", overwrite_ok: bool = False, id2label=None,
+                         set_active: bool = True) -> None:
+        _check_labels(num_labels, id2label, head_name)
+        self._add_head(HEAD_TYPES["tagging"], head_name, overwrite_ok, set_active, num_labels=num_labels,
+                       layers=layers, activation_function=activation_function,
+                       label2id=_label2id(id2label, num_labels))
+
+    def add_multiple_choice_head(self, head_name: str, num_choices: int = 2, layers: int = 2,
+                                 activation_function: str = "tanh", overwrite_ok: bool = False, id2label=None,
+                                 use_pooler: bool = False, set_active: bool = True) -> None:
+        self._add_head(HEAD_TYPES["multiple_choice"], head_name, overwrite_ok, set_active, num_choices=num_choices,
+                       layers=layers, activation_function=activation_function,
+                       label2id=_label2id(id2label, num_choices), use_pooler=use_pooler)
+
+    def add_qa_head(self, head_name: str, num_labels: int = 2, layers: int = 1, activation_function: str = "tanh",
+                    overwrite_ok: bool = False, id2label=None, set_active: bool = True) -> None:
+        self._add_head(HEAD_TYPES["question_answering"], head_name, overwrite_ok, set_active, num_labels=num_labels,
+                       layers=layers, activation_function=activation_function,
+                       label2id=_label2id(id2label, num_labels))
+
+    def add_masked_lm_head(self, head_name: str, activation_function: str = "gelu", layers: int = 2,
+                           overwrite_ok: bool = False, set_active: bool = True) -> None:
+        self._add_lm_head("masked_lm", head_name, activation_function, layers, overwrite_ok, set_active,
+                          layer_norm=True, bias=True)
+
+    def add_causal_lm_head(self, head_name: str, activation_function: str = "gelu", layers: int = 2,
+                           overwrite_ok: bool = False, set_active: bool = True) -> None:
+        self._add_lm_head("causal_lm", head_name, activation_function, layers, overwrite_ok, set_active,
+                          layer_norm=True, bias=True)
+
+    def _add_lm_head(self, kind, head_name, activation_function, layers, overwrite_ok, set_active, **options):
+        self._add_head(HEAD_TYPES[kind], head_name, overwrite_ok, set_active, vocab_size=self.config.vocab_size,
+                       embedding_size=getattr(self.config, "embedding_size", None), layers=layers,
+                       activation_function=activation_function, **options)
+        if getattr(self.config, "tie_word_embeddings", False):
+            self.heads[head_name][-1].weight = self.get_input_embeddings().weight
+
+    def delete_head(self, head_name: str) -> None:
+        if head_name not in self.heads:
+            raise HeadError(f"no head named {head_name!r}")
+        del self.heads[head_name]
+        if self._active_head == head_name:
+            self._active_head = None
+
+    def _unfreeze_heads(self, setup) -> None:
+        for name in _heads_of(setup):
+            if name in self.heads:
+                for param in self.heads[name].parameters():
+                    param.requires_grad = True
+
+    def set_active_adapters(self, adapter_setup, skip_layers=None) -> None:
+        super().set_active_adapters(adapter_setup, skip_layers)
+        setup = self._engine.active_setup
+        heads = [h for h in _heads_of(setup) if h in self.heads]
+        if isinstance(setup, Parallel) and heads:
+            self._active_head = heads
+        elif heads:
+            self.active_head = heads[-1]
+
+    def save_head(self, save_directory, head_name: str, use_safetensors: bool = False) -> None:
+        if head_name not in self.heads:
+            raise HeadError(f"no head named {head_name!r}")
+        folder = Path(save_directory)
+        head = self.heads[head_name]
+        config = dict(head.config)
+        data = {"config": config, **self._file_meta(head_name)}
+        files.write_json(folder / files.HEAD_CONFIG, data)
+        weights = {k: v for k, v in self.state_dict().items() if is_head_key(k, head_name, self.base_model_prefix)}
+        files.write_weights(folder / (files.HEAD_SAFETENSORS if use_safetensors else files.HEAD_WEIGHTS), weights)
+
+    def load_head(self, save_directory, load_as: str | None = None, id2label=None, set_active: bool = True) -> str:
+        folder = Path(save_directory)
+        config_path = folder / files.HEAD_CONFIG
+        data = files.read_json(config_path)
+        self._check_compatible(data, config_path)
+        if "config" not in data or not isinstance(data["config"], dict):
+            raise HeadError(f"{config_path} has no head 'config'")
+        config = dict(data["config"])
+        if config.get("head_type") in (None, "") or "head_type" not in config:
+            raise HeadError(f"{config_path} is a static head without 'head_type'; it cannot be loaded as a flex head")
+        if id2label is not None:
+            count = config.get("num_labels")
+            _check_labels(count, id2label, str(config_path))
+            config["label2id"] = _label2id(id2label, count)
+        saved_name = data.get("name") or folder.name
+        name = load_as or saved_name
+        weights_path = files.find_weights(folder, files.HEAD_WEIGHTS, files.HEAD_SAFETENSORS)
+        if weights_path is None:
+            raise HeadError(f"no head weights ({files.HEAD_WEIGHTS}) in {folder}")
+        state = rename_prefixed(files.read_weights(weights_path), "heads", saved_name, name)
+        previous = self.heads[name] if name in self.heads else None
+        previous_active = self._active_head
+        try:
+            head = head_from_config(self.config, config)
+        except (TypeError, HeadError) as err:
+            raise HeadError(f"{config_path}: {err}") from None
+        self.heads[name] = head.to(self.base_model.device)
+        try:
+            self._load_weights(state, lambda k: is_head_key(k, name, self.base_model_prefix), weights_path)
+        except Exception:
+            if previous is not None:
+                self.heads[name] = previous
+            else:
+                del self.heads[name]
+            self._active_head = previous_active
+            raise
+        if getattr(self.config, "tie_word_embeddings", False) and isinstance(head, LMHead):
+            pass  # a loaded LM head keeps its own saved projection
+        if set_active:
+            self.active_head = name
+        return name
+
+    def _save_matching_head(self, folder: Path, name: str, use_safetensors: bool) -> None:
+        if name in self.heads:
+            self.save_head(folder, name, use_safetensors)
+
+    def _load_matching_head(self, folder: Path, name: str, id2label) -> None:
+        if (folder / files.HEAD_CONFIG).is_file():
+            self.load_head(folder, load_as=name, id2label=id2label)
+
+    # --- forward -----------------------------------------------------------------------------------------
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, head: str | None = None, output_adapter_fusion_attentions: bool = False,
+                labels=None, start_positions=None, end_positions=None, **kwargs):
+        """Run the base model, then the active (or given) head. Without a head, the base model's output."""
+        head_name = head or self._active_head
+        if isinstance(head_name, str) and head_name in self.heads and isinstance(
+                self.heads[head_name], HEAD_TYPES["multiple_choice"]):
+            input_ids, attention_mask, token_type_ids = (
+                t.view(-1, t.shape[-1]) if t is not None else None for t in (input_ids, attention_mask, token_type_ids))
+        model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds,
+                        "position_ids": position_ids, **kwargs}
+        if token_type_ids is not None:
+            model_inputs["token_type_ids"] = token_type_ids
+        if output_adapter_fusion_attentions:
+            model_inputs["output_adapter_fusion_attentions"] = True
+        outputs = self.base_model(**{k: v for k, v in model_inputs.items() if v is not None})
+        if not head_name:
+            result = outputs
+        elif isinstance(head_name, list):
+            result = self._parallel_heads(head_name, outputs, input_ids, attention_mask, labels)
+        else:
+            result = self._run_head(head_name, outputs, input_ids, attention_mask, labels,
+                                    start_positions=start_positions, end_positions=end_positions)
+        if result is not outputs:
+            for extra in ("adapter_fusion_attentions", "adapter_gating_scores"):
+                if extra in outputs:
+                    result[extra] = outputs[extra]
+        return result
+
+    def _run_head(self, name, outputs, input_ids, attention_mask, labels, **extra):
+        if name not in self.heads:
+            raise HeadError(f"no head named {name!r}")
+        head = self.heads[name]
+        hidden = outputs[0]
+        if isinstance(head, LMHead):
+            invert = self._engine.methods.get("invertible")
+            return head(hidden, None, attention_mask, labels, invert=invert.invert if invert else None)
+        if getattr(head, "config", {}).get("use_pooler"):
+            cls = outputs.pooler_output
+        else:
+            cls = self._cls_token(hidden, input_ids)
+        return head(hidden, cls, attention_mask, labels, **extra)
+
+    def _cls_token(self, hidden: torch.Tensor, input_ids) -> torch.Tensor:
+        if not getattr(self.config, "is_decoder", False) and self.config.model_type not in _DECODER_TYPES:
+            return hidden[:, 0]
+        pad = self.config.pad_token_id
+        if input_ids is None or pad is None:
+            return hidden[:, -1]
+        if input_ids.shape[0] != hidden.shape[0]:  # Parallel replicated the batch
+            input_ids = input_ids.repeat(hidden.shape[0] // input_ids.shape[0], 1)
+        last = (input_ids != pad).sum(-1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def _parallel_heads(self, names, outputs, input_ids, attention_mask, labels):
+        from transformers.modeling_outputs import ModelOutput
+
+        hidden = outputs[0]
+        rows = hidden.shape[0] // len(names)
+        results = []
+        for i, name in enumerate(names):
+            part = ModelOutput(last_hidden_state=hidden[i * rows:(i + 1) * rows])
+            if getattr(outputs, "pooler_output", None) is not None:
+                part["pooler_output"] = outputs.pooler_output[i * rows:(i + 1) * rows]
+            results.append(self._run_head(name, part, input_ids, attention_mask, labels))
+        return ModelOutput(head_outputs=results)
+
+
+_DECODER_TYPES = {"gpt2", "llama", "mistral", "qwen2"}
+
+
+def _heads_of(setup) -> list[str]:
+    if setup is None:
+        return []
+    if isinstance(setup, (Parallel, BatchSplit)):
+        return [c if isinstance(c, str) else c.last() for c in setup]
+    if isinstance(setup, Stack):
+        last = setup.children[-1]
+        return _heads_of(last) if not isinstance(last, str) else [last]
+    return [setup.last()]
+
+
+def _label2id(id2label, count):
+    if id2label:
+        return {str(label): int(i) for i, label in dict(id2label).items()}
+    return {f"LABEL_{i}": i for i in range(count)} if count else None
+
+
+def _check_labels(num_labels, id2label, where: str) -> None:
+    if id2label is not None and num_labels is not None and len(id2label) != num_labels:
+        raise HeadError(f"head {where!r}: num_labels={num_labels} but id2label has {len(id2label)} labels")
+
+
+class AutoAdapterModel:
+    """Factory with AdapterHub's name: `AutoAdapterModel.from_pretrained(id_or_path)`."""
+
+    @staticmethod
+    def from_pretrained(pretrained_model_name_or_path, **kwargs) -> AdapterModel:
+        return AdapterModel.from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @staticmethod
+    def from_config(config, **kwargs) -> AdapterModel:
+        return AdapterModel.from_config(config, **kwargs)
+
+
+AutoModelWithHeads = AutoAdapterModel
+
+_ADAPTER_CLASSES: dict[type, type] = {}
+
+
+def init(model: nn.Module) -> nn.Module:
+    """Add adapter support to an already loaded transformers model, in place, and return it."""
+    if isinstance(model, ModelAdaptersMixin):
+        return model
+    cls = type(model)
+    if cls not in _ADAPTER_CLASSES:
+        _ADAPTER_CLASSES[cls] = type(cls.__name__, (ModelAdaptersMixin, cls), {"__module__": cls.__module__})
+    model.__class__ = _ADAPTER_CLASSES[cls]
+    model._init_adapters(model.base_model)
+    return model
+
+
+__all__ = ["AdapterModel", "AutoAdapterModel", "AutoModelWithHeads", "init", "ClassificationHead"]

@@ -1,0 +1,473 @@
+"""Adapter and fusion configurations with AdapterHub's names, defaults, JSON layout and string syntax.
+
+A config is a frozen dataclass that also reads like a dict (`config["r"]`). Strings resolve through
+`ADAPTER_CONFIG_MAP` and may carry overrides: `"seq_bn[reduction_factor=4,non_linearity='gelu']"`, and
+`"a|b"` combines configs into a `ConfigUnion`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .errors import AdapterConfigError
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterConfig(Mapping):
+    """Base class: dict-like access, `replace`, `to_dict`/`from_dict`/`load`."""
+
+    architecture: ClassVar[str | None] = None
+
+    # Mapping interface over the serialised form.
+    def __getitem__(self, key):
+        return self.to_dict()[key]
+
+    def __iter__(self):
+        return iter(self.to_dict())
+
+    def __len__(self):
+        return len(self.to_dict())
+
+    def __eq__(self, other):
+        return isinstance(other, Mapping) and self.to_dict() == dict(other)
+
+    def __hash__(self):
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if self.architecture is not None:
+            data["architecture"] = self.architecture
+        return data
+
+    def replace(self, **changes) -> AdapterConfig:
+        _check_keys(type(self), changes, f"config {type(self).__name__}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: Mapping, *, strict: bool = True, source: str = "config") -> AdapterConfig:
+        """Build a config from its dict form, choosing the class from its `architecture` key."""
+        if isinstance(data, AdapterConfig):
+            return data
+        data = dict(data)
+        architecture = data.pop("architecture", None)
+        if architecture == "union":
+            return ConfigUnion(*[AdapterConfig.from_dict(c, strict=strict, source=source) for c in data["configs"]])
+        target = ARCHITECTURE_CLASSES.get(architecture)
+        if target is None:
+            raise AdapterConfigError(f"{source}: unknown adapter architecture {architecture!r}")
+        if "invertible_adapter" in data:  # adapter-transformers v1 layout
+            legacy = data.pop("invertible_adapter") or {}
+            data.setdefault("inv_adapter", legacy.get("block_type"))
+            data.setdefault("inv_adapter_reduction_factor", legacy.get("reduction_factor"))
+        known = {f.name for f in dataclasses.fields(target)}
+        unknown = sorted(set(data) - known)
+        if unknown and strict:
+            raise AdapterConfigError(f"{source}: unknown key(s) {unknown} for {target.__name__}")
+        if unknown:
+            warnings.warn(f"{source}: ignoring unknown key(s) {unknown} for {target.__name__}", stacklevel=3)
+        kwargs = {k: v for k, v in data.items() if k in known}
+        missing = [f.name for f in dataclasses.fields(target) if f.name not in kwargs and _required(f)]
+        if missing:
+            raise AdapterConfigError(f"{source}: missing key(s) {missing} for {target.__name__}")
+        return target(**kwargs)
+
+    @classmethod
+    def load(cls, config: str | Mapping | AdapterConfig | None, **overrides) -> AdapterConfig:
+        """Resolve a config given as an object, a dict, a preset name, a JSON file or a `name[k=v]` string."""
+        if config is None:
+            config = DEFAULT_ADAPTER_CONFIG
+        if isinstance(config, AdapterConfig):
+            resolved = config
+        elif isinstance(config, Mapping):
+            resolved = AdapterConfig.from_dict(config)
+        elif isinstance(config, str) and config in ADAPTER_CONFIG_MAP:
+            resolved = ADAPTER_CONFIG_MAP[config]
+        elif isinstance(config, str) and Path(config).is_file():
+            data = json.loads(Path(config).read_text())
+            resolved = AdapterConfig.from_dict(data.get("config", data), source=config)
+        elif isinstance(config, str):
+            resolved = parse_config_string(config)
+        else:
+            raise AdapterConfigError(f"cannot use {config!r} as an adapter config")
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return resolved.replace(**overrides) if overrides else resolved
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _check_keys(cls, changes: Mapping, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise AdapterConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+
+
+# --- Bottleneck adapters ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class BnConfig(AdapterConfig):
+    """Bottleneck adapter (Houlsby et al., 2019, https://arxiv.org/abs/1902.00751; Pfeiffer et al., 2021)."""
+
+    mh_adapter: bool
+    output_adapter: bool
+    reduction_factor: float | Mapping
+    non_linearity: str
+    original_ln_before: bool = False
+    original_ln_after: bool = True
+    ln_before: bool = False
+    ln_after: bool = False
+    init_weights: str = "bert"
+    init_weights_seed: int | None = None
+    is_parallel: bool = False
+    scaling: float | str = 1.0
+    use_gating: bool = False
+    residual_before_ln: bool | str = True
+    adapter_residual_before_ln: bool = False
+    inv_adapter: str | None = None
+    inv_adapter_reduction_factor: float | None = None
+    cross_adapter: bool = False
+    leave_out: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+    phm_layer: bool = False
+    phm_dim: int = 4
+    factorized_phm_W: bool | None = True
+    shared_W_phm: bool | None = False
+    shared_phm_rule: bool | None = True
+    factorized_phm_rule: bool | None = False
+    phm_c_init: str | None = "normal"
+    phm_init_range: float | None = 0.0001
+    learn_phm: bool | None = True
+    hypercomplex_nonlinearity: str | None = "glorot-uniform"
+    phm_rank: int | None = 1
+    phm_bias: bool | None = True
+    stochastic_depth: float | None = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.scaling, str) and self.scaling not in ("learned", "channel"):
+            raise AdapterConfigError(f"scaling={self.scaling!r}: use a float, 'learned' or 'channel'")
+        if self.init_weights not in ("bert", "mam_adapter", "houlsby"):
+            raise AdapterConfigError(
+                f"init_weights={self.init_weights!r}: use 'bert', 'mam_adapter' or 'houlsby' for bottleneck adapters"
+            )
+        if self.inv_adapter not in (None, "nice", "glow"):
+            raise AdapterConfigError(f"inv_adapter={self.inv_adapter!r}: use None, 'nice' or 'glow'")
+        if self.residual_before_ln not in (True, False, "post_add"):
+            raise AdapterConfigError(f"residual_before_ln={self.residual_before_ln!r}: use True, False or 'post_add'")
+        if self.stochastic_depth:
+            raise AdapterConfigError("stochastic_depth is not supported (it needs torchvision); set it to 0.0")
+
+
+@dataclass(frozen=True, eq=False)
+class SeqBnConfig(BnConfig):
+    original_ln_before: bool = True
+    original_ln_after: bool = True
+    residual_before_ln: bool | str = True
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    non_linearity: str = "relu"
+    reduction_factor: float | Mapping = 16
+
+
+@dataclass(frozen=True, eq=False)
+class SeqBnInvConfig(SeqBnConfig):
+    inv_adapter: str | None = "nice"
+    inv_adapter_reduction_factor: float | None = 2
+
+
+@dataclass(frozen=True, eq=False)
+class DoubleSeqBnConfig(BnConfig):
+    original_ln_before: bool = False
+    original_ln_after: bool = True
+    residual_before_ln: bool | str = True
+    mh_adapter: bool = True
+    output_adapter: bool = True
+    non_linearity: str = "swish"
+    reduction_factor: float | Mapping = 16
+
+
+@dataclass(frozen=True, eq=False)
+class DoubleSeqBnInvConfig(DoubleSeqBnConfig):
+    inv_adapter: str | None = "nice"
+    inv_adapter_reduction_factor: float | None = 2
+
+
+@dataclass(frozen=True, eq=False)
+class ParBnConfig(BnConfig):
+    original_ln_before: bool = False
+    original_ln_after: bool = True
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    non_linearity: str = "relu"
+    reduction_factor: float | Mapping = 2
+    init_weights: str = "mam_adapter"
+    is_parallel: bool = True
+    scaling: float | str = 4.0
+
+
+@dataclass(frozen=True, eq=False)
+class CompacterConfig(DoubleSeqBnConfig):
+    """Compacter (Karimi Mahabadi et al., 2021, https://arxiv.org/abs/2106.04647)."""
+
+    phm_layer: bool = True
+    reduction_factor: float | Mapping = 32
+    non_linearity: str = "gelu"
+
+
+@dataclass(frozen=True, eq=False)
+class CompacterPlusPlusConfig(SeqBnConfig):
+    phm_layer: bool = True
+    reduction_factor: float | Mapping = 32
+    non_linearity: str = "gelu"
+
+
+# --- LoRA / IA3 ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LoRAConfig(AdapterConfig):
+    """LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685); with composition_mode="scale", (IA)^3."""
+
+    architecture: ClassVar[str] = "lora"
+    selfattn_lora: bool = True
+    intermediate_lora: bool = False
+    output_lora: bool = False
+    leave_out: list[int] = field(default_factory=list)
+    r: int = 8
+    alpha: int = 8
+    dropout: float = 0.0
+    attn_matrices: list[str] = field(default_factory=lambda: ["q", "v"])
+    composition_mode: str = "add"
+    init_weights: str = "lora"
+    use_gating: bool = False
+    vera_d: float | None = None
+    vera_b: float | None = None
+    dtype: str | None = None
+
+    def __post_init__(self):
+        if self.composition_mode not in ("add", "scale"):
+            raise AdapterConfigError(f"composition_mode={self.composition_mode!r}: use 'add' or 'scale'")
+        if self.init_weights not in ("lora", "bert", "ia3", "vera"):
+            raise AdapterConfigError(f"init_weights={self.init_weights!r}: use 'lora', 'bert', 'ia3' or 'vera'")
+        bad = [m for m in self.attn_matrices if m not in ("q", "k", "v")]
+        if bad:
+            raise AdapterConfigError(f"attn_matrices {bad}: use a list of 'q', 'k', 'v'")
+        if self.composition_mode == "scale" and self.r != 1:
+            raise AdapterConfigError(f"composition_mode='scale' needs r=1, got r={self.r}")
+        if self.vera_d is not None or self.vera_b is not None:
+            raise AdapterConfigError("VeRA (vera_d/vera_b) is not supported yet")
+
+
+@dataclass(frozen=True, eq=False)
+class IA3Config(LoRAConfig):
+    """(IA)^3 (Liu et al., 2022, https://arxiv.org/abs/2205.05638): learned rescaling of keys, values, FFN."""
+
+    selfattn_lora: bool = True
+    intermediate_lora: bool = True
+    output_lora: bool = False
+    r: int = 1
+    alpha: int = 1
+    attn_matrices: list[str] = field(default_factory=lambda: ["k", "v"])
+    composition_mode: str = "scale"
+    init_weights: str = "ia3"
+
+
+# --- Prefix and prompt tuning -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class PrefixTuningConfig(AdapterConfig):
+    """Prefix tuning (Li & Liang, 2021, https://arxiv.org/abs/2101.00190)."""
+
+    architecture: ClassVar[str] = "prefix_tuning"
+    encoder_prefix: bool = True
+    cross_prefix: bool = True
+    leave_out: list[int] = field(default_factory=list)
+    flat: bool = False
+    prefix_length: int = 30
+    bottleneck_size: int = 512
+    non_linearity: str = "tanh"
+    dropout: float = 0.0
+    use_gating: bool = False
+    shared_gating: bool = True
+    init_weights_seed: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class PromptTuningConfig(AdapterConfig):
+    """Prompt tuning (Lester et al., 2021, https://arxiv.org/abs/2104.08691)."""
+
+    architecture: ClassVar[str] = "prompt_tuning"
+    prompt_length: int = 10
+    prompt_init: str = "random_uniform"
+    prompt_init_text: str | None = None
+    combine: str = "prefix"
+    init_weights_seed: int | None = None
+    random_uniform_scale: ClassVar[float] = 0.5  # not a field: AdapterHub never saves it
+
+    def __post_init__(self):
+        if self.prompt_init not in ("random_uniform", "from_string"):
+            raise AdapterConfigError(f"prompt_init={self.prompt_init!r}: use 'random_uniform' or 'from_string'")
+        if self.combine not in ("prefix", "prefix_after_bos"):
+            raise AdapterConfigError(f"combine={self.combine!r}: use 'prefix' or 'prefix_after_bos'")
+
+
+class ConfigUnion(AdapterConfig):
+    """Several methods in one adapter, e.g. `"prefix_tuning|par_bn"` (MAM adapter)."""
+
+    architecture = "union"
+
+    def __init__(self, *configs: AdapterConfig):
+        object.__setattr__(self, "configs", list(configs))
+        kinds = [c.architecture or "bottleneck" for c in configs]
+        for kind in set(kinds):
+            same = [c for c, k in zip(configs, kinds, strict=True) if k == kind]
+            if len(same) > 1 and not (
+                kind == "bottleneck"
+                and len(same) == 2
+                and same[0].mh_adapter != same[1].mh_adapter
+                and same[0].output_adapter != same[1].output_adapter
+            ):
+                raise AdapterConfigError(f"config union combines {len(same)} {kind} configs that overlap")
+
+    def to_dict(self):
+        return {"architecture": "union", "configs": [c.to_dict() for c in self.configs]}
+
+    def replace(self, **changes):
+        return ConfigUnion(*[c.replace(**{k: v for k, v in changes.items() if k in c.to_dict()}) for c in self.configs])
+
+
+ARCHITECTURE_CLASSES: dict[str | None, type[AdapterConfig]] = {
+    None: BnConfig,
+    "bottleneck": BnConfig,
+    "lora": LoRAConfig,
+    "prefix_tuning": PrefixTuningConfig,
+    "prompt_tuning": PromptTuningConfig,
+}
+
+ADAPTER_CONFIG_MAP: dict[str, AdapterConfig] = {
+    "seq_bn": SeqBnConfig(),
+    "pfeiffer": SeqBnConfig(),
+    "seq_bn_inv": SeqBnInvConfig(),
+    "pfeiffer+inv": SeqBnInvConfig(),
+    "double_seq_bn": DoubleSeqBnConfig(),
+    "houlsby": DoubleSeqBnConfig(),
+    "double_seq_bn_inv": DoubleSeqBnInvConfig(),
+    "houlsby+inv": DoubleSeqBnInvConfig(),
+    "par_bn": ParBnConfig(),
+    "parallel": ParBnConfig(),
+    "scaled_par_bn": ParBnConfig(scaling="learned"),
+    "scaled_parallel": ParBnConfig(scaling="learned"),
+    "compacter": CompacterConfig(),
+    "compacter++": CompacterPlusPlusConfig(),
+    "lora": LoRAConfig(),
+    "ia3": IA3Config(),
+    "prefix_tuning": PrefixTuningConfig(),
+    "prefix_tuning_flat": PrefixTuningConfig(flat=True),
+    "prompt_tuning": PromptTuningConfig(),
+}
+DEFAULT_ADAPTER_CONFIG = "seq_bn"
+
+_CONFIG_STRING = re.compile(r"^(?P<name>[^\[\]|\n]+)(?:\[(?P<kvs>.*)\])?$")
+
+
+def parse_config_string(text: str) -> AdapterConfig:
+    """Parse `"name[key=value,...]"`, or several such joined by `|`, into a config."""
+    configs = []
+    for chunk in text.split("|"):
+        match = _CONFIG_STRING.match(chunk.strip())
+        if not match or match["name"].strip() not in ADAPTER_CONFIG_MAP:
+            known = ", ".join(sorted(ADAPTER_CONFIG_MAP))
+            raise AdapterConfigError(f"unknown adapter config {chunk.strip()!r} (known: {known})")
+        overrides = _parse_overrides(match["kvs"], chunk) if match["kvs"] else {}
+        configs.append(ADAPTER_CONFIG_MAP[match["name"].strip()].replace(**overrides))
+    return configs[0] if len(configs) == 1 else ConfigUnion(*configs)
+
+
+def _parse_overrides(kvs: str, chunk: str) -> dict:
+    """`a=1,b='x'` -> {"a": 1, "b": "x"}; bare words other than True/False/None count as strings."""
+    as_dict = "{" + re.sub(r"(\w+)=", r"'\1':", kvs) + "}"
+    try:
+        return ast.literal_eval(as_dict)
+    except (ValueError, SyntaxError):
+        pass
+    try:  # be kind to `non_linearity=gelu`: quote bare words
+        quoted = re.sub(r":\s*([A-Za-z_][\w\-]*)\s*(?=,|$)", lambda m: f":'{m[1]}'", re.sub(r"(\w+)=", r"'\1':", kvs))
+        return ast.literal_eval("{" + quoted.replace("'True'", "True").replace("'False'", "False").replace("'None'", "None") + "}")
+    except (ValueError, SyntaxError):
+        raise AdapterConfigError(f"cannot parse the options in adapter config {chunk.strip()!r}") from None
+
+
+# --- AdapterFusion ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterFusionConfig(AdapterConfig):
+    """AdapterFusion (Pfeiffer et al., 2021, https://arxiv.org/abs/2005.00247)."""
+
+    key: bool
+    query: bool
+    value: bool
+    query_before_ln: bool
+    regularization: bool
+    residual_before: bool
+    temperature: bool
+    value_before_softmax: bool
+    value_initialized: str | bool
+    dropout_prob: float | None = None
+
+    @classmethod
+    def load(cls, config=None, **overrides) -> AdapterFusionConfig:
+        if config is None:
+            config = "dynamic"
+        if isinstance(config, AdapterFusionConfig):
+            resolved = config
+        elif isinstance(config, str) and config in FUSION_CONFIG_MAP:
+            resolved = FUSION_CONFIG_MAP[config]
+        elif isinstance(config, str) and Path(config).is_file():
+            data = json.loads(Path(config).read_text())
+            resolved = cls._from_mapping(data.get("config", data), config)
+        elif isinstance(config, Mapping):
+            resolved = cls._from_mapping(config, "fusion config")
+        else:
+            known = ", ".join(FUSION_CONFIG_MAP)
+            raise AdapterConfigError(f"unknown fusion config {config!r} (known: {known})")
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return resolved.replace(**overrides) if overrides else resolved
+
+    @classmethod
+    def _from_mapping(cls, data: Mapping, source: str) -> AdapterFusionConfig:
+        _check_keys(cls, data, source)
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
+        if missing:
+            raise AdapterConfigError(f"{source}: missing fusion key(s) {missing}")
+        return cls(**data)
+
+
+FUSION_CONFIG_MAP = {
+    "dynamic": AdapterFusionConfig(
+        key=True, query=True, value=True, query_before_ln=False, regularization=True, residual_before=False,
+        temperature=False, value_before_softmax=True, value_initialized=True,
+    ),
+    "static": AdapterFusionConfig(
+        key=True, query=True, value=False, query_before_ln=False, regularization=False, residual_before=False,
+        temperature=False, value_before_softmax=True, value_initialized=False,
+    ),
+}

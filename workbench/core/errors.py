@@ -1,0 +1,25 @@
+"""Exception types of the engine. Every message names the file, key or value that is wrong."""
+
+
+class AdapterError(Exception):
+    """Base class for every error the engine raises on purpose."""
+
+
+class AdapterConfigError(AdapterError, ValueError):
+    """An unknown config name, an unknown key or a bad value in an adapter or fusion config."""
+
+
+class AdapterLoadError(AdapterError, OSError):
+    """A missing, corrupt or incompatible adapter, head or fusion file."""
+
+
+class CompositionError(AdapterError, ValueError):
+    """A composition that names unknown adapters or nests blocks in an unsupported way."""
+
+
+class HeadError(AdapterError, ValueError):
+    """A head that is unknown, misconfigured or disagrees with the data (e.g. label count)."""
+
+
+class UnsupportedModelError(AdapterError, TypeError):
+    """A base model whose architecture (or an architecture/method pair) the engine does not support."""

@@ -1,0 +1,217 @@
+"""Prediction heads with AdapterHub's layout (`heads.<name>.<i>.weight`) and `head_config.json` fields."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.modeling_outputs import (
+    CausalLMOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from .errors import HeadError
+from .methods.activations import activation
+
+
+def _dropout_prob(model_config, config: dict) -> float:
+    for value in (config.get("dropout_prob"), getattr(model_config, "classifier_dropout", None),
+                  getattr(model_config, "hidden_dropout_prob", None)):
+        if value is not None:
+            return value
+    return 0.0
+
+
+class PredictionHead(nn.Sequential):
+    """Dropout/Linear/activation stack ending in a projection to the task's outputs."""
+
+    head_type = ""
+    defaults: dict = {}
+
+    def __init__(self, model_config, **options):
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise HeadError(f"{self.head_type} head: unknown option(s) {sorted(unknown)}")
+        self.config = {"head_type": self.head_type, **self.defaults, **options}
+        super().__init__(*self._build(model_config))
+        self._init_weights(getattr(model_config, "initializer_range", 0.02))
+
+    def _build(self, model_config) -> list[nn.Module]:
+        hidden, cfg = model_config.hidden_size, self.config
+        p = _dropout_prob(model_config, cfg)
+        out = cfg.get("num_labels", 1 if "num_choices" in cfg else hidden)
+        modules: list[nn.Module] = []
+        for i in range(cfg["layers"]):
+            modules.append(nn.Dropout(p))
+            if i < cfg["layers"] - 1:
+                modules.append(nn.Linear(hidden, hidden))
+                if cfg["activation_function"]:
+                    modules.append(activation(cfg["activation_function"]))
+            else:
+                modules.append(nn.Linear(hidden, out, bias=cfg.get("bias", True)))
+        return modules
+
+    def _init_weights(self, std: float) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        label2id = self.config.get("label2id")
+        return {int(v): k for k, v in label2id.items()} if label2id else None
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+    def forward(self, hidden: torch.Tensor, cls: torch.Tensor, attention_mask=None, labels=None, **labels_kw):
+        raise NotImplementedError
+
+
+def _label2id(id2label, count: int | None) -> dict[str, int] | None:
+    if id2label:
+        return {str(label): int(i) for i, label in dict(id2label).items()}
+    return {f"LABEL_{i}": i for i in range(count)} if count else None
+
+
+class ClassificationHead(PredictionHead):
+    head_type = "classification"
+    defaults = {"num_labels": 2, "layers": 2, "activation_function": "tanh", "label2id": None,
+                "use_pooler": False, "bias": True, "dropout_prob": None}
+
+    def forward(self, hidden, cls, attention_mask=None, labels=None, **_):
+        logits = self.run(cls)
+        loss = None
+        if labels is not None:
+            n = self.config["num_labels"]
+            loss = F.mse_loss(logits.view(-1), labels.view(-1).float()) if n == 1 else F.cross_entropy(
+                logits.view(-1, n), labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class MultiLabelClassificationHead(ClassificationHead):
+    head_type = "multilabel_classification"
+
+    def forward(self, hidden, cls, attention_mask=None, labels=None, **_):
+        logits = self.run(cls)
+        loss = F.binary_cross_entropy_with_logits(logits, labels.float()) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class TaggingHead(PredictionHead):
+    head_type = "tagging"
+    defaults = {"num_labels": 2, "layers": 1, "activation_function": "tanh", "label2id": None, "dropout_prob": None}
+
+    def forward(self, hidden, cls, attention_mask=None, labels=None, **_):
+        logits = self.run(hidden)
+        loss = None
+        if labels is not None:
+            if attention_mask is not None:
+                labels = torch.where(attention_mask.view(-1) == 1, labels.view(-1), torch.full_like(labels.view(-1), -100))
+            loss = F.cross_entropy(logits.view(-1, self.config["num_labels"]), labels.view(-1), ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits)
+
+
+class MultipleChoiceHead(PredictionHead):
+    head_type = "multiple_choice"
+    defaults = {"num_choices": 2, "layers": 2, "activation_function": "tanh", "label2id": None,
+                "use_pooler": False, "dropout_prob": None}
+
+    def forward(self, hidden, cls, attention_mask=None, labels=None, **_):
+        logits = self.run(cls).view(-1, self.config["num_choices"])
+        loss = F.cross_entropy(logits, labels.view(-1)) if labels is not None else None
+        return MultipleChoiceModelOutput(loss=loss, logits=logits)
+
+
+class QuestionAnsweringHead(PredictionHead):
+    head_type = "question_answering"
+    defaults = {"num_labels": 2, "layers": 1, "activation_function": "tanh", "label2id": None, "dropout_prob": None}
+
+    def forward(self, hidden, cls, attention_mask=None, labels=None, start_positions=None, end_positions=None, **_):
+        logits = self.run(hidden)
+        start, end = (t.squeeze(-1) for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start.shape[1]
+            start_positions = start_positions.clamp(0, ignored)
+            end_positions = end_positions.clamp(0, ignored)
+            loss = (F.cross_entropy(start, start_positions, ignore_index=ignored)
+                    + F.cross_entropy(end, end_positions, ignore_index=ignored)) / 2
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start, end_logits=end)
+
+
+class LMHead(PredictionHead):
+    """Transform layers (Linear, activation, LayerNorm) then the vocabulary projection."""
+
+    defaults = {"vocab_size": None, "embedding_size": None, "layers": 1, "activation_function": "gelu",
+                "layer_norm": False, "bias": True, "shift_labels": False, "label2id": None}
+
+    def _build(self, model_config):
+        cfg = self.config
+        hidden = model_config.hidden_size
+        size = cfg["embedding_size"] or hidden
+        eps = getattr(model_config, "layer_norm_eps", None) or 1e-12
+        modules: list[nn.Module] = []
+        for i in range(cfg["layers"] - 1):
+            modules.append(nn.Linear(hidden if i == 0 else size, size))
+            if cfg["activation_function"]:
+                modules.append(activation(cfg["activation_function"]))
+            if cfg["layer_norm"]:
+                modules.append(nn.LayerNorm(size, eps=eps))
+        modules.append(nn.Linear(size if cfg["layers"] > 1 else hidden, cfg["vocab_size"], bias=cfg["bias"]))
+        return modules
+
+    def logits(self, hidden, invert=None):
+        for module in list(self)[:-1]:
+            hidden = module(hidden)
+        if invert is not None:
+            hidden = invert(hidden)
+        return self[-1](hidden)
+
+    def forward(self, hidden, cls, attention_mask=None, labels=None, invert=None, **_):
+        logits = self.logits(hidden, invert)
+        loss = None
+        if labels is not None:
+            if self.config["shift_labels"]:
+                logits_for_loss, labels = logits[..., :-1, :], labels[..., 1:]
+            else:
+                logits_for_loss = logits
+            loss = F.cross_entropy(logits_for_loss.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        output_cls = CausalLMOutput if self.head_type == "causal_lm" else MaskedLMOutput
+        return output_cls(loss=loss, logits=logits)
+
+
+class MaskedLMHead(LMHead):
+    head_type = "masked_lm"
+    defaults = {**LMHead.defaults, "layers": 2, "layer_norm": True}
+
+
+class CausalLMHead(LMHead):
+    head_type = "causal_lm"
+    defaults = {**LMHead.defaults, "layers": 1, "activation_function": None, "bias": False, "shift_labels": True,
+                "dropout_prob": None}
+
+
+HEAD_TYPES: dict[str, type[PredictionHead]] = {
+    cls.head_type: cls
+    for cls in (ClassificationHead, MultiLabelClassificationHead, TaggingHead, MultipleChoiceHead,
+                QuestionAnsweringHead, MaskedLMHead, CausalLMHead)
+}
+
+
+def head_from_config(model_config, config: dict) -> PredictionHead:
+    """Rebuild a head from the `config` dict of a head_config.json."""
+    options = dict(config)
+    head_type = options.pop("head_type", None)
+    if head_type not in HEAD_TYPES:
+        raise HeadError(f"unknown head type {head_type!r} (known: {', '.join(HEAD_TYPES)})")
+    return HEAD_TYPES[head_type](model_config, **options)

@@ -1,0 +1,61 @@
+"""Which state-dict keys belong to an adapter, a fusion or a head, and how keys are renamed on load.
+
+The patterns are AdapterHub's, so files round-trip with the `adapters` library.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ADAPTER_KEY_PARTS = ("adapters", "prefix_tunings", "prefix_gates", "loras", "prompt_tunings", "shared_parameters")
+LEGACY_RENAMES = {
+    "attention_text_task_adapters": "adapters",
+    "attention_text_lang_adapters": "adapters",
+    "layer_text_task_adapters": "adapters",
+    "layer_text_lang_adapters": "adapters",
+    "invertible_lang_adapters": "invertible_adapters",
+}
+
+
+def is_adapter_key(key: str, name: str) -> bool:
+    """True for every weight of adapter `name` (bottleneck, invertible, LoRA, prefix, prompt, shared PHM)."""
+    dotted = "." + key
+    return any(f".{part}.{name}." in dotted or f"_{part}.{name}." in dotted for part in ADAPTER_KEY_PARTS)
+
+
+def is_fusion_key(key: str, fusion_name: str) -> bool:
+    return f"adapter_fusion_layer.{fusion_name}." in key
+
+
+def is_head_key(key: str, head_name: str, base_prefix: str) -> bool:
+    return key.startswith(f"heads.{head_name}.") and not key.startswith(base_prefix + ".")
+
+
+def rename_adapter_keys(state: dict[str, torch.Tensor], old: str, new: str) -> dict[str, torch.Tensor]:
+    """Apply legacy renames and move every key from adapter `old` to adapter `new`."""
+    renamed = {}
+    for key, value in state.items():
+        for legacy, current in LEGACY_RENAMES.items():
+            key = key.replace(legacy, current)
+        if old != new:
+            for part in ADAPTER_KEY_PARTS:
+                key = key.replace(f"{part}.{old}.", f"{part}.{new}.")
+        renamed[key] = value
+    return renamed
+
+
+def rename_prefixed(state: dict[str, torch.Tensor], marker: str, old: str, new: str) -> dict[str, torch.Tensor]:
+    if old == new:
+        return dict(state)
+    return {k.replace(f"{marker}.{old}.", f"{marker}.{new}."): v for k, v in state.items()}
+
+
+def align_base_prefix(state: dict[str, torch.Tensor], prefix: str, root_is_base: bool) -> dict[str, torch.Tensor]:
+    """Add or strip the base-model prefix (e.g. `bert.`) so keys fit the model they are loaded into.
+
+    Files saved from a bare base model have no prefix; files saved from a model with heads have one.
+    """
+    dotted = prefix + "."
+    if root_is_base:
+        return {k[len(dotted):] if k.startswith(dotted) else k: v for k, v in state.items()}
+    return {k if k.startswith(dotted) or k.startswith("heads.") else dotted + k: v for k, v in state.items()}

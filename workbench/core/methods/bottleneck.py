@@ -1,0 +1,148 @@
+"""Bottleneck adapters: sequential (Houlsby et al., 2019, https://arxiv.org/abs/1902.00751; Pfeiffer et al.,
+2021, https://arxiv.org/abs/2005.00247) and parallel (He et al., 2022, https://arxiv.org/abs/2110.04366).
+
+An adapter is `up(act(down(x))) * scaling` plus a residual, placed at a layer's attention output ("mh_adapter")
+and/or FFN output ("output_adapter"). `pre_forward`/`post_forward` reproduce AdapterHub's handling of the
+layer's own residual and LayerNorm, so outputs match the `adapters` library.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..configs import BnConfig
+from .activations import activation
+from .phm import PHMLayer
+
+
+def bottleneck_size(config: BnConfig, hidden: int, layer_idx: int) -> int:
+    factor = config.reduction_factor
+    if isinstance(factor, dict):
+        factor = factor.get(str(layer_idx), factor.get("default"))
+        if factor is None:
+            raise KeyError(f"reduction_factor has no entry for layer {layer_idx} and no 'default'")
+    return max(int(hidden // factor), 1)
+
+
+class Adapter(nn.Module):
+    """One sequential bottleneck adapter at one site of one layer."""
+
+    def __init__(self, hidden: int, config: BnConfig, layer_idx: int, shared_phm: nn.ParameterDict | None = None):
+        super().__init__()
+        self.config = config
+        size = bottleneck_size(config, hidden, layer_idx)
+        if config.init_weights_seed:
+            torch.manual_seed(config.init_weights_seed)
+        down: list[nn.Module] = []
+        if config.ln_before:
+            self.adapter_norm_before = nn.LayerNorm(hidden)
+            down.append(self.adapter_norm_before)
+        down.append(PHMLayer(hidden, size, "down", config, shared_phm) if config.phm_layer else nn.Linear(hidden, size))
+        self.non_linearity = activation(config.non_linearity)
+        down.append(self.non_linearity)
+        self.adapter_down = nn.Sequential(*down)
+        self.adapter_up = PHMLayer(size, hidden, "up", config, shared_phm) if config.phm_layer else nn.Linear(size, hidden)
+        if config.scaling == "learned":
+            self.scaling = nn.Parameter(torch.ones(1))
+        elif config.scaling == "channel":
+            self.scaling = nn.Parameter(torch.ones(hidden))
+        else:
+            self.scaling = float(config.scaling)
+        if config.ln_after:
+            self.adapter_norm_after = nn.LayerNorm(hidden)
+        if config.use_gating:
+            self.gate = nn.Linear(hidden, 1)
+        self.dropout = nn.Dropout(config.dropout)
+        self._init_weights(config.init_weights)
+
+    def _init_weights(self, scheme: str) -> None:
+        linears = [m for m in (*self.adapter_down, self.adapter_up) if isinstance(m, nn.Linear)]
+        gate = [self.gate] if self.config.use_gating else []
+        if scheme == "bert":
+            for module in linears + gate:
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        elif scheme == "mam_adapter":
+            for module in self.adapter_down:
+                if isinstance(module, nn.Linear):
+                    nn.init.kaiming_uniform_(module.weight, a=5**0.5)
+                    nn.init.zeros_(module.bias)
+            if isinstance(self.adapter_up, nn.Linear):
+                nn.init.zeros_(self.adapter_up.weight)
+                nn.init.zeros_(self.adapter_up.bias)
+            for module in gate:
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        elif scheme == "houlsby":
+            for module in linears:
+                nn.init.trunc_normal_(module.weight, std=1e-2, a=-2e-2, b=2e-2)
+                nn.init.zeros_(module.bias)
+
+    def pre_forward(self, h, r, norm, query_before_ln: bool | None = None):
+        """Returns (adapter input, fusion query, adapter residual)."""
+        residual = h if self.config.residual_before_ln is True else None
+        query = h if query_before_ln else None
+        if self.config.original_ln_before:
+            if norm is not None:
+                h = h + r
+                if self.config.residual_before_ln == "post_add":
+                    residual = h
+                h = norm(h)
+            elif r is not None:
+                h = h + r
+        if self.config.residual_before_ln is not True and residual is None:
+            residual = h
+        if query_before_ln is False:
+            query = h
+        return h, query, residual
+
+    def bottleneck(self, x):
+        """The scaled up-projection (AdapterFusion combines these) and the gate input."""
+        return self.adapter_up(self.adapter_down(x)) * self.scaling
+
+    def forward(self, x, residual):
+        """Returns (output, scaled up-projection, gate or None)."""
+        up = self.bottleneck(x)
+        out, gate = self._gated(self.dropout(up), x)
+        if self.config.adapter_residual_before_ln:
+            out = out + residual
+        if self.config.ln_after:
+            out = self.adapter_norm_after(out)
+        if not self.config.adapter_residual_before_ln:
+            out = out + residual
+        return out, up, gate
+
+    def _gated(self, out, x):
+        if not self.config.use_gating:
+            return out, None
+        gate = torch.sigmoid(self.gate(x)).mean(dim=1).unsqueeze(-1)
+        return out * gate, gate
+
+    def post_forward(self, h, sublayer_output, r, norm):
+        if not self.config.original_ln_after:
+            return h
+        return norm(h + r) if norm is not None else h + r
+
+
+class ParallelAdapter(Adapter):
+    """A bottleneck adapter that reads the sublayer's input (the residual stream) instead of its output."""
+
+    def pre_forward(self, h, r, norm, query_before_ln: bool | None = None):
+        return r, (r if query_before_ln is not None else None), r
+
+    def forward(self, x, residual):
+        up = self.bottleneck(x)
+        out, gate = self._gated(self.dropout(up), x)
+        if self.config.ln_after:
+            out = self.adapter_norm_after(out)
+        return out, up, gate
+
+    def post_forward(self, h, sublayer_output, r, norm):
+        h = h + sublayer_output
+        return super().post_forward(h, sublayer_output, r, norm)
+
+
+def make_adapter(hidden: int, config: BnConfig, layer_idx: int, shared_phm=None) -> Adapter:
+    cls = ParallelAdapter if config.is_parallel else Adapter
+    return cls(hidden, config, layer_idx, shared_phm)

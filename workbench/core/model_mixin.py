@@ -1,0 +1,512 @@
+"""The adapter API that every workbench model has (AdapterHub's `ModelAdaptersMixin` names and semantics).
+
+Methods are thin: they validate, then delegate to the method layers in `methods/` and to `keys`/`files`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import files
+from .composition import Block, Fuse, Stack, parse_composition
+from .configs import AdapterConfig, AdapterFusionConfig, BnConfig, ConfigUnion, LoRAConfig
+from .context import EngineState
+from .errors import AdapterConfigError, AdapterLoadError, CompositionError, UnsupportedModelError
+from .keys import align_base_prefix, is_adapter_key, is_fusion_key, rename_adapter_keys, rename_prefixed
+
+FORMAT_VERSION = "adapters.1.3.0"
+
+# method kind -> "module:Class"; modules are imported on first use.
+METHOD_CLASSES = {
+    "bottleneck": "workbench.core.methods.bottleneck_layers:BottleneckMethod",
+    "invertible": "workbench.core.methods.invertible:InvertibleMethod",
+    "lora": "workbench.core.methods.lora:LoRAMethod",
+    "prefix_tuning": "workbench.core.methods.prefix_tuning:PrefixTuningMethod",
+    "prompt_tuning": "workbench.core.methods.prompt_tuning:PromptTuningMethod",
+}
+
+
+def method_parts(config: AdapterConfig) -> list[tuple[str, AdapterConfig]]:
+    """The method layers a config needs, e.g. a `seq_bn_inv` config needs bottleneck and invertible."""
+    if isinstance(config, ConfigUnion):
+        return [part for sub in config.configs for part in method_parts(sub)]
+    if isinstance(config, BnConfig):
+        parts = [("bottleneck", config)]
+        return parts + [("invertible", config)] if config.inv_adapter else parts
+    if isinstance(config, LoRAConfig):
+        return [("lora", config)]
+    return [(config.architecture, config)]
+
+
+class ModelAdaptersMixin:
+    """Adds adapters to a transformers model without changing its modeling code."""
+
+    _engine: EngineState
+
+    def _init_adapters(self, base: nn.Module) -> None:
+        self._engine = EngineState(self, base)
+
+    # --- method layers -----------------------------------------------------------------------------------
+
+    def _method(self, kind: str):
+        engine = self._engine
+        if kind not in engine.methods:
+            module_name, class_name = METHOD_CLASSES[kind].split(":")
+            try:
+                cls = getattr(importlib.import_module(module_name), class_name)
+            except ModuleNotFoundError:
+                raise UnsupportedModelError(f"adapter method {kind!r} is not available yet") from None
+            engine.methods[kind] = cls(engine)
+        return engine.methods[kind]
+
+    # --- adding, deleting, activating --------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> dict[str, AdapterConfig]:
+        """Name -> config of every adapter on the model."""
+        return dict(self._engine.configs)
+
+    def has_adapters(self) -> bool:
+        return bool(self._engine.configs)
+
+    def add_adapter(self, adapter_name: str, config=None, overwrite_ok: bool = False, set_active: bool = False):
+        """Add a new, freshly initialised adapter; `config` is a config object, dict, preset name or string."""
+        config = AdapterConfig.load(config)
+        if adapter_name in self._engine.configs:
+            if not overwrite_ok:
+                raise AdapterConfigError(f"an adapter named {adapter_name!r} already exists")
+            self.delete_adapter(adapter_name)
+        _check_name(adapter_name)
+        added = []
+        try:
+            for kind, part in method_parts(config):
+                method = self._method(kind)
+                method.add(adapter_name, part)
+                added.append(method)
+        except Exception:
+            for method in added:
+                method.delete(adapter_name)
+            raise
+        self._engine.configs[adapter_name] = config
+        self._adapter_device_to_model(adapter_name)
+        if set_active:
+            self.set_active_adapters(adapter_name)
+
+    def _adapter_device_to_model(self, name: str) -> None:
+        reference = next(self._engine.base.parameters(), None)
+        if reference is None:
+            return
+        for key, param in self._adapter_parameters(name):
+            if param.device != reference.device or (param.is_floating_point() and param.dtype != reference.dtype):
+                param.data = param.data.to(reference.device, dtype=reference.dtype if param.is_floating_point() else None)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        config = self._require(adapter_name)
+        for kind, _ in method_parts(config):
+            self._method(kind).delete(adapter_name)
+        for fusion_name, (names, _) in list(self._engine.fusions.items()):
+            if adapter_name in names:
+                self.delete_adapter_fusion(fusion_name)
+        del self._engine.configs[adapter_name]
+        setup = self._engine.active_setup
+        if setup is not None and adapter_name in setup.flatten():
+            self._engine.active_setup = None
+
+    def _require(self, name: str) -> AdapterConfig:
+        if name not in self._engine.configs:
+            known = ", ".join(sorted(self._engine.configs)) or "none"
+            raise AdapterConfigError(f"no adapter named {name!r} (adapters on this model: {known})")
+        return self._engine.configs[name]
+
+    @property
+    def active_adapters(self) -> Block | None:
+        return self._engine.active_setup
+
+    @active_adapters.setter
+    def active_adapters(self, adapter_setup) -> None:
+        self.set_active_adapters(adapter_setup)
+
+    def set_active_adapters(self, adapter_setup, skip_layers: list[int] | None = None) -> None:
+        """Activate an adapter, a list (Stack) or a composition block; None deactivates all."""
+        setup = parse_composition(adapter_setup)
+        if setup is not None:
+            for name in setup.flatten():
+                if name not in self._engine.configs:
+                    raise CompositionError(f"composition {setup} names unknown adapter {name!r}")
+            self._check_fusions(setup)
+        if "lora" in self._engine.methods:
+            self._engine.methods["lora"].reset()
+        self._engine.active_setup = setup
+        self._engine.skip_layers = set(skip_layers or [])
+
+    def _check_fusions(self, setup) -> None:
+        if isinstance(setup, Fuse) and setup.name not in self._engine.fusions:
+            raise CompositionError(f"{setup} needs an AdapterFusion {setup.name!r}: call add_adapter_fusion first")
+        if isinstance(setup, Block):
+            for child in setup:
+                self._check_fusions(child)
+
+    # --- training ----------------------------------------------------------------------------------------
+
+    def freeze_model(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) every weight of the base model."""
+        for param in self._engine.base.parameters():
+            param.requires_grad = not freeze
+        self._engine.base.model_frozen = freeze
+
+    def train_adapter(self, adapter_setup, train_embeddings: bool = False) -> None:
+        """Freeze the model except the given adapters (and heads), and activate them."""
+        setup = parse_composition(adapter_setup)
+        self.train()
+        self.freeze_model(True)
+        for name in setup.flatten():
+            self._require(name)
+            for _, param in self._adapter_parameters(name):
+                param.requires_grad = True
+        if train_embeddings:
+            for param in self._engine.base.get_input_embeddings().parameters():
+                param.requires_grad = True
+        self.set_active_adapters(setup)
+        self._unfreeze_heads(setup)
+
+    def train_adapter_fusion(self, adapter_setup, unfreeze_adapters: bool = False) -> None:
+        """Freeze the model except the fusion layers of the setup (and optionally its adapters)."""
+        setup = parse_composition(adapter_setup)
+        self.train()
+        self.freeze_model(True)
+        for fusion in _fuse_blocks(setup):
+            if fusion.name not in self._engine.fusions:
+                raise CompositionError(f"no AdapterFusion {fusion.name!r}: call add_adapter_fusion first")
+            for _, param in self._fusion_parameters(fusion.name):
+                param.requires_grad = True
+        if unfreeze_adapters:
+            for name in setup.flatten():
+                for _, param in self._adapter_parameters(name):
+                    param.requires_grad = True
+        self.set_active_adapters(setup)
+        self._unfreeze_heads(setup)
+
+    def _unfreeze_heads(self, setup) -> None:
+        """Overridden by models with flex heads."""
+
+    # --- fusion ------------------------------------------------------------------------------------------
+
+    def add_adapter_fusion(self, adapter_names, config=None, name: str | None = None, overwrite_ok: bool = False,
+                           set_active: bool = False) -> None:
+        """Add an AdapterFusion layer over existing bottleneck adapters."""
+        names = _fusion_names(adapter_names)
+        fusion_name = name or ",".join(names)
+        for adapter in names:
+            if not isinstance(self._require(adapter), BnConfig):
+                raise CompositionError(f"AdapterFusion needs bottleneck adapters; {adapter!r} is not one")
+        configs = [self._engine.configs[n] for n in names]
+        for location in ("mh_adapter", "output_adapter"):
+            if len({getattr(c, location) for c in configs}) > 1:
+                raise CompositionError(f"adapters {names} disagree on {location}; they cannot be fused")
+        if fusion_name in self._engine.fusions:
+            if not overwrite_ok:
+                raise AdapterConfigError(f"an AdapterFusion named {fusion_name!r} already exists")
+            self.delete_adapter_fusion(fusion_name)
+        config = AdapterFusionConfig.load(config)
+        self._method("bottleneck").add_fusion(fusion_name, names, config)
+        self._engine.fusions[fusion_name] = (names, config)
+        for _, param in self._fusion_parameters(fusion_name):
+            param.data = param.data.to(next(self._engine.base.parameters()).device)
+        if set_active:
+            self.set_active_adapters(Fuse(*names))
+
+    def delete_adapter_fusion(self, adapter_names) -> None:
+        fusion_name = adapter_names if isinstance(adapter_names, str) else ",".join(_fusion_names(adapter_names))
+        if fusion_name not in self._engine.fusions:
+            raise AdapterConfigError(f"no AdapterFusion named {fusion_name!r}")
+        self._method("bottleneck").delete_fusion(fusion_name)
+        del self._engine.fusions[fusion_name]
+
+    # --- parameters and summary --------------------------------------------------------------------------
+
+    def _adapter_parameters(self, name: str):
+        return [(k, p) for k, p in self.named_parameters(remove_duplicate=False) if is_adapter_key(k, name)]
+
+    def _fusion_parameters(self, fusion_name: str):
+        return [(k, p) for k, p in self.named_parameters() if is_fusion_key(k, fusion_name)]
+
+    def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if is_adapter_key(k, name)}
+
+    def adapter_summary(self, as_dict: bool = False):
+        """A table of adapters: name, method, parameters, % of the base model, active, trainable."""
+        setup = self._engine.active_setup
+        active = set(setup.flatten()) if setup is not None else set()
+        rows = []
+        for name, config in self._engine.configs.items():
+            params = {id(p): p for _, p in self._adapter_parameters(name)}.values()
+            rows.append({
+                "name": name,
+                "architecture": config.architecture or "bottleneck",
+                "#param": sum(p.numel() for p in params),
+                "active": name in active,
+                "train": bool(params) and all(p.requires_grad for p in params),
+            })
+        adapter_ids = {id(p) for name in self._engine.configs for _, p in self._adapter_parameters(name)}
+        base_params = sum(p.numel() for p in self._engine.base.parameters() if id(p) not in adapter_ids)
+        for row in rows:
+            row["%param"] = row["#param"] / base_params * 100
+        full = {"name": "Full model", "#param": base_params, "%param": 100.0,
+                "train": not getattr(self._engine.base, "model_frozen", False)}
+        rows.append(full)
+        if as_dict:
+            return rows
+        return _format_summary(rows)
+
+    # --- saving and loading ------------------------------------------------------------------------------
+
+    def _file_meta(self, name: str) -> dict:
+        config = self._engine.base.config
+        return {
+            "hidden_size": getattr(config, "hidden_size", None),
+            "model_class": self._model_class_name(),
+            "model_name": getattr(config, "name_or_path", "") or "",
+            "model_type": config.model_type,
+            "name": name,
+            "version": FORMAT_VERSION,
+        }
+
+    def _model_class_name(self) -> str:
+        return type(self).__name__
+
+    def save_adapter(self, save_directory, adapter_name: str, with_head: bool = True, meta_dict: dict | None = None,
+                     use_safetensors: bool = False, **_) -> None:
+        """Write adapter_config.json and the adapter weights (AdapterHub layout) to `save_directory`."""
+        config = self._require(adapter_name)
+        folder = Path(save_directory)
+        data = {"config": config.to_dict(), **self._file_meta(adapter_name)}
+        for key, value in (meta_dict or {}).items():
+            data.setdefault(key, value)
+        weights = self.adapter_state_dict(adapter_name)
+        files.write_json(folder / files.ADAPTER_CONFIG, data)
+        name = files.ADAPTER_SAFETENSORS if use_safetensors else files.ADAPTER_WEIGHTS
+        files.write_weights(folder / name, weights)
+        if with_head:
+            self._save_matching_head(folder, adapter_name, use_safetensors)
+
+    def _save_matching_head(self, folder: Path, name: str, use_safetensors: bool) -> None:
+        """Overridden by models with flex heads."""
+
+    def load_adapter(self, adapter_name_or_path, config=None, version=None, model_name=None, load_as: str | None = None,
+                     source: str | None = None, with_head: bool = True, leave_out: list[int] | None = None,
+                     id2label=None, set_active: bool = False, use_safetensors: bool = False, **kwargs) -> str:
+        """Load an adapter saved in the AdapterHub format (a local folder) and return its name."""
+        folder = self._resolve_adapter_folder(adapter_name_or_path, source=source, version=version, **kwargs)
+        data = files.read_json(folder / files.ADAPTER_CONFIG)
+        if "config" not in data:
+            raise AdapterLoadError(f"{folder / files.ADAPTER_CONFIG} has no 'config' entry")
+        self._check_compatible(data, folder / files.ADAPTER_CONFIG)
+        adapter_config = AdapterConfig.from_dict(data["config"], strict=False, source=str(folder / files.ADAPTER_CONFIG))
+        if leave_out:
+            adapter_config = adapter_config.replace(leave_out=sorted(set(leave_out) | set(adapter_config.leave_out)))
+        weights_path = files.find_weights(folder, files.ADAPTER_WEIGHTS, files.ADAPTER_SAFETENSORS)
+        if weights_path is None:
+            raise AdapterLoadError(f"no adapter weights ({files.ADAPTER_WEIGHTS} or {files.ADAPTER_SAFETENSORS}) in {folder}")
+        state = files.read_weights(weights_path)
+        saved_name = data.get("name") or load_as or folder.name
+        name = load_as or saved_name
+        state = rename_adapter_keys(state, saved_name, name)
+        state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
+        existed = name in self._engine.configs
+        if existed:
+            raise AdapterConfigError(f"an adapter named {name!r} already exists; pass load_as= to load it under another name")
+        self.add_adapter(name, config=adapter_config)
+        try:
+            self._load_weights(state, lambda k: is_adapter_key(k, name), weights_path)
+            if with_head:
+                self._load_matching_head(folder, name, id2label)
+        except Exception:
+            self.delete_adapter(name)
+            raise
+        if set_active:
+            self.set_active_adapters(name)
+        return name
+
+    def _resolve_adapter_folder(self, name_or_path, **kwargs) -> Path:
+        path = Path(str(name_or_path)).expanduser()
+        if path.is_dir():
+            return path
+        from ..hub import resolve_adapter  # imported lazily: the hub needs network libraries
+
+        return resolve_adapter(str(name_or_path), model=self, **kwargs)
+
+    def _check_compatible(self, data: dict, path: Path) -> None:
+        config = self._engine.base.config
+        model_type = data.get("model_type")
+        if model_type and model_type.replace("_", "-") != config.model_type.replace("_", "-"):
+            raise AdapterLoadError(f"{path} was saved for model type {model_type!r}; this model is {config.model_type!r}")
+        hidden = data.get("hidden_size")
+        if hidden and hidden != getattr(config, "hidden_size", hidden):
+            raise AdapterLoadError(f"{path} was saved for hidden size {hidden}; this model has {config.hidden_size}")
+
+    def _load_matching_head(self, folder: Path, name: str, id2label) -> None:
+        """Overridden by models with flex heads."""
+
+    def _load_weights(self, state: dict[str, torch.Tensor], belongs, source: Path) -> None:
+        """Copy `state` into the model after checking it has exactly the expected keys and shapes."""
+        own = {k: v for k, v in self.state_dict(keep_vars=True).items() if belongs(k)}
+        missing = sorted(set(own) - set(state))
+        # The adapters library does not save a bare base model's shared PHM parameters (no leading dot).
+        unsaved = [k for k in missing if k.startswith("shared_parameters.")]
+        if unsaved:
+            warnings.warn(f"{source} has no {_few(unsaved)}; they keep their initial values", stacklevel=3)
+            missing = [k for k in missing if k not in unsaved]
+        unexpected = sorted(set(state) - set(own))
+        if missing:
+            raise AdapterLoadError(f"{source} lacks weight(s) {_few(missing)}")
+        if unexpected:
+            raise AdapterLoadError(f"{source} has unexpected weight(s) {_few(unexpected)}")
+        for key, tensor in state.items():
+            if tuple(tensor.shape) != tuple(own[key].shape):
+                raise AdapterLoadError(
+                    f"{source}: weight {key!r} has shape {tuple(tensor.shape)}, the model expects {tuple(own[key].shape)}"
+                )
+        with torch.no_grad():
+            for key, tensor in state.items():
+                own[key].copy_(tensor.to(own[key].dtype))
+
+    def save_adapter_fusion(self, save_directory, adapter_names, with_head: bool = False, use_safetensors: bool = False,
+                            **_) -> None:
+        """Write adapter_fusion_config.json and the fusion weights."""
+        fusion_name = adapter_names if isinstance(adapter_names, str) else ",".join(_fusion_names(adapter_names))
+        if fusion_name not in self._engine.fusions:
+            raise AdapterConfigError(f"no AdapterFusion named {fusion_name!r}")
+        names, config = self._engine.fusions[fusion_name]
+        folder = Path(save_directory)
+        data = {"adapter_names": list(names), "config": config.to_dict(), **self._file_meta(fusion_name)}
+        files.write_json(folder / files.FUSION_CONFIG, data)
+        weights = {k: v for k, v in self.state_dict().items() if is_fusion_key(k, fusion_name)}
+        name = files.FUSION_SAFETENSORS if use_safetensors else files.FUSION_WEIGHTS
+        files.write_weights(folder / name, weights)
+        if with_head:
+            self._save_matching_head(folder, fusion_name, use_safetensors)
+
+    def load_adapter_fusion(self, adapter_fusion_name_or_path, load_as: str | None = None, set_active: bool = False,
+                            **_) -> str:
+        """Load a fusion saved in the AdapterHub format; the fused adapters must be loaded already."""
+        folder = Path(adapter_fusion_name_or_path)
+        config_path = folder / files.FUSION_CONFIG
+        data = files.read_json(config_path)
+        self._check_compatible(data, config_path)
+        saved_name = data.get("name")
+        names = data.get("adapter_names") or (saved_name.split(",") if saved_name else None)
+        if not names:
+            raise AdapterLoadError(f"{config_path} names no adapters ('adapter_names')")
+        missing = [n for n in names if n not in self._engine.configs]
+        if missing:
+            raise AdapterLoadError(f"{config_path} fuses adapter(s) {missing} that are not loaded")
+        fusion_name = load_as or saved_name or ",".join(names)
+        weights_path = files.find_weights(folder, files.FUSION_WEIGHTS, files.FUSION_SAFETENSORS)
+        if weights_path is None:
+            raise AdapterLoadError(f"no fusion weights ({files.FUSION_WEIGHTS}) in {folder}")
+        state = files.read_weights(weights_path)
+        state = rename_prefixed(state, "adapter_fusion_layer", saved_name or fusion_name, fusion_name)
+        state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
+        try:
+            config = AdapterFusionConfig.load(dict(data["config"]))
+        except (AdapterConfigError, KeyError, TypeError) as err:
+            raise AdapterLoadError(f"{config_path}: bad fusion config ({err})") from None
+        self.add_adapter_fusion(names, config, name=fusion_name if fusion_name != ",".join(names) else None)
+        try:
+            self._load_weights(state, lambda k: is_fusion_key(k, fusion_name), weights_path)
+        except Exception:
+            self.delete_adapter_fusion(fusion_name)
+            raise
+        if set_active:
+            self.set_active_adapters(Fuse(*names))
+        return fusion_name
+
+    # --- LoRA merging and averaging ----------------------------------------------------------------------
+
+    def merge_adapter(self, name: str) -> None:
+        """Merge a LoRA/IA3 adapter into the base weights (no extra cost at inference)."""
+        config = self._require(name)
+        if not isinstance(config, LoRAConfig):
+            raise AdapterConfigError(f"only LoRA/IA3 adapters can be merged; {name!r} is {config.architecture or 'bottleneck'}")
+        self._method("lora").merge(name)
+
+    def reset_adapter(self) -> None:
+        """Undo `merge_adapter`."""
+        if "lora" in self._engine.methods:
+            self._engine.methods["lora"].reset()
+
+    def average_adapter(self, adapter_name: str, adapter_list: list[str], weights: list[float] | None = None,
+                        normalize_weights: bool = True, overwrite_ok: bool = False, set_active: bool = False,
+                        combine_strategy: str = "linear", **_) -> None:
+        """Create a new adapter whose weights are the weighted average of existing adapters' weights."""
+        if combine_strategy != "linear":
+            raise AdapterConfigError(f"combine_strategy={combine_strategy!r} is not supported; use 'linear'")
+        configs = [self._require(n) for n in adapter_list]
+        comparable = [{k: v for k, v in c.to_dict().items() if k not in ("dropout", "init_weights")} for c in configs]
+        if any(c != comparable[0] for c in comparable[1:]):
+            raise AdapterConfigError(f"adapters {adapter_list} have different configs and cannot be averaged")
+        weights = list(weights) if weights is not None else [1 / len(adapter_list)] * len(adapter_list)
+        if len(weights) != len(adapter_list):
+            raise AdapterConfigError(f"{len(adapter_list)} adapters but {len(weights)} weights")
+        if normalize_weights:
+            weights = [w / sum(weights) for w in weights]
+        sources = [self.adapter_state_dict(n) for n in adapter_list]
+        self.add_adapter(adapter_name, config=configs[0], overwrite_ok=overwrite_ok)
+        averaged = {}
+        for key in self.adapter_state_dict(adapter_name):
+            parts = [rename_adapter_keys({key: None}, adapter_name, n) for n in adapter_list]
+            source_keys = [next(iter(p)) for p in parts]
+            averaged[key] = sum(w * s[k] for w, s, k in zip(weights, sources, source_keys, strict=True))
+        self._load_weights(averaged, lambda k: is_adapter_key(k, adapter_name), Path("<average>"))
+        if set_active:
+            self.set_active_adapters(adapter_name)
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or "." in name:
+        raise AdapterConfigError(f"invalid adapter name {name!r}: use a non-empty string without '.'")
+
+
+def _fusion_names(adapter_names) -> list[str]:
+    if isinstance(adapter_names, Fuse):
+        return adapter_names.flatten()
+    if isinstance(adapter_names, str):
+        return adapter_names.split(",")
+    return list(adapter_names)
+
+
+def _fuse_blocks(setup) -> list[Fuse]:
+    if isinstance(setup, Fuse):
+        return [setup]
+    if isinstance(setup, Block):
+        return [f for child in setup for f in _fuse_blocks(child)]
+    return []
+
+
+def _few(keys: list[str]) -> str:
+    shown = ", ".join(repr(k) for k in keys[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _format_summary(rows: list[dict]) -> str:
+    header = "{:<25}{:<15}{:>12}{:>12}{:>8}{:>8}".format("Name", "Architecture", "#Param", "%Param", "Active", "Train")
+    lines = ["=" * 80, header, "-" * 80]
+    for i, row in enumerate(rows):
+        if i == len(rows) - 1:
+            lines.append("-" * 80)
+        lines.append("{:<25}{:<15}{:>12,}{:>12.3f}{:>8}{:>8}".format(
+            row["name"], row.get("architecture", ""), row["#param"], row["%param"],
+            _flag(row.get("active", "")), _flag(row.get("train", ""))))
+    lines.append("=" * 80)
+    return "\n".join(lines)
+
+
+def _flag(value) -> str:
+    return str(int(value)) if isinstance(value, bool) else str(value)
+
+
