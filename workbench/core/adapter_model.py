@@ -102,7 +102,7 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
                             set_active: bool = True) -> None:
         if head_name in self.heads and not overwrite_ok:
             raise HeadError(f"a head named {head_name!r} already exists (pass overwrite_ok=True to replace it)")
-        head.to(self.base_model.device)
+        head.to(self.base_model.device).train(self.training)
         self.heads[head_name] = head
         if set_active or self._active_head is None:
             self.active_head = head_name
@@ -217,7 +217,7 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
             head = head_from_config(self.config, config)
         except (TypeError, HeadError) as err:
             raise HeadError(f"{config_path}: {err}") from None
-        self.heads[name] = head.to(self.base_model.device)
+        self.heads[name] = head.to(self.base_model.device).train(self.training)
         try:
             self._load_weights(state, lambda k: is_head_key(k, name, self.base_model_prefix), weights_path)
         except Exception:

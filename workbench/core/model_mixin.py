@@ -94,6 +94,7 @@ class ModelAdaptersMixin:
             raise
         self._engine.configs[adapter_name] = config
         self._adapter_device_to_model(adapter_name)
+        self.train(self.training)  # new modules follow the model's train/eval mode
         if set_active:
             self.set_active_adapters(adapter_name)
 
@@ -215,6 +216,7 @@ class ModelAdaptersMixin:
         config = AdapterFusionConfig.load(config)
         self._method("bottleneck").add_fusion(fusion_name, names, config)
         self._engine.fusions[fusion_name] = (names, config)
+        self.train(self.training)
         for _, param in self._fusion_parameters(fusion_name):
             param.data = param.data.to(next(self._engine.base.parameters()).device)
         if set_active:
@@ -442,11 +444,18 @@ class ModelAdaptersMixin:
 
     def average_adapter(self, adapter_name: str, adapter_list: list[str], weights: list[float] | None = None,
                         normalize_weights: bool = True, overwrite_ok: bool = False, set_active: bool = False,
-                        combine_strategy: str = "linear", **_) -> None:
-        """Create a new adapter whose weights are the weighted average of existing adapters' weights."""
-        if combine_strategy != "linear":
+                        combine_strategy: str = "linear", svd_rank: int | None = None, **_) -> None:
+        """Create a new adapter whose weights are the weighted average of existing adapters' weights.
+
+        LoRA adapters also accept combine_strategy "lora_linear_only_negate_b" and "lora_delta_w_svd" (with
+        `svd_rank`, which becomes the new adapter's `r`).
+        """
+        lora_strategy = combine_strategy in ("lora_linear_only_negate_b", "lora_delta_w_svd")
+        if combine_strategy != "linear" and not lora_strategy:
             raise AdapterConfigError(f"combine_strategy={combine_strategy!r} is not supported; use 'linear'")
         configs = [self._require(n) for n in adapter_list]
+        if lora_strategy and not all(isinstance(c, LoRAConfig) for c in configs):
+            raise AdapterConfigError(f"combine_strategy={combine_strategy!r} needs LoRA adapters")
         comparable = [{k: v for k, v in c.to_dict().items() if k not in ("dropout", "init_weights")} for c in configs]
         if any(c != comparable[0] for c in comparable[1:]):
             raise AdapterConfigError(f"adapters {adapter_list} have different configs and cannot be averaged")
@@ -456,7 +465,19 @@ class ModelAdaptersMixin:
         if normalize_weights:
             weights = [w / sum(weights) for w in weights]
         sources = [self.adapter_state_dict(n) for n in adapter_list]
-        self.add_adapter(adapter_name, config=configs[0], overwrite_ok=overwrite_ok)
+        new_config = configs[0]
+        if svd_rank is not None and isinstance(new_config, LoRAConfig):
+            new_config = new_config.replace(r=svd_rank)
+        self.add_adapter(adapter_name, config=new_config, overwrite_ok=overwrite_ok)
+        if lora_strategy:
+            try:
+                self._method("lora").average(adapter_name, dict(zip(adapter_list, weights)), combine_strategy, svd_rank)
+            except Exception:
+                self.delete_adapter(adapter_name)
+                raise
+            if set_active:
+                self.set_active_adapters(adapter_name)
+            return
         averaged = {}
         for key in self.adapter_state_dict(adapter_name):
             parts = [rename_adapter_keys({key: None}, adapter_name, n) for n in adapter_list]

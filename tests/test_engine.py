@@ -1,0 +1,182 @@
+"""Behaviour of the engine API on tiny models: adding, activating, training, saving and loading adapters."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoConfig, BertForSequenceClassification
+
+import workbench
+from workbench import Fuse, Parallel, Stack
+
+from tiny import tiny_adapter_model, tiny_base_model, tiny_config
+
+IDS = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
+MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+
+
+def hidden(model, **kw):
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK, **kw)[0]
+
+
+def perturb(model, name):
+    with torch.no_grad():
+        for _, param in model._adapter_parameters(name):
+            param.add_(torch.randn_like(param) * 0.3)
+
+
+def test_no_active_adapter_leaves_outputs_unchanged():
+    model = tiny_adapter_model()
+    before = hidden(model)
+    model.add_adapter("a", config="double_seq_bn")
+    perturb(model, "a")
+    assert torch.equal(hidden(model), before)
+    model.set_active_adapters("a")
+    assert not torch.allclose(hidden(model), before)
+    model.set_active_adapters(None)
+    assert torch.equal(hidden(model), before)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "gpt2", "llama"])
+def test_save_load_round_trip_restores_outputs(tmp_path, model_type):
+    model = tiny_adapter_model(model_type)
+    model.add_adapter("task", config="seq_bn_inv")
+    model.add_classification_head("task", num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+    perturb(model, "task")
+    model.set_active_adapters("task")
+    expected = model(input_ids=IDS, attention_mask=MASK).logits.detach()
+    model.save_adapter(tmp_path / "task", "task")
+
+    fresh = tiny_adapter_model(model_type)
+    fresh.load_state_dict(model.state_dict(), strict=False)  # same base weights
+    fresh.delete_adapter("task") if "task" in fresh.adapters else None
+    name = fresh.load_adapter(str(tmp_path / "task"), set_active=True)
+    assert name == "task"
+    assert fresh.active_head == "task"
+    assert fresh.heads["task"].id2label == {0: "a", 1: "b", 2: "c"}
+    torch.testing.assert_close(fresh(input_ids=IDS, attention_mask=MASK).logits, expected)
+
+
+def test_load_as_renames_every_key(tmp_path):
+    model = tiny_adapter_model()
+    model.add_adapter("old", config="seq_bn")
+    perturb(model, "old")
+    model.save_adapter(tmp_path / "old", "old")
+    model.set_active_adapters("old")
+    expected = hidden(model)
+    name = model.load_adapter(str(tmp_path / "old"), load_as="new", set_active=True)
+    assert name == "new" and set(model.adapters) == {"old", "new"}
+    torch.testing.assert_close(hidden(model), expected)
+    assert not any(".old." in k for k in model.adapter_state_dict("new"))
+
+
+def test_train_adapter_freezes_everything_else():
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn")
+    model.add_classification_head("a", num_labels=2)
+    model.train_adapter("a")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".adapters.a." in n or n.startswith("heads.a.") for n in trainable)
+    assert model.active_adapters == Stack("a")
+    loss = model(input_ids=IDS, attention_mask=MASK, labels=torch.tensor([0, 1])).loss
+    loss.backward()
+    frozen_grads = [p.grad for n, p in model.named_parameters() if not p.requires_grad]
+    assert all(g is None for g in frozen_grads)
+
+
+def test_adapter_summary_counts_parameters():
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn")  # output adapter, 32 -> 2 -> 32 in each of 2 layers
+    rows = model.adapter_summary(as_dict=True)
+    assert rows[0]["name"] == "a" and rows[0]["#param"] == 2 * (32 * 2 + 2 + 2 * 32 + 32)
+    assert rows[-1]["name"] == "Full model"
+    text = model.adapter_summary()
+    assert "bottleneck" in text and "Full model" in text
+
+
+def test_init_adds_adapters_to_a_task_model(tmp_path):
+    model = BertForSequenceClassification(tiny_config("bert", num_labels=2)).eval()
+    workbench.init(model)
+    model.add_adapter("a", config="par_bn", set_active=True)
+    perturb(model, "a")
+    logits = model(input_ids=IDS, attention_mask=MASK).logits
+    model.save_adapter(tmp_path / "a", "a")
+    keys = torch.load(tmp_path / "a" / "pytorch_adapter.bin", weights_only=True)
+    assert all(k.startswith("bert.encoder.layer.") for k in keys)
+    # a file saved from a task model loads into an AdapterModel with the same base weights
+    other = tiny_adapter_model("bert")
+    other.bert.load_state_dict(model.bert.state_dict(), strict=False)
+    other.load_adapter(str(tmp_path / "a"), set_active=True)
+    with torch.no_grad():
+        torch.testing.assert_close(hidden(other), model.bert(input_ids=IDS, attention_mask=MASK)[0])
+    assert logits.shape == (2, 2)
+
+
+def test_fusion_output_attentions_and_training():
+    model = tiny_adapter_model()
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+    model.add_adapter_fusion(["a", "b"])
+    model.train_adapter_fusion(Fuse("a", "b"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("adapter_fusion_layer.a,b." in n for n in trainable)
+    model.eval()
+    out = model(input_ids=IDS, attention_mask=MASK, output_adapter_fusion_attentions=True)
+    attention = out["adapter_fusion_attentions"]["a,b"][0]["output_adapter"]
+    assert attention.shape == (2, 4, 2)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2, 4))
+
+
+def test_parallel_runs_each_adapter_on_a_copy_of_the_batch():
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="seq_bn")
+    perturb(model, "a")
+    perturb(model, "b")
+    model.set_active_adapters("a")
+    only_a = hidden(model)
+    model.set_active_adapters("b")
+    only_b = hidden(model)
+    model.set_active_adapters(Parallel("a", "b"))
+    both = hidden(model)
+    assert both.shape[0] == 4
+    torch.testing.assert_close(both[:2], only_a)
+    torch.testing.assert_close(both[2:], only_b)
+
+
+def test_config_strings_and_objects():
+    config = workbench.AdapterConfig.load("seq_bn[reduction_factor=4, non_linearity='gelu']")
+    assert isinstance(config, workbench.SeqBnConfig) and config.reduction_factor == 4
+    assert config["non_linearity"] == "gelu"
+    assert workbench.AdapterConfig.load("houlsby") == workbench.DoubleSeqBnConfig()
+    union = workbench.AdapterConfig.load("prefix_tuning|par_bn")
+    assert isinstance(union, workbench.ConfigUnion) and len(union.configs) == 2
+
+
+def test_average_adapter_averages_weights():
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="seq_bn")
+    perturb(model, "a")
+    model.average_adapter("avg", ["a", "b"], weights=[1, 3])
+    a, b, avg = (model.adapter_state_dict(n) for n in ("a", "b", "avg"))
+    for key, value in avg.items():
+        torch.testing.assert_close(value, 0.25 * a[key.replace(".avg.", ".a.")] + 0.75 * b[key.replace(".avg.", ".b.")])
+
+
+def test_engine_imports_no_ui_or_server_code():
+    code = ("import sys, workbench; bad = [m for m in ('ipywidgets', 'IPython', 'tornado', 'jupyter_server', "
+            "'plotly') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_base_model_forward_is_untouched_by_init():
+    model = tiny_base_model("llama")
+    before = hidden(model)
+    workbench.init(model)
+    model.add_adapter("a", config="seq_bn")
+    assert torch.equal(hidden(model), before)
+    assert isinstance(AutoConfig.for_model("bert"), object)

@@ -1,0 +1,176 @@
+"""Bad input gets a clear error naming the file, key or value, and leaves the model as it was."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+import workbench
+from workbench import (
+    AdapterConfigError,
+    AdapterLoadError,
+    Average,
+    CompositionError,
+    Fuse,
+    HeadError,
+    Parallel,
+    Stack,
+    UnsupportedModelError,
+)
+
+from tiny import tiny_adapter_model, tiny_base_model
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A model with an adapter `a` (and head) saved to tmp_path/a."""
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn")
+    model.add_classification_head("a", num_labels=2)
+    model.save_adapter(tmp_path / "a", "a")
+    return tmp_path / "a"
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, set(model.adapters), dict(model.heads)
+
+
+def assert_unchanged(model, before):
+    state, adapters, heads = before
+    after = model.state_dict()
+    assert set(after) == set(state)
+    assert all(torch.equal(after[k], state[k]) for k in state)
+    assert set(model.adapters) == adapters and dict(model.heads) == heads
+
+
+def test_unknown_config_name_and_key():
+    model = tiny_adapter_model()
+    with pytest.raises(AdapterConfigError, match="'nonsense'"):
+        model.add_adapter("x", config="nonsense")
+    with pytest.raises(AdapterConfigError, match="reduction_factr"):
+        model.add_adapter("x", config="seq_bn[reduction_factr=4]")
+    with pytest.raises(AdapterConfigError, match="init_weights"):
+        workbench.SeqBnConfig(init_weights="zeros")
+    assert not model.adapters
+
+
+def test_duplicate_name_and_unknown_adapter():
+    model = tiny_adapter_model()
+    model.add_adapter("a")
+    with pytest.raises(AdapterConfigError, match="already exists"):
+        model.add_adapter("a")
+    with pytest.raises(CompositionError, match="'b'"):
+        model.set_active_adapters(Stack("a", "b"))
+    with pytest.raises(AdapterConfigError, match="'b'"):
+        model.delete_adapter("b")
+
+
+def test_invalid_compositions():
+    model = tiny_adapter_model()
+    for name in "abc":
+        model.add_adapter(name)
+    with pytest.raises(CompositionError, match="too deeply"):
+        model.set_active_adapters(Stack("a", Parallel("b", Stack("c", Average("a", "b")))))
+    with pytest.raises(CompositionError, match="may not contain"):
+        model.set_active_adapters(Fuse("a", Parallel("b", "c")))
+    with pytest.raises(CompositionError, match="add_adapter_fusion"):
+        model.set_active_adapters(Fuse("a", "b"))
+
+
+def test_head_label_count_mismatch():
+    model = tiny_adapter_model()
+    with pytest.raises(HeadError, match="num_labels=3"):
+        model.add_classification_head("h", num_labels=3, id2label={0: "x", 1: "y"})
+    assert "h" not in model.heads
+
+
+def test_adapter_for_another_model_type_or_size(saved):
+    llama = tiny_adapter_model("llama")
+    before = snapshot(llama)
+    with pytest.raises(AdapterLoadError, match="model type 'bert'"):
+        llama.load_adapter(str(saved))
+    assert_unchanged(llama, before)
+    wide = tiny_adapter_model("bert", hidden_size=64)
+    with pytest.raises(AdapterLoadError, match="hidden size 32"):
+        wide.load_adapter(str(saved))
+
+
+def test_missing_and_corrupt_files(saved):
+    model = tiny_adapter_model()
+    before = snapshot(model)
+    with pytest.raises(AdapterLoadError, match="neither a local folder"):
+        model.load_adapter(str(saved.parent / "nowhere"))
+    (saved / "pytorch_adapter.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(AdapterLoadError, match="pytorch_adapter.bin"):
+        model.load_adapter(str(saved))
+    assert_unchanged(model, before)
+    (saved / "adapter_config.json").write_text("{broken")
+    with pytest.raises(AdapterLoadError, match="adapter_config.json is not valid JSON"):
+        model.load_adapter(str(saved))
+    (saved / "adapter_config.json").unlink()
+    with pytest.raises(AdapterLoadError, match="missing file"):
+        model.load_adapter(str(saved))
+    assert_unchanged(model, before)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_pickle_with_code_is_refused(saved, capsys):
+    state = torch.load(saved / "pytorch_adapter.bin", weights_only=True)
+    with open(saved / "pytorch_adapter.bin", "wb") as handle:
+        pickle.dump({"payload": Payload(), **state}, handle)
+    model = tiny_adapter_model()
+    before = snapshot(model)
+    with pytest.raises(AdapterLoadError, match="something other than tensors"):
+        model.load_adapter(str(saved))
+    assert "unpickled!" not in capsys.readouterr().out
+    assert_unchanged(model, before)
+
+
+def test_missing_unexpected_and_misshaped_weights(saved):
+    path = saved / "pytorch_adapter.bin"
+    state = torch.load(path, weights_only=True)
+    model = tiny_adapter_model()
+    before = snapshot(model)
+    first = next(iter(state))
+    torch.save({k: v for k, v in state.items() if k != first}, path)
+    with pytest.raises(AdapterLoadError, match="lacks weight"):
+        model.load_adapter(str(saved))
+    torch.save({**state, first.rsplit(".", 1)[0] + ".extra": torch.zeros(1)}, path)
+    with pytest.raises(AdapterLoadError, match="unexpected weight"):
+        model.load_adapter(str(saved))
+    torch.save({**state, first: torch.zeros(7, 7)}, path)
+    with pytest.raises(AdapterLoadError, match=r"shape \(7, 7\)"):
+        model.load_adapter(str(saved))
+    assert_unchanged(model, before)
+
+
+def test_failed_head_load_leaves_model_as_it_was(saved):
+    config = json.loads((saved / "head_config.json").read_text())
+    config["config"]["num_labels"] = 5  # disagrees with the saved weights
+    (saved / "head_config.json").write_text(json.dumps(config))
+    model = tiny_adapter_model()
+    before = snapshot(model)
+    with pytest.raises(AdapterLoadError, match="pytorch_model_head.bin"):
+        model.load_adapter(str(saved))
+    assert_unchanged(model, before)
+
+
+def test_unsupported_architecture():
+    from transformers import T5Config, T5Model
+
+    with pytest.raises(UnsupportedModelError, match="'t5'"):
+        workbench.init(T5Model(T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=32, vocab_size=50)))
+
+
+def test_fusion_needs_matching_adapters():
+    model = tiny_base_model()
+    workbench.init(model)
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="double_seq_bn")
+    with pytest.raises(CompositionError, match="mh_adapter"):
+        model.add_adapter_fusion(["a", "b"])

@@ -1,0 +1,24 @@
+"""Tiny models built from configs, for fast tests that need no downloads."""
+
+from transformers import AutoConfig, AutoModel
+
+import workbench
+
+SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
+
+
+def tiny_config(model_type: str = "bert", **overrides):
+    extra = {"num_key_value_heads": 2} if model_type in ("llama", "mistral", "qwen2") else {}
+    config = AutoConfig.for_model(model_type, **{**SIZES, **extra, **overrides})
+    if model_type == "gpt2":
+        config.bos_token_id = config.eos_token_id = 1
+    config.pad_token_id = 0
+    return config
+
+
+def tiny_adapter_model(model_type: str = "bert", **overrides) -> workbench.AdapterModel:
+    return workbench.AutoAdapterModel.from_config(tiny_config(model_type, **overrides)).eval()
+
+
+def tiny_base_model(model_type: str = "bert", **overrides):
+    return AutoModel.from_config(tiny_config(model_type, **overrides)).eval()
