@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab notebooks/
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests --nbval-lax notebooks
 
 quality: $(STAMP)
 	$(BIN)/ruff check workbench tests benchmarks
