@@ -5,12 +5,11 @@ import sys
 
 import pytest
 import torch
+from tiny import tiny_adapter_model, tiny_base_model, tiny_config
 from transformers import AutoConfig, BertForSequenceClassification
 
 import workbench
 from workbench import Fuse, Parallel, Stack
-
-from tiny import tiny_adapter_model, tiny_base_model, tiny_config
 
 IDS = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
 MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])

@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+from tiny import tiny_adapter_model, tiny_base_model
 
 import workbench
 from workbench import (
@@ -18,8 +19,6 @@ from workbench import (
     Stack,
     UnsupportedModelError,
 )
-
-from tiny import tiny_adapter_model, tiny_base_model
 
 
 @pytest.fixture

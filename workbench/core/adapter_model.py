@@ -9,11 +9,11 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from . import files
-from .composition import BatchSplit, Parallel, Stack, parse_composition
+from .composition import BatchSplit, Parallel, Stack
 from .errors import HeadError
 from .heads import (
-    ClassificationHead,
     HEAD_TYPES,
+    ClassificationHead,
     LMHead,
     PredictionHead,
     head_from_config,

@@ -5,7 +5,7 @@ relative to one transformer layer. No modeling code is copied: the methods attac
 new architecture is one entry in `ARCHITECTURES`.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
@@ -96,12 +96,15 @@ _LLAMA = ArchSpec(
         "q": "self_attn.q_proj",
         "k": "self_attn.k_proj",
         "v": "self_attn.v_proj",
-        "intermediate": "mlp.up_proj",
-        "output": "mlp.down_proj",
+        "intermediate": "mlp.down_proj",  # sic: AdapterHub's Llama/Mistral mapping (file compatibility)
+        "output": "mlp.up_proj",
     },
     embeddings="embed_tokens",
     word_embeddings="embed_tokens",
 )
+
+# Qwen2 (AdapterHub's plugin interface) maps the FFN LoRA the natural way round.
+_QWEN2 = replace(_LLAMA, lora={**_LLAMA.lora, "intermediate": "mlp.up_proj", "output": "mlp.down_proj"})
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _BERT,
@@ -111,7 +114,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt2": _GPT2,
     "llama": _LLAMA,
     "mistral": _LLAMA,
-    "qwen2": _LLAMA,
+    "qwen2": _QWEN2,
 }
 
 

@@ -256,7 +256,9 @@ class LoRAConfig(AdapterConfig):
     attn_matrices: list[str] = field(default_factory=lambda: ["q", "v"])
     composition_mode: str = "add"
     init_weights: str = "lora"
+    init_weights_seed: int | None = None
     use_gating: bool = False
+    use_dora: bool = False
     vera_d: float | None = None
     vera_b: float | None = None
     dtype: str | None = None
@@ -273,6 +275,8 @@ class LoRAConfig(AdapterConfig):
             raise AdapterConfigError(f"composition_mode='scale' needs r=1, got r={self.r}")
         if self.vera_d is not None or self.vera_b is not None:
             raise AdapterConfigError("VeRA (vera_d/vera_b) is not supported yet")
+        if self.use_dora:
+            raise AdapterConfigError("DoRA (use_dora=True) is not supported yet")
 
 
 @dataclass(frozen=True, eq=False)
@@ -382,6 +386,12 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfig] = {
     "prefix_tuning": PrefixTuningConfig(),
     "prefix_tuning_flat": PrefixTuningConfig(flat=True),
     "prompt_tuning": PromptTuningConfig(),
+    "mam": ConfigUnion(PrefixTuningConfig(bottleneck_size=800), ParBnConfig()),
+    "unipelt": ConfigUnion(
+        PrefixTuningConfig(prefix_length=10, use_gating=True),
+        SeqBnConfig(reduction_factor=16, use_gating=True),
+        LoRAConfig(r=8, alpha=2, use_gating=True),
+    ),
 }
 DEFAULT_ADAPTER_CONFIG = "seq_bn"
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import files
-from .composition import Block, Fuse, Stack, parse_composition
+from .composition import Block, Fuse, parse_composition
 from .configs import AdapterConfig, AdapterFusionConfig, BnConfig, ConfigUnion, LoRAConfig
 from .context import EngineState
 from .errors import AdapterConfigError, AdapterLoadError, CompositionError, UnsupportedModelError
@@ -471,7 +471,8 @@ class ModelAdaptersMixin:
         self.add_adapter(adapter_name, config=new_config, overwrite_ok=overwrite_ok)
         if lora_strategy:
             try:
-                self._method("lora").average(adapter_name, dict(zip(adapter_list, weights)), combine_strategy, svd_rank)
+                sources = dict(zip(adapter_list, weights, strict=True))
+                self._method("lora").average(adapter_name, sources, combine_strategy, svd_rank)
             except Exception:
                 self.delete_adapter(adapter_name)
                 raise

@@ -1,0 +1,399 @@
+"""LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685) and (IA)^3 (Liu et al., 2022,
+https://arxiv.org/abs/2205.05638) on unmodified transformers `nn.Linear`/`Conv1D` projections.
+
+Every wrapped projection gets a child `loras` ModuleDict, so weights are keyed like AdapterHub's
+(`...attention.self.query.loras.<name>.lora_A`), and one forward hook that adds (LoRA, "add") or multiplies
+(IA3, "scale") the active adapters' output. GPT-2's fused `c_attn` takes one adapter whose q|k|v thirds are
+enabled by `attn_matrices`. `merge`/`reset` fold an adapter into the base weight and back.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ..composition import Average, BatchSplit, Parallel, Stack
+from ..configs import LoRAConfig
+from ..context import EngineState
+from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
+
+LOCATIONS = {"q": "selfattn", "k": "selfattn", "v": "selfattn", "qkv": "selfattn",
+             "intermediate": "intermediate", "output": "output"}
+
+
+def _seed(config: LoRAConfig) -> None:
+    if config.init_weights_seed:  # AdapterHub ignores seed 0 as well
+        torch.manual_seed(config.init_weights_seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(config.init_weights_seed)
+
+
+class _LoRABase(nn.Module):
+    """Shared gating: `sigmoid(gate(x))` averaged over tokens replaces the fixed scaling."""
+
+    def _add_gate(self, config: LoRAConfig, in_features: int, heads: int) -> None:
+        self.use_gating = config.use_gating
+        if config.use_gating:
+            self.gate = nn.Linear(in_features, heads)
+            nn.init.normal_(self.gate.weight, std=0.02)
+
+    def _scale(self, h, x):
+        if not self.use_gating:
+            return h * self.scaling, None
+        gate = torch.sigmoid(self.gate(x)).mean(dim=1).unsqueeze(-1)
+        return h * gate, gate
+
+
+class LoRA(_LoRABase):
+    """`h = dropout(x) A^T B^T * alpha/r`; the layer output becomes `Wx + b + h`."""
+
+    def __init__(self, in_features: int, out_features: int, config: LoRAConfig, heads: int = 1):
+        super().__init__()
+        dtype = getattr(torch, config.dtype) if config.dtype else None
+        self.r, self.scaling = config.r, config.alpha / config.r
+        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.lora_A = nn.Parameter(torch.zeros(config.r * heads, in_features, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, config.r, dtype=dtype))
+        _seed(config)
+        if config.init_weights == "lora":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        elif config.init_weights == "bert":
+            nn.init.normal_(self.lora_A, std=0.02)
+            nn.init.normal_(self.lora_B, std=0.02)
+        elif config.init_weights == "ia3":
+            nn.init.ones_(self.lora_A)
+            nn.init.ones_(self.lora_B)
+        else:  # "vera"
+            nn.init.kaiming_uniform_(self.lora_A)
+            nn.init.kaiming_uniform_(self.lora_B)
+        self._add_gate(config, in_features, heads)
+
+    @property
+    def delta_w(self) -> torch.Tensor:
+        return self.lora_B @ self.lora_A
+
+    def forward(self, h, x):
+        """Returns (scaled delta, gate or None); `h` is the previous Stack member's delta, else None."""
+        h = x if h is None else h
+        h = self.lora_dropout(h.to(self.lora_A.dtype)) @ self.lora_A.t() @ self.lora_B.t()
+        return self._scale(h, x)
+
+    @staticmethod
+    def com(base, added, scaling=1.0):
+        return base + (added * scaling).to(base.dtype)
+
+
+
+class IA3(_LoRABase):
+    """`h = lora_B * alpha`; the layer output becomes `(Wx + b) * h`."""
+
+    def __init__(self, in_features: int, out_features: int, config: LoRAConfig, heads: int = 1):
+        super().__init__()
+        if config.dropout > 0:
+            raise AdapterConfigError("(IA)^3 (composition_mode='scale') does not support dropout > 0")
+        self.r, self.scaling = config.r, config.alpha
+        self.lora_B = nn.Parameter(torch.zeros(out_features, 1))
+        _seed(config)
+        if config.init_weights == "lora":
+            warnings.warn("(IA)^3 adapter initialised with LoRA's zero init", stacklevel=4)
+        elif config.init_weights == "bert":
+            nn.init.normal_(self.lora_B, std=0.02)
+        elif config.init_weights == "ia3":
+            nn.init.ones_(self.lora_B)
+        else:
+            raise AdapterConfigError(f"init_weights={config.init_weights!r} is not valid for (IA)^3")
+        self._add_gate(config, in_features, heads)
+
+    @property
+    def delta_w(self) -> torch.Tensor:
+        return self.lora_B
+
+    def forward(self, h, x):
+        vector = self.lora_B.view(1, 1, -1).expand(x.shape[0], 1, -1)
+        return self._scale(vector if h is None else h * vector, x)
+
+    @staticmethod
+    def com(base, added, scaling=1.0):
+        return base * (added * scaling).to(base.dtype)
+
+
+@dataclass
+class _State:
+    x: torch.Tensor  # the projection's input
+    h: torch.Tensor | None  # the composed adapter delta (None until an adapter ran)
+    y: torch.Tensor  # the projection's own output
+    last: str | None = None
+
+
+def _rows(st: _State, a: int, b: int) -> _State:
+    return _State(st.x[a:b], st.h[a:b] if st.h is not None else None, st.y[a:b], st.last)
+
+
+class LoRATarget:
+    """One wrapped projection of one layer: its `loras` ModuleDict, forward hook and merge state."""
+
+    def __init__(self, state: EngineState, layer_idx: int, key: str, path: str, module: nn.Module):
+        self.state, self.layer_idx, self.path, self.module = state, layer_idx, path, module
+        self.location = LOCATIONS[key] + "_lora"
+        self.fused = key == "qkv"
+        self.conv1d = isinstance(module, Conv1D)
+        if self.conv1d:
+            self.in_features, self.out_features = module.weight.shape
+        elif isinstance(module, nn.Linear):
+            self.in_features, self.out_features = module.in_features, module.out_features
+        else:
+            kind = type(module).__name__
+            raise UnsupportedModelError(f"LoRA cannot wrap {path} ({kind}): it needs an nn.Linear or Conv1D")
+        if not hasattr(module, "loras"):
+            module.loras = nn.ModuleDict()
+        self.loras: nn.ModuleDict = module.loras
+        self.merged: str | None = None
+        self.original: torch.Tensor | None = None
+        self.handle = module.register_forward_hook(self._hook)
+
+    def make(self, config: LoRAConfig) -> nn.Module:
+        cls = IA3 if config.composition_mode == "scale" else LoRA
+        if not self.fused:
+            return cls(self.in_features, self.out_features, config)
+        enabled = [m in config.attn_matrices for m in "qkv"]
+        module = cls(self.in_features, self.out_features // 3 * sum(enabled), config, heads=sum(enabled))
+        module.enabled = enabled
+        return module
+
+    # --- forward -----------------------------------------------------------------------------------------
+
+    def _hook(self, module, args, output):
+        ctx = self.state.context
+        if ctx is None or ctx.setup is None or self.merged is not None:
+            return None
+        if self.layer_idx in self.state.skip_layers or not any(name in self.loras for name in ctx.names):
+            return None
+        x = args[0]
+        if self.fused:
+            return self._fused_forward(ctx.setup, x, output)
+        st = self.compose(ctx.setup, _State(x, None, output))
+        if st.last is None or st.h is None:
+            return None
+        return self.loras[st.last].com(output, st.h)
+
+    def compose(self, setup, st: _State) -> _State:
+        if isinstance(setup, str):
+            return self._single(setup, st) if setup in self.loras else st
+        if not any(name in self.loras for name in setup.flatten()):
+            return st
+        if isinstance(setup, Stack):
+            for child in setup:
+                st = self.compose(child, st)
+            return st
+        if isinstance(setup, Parallel):
+            batch, channels = st.x.shape[0], len(setup)
+            if batch % channels:
+                raise CompositionError(f"{setup}: {batch} rows cannot be split into {channels} channels")
+            sizes = [batch // channels] * channels
+        elif isinstance(setup, BatchSplit):
+            if sum(setup.batch_sizes) != st.x.shape[0]:
+                raise CompositionError(f"{setup}: batch_sizes do not add up to the batch of {st.x.shape[0]}")
+            sizes = setup.batch_sizes
+        if isinstance(setup, (Parallel, BatchSplit)):
+            edges = [0]
+            for size in sizes:
+                edges.append(edges[-1] + size)
+            bounds = zip(edges[:-1], edges[1:], strict=True)
+            parts = [self.compose(c, _rows(st, a, b)) for c, (a, b) in zip(setup, bounds, strict=True)]
+            return self._concat(parts)
+        if isinstance(setup, Average):
+            return self._average(setup, st)
+        raise CompositionError(f"{setup}: {type(setup).__name__} is not supported for LoRA/IA3 adapters "
+                               f"(use Stack, Parallel, BatchSplit or Average)")
+
+    def _single(self, name: str, st: _State) -> _State:
+        h, gate = self.loras[name](st.h, st.x)
+        if gate is not None:
+            self._store_gate(name, gate)
+        return replace(st, h=h, last=name)
+
+    def _average(self, block: Average, st: _State) -> _State:
+        present = [(c, w) for c, w in zip(block, block.weights, strict=True)
+                   if any(n in self.loras for n in ([c] if isinstance(c, str) else c.flatten()))]
+        parts = [self.compose(c, st) for c, _ in present]
+        weights = torch.tensor([w for _, w in present], dtype=parts[0].h.dtype, device=parts[0].h.device)
+        stacked = torch.stack([p.h.expand_as(parts[0].h) for p in parts])
+        h = (stacked * weights.view(-1, *[1] * (stacked.dim() - 1))).mean(dim=0)
+        return replace(st, h=h, last=parts[-1].last)
+
+    def _concat(self, parts: list[_State]) -> _State:
+        last = next((p.last for p in reversed(parts) if p.last is not None), None)
+        x, y = torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts])
+        if last is None:
+            return _State(x, None, y)
+        identity = 0.0 if isinstance(self.loras[last], LoRA) else 1.0
+        hs = [p.h.expand(p.y.shape) if p.h is not None else torch.full_like(p.y, identity) for p in parts]
+        return _State(x, torch.cat(hs), y, last)
+
+    def _fused_forward(self, setup, x, y):
+        if not (isinstance(setup, Stack) and len(setup) == 1 and isinstance(setup[0], str)):
+            raise CompositionError(f"{setup}: the fused projection {self.path} of layer {self.layer_idx} "
+                                   "takes a single LoRA/IA3 adapter, not a composition")
+        name = setup[0]
+        lora = self.loras[name]
+        n = sum(lora.enabled)
+        width = self.out_features // 3
+        if isinstance(lora, LoRA):
+            a = F.linear(lora.lora_dropout(x.to(lora.lora_A.dtype)), lora.lora_A)
+            a = a.view(*a.shape[:-1], n, lora.r)
+            delta = torch.einsum("...nr,ner->...ne", a, lora.lora_B.view(n, width, lora.r)).flatten(-2)
+            delta = self._pad(delta, lora.enabled, 0.0)
+        else:
+            delta = self._pad(lora.lora_B.view(1, 1, -1), lora.enabled, 1.0)
+        if lora.use_gating:
+            gate = torch.sigmoid(lora.gate(x)).mean(dim=1)
+            self._store_gate(name, gate)
+            scaling = self._pad(gate.repeat_interleave(width, dim=-1), lora.enabled, 1.0).unsqueeze(1)
+        else:
+            scaling = lora.scaling
+        return lora.com(y, delta, scaling)
+
+    @staticmethod
+    def _pad(t, enabled, fill):
+        """Spread the enabled q|k|v thirds of the last dim over the full width, filling the others."""
+        chunks = iter(t.chunk(sum(enabled), dim=-1))
+        width = t.shape[-1] // sum(enabled)
+        parts = [next(chunks) if on else t.new_full((*t.shape[:-1], width), fill) for on in enabled]
+        return torch.cat(parts, dim=-1)
+
+    def _store_gate(self, name: str, gate: torch.Tensor) -> None:
+        """Record per-example gates as AdapterHub does: `[adapter][layer][location]`, q/k/v as columns."""
+        ctx = self.state.context
+        if ctx is None or not getattr(ctx, "output_gating_scores", False):
+            return
+        score = gate.detach().squeeze().cpu()
+        score = score.unsqueeze(0) if score.dim() == 0 else score
+        per_layer = ctx.gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
+        previous = per_layer.get(self.location)
+        per_layer[self.location] = score if previous is None else torch.column_stack((previous, score))
+
+    # --- merging -----------------------------------------------------------------------------------------
+
+    def delta(self, lora) -> torch.Tensor:
+        """The unscaled weight delta (LoRA) or row factors (IA3) in the module's own weight layout."""
+        if self.fused and isinstance(lora, LoRA):
+            n = sum(lora.enabled)
+            d = torch.bmm(lora.lora_B.view(n, -1, lora.r), lora.lora_A.view(n, lora.r, -1)).flatten(0, 1)
+            d = self._pad(d.t(), lora.enabled, 0.0).t()
+        elif self.fused:
+            d = self._pad(lora.lora_B.t(), lora.enabled, 1.0).t()
+        else:
+            d = lora.delta_w
+        return d.t() if self.conv1d else d
+
+    def merge(self, name: str) -> None:
+        """`W + delta * scaling` (LoRA) or `W * (lora_B * alpha)` (IA3: the bias stays unscaled)."""
+        lora = self.loras[name]
+        with torch.no_grad():
+            weight = self.module.weight
+            self.original = weight.detach().to("cpu", copy=True)  # reset restores it bit for bit
+            weight.copy_(lora.com(weight, self.delta(lora).to(weight.dtype), lora.scaling))
+        self.merged = name
+
+    def reset(self) -> None:
+        if self.merged is None:
+            return
+        with torch.no_grad():
+            self.module.weight.copy_(self.original)
+        self.merged, self.original = None, None
+
+
+class LoRAMethod:
+    """Adds, removes, merges and averages LoRA/IA3 adapters across all layers of a model."""
+
+    kind = "lora"
+
+    def __init__(self, state: EngineState):
+        self.state = state
+        self.targets: dict[tuple[int, str], LoRATarget] = {}
+
+    def _target(self, idx: int, key: str, path: str) -> LoRATarget:
+        if (idx, key) not in self.targets:
+            module = self.state.layers[idx].get_submodule(path)
+            self.targets[(idx, key)] = LoRATarget(self.state, idx, key, path, module)
+        return self.targets[(idx, key)]
+
+    @staticmethod
+    def _wanted(config: LoRAConfig, key: str) -> bool:
+        if key in ("q", "k", "v"):
+            return config.selfattn_lora and key in config.attn_matrices
+        if key == "qkv":
+            return config.selfattn_lora and any(m in config.attn_matrices for m in "qkv")
+        return bool(getattr(config, f"{key}_lora"))
+
+    def add(self, name: str, config: LoRAConfig) -> None:
+        try:
+            for idx in range(len(self.state.layers)):
+                if idx in config.leave_out:
+                    continue
+                for key, path in self.state.spec.lora.items():
+                    if self._wanted(config, key):
+                        target = self._target(idx, key, path)
+                        target.loras[name] = target.make(config)
+        except Exception:
+            self.delete(name)
+            raise
+
+    def delete(self, name: str) -> None:
+        for target in self.targets.values():
+            if target.merged == name:
+                target.reset()
+            if name in target.loras:
+                del target.loras[name]
+
+    def merge(self, name: str) -> None:
+        """Fold adapter `name` into the base weights; its hook then stays idle until `reset`."""
+        targets = [t for t in self.targets.values() if name in t.loras]
+        for target in targets:
+            if target.loras[name].use_gating:
+                raise AdapterConfigError(f"adapter {name!r} uses gating and cannot be merged")
+            if target.merged not in (None, name):
+                raise AdapterConfigError(f"{target.path} of layer {target.layer_idx} has {target.merged!r} "
+                                         "merged: call reset_adapter() first")
+        for target in targets:
+            if target.merged is None:
+                target.merge(name)
+
+    def reset(self) -> None:
+        """Undo every merge."""
+        for target in self.targets.values():
+            target.reset()
+
+    def average(self, name: str, sources: dict[str, float], strategy: str, svd_rank: int | None = None):
+        """Fill the new adapter `name` from weighted `sources` with a LoRA-specific combine strategy.
+
+        "lora_linear_only_negate_b": A weighted by |w|, B by w. "lora_delta_w_svd": a rank-`svd_rank` SVD of
+        the weighted sum of `B @ A`, giving `A = Vh`, `B = U diag(S)`.
+        """
+        if strategy not in ("lora_linear_only_negate_b", "lora_delta_w_svd"):
+            raise AdapterConfigError(f"combine_strategy={strategy!r} is not supported for LoRA")
+        if strategy == "lora_delta_w_svd" and svd_rank is None:
+            raise AdapterConfigError("combine_strategy='lora_delta_w_svd' needs svd_rank")
+        with torch.no_grad():
+            for target in self.targets.values():
+                if name not in target.loras:
+                    continue
+                new = target.loras[name]
+                if not isinstance(new, LoRA) or new.use_gating:
+                    raise AdapterConfigError(f"{strategy!r} needs LoRA adapters without gating")
+                if strategy == "lora_linear_only_negate_b":
+                    new.lora_A.copy_(sum(abs(w) * target.loras[n].lora_A for n, w in sources.items()))
+                    new.lora_B.copy_(sum(w * target.loras[n].lora_B for n, w in sources.items()))
+                    continue
+                if target.conv1d or target.fused:
+                    raise UnsupportedModelError("lora_delta_w_svd is not supported for GPT-2")
+                delta = sum(w * target.loras[n].delta_w for n, w in sources.items())
+                u, s, vh = torch.linalg.svd(delta)
+                new.lora_A.copy_(vh[:svd_rank])
+                new.lora_B.copy_(u[:, :svd_rank] @ torch.diag(s[:svd_rank]))

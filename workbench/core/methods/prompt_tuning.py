@@ -1,0 +1,114 @@
+"""Prompt tuning (Lester et al., 2021, https://arxiv.org/abs/2104.08691) on unmodified encoder models.
+
+P trainable vectors are inserted into the output of the embeddings module (after position embeddings,
+LayerNorm and dropout), before [CLS], so the model's output has T+P positions. The 2-D attention mask is
+widened with P ones when the forward starts, so every token attends to the prompt and padding still holds.
+Only the first adapter of the active setup contributes a prompt, as in AdapterHub.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from ..archs import get_module
+from ..configs import PromptTuningConfig
+from ..context import EngineState, ForwardContext
+from ..errors import AdapterConfigError, UnsupportedModelError
+
+SUPPORTED = ("bert", "roberta", "xlm-roberta", "distilbert")
+
+
+class PromptTuning(nn.Module):
+    """`prompt_embedding`: an embedding table of `prompt_length` positions."""
+
+    def __init__(self, config: PromptTuningConfig, embedding_size: int):
+        super().__init__()
+        if config.init_weights_seed:
+            torch.manual_seed(config.init_weights_seed)
+        self.combine = config.combine
+        self.prompt_embedding = nn.Embedding(config.prompt_length, embedding_size)
+        scale = PromptTuningConfig.random_uniform_scale
+        nn.init.uniform_(self.prompt_embedding.weight, -scale, scale)
+
+    @property
+    def length(self) -> int:
+        return self.prompt_embedding.num_embeddings
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        prompt = self.prompt_embedding.weight.to(embeddings.dtype)
+        prompt = prompt.unsqueeze(0).expand(embeddings.shape[0], -1, -1)
+        if self.combine == "prefix_after_bos":
+            return torch.cat([embeddings[:, :1], prompt, embeddings[:, 1:]], dim=1)
+        return torch.cat([prompt, embeddings], dim=1)
+
+
+class PromptTuningLayer(nn.Module):
+    """`prompt_tunings.<name>` on the base model."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompt_tunings = nn.ModuleDict()
+
+
+class PromptTuningMethod:
+    """Adds and removes prompts, inserts the active one after the embeddings and widens the mask."""
+
+    kind = "prompt_tuning"
+
+    def __init__(self, state: EngineState):
+        self.state = state
+        model_type = state.base.config.model_type
+        if model_type not in SUPPORTED:
+            supported = ", ".join(SUPPORTED)
+            raise UnsupportedModelError(f"prompt tuning supports {supported}; not model type {model_type!r}")
+        if not hasattr(state.base, "prompt_tuning"):
+            state.base.prompt_tuning = PromptTuningLayer()
+        self.layer: PromptTuningLayer = state.base.prompt_tuning
+        get_module(state.base, state.spec.embeddings).register_forward_hook(self._on_embeddings)
+        state.forward_begin_hooks.append(self._begin)
+        params = list(inspect.signature(state.base.forward).parameters)
+        self.mask_position = params.index("attention_mask") if "attention_mask" in params else None
+
+    def add(self, name: str, config: PromptTuningConfig) -> None:
+        if config.prompt_init == "from_string":
+            raise AdapterConfigError(
+                "prompt_init='from_string' is not supported yet (it needs a tokenizer); use 'random_uniform'")
+        size = getattr(self.state.base.config, "embedding_size", None) or self.state.hidden_size
+        self.layer.prompt_tunings[name] = PromptTuning(config, size)
+
+    def delete(self, name: str) -> None:
+        if name in self.layer.prompt_tunings:
+            del self.layer.prompt_tunings[name]
+
+    def active(self) -> PromptTuning | None:
+        setup = self.state.current_setup()
+        if setup is None:
+            return None
+        name = setup.first()
+        return self.layer.prompt_tunings[name] if name in self.layer.prompt_tunings else None
+
+    def _on_embeddings(self, module, args, output):
+        prompt = self.active()
+        return prompt(output) if prompt is not None else None
+
+    def _begin(self, ctx: ForwardContext, args, kwargs):
+        """Prepend P ones to a 2-D attention mask (positional or keyword)."""
+        prompt = self.active()
+        if prompt is None:
+            return None
+        position = self.mask_position
+        in_args = "attention_mask" not in kwargs and position is not None and len(args) > position
+        mask = args[self.mask_position] if in_args else kwargs.get("attention_mask")
+        if mask is None:
+            return None
+        if mask.dim() != 2:
+            raise UnsupportedModelError(f"prompt tuning needs a 2-D attention_mask, not {tuple(mask.shape)}")
+        mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, prompt.length), mask], dim=1)
+        if in_args:
+            args = (*args[: self.mask_position], mask, *args[self.mask_position + 1:])
+        else:
+            kwargs = {**kwargs, "attention_mask": mask}
+        return args, kwargs
