@@ -91,9 +91,11 @@ def compare(actual: dict, expected: dict, case_id: str, prefix: str = "") -> Non
     for key, want in expected.items():
         if not key.startswith(prefix) or (not prefix and key.startswith("unmerged.")):
             continue
-        got = actual.get(key[len(prefix):])
+        got = actual.get(key[len(prefix) :])
         assert got is not None, f"{case_id}: workbench produced no output {key!r} (has {sorted(actual)})"
-        assert tuple(got.shape) == tuple(want.shape), f"{case_id}: {key} shape {tuple(got.shape)} != {tuple(want.shape)}"
+        assert tuple(got.shape) == tuple(want.shape), (
+            f"{case_id}: {key} shape {tuple(got.shape)} != {tuple(want.shape)}"
+        )
         diff = (got.float() - want.float()).abs().max().item()
         assert diff <= TOLERANCE, f"{case_id}: {key} differs from the adapters library by {diff:.2e}"
 

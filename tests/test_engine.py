@@ -166,8 +166,10 @@ def test_average_adapter_averages_weights():
 
 
 def test_engine_imports_no_ui_or_server_code():
-    code = ("import sys, workbench; bad = [m for m in ('ipywidgets', 'IPython', 'tornado', 'jupyter_server', "
-            "'plotly') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, workbench; bad = [m for m in ('ipywidgets', 'IPython', 'tornado', 'jupyter_server', "
+        "'plotly') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -179,3 +181,24 @@ def test_base_model_forward_is_untouched_by_init():
     model.add_adapter("a", config="seq_bn")
     assert torch.equal(hidden(model), before)
     assert isinstance(AutoConfig.for_model("bert"), object)
+
+
+def test_save_pretrained_writes_base_adapters_fusions_and_heads(tmp_path):
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="seq_bn")
+    model.add_adapter("p", config="prefix_tuning[prefix_length=3,bottleneck_size=8]")
+    model.add_adapter_fusion(["a", "b"])
+    model.add_classification_head("a", num_labels=2)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").is_file()
+    for folder in ("adapters/a", "adapters/b", "adapters/p"):
+        assert (tmp_path / folder / "adapter_config.json").is_file()
+    assert (tmp_path / "fusions" / "a,b" / "adapter_fusion_config.json").is_file()
+    assert (tmp_path / "heads" / "a" / "head_config.json").is_file()
+    reloaded = workbench.AutoAdapterModel.from_pretrained(tmp_path)
+    assert not reloaded.adapters  # the base model reloads; adapters are loaded explicitly
+    reloaded.load_adapter(str(tmp_path / "adapters" / "p"), set_active=True)
+    model.set_active_adapters("p")
+    model.delete_head("a")
+    torch.testing.assert_close(hidden(reloaded), hidden(model))

@@ -12,8 +12,7 @@ from tiny import tiny_base_model
 import workbench
 from workbench import AdapterConfigError, BatchSplit, CompositionError, Fuse, LoRAConfig, Parallel, Split
 
-FULL_LORA = LoRAConfig(attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True,
-                       init_weights="bert")
+FULL_LORA = LoRAConfig(attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True, init_weights="bert")
 IA3_ZERO = "ia3[init_weights=lora]"  # lora_B = 0: an unmerge by division would give NaN
 
 
@@ -23,8 +22,10 @@ def model_for(model_type: str = "bert"):
 
 def inputs(batch: int = 3, length: int = 6) -> dict:
     generator = torch.Generator().manual_seed(1)
-    return {"input_ids": torch.randint(1, 100, (batch, length), generator=generator),
-            "attention_mask": torch.ones(batch, length, dtype=torch.long)}
+    return {
+        "input_ids": torch.randint(1, 100, (batch, length), generator=generator),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long),
+    }
 
 
 def run(model, **kwargs) -> torch.Tensor:
@@ -51,12 +52,15 @@ def test_merge_then_reset_restores_exact_weights(model_type, config):
     assert all(torch.equal(after[k], before[k]) for k in before)
 
 
-@pytest.mark.parametrize("model_type,config", [
-    ("bert", FULL_LORA),
-    ("gpt2", FULL_LORA),  # fused c_attn plus Conv1D c_fc/c_proj
-    ("llama", FULL_LORA),
-    ("llama", "ia3[init_weights=bert]"),  # no biases, so merged IA3 is exact too
-])
+@pytest.mark.parametrize(
+    "model_type,config",
+    [
+        ("bert", FULL_LORA),
+        ("gpt2", FULL_LORA),  # fused c_attn plus Conv1D c_fc/c_proj
+        ("llama", FULL_LORA),
+        ("llama", "ia3[init_weights=bert]"),  # no biases, so merged IA3 is exact too
+    ],
+)
 def test_merged_output_equals_unmerged(model_type, config):
     model = model_for(model_type)
     model.add_adapter("a", config=config)
@@ -166,10 +170,20 @@ def test_average_negate_b_weights_a_by_magnitude():
     model = model_for()
     model.add_adapter("a", config="lora[init_weights=bert]")
     model.add_adapter("b", config="lora[init_weights=bert]")
-    model.average_adapter("m", ["a", "b"], weights=[2.0, -1.0], normalize_weights=False,
-                          combine_strategy="lora_linear_only_negate_b")
+    model.average_adapter(
+        "m", ["a", "b"], weights=[2.0, -1.0], normalize_weights=False, combine_strategy="lora_linear_only_negate_b"
+    )
     state = model.adapter_state_dict
     key = "encoder.layer.0.attention.self.query.loras.{}.lora_{}"
     a, b, m = state("a"), state("b"), state("m")
     torch.testing.assert_close(m[key.format("m", "A")], 2 * a[key.format("a", "A")] + b[key.format("b", "A")])
     torch.testing.assert_close(m[key.format("m", "B")], 2 * a[key.format("a", "B")] - b[key.format("b", "B")])
+
+
+def test_stacking_loras_on_unequal_projections_is_a_clear_error():
+    model = model_for("llama")  # k_proj/v_proj map 32 -> 16 features (grouped-query attention)
+    for name in ("a", "b"):
+        model.add_adapter(name, config=LoRAConfig(attn_matrices=["k"], init_weights="bert"))
+    model.set_active_adapters(workbench.Stack("a", "b"))
+    with pytest.raises(CompositionError, match="16 features"):
+        run(model)

@@ -196,8 +196,7 @@ def file_differences(case: dict, root: Path, fixtures: Path) -> list[str]:
                         continue
                     if fa.get(key, "<absent>") != fb.get(key, "<absent>"):
                         notes.append(
-                            f"{label}/{name}: {key} = {fa.get(key, '<absent>')!r}, "
-                            f"library {fb.get(key, '<absent>')!r}"
+                            f"{label}/{name}: {key} = {fa.get(key, '<absent>')!r}, library {fb.get(key, '<absent>')!r}"
                         )
             elif a.suffix in (".bin", ".safetensors"):
                 ka = {k: tuple(v.shape) for k, v in read_weights(a).items()}

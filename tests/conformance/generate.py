@@ -164,9 +164,7 @@ METHODS = {
     "prefix_tuning prompt_tuning".split()
 }
 # Default compacter bottleneck is hidden/32 = 1, which PHM (phm_dim=4) cannot split: use hidden/8 = 4.
-METHODS.update(
-    {"compacter": "compacter[reduction_factor=8]", "compacter++": "compacter++[reduction_factor=8]"}
-)
+METHODS.update({"compacter": "compacter[reduction_factor=8]", "compacter++": "compacter++[reduction_factor=8]"})
 
 VARIANTS = {
     "seq_bn-rf4-gelu": "seq_bn[reduction_factor=4,non_linearity='gelu']",
@@ -174,8 +172,7 @@ VARIANTS = {
     "seq_bn-channel-scaling": "seq_bn[scaling='channel',reduction_factor=8]",
     "double_seq_bn-ln": "double_seq_bn[ln_before=True,ln_after=True,residual_before_ln=False]",
     "par_bn-scaling2-rf4": "par_bn[scaling=2.0,reduction_factor=4]",
-    "lora-r4-qkv-ffn": "lora[r=4,alpha=16,attn_matrices=['q','k','v'],"
-    "intermediate_lora=True,output_lora=True]",
+    "lora-r4-qkv-ffn": "lora[r=4,alpha=16,attn_matrices=['q','k','v'],intermediate_lora=True,output_lora=True]",
     "lora-gating": "lora[use_gating=True]",
     "lora-leave_out0": "lora[leave_out=[0]]",
     "ia3-output": "ia3[output_lora=True]",
@@ -473,9 +470,7 @@ def save_unsaved_shared_parameters(model, case_dir: Path) -> Path | None:
     """
     saved = {key for files in weight_keys(case_dir).values() for key in files}
     missing = {
-        n: p.detach().clone()
-        for n, p in model.named_parameters()
-        if "shared_parameters." in n and n not in saved
+        n: p.detach().clone() for n, p in model.named_parameters() if "shared_parameters." in n and n not in saved
     }
     if not missing:
         return None
@@ -549,9 +544,7 @@ def main() -> None:
     out: Path = args.out
     torch.use_deterministic_algorithms(True)
     transformers.logging.set_verbosity_error()
-    logging.getLogger("adapters").setLevel(
-        logging.ERROR
-    )  # "none are activated" noise from set_active_adapters
+    logging.getLogger("adapters").setLevel(logging.ERROR)  # "none are activated" noise from set_active_adapters
     torch.set_num_threads(1)
 
     inputs = make_inputs()

@@ -18,7 +18,7 @@ from .heads import (
     PredictionHead,
     head_from_config,
 )
-from .keys import is_head_key, rename_prefixed
+from .keys import is_engine_key, is_head_key, rename_prefixed
 from .model_mixin import ModelAdaptersMixin
 
 _CONFIG_CLASS_TO_MODEL = {"XLMRobertaConfig": "XLMRoberta"}
@@ -35,6 +35,7 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
         self.heads = nn.ModuleDict()
         self._active_head: str | None = None
         self._init_adapters(base)
+        self.train(base.training)  # from_pretrained gives an eval-mode base model; the wrapper follows it
 
     # --- construction ------------------------------------------------------------------------------------
 
@@ -71,7 +72,8 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Save the base model (transformers format) plus every adapter, fusion and head in subfolders."""
         folder = Path(save_directory)
-        self.base_model.save_pretrained(folder, **kwargs)
+        base_weights = {k: v for k, v in self.base_model.state_dict().items() if not is_engine_key(k)}
+        self.base_model.save_pretrained(folder, state_dict=base_weights, **kwargs)
         for name in self._engine.configs:
             self.save_adapter(folder / "adapters" / name, name, with_head=False)
         for fusion_name in self._engine.fusions:
@@ -98,8 +100,9 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
                 self.config.id2label = id2label
                 self.config.label2id = {v: k for k, v in id2label.items()}
 
-    def add_prediction_head(self, head_name: str, head: PredictionHead, overwrite_ok: bool = False,
-                            set_active: bool = True) -> None:
+    def add_prediction_head(
+        self, head_name: str, head: PredictionHead, overwrite_ok: bool = False, set_active: bool = True
+    ) -> None:
         if head_name in self.heads and not overwrite_ok:
             raise HeadError(f"a head named {head_name!r} already exists (pass overwrite_ok=True to replace it)")
         head.to(self.base_model.device).train(self.training)
@@ -110,51 +113,134 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
     def _add_head(self, cls, head_name, overwrite_ok, set_active, **options):
         self.add_prediction_head(head_name, cls(self.config, **options), overwrite_ok, set_active)
 
-    def add_classification_head(self, head_name: str, num_labels: int = 2, layers: int = 2,
-                                activation_function: str = "tanh", overwrite_ok: bool = False,
-                                multilabel: bool = False, id2label=None, use_pooler: bool = False,
-                                set_active: bool = True) -> None:
+    def add_classification_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 2,
+        activation_function: str = "tanh",
+        overwrite_ok: bool = False,
+        multilabel: bool = False,
+        id2label=None,
+        use_pooler: bool = False,
+        set_active: bool = True,
+    ) -> None:
         _check_labels(num_labels, id2label, head_name)
         kind = HEAD_TYPES["multilabel_classification" if multilabel else "classification"]
-        self._add_head(kind, head_name, overwrite_ok, set_active, num_labels=num_labels, layers=layers,
-                       activation_function=activation_function, label2id=_label2id(id2label, num_labels),
-                       use_pooler=use_pooler)
+        self._add_head(
+            kind,
+            head_name,
+            overwrite_ok,
+            set_active,
+            num_labels=num_labels,
+            layers=layers,
+            activation_function=activation_function,
+            label2id=_label2id(id2label, num_labels),
+            use_pooler=use_pooler,
+        )
 
-    def add_tagging_head(self, head_name: str, num_labels: int = 2, layers: int = 1,
-                         activation_function: str = "tanh", overwrite_ok: bool = False, id2label=None,
-                         set_active: bool = True) -> None:
+    def add_tagging_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: str = "tanh",
+        overwrite_ok: bool = False,
+        id2label=None,
+        set_active: bool = True,
+    ) -> None:
         _check_labels(num_labels, id2label, head_name)
-        self._add_head(HEAD_TYPES["tagging"], head_name, overwrite_ok, set_active, num_labels=num_labels,
-                       layers=layers, activation_function=activation_function,
-                       label2id=_label2id(id2label, num_labels))
+        self._add_head(
+            HEAD_TYPES["tagging"],
+            head_name,
+            overwrite_ok,
+            set_active,
+            num_labels=num_labels,
+            layers=layers,
+            activation_function=activation_function,
+            label2id=_label2id(id2label, num_labels),
+        )
 
-    def add_multiple_choice_head(self, head_name: str, num_choices: int = 2, layers: int = 2,
-                                 activation_function: str = "tanh", overwrite_ok: bool = False, id2label=None,
-                                 use_pooler: bool = False, set_active: bool = True) -> None:
-        self._add_head(HEAD_TYPES["multiple_choice"], head_name, overwrite_ok, set_active, num_choices=num_choices,
-                       layers=layers, activation_function=activation_function,
-                       label2id=_label2id(id2label, num_choices), use_pooler=use_pooler)
+    def add_multiple_choice_head(
+        self,
+        head_name: str,
+        num_choices: int = 2,
+        layers: int = 2,
+        activation_function: str = "tanh",
+        overwrite_ok: bool = False,
+        id2label=None,
+        use_pooler: bool = False,
+        set_active: bool = True,
+    ) -> None:
+        self._add_head(
+            HEAD_TYPES["multiple_choice"],
+            head_name,
+            overwrite_ok,
+            set_active,
+            num_choices=num_choices,
+            layers=layers,
+            activation_function=activation_function,
+            label2id=_label2id(id2label, num_choices),
+            use_pooler=use_pooler,
+        )
 
-    def add_qa_head(self, head_name: str, num_labels: int = 2, layers: int = 1, activation_function: str = "tanh",
-                    overwrite_ok: bool = False, id2label=None, set_active: bool = True) -> None:
-        self._add_head(HEAD_TYPES["question_answering"], head_name, overwrite_ok, set_active, num_labels=num_labels,
-                       layers=layers, activation_function=activation_function,
-                       label2id=_label2id(id2label, num_labels))
+    def add_qa_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: str = "tanh",
+        overwrite_ok: bool = False,
+        id2label=None,
+        set_active: bool = True,
+    ) -> None:
+        self._add_head(
+            HEAD_TYPES["question_answering"],
+            head_name,
+            overwrite_ok,
+            set_active,
+            num_labels=num_labels,
+            layers=layers,
+            activation_function=activation_function,
+            label2id=_label2id(id2label, num_labels),
+        )
 
-    def add_masked_lm_head(self, head_name: str, activation_function: str = "gelu", layers: int = 2,
-                           overwrite_ok: bool = False, set_active: bool = True) -> None:
-        self._add_lm_head("masked_lm", head_name, activation_function, layers, overwrite_ok, set_active,
-                          layer_norm=True, bias=True)
+    def add_masked_lm_head(
+        self,
+        head_name: str,
+        activation_function: str = "gelu",
+        layers: int = 2,
+        overwrite_ok: bool = False,
+        set_active: bool = True,
+    ) -> None:
+        self._add_lm_head(
+            "masked_lm", head_name, activation_function, layers, overwrite_ok, set_active, layer_norm=True, bias=True
+        )
 
-    def add_causal_lm_head(self, head_name: str, activation_function: str = "gelu", layers: int = 2,
-                           overwrite_ok: bool = False, set_active: bool = True) -> None:
-        self._add_lm_head("causal_lm", head_name, activation_function, layers, overwrite_ok, set_active,
-                          layer_norm=True, bias=True)
+    def add_causal_lm_head(
+        self,
+        head_name: str,
+        activation_function: str = "gelu",
+        layers: int = 2,
+        overwrite_ok: bool = False,
+        set_active: bool = True,
+    ) -> None:
+        self._add_lm_head(
+            "causal_lm", head_name, activation_function, layers, overwrite_ok, set_active, layer_norm=True, bias=True
+        )
 
     def _add_lm_head(self, kind, head_name, activation_function, layers, overwrite_ok, set_active, **options):
-        self._add_head(HEAD_TYPES[kind], head_name, overwrite_ok, set_active, vocab_size=self.config.vocab_size,
-                       embedding_size=getattr(self.config, "embedding_size", None), layers=layers,
-                       activation_function=activation_function, **options)
+        self._add_head(
+            HEAD_TYPES[kind],
+            head_name,
+            overwrite_ok,
+            set_active,
+            vocab_size=self.config.vocab_size,
+            embedding_size=getattr(self.config, "embedding_size", None),
+            layers=layers,
+            activation_function=activation_function,
+            **options,
+        )
         if getattr(self.config, "tie_word_embeddings", False):
             self.heads[head_name][-1].weight = self.get_input_embeddings().weight
 
@@ -243,17 +329,37 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
 
     # --- forward -----------------------------------------------------------------------------------------
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, head: str | None = None, output_adapter_fusion_attentions: bool = False,
-                labels=None, start_positions=None, end_positions=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        head: str | None = None,
+        output_adapter_fusion_attentions: bool = False,
+        labels=None,
+        start_positions=None,
+        end_positions=None,
+        **kwargs,
+    ):
         """Run the base model, then the active (or given) head. Without a head, the base model's output."""
         head_name = head or self._active_head
-        if isinstance(head_name, str) and head_name in self.heads and isinstance(
-                self.heads[head_name], HEAD_TYPES["multiple_choice"]):
+        if (
+            isinstance(head_name, str)
+            and head_name in self.heads
+            and isinstance(self.heads[head_name], HEAD_TYPES["multiple_choice"])
+        ):
             input_ids, attention_mask, token_type_ids = (
-                t.view(-1, t.shape[-1]) if t is not None else None for t in (input_ids, attention_mask, token_type_ids))
-        model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds,
-                        "position_ids": position_ids, **kwargs}
+                t.view(-1, t.shape[-1]) if t is not None else None for t in (input_ids, attention_mask, token_type_ids)
+            )
+        model_inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "inputs_embeds": inputs_embeds,
+            "position_ids": position_ids,
+            **kwargs,
+        }
         if token_type_ids is not None:
             model_inputs["token_type_ids"] = token_type_ids
         if output_adapter_fusion_attentions:
@@ -264,8 +370,15 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
         elif isinstance(head_name, list):
             result = self._parallel_heads(head_name, outputs, input_ids, attention_mask, labels)
         else:
-            result = self._run_head(head_name, outputs, input_ids, attention_mask, labels,
-                                    start_positions=start_positions, end_positions=end_positions)
+            result = self._run_head(
+                head_name,
+                outputs,
+                input_ids,
+                attention_mask,
+                labels,
+                start_positions=start_positions,
+                end_positions=end_positions,
+            )
         if result is not outputs:
             for extra in ("adapter_fusion_attentions", "adapter_gating_scores"):
                 if extra in outputs:
@@ -304,9 +417,9 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
         rows = hidden.shape[0] // len(names)
         results = []
         for i, name in enumerate(names):
-            part = ModelOutput(last_hidden_state=hidden[i * rows:(i + 1) * rows])
+            part = ModelOutput(last_hidden_state=hidden[i * rows : (i + 1) * rows])
             if getattr(outputs, "pooler_output", None) is not None:
-                part["pooler_output"] = outputs.pooler_output[i * rows:(i + 1) * rows]
+                part["pooler_output"] = outputs.pooler_output[i * rows : (i + 1) * rows]
             results.append(self._run_head(name, part, input_ids, attention_mask, labels))
         return ModelOutput(head_outputs=results)
 

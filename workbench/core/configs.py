@@ -420,7 +420,9 @@ def _parse_overrides(kvs: str, chunk: str) -> dict:
         pass
     try:  # be kind to `non_linearity=gelu`: quote bare words
         quoted = re.sub(r":\s*([A-Za-z_][\w\-]*)\s*(?=,|$)", lambda m: f":'{m[1]}'", re.sub(r"(\w+)=", r"'\1':", kvs))
-        return ast.literal_eval("{" + quoted.replace("'True'", "True").replace("'False'", "False").replace("'None'", "None") + "}")
+        return ast.literal_eval(
+            "{" + quoted.replace("'True'", "True").replace("'False'", "False").replace("'None'", "None") + "}"
+        )
     except (ValueError, SyntaxError):
         raise AdapterConfigError(f"cannot parse the options in adapter config {chunk.strip()!r}") from None
 
@@ -473,11 +475,25 @@ class AdapterFusionConfig(AdapterConfig):
 
 FUSION_CONFIG_MAP = {
     "dynamic": AdapterFusionConfig(
-        key=True, query=True, value=True, query_before_ln=False, regularization=True, residual_before=False,
-        temperature=False, value_before_softmax=True, value_initialized=True,
+        key=True,
+        query=True,
+        value=True,
+        query_before_ln=False,
+        regularization=True,
+        residual_before=False,
+        temperature=False,
+        value_before_softmax=True,
+        value_initialized=True,
     ),
     "static": AdapterFusionConfig(
-        key=True, query=True, value=False, query_before_ln=False, regularization=False, residual_before=False,
-        temperature=False, value_before_softmax=True, value_initialized=False,
+        key=True,
+        query=True,
+        value=False,
+        query_before_ln=False,
+        regularization=False,
+        residual_before=False,
+        temperature=False,
+        value_before_softmax=True,
+        value_initialized=False,
     ),
 }

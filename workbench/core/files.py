@@ -73,9 +73,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first_line = str(err).splitlines()[0] if str(err) else "unpickling refused"
-        raise AdapterLoadError(
-            f"{path} holds something other than tensors and was not loaded ({first_line})"
-        ) from None
+        raise AdapterLoadError(f"{path} holds something other than tensors and was not loaded ({first_line})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise AdapterLoadError(f"corrupt weights file {path}: {err}") from None
     if not isinstance(state, dict) or not all(

@@ -19,8 +19,11 @@ from .methods.activations import activation
 
 
 def _dropout_prob(model_config, config: dict) -> float:
-    for value in (config.get("dropout_prob"), getattr(model_config, "classifier_dropout", None),
-                  getattr(model_config, "hidden_dropout_prob", None)):
+    for value in (
+        config.get("dropout_prob"),
+        getattr(model_config, "classifier_dropout", None),
+        getattr(model_config, "hidden_dropout_prob", None),
+    ):
         if value is not None:
             return value
     return 0.0
@@ -85,16 +88,26 @@ def _label2id(id2label, count: int | None) -> dict[str, int] | None:
 
 class ClassificationHead(PredictionHead):
     head_type = "classification"
-    defaults = {"num_labels": 2, "layers": 2, "activation_function": "tanh", "label2id": None,
-                "use_pooler": False, "bias": True, "dropout_prob": None}
+    defaults = {
+        "num_labels": 2,
+        "layers": 2,
+        "activation_function": "tanh",
+        "label2id": None,
+        "use_pooler": False,
+        "bias": True,
+        "dropout_prob": None,
+    }
 
     def forward(self, hidden, cls, attention_mask=None, labels=None, **_):
         logits = self.run(cls)
         loss = None
         if labels is not None:
             n = self.config["num_labels"]
-            loss = F.mse_loss(logits.view(-1), labels.view(-1).float()) if n == 1 else F.cross_entropy(
-                logits.view(-1, n), labels.view(-1))
+            loss = (
+                F.mse_loss(logits.view(-1), labels.view(-1).float())
+                if n == 1
+                else F.cross_entropy(logits.view(-1, n), labels.view(-1))
+            )
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
@@ -116,15 +129,23 @@ class TaggingHead(PredictionHead):
         loss = None
         if labels is not None:
             if attention_mask is not None:
-                labels = torch.where(attention_mask.view(-1) == 1, labels.view(-1), torch.full_like(labels.view(-1), -100))
+                labels = torch.where(
+                    attention_mask.view(-1) == 1, labels.view(-1), torch.full_like(labels.view(-1), -100)
+                )
             loss = F.cross_entropy(logits.view(-1, self.config["num_labels"]), labels.view(-1), ignore_index=-100)
         return TokenClassifierOutput(loss=loss, logits=logits)
 
 
 class MultipleChoiceHead(PredictionHead):
     head_type = "multiple_choice"
-    defaults = {"num_choices": 2, "layers": 2, "activation_function": "tanh", "label2id": None,
-                "use_pooler": False, "dropout_prob": None}
+    defaults = {
+        "num_choices": 2,
+        "layers": 2,
+        "activation_function": "tanh",
+        "label2id": None,
+        "use_pooler": False,
+        "dropout_prob": None,
+    }
 
     def forward(self, hidden, cls, attention_mask=None, labels=None, **_):
         logits = self.run(cls).view(-1, self.config["num_choices"])
@@ -144,16 +165,26 @@ class QuestionAnsweringHead(PredictionHead):
             ignored = start.shape[1]
             start_positions = start_positions.clamp(0, ignored)
             end_positions = end_positions.clamp(0, ignored)
-            loss = (F.cross_entropy(start, start_positions, ignore_index=ignored)
-                    + F.cross_entropy(end, end_positions, ignore_index=ignored)) / 2
+            loss = (
+                F.cross_entropy(start, start_positions, ignore_index=ignored)
+                + F.cross_entropy(end, end_positions, ignore_index=ignored)
+            ) / 2
         return QuestionAnsweringModelOutput(loss=loss, start_logits=start, end_logits=end)
 
 
 class LMHead(PredictionHead):
     """Transform layers (Linear, activation, LayerNorm) then the vocabulary projection."""
 
-    defaults = {"vocab_size": None, "embedding_size": None, "layers": 1, "activation_function": "gelu",
-                "layer_norm": False, "bias": True, "shift_labels": False, "label2id": None}
+    defaults = {
+        "vocab_size": None,
+        "embedding_size": None,
+        "layers": 1,
+        "activation_function": "gelu",
+        "layer_norm": False,
+        "bias": True,
+        "shift_labels": False,
+        "label2id": None,
+    }
 
     def _build(self, model_config):
         cfg = self.config
@@ -197,14 +228,27 @@ class MaskedLMHead(LMHead):
 
 class CausalLMHead(LMHead):
     head_type = "causal_lm"
-    defaults = {**LMHead.defaults, "layers": 1, "activation_function": None, "bias": False, "shift_labels": True,
-                "dropout_prob": None}
+    defaults = {
+        **LMHead.defaults,
+        "layers": 1,
+        "activation_function": None,
+        "bias": False,
+        "shift_labels": True,
+        "dropout_prob": None,
+    }
 
 
 HEAD_TYPES: dict[str, type[PredictionHead]] = {
     cls.head_type: cls
-    for cls in (ClassificationHead, MultiLabelClassificationHead, TaggingHead, MultipleChoiceHead,
-                QuestionAnsweringHead, MaskedLMHead, CausalLMHead)
+    for cls in (
+        ClassificationHead,
+        MultiLabelClassificationHead,
+        TaggingHead,
+        MultipleChoiceHead,
+        QuestionAnsweringHead,
+        MaskedLMHead,
+        CausalLMHead,
+    )
 }
 
 

@@ -23,6 +23,22 @@ def is_adapter_key(key: str, name: str) -> bool:
     return any(f".{part}.{name}." in dotted or f"_{part}.{name}." in dotted for part in ADAPTER_KEY_PARTS)
 
 
+ENGINE_KEY_PARTS = (
+    "adapters.",
+    "adapter_fusion_layer.",
+    "loras.",
+    "prefix_tuning.",
+    "prompt_tuning.",
+    "shared_parameters.",
+)
+
+
+def is_engine_key(key: str) -> bool:
+    """True for any weight the engine added to a model (adapters, fusions, LoRA, prefix/prompt, shared PHM)."""
+    dotted = "." + key
+    return any(f".{part}" in dotted or f"_{part}" in dotted for part in ENGINE_KEY_PARTS)
+
+
 def is_fusion_key(key: str, fusion_name: str) -> bool:
     return f"adapter_fusion_layer.{fusion_name}." in key
 
@@ -57,5 +73,5 @@ def align_base_prefix(state: dict[str, torch.Tensor], prefix: str, root_is_base:
     """
     dotted = prefix + "."
     if root_is_base:
-        return {k[len(dotted):] if k.startswith(dotted) else k: v for k, v in state.items()}
+        return {k[len(dotted) :] if k.startswith(dotted) else k: v for k, v in state.items()}
     return {k if k.startswith(dotted) or k.startswith("heads.") else dotted + k: v for k, v in state.items()}

@@ -99,12 +99,15 @@ class ModelAdaptersMixin:
             self.set_active_adapters(adapter_name)
 
     def _adapter_device_to_model(self, name: str) -> None:
+        """Put a new adapter on the model's device, in the model's float dtype unless its config names one."""
         reference = next(self._engine.base.parameters(), None)
         if reference is None:
             return
-        for key, param in self._adapter_parameters(name):
-            if param.device != reference.device or (param.is_floating_point() and param.dtype != reference.dtype):
-                param.data = param.data.to(reference.device, dtype=reference.dtype if param.is_floating_point() else None)
+        keep_dtype = bool(getattr(self._engine.configs[name], "dtype", None))
+        for _, param in self._adapter_parameters(name):
+            dtype = reference.dtype if param.is_floating_point() and not keep_dtype else param.dtype
+            if param.device != reference.device or param.dtype != dtype:
+                param.data = param.data.to(reference.device, dtype=dtype)
 
     def delete_adapter(self, adapter_name: str) -> None:
         config = self._require(adapter_name)
@@ -197,8 +200,9 @@ class ModelAdaptersMixin:
 
     # --- fusion ------------------------------------------------------------------------------------------
 
-    def add_adapter_fusion(self, adapter_names, config=None, name: str | None = None, overwrite_ok: bool = False,
-                           set_active: bool = False) -> None:
+    def add_adapter_fusion(
+        self, adapter_names, config=None, name: str | None = None, overwrite_ok: bool = False, set_active: bool = False
+    ) -> None:
         """Add an AdapterFusion layer over existing bottleneck adapters."""
         names = _fusion_names(adapter_names)
         fusion_name = name or ",".join(names)
@@ -247,19 +251,25 @@ class ModelAdaptersMixin:
         rows = []
         for name, config in self._engine.configs.items():
             params = {id(p): p for _, p in self._adapter_parameters(name)}.values()
-            rows.append({
-                "name": name,
-                "architecture": config.architecture or "bottleneck",
-                "#param": sum(p.numel() for p in params),
-                "active": name in active,
-                "train": bool(params) and all(p.requires_grad for p in params),
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "architecture": config.architecture or "bottleneck",
+                    "#param": sum(p.numel() for p in params),
+                    "active": name in active,
+                    "train": bool(params) and all(p.requires_grad for p in params),
+                }
+            )
         adapter_ids = {id(p) for name in self._engine.configs for _, p in self._adapter_parameters(name)}
         base_params = sum(p.numel() for p in self._engine.base.parameters() if id(p) not in adapter_ids)
         for row in rows:
             row["%param"] = row["#param"] / base_params * 100
-        full = {"name": "Full model", "#param": base_params, "%param": 100.0,
-                "train": not getattr(self._engine.base, "model_frozen", False)}
+        full = {
+            "name": "Full model",
+            "#param": base_params,
+            "%param": 100.0,
+            "train": not getattr(self._engine.base, "model_frozen", False),
+        }
         rows.append(full)
         if as_dict:
             return rows
@@ -281,8 +291,15 @@ class ModelAdaptersMixin:
     def _model_class_name(self) -> str:
         return type(self).__name__
 
-    def save_adapter(self, save_directory, adapter_name: str, with_head: bool = True, meta_dict: dict | None = None,
-                     use_safetensors: bool = False, **_) -> None:
+    def save_adapter(
+        self,
+        save_directory,
+        adapter_name: str,
+        with_head: bool = True,
+        meta_dict: dict | None = None,
+        use_safetensors: bool = False,
+        **_,
+    ) -> None:
         """Write adapter_config.json and the adapter weights (AdapterHub layout) to `save_directory`."""
         config = self._require(adapter_name)
         folder = Path(save_directory)
@@ -299,21 +316,37 @@ class ModelAdaptersMixin:
     def _save_matching_head(self, folder: Path, name: str, use_safetensors: bool) -> None:
         """Overridden by models with flex heads."""
 
-    def load_adapter(self, adapter_name_or_path, config=None, version=None, model_name=None, load_as: str | None = None,
-                     source: str | None = None, with_head: bool = True, leave_out: list[int] | None = None,
-                     id2label=None, set_active: bool = False, use_safetensors: bool = False, **kwargs) -> str:
+    def load_adapter(
+        self,
+        adapter_name_or_path,
+        config=None,
+        version=None,
+        model_name=None,
+        load_as: str | None = None,
+        source: str | None = None,
+        with_head: bool = True,
+        leave_out: list[int] | None = None,
+        id2label=None,
+        set_active: bool = False,
+        use_safetensors: bool = False,
+        **kwargs,
+    ) -> str:
         """Load an adapter saved in the AdapterHub format (a local folder) and return its name."""
         folder = self._resolve_adapter_folder(adapter_name_or_path, source=source, version=version, **kwargs)
         data = files.read_json(folder / files.ADAPTER_CONFIG)
         if "config" not in data:
             raise AdapterLoadError(f"{folder / files.ADAPTER_CONFIG} has no 'config' entry")
         self._check_compatible(data, folder / files.ADAPTER_CONFIG)
-        adapter_config = AdapterConfig.from_dict(data["config"], strict=False, source=str(folder / files.ADAPTER_CONFIG))
+        adapter_config = AdapterConfig.from_dict(
+            data["config"], strict=False, source=str(folder / files.ADAPTER_CONFIG)
+        )
         if leave_out:
             adapter_config = adapter_config.replace(leave_out=sorted(set(leave_out) | set(adapter_config.leave_out)))
         weights_path = files.find_weights(folder, files.ADAPTER_WEIGHTS, files.ADAPTER_SAFETENSORS)
         if weights_path is None:
-            raise AdapterLoadError(f"no adapter weights ({files.ADAPTER_WEIGHTS} or {files.ADAPTER_SAFETENSORS}) in {folder}")
+            raise AdapterLoadError(
+                f"no adapter weights ({files.ADAPTER_WEIGHTS} or {files.ADAPTER_SAFETENSORS}) in {folder}"
+            )
         state = files.read_weights(weights_path)
         saved_name = data.get("name") or load_as or folder.name
         name = load_as or saved_name
@@ -321,7 +354,9 @@ class ModelAdaptersMixin:
         state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
         existed = name in self._engine.configs
         if existed:
-            raise AdapterConfigError(f"an adapter named {name!r} already exists; pass load_as= to load it under another name")
+            raise AdapterConfigError(
+                f"an adapter named {name!r} already exists; pass load_as= to load it under another name"
+            )
         self.add_adapter(name, config=adapter_config)
         try:
             self._load_weights(state, lambda k: is_adapter_key(k, name), weights_path)
@@ -346,7 +381,9 @@ class ModelAdaptersMixin:
         config = self._engine.base.config
         model_type = data.get("model_type")
         if model_type and model_type.replace("_", "-") != config.model_type.replace("_", "-"):
-            raise AdapterLoadError(f"{path} was saved for model type {model_type!r}; this model is {config.model_type!r}")
+            raise AdapterLoadError(
+                f"{path} was saved for model type {model_type!r}; this model is {config.model_type!r}"
+            )
         hidden = data.get("hidden_size")
         if hidden and hidden != getattr(config, "hidden_size", hidden):
             raise AdapterLoadError(f"{path} was saved for hidden size {hidden}; this model has {config.hidden_size}")
@@ -370,15 +407,17 @@ class ModelAdaptersMixin:
             raise AdapterLoadError(f"{source} has unexpected weight(s) {_few(unexpected)}")
         for key, tensor in state.items():
             if tuple(tensor.shape) != tuple(own[key].shape):
+                expected = tuple(own[key].shape)
                 raise AdapterLoadError(
-                    f"{source}: weight {key!r} has shape {tuple(tensor.shape)}, the model expects {tuple(own[key].shape)}"
+                    f"{source}: weight {key!r} has shape {tuple(tensor.shape)}, the model expects {expected}"
                 )
         with torch.no_grad():
             for key, tensor in state.items():
                 own[key].copy_(tensor.to(own[key].dtype))
 
-    def save_adapter_fusion(self, save_directory, adapter_names, with_head: bool = False, use_safetensors: bool = False,
-                            **_) -> None:
+    def save_adapter_fusion(
+        self, save_directory, adapter_names, with_head: bool = False, use_safetensors: bool = False, **_
+    ) -> None:
         """Write adapter_fusion_config.json and the fusion weights."""
         fusion_name = adapter_names if isinstance(adapter_names, str) else ",".join(_fusion_names(adapter_names))
         if fusion_name not in self._engine.fusions:
@@ -393,8 +432,9 @@ class ModelAdaptersMixin:
         if with_head:
             self._save_matching_head(folder, fusion_name, use_safetensors)
 
-    def load_adapter_fusion(self, adapter_fusion_name_or_path, load_as: str | None = None, set_active: bool = False,
-                            **_) -> str:
+    def load_adapter_fusion(
+        self, adapter_fusion_name_or_path, load_as: str | None = None, set_active: bool = False, **_
+    ) -> str:
         """Load a fusion saved in the AdapterHub format; the fused adapters must be loaded already."""
         folder = Path(adapter_fusion_name_or_path)
         config_path = folder / files.FUSION_CONFIG
@@ -434,7 +474,9 @@ class ModelAdaptersMixin:
         """Merge a LoRA/IA3 adapter into the base weights (no extra cost at inference)."""
         config = self._require(name)
         if not isinstance(config, LoRAConfig):
-            raise AdapterConfigError(f"only LoRA/IA3 adapters can be merged; {name!r} is {config.architecture or 'bottleneck'}")
+            raise AdapterConfigError(
+                f"only LoRA/IA3 adapters can be merged; {name!r} is {config.architecture or 'bottleneck'}"
+            )
         self._method("lora").merge(name)
 
     def reset_adapter(self) -> None:
@@ -442,9 +484,18 @@ class ModelAdaptersMixin:
         if "lora" in self._engine.methods:
             self._engine.methods["lora"].reset()
 
-    def average_adapter(self, adapter_name: str, adapter_list: list[str], weights: list[float] | None = None,
-                        normalize_weights: bool = True, overwrite_ok: bool = False, set_active: bool = False,
-                        combine_strategy: str = "linear", svd_rank: int | None = None, **_) -> None:
+    def average_adapter(
+        self,
+        adapter_name: str,
+        adapter_list: list[str],
+        weights: list[float] | None = None,
+        normalize_weights: bool = True,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+        combine_strategy: str = "linear",
+        svd_rank: int | None = None,
+        **_,
+    ) -> None:
         """Create a new adapter whose weights are the weighted average of existing adapters' weights.
 
         LoRA adapters also accept combine_strategy "lora_linear_only_negate_b" and "lora_delta_w_svd" (with
@@ -521,14 +572,19 @@ def _format_summary(rows: list[dict]) -> str:
     for i, row in enumerate(rows):
         if i == len(rows) - 1:
             lines.append("-" * 80)
-        lines.append("{:<25}{:<15}{:>12,}{:>12.3f}{:>8}{:>8}".format(
-            row["name"], row.get("architecture", ""), row["#param"], row["%param"],
-            _flag(row.get("active", "")), _flag(row.get("train", ""))))
+        lines.append(
+            "{:<25}{:<15}{:>12,}{:>12.3f}{:>8}{:>8}".format(
+                row["name"],
+                row.get("architecture", ""),
+                row["#param"],
+                row["%param"],
+                _flag(row.get("active", "")),
+                _flag(row.get("train", "")),
+            )
+        )
     lines.append("=" * 80)
     return "\n".join(lines)
 
 
 def _flag(value) -> str:
     return str(int(value)) if isinstance(value, bool) else str(value)
-
-

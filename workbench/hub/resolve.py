@@ -7,8 +7,9 @@ from pathlib import Path
 from ..core.errors import AdapterLoadError
 
 
-def resolve_adapter(adapter_id: str, model=None, source: str | None = None, version: str | None = None,
-                    **kwargs) -> Path:
+def resolve_adapter(
+    adapter_id: str, model=None, source: str | None = None, version: str | None = None, **kwargs
+) -> Path:
     """Download `adapter_id` (a Hub repo such as `AdapterHub/bert-base-uncased-pf-imdb`) and return its folder.
 
     Honours HF_HUB_OFFLINE, HF_ENDPOINT, HF_HOME and tokens, because every request goes through huggingface_hub.
@@ -24,7 +25,9 @@ def resolve_adapter(adapter_id: str, model=None, source: str | None = None, vers
     try:
         folder = snapshot_download(adapter_id, revision=version, token=kwargs.get("token"))
     except LocalEntryNotFoundError as err:
-        raise AdapterLoadError(f"{adapter_id!r} is not in the local cache and the Hub cannot be reached: {err}") from None
+        raise AdapterLoadError(
+            f"{adapter_id!r} is not in the local cache and the Hub cannot be reached: {err}"
+        ) from None
     except (HfHubHTTPError, OSError) as err:
         raise AdapterLoadError(f"could not download adapter {adapter_id!r}: {err}") from None
     return Path(folder)

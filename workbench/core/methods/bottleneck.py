@@ -42,7 +42,9 @@ class Adapter(nn.Module):
         self.non_linearity = activation(config.non_linearity)
         down.append(self.non_linearity)
         self.adapter_down = nn.Sequential(*down)
-        self.adapter_up = PHMLayer(size, hidden, "up", config, shared_phm) if config.phm_layer else nn.Linear(size, hidden)
+        self.adapter_up = (
+            PHMLayer(size, hidden, "up", config, shared_phm) if config.phm_layer else nn.Linear(size, hidden)
+        )
         if config.scaling == "learned":
             self.scaling = nn.Parameter(torch.ones(1))
         elif config.scaling == "channel":

@@ -119,7 +119,9 @@ class BottleneckLayer:
 
     def _batch_split(self, block: BatchSplit, st: BnState, level: int) -> BnState:
         if sum(block.batch_sizes) != st.hidden.shape[0]:
-            raise CompositionError(f"BatchSplit sizes {block.batch_sizes} do not add up to the batch size {st.hidden.shape[0]}")
+            raise CompositionError(
+                f"BatchSplit sizes {block.batch_sizes} do not add up to the batch size {st.hidden.shape[0]}"
+            )
         st = self._pre_block(block, st)
         bounds = _bounds(block.batch_sizes)
         parts = [self._child(c, _rows(st, a, b), level) for c, (a, b) in zip(block, bounds, strict=True)]
@@ -127,7 +129,9 @@ class BottleneckLayer:
 
     def _split(self, block: Split, st: BnState, level: int) -> BnState:
         if sum(block.splits) != st.hidden.shape[1]:
-            raise CompositionError(f"Split positions {block.splits} do not add up to the sequence length {st.hidden.shape[1]}")
+            raise CompositionError(
+                f"Split positions {block.splits} do not add up to the sequence length {st.hidden.shape[1]}"
+            )
         st = self._pre_block(block, st)
         parts = []
         for child, (a, b) in zip(block, _bounds(block.splits), strict=True):

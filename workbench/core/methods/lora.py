@@ -23,8 +23,14 @@ from ..configs import LoRAConfig
 from ..context import EngineState
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
 
-LOCATIONS = {"q": "selfattn", "k": "selfattn", "v": "selfattn", "qkv": "selfattn",
-             "intermediate": "intermediate", "output": "output"}
+LOCATIONS = {
+    "q": "selfattn",
+    "k": "selfattn",
+    "v": "selfattn",
+    "qkv": "selfattn",
+    "intermediate": "intermediate",
+    "output": "output",
+}
 
 
 def _seed(config: LoRAConfig) -> None:
@@ -81,13 +87,17 @@ class LoRA(_LoRABase):
     def forward(self, h, x):
         """Returns (scaled delta, gate or None); `h` is the previous Stack member's delta, else None."""
         h = x if h is None else h
+        if h.shape[-1] != self.lora_A.shape[1]:
+            raise CompositionError(
+                f"cannot Stack LoRA adapters here: the previous adapter's output has {h.shape[-1]} features, "
+                f"this one expects {self.lora_A.shape[1]} (stacked LoRAs need projections with equal in/out sizes)"
+            )
         h = self.lora_dropout(h.to(self.lora_A.dtype)) @ self.lora_A.t() @ self.lora_B.t()
         return self._scale(h, x)
 
     @staticmethod
     def com(base, added, scaling=1.0):
         return base + (added * scaling).to(base.dtype)
-
 
 
 class IA3(_LoRABase):
@@ -209,8 +219,10 @@ class LoRATarget:
             return self._concat(parts)
         if isinstance(setup, Average):
             return self._average(setup, st)
-        raise CompositionError(f"{setup}: {type(setup).__name__} is not supported for LoRA/IA3 adapters "
-                               f"(use Stack, Parallel, BatchSplit or Average)")
+        raise CompositionError(
+            f"{setup}: {type(setup).__name__} is not supported for LoRA/IA3 adapters "
+            f"(use Stack, Parallel, BatchSplit or Average)"
+        )
 
     def _single(self, name: str, st: _State) -> _State:
         h, gate = self.loras[name](st.h, st.x)
@@ -219,8 +231,11 @@ class LoRATarget:
         return replace(st, h=h, last=name)
 
     def _average(self, block: Average, st: _State) -> _State:
-        present = [(c, w) for c, w in zip(block, block.weights, strict=True)
-                   if any(n in self.loras for n in ([c] if isinstance(c, str) else c.flatten()))]
+        present = [
+            (c, w)
+            for c, w in zip(block, block.weights, strict=True)
+            if any(n in self.loras for n in ([c] if isinstance(c, str) else c.flatten()))
+        ]
         parts = [self.compose(c, st) for c, _ in present]
         weights = torch.tensor([w for _, w in present], dtype=parts[0].h.dtype, device=parts[0].h.device)
         stacked = torch.stack([p.h.expand_as(parts[0].h) for p in parts])
@@ -238,8 +253,10 @@ class LoRATarget:
 
     def _fused_forward(self, setup, x, y):
         if not (isinstance(setup, Stack) and len(setup) == 1 and isinstance(setup[0], str)):
-            raise CompositionError(f"{setup}: the fused projection {self.path} of layer {self.layer_idx} "
-                                   "takes a single LoRA/IA3 adapter, not a composition")
+            raise CompositionError(
+                f"{setup}: the fused projection {self.path} of layer {self.layer_idx} "
+                "takes a single LoRA/IA3 adapter, not a composition"
+            )
         name = setup[0]
         lora = self.loras[name]
         n = sum(lora.enabled)
@@ -359,8 +376,10 @@ class LoRAMethod:
             if target.loras[name].use_gating:
                 raise AdapterConfigError(f"adapter {name!r} uses gating and cannot be merged")
             if target.merged not in (None, name):
-                raise AdapterConfigError(f"{target.path} of layer {target.layer_idx} has {target.merged!r} "
-                                         "merged: call reset_adapter() first")
+                raise AdapterConfigError(
+                    f"{target.path} of layer {target.layer_idx} has {target.merged!r} "
+                    "merged: call reset_adapter() first"
+                )
         for target in targets:
             if target.merged is None:
                 target.merge(name)

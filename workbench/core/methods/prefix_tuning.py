@@ -301,7 +301,8 @@ class PrefixTuningMethod:
         impl = base.config._attn_implementation or "eager"
         if impl not in ("eager", "sdpa"):
             raise UnsupportedModelError(
-                f"prefix tuning needs attn_implementation 'eager' or 'sdpa'; this model uses {impl!r}")
+                f"prefix tuning needs attn_implementation 'eager' or 'sdpa'; this model uses {impl!r}"
+            )
         self.original_impl = impl
         base.set_attn_implementation(IMPL_NAME.format(impl))
 

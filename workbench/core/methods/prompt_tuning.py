@@ -75,7 +75,8 @@ class PromptTuningMethod:
     def add(self, name: str, config: PromptTuningConfig) -> None:
         if config.prompt_init == "from_string":
             raise AdapterConfigError(
-                "prompt_init='from_string' is not supported yet (it needs a tokenizer); use 'random_uniform'")
+                "prompt_init='from_string' is not supported yet (it needs a tokenizer); use 'random_uniform'"
+            )
         size = getattr(self.state.base.config, "embedding_size", None) or self.state.hidden_size
         self.layer.prompt_tunings[name] = PromptTuning(config, size)
 
@@ -108,7 +109,7 @@ class PromptTuningMethod:
             raise UnsupportedModelError(f"prompt tuning needs a 2-D attention_mask, not {tuple(mask.shape)}")
         mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, prompt.length), mask], dim=1)
         if in_args:
-            args = (*args[: self.mask_position], mask, *args[self.mask_position + 1:])
+            args = (*args[: self.mask_position], mask, *args[self.mask_position + 1 :])
         else:
             kwargs = {**kwargs, "attention_mask": mask}
         return args, kwargs
