@@ -71,14 +71,23 @@ class ResidualSite:
         self._h = self._r = None
         if h is None or residual is None:
             return None
-        return self.combine(h, residual, _Unhooked(module))
+        return self.combine(h, residual, SiteNorm(module, h, residual, output))
 
 
-class _Unhooked:
-    """Calls a module's forward without its hooks (the norm's own hook must not fire again)."""
+class SiteNorm:
+    """The site's norm, called without its hooks (its own hook must not fire again).
 
-    def __init__(self, module: nn.Module):
-        self.module = module
+    `of_sum(h, r)` returns `norm(h + r)`; for the site's own `h` and `r` that is the output the model already
+    computed, so the adapter does not pay for the same LayerNorm twice.
+    """
+
+    def __init__(self, module: nn.Module, h: torch.Tensor, r: torch.Tensor, output: torch.Tensor):
+        self.module, self._h, self._r, self._output = module, h, r, output
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module.forward(x)
+
+    def of_sum(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        if h is self._h and r is self._r:
+            return self._output
+        return self.module.forward(h + r)

@@ -86,11 +86,11 @@ class Adapter(nn.Module):
         residual = h if self.config.residual_before_ln is True else None
         query = h if query_before_ln else None
         if self.config.original_ln_before:
-            if norm is not None:
-                h = h + r
-                if self.config.residual_before_ln == "post_add":
-                    residual = h
+            if norm is not None and self.config.residual_before_ln == "post_add":
+                h = residual = h + r
                 h = norm(h)
+            elif norm is not None:
+                h = norm.of_sum(h, r) if hasattr(norm, "of_sum") else norm(h + r)
             elif r is not None:
                 h = h + r
         if self.config.residual_before_ln is not True and residual is None:
@@ -101,18 +101,19 @@ class Adapter(nn.Module):
 
     def bottleneck(self, x):
         """The scaled up-projection (AdapterFusion combines these) and the gate input."""
-        return self.adapter_up(self.adapter_down(x)) * self.scaling
+        up = self.adapter_up(self.adapter_down(x))
+        return up if isinstance(self.scaling, float) and self.scaling == 1.0 else up * self.scaling
 
-    def forward(self, x, residual):
-        """Returns (output, scaled up-projection, gate or None)."""
+    def forward(self, x, residual, keep_up: bool = False):
+        """Returns (output, scaled up-projection, gate or None); `keep_up` when the caller reads `up` later."""
         up = self.bottleneck(x)
         out, gate = self._gated(self.dropout(up), x)
         if self.config.adapter_residual_before_ln:
-            out = out + residual
+            out = _add(out, residual, reuse=not (keep_up and out is up))
         if self.config.ln_after:
             out = self.adapter_norm_after(out)
         if not self.config.adapter_residual_before_ln:
-            out = out + residual
+            out = _add(out, residual, reuse=not (keep_up and out is up))
         return out, up, gate
 
     def _gated(self, out, x):
@@ -124,7 +125,15 @@ class Adapter(nn.Module):
     def post_forward(self, h, sublayer_output, r, norm):
         if not self.config.original_ln_after:
             return h
-        return norm(h + r) if norm is not None else h + r
+        total = _add(h, r, reuse=True)
+        return norm(total) if norm is not None else total
+
+
+def _add(a: torch.Tensor, b: torch.Tensor, reuse: bool) -> torch.Tensor:
+    """a + b, written into `a` (a fresh tensor of ours) when no gradient is recorded: saves an allocation."""
+    if reuse and not torch.is_grad_enabled() and a.shape == torch.broadcast_shapes(a.shape, b.shape):
+        return a.add_(b)
+    return a + b
 
 
 class ParallelAdapter(Adapter):
@@ -133,7 +142,7 @@ class ParallelAdapter(Adapter):
     def pre_forward(self, h, r, norm, query_before_ln: bool | None = None):
         return r, (r if query_before_ln is not None else None), r
 
-    def forward(self, x, residual):
+    def forward(self, x, residual, keep_up: bool = False):
         up = self.bottleneck(x)
         out, gate = self._gated(self.dropout(up), x)
         if self.config.ln_after:

@@ -45,6 +45,7 @@ class BottleneckLayer:
         if not hasattr(host, "adapters"):
             host.adapters = nn.ModuleDict()
             host.adapter_fusion_layer = nn.ModuleDict()
+        self._fusing = False  # while True, adapters keep their up-projections intact for the fusion layer
         self.adapters: nn.ModuleDict = host.adapters
         self.fusions: nn.ModuleDict = host.adapter_fusion_layer
 
@@ -87,7 +88,7 @@ class BottleneckLayer:
         return replace(st, hidden=x, residual=residual)
 
     def _single(self, name: str, st: BnState) -> BnState:
-        out, up, gate = self.adapters[name](st.hidden, st.residual)
+        out, up, gate = self.adapters[name](st.hidden, st.residual, keep_up=self._fusing)
         if gate is not None:
             self.state.record_gating(name, self.layer_idx, self.location, gate.reshape(gate.shape[0]))
         return replace(st, hidden=out, up=up, last=name)
@@ -157,7 +158,11 @@ class BottleneckLayer:
             st.hidden, st.input_tensor, st.norm, query_before_ln=bool(fusion.config.query_before_ln)
         )
         inner = replace(st, hidden=x, residual=residual)
-        ups = [self._child(child, inner, level).up for child in block]
+        self._fusing = True
+        try:
+            ups = [self._child(child, inner, level).up for child in block]
+        finally:
+            self._fusing = False
         out, probs = fusion(query, torch.stack(ups, dim=2), residual)
         ctx = self.state.context
         if ctx is not None and ctx.output_fusion_attentions:

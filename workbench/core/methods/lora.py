@@ -92,12 +92,18 @@ class LoRA(_LoRABase):
                 f"cannot Stack LoRA adapters here: the previous adapter's output has {h.shape[-1]} features, "
                 f"this one expects {self.lora_A.shape[1]} (stacked LoRAs need projections with equal in/out sizes)"
             )
-        h = self.lora_dropout(h.to(self.lora_A.dtype)) @ self.lora_A.t() @ self.lora_B.t()
-        return self._scale(h, x)
+        down = F.linear(self.lora_dropout(h.to(self.lora_A.dtype)), self.lora_A)
+        down, gate = self._scale(down, x)  # scaling the r-wide intermediate is cheaper than the output
+        return F.linear(down, self.lora_B), gate
 
     @staticmethod
     def com(base, added, scaling=1.0):
-        return base + (added * scaling).to(base.dtype)
+        if not (isinstance(scaling, float) and scaling == 1.0):
+            added = added * scaling
+        added = added.to(base.dtype)
+        if not torch.is_grad_enabled():
+            return base.add_(added)  # the wrapped layer's fresh output: no allocation needed
+        return base + added
 
 
 class IA3(_LoRABase):
