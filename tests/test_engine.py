@@ -202,3 +202,21 @@ def test_save_pretrained_writes_base_adapters_fusions_and_heads(tmp_path):
     model.set_active_adapters("p")
     model.delete_head("a")
     torch.testing.assert_close(hidden(reloaded), hidden(model))
+
+
+def test_adapter_setup_activates_a_setup_only_inside_the_block():
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="seq_bn")
+    perturb(model, "a")
+    perturb(model, "b")
+    plain = hidden(model)
+    model.set_active_adapters("b")
+    only_b = hidden(model)
+    model.set_active_adapters(None)
+    with workbench.AdapterSetup(Stack("b")):
+        torch.testing.assert_close(hidden(model), only_b)
+        with workbench.AdapterSetup(None, ignore_empty=True):  # an empty inner setup changes nothing
+            torch.testing.assert_close(hidden(model), only_b)
+    assert torch.equal(hidden(model), plain)
+    assert model.active_adapters is None

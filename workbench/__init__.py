@@ -23,6 +23,7 @@ from .core.configs import (
     SeqBnConfig,
     SeqBnInvConfig,
 )
+from .core.context import AdapterSetup
 from .core.errors import (
     AdapterConfigError,
     AdapterError,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ADAPTER_CONFIG_MAP",
     "AdapterConfig",
+    "AdapterSetup",
     "AdapterConfigError",
     "AdapterError",
     "AdapterFusionConfig",

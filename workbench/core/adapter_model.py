@@ -10,6 +10,7 @@ from transformers import AutoModel, PreTrainedModel
 
 from . import files
 from .composition import BatchSplit, Parallel, Stack
+from .context import scoped_setup
 from .errors import HeadError
 from .heads import (
     HEAD_TYPES,
@@ -344,7 +345,8 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
         **kwargs,
     ):
         """Run the base model, then the active (or given) head. Without a head, the base model's output."""
-        head_name = head or self._active_head
+        scoped = scoped_setup()
+        head_name = head or (scoped.head_setup if scoped is not None and scoped.head_setup else self._active_head)
         if (
             isinstance(head_name, str)
             and head_name in self.heads

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .archs import arch_for, get_module
-from .composition import Block
+from .composition import Block, parse_composition
+
+_SCOPED_SETUP: contextvars.ContextVar = contextvars.ContextVar("workbench_adapter_setup", default=None)
+
+
+class AdapterSetup:
+    """`with AdapterSetup(Stack("a", "b"), head_setup="b"): model(...)` activates a setup for the block only."""
+
+    def __init__(self, adapter_setup, head_setup=None, ignore_empty: bool = False):
+        self.adapter_setup = parse_composition(adapter_setup)
+        self.head_setup = head_setup
+        self.ignore_empty = ignore_empty
+        self._token = None
+
+    def __enter__(self):
+        if self.adapter_setup is not None or not self.ignore_empty:
+            self._token = _SCOPED_SETUP.set(self)
+        return self
+
+    def __exit__(self, *exc):
+        if self._token is not None:
+            _SCOPED_SETUP.reset(self._token)
+            self._token = None
+
+
+def scoped_setup() -> AdapterSetup | None:
+    """The innermost `AdapterSetup` block being run, if any."""
+    return _SCOPED_SETUP.get()
 
 
 @dataclass
@@ -54,7 +82,8 @@ class EngineState:
         return self.context.setup if self.context is not None else self.active_setup
 
     def _begin(self, module, args, kwargs):
-        setup = self.active_setup
+        scoped = scoped_setup()
+        setup = scoped.adapter_setup if scoped is not None else self.active_setup
         names = frozenset(setup.flatten()) if setup is not None else frozenset()
         ctx = ForwardContext(
             setup,
