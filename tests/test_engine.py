@@ -220,3 +220,20 @@ def test_adapter_setup_activates_a_setup_only_inside_the_block():
             torch.testing.assert_close(hidden(model), only_b)
     assert torch.equal(hidden(model), plain)
     assert model.active_adapters is None
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_generate_with_a_causal_lm_head_and_adapter(model_type):
+    model = tiny_adapter_model(model_type)
+    model.add_adapter("a", config="seq_bn")
+    model.add_causal_lm_head("a")
+    perturb(model, "a")
+    model.set_active_adapters("a")
+    prompt = torch.tensor([[5, 6, 7]])
+    generated = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    ids = prompt  # greedy decoding by hand, without a cache, must agree
+    with torch.no_grad():
+        for _ in range(6):
+            next_id = model(input_ids=ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_id], dim=1)
+    assert torch.equal(generated, ids)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PretrainedConfig, PreTrainedModel
 
 from . import files
 from .composition import BatchSplit, Parallel, Stack
@@ -25,14 +25,20 @@ from .model_mixin import ModelAdaptersMixin
 _CONFIG_CLASS_TO_MODEL = {"XLMRobertaConfig": "XLMRoberta"}
 
 
-class AdapterModel(ModelAdaptersMixin, nn.Module):
-    """A base transformers model (stored under its usual prefix, e.g. `bert`) with flexible named heads."""
+class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
+    """A base transformers model (stored under its usual prefix, e.g. `bert`) with flexible named heads.
+
+    It is a `PreTrainedModel`, so `generate()` works with a causal LM head and Trainer treats it as any model.
+    """
+
+    config_class = PretrainedConfig
+    # The wrapper runs no attention itself: every implementation the base model supports is fine.
+    _supports_sdpa = _supports_flash_attn = _supports_flex_attn = _supports_attention_backend = True
 
     def __init__(self, base: PreTrainedModel):
-        super().__init__()
+        super().__init__(base.config)
         self.base_model_prefix = base.base_model_prefix
         self.add_module(self.base_model_prefix, base)
-        self.config = base.config
         self.heads = nn.ModuleDict()
         self._active_head: str | None = None
         self._init_adapters(base)
@@ -394,7 +400,10 @@ class AdapterModel(ModelAdaptersMixin, nn.Module):
         hidden = outputs[0]
         if isinstance(head, LMHead):
             invert = self._engine.methods.get("invertible")
-            return head(hidden, None, attention_mask, labels, invert=invert.invert if invert else None)
+            result = head(hidden, None, attention_mask, labels, invert=invert.invert if invert else None)
+            if getattr(outputs, "past_key_values", None) is not None:  # generate() continues from the cache
+                result["past_key_values"] = outputs.past_key_values
+            return result
         if getattr(head, "config", {}).get("use_pooler"):
             cls = outputs.pooler_output
         else:

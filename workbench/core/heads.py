@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_outputs import (
-    CausalLMOutput,
+    CausalLMOutputWithPast,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
     QuestionAnsweringModelOutput,
@@ -217,7 +217,7 @@ class LMHead(PredictionHead):
             else:
                 logits_for_loss = logits
             loss = F.cross_entropy(logits_for_loss.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        output_cls = CausalLMOutput if self.head_type == "causal_lm" else MaskedLMOutput
+        output_cls = CausalLMOutputWithPast if self.head_type == "causal_lm" else MaskedLMOutput
         return output_cls(loss=loss, logits=logits)
 
 
