@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -282,17 +281,6 @@ class PrefixTuningMethod:
             del self.pool.prefix_tunings[name]
             if not self.pool.prefix_tunings:
                 self._restore_attention()
-
-    @contextmanager
-    def pool_detached(self):
-        """Drop the per-layer pool references for a while, e.g. around `save_pretrained` (AdapterHub does)."""
-        for shim in self.shims.values():
-            del shim._modules["pool"]
-        try:
-            yield
-        finally:
-            for shim in self.shims.values():
-                shim.pool = self.pool
 
     # --- attention implementation ------------------------------------------------------------------------
 
