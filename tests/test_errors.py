@@ -79,7 +79,7 @@ def test_invalid_compositions():
 
 def test_head_label_count_mismatch():
     model = tiny_adapter_model()
-    with pytest.raises(HeadError, match="num_labels=3"):
+    with pytest.raises(HeadError, match="3 labels expected"):
         model.add_classification_head("h", num_labels=3, id2label={0: "x", 1: "y"})
     assert "h" not in model.heads
 

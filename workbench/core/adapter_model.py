@@ -18,6 +18,7 @@ from .heads import (
     LMHead,
     PredictionHead,
     head_from_config,
+    label2id_for,
 )
 from .keys import is_engine_key, is_head_key, rename_prefixed
 from .model_mixin import ModelAdaptersMixin
@@ -117,8 +118,12 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         if set_active or self._active_head is None:
             self.active_head = head_name
 
-    def _add_head(self, cls, head_name, overwrite_ok, set_active, **options):
-        self.add_prediction_head(head_name, cls(self.config, **options), overwrite_ok, set_active)
+    def _add_head(self, head_type: str, head_name, overwrite_ok, set_active, id2label=None, **options):
+        count = options.get("num_labels", options.get("num_choices"))
+        if count is not None:
+            options["label2id"] = label2id_for(id2label, count, head_name)
+        head = HEAD_TYPES[head_type](self.config, **options)
+        self.add_prediction_head(head_name, head, overwrite_ok, set_active)
 
     def add_classification_head(
         self,
@@ -132,17 +137,15 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         use_pooler: bool = False,
         set_active: bool = True,
     ) -> None:
-        _check_labels(num_labels, id2label, head_name)
-        kind = HEAD_TYPES["multilabel_classification" if multilabel else "classification"]
         self._add_head(
-            kind,
+            "multilabel_classification" if multilabel else "classification",
             head_name,
             overwrite_ok,
             set_active,
             num_labels=num_labels,
             layers=layers,
             activation_function=activation_function,
-            label2id=_label2id(id2label, num_labels),
+            id2label=id2label,
             use_pooler=use_pooler,
         )
 
@@ -156,16 +159,15 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         id2label=None,
         set_active: bool = True,
     ) -> None:
-        _check_labels(num_labels, id2label, head_name)
         self._add_head(
-            HEAD_TYPES["tagging"],
+            "tagging",
             head_name,
             overwrite_ok,
             set_active,
             num_labels=num_labels,
             layers=layers,
             activation_function=activation_function,
-            label2id=_label2id(id2label, num_labels),
+            id2label=id2label,
         )
 
     def add_multiple_choice_head(
@@ -180,14 +182,14 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         set_active: bool = True,
     ) -> None:
         self._add_head(
-            HEAD_TYPES["multiple_choice"],
+            "multiple_choice",
             head_name,
             overwrite_ok,
             set_active,
             num_choices=num_choices,
             layers=layers,
             activation_function=activation_function,
-            label2id=_label2id(id2label, num_choices),
+            id2label=id2label,
             use_pooler=use_pooler,
         )
 
@@ -202,14 +204,14 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         set_active: bool = True,
     ) -> None:
         self._add_head(
-            HEAD_TYPES["question_answering"],
+            "question_answering",
             head_name,
             overwrite_ok,
             set_active,
             num_labels=num_labels,
             layers=layers,
             activation_function=activation_function,
-            label2id=_label2id(id2label, num_labels),
+            id2label=id2label,
         )
 
     def add_masked_lm_head(
@@ -238,7 +240,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
 
     def _add_lm_head(self, kind, head_name, activation_function, layers, overwrite_ok, set_active, **options):
         self._add_head(
-            HEAD_TYPES[kind],
+            kind,
             head_name,
             overwrite_ok,
             set_active,
@@ -296,8 +298,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             raise HeadError(f"{config_path} is a static head without 'head_type'; it cannot be loaded as a flex head")
         if id2label is not None:
             count = config.get("num_labels")
-            _check_labels(count, id2label, str(config_path))
-            config["label2id"] = _label2id(id2label, count)
+            config["label2id"] = label2id_for(id2label, count, str(config_path))
         saved_name = data.get("name") or folder.name
         name = load_as or saved_name
         weights_path = files.find_weights(folder, files.HEAD_WEIGHTS, files.HEAD_SAFETENSORS)
@@ -447,17 +448,6 @@ def _heads_of(setup) -> list[str]:
         last = setup.children[-1]
         return _heads_of(last) if not isinstance(last, str) else [last]
     return [setup.last()]
-
-
-def _label2id(id2label, count):
-    if id2label:
-        return {str(label): int(i) for i, label in dict(id2label).items()}
-    return {f"LABEL_{i}": i for i in range(count)} if count else None
-
-
-def _check_labels(num_labels, id2label, where: str) -> None:
-    if id2label is not None and num_labels is not None and len(id2label) != num_labels:
-        raise HeadError(f"head {where!r}: num_labels={num_labels} but id2label has {len(id2label)} labels")
 
 
 class AutoAdapterModel:

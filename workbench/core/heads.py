@@ -80,8 +80,11 @@ class PredictionHead(nn.Sequential):
         raise NotImplementedError
 
 
-def _label2id(id2label, count: int | None) -> dict[str, int] | None:
+def label2id_for(id2label, count: int | None, where: str) -> dict[str, int] | None:
+    """AdapterHub's `label2id` for a head: from `id2label` (checked against the label count) or LABEL_i."""
     if id2label:
+        if count is not None and len(id2label) != count:
+            raise HeadError(f"head {where!r}: {count} labels expected but id2label has {len(id2label)}: {id2label}")
         return {str(label): int(i) for i, label in dict(id2label).items()}
     return {f"LABEL_{i}": i for i in range(count)} if count else None
 
