@@ -173,3 +173,25 @@ def test_fusion_needs_matching_adapters():
     model.add_adapter("b", config="double_seq_bn")
     with pytest.raises(CompositionError, match="mh_adapter"):
         model.add_adapter_fusion(["a", "b"])
+
+
+def test_failed_fusion_load_leaves_model_as_it_was(tmp_path):
+    model = tiny_adapter_model()
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+    model.add_adapter_fusion(["a", "b"])
+    model.save_adapter_fusion(tmp_path / "fusion", ["a", "b"])
+    model.delete_adapter_fusion("a,b")
+    path = tmp_path / "fusion" / "pytorch_model_adapter_fusion.bin"
+    state = torch.load(path, weights_only=True)
+    torch.save({k: v for i, (k, v) in enumerate(state.items()) if i}, path)  # drop one weight
+    before = snapshot(model)
+    with pytest.raises(AdapterLoadError, match="lacks weight"):
+        model.load_adapter_fusion(tmp_path / "fusion")
+    assert_unchanged(model, before)
+    config = json.loads((tmp_path / "fusion" / "adapter_fusion_config.json").read_text())
+    config["adapter_names"] = ["a", "zzz"]
+    (tmp_path / "fusion" / "adapter_fusion_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterLoadError, match="'zzz'"):
+        model.load_adapter_fusion(tmp_path / "fusion")
+    assert_unchanged(model, before)
