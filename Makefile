@@ -29,7 +29,12 @@ quality: $(STAMP)
 conformance:
 	$(MAKE) -C tests/conformance fixtures
 
-bench: $(STAMP)
+# PEFT is a peer in the benchmark (the `adapters` peer runs in tests/conformance/.venv: make -C tests/conformance venv).
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/inference_overhead.py
 
 clean:
