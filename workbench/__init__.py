@@ -32,6 +32,7 @@ from .core.errors import (
     HeadError,
     UnsupportedModelError,
 )
+from .hub import AdapterInfo, get_adapter_info, list_adapters, search_adapters
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,10 @@ __all__ = [
     "ADAPTER_CONFIG_MAP",
     "AdapterConfig",
     "AdapterSetup",
+    "AdapterInfo",
+    "get_adapter_info",
+    "list_adapters",
+    "search_adapters",
     "AdapterConfigError",
     "AdapterError",
     "AdapterFusionConfig",

@@ -332,7 +332,9 @@ class ModelAdaptersMixin:
         **kwargs,
     ) -> str:
         """Load an adapter saved in the AdapterHub format (a local folder) and return its name."""
-        folder = self._resolve_adapter_folder(adapter_name_or_path, source=source, version=version, **kwargs)
+        folder = self._resolve_adapter_folder(
+            adapter_name_or_path, source=source, version=version, config=config, model_name=model_name, **kwargs
+        )
         data = files.read_json(folder / files.ADAPTER_CONFIG)
         if "config" not in data:
             raise AdapterLoadError(f"{folder / files.ADAPTER_CONFIG} has no 'config' entry")

@@ -1,5 +1,19 @@
-"""Finding and downloading adapters. For now: Hugging Face Hub repos through `huggingface_hub`."""
+"""Finding and downloading adapters: the Hugging Face Hub and the archived AdapterHub index.
 
+Every request goes through `huggingface_hub`; listings are cached on disk (see `cache.py`).
+"""
+
+from .cache import HubUnavailableError
+from .info import AdapterInfo
+from .listing import SearchResults, get_adapter_info, list_adapters, search_adapters
 from .resolve import resolve_adapter
 
-__all__ = ["resolve_adapter"]
+__all__ = [
+    "AdapterInfo",
+    "HubUnavailableError",
+    "SearchResults",
+    "get_adapter_info",
+    "list_adapters",
+    "resolve_adapter",
+    "search_adapters",
+]

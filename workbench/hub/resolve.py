@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..core.errors import AdapterLoadError
+from .ah import is_ah_id, resolve_ah_id
 
 
 def resolve_adapter(
-    adapter_id: str, model=None, source: str | None = None, version: str | None = None, **kwargs
+    adapter_id: str,
+    model=None,
+    source: str | None = None,
+    version: str | None = None,
+    config=None,
+    model_name: str | None = None,
+    **kwargs,
 ) -> Path:
-    """Download `adapter_id` (a Hub repo such as `AdapterHub/bert-base-uncased-pf-imdb`) and return its folder.
+    """Download an adapter and return its folder.
 
-    Honours HF_HUB_OFFLINE, HF_ENDPOINT, HF_HOME and tokens, because every request goes through huggingface_hub.
+    `adapter_id` is a Hub repo (`AdapterHub/bert-base-uncased-pf-imdb`) or, from the archived AdapterHub index,
+    `@org/name` or `task/subtask@org` (source "ah"). `version` is the git revision (archive versions are
+    branches). Downloads go through `snapshot_download`, with its cache, progress bar, HF_HUB_OFFLINE,
+    HF_ENDPOINT, HF_HOME and token handling.
     """
-    if source not in (None, "hf"):
-        raise AdapterLoadError(f"adapter source {source!r} is not supported yet; use source='hf' or a local folder")
+    if source not in (None, "hf", "ah"):
+        raise AdapterLoadError(f"adapter source {source!r} is not supported; use 'hf', 'ah' or a local folder")
+    if is_ah_id(adapter_id) or (source == "ah" and "@" in adapter_id):
+        name = model_name or _model_name(model)
+        adapter_id = resolve_ah_id(adapter_id, model_name=name, config=config)
     looks_like_path = adapter_id.startswith(("/", ".", "~")) or adapter_id.count("/") != 1
     if looks_like_path:
         raise AdapterLoadError(f"{adapter_id!r} is neither a local folder nor a Hub repo id like 'org/name'")
@@ -23,11 +37,18 @@ def resolve_adapter(
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        folder = snapshot_download(adapter_id, revision=version, token=kwargs.get("token"))
+        folder = snapshot_download(
+            adapter_id, revision=version, token=kwargs.get("token"), endpoint=os.environ.get("HF_ENDPOINT") or None
+        )
     except LocalEntryNotFoundError as err:
         raise AdapterLoadError(
             f"{adapter_id!r} is not in the local cache and the Hub cannot be reached: {err}"
         ) from None
-    except (HfHubHTTPError, OSError) as err:
+    except (HfHubHTTPError, OSError, ValueError) as err:
         raise AdapterLoadError(f"could not download adapter {adapter_id!r}: {err}") from None
     return Path(folder)
+
+
+def _model_name(model) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "name_or_path", None) or None

@@ -1,0 +1,70 @@
+"""Listings cached on disk with an expiry, used instead of the network when it is off or failing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from huggingface_hub import constants
+
+from ..core.errors import AdapterError
+from ..core.files import write_json
+from .info import AdapterInfo
+
+DEFAULT_TTL_S = 3600
+
+
+class HubUnavailableError(AdapterError, ConnectionError):
+    """Neither the network nor a cached listing could answer."""
+
+
+def cache_dir() -> Path:
+    """`$WORKBENCH_CACHE`, else `<HF_HOME>/workbench/listings` (HF_HOME as huggingface_hub resolves it)."""
+    override = os.environ.get("WORKBENCH_CACHE")
+    return Path(override) if override else Path(constants.HF_HOME) / "workbench" / "listings"
+
+
+def ttl_seconds() -> float:
+    return float(os.environ.get("WORKBENCH_LISTING_TTL", DEFAULT_TTL_S))
+
+
+def is_offline() -> bool:
+    return constants.is_offline_mode()
+
+
+def cached_listing(key: dict, fetch: Callable[[], list[AdapterInfo]], refresh: bool = False) -> list[AdapterInfo]:
+    """A fresh cached listing for `key`, else `fetch()` (and cache it); on failure, a stale copy with a warning."""
+    path = cache_dir() / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".json")
+    stored = _read(path)
+    if stored is not None and not refresh and time.time() - stored["time"] < ttl_seconds():
+        return [AdapterInfo.from_dict(item) for item in stored["items"]]
+    what = ", ".join(f"{k}={v!r}" for k, v in key.items() if v is not None)
+    if is_offline():
+        return _fallback(stored, f"offline mode (HF_HUB_OFFLINE) is on; listing {what}")
+    try:
+        items = fetch()
+    except (OSError, ValueError) as err:  # network errors are OSError subclasses; a malformed page is a ValueError
+        return _fallback(stored, f"could not list adapters ({what}): {err}")
+    write_json(path, {"time": time.time(), "key": key, "items": [info.to_dict() for info in items]})
+    return items
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) and "items" in data and "time" in data else None
+    except (OSError, ValueError):
+        return None
+
+
+def _fallback(stored: dict | None, reason: str) -> list[AdapterInfo]:
+    if stored is None:
+        raise HubUnavailableError(f"{reason}, and there is no cached listing to fall back on")
+    age_min = (time.time() - stored["time"]) / 60
+    warnings.warn(f"{reason}; showing the cached listing from {age_min:.0f} min ago", stacklevel=4)
+    return [AdapterInfo.from_dict(item) for item in stored["items"]]

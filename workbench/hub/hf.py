@@ -1,0 +1,139 @@
+"""Adapters on the Hugging Face Hub, listed with server-side filters through `huggingface_hub`.
+
+AdapterHub repos carry the library tag `adapter-transformers` and their base model under
+`config.adapter_transformers.model_name`; PEFT repos carry `peft` and the tag `base_model:adapter:<id>`.
+Filtering on the server keeps the number of requests proportional to the results, not to the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from huggingface_hub import HfApi, hf_hub_download
+
+from .info import AdapterInfo, method_name
+
+ADAPTERHUB_LIBRARY = "adapter-transformers"
+PEFT_LIBRARY = "peft"
+
+
+def hub_api() -> HfApi:
+    """An HfApi on HF_ENDPOINT as set now (huggingface_hub itself reads it only at import)."""
+    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+
+
+def list_hf_adapters(
+    model_name: str | None = None,
+    search: str | None = None,
+    libraries=("adapters", "peft"),
+    sort: str | None = "downloads",
+    limit: int | None = None,
+) -> list[AdapterInfo]:
+    """AdapterHub-format (and PEFT) adapter repos, optionally for one base model."""
+    api = hub_api()
+    results: list[AdapterInfo] = []
+    if "adapters" in libraries:
+        # Repo ids of AdapterHub adapters contain the model's name, so `search` narrows the listing on the server.
+        text = search or (model_name.split("/")[-1] if model_name else None)
+        models = api.list_models(
+            filter=ADAPTERHUB_LIBRARY, search=text, sort=sort, limit=limit, full=True, fetch_config=True
+        )
+        for model in models:
+            info = _adapterhub_info(model)
+            if model_name and info.model_name is None:
+                info.model_name = _model_name_from_files(api, model.id)
+            if not model_name or info.model_name == model_name:
+                if not search or search.lower() in info.adapter_id.lower():
+                    results.append(info)
+    if "peft" in libraries:
+        tags = [PEFT_LIBRARY] + ([f"base_model:adapter:{model_name}"] if model_name else [])
+        for model in api.list_models(filter=tags, search=search, sort=sort, limit=limit, full=True, cardData=True):
+            results.append(_peft_info(model))
+    return results
+
+
+def hf_adapter_info(repo_id: str) -> AdapterInfo:
+    """Details of one Hub repo (AdapterHub or PEFT format)."""
+    api = hub_api()
+    model = api.model_info(repo_id, files_metadata=True)
+    tags = model.tags or []
+    info = _peft_info(model) if PEFT_LIBRARY in tags and ADAPTERHUB_LIBRARY not in tags else _adapterhub_info(model)
+    if info.library == "adapters" and info.adapter_config is None:
+        config = _adapter_config(api, repo_id)
+        info.adapter_config = config.get("config") if config else None
+        info.method = method_name(info.adapter_config)
+        info.model_name = info.model_name or (config or {}).get("model_name")
+    return info
+
+
+def _common(model, **fields) -> AdapterInfo:
+    siblings = model.siblings or []
+    sizes = [s.size for s in siblings if getattr(s, "size", None)]
+    return AdapterInfo(
+        source="hf",
+        adapter_id=model.id,
+        username=model.id.split("/")[0] if "/" in model.id else None,
+        sha1_checksum=model.sha,
+        downloads=model.downloads,
+        likes=model.likes,
+        last_modified=model.last_modified,
+        tags=list(model.tags or []),
+        size_bytes=sum(sizes) if sizes else None,
+        hf_repo=model.id,
+        **fields,
+    )
+
+
+def _adapterhub_info(model) -> AdapterInfo:
+    config = model.config or {}
+    meta = config.get("adapter_transformers") or config.get("adapters") or {}
+    task = subtask = None
+    for tag in model.tags or []:
+        if tag.startswith("adapterhub:") and "/" in tag:
+            task, subtask = tag.removeprefix("adapterhub:").split("/", 1)
+    return _common(
+        model,
+        model_name=meta.get("model_name"),
+        task=task,
+        subtask=subtask,
+        library="adapters",
+        method=_method_from_name(model.id),
+    )
+
+
+def _method_from_name(repo_id: str) -> str | None:
+    """A cheap guess before adapter_config.json is read: AdapterHub's naming conventions."""
+    name = repo_id.split("/")[-1]
+    if name.endswith("_houlsby"):
+        return "double_seq_bn"
+    if name.endswith("_pfeiffer") or "-pf-" in name:
+        return "seq_bn"
+    return None
+
+
+def _peft_info(model) -> AdapterInfo:
+    base = None
+    for tag in model.tags or []:
+        if tag.startswith("base_model:adapter:"):
+            base = tag.removeprefix("base_model:adapter:")
+    card = model.card_data.to_dict() if getattr(model, "card_data", None) else {}
+    peft_meta = (model.config or {}).get("peft") or {}
+    base = base or card.get("base_model") or peft_meta.get("base_model_name_or_path")
+    method = "lora" if "lora" in (model.tags or []) else ("ia3" if "ia3" in (model.tags or []) else None)
+    return _common(model, model_name=base if isinstance(base, str) else None, library="peft", method=method)
+
+
+def _adapter_config(api: HfApi, repo_id: str) -> dict | None:
+    try:
+        path = hf_hub_download(repo_id, "adapter_config.json", endpoint=api.endpoint)
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _model_name_from_files(api: HfApi, repo_id: str) -> str | None:
+    """Older repos have no `config.adapter_transformers`: read the model name from adapter_config.json."""
+    config = _adapter_config(api, repo_id)
+    return config.get("model_name") if config else None

@@ -1,0 +1,146 @@
+"""`list_adapters`, `get_adapter_info` and `search_adapters`: the hub as a user browses it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ah import ah_adapter_info, list_ah_adapters
+from .cache import cached_listing
+from .hf import hf_adapter_info, list_hf_adapters
+from .info import AdapterInfo
+
+SOURCES = (None, "ah", "hf")
+SORT_KEYS = {"downloads", "likes", "last_modified", "recency"}
+
+
+def list_adapters(source: str | None = None, model_name: str | None = None, refresh: bool = False) -> list[AdapterInfo]:
+    """Adapters from the archived AdapterHub index ("ah"), the Hugging Face Hub ("hf"), or both (None).
+
+    With both sources, an archived adapter that is also on the Hub appears once, with the Hub's statistics and
+    the archive's task and subtask.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be None, 'ah' or 'hf', not {source!r}")
+    hf = ah = []
+    if source in (None, "hf"):
+        hf = cached_listing(
+            {"source": "hf", "model_name": model_name}, lambda: list_hf_adapters(model_name=model_name), refresh
+        )
+    if source in (None, "ah"):
+        ah = cached_listing(
+            {"source": "ah", "model_name": model_name}, lambda: list_ah_adapters(model_name=model_name), refresh
+        )
+    if source is not None:
+        return hf or ah
+    return _merge(hf, ah)
+
+
+def _merge(hf: list[AdapterInfo], ah: list[AdapterInfo]) -> list[AdapterInfo]:
+    by_repo = {info.adapter_id: info for info in hf}
+    merged = list(hf)
+    for info in ah:
+        twin = by_repo.get(info.hf_repo or "")
+        if twin is None:
+            merged.append(info)
+            continue
+        twin.task = twin.task or info.task
+        twin.subtask = twin.subtask or info.subtask
+        twin.adapter_config = twin.adapter_config or info.adapter_config
+        twin.method = twin.method or info.method
+    return merged
+
+
+def get_adapter_info(adapter_id: str, source: str | None = None) -> AdapterInfo:
+    """Details of one adapter: `@org/name` (archive) or a Hub repo id."""
+    if source == "ah" or adapter_id.startswith("@"):
+        return ah_adapter_info(adapter_id)
+    return hf_adapter_info(adapter_id)
+
+
+@dataclass
+class SearchResults:
+    """One page of search results; `to_dataframe()` for a table."""
+
+    items: list[AdapterInfo]
+    total: int
+    page: int
+    page_size: int
+    query: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self):
+        return len(self.items)
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.page_size))
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        columns = [
+            "adapter_id",
+            "model_name",
+            "task",
+            "subtask",
+            "method",
+            "library",
+            "source",
+            "downloads",
+            "likes",
+            "last_modified",
+            "size_bytes",
+            "username",
+        ]
+        return pd.DataFrame([{c: getattr(i, c) for c in columns} for i in self.items], columns=columns)
+
+
+def search_adapters(
+    text: str | None = None,
+    model_name: str | None = None,
+    task: str | None = None,
+    method: str | None = None,
+    library: str | None = None,
+    source: str | None = None,
+    sort: str = "downloads",
+    page: int = 1,
+    page_size: int = 20,
+    refresh: bool = False,
+) -> SearchResults:
+    """Free-text search with filters, sorted and paged, over the (cached) listings."""
+    if sort not in SORT_KEYS:
+        raise ValueError(f"sort must be one of {sorted(SORT_KEYS)}, not {sort!r}")
+    if page < 1 or page_size < 1:
+        raise ValueError(f"page and page_size must be positive, got page={page}, page_size={page_size}")
+    items = list_adapters(source=source, model_name=model_name, refresh=refresh)
+    words = (text or "").lower().split()
+
+    def matches(info: AdapterInfo) -> bool:
+        haystack = " ".join(
+            str(v)
+            for v in (info.adapter_id, info.model_name, info.task, info.subtask, info.method, " ".join(info.tags))
+            if v
+        ).lower()
+        return (
+            all(w in haystack for w in words)
+            and (task is None or info.task == task)
+            and (method is None or info.method == method)
+            and (library is None or info.library == library)
+        )
+
+    found = [i for i in items if matches(i)]
+    key = "last_modified" if sort == "recency" else sort
+    found.sort(key=lambda i: (getattr(i, key) is not None, getattr(i, key) or 0), reverse=True)
+    start = (page - 1) * page_size
+    query = {
+        "text": text,
+        "model_name": model_name,
+        "task": task,
+        "method": method,
+        "library": library,
+        "source": source,
+        "sort": sort,
+    }
+    return SearchResults(found[start : start + page_size], len(found), page, page_size, query)
