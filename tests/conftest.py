@@ -16,3 +16,40 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """A running `fakehub.FakeHub` (tests/fakehub.py) that huggingface_hub, already imported, talks to; closed after.
+
+    huggingface_hub reads its environment once, at import, so besides the env vars this patches (with monkeypatch,
+    undone after the test) the module constants that were derived from them:
+    - env set: HF_ENDPOINT=hub.url, WORKBENCH_AH_INDEX_URL=hub.ah_url, HF_HOME=tmp_path/"hf_home",
+      HF_HUB_DISABLE_TELEMETRY=1, HF_HUB_DISABLE_XET=1, NO_PROXY/no_proxy=127.0.0.1,localhost;
+      env unset: HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, HF_TOKEN, HUGGING_FACE_HUB_TOKEN, HF_OIDC_RESOURCE,
+      HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_ASSETS_CACHE, HUGGINGFACE_ASSETS_CACHE, HF_XET_CACHE, HF_TOKEN_PATH.
+    - huggingface_hub.constants: ENDPOINT, HUGGINGFACE_CO_URL_TEMPLATE (hf_hub_url), HF_HUB_OFFLINE=False,
+      HF_HUB_DISABLE_TELEMETRY=True (no /api/agent-harnesses request), HF_HUB_DISABLE_XET=True, HF_HOME, HF_HUB_CACHE,
+      HUGGINGFACE_HUB_CACHE (= HF_HOME/hub), HF_ASSETS_CACHE, HUGGINGFACE_ASSETS_CACHE, HF_XET_CACHE, HF_TOKEN_PATH,
+      HF_STORED_TOKENS_PATH (no token is found, none is sent), CHECK_FOR_UPDATE_DONE_PATH,
+      CHECK_FOR_SKILL_UPDATE_DONE_PATH, AGENT_HARNESSES_PATH.
+    - huggingface_hub.hf_api.api.endpoint: the HfApi built at import behind the module-level functions
+      (huggingface_hub.list_models, model_info, file_exists, ...).
+    - copies imported by value: huggingface_hub.utils._cache_manager.HF_HUB_CACHE (scan_cache_dir),
+      huggingface_hub.utils._cache_assets.HF_ASSETS_CACHE.
+    - `time` in huggingface_hub.utils._http and huggingface_hub.file_download: retry back-off and download-resume
+      sleeps return at once; the seconds asked for are appended to `hub.retry_sleeps`.
+    - huggingface_hub.utils._http.close_session() before and after: a fresh shared httpx client.
+    Timeouts are left as they are (constants.HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT, 10 s); patch them to test
+    a "timeout" fault. transformers' HF_MODULES_CACHE (remote code only) is not patched.
+    """
+    from fakehub import FakeHub, use_fake_hub
+    from huggingface_hub.utils import _http
+
+    hub = FakeHub()
+    try:
+        use_fake_hub(monkeypatch, hub, tmp_path / "hf_home")
+        yield hub
+    finally:
+        hub.close()
+        _http.close_session()

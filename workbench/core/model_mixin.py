@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import files
+from . import files, peft_format
 from .composition import Block, Fuse, parse_composition
 from .configs import AdapterConfig, AdapterFusionConfig, BnConfig, ConfigUnion, LoRAConfig
 from .context import EngineState
@@ -298,9 +298,14 @@ class ModelAdaptersMixin:
         with_head: bool = True,
         meta_dict: dict | None = None,
         use_safetensors: bool = False,
+        format: str = "adapterhub",
         **_,
     ) -> None:
-        """Write adapter_config.json and the adapter weights (AdapterHub layout) to `save_directory`."""
+        """Write adapter_config.json and the adapter weights to `save_directory` (format "adapterhub" or "peft")."""
+        if format == "peft":
+            return peft_format.save_peft(self, save_directory, adapter_name)
+        if format != "adapterhub":
+            raise AdapterConfigError(f"format={format!r}: use 'adapterhub' or 'peft'")
         config = self._require(adapter_name)
         folder = Path(save_directory)
         data = {"config": config.to_dict(), **self._file_meta(adapter_name)}
@@ -331,10 +336,13 @@ class ModelAdaptersMixin:
         use_safetensors: bool = False,
         **kwargs,
     ) -> str:
-        """Load an adapter saved in the AdapterHub format (a local folder) and return its name."""
+        """Load an adapter (AdapterHub or PEFT format; a local folder or a Hub repo) and return its name."""
         folder = self._resolve_adapter_folder(
             adapter_name_or_path, source=source, version=version, config=config, model_name=model_name, **kwargs
         )
+        if peft_format.is_peft_folder(folder):
+            name = load_as or peft_format.default_name(adapter_name_or_path, folder)
+            return peft_format.load_peft(self, folder, name, leave_out=leave_out, set_active=set_active)
         data = files.read_json(folder / files.ADAPTER_CONFIG)
         if "config" not in data:
             raise AdapterLoadError(f"{folder / files.ADAPTER_CONFIG} has no 'config' entry")
