@@ -71,9 +71,23 @@ class FakeHub:
         self._thread.start()
 
     # ---- content -------------------------------------------------------------------------------------------------
-    def add_repo(self, repo_id: str, files: dict[str, bytes], *, tags=(), library_name=None, config=None,
-                 card_data=None, pipeline_tag=None, downloads=0, likes=0, last_modified="2024-01-01T00:00:00.000Z",
-                 author=None, revisions: dict[str, dict[str, bytes]] | None = None, created_at=None) -> str:
+    def add_repo(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        *,
+        tags=(),
+        library_name=None,
+        config=None,
+        card_data=None,
+        pipeline_tag=None,
+        downloads=0,
+        likes=0,
+        last_modified="2024-01-01T00:00:00.000Z",
+        author=None,
+        revisions: dict[str, dict[str, bytes]] | None = None,
+        created_at=None,
+    ) -> str:
         """Add (or replace) a model repo; `files` is its `main`, `revisions` extra branches. Returns main's sha.
 
         File names are stored verbatim (even `../../evil.txt`: it shows in the tree, but resolving it answers 400).
@@ -85,9 +99,18 @@ class FakeHub:
             if not HUB_DATE.fullmatch(date):
                 raise ValueError(f"Hub dates look like 2024-01-01T00:00:00.000Z, got {date!r}")
         all_tags = list(tags) + [t for t in (library_name, pipeline_tag) if t and t not in tags]
-        meta = {"author": author or repo_id.split("/")[0], "tags": all_tags, "library_name": library_name,
-                "pipeline_tag": pipeline_tag, "config": config, "cardData": card_data, "downloads": downloads,
-                "likes": likes, "lastModified": last_modified, "createdAt": created_at}
+        meta = {
+            "author": author or repo_id.split("/")[0],
+            "tags": all_tags,
+            "library_name": library_name,
+            "pipeline_tag": pipeline_tag,
+            "config": config,
+            "cardData": card_data,
+            "downloads": downloads,
+            "likes": likes,
+            "lastModified": last_modified,
+            "createdAt": created_at,
+        }
         revs = {}
         for name, rev_files in {"main": files, **(revisions or {})}.items():
             blobs = {p: d.encode() if isinstance(d, str) else bytes(d) for p, d in rev_files.items()}
@@ -121,8 +144,16 @@ class FakeHub:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
         with self._lock:
-            self._faults.append({"regex": re.compile(path_regex), "kind": kind, "times": times,
-                                 "method": options.pop("method", None), "skip": options.pop("skip", 0), **options})
+            self._faults.append(
+                {
+                    "regex": re.compile(path_regex),
+                    "kind": kind,
+                    "times": times,
+                    "method": options.pop("method", None),
+                    "skip": options.pop("skip", 0),
+                    **options,
+                }
+            )
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -158,8 +189,14 @@ class FakeHub:
     # ---- HTTP ----------------------------------------------------------------------------------------------------
     def _serve(self, h: _Handler) -> None:
         raw_path, _, raw_query = h.path.partition("?")
-        entry = {"method": h.command, "path": unquote(raw_path), "query": parse_qs(raw_query, keep_blank_values=True),
-                 "status": None, "bytes": 0, "headers": {k.lower(): v for k, v in h.headers.items()}}
+        entry = {
+            "method": h.command,
+            "path": unquote(raw_path),
+            "query": parse_qs(raw_query, keep_blank_values=True),
+            "status": None,
+            "bytes": 0,
+            "headers": {k.lower(): v for k, v in h.headers.items()},
+        }
         with self._lock:
             self.requests.append(entry)
         fault = self._take_fault(h.command, entry["path"])
@@ -234,10 +271,21 @@ class FakeHub:
 
     def _full_item(self, repo: dict, rev: dict, sizes: bool = True) -> dict:
         meta = {k: v for k, v in repo["meta"].items() if v is not None}
-        siblings = [{"rfilename": p, **({"size": len(d), "blobId": git_blob_sha(d)} if sizes else {})}
-                    for p, d in sorted(rev["files"].items())]
-        return {"_id": rev["sha"][:24], "id": repo["id"], "modelId": repo["id"], "sha": rev["sha"], "private": False,
-                "gated": False, "disabled": False, **meta, "siblings": siblings}
+        siblings = [
+            {"rfilename": p, **({"size": len(d), "blobId": git_blob_sha(d)} if sizes else {})}
+            for p, d in sorted(rev["files"].items())
+        ]
+        return {
+            "_id": rev["sha"][:24],
+            "id": repo["id"],
+            "modelId": repo["id"],
+            "sha": rev["sha"],
+            "private": False,
+            "gated": False,
+            "disabled": False,
+            **meta,
+            "siblings": siblings,
+        }
 
     @staticmethod
     def _expanded(item: dict, expand: list[str]) -> dict:
@@ -272,8 +320,18 @@ class FakeHub:
             if query.get("expand"):
                 items.append(self._expanded(full, query["expand"]))
                 continue
-            keys = ["_id", "id", "modelId", "likes", "downloads", "private", "tags", "pipeline_tag", "library_name",
-                    "createdAt"]
+            keys = [
+                "_id",
+                "id",
+                "modelId",
+                "likes",
+                "downloads",
+                "private",
+                "tags",
+                "pipeline_tag",
+                "library_name",
+                "createdAt",
+            ]
             if one.get("full") == "true":
                 keys += ["author", "sha", "lastModified", "gated", "disabled", "siblings"]
             keys += [k for k, p in (("config", "config"), ("cardData", "cardData")) if one.get(p) == "true"]
@@ -307,10 +365,13 @@ class FakeHub:
         if prefix and prefix[:-1] not in dirs:
             raise _Reply(404, f"{under} not found at {rev_name}", "EntryNotFound", {"X-Repo-Commit": rev["sha"]})
         entries = [{"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "path": d} for d in dirs]
-        entries += [{"type": "file", "oid": git_blob_sha(data), "size": len(data), "path": p}
-                    for p, data in rev["files"].items()]
-        entries = [e for e in entries if e["path"].startswith(prefix)
-                   and (recursive or "/" not in e["path"][len(prefix) :])]
+        entries += [
+            {"type": "file", "oid": git_blob_sha(data), "size": len(data), "path": p}
+            for p, data in rev["files"].items()
+        ]
+        entries = [
+            e for e in entries if e["path"].startswith(prefix) and (recursive or "/" not in e["path"][len(prefix) :])
+        ]
         entries.sort(key=lambda e: (e["type"] != "directory", e["path"]))
         return self._page(entries, raw_path, raw_query, query)
 
@@ -319,8 +380,12 @@ class FakeHub:
         if path not in rev["files"]:
             raise _Reply(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": rev["sha"]})
         data = rev["files"][path]
-        headers = {"Content-Type": "application/octet-stream", "ETag": f'"{git_blob_sha(data)}"',
-                   "X-Repo-Commit": rev["sha"], "Accept-Ranges": "bytes"}
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "ETag": f'"{git_blob_sha(data)}"',
+            "X-Repo-Commit": rev["sha"],
+            "Accept-Ranges": "bytes",
+        }
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", range_header or "")
         if match and int(match[1]) < len(data):  # resumed download after a truncated one
             start, end = int(match[1]), min(int(match[2] or len(data) - 1), len(data) - 1)
@@ -350,21 +415,45 @@ def use_fake_hub(monkeypatch, hub: FakeHub, hf_home) -> None:
 
     home = Path(hf_home)
     home.mkdir(parents=True, exist_ok=True)
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ASSETS_CACHE", "HUGGINGFACE_ASSETS_CACHE", "HF_XET_CACHE",
-                "HF_TOKEN_PATH"):
+    for var in (
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_OIDC_RESOURCE",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_ASSETS_CACHE",
+        "HUGGINGFACE_ASSETS_CACHE",
+        "HF_XET_CACHE",
+        "HF_TOKEN_PATH",
+    ):
         monkeypatch.delenv(var, raising=False)
-    for var, value in {"HF_ENDPOINT": hub.url, "WORKBENCH_AH_INDEX_URL": hub.ah_url, "HF_HOME": str(home),
-                       "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",
-                       "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}.items():
+    for var, value in {
+        "HF_ENDPOINT": hub.url,
+        "WORKBENCH_AH_INDEX_URL": hub.ah_url,
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }.items():
         monkeypatch.setenv(var, value)
     cache, assets = str(home / "hub"), str(home / "assets")
     for name, value in {
-        "ENDPOINT": hub.url, "HUGGINGFACE_CO_URL_TEMPLATE": hub.url + "/{repo_id}/resolve/{revision}/{filename}",
-        "HF_HUB_OFFLINE": False, "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_DISABLE_XET": True,
-        "HF_HOME": str(home), "HF_HUB_CACHE": cache, "HUGGINGFACE_HUB_CACHE": cache, "HF_ASSETS_CACHE": assets,
-        "HUGGINGFACE_ASSETS_CACHE": assets, "HF_XET_CACHE": str(home / "xet"),
-        "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "ENDPOINT": hub.url,
+        "HUGGINGFACE_CO_URL_TEMPLATE": hub.url + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HUB_DISABLE_XET": True,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": cache,
+        "HUGGINGFACE_HUB_CACHE": cache,
+        "HF_ASSETS_CACHE": assets,
+        "HUGGINGFACE_ASSETS_CACHE": assets,
+        "HF_XET_CACHE": str(home / "xet"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
         "CHECK_FOR_UPDATE_DONE_PATH": str(home / ".check_for_update_done"),
         "CHECK_FOR_SKILL_UPDATE_DONE_PATH": str(home / ".check_for_skill_update_done"),
         "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),

@@ -34,16 +34,36 @@ def raw_request(hub: FakeHub, method: str, target: str) -> tuple[int, dict, byte
 
 @pytest.fixture
 def catalog(fake_hub):
-    fake_hub.add_repo("AdapterHub/bert-base-uncased-pf-imdb", {"adapter_config.json": b"{}"},
-                      tags=["bert", "adapterhub:sentiment/imdb", "en"], library_name="adapter-transformers",
-                      pipeline_tag="text-classification", config=CONFIG, card_data={"language": ["en"]},
-                      downloads=30, likes=1, last_modified="2021-11-24T13:47:27.000Z")
-    fake_hub.add_repo("AdapterHub/roberta-base-pf-sick", {"adapter_config.json": b"{}"},
-                      tags=["roberta", "dataset:sick"], library_name="adapter-transformers",
-                      downloads=10, likes=5, last_modified="2022-01-01T00:00:00.000Z")
-    fake_hub.add_repo("calpt/adapter-BERT-base-squad1", {"adapter_config.json": b"{}"},
-                      tags=["bert", "adapterhub:qa/squad1"], library_name="adapter-transformers",
-                      downloads=20, likes=3, last_modified="2020-06-01T00:00:00Z")
+    fake_hub.add_repo(
+        "AdapterHub/bert-base-uncased-pf-imdb",
+        {"adapter_config.json": b"{}"},
+        tags=["bert", "adapterhub:sentiment/imdb", "en"],
+        library_name="adapter-transformers",
+        pipeline_tag="text-classification",
+        config=CONFIG,
+        card_data={"language": ["en"]},
+        downloads=30,
+        likes=1,
+        last_modified="2021-11-24T13:47:27.000Z",
+    )
+    fake_hub.add_repo(
+        "AdapterHub/roberta-base-pf-sick",
+        {"adapter_config.json": b"{}"},
+        tags=["roberta", "dataset:sick"],
+        library_name="adapter-transformers",
+        downloads=10,
+        likes=5,
+        last_modified="2022-01-01T00:00:00.000Z",
+    )
+    fake_hub.add_repo(
+        "calpt/adapter-BERT-base-squad1",
+        {"adapter_config.json": b"{}"},
+        tags=["bert", "adapterhub:qa/squad1"],
+        library_name="adapter-transformers",
+        downloads=20,
+        likes=3,
+        last_modified="2020-06-01T00:00:00Z",
+    )
     fake_hub.add_repo("someone/peft-lora", {"adapter_config.json": b"{}"}, library_name="peft", downloads=99)
     return fake_hub
 
@@ -64,21 +84,34 @@ def test_fixture_points_huggingface_hub_at_the_fake(fake_hub, tmp_path):
 def test_list_models_filters_search_author_sort(catalog):
     api = HfApi()
     assert ids(api.list_models(filter="adapter-transformers")) == [
-        "AdapterHub/bert-base-uncased-pf-imdb", "AdapterHub/roberta-base-pf-sick", "calpt/adapter-BERT-base-squad1"]
+        "AdapterHub/bert-base-uncased-pf-imdb",
+        "AdapterHub/roberta-base-pf-sick",
+        "calpt/adapter-BERT-base-squad1",
+    ]
     assert ids(api.list_models(filter=["adapter-transformers", "bert"])) == [  # repeated filter = AND
-        "AdapterHub/bert-base-uncased-pf-imdb", "calpt/adapter-BERT-base-squad1"]
+        "AdapterHub/bert-base-uncased-pf-imdb",
+        "calpt/adapter-BERT-base-squad1",
+    ]
     assert ids(api.list_models(filter="adapterhub:sentiment/imdb")) == ["AdapterHub/bert-base-uncased-pf-imdb"]
     assert ids(api.list_models(filter="text-classification")) == ["AdapterHub/bert-base-uncased-pf-imdb"]
     assert ids(api.list_models(filter="adapters")) == []
-    assert ids(api.list_models(search="bert")) == ["AdapterHub/bert-base-uncased-pf-imdb",
-                                                   "AdapterHub/roberta-base-pf-sick", "calpt/adapter-BERT-base-squad1"]
+    assert ids(api.list_models(search="bert")) == [
+        "AdapterHub/bert-base-uncased-pf-imdb",
+        "AdapterHub/roberta-base-pf-sick",
+        "calpt/adapter-BERT-base-squad1",
+    ]
     assert ids(api.list_models(search="BERT-base", author="calpt")) == ["calpt/adapter-BERT-base-squad1"]
     assert ids(api.list_models(author="AdapterHub", sort="downloads")) == [
-        "AdapterHub/bert-base-uncased-pf-imdb", "AdapterHub/roberta-base-pf-sick"]
+        "AdapterHub/bert-base-uncased-pf-imdb",
+        "AdapterHub/roberta-base-pf-sick",
+    ]
     assert ids(api.list_models(sort="likes"))[:2] == [
-        "AdapterHub/roberta-base-pf-sick", "calpt/adapter-BERT-base-squad1"]
+        "AdapterHub/roberta-base-pf-sick",
+        "calpt/adapter-BERT-base-squad1",
+    ]
     assert ids(api.list_models(sort="last_modified", filter="adapter-transformers"))[0] == (
-        "AdapterHub/roberta-base-pf-sick")
+        "AdapterHub/roberta-base-pf-sick"
+    )
     catalog.reset_log()
     top2 = ids(api.list_models(sort="downloads", limit=2))
     assert top2 == ["someone/peft-lora", "AdapterHub/bert-base-uncased-pf-imdb"]
@@ -120,8 +153,11 @@ def test_list_models_paginates_with_absolute_link_headers(fake_hub):
 
 
 def test_model_info_revisions_and_not_found(fake_hub):
-    sha = fake_hub.add_repo("AdapterHub/a", {"adapter_config.json": b"{}", "sub/w.bin": b"12345"},
-                            revisions={"v1": {"adapter_config.json": b"[]"}, "refs/pr/1": {"README.md": b"# pr"}})
+    sha = fake_hub.add_repo(
+        "AdapterHub/a",
+        {"adapter_config.json": b"{}", "sub/w.bin": b"12345"},
+        revisions={"v1": {"adapter_config.json": b"[]"}, "refs/pr/1": {"README.md": b"# pr"}},
+    )
     info = HfApi().model_info("AdapterHub/a")
     assert info.sha == sha and len(sha) == 40 and info.modelId == "AdapterHub/a" and info.private is False
     assert {s.rfilename: s.size for s in info.siblings} == {"adapter_config.json": 2, "sub/w.bin": 5}
@@ -148,7 +184,9 @@ def test_snapshot_download_lands_in_the_isolated_cache(fake_hub, tmp_path):
     assert (Path(snapshot_download("AdapterHub/x", revision="1")) / "adapter_config.json").read_bytes() == b'{"v": 1}'
     first = fake_hub.requests[:8]  # main: info, tree, then HEAD + GET per file (in parallel)
     assert [(r["method"], r["path"]) for r in first[:2]] == [
-        ("GET", "/api/models/AdapterHub/x/revision/main"), ("GET", f"/api/models/AdapterHub/x/tree/{sha}")]
+        ("GET", "/api/models/AdapterHub/x/revision/main"),
+        ("GET", f"/api/models/AdapterHub/x/tree/{sha}"),
+    ]
     assert first[1]["query"] == {"recursive": ["true"], "expand": ["false"]}
     assert sorted(r["method"] for r in first[2:]) == ["GET"] * 3 + ["HEAD"] * 3
     assert all(r["status"] == 200 and "authorization" not in r["headers"] for r in fake_hub.requests)
@@ -183,8 +221,12 @@ def test_malicious_tree_entry_is_served_verbatim_but_never_resolved(fake_hub, tm
     with pytest.raises(ValueError, match="'..'"):  # huggingface_hub 2.4.0 refuses it itself
         snapshot_download("evil/repo")
     assert not list(tmp_path.rglob("evil.txt"))
-    for target in (f"/evil/repo/resolve/{sha}/../../evil.txt", f"/evil/repo/resolve/{sha}/..%2F..%2Fevil.txt",
-                   "/evil/repo/resolve/main//etc/passwd", "/ah/dist/v2/../../secret"):
+    for target in (
+        f"/evil/repo/resolve/{sha}/../../evil.txt",
+        f"/evil/repo/resolve/{sha}/..%2F..%2Fevil.txt",
+        "/evil/repo/resolve/main//etc/passwd",
+        "/ah/dist/v2/../../secret",
+    ):
         status, _, body = raw_request(fake_hub, "GET", target)
         assert status == 400 and "error" in json.loads(body)
 

@@ -68,7 +68,11 @@ def test_method_names_from_configs():
     assert method_name({"architecture": "lora", "composition_mode": "scale"}) == "ia3"
     assert method_name({"peft_type": "LORA"}) == "lora"
     assert method_name({"architecture": "prefix_tuning", "flat": False}) == "prefix_tuning"
-    legacy_inv = {"mh_adapter": False, "output_adapter": True, "original_ln_before": True,
-                  "invertible_adapter": {"block_type": "nice", "reduction_factor": 2}}
+    legacy_inv = {
+        "mh_adapter": False,
+        "output_adapter": True,
+        "original_ln_before": True,
+        "invertible_adapter": {"block_type": "nice", "reduction_factor": 2},
+    }
     assert method_name(legacy_inv) == "seq_bn_inv"
     assert method_name(None) is None

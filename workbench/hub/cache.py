@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx2
 from huggingface_hub import constants
 
 from ..core.errors import AdapterError
@@ -48,7 +49,7 @@ def cached_listing(key: dict, fetch: Callable[[], list[AdapterInfo]], refresh: b
         return _fallback(stored, f"offline mode (HF_HUB_OFFLINE) is on; listing {what}")
     try:
         items = fetch()
-    except (OSError, ValueError) as err:  # network errors are OSError subclasses; a malformed page is a ValueError
+    except (OSError, ValueError, httpx2.HTTPError) as err:  # network, malformed page, broken transfer
         return _fallback(stored, f"could not list adapters ({what}): {err}")
     write_json(path, {"time": time.time(), "key": key, "items": [info.to_dict() for info in items]})
     return items

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from .ah import ah_adapter_info, list_ah_adapters
-from .cache import cached_listing
+from .cache import HubUnavailableError, cached_listing
 from .hf import hf_adapter_info, list_hf_adapters
 from .info import AdapterInfo
 
@@ -21,18 +22,24 @@ def list_adapters(source: str | None = None, model_name: str | None = None, refr
     """
     if source not in SOURCES:
         raise ValueError(f"source must be None, 'ah' or 'hf', not {source!r}")
-    hf = ah = []
-    if source in (None, "hf"):
-        hf = cached_listing(
-            {"source": "hf", "model_name": model_name}, lambda: list_hf_adapters(model_name=model_name), refresh
-        )
-    if source in (None, "ah"):
-        ah = cached_listing(
-            {"source": "ah", "model_name": model_name}, lambda: list_ah_adapters(model_name=model_name), refresh
-        )
+    fetchers = {"hf": list_hf_adapters, "ah": list_ah_adapters}
     if source is not None:
-        return hf or ah
-    return _merge(hf, ah)
+        fetch = fetchers[source]
+        key = {"source": source, "model_name": model_name}
+        return cached_listing(key, lambda: fetch(model_name=model_name), refresh)
+    found, failures = {}, []
+    for name, fetch in fetchers.items():
+        key = {"source": name, "model_name": model_name}
+        try:
+            found[name] = cached_listing(key, lambda fetch=fetch: fetch(model_name=model_name), refresh)
+        except HubUnavailableError as err:
+            failures.append(err)
+            found[name] = []
+    if len(failures) == len(fetchers):
+        raise failures[0]
+    for err in failures:  # one source down: show the other, and say so
+        warnings.warn(f"{err}; showing the other source only", stacklevel=2)
+    return _merge(found["hf"], found["ah"])
 
 
 def _merge(hf: list[AdapterInfo], ah: list[AdapterInfo]) -> list[AdapterInfo]:

@@ -33,6 +33,7 @@ def resolve_adapter(
     looks_like_path = adapter_id.startswith(("/", ".", "~")) or adapter_id.count("/") != 1
     if looks_like_path:
         raise AdapterLoadError(f"{adapter_id!r} is neither a local folder nor a Hub repo id like 'org/name'")
+    import httpx2
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -41,12 +42,22 @@ def resolve_adapter(
             adapter_id, revision=version, token=kwargs.get("token"), endpoint=os.environ.get("HF_ENDPOINT") or None
         )
     except LocalEntryNotFoundError as err:
-        raise AdapterLoadError(
-            f"{adapter_id!r} is not in the local cache and the Hub cannot be reached: {err}"
-        ) from None
-    except (HfHubHTTPError, OSError, ValueError) as err:
+        reason = f"{adapter_id!r} is not in the local cache and the Hub cannot be reached"
+        raise AdapterLoadError(f"{reason}: {err}") from None
+    except (HfHubHTTPError, OSError, ValueError, httpx2.HTTPError) as err:
+        _drop_partial_downloads(adapter_id)
         raise AdapterLoadError(f"could not download adapter {adapter_id!r}: {err}") from None
     return Path(folder)
+
+
+def _drop_partial_downloads(repo_id: str) -> None:
+    """huggingface_hub keeps `*.incomplete` blobs to resume later; a failed load leaves no half-written file."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    blobs = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "blobs"
+    for partial in blobs.glob("*.incomplete"):
+        partial.unlink(missing_ok=True)
 
 
 def _model_name(model) -> str | None:
