@@ -267,3 +267,25 @@ def test_offline_loading_uses_the_download_cache(fake_hub, adapter_files, monkey
     assert not fake_hub.requests
     with pytest.raises(AdapterLoadError, match="cannot be reached|offline"):
         model.load_adapter("AdapterHub/never-downloaded")
+
+
+def test_token_is_sent_and_a_timed_out_download_is_retried(fake_hub, adapter_files, monkeypatch):
+    files, base = adapter_files
+    add_adapterhub_repo(fake_hub, "AdapterHub/bert-base-uncased-pf-imdb", files)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_for_tests")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DOWNLOAD_TIMEOUT", 0.3)
+    fake_hub.fail("pytorch_adapter.bin", "timeout", times=1, seconds=1.0, method="GET")
+    model = workbench.AutoAdapterModel.from_pretrained(base)
+    assert model.load_adapter("AdapterHub/bert-base-uncased-pf-imdb") == "imdb"
+    downloads = [r for r in fake_hub.requests if r["path"].endswith("pytorch_adapter.bin") and r["method"] == "GET"]
+    assert len(downloads) >= 2  # the first one timed out and was retried
+    assert all(r["headers"].get("authorization") == "Bearer hf_secret_for_tests" for r in fake_hub.requests
+               if r["path"].startswith(("/api/models/", "/AdapterHub/")))
+
+
+def test_unavailable_listing_is_retried_then_reported(fake_hub):
+    fake_hub.fail("^/api/models$", "status", code=503)
+    with pytest.raises(HubUnavailableError, match="could not list adapters"):
+        list_adapters(source="hf", model_name=MODEL)
+    listing = [r for r in fake_hub.requests if r["path"] == "/api/models"]
+    assert len(listing) > 1  # retried before giving up
