@@ -123,7 +123,7 @@ def test_hf_listing_filters_on_the_server(fake_hub, adapter_files):
     )
     fake_hub.reset_log()
 
-    infos = list_adapters(source="hf", model_name=MODEL)
+    infos = list_adapters(source="hf", model_name=MODEL, library="all")
     ids = {i.adapter_id for i in infos}
     assert ids == {f"AdapterHub/bert-base-uncased-pf-task{i}" for i in range(3)} | {"someone/bert-lora"}
     listing_requests = [r for r in fake_hub.requests if r["path"] == "/api/models"]
@@ -141,8 +141,10 @@ def test_hf_listing_filters_on_the_server(fake_hub, adapter_files):
     assert (peft.model_name, peft.method, peft.likes) == (MODEL, "lora", 7)
 
     fake_hub.reset_log()
-    assert {i.adapter_id for i in list_adapters(source="hf", model_name=MODEL)} == ids
+    assert {i.adapter_id for i in list_adapters(source="hf", model_name=MODEL, library="all")} == ids
     assert not fake_hub.requests  # served from the listing cache
+    only_adapterhub = list_adapters(source="hf", model_name=MODEL)  # PEFT repos only when asked for
+    assert {i.library for i in only_adapterhub} == {"adapters"} and len(only_adapterhub) == 3
 
 
 def test_both_sources_merge_without_duplicates(fake_hub, adapter_files):

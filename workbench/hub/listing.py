@@ -14,28 +14,36 @@ SOURCES = (None, "ah", "hf")
 SORT_KEYS = {"downloads", "likes", "last_modified", "recency"}
 
 
-def list_adapters(source: str | None = None, model_name: str | None = None, refresh: bool = False) -> list[AdapterInfo]:
+LIBRARIES = {"adapters": ("adapters",), "peft": ("peft",), "all": ("adapters", "peft")}
+
+
+def list_adapters(
+    source: str | None = None, model_name: str | None = None, library: str = "adapters", refresh: bool = False
+) -> list[AdapterInfo]:
     """Adapters from the archived AdapterHub index ("ah"), the Hugging Face Hub ("hf"), or both (None).
 
-    With both sources, an archived adapter that is also on the Hub appears once, with the Hub's statistics and
-    the archive's task and subtask.
+    `library`: "adapters" (AdapterHub format, the default), "peft", or "all". With both sources, an archived
+    adapter that is also on the Hub appears once, with the Hub's statistics and the archive's task and subtask.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be None, 'ah' or 'hf', not {source!r}")
-    fetchers = {"hf": list_hf_adapters, "ah": list_ah_adapters}
-    if source is not None:
-        fetch = fetchers[source]
-        key = {"source": source, "model_name": model_name}
-        return cached_listing(key, lambda: fetch(model_name=model_name), refresh)
-    found, failures = {}, []
-    for name, fetch in fetchers.items():
-        key = {"source": name, "model_name": model_name}
+    if library not in LIBRARIES:
+        raise ValueError(f"library must be one of {sorted(LIBRARIES)}, not {library!r}")
+    libraries = LIBRARIES[library]
+    fetchers = {"hf": lambda: list_hf_adapters(model_name=model_name, libraries=libraries)}
+    if "adapters" in libraries:  # the archive holds AdapterHub adapters only
+        fetchers["ah"] = lambda: list_ah_adapters(model_name=model_name)
+    chosen = [name for name in fetchers if source in (None, name)]
+    found, failures = {"hf": [], "ah": []}, []
+    for name in chosen:
+        key = {"source": name, "model_name": model_name, "library": library}
         try:
-            found[name] = cached_listing(key, lambda fetch=fetch: fetch(model_name=model_name), refresh)
+            found[name] = cached_listing(key, fetchers[name], refresh)
         except HubUnavailableError as err:
+            if len(chosen) == 1:
+                raise
             failures.append(err)
-            found[name] = []
-    if len(failures) == len(fetchers):
+    if failures and len(failures) == len(chosen):
         raise failures[0]
     for err in failures:  # one source down: show the other, and say so
         warnings.warn(f"{err}; showing the other source only", stacklevel=2)
@@ -121,7 +129,7 @@ def search_adapters(
         raise ValueError(f"sort must be one of {sorted(SORT_KEYS)}, not {sort!r}")
     if page < 1 or page_size < 1:
         raise ValueError(f"page and page_size must be positive, got page={page}, page_size={page_size}")
-    items = list_adapters(source=source, model_name=model_name, refresh=refresh)
+    items = list_adapters(source=source, model_name=model_name, library=library or "all", refresh=refresh)
     words = (text or "").lower().split()
 
     def matches(info: AdapterInfo) -> bool:
@@ -134,7 +142,7 @@ def search_adapters(
             all(w in haystack for w in words)
             and (task is None or info.task == task)
             and (method is None or info.method == method)
-            and (library is None or info.library == library)
+            and (library in (None, "all") or info.library == library)
         )
 
     found = [i for i in items if matches(i)]
