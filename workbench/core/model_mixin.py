@@ -351,6 +351,8 @@ class ModelAdaptersMixin:
             data["config"], strict=False, source=str(folder / files.ADAPTER_CONFIG)
         )
         if leave_out:
+            if not hasattr(adapter_config, "leave_out"):
+                raise AdapterConfigError(f"leave_out= does not apply to {type(adapter_config).__name__} adapters")
             adapter_config = adapter_config.replace(leave_out=sorted(set(leave_out) | set(adapter_config.leave_out)))
         weights_path = files.find_weights(folder, files.ADAPTER_WEIGHTS, files.ADAPTER_SAFETENSORS)
         if weights_path is None:
