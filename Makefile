@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lab test quality conformance bench clean
+.PHONY: venv lab test quality conformance bench bench-hub clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,8 +34,11 @@ $(VENV)/.bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	touch $@
 
-bench: $(VENV)/.bench
+bench: $(VENV)/.bench bench-hub
 	$(BIN)/python benchmarks/inference_overhead.py
+
+bench-hub: $(STAMP)
+	$(BIN)/python benchmarks/hub_listing.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -127,7 +127,7 @@ def test_hf_listing_filters_on_the_server(fake_hub, adapter_files):
     ids = {i.adapter_id for i in infos}
     assert ids == {f"AdapterHub/bert-base-uncased-pf-task{i}" for i in range(3)} | {"someone/bert-lora"}
     listing_requests = [r for r in fake_hub.requests if r["path"] == "/api/models"]
-    assert len(listing_requests) == 2  # one page of AdapterHub results, one of PEFT results
+    assert len(listing_requests) == 3  # AdapterHub by name and by base-model tag, PEFT by base-model tag
     assert any("search" in r["query"] for r in listing_requests)
     adapter = next(i for i in infos if i.adapter_id.endswith("task2"))
     assert (adapter.task, adapter.subtask, adapter.method, adapter.library) == (
@@ -291,3 +291,13 @@ def test_unavailable_listing_is_retried_then_reported(fake_hub):
         list_adapters(source="hf", model_name=MODEL)
     listing = [r for r in fake_hub.requests if r["path"] == "/api/models"]
     assert len(listing) > 1  # retried before giving up
+
+
+def test_free_form_repo_names_are_found_by_their_base_model_tag(fake_hub, adapter_files):
+    files, _ = adapter_files
+    add_adapterhub_repo(fake_hub, "AdapterHub/bert-base-uncased-pf-imdb", files)
+    fake_hub.add_repo("someone/my-sentiment-adapter", files, library_name="adapter-transformers",
+                      tags=["bert", f"base_model:adapter:{MODEL}"],
+                      config={"adapter_transformers": {"model_name": MODEL}})
+    ids = {i.adapter_id for i in list_adapters(source="hf", model_name=MODEL)}
+    assert ids == {"AdapterHub/bert-base-uncased-pf-imdb", "someone/my-sentiment-adapter"}

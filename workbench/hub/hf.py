@@ -34,23 +34,38 @@ def list_hf_adapters(
     api = hub_api()
     results: list[AdapterInfo] = []
     if "adapters" in libraries:
-        # Repo ids of AdapterHub adapters contain the model's name, so `search` narrows the listing on the server.
-        text = search or (model_name.split("/")[-1] if model_name else None)
-        models = api.list_models(
-            filter=ADAPTERHUB_LIBRARY, search=text, sort=sort, limit=limit, full=True, fetch_config=True
-        )
-        for model in models:
-            info = _adapterhub_info(model)
-            if model_name and info.model_name is None:
-                info.model_name = _model_name_from_files(api, model.id)
-            if not model_name or info.model_name == model_name:
-                if not search or search.lower() in info.adapter_id.lower():
-                    results.append(info)
+        seen: set[str] = set()
+        for query in _adapterhub_queries(model_name, search):
+            for model in api.list_models(sort=sort, limit=limit, full=True, fetch_config=True, **query):
+                if model.id in seen:
+                    continue
+                seen.add(model.id)
+                info = _adapterhub_info(model)
+                if model_name and info.model_name is None:
+                    info.model_name = _model_name_from_files(api, model.id)
+                if not model_name or info.model_name == model_name:
+                    if not search or search.lower() in info.adapter_id.lower():
+                        results.append(info)
     if "peft" in libraries:
         tags = [PEFT_LIBRARY] + ([f"base_model:adapter:{model_name}"] if model_name else [])
         for model in api.list_models(filter=tags, search=search, sort=sort, limit=limit, full=True, cardData=True):
             results.append(_peft_info(model))
     return results
+
+
+def _adapterhub_queries(model_name: str | None, search: str | None) -> list[dict]:
+    """Server-side filters for AdapterHub repos of one model.
+
+    AdapterHub's repo ids contain the model's name (`AdapterHub/bert-base-uncased-pf-imdb`), so a search on it
+    finds them; repos whose card declares the base model carry `base_model:adapter:<model>` and are found by tag
+    even under a free-form name. Each query's cost grows with its results, never with the size of the Hub.
+    """
+    if not model_name:
+        return [{"filter": ADAPTERHUB_LIBRARY, "search": search}]
+    return [
+        {"filter": ADAPTERHUB_LIBRARY, "search": search or model_name.split("/")[-1]},
+        {"filter": [ADAPTERHUB_LIBRARY, f"base_model:adapter:{model_name}"], "search": search},
+    ]
 
 
 def hf_adapter_info(repo_id: str) -> AdapterInfo:
