@@ -29,7 +29,7 @@ quality: $(STAMP)
 conformance:
 	$(MAKE) -C tests/conformance fixtures
 
-# PEFT is a peer in the benchmark (the `adapters` peer runs in tests/conformance/.venv: make -C tests/conformance venv).
+# PEFT is a peer in the benchmark (the `adapters` peer runs in .venv-adapters: make -C tests/conformance venv).
 $(VENV)/.bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	touch $@

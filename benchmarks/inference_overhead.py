@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # benchmark this checkout's `workbench`, whatever
 import workbench  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-PEER_PY = ROOT / "tests" / "conformance" / ".venv" / "bin" / "python"
+PEER_PY = ROOT / ".venv-adapters" / "bin" / "python"
 # name -> (description, target ratio of medians to the bare model; None: no target)
 VARIANTS = {
     "bare": ("transformers AutoModel", None),

@@ -3,7 +3,7 @@
 Same model path, batch, seed, threads, warm-up and interleaved rounds as the main process; prints one JSON
 object (raw timings, max|Δ| vs this process's bare model, errors, versions) on stdout.
 
-    tests/conformance/.venv/bin/python benchmarks/peer_adapters.py --path MODEL_DIR [--batch 16] [--length 128]
+    .venv-adapters/bin/python benchmarks/peer_adapters.py --path MODEL_DIR [--batch 16] [--length 128]
         [--repeats 30] [--warmup 2] [--threads N] [--device cpu|cuda] [--dtype float32|bfloat16]
 """
 

@@ -1,6 +1,6 @@
 """Load files SAVED BY WORKBENCH with the real AdapterHub `adapters` library and match workbench's outputs.
 
-Runs in tests/conformance/.venv (adapters 1.3.0, transformers 4.57.6), after export_workbench.py has written
+Runs in .venv-adapters (adapters 1.3.0, transformers 4.57.6), after export_workbench.py has written
 <dir>/manifest.json (default tests/conformance/.roundtrip). For every exported case it:
 
   1. loads the base model from the fixtures (`adapters.init(AutoModel)` or `AutoAdapterModel`, same

@@ -11,7 +11,7 @@ nothing, and writes with workbench's own writers:
 
 Derived adapters (`setup.average`) are saved too; the checker loads them from the file instead of
 recomputing them, so the averaged weights written by workbench are exercised as well.
-Then run check_workbench_files.py in tests/conformance/.venv (see `make -C tests/conformance roundtrip`).
+Then run check_workbench_files.py in .venv-adapters (see `make -C tests/conformance roundtrip`).
 """
 
 from __future__ import annotations
