@@ -237,3 +237,16 @@ def test_generate_with_a_causal_lm_head_and_adapter(model_type):
             next_id = model(input_ids=ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, next_id], dim=1)
     assert torch.equal(generated, ids)
+
+
+@pytest.mark.parametrize("config", ["seq_bn", "lora", "prefix_tuning[prefix_length=2,bottleneck_size=8]"])
+def test_delete_adapter_removes_weights_and_restores_outputs(config):
+    model = tiny_adapter_model()
+    before = hidden(model)
+    model.add_adapter("a", config=config, set_active=True)
+    perturb(model, "a")
+    assert not torch.allclose(hidden(model), before)
+    model.delete_adapter("a")
+    assert not model.adapters and model.active_adapters is None
+    assert not model.adapter_state_dict("a")
+    torch.testing.assert_close(hidden(model), before)
