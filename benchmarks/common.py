@@ -96,3 +96,18 @@ def table(rows: list[dict], with_target: bool) -> str:
             cells += [f"{row['max_abs_diff_vs_bare']:.1e}"] + ([row.get("verdict", "")] if with_target else [])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def prepare_adapter_variant(model, variant: str, device: str, dtype):
+    """The same recipe on either library's AdapterModel (AdapterHub API names): add, activate, merge.
+
+    `variant`: "none" (nothing added), "inactive" (seq_bn added), "seq_bn", "lora", "lora_merged".
+    """
+    if variant != "none":
+        model.add_adapter("a", config="lora" if variant.startswith("lora") else "seq_bn")
+    if variant in ("seq_bn", "lora", "lora_merged"):
+        model.set_active_adapters("a")
+    model = model.to(device=device, dtype=dtype).eval()
+    if variant == "lora_merged":
+        model.merge_adapter("a")
+    return model

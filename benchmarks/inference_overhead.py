@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import make_inputs, summarize, table, time_interleaved
+from common import make_inputs, prepare_adapter_variant, summarize, table, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark this checkout's `workbench`, whatever the venv's install points at
@@ -61,16 +61,9 @@ def build(name: str, path: str, device: str, dtype: torch.dtype):
             model = peft.get_peft_model(model, config)
             if name == "peft_merged":
                 model = model.merge_and_unload()
-    else:
-        model = workbench.AutoAdapterModel.from_pretrained(path)
-        if name != "wb_none":
-            model.add_adapter("a", config="lora" if name.startswith("lora") else "seq_bn")
-        if name in ("seq_bn", "lora", "lora_merged"):
-            model.set_active_adapters("a")
-    model = model.to(device=device, dtype=dtype).eval()
-    if name == "lora_merged":
-        model.merge_adapter("a")
-    return model
+        return model.to(device=device, dtype=dtype).eval()
+    variant = {"wb_none": "none", "wb_inactive": "inactive"}.get(name, name)
+    return prepare_adapter_variant(workbench.AutoAdapterModel.from_pretrained(path), variant, device, dtype)
 
 
 def run_adapters_peer(path: str, args, threads: int) -> dict:

@@ -15,7 +15,7 @@ import sys
 
 import torch
 import transformers
-from common import make_inputs, time_interleaved
+from common import make_inputs, prepare_adapter_variant, time_interleaved
 
 # name -> description (rows line up with the workbench rows of the main process)
 VARIANTS = {
@@ -32,17 +32,8 @@ def build(name: str, path: str, device: str, dtype):
     import adapters
 
     if name == "bare":
-        model = transformers.AutoModel.from_pretrained(path)
-    else:
-        model = adapters.AutoAdapterModel.from_pretrained(path)
-        if name != "none":
-            model.add_adapter("a", config="lora" if name.startswith("lora") else "seq_bn")
-        if name in ("seq_bn", "lora", "lora_merged"):
-            model.set_active_adapters("a")
-    model = model.to(device=device, dtype=dtype).eval()
-    if name == "lora_merged":
-        model.merge_adapter("a")
-    return model
+        return transformers.AutoModel.from_pretrained(path).to(device=device, dtype=dtype).eval()
+    return prepare_adapter_variant(adapters.AutoAdapterModel.from_pretrained(path), name, device, dtype)
 
 
 def main() -> None:
