@@ -250,3 +250,13 @@ def test_delete_adapter_removes_weights_and_restores_outputs(config):
     assert not model.adapters and model.active_adapters is None
     assert not model.adapter_state_dict("a")
     torch.testing.assert_close(hidden(model), before)
+
+
+def test_trainer_style_save_pretrained_with_a_state_dict(tmp_path):
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="seq_bn")
+    model.add_adapter_fusion(["a", "b"])
+    assert model.adapter_fusions == {"a,b": ["a", "b"]}
+    model.save_pretrained(tmp_path, state_dict=model.state_dict())  # as transformers' Trainer calls it
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "adapters" / "a" / "adapter_config.json").is_file()

@@ -80,6 +80,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Save the base model (transformers format) plus every adapter, fusion and head in subfolders."""
         folder = Path(save_directory)
+        kwargs.pop("state_dict", None)  # Trainer passes the whole wrapper's; the base checkpoint is rebuilt here
         base_weights = {k: v for k, v in self.base_model.state_dict().items() if not is_engine_key(k)}
         self.base_model.save_pretrained(folder, state_dict=base_weights, **kwargs)
         for name in self._engine.configs:

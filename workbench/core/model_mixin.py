@@ -71,6 +71,11 @@ class ModelAdaptersMixin:
         """Name -> config of every adapter on the model."""
         return dict(self._engine.configs)
 
+    @property
+    def adapter_fusions(self) -> dict[str, list[str]]:
+        """Fusion name -> the names of the adapters it fuses."""
+        return {name: list(names) for name, (names, _) in self._engine.fusions.items()}
+
     def has_adapters(self) -> bool:
         return bool(self._engine.configs)
 

@@ -1,0 +1,43 @@
+"""`workbench.train`: adapter, AdapterFusion and full fine-tuning runs on transformers' Trainer.
+
+    record = train(model, df, adapter="sst", adapter_config="seq_bn", tokenizer=tok, output_dir="runs/sst")
+    compare_runs([record, baseline])
+
+Checkpoints of adapter and fusion runs hold only the trained parts (AdapterHub files); every run returns a
+`RunRecord`; `RunControl.stop()` ends a run after the current optimizer step.
+"""
+
+from .config import TrainConfig
+from .errors import (
+    CheckpointError,
+    DataError,
+    EmptyDatasetError,
+    MissingColumnError,
+    NonFiniteLossError,
+    OutputDirError,
+    TrainingError,
+    UnknownLabelError,
+)
+from .events import EndEvent, EvalEvent, RunControl, StepEvent, TrainingCallback
+from .records import RunRecord, compare_runs
+from .run import train
+
+__all__ = [
+    "CheckpointError",
+    "DataError",
+    "EmptyDatasetError",
+    "EndEvent",
+    "EvalEvent",
+    "MissingColumnError",
+    "NonFiniteLossError",
+    "OutputDirError",
+    "RunControl",
+    "RunRecord",
+    "StepEvent",
+    "TrainConfig",
+    "TrainingCallback",
+    "TrainingError",
+    "UnknownLabelError",
+    "compare_runs",
+    "train",
+]

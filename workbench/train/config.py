@@ -1,0 +1,98 @@
+"""`TrainConfig`: the hyper-parameters shared by adapter, fusion and full fine-tuning runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one run; the same object can drive an adapter run and its full fine-tuning baseline.
+
+    Steps are optimizer steps (after gradient accumulation). `eval_strategy` also sets when checkpoints are
+    saved, so the best checkpoint can be selected (by `metric_for_best_model`) and restored at the end.
+    """
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)"})
+    num_train_epochs: float = 3.0
+    max_steps: int = field(default=-1, metadata={"help": "if > 0, overrides num_train_epochs"})
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    warmup_steps: float = field(default=0, metadata={"help": "steps, or a fraction of all steps if < 1"})
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "a transformers scheduler name"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example (longer ones are truncated)"})
+    eval_strategy: str = field(default="epoch", metadata={"help": "'epoch', 'steps' or 'no'"})
+    eval_steps: int | None = None
+    save_steps: int = field(default=500, metadata={"help": "checkpoint interval when eval_strategy is 'no'"})
+    logging_steps: int = 10
+    save_total_limit: int | None = 2
+    metric_for_best_model: str = field(default="loss", metadata={"help": "an eval metric: loss, accuracy, f1"})
+    greater_is_better: bool | None = None
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement"})
+    early_stopping_threshold: float = 0.0
+    validation_fraction: float = field(default=0.1, metadata={"help": "held out from train when no validation"})
+    seed: int = 42
+    precision: str = field(default="auto", metadata={"help": "'auto' (bf16/fp16 on GPU), 'fp32', 'bf16', 'fp16'"})
+    dataloader_num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.eval_strategy not in ("epoch", "steps", "no"):
+            raise ValueError(f"TrainConfig.eval_strategy={self.eval_strategy!r}: use 'epoch', 'steps' or 'no'")
+        if self.eval_strategy == "steps" and not self.eval_steps:
+            raise ValueError("TrainConfig.eval_strategy='steps' needs eval_steps")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"TrainConfig.precision={self.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"TrainConfig.validation_fraction={self.validation_fraction}: must be in (0, 1)")
+        if self.early_stopping_patience is not None and self.eval_strategy == "no":
+            raise ValueError("TrainConfig.early_stopping_patience needs an eval_strategy other than 'no'")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def training_args(self, output_dir: str | Path) -> TrainingArguments:
+        """Trainer's arguments: checkpoints follow evaluations so the best one is kept and restored at the end."""
+        gpu = torch.cuda.is_available()
+        auto = self.precision == "auto"
+        bf16 = gpu and (self.precision == "bf16" or (auto and torch.cuda.is_bf16_supported()))
+        fp16 = gpu and (self.precision == "fp16" or (auto and not bf16))
+        evaluate = self.eval_strategy != "no"
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            learning_rate=self.learning_rate,
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.eval_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
+            max_grad_norm=self.max_grad_norm,
+            lr_scheduler_type=self.lr_scheduler_type,
+            eval_strategy=self.eval_strategy,
+            eval_steps=self.eval_steps,
+            save_strategy=self.eval_strategy if evaluate else "steps",
+            save_steps=self.eval_steps if self.eval_strategy == "steps" else self.save_steps,
+            save_total_limit=self.save_total_limit,
+            logging_steps=self.logging_steps,
+            load_best_model_at_end=evaluate,
+            metric_for_best_model=self.metric_for_best_model if evaluate else None,
+            greater_is_better=self.greater_is_better,
+            seed=self.seed,
+            bf16=bf16,
+            fp16=fp16,
+            use_cpu=not gpu,
+            report_to="none",
+            disable_tqdm=True,
+            remove_unused_columns=False,  # the tokenized splits hold model inputs and labels only
+            label_names=["labels"],
+            dataloader_num_workers=self.dataloader_num_workers,
+        )

@@ -1,0 +1,222 @@
+"""Data for a run: load any source into train/validation splits, check columns, map labels, tokenize.
+
+Sources: a Hugging Face dataset id, a local CSV/TSV/JSON/JSONL file, a pandas DataFrame, a `datasets.Dataset`
+or `DatasetDict`, or a dict of splits of any of these. Labels are mapped through the head's `label2id`, so the
+label names live in the head (and in its saved `head_config.json`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import pandas as pd
+from datasets import Dataset, DatasetDict
+
+from .errors import DataError, EmptyDatasetError, MissingColumnError, UnknownLabelError
+
+TASKS = ("classification", "multilabel", "tagging")
+_VALIDATION_NAMES = ("validation", "valid", "dev", "val", "test")
+_READERS = {
+    ".csv": lambda p: pd.read_csv(p),
+    ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+    ".json": lambda p: pd.read_json(p),
+    ".jsonl": lambda p: pd.read_json(p, lines=True),
+}
+
+
+@dataclass
+class Columns:
+    """Which columns hold the text, the optional second text, and the label."""
+
+    text: str = "text"
+    text_pair: str | None = None
+    label: str = "label"
+
+    def needed(self) -> list[str]:
+        return [c for c in (self.text, self.text_pair, self.label) if c]
+
+
+def load_splits(data, validation_fraction: float = 0.1, seed: int = 42) -> DatasetDict:
+    """A `DatasetDict` with "train" and "validation", holding out part of train when no validation is given."""
+    splits = _as_dataset_dict(data)
+    if "train" not in splits:
+        raise DataError(f"the data has no 'train' split (splits: {', '.join(splits) or 'none'})")
+    validation = next((name for name in _VALIDATION_NAMES if name in splits), None)
+    train = splits["train"]
+    if len(train) == 0:
+        raise EmptyDatasetError("the 'train' split is empty")
+    if validation is None:
+        if len(train) < 2:
+            raise EmptyDatasetError("the 'train' split has 1 row: too few to hold out a validation split")
+        parts = train.train_test_split(test_size=validation_fraction, seed=seed)
+        return DatasetDict(train=parts["train"], validation=parts["test"])
+    if len(splits[validation]) == 0:
+        raise EmptyDatasetError(f"the {validation!r} split is empty")
+    return DatasetDict(train=train, validation=splits[validation])
+
+
+def _as_dataset_dict(data) -> DatasetDict:
+    if isinstance(data, DatasetDict):
+        return data
+    if isinstance(data, Mapping):
+        return DatasetDict({str(k): _as_dataset(v) for k, v in data.items()})
+    if isinstance(data, (str, Path)) and not _looks_local(data):
+        from datasets import load_dataset
+
+        return load_dataset(str(data))
+    return DatasetDict(train=_as_dataset(data))
+
+
+def _looks_local(source) -> bool:
+    path = Path(source)
+    return path.exists() or path.suffix.lower() in _READERS
+
+
+def _as_dataset(part) -> Dataset:
+    if isinstance(part, Dataset):
+        return part
+    if isinstance(part, (str, Path)):
+        part = _read_file(Path(part))
+    if isinstance(part, pd.DataFrame):
+        return Dataset.from_pandas(part, preserve_index=False)
+    if isinstance(part, list):
+        return Dataset.from_list(part)
+    raise DataError(f"cannot use {type(part).__name__} as data: pass a DataFrame, a Dataset, a file or a dataset id")
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unknown file type {path.suffix!r} (use {', '.join(_READERS)})")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return reader(path)
+    except pd.errors.EmptyDataError:
+        raise EmptyDatasetError(f"{path} holds no rows") from None
+    except ValueError as err:
+        raise DataError(f"{path}: cannot read it ({err})") from None
+
+
+def check_columns(splits: DatasetDict, columns: Columns) -> None:
+    """Raise `MissingColumnError` naming the first missing column and the split it is missing from."""
+    for split, dataset in splits.items():
+        for column in columns.needed():
+            if column not in dataset.column_names:
+                raise MissingColumnError(
+                    f"column {column!r} is not in the {split!r} split (columns: {', '.join(dataset.column_names)})"
+                )
+
+
+def label_values(dataset: Dataset, columns: Columns, task: str) -> list:
+    """The distinct label values of a split, sorted (numbers numerically, others as text)."""
+    seen = set()
+    for value in dataset[columns.label]:
+        items = _as_list(value, columns.label) if task != "classification" else [value]
+        for item in items:
+            _check_present(item, columns.label)
+            seen.add(item)
+    return sorted(seen, key=lambda v: (isinstance(v, str), v))
+
+
+class LabelMap:
+    """Maps data label values to head ids through the head's `label2id` (strings, or LABEL_i indices)."""
+
+    def __init__(self, label2id: dict[str, int], column: str):
+        self.label2id = dict(label2id)
+        self.column = column
+        self._indices = all(k == f"LABEL_{i}" for k, i in label2id.items())
+
+    def __call__(self, value) -> int:
+        _check_present(value, self.column)
+        key = str(value.item() if hasattr(value, "item") else value)
+        if key in self.label2id:
+            return self.label2id[key]
+        if self._indices and isinstance(value, int) and 0 <= value < len(self.label2id):
+            return value
+        known = ", ".join(map(repr, self.label2id))
+        raise UnknownLabelError(f"label {value!r} in column {self.column!r} is not in the head's labels ({known})")
+
+
+def _check_present(value, column: str) -> None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise UnknownLabelError(f"a row has no label in column {column!r}")
+
+
+def _as_list(value, column: str) -> list:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise DataError(f"column {column!r} must hold lists of labels, found {type(value).__name__}: {value!r}")
+
+
+def tokenize(splits: DatasetDict, tokenizer, columns: Columns, task: str, labels: LabelMap, max_length: int):
+    """Tokenize every split (no padding: batches are padded dynamically) and map labels to head ids."""
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}: use one of {', '.join(TASKS)}")
+    encode = {"classification": _encode_classification, "multilabel": _encode_multilabel, "tagging": _encode_tags}
+    fn = encode[task]
+
+    def batch(rows):
+        return fn(rows, tokenizer, columns, labels, max_length)
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # tokenizing is quick; the run's own events report progress
+    try:
+        return DatasetDict(
+            {name: ds.map(batch, batched=True, remove_columns=ds.column_names) for name, ds in splits.items()}
+        )
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _texts(rows, tokenizer, columns: Columns, max_length: int, **kwargs):
+    texts = [str(t) for t in rows[columns.text]]
+    pairs = [str(t) for t in rows[columns.text_pair]] if columns.text_pair else None
+    return tokenizer(texts, pairs, truncation=True, max_length=max_length, **kwargs)
+
+
+def _encode_classification(rows, tokenizer, columns, labels, max_length):
+    encoded = _texts(rows, tokenizer, columns, max_length)
+    encoded["labels"] = [labels(v) for v in rows[columns.label]]
+    return encoded
+
+
+def _encode_multilabel(rows, tokenizer, columns, labels, max_length):
+    encoded = _texts(rows, tokenizer, columns, max_length)
+    count = len(labels.label2id)
+    hot = []
+    for value in rows[columns.label]:
+        row = [0.0] * count
+        for item in _as_list(value, columns.label):
+            row[labels(item)] = 1.0
+        hot.append(row)
+    encoded["labels"] = hot
+    return encoded
+
+
+def _encode_tags(rows, tokenizer, columns, labels, max_length):
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("token tagging needs a fast tokenizer (it maps word ids to tokens)")
+    words = [w.split() if isinstance(w, str) else list(w) for w in rows[columns.text]]
+    encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    all_tags = []
+    for i, tags in enumerate(rows[columns.label]):
+        tags = _as_list(tags, columns.label) if not isinstance(tags, str) else tags.split()
+        if len(tags) != len(words[i]):
+            raise DataError(
+                f"row with {len(words[i])} words in column {columns.text!r} has {len(tags)} tags in {columns.label!r}"
+            )
+        ids, previous = [], None
+        for word in encoded.word_ids(i):
+            ids.append(-100 if word is None or word == previous else labels(tags[word]))
+            previous = word
+        all_tags.append(ids)
+    encoded["labels"] = all_tags
+    return encoded

@@ -1,0 +1,40 @@
+"""Exception types of `workbench.train`. Every message names the column, value, path or parameter at fault."""
+
+from __future__ import annotations
+
+from ..core.errors import AdapterError
+
+
+class TrainingError(AdapterError):
+    """Base class for every error a training run raises on purpose."""
+
+
+class DataError(TrainingError, ValueError):
+    """The data cannot be used for the task (base class of the data errors below)."""
+
+
+class MissingColumnError(DataError, KeyError):
+    """A column the task needs is not in the data."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownLabelError(DataError):
+    """A label value outside the head's label set."""
+
+
+class EmptyDatasetError(DataError):
+    """A split (train or validation) with no rows."""
+
+
+class NonFiniteLossError(TrainingError, FloatingPointError):
+    """The loss (or a trained weight) became NaN or infinite; the checkpoints written before are kept."""
+
+
+class OutputDirError(TrainingError, OSError):
+    """The output folder cannot be created or written."""
+
+
+class CheckpointError(TrainingError, OSError):
+    """A checkpoint folder that is missing or does not fit the model being trained."""

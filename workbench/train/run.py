@@ -1,0 +1,182 @@
+"""`train()`: one entry point for an adapter run, an AdapterFusion run and the full fine-tuning baseline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from transformers import (
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PrinterCallback,
+)
+
+from ..core.composition import Fuse
+from . import data as data_mod
+from .checkpoints import folder_bytes
+from .config import TrainConfig
+from .errors import CheckpointError, OutputDirError
+from .events import EndEvent, EventBridge, RunControl, dispatch
+from .metrics import metrics_for
+from .records import RunRecord
+from .runner import WorkbenchTrainer
+from .setup import ensure_head, prepare_model, set_trainable
+
+KINDS = ("adapter", "fusion", "full")
+
+
+def train(
+    model,
+    data,
+    *,
+    kind: str = "adapter",
+    adapter: str | Fuse | list[str] | None = None,
+    adapter_config=None,
+    task: str = "classification",
+    head: str | None = None,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    tokenizer=None,
+    output_dir: str | Path = "runs/run",
+    config: TrainConfig | None = None,
+    callbacks=(),
+    control: RunControl | None = None,
+    resume_from_checkpoint: str | Path | bool | None = None,
+    name: str | None = None,
+) -> RunRecord:
+    """Train `model` (an `AdapterModel`) on `data` and return the run's record.
+
+    Args:
+        kind: "adapter" trains `adapter` (added with `adapter_config` if missing) and its head; "fusion" trains an
+            AdapterFusion over the loaded adapters `adapter` (a `Fuse` or a list of names) and its head; "full"
+            trains every weight, the baseline.
+        task: "classification", "multilabel" or "tagging" (text column of word lists, label column of tag lists).
+        head: the head's name (default: the adapter or fusion name, or the task for "full"). A missing head is
+            added with the labels found in the data; an existing one keeps its labels, which the data must use.
+        data: a dataset id, a CSV/TSV/JSON(L) path, a DataFrame, a Dataset/DatasetDict, or a dict of splits.
+        output_dir: checkpoints go to `checkpoint-<step>/`, the final (best) weights to `final/`.
+        callbacks: `TrainingCallback`s or callables receiving `StepEvent`, `EvalEvent` and `EndEvent`.
+        control: a `RunControl` whose `stop()` ends the run after the current optimizer step, with a checkpoint.
+        resume_from_checkpoint: a checkpoint folder of an earlier run of the same setup, or True for the last one.
+    """
+    config = config or TrainConfig()
+    control = control or RunControl()
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: use one of {', '.join(KINDS)}")
+    if task not in data_mod.TASKS:
+        raise ValueError(f"task={task!r}: use one of {', '.join(data_mod.TASKS)}")
+    output = _writable(Path(output_dir))
+    if isinstance(resume_from_checkpoint, (str, Path)) and not Path(resume_from_checkpoint).is_dir():
+        raise CheckpointError(f"no checkpoint folder {resume_from_checkpoint}")
+
+    columns = data_mod.Columns(text_column, text_pair_column, label_column)
+    splits = data_mod.load_splits(data, config.validation_fraction, config.seed)
+    data_mod.check_columns(splits, columns)
+    tokenizer = tokenizer or _tokenizer_of(model)
+
+    plan, method = prepare_model(model, kind, adapter, adapter_config, head, task)
+    label2id = ensure_head(model, plan.head, task, splits, columns)
+    set_trainable(model, plan)
+    encoded = data_mod.tokenize(
+        splits, tokenizer, columns, task, data_mod.LabelMap(label2id, label_column), config.max_length
+    )
+
+    args = config.training_args(output)
+    collator_cls = DataCollatorForTokenClassification if task == "tagging" else DataCollatorWithPadding
+    bridge = EventBridge(callbacks, control, config.batch_size * config.gradient_accumulation_steps)
+    extra = []
+    if config.early_stopping_patience is not None:
+        extra.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
+    trainer = WorkbenchTrainer(
+        model=model,
+        args=args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded["validation"],
+        data_collator=collator_cls(tokenizer, pad_to_multiple_of=8 if args.bf16 or args.fp16 else None),
+        compute_metrics=metrics_for(task, len(label2id)),
+        callbacks=[bridge, *extra],
+        plan=plan,
+        bridge=bridge,
+    )
+
+    trainer.remove_callback(PrinterCallback)  # the run reports through its own events
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    wall = time.perf_counter() - start
+    evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if not evals:
+        evals.append({**trainer.evaluate(), "step": trainer.state.global_step})
+    final_dir = output / "final"
+    trainer.save_model(str(final_dir))
+
+    record = RunRecord(
+        name=name or f"{kind}:{method}",
+        kind=kind,
+        method=method,
+        task=task,
+        trainable_params=_count(model, trainable=True),
+        total_params=_count(model, trainable=False),
+        saved_bytes=folder_bytes(final_dir),
+        saved_path=str(final_dir),
+        output_dir=str(output),
+        wall_time_s=wall,
+        train_samples_per_second=float(result.metrics.get("train_samples_per_second", 0.0)),
+        peak_memory_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else bridge.peak_rss,
+        memory_kind="cuda" if torch.cuda.is_available() else "rss",
+        global_step=trainer.state.global_step,
+        stop_reason=_stop_reason(trainer, bridge, extra),
+        final_metrics=_metrics_only(evals[-1]),
+        best_metrics=_metrics_only(_best_eval(evals, trainer.state.best_global_step)),
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        train_losses=list(bridge.step_losses),
+        config=config.to_dict(),
+    )
+    dispatch(bridge.callbacks, EndEvent(record))
+    return record
+
+
+def _writable(folder: Path) -> Path:
+    """Create `folder` and prove it is writable now, before any training time is spent."""
+    probe = folder / ".workbench-write-test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise OutputDirError(f"cannot write to the output folder {folder}: {err.strerror or err}") from None
+    return folder
+
+
+def _tokenizer_of(model):
+    from transformers import AutoTokenizer
+
+    source = getattr(model.config, "name_or_path", "")
+    if not source:
+        raise ValueError("pass tokenizer=...: the model was not loaded from a checkpoint that names its tokenizer")
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _count(model, trainable: bool) -> int:
+    params = {id(p): p for p in model.parameters() if p.requires_grad or not trainable}
+    return sum(p.numel() for p in params.values())
+
+
+def _stop_reason(trainer, bridge: EventBridge, extra) -> str:
+    if bridge.stopped_by_request:
+        return "stop_request"
+    if extra and trainer.state.global_step < trainer.state.max_steps:
+        return "early_stopping"
+    return "completed"
+
+
+def _metrics_only(entry: dict) -> dict[str, float]:
+    return {
+        k: float(v) for k, v in entry.items() if k.startswith("eval_") and not k.endswith(("_runtime", "per_second"))
+    }
+
+
+def _best_eval(evals: list[dict], best_step: int | None) -> dict:
+    return next((e for e in evals if e.get("step") == best_step), evals[-1])
