@@ -281,8 +281,11 @@ def test_token_is_sent_and_a_timed_out_download_is_retried(fake_hub, adapter_fil
     assert model.load_adapter("AdapterHub/bert-base-uncased-pf-imdb") == "imdb"
     downloads = [r for r in fake_hub.requests if r["path"].endswith("pytorch_adapter.bin") and r["method"] == "GET"]
     assert len(downloads) >= 2  # the first one timed out and was retried
-    assert all(r["headers"].get("authorization") == "Bearer hf_secret_for_tests" for r in fake_hub.requests
-               if r["path"].startswith(("/api/models/", "/AdapterHub/")))
+    assert all(
+        r["headers"].get("authorization") == "Bearer hf_secret_for_tests"
+        for r in fake_hub.requests
+        if r["path"].startswith(("/api/models/", "/AdapterHub/"))
+    )
 
 
 def test_unavailable_listing_is_retried_then_reported(fake_hub):
@@ -296,8 +299,12 @@ def test_unavailable_listing_is_retried_then_reported(fake_hub):
 def test_free_form_repo_names_are_found_by_their_base_model_tag(fake_hub, adapter_files):
     files, _ = adapter_files
     add_adapterhub_repo(fake_hub, "AdapterHub/bert-base-uncased-pf-imdb", files)
-    fake_hub.add_repo("someone/my-sentiment-adapter", files, library_name="adapter-transformers",
-                      tags=["bert", f"base_model:adapter:{MODEL}"],
-                      config={"adapter_transformers": {"model_name": MODEL}})
+    fake_hub.add_repo(
+        "someone/my-sentiment-adapter",
+        files,
+        library_name="adapter-transformers",
+        tags=["bert", f"base_model:adapter:{MODEL}"],
+        config={"adapter_transformers": {"model_name": MODEL}},
+    )
     ids = {i.adapter_id for i in list_adapters(source="hf", model_name=MODEL)}
     assert ids == {"AdapterHub/bert-base-uncased-pf-imdb", "someone/my-sentiment-adapter"}
