@@ -33,6 +33,9 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     """
 
     config_class = PretrainedConfig
+    # Heads return their batch's mean loss and ignore `num_items_in_batch`: Trainer must scale for gradient
+    # accumulation and several processes itself (its default for a forward taking **kwargs assumes otherwise).
+    accepts_loss_kwargs = False
     # The wrapper runs no attention itself: every implementation the base model supports is fine.
     _supports_sdpa = _supports_flash_attn = _supports_flex_attn = _supports_attention_backend = True
 

@@ -3,6 +3,9 @@
 A callback is either a `TrainingCallback` (override `on_step`, `on_evaluate`, `on_end`) or a plain callable that
 receives every event. `RunControl.stop()` ends training after the current optimizer step, which is then saved
 as a checkpoint.
+
+With several processes (`torchrun`, `accelerate launch`) the events go to the callbacks of the main process
+only, each step's loss is the mean over the processes, and a stop requested there stops every process.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 
 import psutil
 import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 
@@ -113,6 +117,8 @@ class EventBridge(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.sample_memory()
         loss, self.pending_loss = self.pending_loss, None
+        if args.world_size > 1 and loss is not None:
+            loss = _all_reduce(loss, args.device, dist.ReduceOp.SUM) / args.world_size
         if loss is not None:
             self.step_losses.append(loss)
         done = state.global_step - self._first_step
@@ -128,8 +134,12 @@ class EventBridge(TrainerCallback):
             eta_seconds=(state.max_steps - state.global_step) * elapsed / max(done, 1),
             control=self.control,
         )
-        dispatch(self.callbacks, event)
-        if self.control.stop_requested:
+        if state.is_world_process_zero:
+            dispatch(self.callbacks, event)
+        stop = self.control.stop_requested
+        if args.world_size > 1:  # every process must stop at the same step
+            stop = bool(_all_reduce(float(stop), args.device, dist.ReduceOp.MAX))
+        if stop:
             self.stopped_by_request = True
             control.should_training_stop = True
             control.should_save = True
@@ -137,7 +147,13 @@ class EventBridge(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.sample_memory()
-        dispatch(
-            self.callbacks, EvalEvent(state.global_step, float(state.epoch or 0.0), dict(metrics or {}), self.control)
-        )
+        if state.is_world_process_zero:  # the metrics are already gathered over the processes
+            event = EvalEvent(state.global_step, float(state.epoch or 0.0), dict(metrics or {}), self.control)
+            dispatch(self.callbacks, event)
         return control
+
+
+def _all_reduce(value: float, device, op) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=op)
+    return float(tensor.item())

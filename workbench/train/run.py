@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -61,6 +62,10 @@ def train(
         callbacks: `TrainingCallback`s or callables receiving `StepEvent`, `EvalEvent` and `EndEvent`.
         control: a `RunControl` whose `stop()` ends the run after the current optimizer step, with a checkpoint.
         resume_from_checkpoint: a checkpoint folder of an earlier run of the same setup, or True for the last one.
+
+    Launched with `torchrun` or `accelerate launch`, every process calls `train()` with the same arguments and
+    gets the record; the main process alone writes checkpoints and `final/` and sends events to `callbacks`, and a
+    `control.stop()` there stops every process.
     """
     config = config or TrainConfig()
     control = control or RunControl()
@@ -71,20 +76,21 @@ def train(
     output = _writable(Path(output_dir))
     if isinstance(resume_from_checkpoint, (str, Path)) and not Path(resume_from_checkpoint).is_dir():
         raise CheckpointError(f"no checkpoint folder {resume_from_checkpoint}")
+    args = config.training_args(output)  # sets up the process group when launched on several processes
 
     columns = data_mod.Columns(text_column, text_pair_column, label_column)
-    splits = data_mod.load_splits(data, config.validation_fraction, config.seed)
-    data_mod.check_columns(splits, columns)
-    tokenizer = tokenizer or _tokenizer_of(model)
+    with args.main_process_first(desc="loading and tokenizing the data"):  # others then reuse datasets' cache
+        splits = data_mod.load_splits(data, config.validation_fraction, config.seed)
+        data_mod.check_columns(splits, columns)
+        tokenizer = tokenizer or _tokenizer_of(model)
 
-    plan, method = prepare_model(model, kind, adapter, adapter_config, head, task)
-    label2id = ensure_head(model, plan.head, task, splits, columns)
-    set_trainable(model, plan)
-    encoded = data_mod.tokenize(
-        splits, tokenizer, columns, task, data_mod.LabelMap(label2id, label_column), config.max_length
-    )
+        plan, method = prepare_model(model, kind, adapter, adapter_config, head, task)
+        label2id = ensure_head(model, plan.head, task, splits, columns)
+        set_trainable(model, plan)
+        encoded = data_mod.tokenize(
+            splits, tokenizer, columns, task, data_mod.LabelMap(label2id, label_column), config.max_length
+        )
 
-    args = config.training_args(output)
     collator_cls = DataCollatorForTokenClassification if task == "tagging" else DataCollatorWithPadding
     bridge = EventBridge(callbacks, control, config.batch_size * config.gradient_accumulation_steps)
     extra = []
@@ -110,7 +116,8 @@ def train(
     if not evals:
         evals.append({**trainer.evaluate(), "step": trainer.state.global_step})
     final_dir = output / "final"
-    trainer.save_model(str(final_dir))
+    trainer.save_model(str(final_dir))  # written by the main process only
+    trainer.accelerator.wait_for_everyone()
 
     record = RunRecord(
         name=name or f"{kind}:{method}",
@@ -134,13 +141,14 @@ def train(
         train_losses=list(bridge.step_losses),
         config=config.to_dict(),
     )
-    dispatch(bridge.callbacks, EndEvent(record))
+    if trainer.is_world_process_zero():
+        dispatch(bridge.callbacks, EndEvent(record))
     return record
 
 
 def _writable(folder: Path) -> Path:
     """Create `folder` and prove it is writable now, before any training time is spent."""
-    probe = folder / ".workbench-write-test"
+    probe = folder / f".workbench-write-test-{os.environ.get('RANK', 0)}-{os.getpid()}"  # one per process
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")

@@ -3,6 +3,9 @@
 The training loop, gradient accumulation, mixed precision, resuming, evaluation, best-checkpoint selection and
 early stopping are Trainer's; this subclass changes what goes into a checkpoint folder (see `checkpoints.py`),
 stops on a non-finite loss, and reports each optimizer step's loss to the `EventBridge`.
+
+Under `torchrun` / `accelerate launch` every process runs the same code; only the process Trainer lets save
+(`args.should_save`: the main process, or each node's with `save_on_each_node`) writes checkpoint files.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class WorkbenchTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
         check_finite(self.model)  # never write diverged weights as a checkpoint
+        if not self.args.should_save:
+            return
         try:
             self.plan.save(self.accelerator.unwrap_model(self.model), output_dir)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
