@@ -260,3 +260,13 @@ def test_trainer_style_save_pretrained_with_a_state_dict(tmp_path):
     assert model.adapter_fusions == {"a,b": ["a", "b"]}
     model.save_pretrained(tmp_path, state_dict=model.state_dict())  # as transformers' Trainer calls it
     assert (tmp_path / "config.json").is_file() and (tmp_path / "adapters" / "a" / "adapter_config.json").is_file()
+
+
+def test_train_adapter_keeps_a_tied_lm_head_weight_frozen():
+    model = tiny_adapter_model("gpt2")  # GPT-2 ties the LM projection to the token embeddings
+    model.add_adapter("a", config="seq_bn")
+    model.add_causal_lm_head("a")
+    model.train_adapter("a")
+    assert model.heads["a"][-1].weight is model.get_input_embeddings().weight
+    assert not model.get_input_embeddings().weight.requires_grad
+    assert model.heads["a"][0].weight.requires_grad

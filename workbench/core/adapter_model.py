@@ -267,8 +267,14 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     def _unfreeze_heads(self, setup) -> None:
         for name in _heads_of(setup):
             if name in self.heads:
-                for param in self.heads[name].parameters():
-                    param.requires_grad = True
+                self.unfreeze_head(name)
+
+    def unfreeze_head(self, head_name: str) -> None:
+        """Make a head trainable, except weights it shares with the base model (an LM head tied to the
+        input embeddings), which adapter training keeps frozen."""
+        base = {id(p) for p in self.base_model.parameters()}
+        for param in self.heads[head_name].parameters():
+            param.requires_grad = id(param) not in base
 
     def set_active_adapters(self, adapter_setup, skip_layers=None) -> None:
         super().set_active_adapters(adapter_setup, skip_layers)

@@ -18,7 +18,8 @@ from datasets import Dataset, DatasetDict
 
 from .errors import DataError, EmptyDatasetError, MissingColumnError, UnknownLabelError
 
-TASKS = ("classification", "multilabel", "tagging")
+TASKS = ("classification", "multilabel", "tagging", "qa", "causal_lm")
+LABELLED_TASKS = ("classification", "multilabel", "tagging")  # the tasks whose head has a label set
 _VALIDATION_NAMES = ("validation", "valid", "dev", "val", "test")
 _READERS = {
     ".csv": lambda p: pd.read_csv(p),
@@ -30,13 +31,21 @@ _READERS = {
 
 @dataclass
 class Columns:
-    """Which columns hold the text, the optional second text, and the label."""
+    """Which columns hold the text, the optional second text, and the label; for "qa", the question, the
+    context and the answers (SQuAD layout: {"text": [...], "answer_start": [...]})."""
 
     text: str = "text"
     text_pair: str | None = None
     label: str = "label"
+    question: str = "question"
+    context: str = "context"
+    answers: str = "answers"
 
-    def needed(self) -> list[str]:
+    def needed(self, task: str = "classification") -> list[str]:
+        if task == "qa":
+            return [self.question, self.context, self.answers]
+        if task == "causal_lm":
+            return [self.text]
         return [c for c in (self.text, self.text_pair, self.label) if c]
 
 
@@ -102,10 +111,10 @@ def _read_file(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read it ({err})") from None
 
 
-def check_columns(splits: DatasetDict, columns: Columns) -> None:
+def check_columns(splits: DatasetDict, columns: Columns, task: str = "classification") -> None:
     """Raise `MissingColumnError` naming the first missing column and the split it is missing from."""
     for split, dataset in splits.items():
-        for column in columns.needed():
+        for column in columns.needed(task):
             if column not in dataset.column_names:
                 raise MissingColumnError(
                     f"column {column!r} is not in the {split!r} split (columns: {', '.join(dataset.column_names)})"
@@ -156,10 +165,20 @@ def _as_list(value, column: str) -> list:
 
 
 def tokenize(splits: DatasetDict, tokenizer, columns: Columns, task: str, labels: LabelMap, max_length: int):
-    """Tokenize every split (no padding: batches are padded dynamically) and map labels to head ids."""
+    """Tokenize every split (no padding: batches are padded dynamically) and map labels to head ids.
+
+    "qa" gives start/end token positions of the first answer; "causal_lm" gives input ids only (the collator
+    makes the labels).
+    """
     if task not in TASKS:
         raise ValueError(f"task={task!r}: use one of {', '.join(TASKS)}")
-    encode = {"classification": _encode_classification, "multilabel": _encode_multilabel, "tagging": _encode_tags}
+    encode = {
+        "classification": _encode_classification,
+        "multilabel": _encode_multilabel,
+        "tagging": _encode_tags,
+        "qa": _encode_qa,
+        "causal_lm": _encode_causal_lm,
+    }
     fn = encode[task]
 
     def batch(rows):
@@ -220,3 +239,75 @@ def _encode_tags(rows, tokenizer, columns, labels, max_length):
         all_tags.append(ids)
     encoded["labels"] = all_tags
     return encoded
+
+
+def _encode_qa(rows, tokenizer, columns, labels, max_length):
+    """Question + context, with the first answer's character span mapped to start/end token positions.
+
+    No striding: a context longer than `max_length` is truncated, and an answer that is cut off (or a row with
+    no answer) points at position 0 (the CLS token).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("question answering needs a fast tokenizer (it maps characters to tokens)")
+    questions = [str(q).strip() for q in rows[columns.question]]
+    contexts = [str(c) for c in rows[columns.context]]
+    encoded = tokenizer(
+        questions, contexts, truncation="only_second", max_length=max_length, return_offsets_mapping=True
+    )
+    starts, ends = [], []
+    for i, answers in enumerate(rows[columns.answers]):
+        span = _answer_span(answers, columns.answers)
+        start = end = 0
+        if span is not None:
+            char_start, char_end = span
+            offsets = encoded["offset_mapping"][i]
+            sequence = encoded.sequence_ids(i)
+            tokens = [t for t, (a, b) in enumerate(offsets) if sequence[t] == 1 and b > a]  # context tokens
+            inside = [t for t in tokens if offsets[t][0] < char_end and offsets[t][1] > char_start]
+            if inside and offsets[tokens[-1]][1] >= char_end:  # the whole answer survived truncation
+                start, end = inside[0], inside[-1]
+        starts.append(start)
+        ends.append(end)
+    encoded.pop("offset_mapping")
+    encoded["start_positions"] = starts
+    encoded["end_positions"] = ends
+    return encoded
+
+
+def _answer_span(answers, column: str) -> tuple[int, int] | None:
+    """The first answer's (start, end) characters, or None for a row without an answer."""
+    if not isinstance(answers, Mapping) or "text" not in answers or "answer_start" not in answers:
+        raise DataError(f'column {column!r} must hold {{"text": [...], "answer_start": [...]}}, found {answers!r}')
+    texts, starts = list(answers["text"] or []), list(answers["answer_start"] or [])
+    if not texts or not starts:
+        return None
+    start = int(starts[0])
+    return start, start + len(str(texts[0]))
+
+
+def _encode_causal_lm(rows, tokenizer, columns, labels, max_length):
+    texts = [str(t) for t in rows[columns.text]]
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+class CausalLMCollator:
+    """Pads a batch on the right; labels are the input ids with the padding set to -100 (the head shifts them)."""
+
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids = torch.full((len(features), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(features), length), dtype=torch.long)
+        for row, feature in enumerate(features):
+            tokens = list(feature["input_ids"])
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = torch.tensor(list(feature.get("attention_mask", [1] * len(tokens))))
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}

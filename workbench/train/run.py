@@ -40,6 +40,9 @@ def train(
     text_column: str = "text",
     text_pair_column: str | None = None,
     label_column: str = "label",
+    question_column: str = "question",
+    context_column: str = "context",
+    answers_column: str = "answers",
     tokenizer=None,
     output_dir: str | Path = "runs/run",
     config: TrainConfig | None = None,
@@ -54,9 +57,19 @@ def train(
         kind: "adapter" trains `adapter` (added with `adapter_config` if missing) and its head; "fusion" trains an
             AdapterFusion over the loaded adapters `adapter` (a `Fuse` or a list of names) and its head; "full"
             trains every weight, the baseline.
-        task: "classification", "multilabel" or "tagging" (text column of word lists, label column of tag lists).
+        task: "classification", "multilabel", "tagging" (text column of word lists, label column of tag lists),
+            "qa" or "causal_lm".
+            "qa" is extractive question answering on SQuAD-layout columns `question_column`, `context_column` and
+            `answers_column` ({"text": [...], "answer_start": [...]}; the first answer is the target). It needs a
+            fast tokenizer. This first version has no striding: a context longer than `config.max_length` is
+            truncated (no overflow windows), and an answer cut off by truncation targets position 0 (CLS). Metrics:
+            exact_match and f1 of the predicted (argmax start, argmax end) token span against the gold token span.
+            "causal_lm" trains next-token prediction on `text_column`; labels are the input ids with padding set to
+            -100 (the head shifts them). Metric: perplexity, exp(eval loss); `metric_for_best_model="perplexity"`
+            is minimized unless `greater_is_better` says otherwise.
         head: the head's name (default: the adapter or fusion name, or the task for "full"). A missing head is
-            added with the labels found in the data; an existing one keeps its labels, which the data must use.
+            added with the labels found in the data (a QA or causal LM head for those tasks); an existing one keeps
+            its labels, which the data must use.
         data: a dataset id, a CSV/TSV/JSON(L) path, a DataFrame, a Dataset/DatasetDict, or a dict of splits.
         output_dir: checkpoints go to `checkpoint-<step>/`, the final (best) weights to `final/`.
         callbacks: `TrainingCallback`s or callables receiving `StepEvent`, `EvalEvent` and `EndEvent`.
@@ -78,10 +91,12 @@ def train(
         raise CheckpointError(f"no checkpoint folder {resume_from_checkpoint}")
     args = config.training_args(output)  # sets up the process group when launched on several processes
 
-    columns = data_mod.Columns(text_column, text_pair_column, label_column)
+    columns = data_mod.Columns(
+        text_column, text_pair_column, label_column, question_column, context_column, answers_column
+    )
     with args.main_process_first(desc="loading and tokenizing the data"):  # others then reuse datasets' cache
         splits = data_mod.load_splits(data, config.validation_fraction, config.seed)
-        data_mod.check_columns(splits, columns)
+        data_mod.check_columns(splits, columns, task)
         tokenizer = tokenizer or _tokenizer_of(model)
 
         plan, method = prepare_model(model, kind, adapter, adapter_config, head, task)
@@ -91,7 +106,13 @@ def train(
             splits, tokenizer, columns, task, data_mod.LabelMap(label2id, label_column), config.max_length
         )
 
-    collator_cls = DataCollatorForTokenClassification if task == "tagging" else DataCollatorWithPadding
+    if task == "qa":
+        args.label_names = ["start_positions", "end_positions"]
+    if task == "causal_lm" and config.metric_for_best_model == "perplexity" and config.greater_is_better is None:
+        args.greater_is_better = False
+    collator_cls = {"tagging": DataCollatorForTokenClassification, "causal_lm": data_mod.CausalLMCollator}.get(
+        task, DataCollatorWithPadding
+    )
     bridge = EventBridge(callbacks, control, config.batch_size * config.gradient_accumulation_steps)
     extra = []
     if config.early_stopping_patience is not None:
@@ -106,6 +127,7 @@ def train(
         callbacks=[bridge, *extra],
         plan=plan,
         bridge=bridge,
+        perplexity=task == "causal_lm",
     )
 
     trainer.remove_callback(PrinterCallback)  # the run reports through its own events

@@ -10,6 +10,7 @@ Under `torchrun` / `accelerate launch` every process runs the same code; only th
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -23,11 +24,22 @@ from .errors import NonFiniteLossError, OutputDirError
 class WorkbenchTrainer(Trainer):
     """A Trainer whose checkpoints follow a `SavePlan` (adapter + head, fusion + head, or the full model)."""
 
-    def __init__(self, *args, plan: SavePlan, bridge=None, **kwargs):
+    def __init__(self, *args, plan: SavePlan, bridge=None, perplexity: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.plan = plan
         self.bridge = bridge
+        self.perplexity = perplexity
         self._step_loss = 0.0
+
+    def evaluation_loop(self, *args, **kwargs):
+        """Trainer's loop; with `perplexity`, the metrics also get `<prefix>_perplexity` = exp(loss)."""
+        output = super().evaluation_loop(*args, **kwargs)
+        if self.perplexity:
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            loss = output.metrics.get(f"{prefix}_loss")
+            if loss is not None:
+                output.metrics[f"{prefix}_perplexity"] = math.exp(loss) if loss < 700 else math.inf
+        return output
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)

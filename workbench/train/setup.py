@@ -7,7 +7,13 @@ from ..core.errors import HeadError
 from . import data as data_mod
 from .checkpoints import SavePlan
 
-_HEAD_TYPES = {"classification": "classification", "multilabel": "multilabel_classification", "tagging": "tagging"}
+_HEAD_TYPES = {
+    "classification": "classification",
+    "multilabel": "multilabel_classification",
+    "tagging": "tagging",
+    "qa": "question_answering",
+    "causal_lm": "causal_lm",
+}
 
 
 def prepare_model(model, kind, adapter, adapter_config, head, task) -> tuple[SavePlan, str]:
@@ -33,12 +39,21 @@ def prepare_model(model, kind, adapter, adapter_config, head, task) -> tuple[Sav
 
 
 def ensure_head(model, head: str, task: str, splits, columns) -> dict[str, int]:
-    """The head's label2id, adding the head (labels found in the data) if the model has none of that name."""
+    """The head's label2id, adding the head (labels found in the data) if the model has none of that name.
+
+    "qa" and "causal_lm" heads have no label set: their label2id is empty.
+    """
     if head in model.heads:
         head_type = model.heads[head].config["head_type"]
         if head_type != _HEAD_TYPES[task]:
             raise HeadError(f"head {head!r} is a {head_type} head; task {task!r} needs a {_HEAD_TYPES[task]} head")
-        return dict(model.heads[head].config["label2id"])
+        return dict(model.heads[head].config["label2id"] or {}) if task in data_mod.LABELLED_TASKS else {}
+    if task == "qa":
+        model.add_qa_head(head)
+        return {}
+    if task == "causal_lm":
+        model.add_causal_lm_head(head)
+        return {}
     values = []
     for split in splits.values():
         values += [v for v in data_mod.label_values(split, columns, task) if v not in values]
@@ -59,10 +74,10 @@ def set_trainable(model, plan: SavePlan) -> None:
         for param in model.parameters():
             param.requires_grad = True
         model.train()
-    elif plan.kind == "adapter":
-        model.train_adapter(plan.adapters[0])
     else:
-        model.train_adapter_fusion(Fuse(*plan.adapters))
-    for param in model.heads[plan.head].parameters():
-        param.requires_grad = True
+        if plan.kind == "adapter":
+            model.train_adapter(plan.adapters[0])
+        else:
+            model.train_adapter_fusion(Fuse(*plan.adapters))
+        model.unfreeze_head(plan.head)  # a head weight tied to the input embeddings stays frozen
     model.active_head = plan.head
