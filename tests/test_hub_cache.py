@@ -4,8 +4,9 @@ import time
 
 import pytest
 
+from workbench.core.configs import method_name
 from workbench.hub.cache import HubUnavailableError, cached_listing
-from workbench.hub.info import AdapterInfo, method_name
+from workbench.hub.info import AdapterInfo
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ def test_adapter_run_learns_and_records(tokenizer, tmp_path):
     losses = record.train_losses
     assert len(losses) == 60
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 * 0.7
-    assert record.kind == "adapter" and record.method == "LoRA" and record.task == "classification"
+    assert record.kind == "adapter" and record.method == "lora" and record.task == "classification"
     assert 0 < record.trainable_params < record.total_params
     assert record.saved_bytes > 0 and record.wall_time_s > 0 and record.train_samples_per_second > 0
     assert record.peak_memory_bytes > 0 and record.memory_kind == ("cuda" if torch.cuda.is_available() else "rss")
@@ -226,7 +226,7 @@ def test_data_from_csv_with_text_pairs_and_multilabel(tokenizer, tmp_path):
         output_dir=tmp_path / "out",
         config=fast(max_steps=2, eval_steps=2),
     )
-    assert record.method == "LoRA"
+    assert record.method == "lora"
     multi = keyword_frame(32).assign(label=lambda d: [["a", "b"] if y == "yes" else ["a"] for y in d.label])
     record = train(
         adapter_model(),

@@ -331,8 +331,6 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
                 del self.heads[name]
             self._active_head = previous_active
             raise
-        if getattr(self.config, "tie_word_embeddings", False) and isinstance(head, LMHead):
-            pass  # a loaded LM head keeps its own saved projection
         if set_active:
             self.active_head = name
         return name

@@ -5,7 +5,7 @@ relative to one transformer layer. No modeling code is copied: the methods attac
 new architecture is one entry in `ARCHITECTURES`.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -39,9 +39,6 @@ class ArchSpec:
     attention: str  # the self-attention module whose attention function prefix tuning extends
     lora: dict[str, str]  # "q", "k", "v" (or "qkv" for a fused projection), "intermediate", "output"
     embeddings: str  # module whose output is the token embedding stream (invertible adapters, prompts)
-    word_embeddings: str  # the token embedding table, relative to the base model
-    fused_qkv: bool = False
-    prefix_kinds: tuple[str, ...] = field(default=("self",))
 
 
 _BERT = ArchSpec(
@@ -57,7 +54,6 @@ _BERT = ArchSpec(
         "output": "output.dense",
     },
     embeddings="embeddings",
-    word_embeddings="embeddings.word_embeddings",
 )
 
 _DISTILBERT = ArchSpec(
@@ -73,7 +69,6 @@ _DISTILBERT = ArchSpec(
         "output": "ffn.lin2",
     },
     embeddings="embeddings",
-    word_embeddings="embeddings.word_embeddings",
 )
 
 _GPT2 = ArchSpec(
@@ -83,8 +78,6 @@ _GPT2 = ArchSpec(
     attention="attn",
     lora={"qkv": "attn.c_attn", "intermediate": "mlp.c_fc", "output": "mlp.c_proj"},
     embeddings="drop",
-    word_embeddings="wte",
-    fused_qkv=True,
 )
 
 _LLAMA = ArchSpec(
@@ -100,7 +93,6 @@ _LLAMA = ArchSpec(
         "output": "mlp.up_proj",
     },
     embeddings="embed_tokens",
-    word_embeddings="embed_tokens",
 )
 
 # Qwen2 (AdapterHub's plugin interface) maps the FFN LoRA the natural way round.

@@ -10,8 +10,6 @@ from collections.abc import Iterable, Sequence
 
 from .errors import CompositionError
 
-Setup = "str | Block"
-
 
 class Block(Sequence):
     """A node of an adapter composition: an ordered list of adapter names or nested blocks."""

@@ -12,7 +12,8 @@ import os
 
 from huggingface_hub import HfApi, hf_hub_download
 
-from .info import AdapterInfo, method_name
+from ..core.configs import method_name
+from .info import AdapterInfo
 
 ADAPTERHUB_LIBRARY = "adapter-transformers"
 PEFT_LIBRARY = "peft"

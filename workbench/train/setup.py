@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..core.composition import Fuse
+from ..core.configs import method_name
 from ..core.errors import HeadError
 from . import data as data_mod
 from .checkpoints import SavePlan
@@ -27,7 +28,7 @@ def prepare_model(model, kind, adapter, adapter_config, head, task) -> tuple[Sav
             if adapter_config is None:
                 raise ValueError(f"no adapter {adapter!r} on the model: load it or pass adapter_config")
             model.add_adapter(adapter, config=adapter_config)
-        method = type(model.adapters[adapter]).__name__.removesuffix("Config")
+        method = method_name(model.adapters[adapter].to_dict())
         return SavePlan("adapter", head or adapter, adapters=[adapter]), method
     names = adapter.flatten() if isinstance(adapter, Fuse) else list(adapter or [])
     if len(names) < 2:
