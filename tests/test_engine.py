@@ -270,3 +270,18 @@ def test_train_adapter_keeps_a_tied_lm_head_weight_frozen():
     assert model.heads["a"][-1].weight is model.get_input_embeddings().weight
     assert not model.get_input_embeddings().weight.requires_grad
     assert model.heads["a"][0].weight.requires_grad
+
+
+def test_fusion_regularization_penalises_value_matrices_away_from_identity():
+    model = tiny_adapter_model()
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+    model.add_adapter_fusion(["a", "b"])  # dynamic: value matrices start at identity
+    assert model.adapter_fusion_regularization_loss("a,b").item() < 1e-6
+    with torch.no_grad():
+        for key, param in model._fusion_parameters("a,b"):
+            if key.endswith("value.weight"):
+                param.add_(0.1)
+    assert model.adapter_fusion_regularization_loss("a,b").item() > 0.01
+    model.add_adapter_fusion(["a", "b"], config="static", overwrite_ok=True)  # static: no value matrix
+    assert model.adapter_fusion_regularization_loss("a,b").item() == 0.0

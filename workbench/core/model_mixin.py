@@ -231,6 +231,13 @@ class ModelAdaptersMixin:
         if set_active:
             self.set_active_adapters(Fuse(*names))
 
+    def adapter_fusion_regularization_loss(self, fusion_name: str) -> torch.Tensor:
+        """0.01 * sum ||I - V||^2 over the fusion's layers (keeps value matrices near identity while training)."""
+        if fusion_name not in self._engine.fusions:
+            raise AdapterConfigError(f"no AdapterFusion named {fusion_name!r}")
+        layers = self._method("bottleneck").fusion_layers(fusion_name)
+        return sum((layer.regularization_loss() for layer in layers), torch.zeros(()))
+
     def delete_adapter_fusion(self, adapter_names) -> None:
         fusion_name = adapter_names if isinstance(adapter_names, str) else ",".join(_fusion_names(adapter_names))
         if fusion_name not in self._engine.fusions:

@@ -55,6 +55,17 @@ class WorkbenchTrainer(Trainer):
             self.bridge.pending_loss, self._step_loss = self._step_loss, 0.0
         return loss
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.plan.kind != "fusion":
+            return result
+        # AdapterFusion's regularisation keeps each value matrix near identity (AdapterHub adds it while training)
+        penalty = self.accelerator.unwrap_model(model).adapter_fusion_regularization_loss(self.plan.fusion)
+        if return_outputs:
+            loss, outputs = result
+            return loss + penalty.to(loss.device), outputs
+        return result + penalty.to(result.device)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
         check_finite(self.model)  # never write diverged weights as a checkpoint

@@ -58,6 +58,6 @@ class FusionLayer(nn.Module):
     def regularization_loss(self) -> torch.Tensor:
         """0.01 * ||I - V||^2, which keeps the value matrix near identity while training a fusion."""
         if not self.config.value or not self.config.regularization:
-            return torch.zeros(())
+            return torch.zeros((), device=self.query.weight.device if self.config.query else None)
         eye = torch.eye(self.value.weight.shape[0], device=self.value.weight.device)
         return 0.01 * (eye - self.value.weight).pow(2).sum()
