@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 from tiny import tiny_adapter_model, tiny_base_model, tiny_config
-from transformers import AutoConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 import workbench
 from workbench import Fuse, Parallel, Stack
@@ -180,7 +180,6 @@ def test_base_model_forward_is_untouched_by_init():
     workbench.init(model)
     model.add_adapter("a", config="seq_bn")
     assert torch.equal(hidden(model), before)
-    assert isinstance(AutoConfig.for_model("bert"), object)
 
 
 def test_save_pretrained_writes_base_adapters_fusions_and_heads(tmp_path):
