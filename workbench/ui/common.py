@@ -1,0 +1,172 @@
+"""Pieces every panel uses: the error box, throttled updates, worker threads and the static summary."""
+
+from __future__ import annotations
+
+import functools
+import html
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+import ipywidgets as widgets
+from IPython.display import HTML, display
+
+
+class ErrorBox(widgets.VBox):
+    """One readable line for an error, its traceback on demand (never a raw traceback in the panel)."""
+
+    def __init__(self):
+        self.message = widgets.HTML()
+        self.details = widgets.Textarea(disabled=True, layout=widgets.Layout(width="100%", height="12em"))
+        self.toggle = widgets.ToggleButton(description="Details", icon="info", layout=widgets.Layout(width="auto"))
+        self.toggle.observe(self._toggled, "value")
+        super().__init__([], layout=widgets.Layout(display="none"))
+        self.add_class("wb-error")
+
+    def show(self, error: BaseException, context: str = "") -> None:
+        prefix = f"{html.escape(context)}: " if context else ""
+        self.message.value = (
+            f'<div style="color:#b00020"><b>{type(error).__name__}</b>: {prefix}{html.escape(str(error))}</div>'
+        )
+        self.details.value = "".join(traceback.format_exception(error))
+        self.toggle.value = False
+        self.children = [widgets.HBox([self.message, self.toggle])]
+        self.layout.display = "flex"
+
+    def clear(self) -> None:
+        self.children = []
+        self.layout.display = "none"
+
+    @property
+    def text(self) -> str:
+        """The message shown, as plain text (empty when there is none)."""
+        return html.unescape(_strip_tags(self.message.value)) if self.children else ""
+
+    def _toggled(self, change) -> None:
+        if self.children:
+            self.children = [self.children[0], self.details] if change["new"] else [self.children[0]]
+
+
+def _strip_tags(markup: str) -> str:
+    out, inside = [], False
+    for char in markup:
+        if char == "<":
+            inside = True
+        elif char == ">":
+            inside = False
+        elif not inside:
+            out.append(char)
+    return "".join(out)
+
+
+def guarded(error_box: ErrorBox, context: str = ""):
+    """Decorate a widget handler: its exceptions go to `error_box` instead of the kernel log."""
+
+    def wrap(handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def run(*args, **kwargs):
+            error_box.clear()
+            try:
+                return handler(*args, **kwargs)
+            except Exception as err:  # shown in the panel, with details on demand
+                error_box.show(err, context)
+                return None
+
+        return run
+
+    return wrap
+
+
+class Throttle:
+    """Calls `action` at most every `interval` seconds; `flush()` runs the pending call now."""
+
+    def __init__(self, action: Callable[[], None], interval: float = 0.5):
+        self.action, self.interval = action, interval
+        self._last = 0.0
+        self._pending = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                self._pending = True
+                return
+            self._last, self._pending = now, False
+        self.action()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._last, self._pending = time.monotonic(), False
+        self.action()
+
+
+def start_worker(target: Callable[[], None], name: str) -> threading.Thread:
+    """Run `target` in a daemon thread, so the notebook stays responsive (widget updates from it are safe on
+    ipykernel >= 7.1)."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+class StaticSummary:
+    """An HTML output beside a panel that a saved notebook keeps: updated with the results when a task ends."""
+
+    def __init__(self):
+        self._handle = None
+
+    def display(self) -> None:
+        self._handle = display(HTML(""), display_id=True)
+
+    def update(self, markup: str) -> None:
+        if self._handle is not None:
+            self._handle.update(HTML(markup))
+
+
+def html_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A small escaped HTML table, for static summaries and read-only result lists."""
+    if not rows:
+        return "<p><i>nothing yet</i></p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '')))}</td>" for c in columns) + "</tr>" for row in rows
+    )
+    return f'<table class="wb-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def figure_output() -> widgets.Output:
+    """An `Output` widget to show plotly figures in (see `show_figure`)."""
+    return widgets.Output(layout=widgets.Layout(width="100%"))
+
+
+def show_figure(out: widgets.Output, fig) -> None:
+    """Replace what `out` shows with the plotly figure `fig`, safely from a worker thread.
+
+    The figure goes out as plotly's MIME bundle (rendered by plotly's JupyterLab / Notebook 7 extension, offline)
+    with an HTML fallback for Colab, set on the widget's `outputs` directly: no `FigureWidget` (plotly 6+ needs
+    anywidget for it) and no `with out:` capture (which races across threads).
+    """
+    data = {
+        "application/vnd.plotly.v1+json": fig.to_plotly_json(),
+        "text/html": fig.to_html(include_plotlyjs="cdn", full_html=False),
+        "text/plain": f"<plotly figure: {fig.layout.title.text or 'untitled'}>",
+    }
+    out.outputs = ({"output_type": "display_data", "data": _jsonable(data), "metadata": {}},)
+
+
+def _jsonable(data: dict) -> dict:
+    import json
+
+    from plotly.utils import PlotlyJSONEncoder
+
+    return json.loads(json.dumps(data, cls=PlotlyJSONEncoder))

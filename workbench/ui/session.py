@@ -1,0 +1,77 @@
+"""`Session`: what the panels share (the model, its tokenizer, runs, the run in progress) and tell each other."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+CHANGES = ("model", "adapters", "runs", "active_run")
+
+
+@dataclass
+class ActiveRun:
+    """A training run in a worker thread: the panel that started it re-attaches to it after a cell re-run."""
+
+    kind: str  # "train" or "fusion"
+    control: Any  # workbench.train.RunControl
+    thread: threading.Thread
+    events: list = field(default_factory=list)  # every StepEvent / EvalEvent so far, for re-drawing the curves
+    planned_steps: int = 0
+    record: Any = None  # the RunRecord once finished
+    error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+
+class Session:
+    """The state shared by the panels of one workbench.
+
+    Panels read `model`/`tokenizer`, call `set_model` or `notify("adapters")` after changing the model, and
+    subscribe with `on_change(callback)`; a callback gets the name of what changed (one of `CHANGES`).
+    """
+
+    def __init__(self, model=None, tokenizer=None, source: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source  # hub id or folder the model came from
+        self.runs: list = []  # RunRecords, oldest first
+        self.run_curves: dict[str, list] = {}  # run name -> its events, for overlaying earlier runs
+        self.full_checkpoint: str | None = None  # folder of a full fine-tuned model, for Compare
+        self.active_run: ActiveRun | None = None
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_change(self, callback: Callable[[str], None]) -> None:
+        self._listeners.append(callback)
+
+    def notify(self, what: str) -> None:
+        if what not in CHANGES:
+            raise ValueError(f"unknown change {what!r}: use one of {', '.join(CHANGES)}")
+        for callback in list(self._listeners):
+            callback(what)
+
+    def set_model(self, model, tokenizer, source: str | None = None) -> None:
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        self.notify("model")
+
+    def add_run(self, record, events: list | None = None) -> None:
+        self.runs.append(record)
+        if events is not None:
+            self.run_curves[record.name] = list(events)
+        if record.kind == "full":
+            self.full_checkpoint = record.saved_path
+        self.notify("runs")
+
+
+_DEFAULT: Session | None = None
+
+
+def default_session() -> Session:
+    """The kernel's session: re-running `Workbench()` finds the same model and the run in progress."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Session()
+    return _DEFAULT
