@@ -89,9 +89,7 @@ ADAPTERS = (
         downloads=250,
         likes=1,
     ),
-    DemoAdapter(
-        f"AdapterHub/{SHORT}-lora-sst-2", "sst-2-lora", "lora", "sentiment/sst-2", SEQ_BN_LABELS, downloads=90
-    ),
+    DemoAdapter(f"AdapterHub/{SHORT}-lora-sst-2", "sst-2-lora", "lora", "sentiment/sst-2", SEQ_BN_LABELS, downloads=90),
     DemoAdapter(f"demo-user/{SHORT}-peft-lora", "peft-lora", "lora", "sentiment/sst-2", peft=True, downloads=30),
 )
 
@@ -174,7 +172,8 @@ def _set_json(path: Path, **values) -> None:
 
 
 def _card(spec: DemoAdapter) -> str:
-    return f"# {spec.repo}\n\nA demo `{spec.config}` adapter for `{MODEL_ID}` ({spec.task}), built by tests/demo_hub.py.\n"
+    about = f"A demo `{spec.config}` adapter for `{MODEL_ID}` ({spec.task}), built by tests/demo_hub.py."
+    return f"# {spec.repo}\n\n{about}\n"
 
 
 # ---- serving -------------------------------------------------------------------------------------------------------
