@@ -57,7 +57,14 @@ ADAPTERS = (
         likes=12,
     ),
     DemoAdapter(
-        f"AdapterHub/{SHORT}-pf-imdb", "imdb", "seq_bn", "sentiment/imdb", SEQ_BN_LABELS, downloads=800, likes=5
+        f"AdapterHub/{SHORT}-pf-imdb",
+        "imdb",
+        "seq_bn",
+        "sentiment/imdb",
+        SEQ_BN_LABELS,
+        archive_id=f"@ukp/{SHORT}-pf-imdb",
+        downloads=800,
+        likes=5,
     ),
     DemoAdapter(
         f"AdapterHub/{SHORT}-pf-multinli",
@@ -65,11 +72,18 @@ ADAPTERS = (
         "seq_bn",
         "nli/multinli",
         {0: "entailment", 1: "neutral", 2: "contradiction"},
+        archive_id=f"@ukp/{SHORT}-pf-multinli",
         downloads=650,
         likes=4,
     ),
     DemoAdapter(
-        f"AdapterHub/{SHORT}-pf-qqp", "qqp", "seq_bn", "sts/qqp", {0: "different", 1: "duplicate"}, downloads=400
+        f"AdapterHub/{SHORT}-pf-qqp",
+        "qqp",
+        "seq_bn",
+        "sts/qqp",
+        {0: "different", 1: "duplicate"},
+        archive_id=f"@ukp/{SHORT}-pf-qqp",
+        downloads=400,
     ),
     DemoAdapter(
         f"AdapterHub/{SHORT}-en-wiki_pfeiffer",
@@ -113,9 +127,11 @@ def build_adapters(folder: Path) -> Path:
         return folder
     import torch
     from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     from workbench import AutoAdapterModel
 
+    transformers_logging.disable_progress_bar()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
