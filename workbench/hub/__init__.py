@@ -3,14 +3,16 @@
 Every request goes through `huggingface_hub`; listings are cached on disk (see `cache.py`).
 """
 
-from .cache import HubUnavailableError
+from .cache import HubUnavailableError, Listing
 from .info import AdapterInfo
 from .listing import SearchResults, get_adapter_info, list_adapters, search_adapters
-from .resolve import resolve_adapter
+from .resolve import DownloadProgress, resolve_adapter
 
 __all__ = [
     "AdapterInfo",
+    "DownloadProgress",
     "HubUnavailableError",
+    "Listing",
     "SearchResults",
     "get_adapter_info",
     "list_adapters",

@@ -24,6 +24,19 @@ class HubUnavailableError(AdapterError, ConnectionError):
     """Neither the network nor a cached listing could answer."""
 
 
+class Listing(list):
+    """A list of `AdapterInfo` that says where it came from.
+
+    `from_cache`: read from the on-disk cache rather than the network. `notice`: set when the network was off
+    or failing and an older cached copy was used instead (the reason and the copy's age), else None.
+    """
+
+    def __init__(self, items=(), from_cache: bool = False, notice: str | None = None):
+        super().__init__(items)
+        self.from_cache = from_cache
+        self.notice = notice
+
+
 def cache_dir() -> Path:
     """`$WORKBENCH_CACHE`, else `<HF_HOME>/workbench/listings` (HF_HOME as huggingface_hub resolves it)."""
     override = os.environ.get("WORKBENCH_CACHE")
@@ -38,12 +51,13 @@ def is_offline() -> bool:
     return constants.is_offline_mode()
 
 
-def cached_listing(key: dict, fetch: Callable[[], list[AdapterInfo]], refresh: bool = False) -> list[AdapterInfo]:
-    """A fresh cached listing for `key`, else `fetch()` (and cache it); on failure, a stale copy with a warning."""
+def cached_listing(key: dict, fetch: Callable[[], list[AdapterInfo]], refresh: bool = False) -> Listing:
+    """A fresh cached listing for `key`, else `fetch()` (and cache it); on failure, a stale copy with a warning
+    (and the reason in the result's `notice`)."""
     path = cache_dir() / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".json")
     stored = _read(path)
     if stored is not None and not refresh and time.time() - stored["time"] < ttl_seconds():
-        return [AdapterInfo.from_dict(item) for item in stored["items"]]
+        return Listing((AdapterInfo.from_dict(item) for item in stored["items"]), from_cache=True)
     what = ", ".join(f"{k}={v!r}" for k, v in key.items() if v is not None)
     if is_offline():
         return _fallback(stored, f"offline mode (HF_HUB_OFFLINE) is on; listing {what}")
@@ -52,7 +66,7 @@ def cached_listing(key: dict, fetch: Callable[[], list[AdapterInfo]], refresh: b
     except (OSError, ValueError, httpx2.HTTPError) as err:  # network, malformed page, broken transfer
         return _fallback(stored, f"could not list adapters ({what}): {err}")
     write_json(path, {"time": time.time(), "key": key, "items": [info.to_dict() for info in items]})
-    return items
+    return Listing(items)
 
 
 def _read(path: Path) -> dict | None:
@@ -63,9 +77,10 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def _fallback(stored: dict | None, reason: str) -> list[AdapterInfo]:
+def _fallback(stored: dict | None, reason: str) -> Listing:
     if stored is None:
         raise HubUnavailableError(f"{reason}, and there is no cached listing to fall back on")
     age_min = (time.time() - stored["time"]) / 60
-    warnings.warn(f"{reason}; showing the cached listing from {age_min:.0f} min ago", stacklevel=4)
-    return [AdapterInfo.from_dict(item) for item in stored["items"]]
+    notice = f"{reason}; showing the cached listing from {age_min:.0f} min ago"
+    warnings.warn(notice, stacklevel=4)
+    return Listing((AdapterInfo.from_dict(item) for item in stored["items"]), from_cache=True, notice=notice)

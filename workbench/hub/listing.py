@@ -6,12 +6,14 @@ import warnings
 from dataclasses import dataclass, field
 
 from .ah import ah_adapter_info, list_ah_adapters
-from .cache import HubUnavailableError, cached_listing
+from .cache import HubUnavailableError, Listing, cached_listing
 from .hf import hf_adapter_info, list_hf_adapters
 from .info import AdapterInfo
 
 SOURCES = (None, "ah", "hf")
-SORT_KEYS = {"downloads", "likes", "last_modified", "recency"}
+NUMERIC_SORT_KEYS = {"downloads", "likes", "last_modified", "recency", "size_bytes"}
+TEXT_SORT_KEYS = {"adapter_id", "model_name", "task", "method"}
+SORT_KEYS = NUMERIC_SORT_KEYS | TEXT_SORT_KEYS
 
 
 LIBRARIES = {"adapters": ("adapters",), "peft": ("peft",), "all": ("adapters", "peft")}
@@ -19,11 +21,13 @@ LIBRARIES = {"adapters": ("adapters",), "peft": ("peft",), "all": ("adapters", "
 
 def list_adapters(
     source: str | None = None, model_name: str | None = None, library: str = "adapters", refresh: bool = False
-) -> list[AdapterInfo]:
+) -> Listing:
     """Adapters from the archived AdapterHub index ("ah"), the Hugging Face Hub ("hf"), or both (None).
 
     `library`: "adapters" (AdapterHub format, the default), "peft", or "all". With both sources, an archived
     adapter that is also on the Hub appears once, with the Hub's statistics and the archive's task and subtask.
+    The result is a list that also says whether it came from the cache (`from_cache`) and, when the Hub could not
+    be reached and older cached listings were used or a source was left out, why (`notice`).
     """
     if source not in SOURCES:
         raise ValueError(f"source must be None, 'ah' or 'hf', not {source!r}")
@@ -34,7 +38,7 @@ def list_adapters(
     if "adapters" in libraries:  # the archive holds AdapterHub adapters only
         fetchers["ah"] = lambda: list_ah_adapters(model_name=model_name)
     chosen = [name for name in fetchers if source in (None, name)]
-    found, failures = {"hf": [], "ah": []}, []
+    found, failures = {"hf": Listing(), "ah": Listing()}, []
     for name in chosen:
         key = {"source": name, "model_name": model_name, "library": library}
         try:
@@ -45,9 +49,12 @@ def list_adapters(
             failures.append(err)
     if failures and len(failures) == len(chosen):
         raise failures[0]
+    notices = [found[name].notice for name in chosen if found[name].notice]
     for err in failures:  # one source down: show the other, and say so
         warnings.warn(f"{err}; showing the other source only", stacklevel=2)
-    return _merge(found["hf"], found["ah"])
+        notices.append(f"{err}; showing the other source only")
+    from_cache = any(found[name].from_cache for name in chosen) or bool(failures)
+    return Listing(_merge(found["hf"], found["ah"]), from_cache=from_cache, notice="; ".join(notices) or None)
 
 
 def _merge(hf: list[AdapterInfo], ah: list[AdapterInfo]) -> list[AdapterInfo]:
@@ -74,13 +81,15 @@ def get_adapter_info(adapter_id: str, source: str | None = None) -> AdapterInfo:
 
 @dataclass
 class SearchResults:
-    """One page of search results; `to_dataframe()` for a table."""
+    """One page of search results; `to_dataframe()` for a table. `from_cache`/`notice` as for `list_adapters`."""
 
     items: list[AdapterInfo]
     total: int
     page: int
     page_size: int
     query: dict = field(default_factory=dict)
+    from_cache: bool = False
+    notice: str | None = None
 
     def __iter__(self):
         return iter(self.items)
@@ -123,8 +132,13 @@ def search_adapters(
     page: int = 1,
     page_size: int = 20,
     refresh: bool = False,
+    descending: bool | None = None,
 ) -> SearchResults:
-    """Free-text search with filters, sorted and paged, over the (cached) listings."""
+    """Free-text search with filters, sorted and paged, over the (cached) listings.
+
+    `sort`: one of `SORT_KEYS`; `descending` defaults to True for numbers and dates, False for text. Adapters
+    without a value for the sort key come last either way.
+    """
     if sort not in SORT_KEYS:
         raise ValueError(f"sort must be one of {sorted(SORT_KEYS)}, not {sort!r}")
     if page < 1 or page_size < 1:
@@ -147,7 +161,11 @@ def search_adapters(
 
     found = [i for i in items if matches(i)]
     key = "last_modified" if sort == "recency" else sort
-    found.sort(key=lambda i: (getattr(i, key) is not None, getattr(i, key) or 0), reverse=True)
+    if descending is None:
+        descending = sort in NUMERIC_SORT_KEYS
+    known = [i for i in found if getattr(i, key) is not None]
+    known.sort(key=lambda i: getattr(i, key).lower() if sort in TEXT_SORT_KEYS else getattr(i, key), reverse=descending)
+    found = known + [i for i in found if getattr(i, key) is None]
     start = (page - 1) * page_size
     query = {
         "text": text,
@@ -157,5 +175,7 @@ def search_adapters(
         "library": library,
         "source": source,
         "sort": sort,
+        "descending": descending,
     }
-    return SearchResults(found[start : start + page_size], len(found), page, page_size, query)
+    page_items = found[start : start + page_size]
+    return SearchResults(page_items, len(found), page, page_size, query, items.from_cache, items.notice)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import AdapterLoadError
@@ -16,6 +20,7 @@ def resolve_adapter(
     version: str | None = None,
     config=None,
     model_name: str | None = None,
+    progress: Callable[[DownloadProgress], None] | None = None,
     **kwargs,
 ) -> Path:
     """Download an adapter and return its folder.
@@ -23,7 +28,8 @@ def resolve_adapter(
     `adapter_id` is a Hub repo (`AdapterHub/bert-base-uncased-pf-imdb`) or, from the archived AdapterHub index,
     `@org/name` or `task/subtask@org` (source "ah"). `version` is the git revision (archive versions are
     branches). Downloads go through `snapshot_download`, with its cache, progress bar, HF_HUB_OFFLINE,
-    HF_ENDPOINT, HF_HOME and token handling.
+    HF_ENDPOINT, HF_HOME and token handling. `progress`, if given, is called (from the download threads) with a
+    `DownloadProgress` as files and bytes arrive (`model.load_adapter(..., progress=...)` passes it on).
     """
     if source not in (None, "hf", "ah"):
         raise AdapterLoadError(f"adapter source {source!r} is not supported; use 'hf', 'ah' or a local folder")
@@ -39,7 +45,11 @@ def resolve_adapter(
 
     try:
         folder = snapshot_download(
-            adapter_id, revision=version, token=kwargs.get("token"), endpoint=os.environ.get("HF_ENDPOINT") or None
+            adapter_id,
+            revision=version,
+            token=kwargs.get("token"),
+            endpoint=os.environ.get("HF_ENDPOINT") or None,
+            tqdm_class=progress_bar_class(progress) if progress else None,
         )
     except LocalEntryNotFoundError as err:
         reason = f"{adapter_id!r} is not in the local cache and the Hub cannot be reached"
@@ -48,6 +58,61 @@ def resolve_adapter(
         _drop_partial_downloads(adapter_id)
         raise AdapterLoadError(f"could not download adapter {adapter_id!r}: {err}") from None
     return Path(folder)
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """How far a download is: files finished of all files, bytes written of the bytes expected so far."""
+
+    files_done: int = 0
+    files_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """0..1, by bytes when their total is known, else by files."""
+        if self.bytes_total:
+            return min(1.0, self.bytes_done / self.bytes_total)
+        return min(1.0, self.files_done / self.files_total) if self.files_total else 0.0
+
+
+def progress_bar_class(callback: Callable[[DownloadProgress], None]):
+    """A `tqdm` class for huggingface_hub's `tqdm_class=` that reports to `callback` instead of printing.
+
+    `snapshot_download` opens one bar counting files and bars counting bytes (summed over its download threads);
+    the class merges them into one `DownloadProgress`.
+    """
+    from tqdm.std import tqdm
+
+    lock, bars = threading.Lock(), []
+
+    class ReportingBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)
+            kwargs.update(file=io.StringIO(), disable=False, mininterval=0)
+            super().__init__(*args, **kwargs)
+            with lock:
+                bars.append(self)
+
+        def update(self, n=1):
+            shown = super().update(n)
+            self._report()
+            return shown
+
+        def refresh(self, *args, **kwargs):
+            super().refresh(*args, **kwargs)
+            self._report()
+
+        def _report(self):
+            with lock:
+                counted = [(b.n, b.total or 0) for b in bars if b.unit != "B"]
+                sized = [(b.n, b.total or 0) for b in bars if b.unit == "B"]
+            files = max(counted, key=lambda c: c[1], default=(0, 0))
+            size = max(sized, key=lambda c: (c[0], c[1]), default=(0, 0))
+            callback(DownloadProgress(int(files[0]), int(files[1]), int(size[0]), int(size[1])))
+
+    return ReportingBar
 
 
 def _drop_partial_downloads(repo_id: str) -> None:
