@@ -5,7 +5,7 @@ import warnings
 import pytest
 from test_hub import MODEL, adapter_files, add_adapterhub_repo  # noqa: F401  (adapter_files is a fixture)
 
-from workbench import AutoAdapterModel, search_adapters
+from workbench import AutoAdapterModel, get_adapter_info, search_adapters
 from workbench.hub import DownloadProgress, list_adapters
 
 
@@ -64,3 +64,14 @@ def test_a_source_left_out_is_named_in_the_notice(fake_hub, adapter_files):  # n
         both = list_adapters(model_name=MODEL)  # this fake Hub has no archived AdapterHub index
     assert [i.adapter_id for i in both] == ["AdapterHub/bert-base-uncased-pf-imdb"]
     assert "showing the other source only" in both.notice
+
+
+def test_adapter_details_list_the_repo_files_with_sizes(fake_hub, adapter_files):  # noqa: F811
+    files, _ = adapter_files
+    add_adapterhub_repo(fake_hub, "AdapterHub/bert-base-uncased-pf-imdb", files)
+    info = get_adapter_info("AdapterHub/bert-base-uncased-pf-imdb")
+    assert info.files == {name: len(data) for name, data in files.items()}
+    assert info.size_bytes == sum(info.files.values())
+    listed = list_adapters(source="hf", model_name=MODEL)
+    assert sorted(listed[0].files) == sorted(files)  # listings name the files (sizes only in the details)
+    assert sorted(list_adapters(source="hf", model_name=MODEL)[0].files) == sorted(files)  # and so does the cache

@@ -97,6 +97,7 @@ def _common(model, **fields) -> AdapterInfo:
         tags=list(model.tags or []),
         size_bytes=sum(sizes) if sizes else None,
         hf_repo=model.id,
+        files={s.rfilename: getattr(s, "size", None) for s in siblings},
         **fields,
     )
 

@@ -26,6 +26,7 @@ class AdapterInfo:
     tags: list[str] = field(default_factory=list)
     size_bytes: int | None = None
     hf_repo: str | None = None  # where the files are downloaded from
+    files: dict[str, int | None] = field(default_factory=dict)  # file name -> size in bytes (None: not listed)
 
     def to_dict(self) -> dict:
         data = asdict(self)
