@@ -3,17 +3,14 @@
 import math
 import random
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
 from test_train import WORDS, fast, make_tokenizer
 from tiny import tiny_adapter_model
 
 from workbench.train import MissingColumnError, train
-from workbench.train.data import CausalLMCollator, Columns, tokenize
-from workbench.train.metrics import span_scores
+from workbench.train.data import CausalLMCollator
 
 
 @pytest.fixture(scope="module")
@@ -137,37 +134,6 @@ def test_missing_column_is_named(tokenizer, tmp_path, task, frame, kwargs, missi
             config=fast(),
             **kwargs,
         )
-
-
-def test_qa_positions_follow_the_answer_and_fall_back_to_cls(tokenizer):
-    frame = pd.DataFrame(
-        {
-            "q": ["w4", "w4", "w4"],
-            "c": ["w10 w11 w12 w13", "w10 w11 w12 w13 w14 w15", "w10 w11"],
-            "a": [
-                {"text": ["w12 w13"], "answer_start": [8]},
-                {"text": ["w15"], "answer_start": [20]},  # cut off by max_length
-                {"text": [], "answer_start": []},  # no answer
-            ],
-        }
-    )
-    encoded = tokenize(
-        DatasetDict(train=Dataset.from_pandas(frame)),
-        tokenizer,
-        Columns(question="q", context="c", answers="a"),
-        "qa",
-        None,
-        max_length=8,
-    )["train"]
-    # [CLS] w4 [SEP] w10 w11 w12 w13 ...: the answer w12 w13 is tokens 5..6
-    assert list(encoded["start_positions"]) == [5, 0, 0] and list(encoded["end_positions"]) == [6, 0, 0]
-    assert "offset_mapping" not in encoded.column_names
-
-
-def test_span_scores():
-    exact, f1 = span_scores([3, 3, 0, 2, 5], [4, 3, 0, 2, 4], [3, 3, 0, 0, 5], [4, 4, 0, 0, 6])
-    assert exact.tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
-    assert np.allclose(f1, [1.0, 2 * 1 / (1 + 2), 1.0, 0.0, 0.0])
 
 
 def test_causal_lm_collator_masks_only_padding(tokenizer):

@@ -29,6 +29,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     lr_scheduler_type: str = field(default="linear", metadata={"help": "a transformers scheduler name"})
     max_length: int = field(default=128, metadata={"help": "tokens per example (longer ones are truncated)"})
+    doc_stride: int = field(default=32, metadata={"help": "qa: tokens shared by consecutive windows of a context"})
+    max_answer_length: int = field(default=30, metadata={"help": "qa: longest predicted answer, in tokens"})
     eval_strategy: str = field(default="epoch", metadata={"help": "'epoch', 'steps' or 'no'"})
     eval_steps: int | None = None
     save_steps: int = field(default=500, metadata={"help": "checkpoint interval when eval_strategy is 'no'"})
@@ -50,6 +52,10 @@ class TrainConfig:
             raise ValueError("TrainConfig.eval_strategy='steps' needs eval_steps")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"TrainConfig.precision={self.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
+        if not 0 <= self.doc_stride < self.max_length:
+            raise ValueError(f"TrainConfig.doc_stride={self.doc_stride}: must be in [0, max_length={self.max_length})")
+        if self.max_answer_length < 1:
+            raise ValueError(f"TrainConfig.max_answer_length={self.max_answer_length}: must be at least 1")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"TrainConfig.validation_fraction={self.validation_fraction}: must be in (0, 1)")
         if self.early_stopping_patience is not None and self.eval_strategy == "no":

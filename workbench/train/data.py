@@ -7,6 +7,7 @@ label names live in the head (and in its saved `head_config.json`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import datasets
 import pandas as pd
 from datasets import Dataset, DatasetDict
 
+from . import qa
 from .errors import DataError, EmptyDatasetError, MissingColumnError, UnknownLabelError
 
 TASKS = ("classification", "multilabel", "tagging", "qa", "causal_lm")
@@ -164,11 +166,14 @@ def _as_list(value, column: str) -> list:
     raise DataError(f"column {column!r} must hold lists of labels, found {type(value).__name__}: {value!r}")
 
 
-def tokenize(splits: DatasetDict, tokenizer, columns: Columns, task: str, labels: LabelMap, max_length: int):
+def tokenize(
+    splits: DatasetDict, tokenizer, columns: Columns, task: str, labels: LabelMap, max_length: int, doc_stride: int = 32
+):
     """Tokenize every split (no padding: batches are padded dynamically) and map labels to head ids.
 
-    "qa" gives start/end token positions of the first answer; "causal_lm" gives input ids only (the collator
-    makes the labels).
+    "qa" gives windows of the context (`doc_stride` tokens of overlap) with the first answer's start/end token
+    positions, and the metadata columns `qa.METADATA` for evaluation; "causal_lm" gives input ids only (the
+    collator makes the labels).
     """
     if task not in TASKS:
         raise ValueError(f"task={task!r}: use one of {', '.join(TASKS)}")
@@ -176,19 +181,25 @@ def tokenize(splits: DatasetDict, tokenizer, columns: Columns, task: str, labels
         "classification": _encode_classification,
         "multilabel": _encode_multilabel,
         "tagging": _encode_tags,
-        "qa": _encode_qa,
         "causal_lm": _encode_causal_lm,
     }
-    fn = encode[task]
+    if task == "qa":
+        batch = functools.partial(
+            qa.encode_windows, tokenizer=tokenizer, columns=columns, max_length=max_length, doc_stride=doc_stride
+        )
+    else:
 
-    def batch(rows):
-        return fn(rows, tokenizer, columns, labels, max_length)
+        def batch(rows, indices):
+            return encode[task](rows, tokenizer, columns, labels, max_length)
 
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # tokenizing is quick; the run's own events report progress
     try:
         return DatasetDict(
-            {name: ds.map(batch, batched=True, remove_columns=ds.column_names) for name, ds in splits.items()}
+            {
+                name: ds.map(batch, batched=True, with_indices=True, remove_columns=ds.column_names)
+                for name, ds in splits.items()
+            }
         )
     finally:
         if bars:
@@ -239,50 +250,6 @@ def _encode_tags(rows, tokenizer, columns, labels, max_length):
         all_tags.append(ids)
     encoded["labels"] = all_tags
     return encoded
-
-
-def _encode_qa(rows, tokenizer, columns, labels, max_length):
-    """Question + context, with the first answer's character span mapped to start/end token positions.
-
-    No striding: a context longer than `max_length` is truncated, and an answer that is cut off (or a row with
-    no answer) points at position 0 (the CLS token).
-    """
-    if not getattr(tokenizer, "is_fast", False):
-        raise DataError("question answering needs a fast tokenizer (it maps characters to tokens)")
-    questions = [str(q).strip() for q in rows[columns.question]]
-    contexts = [str(c) for c in rows[columns.context]]
-    encoded = tokenizer(
-        questions, contexts, truncation="only_second", max_length=max_length, return_offsets_mapping=True
-    )
-    starts, ends = [], []
-    for i, answers in enumerate(rows[columns.answers]):
-        span = _answer_span(answers, columns.answers)
-        start = end = 0
-        if span is not None:
-            char_start, char_end = span
-            offsets = encoded["offset_mapping"][i]
-            sequence = encoded.sequence_ids(i)
-            tokens = [t for t, (a, b) in enumerate(offsets) if sequence[t] == 1 and b > a]  # context tokens
-            inside = [t for t in tokens if offsets[t][0] < char_end and offsets[t][1] > char_start]
-            if inside and offsets[tokens[-1]][1] >= char_end:  # the whole answer survived truncation
-                start, end = inside[0], inside[-1]
-        starts.append(start)
-        ends.append(end)
-    encoded.pop("offset_mapping")
-    encoded["start_positions"] = starts
-    encoded["end_positions"] = ends
-    return encoded
-
-
-def _answer_span(answers, column: str) -> tuple[int, int] | None:
-    """The first answer's (start, end) characters, or None for a row without an answer."""
-    if not isinstance(answers, Mapping) or "text" not in answers or "answer_start" not in answers:
-        raise DataError(f'column {column!r} must hold {{"text": [...], "answer_start": [...]}}, found {answers!r}')
-    texts, starts = list(answers["text"] or []), list(answers["answer_start"] or [])
-    if not texts or not starts:
-        return None
-    start = int(starts[0])
-    return start, start + len(str(texts[0]))
 
 
 def _encode_causal_lm(rows, tokenizer, columns, labels, max_length):

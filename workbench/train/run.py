@@ -16,6 +16,7 @@ from transformers import (
 
 from ..core.composition import Fuse
 from . import data as data_mod
+from . import qa
 from .checkpoints import folder_bytes
 from .config import TrainConfig
 from .errors import CheckpointError, OutputDirError
@@ -60,10 +61,12 @@ def train(
         task: "classification", "multilabel", "tagging" (text column of word lists, label column of tag lists),
             "qa" or "causal_lm".
             "qa" is extractive question answering on SQuAD-layout columns `question_column`, `context_column` and
-            `answers_column` ({"text": [...], "answer_start": [...]}; the first answer is the target). It needs a
-            fast tokenizer. This first version has no striding: a context longer than `config.max_length` is
-            truncated (no overflow windows), and an answer cut off by truncation targets position 0 (CLS). Metrics:
-            exact_match and f1 of the predicted (argmax start, argmax end) token span against the gold token span.
+            `answers_column` ({"text": [...], "answer_start": [...]}; the first answer is the target, an empty list
+            means no answer). It needs a fast tokenizer. A context too long for `config.max_length` is split into
+            windows overlapping by `config.doc_stride` tokens (the question is never truncated); a window that does
+            not hold the whole answer targets position 0 (CLS). Evaluation takes each example's best span over its
+            windows (at most `config.max_answer_length` tokens, by start + end logit) as text and scores it
+            against all gold answers: SQuAD exact_match and f1 on normalized text (see `workbench.train.qa`).
             "causal_lm" trains next-token prediction on `text_column`; labels are the input ids with padding set to
             -100 (the head shifts them). Metric: perplexity, exp(eval loss); `metric_for_best_model="perplexity"`
             is minimized unless `greater_is_better` says otherwise.
@@ -102,9 +105,14 @@ def train(
         plan, method = prepare_model(model, kind, adapter, adapter_config, head, task)
         label2id = ensure_head(model, plan.head, task, splits, columns)
         set_trainable(model, plan)
-        encoded = data_mod.tokenize(
-            splits, tokenizer, columns, task, data_mod.LabelMap(label2id, label_column), config.max_length
-        )
+        labels = data_mod.LabelMap(label2id, label_column)
+        encoded = data_mod.tokenize(splits, tokenizer, columns, task, labels, config.max_length, config.doc_stride)
+
+    compute_metrics = metrics_for(task, len(label2id))
+    if task == "qa":  # the windows' metadata map predictions back to the examples' text
+        validation = (encoded["validation"], splits["validation"])
+        compute_metrics = qa.SquadMetrics(*validation, columns, config.max_answer_length)
+        encoded = encoded.remove_columns(list(qa.METADATA))
 
     if task == "qa":
         args.label_names = ["start_positions", "end_positions"]
@@ -123,7 +131,7 @@ def train(
         train_dataset=encoded["train"],
         eval_dataset=encoded["validation"],
         data_collator=collator_cls(tokenizer, pad_to_multiple_of=8 if args.bf16 or args.fp16 else None),
-        compute_metrics=metrics_for(task, len(label2id)),
+        compute_metrics=compute_metrics,
         callbacks=[bridge, *extra],
         plan=plan,
         bridge=bridge,
