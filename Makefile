@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lab test quality conformance bench bench-hub clean
+.PHONY: venv lab test chromium quality conformance bench bench-hub clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,8 +22,17 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests --nbval-lax notebooks
+
+# The browser tests drive Debian's Chromium (never a downloaded browser); without it they are skipped, with the reason.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+			>/tmp/workbench-chromium-install.log 2>&1 \
+			|| echo "chromium could not be installed (see /tmp/workbench-chromium-install.log): browser tests will be skipped"; \
+	else echo "no /usr/bin/chromium and not root: browser tests will be skipped (apt-get install chromium)"; fi
 
 quality: $(STAMP)
 	$(BIN)/ruff check workbench tests benchmarks

@@ -1,0 +1,107 @@
+"""The workbench in a real browser: JupyterLab on 127.0.0.1, Debian's Chromium driven by Playwright, demo Hub.
+
+Screenshots go to test-artifacts/ (gitignored). Skipped, with the reason, where Chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import pytest
+from browser_support import (
+    browser_skip_reason,
+    cell_output_text,
+    chromium_page,
+    open_notebook,
+    run_cell,
+    screenshot,
+    start_jupyterlab,
+    write_notebook,
+)
+
+pytestmark = pytest.mark.skipif(browser_skip_reason() is not None, reason=str(browser_skip_reason()))
+
+
+@pytest.fixture(scope="module")
+def demo_hub(tmp_path_factory, request):
+    from demo_hub import start_demo_hub
+
+    cache = request.config.cache.mkdir("workbench-demo-hub") if request.config.cache else None
+    hub = start_demo_hub(cache or tmp_path_factory.mktemp("demo-hub"))
+    yield hub
+    hub.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, demo_hub):
+    """JupyterLab whose kernels use the demo Hub as their Hugging Face Hub."""
+    from demo_hub import kernel_env
+
+    root = tmp_path_factory.mktemp("lab")
+    env = {**kernel_env(demo_hub, root.parent / "hf_home"), "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    with start_jupyterlab(root, env) as server:
+        yield server
+
+
+def test_widgets_render_and_talk_to_the_kernel(lab):
+    """ipywidgets render in JupyterLab (jupyterlab_widgets) and a click in the page runs a kernel handler."""
+    write_notebook(
+        lab.root_dir / "widgets.ipynb",
+        "import ipywidgets as w\n"
+        "button = w.Button(description='Count clicks')\n"
+        "button.add_class('wb-test-button')\n"
+        "label = w.Label('no clicks')\n"
+        "label.add_class('wb-test-label')\n"
+        "clicks = []\n"
+        "def clicked(_):\n"
+        "    clicks.append(1)\n"
+        "    label.value = f'{len(clicks)} click(s)'\n"
+        "button.on_click(clicked)\n"
+        "w.VBox([button, label])",
+    )
+    with chromium_page() as page:
+        open_notebook(page, lab, "widgets.ipynb")
+        run_cell(page, 0)
+        label = page.locator(".wb-test-label")
+        label.wait_for()
+        assert "no clicks" in label.inner_text()
+        page.locator(".wb-test-button").click()
+        page.locator(".wb-test-button").click()
+        page.wait_for_function(
+            "() => document.querySelector('.wb-test-label')?.innerText.includes('2 click(s)')", timeout=30_000
+        )
+        screenshot(page, "browser-widgets")
+
+
+def test_workbench_hub_panel_searches_and_loads_an_adapter(lab):
+    """Workbench() in the page: search the demo Hub, pick a result, Load, and see "Loaded" in the status."""
+    pytest.importorskip("workbench.ui.hub_panel", reason="the Hub panel (workbench/ui/hub_panel.py) is not there yet")
+    write_notebook(lab.root_dir / "workbench.ipynb", "from workbench.ui import Workbench\nWorkbench()")
+    with chromium_page() as page:
+        open_notebook(page, lab, "workbench.ipynb")
+        run_cell(page, 0, timeout=300)
+        assert "Traceback" not in cell_output_text(page, 0)
+        search = page.locator(".wb-hub-search input").first
+        search.wait_for()
+        search.fill("sst-2")
+        page.locator(".wb-hub-search-button").first.click()
+        results = page.locator(".wb-hub-results").first
+        page.wait_for_function(
+            "() => document.querySelector('.wb-hub-results')?.innerText.includes('all-MiniLM-L6-v2-sst-2')",
+            timeout=60_000,
+        )
+        _select_result(results, "all-MiniLM-L6-v2-sst-2_pfeiffer")
+        page.locator(".wb-hub-load").first.click()
+        page.wait_for_function(
+            "() => document.querySelector('.wb-hub-status')?.innerText.includes('Loaded')", timeout=180_000
+        )
+        screenshot(page, "browser-workbench-hub-loaded")
+        assert "Loaded" in page.locator(".wb-hub-status").first.inner_text()
+
+
+def _select_result(results, text: str) -> None:
+    """Pick the result row showing `text`, whether the results are a <select> or clickable rows."""
+    select = results.locator("select")
+    if select.count():
+        option = select.first.locator("option", has_text=text).first
+        select.first.select_option(value=option.get_attribute("value"))
+        return
+    results.get_by_text(text).first.click()
