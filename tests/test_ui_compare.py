@@ -151,3 +151,22 @@ def test_adapter_list_follows_the_session(session):
     session.model.delete_adapter("new")
     session.notify("adapters")
     assert panel.adapters.value == ()
+
+
+def test_compare_waits_for_a_running_speed_measurement(session):
+    import threading
+
+    panel = ComparePanel(session)
+    release = threading.Event()
+    panel.speed_worker = threading.Thread(target=release.wait, name="busy")  # a measurement still running
+    panel.speed_worker.start()
+    try:
+        panel.run_button.click()
+        assert "still running" in panel.error.text and panel.outputs is None
+        panel.speed_button.click()
+        assert "already running" in panel.error.text
+    finally:
+        release.set()
+        wait(panel.speed_worker)
+    panel.run_button.click()
+    assert panel.error.text == "" and panel.outputs is not None

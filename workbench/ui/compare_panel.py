@@ -174,6 +174,8 @@ class ComparePanel(widgets.VBox):
     # --- compare -------------------------------------------------------------------------------------
 
     def _compare_clicked(self, _=None) -> None:
+        if self.measuring:
+            raise RuntimeError("the speed measurement is still running on this model: wait for it to finish")
         model, tokenizer = self._model()
         texts, setups = self._texts(), self._setups()
         full = self._full()
