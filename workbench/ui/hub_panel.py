@@ -1,0 +1,412 @@
+"""`HubPanel`: search the Hub and the AdapterHub archive, read an adapter's card, load it, try it on text."""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+
+import ipywidgets as widgets
+
+from .common import ErrorBox, Throttle, guarded, html_table, human_bytes, start_worker
+from .model_panel import base_model_source, load_base_model, model_label
+from .session import Session, default_session
+
+SORTS = (
+    ("id", "adapter_id"),
+    ("model", "model_name"),
+    ("task", "task"),
+    ("method", "method"),
+    ("downloads", "downloads"),
+    ("likes", "likes"),
+    ("size", "size_bytes"),
+)
+NUMERIC_SORTS = ("downloads", "likes", "size_bytes")
+COLUMNS = ("adapter_id", "model_name", "task", "method", "library", "source", "downloads", "likes", "size")
+PAGE_SIZE = 25
+
+
+def load_code(info, base: str | None = None) -> str:
+    """The Python that loads this adapter, for the card's copyable snippet."""
+    base = base or info.model_name or "bert-base-uncased"
+    source = "ah" if info.source == "ah" else "hf"
+    return (
+        "from workbench import AutoAdapterModel\n\n"
+        f"model = AutoAdapterModel.from_pretrained({base!r})\n"
+        f"adapter_name = model.load_adapter({info.adapter_id!r}, source={source!r}, set_active=True)\n"
+    )
+
+
+class HubPanel(widgets.VBox):
+    """Search, sort and filter adapters; the selected adapter's card; Load (with progress) and "Try it".
+
+    After a load, `panel.loaded_name` is the adapter's name on `panel.session.model`.
+    """
+
+    def __init__(self, session: Session | None = None, model=None, tokenizer=None):
+        self.session = session or default_session()
+        if model is not None:
+            self.session.set_model(model, tokenizer, getattr(model.config, "name_or_path", None) or None)
+        self.error = ErrorBox()
+        self.results = None  # the last `SearchResults`
+        self.selected = None  # the `AdapterInfo` shown in the card
+        self.loaded_name: str | None = None
+        self.prediction = None  # the last "Try it" `Prediction`
+        self.workers: list[threading.Thread] = []
+        self._build()
+        super().__init__(self._layout())
+        self.add_class("wb-hub")
+
+    # --- widgets -------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.search_text = widgets.Text(placeholder="search adapters, e.g. sst-2 or sentiment")
+        self.search_button = widgets.Button(description="Search", icon="search", button_style="primary")
+        self.search_text.add_class("wb-hub-search")
+        self.search_button.add_class("wb-hub-search-button")
+        self.search_button.on_click(guarded(self.error, "search")(lambda _: self.search()))
+
+        narrow = widgets.Layout(width="15em")
+        self.source = widgets.Dropdown(
+            options=[("both", None), ("Hugging Face Hub", "hf"), ("AdapterHub archive", "ah")],
+            description="Source",
+            layout=narrow,
+        )
+        self.library = widgets.Dropdown(options=["all", "adapters", "peft"], value="all", description="Library")
+        self.library.layout = narrow
+        self.model_filter = widgets.Text(placeholder="base model id", description="Model", layout=narrow)
+        self.task_filter = widgets.Text(placeholder="e.g. sentiment", description="Task", layout=narrow)
+        self.method_filter = widgets.Text(placeholder="e.g. lora", description="Method", layout=narrow)
+        self.sort = widgets.Dropdown(options=SORTS, value="downloads", description="Sort by", layout=narrow)
+        self.descending = widgets.Dropdown(
+            options=[("descending", True), ("ascending", False)], value=True, layout=widgets.Layout(width="9em")
+        )
+        for name, widget in (
+            ("source", self.source),
+            ("library", self.library),
+            ("model", self.model_filter),
+            ("task", self.task_filter),
+            ("method", self.method_filter),
+            ("sort", self.sort),
+            ("direction", self.descending),
+        ):
+            widget.add_class(f"wb-hub-{name}")
+        self.sort.observe(guarded(self.error, "sorting")(self._sort_changed), "value")
+        self.descending.observe(guarded(self.error, "sorting")(self._resort), "value")
+
+        self.offline = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.offline.add_class("wb-hub-offline")
+        self.count = widgets.HTML()
+        self.count.add_class("wb-hub-count")
+        self.table = widgets.HTML()
+        self.table.add_class("wb-hub-table")
+        self.result_list = widgets.Select(options=[], rows=8, layout=widgets.Layout(width="100%"))
+        self.result_list.add_class("wb-hub-results")
+        self.result_list.observe(self._result_selected, "value")
+        self.prev_button = widgets.Button(description="Previous", icon="chevron-left", disabled=True)
+        self.next_button = widgets.Button(description="Next", icon="chevron-right", disabled=True)
+        self.prev_button.on_click(guarded(self.error, "search")(lambda _: self.search(page=self._page() - 1)))
+        self.next_button.on_click(guarded(self.error, "search")(lambda _: self.search(page=self._page() + 1)))
+
+        self.card = widgets.HTML()
+        self.code = widgets.Textarea(layout=widgets.Layout(width="100%", height="6em"))
+        self.code.add_class("wb-hub-code")
+        self.load_button = widgets.Button(description="Load", icon="download", button_style="success", disabled=True)
+        self.load_button.add_class("wb-hub-load")
+        self.load_button.on_click(guarded(self.error, "loading the adapter")(lambda _: self.load()))
+        self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="Download")
+        self.progress.add_class("wb-hub-progress")
+        self.status = widgets.HTML()
+        self.status.add_class("wb-hub-status")
+        self.try_text = widgets.Text(placeholder="type a sentence to try the loaded adapter on")
+        self.try_text.layout = widgets.Layout(width="30em")
+        self.try_button = widgets.Button(description="Try it", icon="play", disabled=True)
+        self.try_output = widgets.HTML()
+        self.try_text.add_class("wb-hub-try-text")
+        self.try_button.add_class("wb-hub-try-button")
+        self.try_output.add_class("wb-hub-try-output")
+        self.try_button.on_click(guarded(self.error, "trying the adapter")(lambda _: self.try_it(self.try_text.value)))
+        self.details = widgets.VBox(
+            [
+                self.card,
+                widgets.HTML("<b>Load it from code</b>"),
+                self.code,
+                widgets.HBox([self.load_button, self.progress]),
+                self.status,
+                widgets.HTML("<b>Try it</b>"),
+                widgets.HBox([self.try_text, self.try_button]),
+                self.try_output,
+            ],
+            layout=widgets.Layout(border="1px solid #ddd", padding="6px"),
+        )
+        self.details.add_class("wb-hub-details")
+
+    def _layout(self) -> list:
+        return [
+            widgets.HBox([self.search_text, self.search_button]),
+            widgets.HBox([self.source, self.library, self.model_filter]),
+            widgets.HBox([self.task_filter, self.method_filter, self.sort, self.descending]),
+            self.offline,
+            self.error,
+            self.count,
+            self.table,
+            self.result_list,
+            widgets.HBox([self.prev_button, self.next_button]),
+            self.details,
+        ]
+
+    # --- searching -----------------------------------------------------------------------------------
+
+    def search(self, page: int = 1) -> threading.Thread:
+        """Search with the current text, filters and sort, in a worker thread; fills the table and the list."""
+        query = {
+            "text": self.search_text.value.strip() or None,
+            "model_name": self.model_filter.value.strip() or None,
+            "task": self.task_filter.value.strip() or None,
+            "method": self.method_filter.value.strip() or None,
+            "library": self.library.value,
+            "source": self.source.value,
+            "sort": self.sort.value,
+            "descending": self.descending.value,
+            "page": max(1, page),
+            "page_size": PAGE_SIZE,
+        }
+        self.search_button.disabled = True
+        self.count.value = "<i>Searching ...</i>"
+
+        def work():
+            import warnings
+
+            from workbench import search_adapters
+
+            try:
+                with warnings.catch_warnings():  # the notice says it in the panel instead
+                    warnings.simplefilter("ignore")
+                    results = search_adapters(**query)
+                self._show_results(results)
+            except Exception as err:
+                self.count.value = ""
+                self.error.show(err, "search")
+            finally:
+                self.search_button.disabled = False
+
+        return self._start(work, "workbench-hub-search")
+
+    def _show_results(self, results) -> None:
+        self.results = results
+        notice = results.notice
+        self.offline.value = (
+            f'<div style="background:#fff4ce;padding:4px 8px;border-left:4px solid #f0ad00">'
+            f"<b>Offline / cached results</b>: {html.escape(notice)}</div>"
+            if notice
+            else ""
+        )
+        self.offline.layout.display = "block" if notice else "none"
+        cached = " (from the listing cache)" if results.from_cache and not notice else ""
+        first = (results.page - 1) * results.page_size
+        shown = f"{first + 1}-{first + len(results)}" if len(results) else "0"
+        self.count.value = f"{shown} of {results.total} adapters, page {results.page} of {results.pages}{cached}"
+        self.table.value = html_table([_row(info) for info in results.items], list(COLUMNS))
+        self.result_list.options = [(_option(info), i) for i, info in enumerate(results.items)]
+        self.result_list.value = None
+        self.prev_button.disabled = results.page <= 1
+        self.next_button.disabled = results.page >= results.pages
+
+    def _page(self) -> int:
+        return self.results.page if self.results is not None else 1
+
+    def _sort_changed(self, change) -> None:
+        wanted = change["new"] in NUMERIC_SORTS  # numbers largest first, names A to Z (the engine's defaults)
+        if self.descending.value != wanted:
+            self.descending.value = wanted  # its observer searches again
+        else:
+            self._resort()
+
+    def _resort(self, _change=None) -> None:
+        if self.results is not None:
+            self.search(page=1)
+
+    # --- the card ------------------------------------------------------------------------------------
+
+    def _result_selected(self, change) -> None:
+        if change["new"] is None or self.results is None:
+            return
+        self.select(self.results.items[change["new"]])
+
+    def select(self, info) -> threading.Thread | None:
+        """Show `info`'s card now, then its full details (config, files with sizes) from the Hub."""
+        self.selected = info
+        self._show_card(info)
+        self.load_button.disabled = False
+        self.progress.value = 0.0
+
+        def work():
+            from workbench import get_adapter_info
+
+            try:
+                full = get_adapter_info(info.adapter_id, source=info.source)
+            except Exception as err:  # the listing's card stays; say what is missing
+                self.card.value += f"<p><i>Full details unavailable: {html.escape(str(err))}</i></p>"
+                return
+            if self.selected is info:
+                for field in ("adapter_config", "files", "size_bytes", "tags", "method", "model_name"):
+                    if getattr(full, field):  # the details know more (file sizes, the config)
+                        setattr(info, field, getattr(full, field))
+                self._show_card(info)
+
+        return self._start(work, "workbench-hub-details")
+
+    def _show_card(self, info) -> None:
+        facts = {
+            "id": info.adapter_id,
+            "base model": info.model_name or "?",
+            "task": "/".join(p for p in (info.task, info.subtask) if p) or "?",
+            "method": info.method or "?",
+            "library": info.library,
+            "source": {"ah": "AdapterHub archive", "hf": "Hugging Face Hub"}.get(info.source, info.source),
+            "downloads": info.downloads if info.downloads is not None else "?",
+            "likes": info.likes if info.likes is not None else "?",
+            "size": human_bytes(info.size_bytes) if info.size_bytes else "?",
+        }
+        if info.hf_repo and info.hf_repo != info.adapter_id:
+            facts["files from"] = info.hf_repo
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
+        tags = " ".join(f"<code>{html.escape(t)}</code>" for t in info.tags) or "<i>none</i>"
+        files = (
+            html_table([{"file": n, "size": human_bytes(s) if s else "?"} for n, s in sorted(info.files.items())])
+            if info.files
+            else "<i>not listed</i>"
+        )
+        config = json.dumps(info.adapter_config, indent=1) if info.adapter_config else "not listed"
+        self.card.value = (
+            f"<h4>{html.escape(info.adapter_id)}</h4><table>{rows}</table>"
+            f"<p><b>Tags</b>: {tags}</p><details><summary><b>Files</b></summary>{files}</details>"
+            f"<details><summary><b>Config</b></summary><pre>{html.escape(config)}</pre></details>"
+        )
+        self.code.value = load_code(info, self.session.source if self.session.model is not None else None)
+
+    # --- loading -------------------------------------------------------------------------------------
+
+    def load(self) -> threading.Thread:
+        """Download the selected adapter and load it onto the session's model (loading a base model first when the
+        session has none: the installed MiniLM for MiniLM adapters, else the adapter's base model from the Hub)."""
+        info = self.selected
+        if info is None:
+            raise ValueError("select an adapter in the results first")
+        self.load_button.disabled = True
+        self.try_button.disabled = True
+        self.progress.value = 0.0
+        self.progress.bar_style = ""
+        latest = {}
+        throttle = Throttle(lambda: self._show_progress(latest.get("progress")), interval=0.3)
+
+        def report(progress) -> None:
+            latest["progress"] = progress
+            throttle()
+
+        def work():
+            try:
+                if self.session.model is None:
+                    source = base_model_source(info.model_name)
+                    self.status.value = f"No model in the session: loading its base model {html.escape(source)} ..."
+                    model, tokenizer = load_base_model(source)
+                    self.session.set_model(model, tokenizer, source)
+                target = model_label(self.session)
+                self.status.value = f"Downloading {html.escape(info.adapter_id)} ..."
+                name = self.session.model.load_adapter(
+                    info.adapter_id, source=info.source, progress=report, set_active=True
+                )
+                throttle.flush()
+                self.progress.value, self.progress.bar_style = 1.0, "success"
+                self.loaded_name = name
+                self.session.notify("adapters")
+                self.status.value = f"Loaded adapter {html.escape(repr(name))} onto {html.escape(target)} (now active)."
+                self.try_button.disabled = False
+            except Exception as err:
+                self.progress.bar_style = "danger"
+                self.status.value = "Loading failed."
+                self.error.show(err, f"loading {info.adapter_id}")
+            finally:
+                self.load_button.disabled = False
+
+        return self._start(work, "workbench-hub-load")
+
+    def _show_progress(self, progress) -> None:
+        if progress is not None:
+            self.progress.value = progress.fraction
+            if progress.bytes_total:
+                done, total = human_bytes(progress.bytes_done), human_bytes(progress.bytes_total)
+                self.progress.description = f"{done} / {total}"
+
+    # --- trying --------------------------------------------------------------------------------------
+
+    def try_it(self, text: str):
+        """Run the loaded adapter (with its head) on `text`; show the labels with scores and the head's labels."""
+        from workbench.analysis import predict
+
+        if not self.loaded_name or self.session.model is None:
+            raise ValueError("load an adapter first")
+        if self.session.tokenizer is None:
+            raise ValueError("the session's model has no tokenizer: load the base model in the Model panel")
+        if not text.strip():
+            raise ValueError("type a text to try the adapter on")
+        model, name = self.session.model, self.loaded_name
+        prediction = predict(model, self.session.tokenizer, [text], setup=name)[0]
+        self.prediction = prediction
+        self.try_output.value = _prediction_html(prediction, _label_mapping(model, name))
+        return prediction
+
+    def _start(self, work, name: str) -> threading.Thread:
+        thread = start_worker(work, name)
+        self.workers = [t for t in self.workers if t.is_alive()] + [thread]
+        return thread
+
+    def summary_html(self) -> str:
+        """A static summary: the last search and the loaded adapter (for a saved notebook)."""
+        parts = []
+        if self.results is not None:
+            parts.append(f"<p>{self.count.value}</p>")
+            parts.append(html_table([_row(i) for i in self.results.items], list(COLUMNS)))
+        if self.loaded_name:
+            parts.append(f"<p>{self.status.value}</p>")
+        if self.prediction is not None:
+            parts.append(self.try_output.value)
+        return "".join(parts) or "<p><i>no search yet</i></p>"
+
+
+def _row(info) -> dict:
+    return {
+        "adapter_id": info.adapter_id,
+        "model_name": info.model_name or "",
+        "task": "/".join(p for p in (info.task, info.subtask) if p),
+        "method": info.method or "",
+        "library": info.library,
+        "source": info.source,
+        "downloads": "" if info.downloads is None else info.downloads,
+        "likes": "" if info.likes is None else info.likes,
+        "size": human_bytes(info.size_bytes) if info.size_bytes else "",
+    }
+
+
+def _option(info) -> str:
+    task = "/".join(p for p in (info.task, info.subtask) if p) or "?"
+    downloads = f"{info.downloads} downloads" if info.downloads is not None else info.source
+    return f"{info.adapter_id}  [{task}, {info.method or '?'}, {downloads}]"
+
+
+def _label_mapping(model, name: str) -> dict:
+    heads = getattr(model, "heads", {})
+    head = heads[name] if name in heads else None
+    return dict(head.id2label or {}) if head is not None else {}
+
+
+def _prediction_html(prediction, mapping: dict) -> str:
+    parts = [f"<p><b>{html.escape(prediction.summary)}</b></p>"]
+    if prediction.scores:
+        rows = [{"label": label, "score": f"{score:.3f}"} for label, score in prediction.scores.items()]
+        parts.append(html_table(sorted(rows, key=lambda r: r["score"], reverse=True), ["label", "score"]))
+    if mapping:
+        parts.append("<p>Head's label mapping (id2label): " + html.escape(json.dumps(mapping)) + "</p>")
+    else:
+        parts.append("<p><i>This adapter has no prediction head with labels.</i></p>")
+    return "".join(parts)

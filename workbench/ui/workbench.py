@@ -1,0 +1,114 @@
+"""`Workbench()`: the Hub, Model, Compare, Train and Fusion panels in tabs, sharing one `Session`."""
+
+from __future__ import annotations
+
+import html
+import importlib
+
+import ipywidgets as widgets
+
+from .common import ErrorBox
+from .session import Session, default_session
+
+# tab title, module in workbench.ui, panel class
+TABS = (
+    ("Hub", "hub_panel", "HubPanel"),
+    ("Model", "model_panel", "ModelPanel"),
+    ("Compare", "compare_panel", "ComparePanel"),
+    ("Train", "train_panel", "TrainPanel"),
+    ("Fusion", "fusion_panel", "FusionPanel"),
+)
+
+
+class Workbench(widgets.VBox):
+    """A title bar and a `Tab` of the panels. A tab's panel is built the first time the tab is shown, so opening
+    the workbench is quick; `workbench.panel("Train")` builds and returns one from code.
+
+    `Workbench(model=m, tokenizer=t)` puts `m` into the session; without a session it uses the kernel's
+    `default_session()`, so re-running the cell finds the same model and the run in progress.
+    """
+
+    def __init__(self, session: Session | None = None, model=None, tokenizer=None, tab: str = "Hub"):
+        self.session = session or default_session()
+        if model is not None:
+            self.session.set_model(model, tokenizer, getattr(model.config, "name_or_path", None) or None)
+        self.error = ErrorBox()
+        self.panels: dict[str, widgets.Widget] = {}
+        self.title = widgets.HTML()
+        self.title.add_class("wb-title")
+        self.tabs = widgets.Tab(children=[widgets.VBox() for _ in TABS])
+        self.tabs.titles = [title for title, _, _ in TABS]
+        self.tabs.add_class("wb-tabs")
+        self.tabs.observe(self._tab_selected, "selected_index")
+        super().__init__([self.title, self.error, self.tabs])
+        self.add_class("wb-workbench")
+        self.session.on_change(lambda _what: self._update_title())
+        self._update_title()
+        self.show(tab)
+
+    def show(self, title: str) -> widgets.Widget:
+        """Switch to the tab `title` (building its panel if needed) and return its panel."""
+        index = self._index(title)
+        panel = self.panel(title)
+        self.tabs.selected_index = index
+        return panel
+
+    def panel(self, title: str) -> widgets.Widget:
+        """The panel of tab `title`, built on first use (a placeholder that says why, if it cannot be built)."""
+        index = self._index(title)
+        if title not in self.panels:
+            self.panels[title] = self._build(index)
+            self.tabs.children[index].children = [self.panels[title]]
+        return self.panels[title]
+
+    def _build(self, index: int) -> widgets.Widget:
+        title, module_name, class_name = TABS[index]
+        try:
+            module = importlib.import_module(f"{__package__}.{module_name}")
+            panel_class = getattr(module, class_name)
+        except (ImportError, AttributeError) as err:
+            return _unavailable(title, f"{class_name} is not available in this version ({err})")
+        try:
+            return panel_class(self.session)
+        except Exception as err:  # one readable message, details on demand
+            box = ErrorBox()
+            box.show(err, f"opening the {title} panel")
+            return box
+
+    def _tab_selected(self, change) -> None:
+        index = change["new"]
+        if index is not None:
+            self.panel(TABS[index][0])
+
+    def _index(self, title: str) -> int:
+        titles = [t for t, _, _ in TABS]
+        if title not in titles:
+            raise ValueError(f"no tab {title!r}; tabs: {', '.join(titles)}")
+        return titles.index(title)
+
+    def _update_title(self) -> None:
+        from .model_panel import model_label
+
+        model = html.escape(model_label(self.session))
+        adapters = list(getattr(self.session.model, "adapters", {}) or {}) if self.session.model is not None else []
+        run = self.session.active_run
+        running = f" &middot; {run.kind} run in progress" if run is not None and run.running else ""
+        self.title.value = (
+            f'<div style="font-size:1.2em"><b>Adapter Workbench</b></div>'
+            f'<div style="color:#555">Model: {model} &middot; adapters: {len(adapters)}'
+            f" &middot; runs: {len(self.session.runs)}{running}</div>"
+        )
+
+    def summary_html(self) -> str:
+        """The static summaries of the panels built so far, one section each."""
+        parts = [self.title.value]
+        for title, panel in self.panels.items():
+            if hasattr(panel, "summary_html"):
+                parts.append(f"<h4>{html.escape(title)}</h4>{panel.summary_html()}")
+        return "".join(parts)
+
+
+def _unavailable(title: str, reason: str) -> widgets.HTML:
+    placeholder = widgets.HTML(f"<p><i>The {html.escape(title)} panel is not available: {html.escape(reason)}</i></p>")
+    placeholder.add_class("wb-unavailable")
+    return placeholder
