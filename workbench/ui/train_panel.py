@@ -69,6 +69,7 @@ class DataPicker(widgets.VBox):
     def __init__(self, error: ErrorBox, data=None, prefix: str = "wb-train"):
         self.error = error
         self.data = None  # what train() gets: the DataFrame, path or id
+        self.head = None  # the first rows of the train split, a DataFrame
         self.columns: list[str] = []
         self.listeners: list[Callable[[list[str]], None]] = []
         self.source = widgets.Text(placeholder="CSV / TSV / JSON(L) path or dataset id", description="data")
@@ -106,7 +107,7 @@ class DataPicker(widgets.VBox):
     def _load(self, source) -> None:
         train_split = load_splits(source)["train"]
         head = train_split.select(range(min(PREVIEW_ROWS, len(train_split)))).to_pandas()
-        self.data, self.columns = source, list(train_split.column_names)
+        self.data, self.head, self.columns = source, head, list(train_split.column_names)
         self.status.value = f"{len(train_split)} training rows, columns: {html.escape(', '.join(self.columns))}"
         self.preview.value = html_table(head.astype(str).to_dict("records"), self.columns)
         for listener in self.listeners:
@@ -185,7 +186,6 @@ class HyperParams(widgets.VBox):
             max_length=self._number("max length", int),
             eval_strategy="steps" if eval_steps else "epoch",
             eval_steps=eval_steps,
-            logging_steps=1,
         )
 
     def _number(self, name: str, kind: type, optional: bool = False):
@@ -299,10 +299,10 @@ class RunView(widgets.VBox):
         self.follower = start_worker(lambda: self._follow(run), "wb-train-follow")
 
     def _follow(self, run: ActiveRun) -> None:
-        seen = 0
+        seen, behind = 0, False
         while True:
             finished = run.record is not None or run.error is not None or not run.running
-            events = run.events[seen:]
+            events = run.events[seen:]  # the worker only appends: a slice is a consistent snapshot
             seen += len(events)
             for event in events:
                 self.curves.add(event)
@@ -310,6 +310,11 @@ class RunView(widgets.VBox):
                     self._last_step = event
             if events:
                 self._progress()
+                behind = True
+            elif behind:  # the run is quiet (a slow step, an evaluation): show what the throttle held back
+                self.curves.flush()
+                self._progress.flush()
+                behind = False
             if finished:
                 break
             time.sleep(0.2)
@@ -536,6 +541,11 @@ class TrainPanel(widgets.VBox):
     @property
     def curves(self) -> LiveCurves:
         return self.view.curves
+
+    @property
+    def records(self):
+        """`compare_runs` of the session's runs, a DataFrame (None before the first run)."""
+        return self.view.records_frame()
 
     def spec(self) -> RunSpec:
         """The run as set in the panel; raises ValueError (shown in the panel) on a bad setting."""
