@@ -10,7 +10,7 @@ from tiny import tiny_adapter_model
 
 from workbench.train import StepEvent
 from workbench.ui.code import as_code
-from workbench.ui.curves import LiveCurves, ema
+from workbench.ui.curves import LiveCurves, ema, thin
 from workbench.ui.session import Session
 from workbench.ui.train_panel import TrainPanel
 
@@ -218,3 +218,6 @@ def test_curves_log_scale_smoothing_and_overlays():
     assert curves.figure().layout.yaxis.type == "log"
     shown = curves.out.outputs[0]["data"]["application/vnd.plotly.v1+json"]
     assert shown["layout"]["yaxis"]["type"] == "log"  # the toggle redraws
+    assert thin(list(range(10)), list(range(10)), limit=20) == (list(range(10)), list(range(10)))
+    xs, ys = thin(list(range(10_001)), list(range(10_001)), limit=1000)
+    assert len(xs) <= 1001 and xs[0] == 0 and xs[-1] == 10_000 and xs == ys

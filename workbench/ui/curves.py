@@ -17,6 +17,7 @@ from workbench.train import EvalEvent, StepEvent
 from .common import Throttle, figure_output, show_figure
 
 SMOOTHING = 0.9  # weight of the past in the exponential moving average of the loss
+MAX_POINTS = 1500  # per line: longer curves are thinned, so a redraw stays small (plotly #1288)
 
 
 def ema(values: list[float], weight: float = SMOOTHING) -> list[float]:
@@ -83,11 +84,12 @@ class LiveCurves(widgets.VBox):
         for name, events in overlays.items():
             old_steps, old_losses = _loss_points(events)
             if old_steps:
-                fig.add_scatter(
-                    x=old_steps, y=ema(old_losses), name=f"{name} (earlier)", mode="lines", line={"dash": "dot"}
-                )
-        fig.add_scatter(x=steps, y=losses, name="loss", mode="lines", line={"color": "rgba(31,119,180,0.35)"})
-        fig.add_scatter(x=steps, y=ema(losses), name="loss (smoothed)", mode="lines", line={"color": "#1f77b4"})
+                x, y = thin(old_steps, ema(old_losses))
+                fig.add_scatter(x=x, y=y, name=f"{name} (earlier)", mode="lines", line={"dash": "dot"})
+        x, y = thin(steps, losses)
+        fig.add_scatter(x=x, y=y, name="loss", mode="lines", line={"color": "rgba(31,119,180,0.35)"})
+        x, y = thin(steps, ema(losses))
+        fig.add_scatter(x=x, y=y, name="loss (smoothed)", mode="lines", line={"color": "#1f77b4"})
         for metric in _metric_names(evals):
             points = [(step, m[metric]) for step, m in evals if metric in m]
             on_loss_axis = metric.endswith("loss") or metric.endswith("perplexity")
@@ -115,6 +117,17 @@ class LiveCurves(widgets.VBox):
     def point_count(self) -> int:
         """How many loss points the current run has (for tests and the progress line)."""
         return len(self.steps)
+
+
+def thin(xs: list, ys: list, limit: int = MAX_POINTS) -> tuple[list, list]:
+    """Every k-th point (and always the last) so that at most about `limit` points remain."""
+    if len(xs) <= limit:
+        return xs, ys
+    stride = -(-len(xs) // limit)
+    keep = list(range(0, len(xs), stride))
+    if keep[-1] != len(xs) - 1:
+        keep.append(len(xs) - 1)
+    return [xs[i] for i in keep], [ys[i] for i in keep]
 
 
 def _loss_points(events: list) -> tuple[list[int], list[float]]:

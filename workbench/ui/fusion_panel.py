@@ -147,7 +147,7 @@ class FusionPanel(widgets.VBox):
         self.summary.update(self.summary_html())
 
     def summary_html(self) -> str:
-        parts = ["<h4>Fusion</h4>", self.view.summary_html()]
+        parts = [self.view.summary_html()]
         if self.attention is not None:
             parts.append("<b>fusion attention</b>" + self.attention.round(3).to_html())
         return "\n".join(parts)

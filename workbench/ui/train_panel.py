@@ -334,7 +334,7 @@ class RunView(widgets.VBox):
             metrics = ", ".join(f"{k.removeprefix('eval_')} {v:.4g}" for k, v in record.final_metrics.items())
             self.line.value = html.escape(
                 f"{record.name}: {record.stop_reason} at step {record.global_step}, {record.wall_time_s:.1f} s"
-                + (f"; {metrics}" if metrics else "")
+                + (f"; eval {metrics}" if metrics else "")
             )
         self.stop.disabled = True
         self.start.disabled = in_progress(self.session.active_run)
@@ -571,7 +571,7 @@ class TrainPanel(widgets.VBox):
         )
 
     def summary_html(self) -> str:
-        return "<h4>Train</h4>" + self.view.summary_html()
+        return self.view.summary_html()
 
     def _ipython_display_(self) -> None:
         display(self._repr_mimebundle_(), raw=True)
