@@ -3,11 +3,19 @@
 Adapter runs save the adapter (AdapterHub format) and its head; fusion runs the fusion layer and the head;
 full fine-tuning saves the whole model with `save_pretrained`. Loading copies the saved tensors into the existing
 parameters, so an optimizer built over them stays valid.
+
+Every folder is written under a temporary name beside its final one and renamed when complete (`staged_folder`),
+so a full disk or an unwritable folder never leaves a half-written checkpoint, and never touches the earlier ones.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import re
+import shutil
+import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +24,23 @@ from safetensors.torch import load_file
 
 from ..core import files
 from ..core.keys import is_engine_key
-from .errors import CheckpointError, NonFiniteLossError
+from .errors import CheckpointError, NonFiniteLossError, OutputDirError, TrainingError
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
 
 PLAN_FILE = "workbench_run.json"
+STAGING_PREFIX = ".partial-"  # not matched by Trainer's "checkpoint-*" globs, so never taken for a checkpoint
+_WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "a file would exceed the file size limit",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+}
 _WEIGHT_FILES = (
     files.ADAPTER_WEIGHTS,
     files.ADAPTER_SAFETENSORS,
@@ -119,3 +141,88 @@ def check_finite(model) -> None:
 
 def folder_bytes(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+@contextmanager
+def staged_folder(folder: str | Path, *, writer: bool = True, barrier=None):
+    """Yield a temporary folder beside `folder`, renamed to `folder` (replacing it) when the block completes.
+
+    If the block fails, the temporary folder is removed and every other folder is left as it was; a failed write
+    (disk full, file too large, unwritable or read-only folder) becomes an `OutputDirError` naming `folder`.
+    With several processes only the `writer` creates, renames and removes; `barrier()`, called by every process,
+    keeps the others from writing before the temporary folder exists or after it has been renamed.
+    """
+    folder = Path(folder)
+    staging = folder.with_name(STAGING_PREFIX + folder.name)
+    try:
+        if writer:
+            shutil.rmtree(staging, ignore_errors=True)  # left behind by a killed run
+            staging.mkdir(parents=True)
+        if barrier is not None:
+            barrier()
+        yield staging
+        if barrier is not None:
+            barrier()
+        if writer:
+            _replace(staging, folder)
+    except BaseException as err:
+        if writer:
+            shutil.rmtree(staging, ignore_errors=True)
+        if _is_write_failure(err):
+            raise _write_error(folder, err) from err
+        raise
+
+
+def _replace(staging: Path, folder: Path) -> None:
+    if not folder.exists():
+        staging.rename(folder)  # atomic within one file system
+        return
+    old = folder.with_name(STAGING_PREFIX + "old-" + folder.name)
+    shutil.rmtree(old, ignore_errors=True)
+    folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    if isinstance(err, TrainingError):
+        return False
+    if isinstance(err, OSError):
+        return True
+    # torch.save reports a failed write as a RuntimeError (its message varies), safetensors as its own error
+    if isinstance(err, RuntimeError) and _raised_in(err, "torch/serialization.py", "save"):
+        return True
+    return type(err).__name__ == "SafetensorError" and "I/O error" in str(err)
+
+
+def _raised_in(err: BaseException, file: str, function: str) -> bool:
+    frames = traceback.extract_tb(err.__traceback__)
+    return any(Path(f.filename).as_posix().endswith(file) and f.name == function for f in frames)
+
+
+def _write_error(folder: Path, err: BaseException) -> OutputDirError:
+    code = getattr(err, "errno", None)
+    if code is None and (match := re.search(r"os error (\d+)", str(err))):
+        code = int(match[1])
+    reason = _WRITE_FAILURES.get(code) or _diagnose(folder.parent)
+    detail = getattr(err, "strerror", None) or str(err)
+    error = OutputDirError(
+        f"cannot write {folder}: {reason + ' ' if reason else ''}({detail}); it was not saved, and the folders "
+        "saved before are kept"
+    )
+    error.errno = code  # (setting filename would change the message)
+    return error
+
+
+def _diagnose(parent: Path) -> str:
+    """Why a write failed that did not say (torch.save's errors carry no errno)."""
+    try:
+        if shutil.disk_usage(parent).free < 1 << 20:
+            return "the disk is full"
+    except OSError:
+        pass
+    if resource is not None:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            return f"a file would exceed the file size limit of {limit} bytes (ulimit -f)"
+    return ""

@@ -17,7 +17,7 @@ from transformers import (
 from ..core.composition import Fuse
 from . import data as data_mod
 from . import qa
-from .checkpoints import folder_bytes
+from .checkpoints import folder_bytes, staged_folder
 from .config import TrainConfig
 from .errors import CheckpointError, OutputDirError
 from .events import EndEvent, EventBridge, RunControl, dispatch
@@ -146,7 +146,8 @@ def train(
     if not evals:
         evals.append({**trainer.evaluate(), "step": trainer.state.global_step})
     final_dir = output / "final"
-    trainer.save_model(str(final_dir))  # written by the main process only
+    with staged_folder(final_dir, writer=args.should_save, barrier=trainer.accelerator.wait_for_everyone) as tmp:
+        trainer.save_model(str(tmp))  # written by the main process only
     trainer.accelerator.wait_for_everyone()
 
     record = RunRecord(

@@ -2,7 +2,8 @@
 
 The training loop, gradient accumulation, mixed precision, resuming, evaluation, best-checkpoint selection and
 early stopping are Trainer's; this subclass changes what goes into a checkpoint folder (see `checkpoints.py`),
-stops on a non-finite loss, and reports each optimizer step's loss to the `EventBridge`.
+writes each checkpoint under a temporary name and renames it when complete (a failed write leaves no partial
+checkpoint), stops on a non-finite loss, and reports each optimizer step's loss to the `EventBridge`.
 
 Under `torchrun` / `accelerate launch` every process runs the same code; only the process Trainer lets save
 (`args.should_save`: the main process, or each node's with `save_on_each_node`) writes checkpoint files.
@@ -12,13 +13,17 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
-from .checkpoints import SavePlan, check_finite
-from .errors import NonFiniteLossError, OutputDirError
+from .checkpoints import SavePlan, check_finite, staged_folder
+from .errors import NonFiniteLossError
+
+TRAINER_STATE_FILE = "trainer_state.json"  # the name Trainer reads back when resuming
 
 
 class WorkbenchTrainer(Trainer):
@@ -71,11 +76,41 @@ class WorkbenchTrainer(Trainer):
         check_finite(self.model)  # never write diverged weights as a checkpoint
         if not self.args.should_save:
             return
-        try:
-            self.plan.save(self.accelerator.unwrap_model(self.model), output_dir)
-            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        except OSError as err:
-            raise OutputDirError(f"cannot write the checkpoint {output_dir}: {err}") from err
+        self.plan.save(self.accelerator.unwrap_model(self.model), output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """What Trainer saves in a checkpoint (weights, optimizer, scheduler, RNG and trainer state), written into
+        a temporary folder that becomes `checkpoint-<step>` once complete; then older checkpoints are rotated."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self.store_flos()
+        if self.state.best_global_step:  # the state saved below names the best checkpoint (maybe this one)
+            best = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+            if best == folder or best.is_dir():
+                self.state.best_model_checkpoint = str(best)
+        with staged_folder(folder, writer=self.args.should_save, barrier=self.accelerator.wait_for_everyone) as tmp:
+            self.save_model(str(tmp), _internal_call=True)
+            if not self.args.save_only_model:
+                self._save_optimizer_and_scheduler(str(tmp))
+                self._save_scaler(str(tmp))
+                self._save_rng_state(str(tmp))
+            if self.args.should_save:
+                self._export_callback_states()
+                self.state.save_to_json(str(tmp / TRAINER_STATE_FILE))
+        if self.args.should_save:
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+
+    def _export_callback_states(self) -> None:
+        """Store the state of stateful callbacks (early stopping's patience) so a resumed run continues it."""
+        for callback in [*self.callback_handler.callbacks, self.control]:
+            if isinstance(callback, ExportableState):
+                name = type(callback).__name__
+                saved = self.state.stateful_callbacks.get(name)
+                if isinstance(saved, list):
+                    saved.append(callback.state())
+                else:
+                    self.state.stateful_callbacks[name] = callback.state()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         self.plan.load(self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
