@@ -154,7 +154,14 @@ def test_load_without_a_model_uses_the_minilm_shows_progress_and_tries_it(hub):
     shown = panel.try_output.value
     assert expected.label in shown and f"{expected.scores['positive']:.3f}" in shown
     assert "id2label" in shown and "positive" in shown
-    assert "Loaded adapter" in panel.summary_html()
+    assert "Loaded adapter" in panel.summary_html() and "positive" in panel.summary_html()
+
+    hub.reset_log()
+    panel.load_button.click()  # again: activates the adapter already there, no second download
+    wait_all(panel)
+    assert panel.error.text == "" and "already on" in panel.status.value and "Loaded adapter" in panel.status.value
+    assert not [r for r in hub.requests if "/resolve/" in r["path"]]
+    assert list(session.model.adapters) == ["sst-2"]
 
 
 def test_failed_download_is_one_message_and_leaves_the_model_alone(hub):

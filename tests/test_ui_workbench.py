@@ -71,6 +71,8 @@ def test_rerunning_the_cell_finds_the_same_session(monkeypatch):
 def test_load_from_the_hub_tab_shows_in_the_model_tab(hub):  # noqa: F811  (the browser test's path, from Python)
     session = Session()
     bench = Workbench(session)
+    summaries = []
+    bench.static.listeners.append(summaries.append)  # what a saved notebook keeps below the widgets
     hub_panel = bench.panels["Hub"]
     search(hub_panel, search_text="sst-2", source="hf")
     hub_panel.result_list.value = 0
@@ -82,3 +84,5 @@ def test_load_from_the_hub_tab_shows_in_the_model_tab(hub):  # noqa: F811  (the 
     assert [value for _, value in model_panel.adapters.options] == ["sst-2"]
     assert "sst-2" in model_panel.active.value and "negative" in model_panel.heads.value
     assert "adapters: 1" in bench.title.value
+    assert "Loaded adapter" in summaries[-1] and "<h4>Hub</h4>" in summaries[-1]
+    assert "<h4>Model</h4>" in bench.summary_html() and "sst-2" in bench.summary_html()

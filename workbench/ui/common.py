@@ -111,10 +111,13 @@ def start_worker(target: Callable[[], None], name: str) -> threading.Thread:
 
 
 class StaticSummary:
-    """An HTML output beside a panel that a saved notebook keeps: updated with the results when a task ends."""
+    """An HTML output beside a panel that a saved notebook keeps: updated with the results when a task ends.
+
+    `listeners` are called after each update (the `Workbench` refreshes its own summary from them)."""
 
     def __init__(self):
         self._handle = None
+        self.listeners: list[Callable[[str], None]] = []
 
     def display(self) -> None:
         self._handle = display(HTML(""), display_id=True)
@@ -122,6 +125,8 @@ class StaticSummary:
     def update(self, markup: str) -> None:
         if self._handle is not None:
             self._handle.update(HTML(markup))
+        for listener in list(self.listeners):
+            listener(markup)
 
 
 def html_table(rows: list[dict], columns: list[str] | None = None) -> str:

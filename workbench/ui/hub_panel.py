@@ -8,7 +8,7 @@ import threading
 
 import ipywidgets as widgets
 
-from .common import ErrorBox, Throttle, guarded, html_table, human_bytes, start_worker
+from .common import ErrorBox, StaticSummary, Throttle, guarded, html_table, human_bytes, start_worker
 from .model_panel import base_model_source, load_base_model, model_label
 from .session import Session, default_session
 
@@ -53,6 +53,8 @@ class HubPanel(widgets.VBox):
         self.loaded_name: str | None = None
         self.prediction = None  # the last "Try it" `Prediction`
         self.workers: list[threading.Thread] = []
+        self.loaded_ids: dict[str, tuple[int, str]] = {}  # adapter id -> (id of the model, adapter name)
+        self.static = StaticSummary()
         self._build()
         super().__init__(self._layout())
         self.add_class("wb-hub")
@@ -211,6 +213,7 @@ class HubPanel(widgets.VBox):
         self.result_list.value = None
         self.prev_button.disabled = results.page <= 1
         self.next_button.disabled = results.page >= results.pages
+        self.static.update(self.summary_html())
 
     def _page(self) -> int:
         return self.results.page if self.results is not None else 1
@@ -308,20 +311,27 @@ class HubPanel(widgets.VBox):
             try:
                 if self.session.model is None:
                     source = base_model_source(info.model_name)
-                    self.status.value = f"No model in the session: loading its base model {html.escape(source)} ..."
+                    self.status.value = f"No model in the session: loading its base model {_text(source)} ..."
                     model, tokenizer = load_base_model(source)
                     self.session.set_model(model, tokenizer, source)
-                target = model_label(self.session)
-                self.status.value = f"Downloading {html.escape(info.adapter_id)} ..."
-                name = self.session.model.load_adapter(
-                    info.adapter_id, source=info.source, progress=report, set_active=True
-                )
-                throttle.flush()
+                model, target = self.session.model, model_label(self.session)
+                earlier = self.loaded_ids.get(info.adapter_id)
+                if earlier and earlier[0] == id(model) and earlier[1] in model.adapters:
+                    name, how = earlier[1], "it was already on"
+                    model.set_active_adapters(name)
+                else:
+                    self.status.value = f"Downloading {_text(info.adapter_id)} ..."
+                    name = model.load_adapter(info.adapter_id, source=info.source, progress=report, set_active=True)
+                    how = "onto"
+                    throttle.flush()
+                self.loaded_ids[info.adapter_id] = (id(model), name)
                 self.progress.value, self.progress.bar_style = 1.0, "success"
                 self.loaded_name = name
                 self.session.notify("adapters")
-                self.status.value = f"Loaded adapter {html.escape(repr(name))} onto {html.escape(target)} (now active)."
+                where = f"{how} {_text(target)}" if how == "onto" else f"({how} {_text(target)})"
+                self.status.value = f"Loaded adapter {_text(repr(name))} {where}, now active."
                 self.try_button.disabled = False
+                self.static.update(self.summary_html())
             except Exception as err:
                 self.progress.bar_style = "danger"
                 self.status.value = "Loading failed."
@@ -354,6 +364,7 @@ class HubPanel(widgets.VBox):
         prediction = predict(model, self.session.tokenizer, [text], setup=name)[0]
         self.prediction = prediction
         self.try_output.value = _prediction_html(prediction, _label_mapping(model, name))
+        self.static.update(self.summary_html())
         return prediction
 
     def _start(self, work, name: str) -> threading.Thread:
@@ -361,9 +372,16 @@ class HubPanel(widgets.VBox):
         self.workers = [t for t in self.workers if t.is_alive()] + [thread]
         return thread
 
+    def _ipython_display_(self) -> None:
+        """Show the panel and, below it, the static summary that a saved notebook keeps."""
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)
+        self.static.display()
+
     def summary_html(self) -> str:
         """A static summary: the last search and the loaded adapter (for a saved notebook)."""
-        parts = []
+        parts = ["<h4>Hub</h4>"]
         if self.results is not None:
             parts.append(f"<p>{self.count.value}</p>")
             parts.append(html_table([_row(i) for i in self.results.items], list(COLUMNS)))
@@ -371,7 +389,12 @@ class HubPanel(widgets.VBox):
             parts.append(f"<p>{self.status.value}</p>")
         if self.prediction is not None:
             parts.append(self.try_output.value)
-        return "".join(parts) or "<p><i>no search yet</i></p>"
+        return "".join(parts) if len(parts) > 1 else "<h4>Hub</h4><p><i>no search yet</i></p>"
+
+
+def _text(value: str) -> str:
+    """Escaped for HTML, quotes kept as they are (status lines read as plain text)."""
+    return html.escape(value, quote=False)
 
 
 def _row(info) -> dict:
@@ -406,7 +429,8 @@ def _prediction_html(prediction, mapping: dict) -> str:
         rows = [{"label": label, "score": f"{score:.3f}"} for label, score in prediction.scores.items()]
         parts.append(html_table(sorted(rows, key=lambda r: r["score"], reverse=True), ["label", "score"]))
     if mapping:
-        parts.append("<p>Head's label mapping (id2label): " + html.escape(json.dumps(mapping)) + "</p>")
+        pairs = ", ".join(f"{i} &rarr; {html.escape(str(label))}" for i, label in sorted(mapping.items()))
+        parts.append(f"<p>Head's label mapping (id2label): {pairs}</p>")
     else:
         parts.append("<p><i>This adapter has no prediction head with labels.</i></p>")
     return "".join(parts)

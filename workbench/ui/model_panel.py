@@ -7,7 +7,7 @@ import threading
 
 import ipywidgets as widgets
 
-from .common import ErrorBox, guarded, html_table, start_worker
+from .common import ErrorBox, StaticSummary, guarded, html_table, start_worker
 from .session import Session, default_session
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the model the offline default MiniLM is a copy of
@@ -59,6 +59,7 @@ class ModelPanel(widgets.VBox):
             self.session.set_model(model, tokenizer, getattr(model.config, "name_or_path", None) or None)
         self.error = ErrorBox()
         self.worker: threading.Thread | None = None
+        self.static = StaticSummary()
         self._build()
         super().__init__(self._layout())
         self.add_class("wb-model")
@@ -220,7 +221,7 @@ class ModelPanel(widgets.VBox):
         if not folder:
             raise ValueError("give a folder to save the adapter to")
         model.save_adapter(folder, name)
-        self.status.value = f"Saved adapter {html.escape(repr(name))} to {html.escape(folder)}"
+        self.status.value = f"Saved adapter {html.escape(repr(name), quote=False)} to {html.escape(folder)}"
         return folder
 
     def _require_model(self):
@@ -255,6 +256,7 @@ class ModelPanel(widgets.VBox):
             self.summary.value = "<p><i>this model has no adapter support (call workbench.init on it)</i></p>"
         if model is not None and not self.status.value:
             self.status.value = f"Model: {html.escape(model_label(self.session))}"
+        self.static.update(self.summary_html())
 
     @staticmethod
     def _heads_html(model) -> str:
@@ -273,14 +275,20 @@ class ModelPanel(widgets.VBox):
         names = list(self.compose_names.value)
         self.compose_text.value = f"{self.compose_kind.value}({', '.join(names)})" if names else ""
 
+    def _ipython_display_(self) -> None:
+        """Show the panel and, below it, the static summary that a saved notebook keeps."""
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)
+        self.static.display()
+
     def summary_html(self) -> str:
         """A static summary of the model and its adapters (for a saved notebook)."""
         model = self.session.model
+        head = f"<h4>Model</h4><p>Model: {html.escape(model_label(self.session))}</p>"
         if model is None or not hasattr(model, "adapter_summary"):
-            return f"<p>Model: {html.escape(model_label(self.session))}</p>"
-        return f"<p>Model: {html.escape(model_label(self.session))}</p>" + _summary_table(
-            model.adapter_summary(as_dict=True)
-        )
+            return head
+        return head + _summary_table(model.adapter_summary(as_dict=True))
 
 
 def _fuse_blocks(block, fuse_type) -> list:

@@ -7,7 +7,7 @@ import importlib
 
 import ipywidgets as widgets
 
-from .common import ErrorBox
+from .common import ErrorBox, StaticSummary
 from .session import Session, default_session
 
 # tab title, module in workbench.ui, panel class
@@ -34,6 +34,7 @@ class Workbench(widgets.VBox):
             self.session.set_model(model, tokenizer, getattr(model.config, "name_or_path", None) or None)
         self.error = ErrorBox()
         self.panels: dict[str, widgets.Widget] = {}
+        self.static = StaticSummary()
         self.title = widgets.HTML()
         self.title.add_class("wb-title")
         self.tabs = widgets.Tab(children=[widgets.VBox() for _ in TABS])
@@ -42,7 +43,7 @@ class Workbench(widgets.VBox):
         self.tabs.observe(self._tab_selected, "selected_index")
         super().__init__([self.title, self.error, self.tabs])
         self.add_class("wb-workbench")
-        self.session.on_change(lambda _what: self._update_title())
+        self.session.on_change(self._session_changed)
         self._update_title()
         self.show(tab)
 
@@ -57,8 +58,11 @@ class Workbench(widgets.VBox):
         """The panel of tab `title`, built on first use (a placeholder that says why, if it cannot be built)."""
         index = self._index(title)
         if title not in self.panels:
-            self.panels[title] = self._build(index)
-            self.tabs.children[index].children = [self.panels[title]]
+            panel = self.panels[title] = self._build(index)
+            self.tabs.children[index].children = [panel]
+            for value in vars(panel).values():  # a panel's finished results refresh the workbench's summary
+                if isinstance(value, StaticSummary):
+                    value.listeners.append(lambda _markup: self.refresh_summary())
         return self.panels[title]
 
     def _build(self, index: int) -> widgets.Widget:
@@ -99,12 +103,30 @@ class Workbench(widgets.VBox):
             f" &middot; runs: {len(self.session.runs)}{running}</div>"
         )
 
+    def _session_changed(self, _what: str) -> None:
+        self._update_title()
+        self.refresh_summary()
+
+    def refresh_summary(self) -> None:
+        """Re-write the static summary below the workbench (what a saved notebook shows without widgets)."""
+        self.static.update(self.summary_html())
+
+    def _ipython_display_(self) -> None:
+        """Show the workbench and, below it, the static summary that a saved notebook keeps."""
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)
+        self.static.display()
+        self.refresh_summary()
+
     def summary_html(self) -> str:
         """The static summaries of the panels built so far, one section each."""
         parts = [self.title.value]
         for title, panel in self.panels.items():
             if hasattr(panel, "summary_html"):
-                parts.append(f"<h4>{html.escape(title)}</h4>{panel.summary_html()}")
+                markup = panel.summary_html()
+                heading = f"<h4>{html.escape(title)}</h4>"
+                parts.append(markup if heading in markup else heading + markup)
         return "".join(parts)
 
 
