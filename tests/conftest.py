@@ -40,6 +40,9 @@ def fake_hub(tmp_path, monkeypatch):
     - `time` in huggingface_hub.utils._http and huggingface_hub.file_download: retry back-off and download-resume
       sleeps return at once; the seconds asked for are appended to `hub.retry_sleeps`.
     - huggingface_hub.utils._http.close_session() before and after: a fresh shared httpx client.
+    - datasets.config (read at import): HF_ENDPOINT, HUB_DATASETS_URL, HF_HUB_OFFLINE=HF_DATASETS_OFFLINE=False,
+      HF_DATASETS_CACHE (= HF_HOME/datasets) with its downloads/extracted folders, HF_MODULES_CACHE, so that
+      `datasets.load_dataset("org/name")` reads dataset repos added with `add_repo(..., repo_type="dataset")`.
     Timeouts are left as they are (constants.HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT, 10 s); patch them to test
     a "timeout" fault. transformers' HF_MODULES_CACHE (remote code only) is not patched.
     """

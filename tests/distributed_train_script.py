@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train import adapter_model, fast, keyword_frame, make_tokenizer, trained_state  # noqa: E402
 
 from workbench.train import train  # noqa: E402
-from workbench.train.checkpoints import SavePlan  # noqa: E402
+from workbench.train.checkpoints import STAGING_PREFIX, SavePlan  # noqa: E402
 
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
@@ -27,7 +27,7 @@ _save = SavePlan.save
 
 
 def logged_save(self, model, folder):
-    saves.append(Path(folder).name)
+    saves.append(Path(folder).name.removeprefix(STAGING_PREFIX))  # written under a temporary name, then renamed
     _save(self, model, folder)
 
 

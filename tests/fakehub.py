@@ -1,7 +1,9 @@
-"""A fake Hugging Face Hub (model repos only) on 127.0.0.1, spoken to by huggingface_hub 2.4.0 unchanged.
+"""A fake Hugging Face Hub (model and dataset repos) on 127.0.0.1, spoken to by huggingface_hub 2.4.0 unchanged.
 
-Serves what the tests give it and nothing else: repos (`add_repo` / `add_folder`, each with extra branches if wanted)
-and the files of the archived AdapterHub index (`add_ah_file`, under `ah_url`). Every file is a plain git file:
+Serves what the tests give it and nothing else: repos (`add_repo` / `add_folder`, each with extra branches if wanted;
+`repo_type="dataset"` for a dataset repo, served under `/api/datasets/...` and `/datasets/...` as `datasets`'s
+`load_dataset("org/name")` asks for it) and the files of the archived AdapterHub index (`add_ah_file`, under
+`ah_url`). Every file is a plain git file:
 `200` with `ETag: "<git blob sha1>"`, `X-Repo-Commit` and `Content-Length`; no LFS redirect and never an Xet header.
 Errors carry `X-Error-Code` (RepoNotFound / RevisionNotFound / EntryNotFound), which is what the client maps to
 its exception types. `fail()` injects faults; `requests` logs every request, in order of arrival.
@@ -59,6 +61,7 @@ class FakeHub:
         self.requests: list[dict] = []
         self.retry_sleeps: list[float] = []  # what huggingface_hub asked to sleep (filled by `use_fake_hub`)
         self._repos: dict[str, dict] = {}
+        self._datasets: dict[str, dict] = {}  # dataset repos, in the same layout as model repos
         self._ah: dict[str, tuple[bytes, str]] = {}
         self._faults: list[dict] = []
         self._lock = threading.Lock()
@@ -87,13 +90,17 @@ class FakeHub:
         author=None,
         revisions: dict[str, dict[str, bytes]] | None = None,
         created_at=None,
+        repo_type: str = "model",
     ) -> str:
-        """Add (or replace) a model repo; `files` is its `main`, `revisions` extra branches. Returns main's sha.
+        """Add (or replace) a model repo (or a dataset repo with `repo_type="dataset"`); `files` is its `main`,
+        `revisions` extra branches. Returns main's sha.
 
         File names are stored verbatim (even `../../evil.txt`: it shows in the tree, but resolving it answers 400).
         The tags served are `tags` plus `library_name` and `pipeline_tag` (as the Hub does)."""
         if repo_id.count("/") != 1 or not all(repo_id.split("/")):
             raise ValueError(f"repo_id must be 'org/name', got {repo_id!r}")
+        if repo_type not in ("model", "dataset"):
+            raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
         created_at = created_at or last_modified
         for date in (last_modified, created_at):
             if not HUB_DATE.fullmatch(date):
@@ -117,7 +124,8 @@ class FakeHub:
             listing = json.dumps([repo_id, name, sorted((p, git_blob_sha(d)) for p, d in blobs.items())])
             revs[name] = {"sha": hashlib.sha1(listing.encode()).hexdigest(), "files": blobs}
         with self._lock:
-            self._repos[repo_id] = {"id": repo_id, "meta": meta, "revs": revs}
+            store = self._datasets if repo_type == "dataset" else self._repos
+            store[repo_id] = {"id": repo_id, "meta": meta, "revs": revs}
         return revs["main"]["sha"]
 
     def add_folder(self, repo_id: str, folder, **meta) -> str:
@@ -255,13 +263,23 @@ class FakeHub:
                     return self._model_info(repo_id, rest[1], query)
                 if rest[0] == "tree" and len(rest) >= 2:
                     return self._tree(repo_id, rest[1], "/".join(rest[2:]), raw_path, raw_query, query)
+        if parts[:2] == ["api", "datasets"] and len(parts) >= 4:
+            repo_id, rest = f"{parts[2]}/{parts[3]}", parts[4:]
+            if not rest or (rest[0] == "revision" and len(rest) == 2):
+                return self._model_info(repo_id, rest[1] if rest else "main", query, self._datasets)
+            if rest[0] == "tree" and len(rest) >= 2:
+                under = "/".join(rest[2:])
+                return self._tree(repo_id, rest[1], under, raw_path, raw_query, query, self._datasets)
+        if len(parts) >= 6 and parts[0] == "datasets" and parts[3] == "resolve":
+            repo_id = f"{parts[1]}/{parts[2]}"
+            return self._resolve(repo_id, parts[4], "/".join(parts[5:]), range_header, self._datasets)
         if len(parts) >= 5 and parts[2] == "resolve":
             return self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]), range_header)
         raise _Reply(404, f"{unquote(raw_path)} is not served by the fake Hub")
 
     # ---- endpoints -----------------------------------------------------------------------------------------------
-    def _revision(self, repo_id: str, rev: str) -> tuple[dict, dict]:
-        repo = self._repos.get(repo_id)
+    def _revision(self, repo_id: str, rev: str, repos: dict | None = None) -> tuple[dict, dict]:
+        repo = (self._repos if repos is None else repos).get(repo_id)
         if repo is None:
             raise _Reply(404, f"Repository {repo_id} not found", "RepoNotFound")
         for name, r in repo["revs"].items():
@@ -291,8 +309,8 @@ class FakeHub:
     def _expanded(item: dict, expand: list[str]) -> dict:
         return {k: v for k, v in item.items() if k in ("_id", "id") or k in expand}
 
-    def _model_info(self, repo_id: str, rev_name: str, query: dict):
-        repo, rev = self._revision(repo_id, rev_name)
+    def _model_info(self, repo_id: str, rev_name: str, query: dict, repos: dict | None = None):
+        repo, rev = self._revision(repo_id, rev_name, repos)
         item = self._full_item(repo, rev)
         if query.get("expand"):
             item = self._expanded(item, query["expand"])
@@ -353,8 +371,8 @@ class FakeHub:
             headers["Link"] = f'<{self.url}{raw_path}?{urlencode(params + [("cursor", token)])}>; rel="next"'
         return 200, headers, json.dumps(items[offset : offset + size]).encode()
 
-    def _tree(self, repo_id: str, rev_name: str, under: str, raw_path: str, raw_query: str, query: dict):
-        _, rev = self._revision(repo_id, rev_name)
+    def _tree(self, repo_id, rev_name, under, raw_path, raw_query, query, repos: dict | None = None):
+        _, rev = self._revision(repo_id, rev_name, repos)
         recursive = query.get("recursive", ["false"])[-1] == "true"
         prefix = under.strip("/") + "/" if under.strip("/") else ""
         dirs = set()
@@ -375,8 +393,8 @@ class FakeHub:
         entries.sort(key=lambda e: (e["type"] != "directory", e["path"]))
         return self._page(entries, raw_path, raw_query, query)
 
-    def _resolve(self, repo_id: str, rev_name: str, path: str, range_header: str | None):
-        _, rev = self._revision(repo_id, rev_name)
+    def _resolve(self, repo_id: str, rev_name: str, path: str, range_header: str | None, repos: dict | None = None):
+        _, rev = self._revision(repo_id, rev_name, repos)
         if path not in rev["files"]:
             raise _Reply(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": rev["sha"]})
         data = rev["files"][path]
@@ -464,4 +482,23 @@ def use_fake_hub(monkeypatch, hub: FakeHub, hf_home) -> None:
     monkeypatch.setattr(_cache_assets, "HF_ASSETS_CACHE", assets)
     for module in (_http, file_download):  # retry back-off (1 s, 2 s, ... 8 s) and download resume (1 s)
         monkeypatch.setattr(module, "time", _RecordingTime(hub.retry_sleeps))
+    _use_for_datasets(monkeypatch, hub, home)
     _http.close_session()  # a fresh httpx client, built under this environment
+
+
+def _use_for_datasets(monkeypatch, hub: FakeHub, home: Path) -> None:
+    """`datasets` read the endpoint, offline mode and its caches at import: point them at `hub` and `home` too."""
+    import datasets.config as dc
+
+    datasets_cache = home / "datasets"
+    for name, value in {
+        "HF_ENDPOINT": hub.url,
+        "HUB_DATASETS_URL": hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}",
+        "HF_HUB_OFFLINE": False,
+        "HF_DATASETS_OFFLINE": False,
+        "HF_DATASETS_CACHE": datasets_cache,
+        "DOWNLOADED_DATASETS_PATH": datasets_cache / "downloads",
+        "EXTRACTED_DATASETS_PATH": datasets_cache / "downloads" / "extracted",
+        "HF_MODULES_CACHE": home / "modules",
+    }.items():
+        monkeypatch.setattr(dc, name, value)

@@ -1,7 +1,8 @@
 """Data for a run: load any source into train/validation splits, check columns, map labels, tokenize.
 
-Sources: a Hugging Face dataset id, a local CSV/TSV/JSON/JSONL file, a pandas DataFrame, a `datasets.Dataset`
-or `DatasetDict`, or a dict of splits of any of these. Labels are mapped through the head's `label2id`, so the
+Sources: a Hugging Face dataset id ("owner/name", through `datasets.load_dataset`), a local CSV/TSV/JSON/JSONL
+file, a local folder (of data files, or saved with `save_to_disk`), a pandas DataFrame, a `datasets.Dataset` or
+`DatasetDict`, or a dict of splits of any of these. Labels are mapped through the head's `label2id`, so the
 label names live in the head (and in its saved `head_config.json`).
 """
 
@@ -75,11 +76,44 @@ def _as_dataset_dict(data) -> DatasetDict:
         return data
     if isinstance(data, Mapping):
         return DatasetDict({str(k): _as_dataset(v) for k, v in data.items()})
+    if isinstance(data, (str, Path)) and Path(data).is_dir():
+        return _load_folder(Path(data))
     if isinstance(data, (str, Path)) and not _looks_local(data):
-        from datasets import load_dataset
-
-        return load_dataset(str(data))
+        return _load_by_id(str(data))
     return DatasetDict(train=_as_dataset(data))
+
+
+def _load_by_id(dataset_id: str) -> DatasetDict:
+    """A dataset of the Hub (or of the local `datasets` cache when offline): every split it has."""
+    try:
+        loaded = datasets.load_dataset(dataset_id)
+    except FileNotFoundError:  # datasets' DatasetNotFoundError: no such repo, or a private one
+        raise DataError(
+            f"no dataset {dataset_id!r}: it is not a local file or folder, and not a dataset the Hub can serve"
+        ) from None
+    except (ConnectionError, ValueError) as err:  # offline without a cached copy; a config name is needed
+        raise DataError(f"cannot load the dataset {dataset_id!r}: {err}") from err
+    return _splits_of(loaded, dataset_id)
+
+
+def _load_folder(folder: Path) -> DatasetDict:
+    """A folder saved by `save_to_disk`, or a folder of data files (split names from the file names)."""
+    try:
+        if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+            loaded = datasets.load_from_disk(str(folder))
+        else:
+            loaded = datasets.load_dataset(str(folder))
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(f"{folder}: cannot load it as a dataset folder ({err})") from None
+    return _splits_of(loaded, str(folder))
+
+
+def _splits_of(loaded, source: str) -> DatasetDict:
+    if isinstance(loaded, Dataset):
+        return DatasetDict(train=loaded)
+    if isinstance(loaded, DatasetDict):
+        return loaded
+    raise DataError(f"{source}: loaded a {type(loaded).__name__}, not a dataset with splits")
 
 
 def _looks_local(source) -> bool:
