@@ -73,8 +73,11 @@ def train(
         head: the head's name (default: the adapter or fusion name, or the task for "full"). A missing head is
             added with the labels found in the data (a QA or causal LM head for those tasks); an existing one keeps
             its labels, which the data must use.
-        data: a dataset id, a CSV/TSV/JSON(L) path, a DataFrame, a Dataset/DatasetDict, or a dict of splits.
-        output_dir: checkpoints go to `checkpoint-<step>/`, the final (best) weights to `final/`.
+        data: a Hub dataset id ("owner/name"), a CSV/TSV/JSON(L) path, a folder (of data files, or saved with
+            `save_to_disk`), a DataFrame, a Dataset/DatasetDict, or a dict of splits.
+        output_dir: checkpoints go to `checkpoint-<step>/`, the final (best) weights to `final/`. Each folder is
+            written as `.partial-<name>/` and renamed when complete; a failed write (disk full, file too large,
+            unwritable) raises `OutputDirError` naming the folder and keeps the checkpoints written before.
         callbacks: `TrainingCallback`s or callables receiving `StepEvent`, `EvalEvent` and `EndEvent`.
         control: a `RunControl` whose `stop()` ends the run after the current optimizer step, with a checkpoint.
         resume_from_checkpoint: a checkpoint folder of an earlier run of the same setup, or True for the last one.
