@@ -53,10 +53,33 @@ def serve(hub, folder, name, repo, task, downloads, likes):
     )
 
 
+def archive(hub, name: str, task: str, subtask: str) -> None:
+    """The archived AdapterHub index, listing `@ukp/<name>` (its files live in the Hub repo AdapterHub/<name>)."""
+    from workbench import AdapterConfig
+
+    entry = {
+        "source": "ah",
+        "adapter_id": f"@ukp/{name}",
+        "model_name": MINILM_HUB_ID,
+        "task": task,
+        "subtask": subtask,
+        "username": "ukp",
+        "adapter_config": AdapterConfig.load("seq_bn").to_dict(),
+        "sha1_checksum": "0" * 40,
+    }
+    path = f"adapters/ukp/{name}.json"
+    hub.add_ah_file(path, {"config_id": "seq_bn", "default_version": "1", "files": {}, "info": entry})
+    hub.add_ah_file("all.json", [entry])
+    hub.add_ah_file(
+        f"index/{MINILM_HUB_ID}.json", {task: {subtask: {"seq_bn": {"versions": {"ukp": path}, "default": path}}}}
+    )
+
+
 @pytest.fixture
 def hub(fake_hub, minilm_adapters):
     serve(fake_hub, minilm_adapters, "sst-2", "AdapterHub/all-MiniLM-L6-v2-pf-sst-2", "sentiment/sst-2", 500, 3)
     serve(fake_hub, minilm_adapters, "nli-lora", "AdapterHub/all-MiniLM-L6-v2-nli-lora", "nli/multinli", 90, 7)
+    archive(fake_hub, "all-MiniLM-L6-v2-pf-sst-2", "sentiment", "sst-2")
     return fake_hub
 
 
@@ -180,3 +203,21 @@ def test_failed_download_is_one_message_and_leaves_the_model_alone(hub):
     assert model.adapters == {} and session.model is model
     panel.try_button.click()  # nothing loaded: a clear message
     assert "load an adapter first" in panel.error.text
+
+
+def test_archive_adapter_loads_onto_a_local_model_and_a_new_model_resets_try_it(hub):
+    session = Session()
+    panel = HubPanel(session)
+    assert search(panel, source="ah") == ["@ukp/all-MiniLM-L6-v2-pf-sst-2"]
+    panel.result_list.value = 0
+    wait_all(panel)
+    assert "AdapterHub archive" in panel.card.value and "source='ah'" in panel.code.value
+    panel.load_button.click()  # the model is the local MiniLM: the archive needs the adapter's model name
+    wait_all(panel)
+    assert panel.error.text == "" and panel.loaded_name == "sst-2"
+    fetched = {r["path"] for r in hub.requests if r["status"] == 200 and "/resolve/" in r["path"]}
+    assert any(path.startswith("/AdapterHub/all-MiniLM-L6-v2-pf-sst-2/resolve/") for path in fetched)
+    assert not panel.try_button.disabled
+    model, tokenizer = load_base_model(minilm_path())
+    session.set_model(model, tokenizer, minilm_path())  # e.g. from the Model panel
+    assert panel.loaded_name is None and panel.try_button.disabled

@@ -58,6 +58,7 @@ class HubPanel(widgets.VBox):
         self._build()
         super().__init__(self._layout())
         self.add_class("wb-hub")
+        self.session.on_change(self._session_changed)
 
     # --- widgets -------------------------------------------------------------------------------------
 
@@ -321,7 +322,13 @@ class HubPanel(widgets.VBox):
                     model.set_active_adapters(name)
                 else:
                     self.status.value = f"Downloading {_text(info.adapter_id)} ..."
-                    name = model.load_adapter(info.adapter_id, source=info.source, progress=report, set_active=True)
+                    name = model.load_adapter(
+                        info.adapter_id,
+                        source=info.source,
+                        model_name=info.model_name,
+                        progress=report,
+                        set_active=True,
+                    )
                     how = "onto"
                     throttle.flush()
                 self.loaded_ids[info.adapter_id] = (id(model), name)
@@ -340,6 +347,14 @@ class HubPanel(widgets.VBox):
                 self.load_button.disabled = False
 
         return self._start(work, "workbench-hub-load")
+
+    def _session_changed(self, what: str) -> None:
+        model = self.session.model
+        if self.loaded_name and self.loaded_name not in getattr(model, "adapters", {}):
+            self.loaded_name = None  # that adapter went with the model it was loaded onto
+            self.try_button.disabled = True
+        if what == "model" and self.selected is not None:
+            self.code.value = load_code(self.selected, self.session.source if model is not None else None)
 
     def _show_progress(self, progress) -> None:
         if progress is not None:
