@@ -5,6 +5,8 @@ Screenshots go to test-artifacts/ (gitignored). Skipped, with the reason, where 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from browser_support import (
     browser_skip_reason,
@@ -76,25 +78,48 @@ def test_workbench_hub_panel_searches_and_loads_an_adapter(lab):
     pytest.importorskip("workbench.ui.hub_panel", reason="the Hub panel (workbench/ui/hub_panel.py) is not there yet")
     write_notebook(lab.root_dir / "workbench.ipynb", "from workbench.ui import Workbench\nWorkbench()")
     with chromium_page() as page:
-        open_notebook(page, lab, "workbench.ipynb")
-        run_cell(page, 0, timeout=300)
-        assert "Traceback" not in cell_output_text(page, 0)
-        search = page.locator(".wb-hub-search input").first
-        search.wait_for()
-        search.fill("sst-2")
-        page.locator(".wb-hub-search-button").first.click()
-        results = page.locator(".wb-hub-results").first
-        page.wait_for_function(
-            "() => document.querySelector('.wb-hub-results')?.innerText.includes('all-MiniLM-L6-v2-sst-2')",
-            timeout=60_000,
-        )
-        _select_result(results, "all-MiniLM-L6-v2-sst-2_pfeiffer")
-        page.locator(".wb-hub-load").first.click()
-        page.wait_for_function(
-            "() => document.querySelector('.wb-hub-status')?.innerText.includes('Loaded')", timeout=180_000
-        )
+        try:
+            _hub_flow(page, lab)
+        except Exception:
+            screenshot(page, "browser-workbench-hub-failure")
+            raise
         screenshot(page, "browser-workbench-hub-loaded")
-        assert "Loaded" in page.locator(".wb-hub-status").first.inner_text()
+
+
+def _hub_flow(page, lab) -> None:
+    open_notebook(page, lab, "workbench.ipynb")
+    run_cell(page, 0, timeout=300)
+    assert "Traceback" not in cell_output_text(page, 0)
+    search = page.locator(".wb-hub-search input").first
+    search.wait_for()
+    search.fill("sst-2")
+    page.locator(".wb-hub-search-button").first.click()
+    page.wait_for_function(
+        "() => document.querySelector('.wb-hub-results')?.innerText.includes('all-MiniLM-L6-v2-sst-2')",
+        timeout=60_000,
+    )
+    _select_result(page.locator(".wb-hub-results").first, "all-MiniLM-L6-v2-sst-2_pfeiffer")
+    page.locator(".wb-hub-load").first.click()
+    status = _wait_for_text(page, ".wb-hub-status", "Loaded", timeout=240)
+    assert "sst-2" in status
+    page.locator(".wb-hub-try-text input").first.fill("What a wonderful film, I loved every minute.")
+    page.locator(".wb-hub-try-button").first.click()
+    verdict = page.locator(".wb-hub-try-output b").first  # the prediction line: "<label> (<scores>)"
+    verdict.wait_for(timeout=60_000)
+    assert verdict.inner_text().startswith("positive")  # the demo sst-2 adapter is trained on reviews like this
+
+
+def _wait_for_text(page, selector: str, text: str, timeout: float) -> str:
+    """Wait until `selector` shows `text`; fail at once, with the message, if the panel shows an error."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = page.locator(selector).first.inner_text()
+        if text in shown:
+            return shown
+        errors = [e for e in page.locator(".wb-hub .wb-error").all_inner_texts() if e.strip()]
+        assert not errors, f"the Hub panel shows an error: {errors}"
+        time.sleep(0.5)
+    raise AssertionError(f"{selector} never showed {text!r}; it shows {page.locator(selector).first.inner_text()!r}")
 
 
 def _select_result(results, text: str) -> None:
