@@ -6,12 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv lab test chromium quality conformance bench bench-hub clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml extension/pyproject.toml extension/package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, from the CPU wheel on this disk: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The JupyterLab extension: hatch-jupyter-builder builds its frontend with the venv's jlpm (hence PATH); no build
+	# isolation, so pip does not install a second JupyterLab just to build it.
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install -q --no-build-isolation -e ./extension
 	touch $(STAMP)
 
 venv: $(STAMP)
