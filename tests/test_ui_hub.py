@@ -212,7 +212,7 @@ def test_archive_adapter_loads_onto_a_local_model_and_a_new_model_resets_try_it(
     panel.result_list.value = 0
     wait_all(panel)
     assert "AdapterHub archive" in panel.card.value and "source='ah'" in panel.code.value
-    panel.load_button.click()  # the model is the local MiniLM: the archive needs the adapter's model name
+    panel.load_button.click()  # an archive id, loaded onto the local MiniLM
     wait_all(panel)
     assert panel.error.text == "" and panel.loaded_name == "sst-2"
     fetched = {r["path"] for r in hub.requests if r["status"] == 200 and "/resolve/" in r["path"]}
