@@ -44,6 +44,12 @@ class TrainConfig:
     seed: int = 42
     precision: str = field(default="auto", metadata={"help": "'auto' (bf16/fp16 on GPU), 'fp32', 'bf16', 'fp16'"})
     dataloader_num_workers: int = 0
+    fast_dropout: bool = field(
+        default=True, metadata={"help": "adapter/fusion runs on CPU: dropout with cheaper random numbers (same p)"}
+    )
+    attention_dropout: bool = field(
+        default=True, metadata={"help": "False: no attention-probability dropout in training (faster; opt-in)"}
+    )
 
     def __post_init__(self) -> None:
         if self.eval_strategy not in ("epoch", "steps", "no"):
@@ -64,15 +70,17 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def training_args(self, output_dir: str | Path) -> TrainingArguments:
+    def training_args(self, output_dir: str | Path) -> WorkbenchTrainingArguments:
         """Trainer's arguments: checkpoints follow evaluations so the best one is kept and restored at the end."""
         gpu = torch.cuda.is_available()
         auto = self.precision == "auto"
         bf16 = gpu and (self.precision == "bf16" or (auto and torch.cuda.is_bf16_supported()))
         fp16 = gpu and (self.precision == "fp16" or (auto and not bf16))
         evaluate = self.eval_strategy != "no"
-        return TrainingArguments(
+        return WorkbenchTrainingArguments(
             output_dir=str(output_dir),
+            fast_dropout=self.fast_dropout,
+            attention_dropout=self.attention_dropout,
             learning_rate=self.learning_rate,
             num_train_epochs=self.num_train_epochs,
             max_steps=self.max_steps,
@@ -102,3 +110,11 @@ class TrainConfig:
             label_names=["labels"],
             dataloader_num_workers=self.dataloader_num_workers,
         )
+
+
+@dataclass
+class WorkbenchTrainingArguments(TrainingArguments):
+    """Trainer's arguments plus the dropout settings that `WorkbenchTrainer.train` applies (see TrainConfig)."""
+
+    fast_dropout: bool = True
+    attention_dropout: bool = True

@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from ..archs import get_module
@@ -24,6 +23,8 @@ from ..composition import Average, BatchSplit, Block, Fuse, Parallel, Split, Sta
 from ..configs import PrefixTuningConfig
 from ..context import EngineState, ForwardContext
 from ..errors import CompositionError, UnsupportedModelError
+from ..fast_dropout import BASE_IMPL
+from ..fast_dropout import attention as sdpa_attention
 from .activations import activation
 
 LOCATION_KEYS = {"distilbert": "self"}  # every other architecture: "self_prefix"
@@ -212,7 +213,7 @@ def _make_attention(base_impl: str):
         if shim is not None:
             key, value, attention_mask = shim.extend(module, query, key, value, attention_mask)
         if base_impl == "sdpa":
-            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+            return sdpa_attention(module, query, key, value, attention_mask, **kwargs)  # sdpa, or fast dropout
         if getattr(module, "reorder_and_upcast_attn", False):  # GPT-2's own eager variant
             return module._upcast_and_reordered_attn(query, key, value, attention_mask)
         eager = sys.modules[type(module).__module__].eager_attention_forward
@@ -287,6 +288,7 @@ class PrefixTuningMethod:
     def _switch_attention(self) -> None:
         base = self.state.base
         impl = base.config._attn_implementation or "eager"
+        impl = BASE_IMPL.get(impl, impl)  # fast_dropout's sdpa stands for sdpa
         if impl not in ("eager", "sdpa"):
             raise UnsupportedModelError(
                 f"prefix tuning needs attn_implementation 'eager' or 'sdpa'; this model uses {impl!r}"
