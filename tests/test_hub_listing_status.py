@@ -54,6 +54,11 @@ def test_listings_say_when_they_come_from_the_cache_or_a_stale_copy(fake_hub, ad
         offline = search_adapters(source="hf", model_name=MODEL, library="adapters")
     assert offline.from_cache and "offline" in offline.notice and "cached listing" in offline.notice
     assert [i.adapter_id for i in offline] == ["AdapterHub/bert-base-uncased-pf-imdb"]
+    monkeypatch.setenv("WORKBENCH_LISTING_TTL", "3600")  # a fresh cached copy: no warning, but still the notice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh_offline = search_adapters(source="hf", model_name=MODEL, library="adapters")
+    assert fresh_offline.from_cache and "offline mode" in fresh_offline.notice
 
 
 def test_a_source_left_out_is_named_in_the_notice(fake_hub, adapter_files):  # noqa: F811

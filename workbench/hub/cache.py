@@ -57,7 +57,10 @@ def cached_listing(key: dict, fetch: Callable[[], list[AdapterInfo]], refresh: b
     path = cache_dir() / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".json")
     stored = _read(path)
     if stored is not None and not refresh and time.time() - stored["time"] < ttl_seconds():
-        return Listing((AdapterInfo.from_dict(item) for item in stored["items"]), from_cache=True)
+        age_min = (time.time() - stored["time"]) / 60
+        notice = f"offline mode (HF_HUB_OFFLINE) is on; the cached listing is from {age_min:.0f} min ago"
+        items = (AdapterInfo.from_dict(item) for item in stored["items"])
+        return Listing(items, from_cache=True, notice=notice if is_offline() else None)
     what = ", ".join(f"{k}={v!r}" for k, v in key.items() if v is not None)
     if is_offline():
         return _fallback(stored, f"offline mode (HF_HUB_OFFLINE) is on; listing {what}")
