@@ -110,7 +110,7 @@ def test_a_new_panel_reattaches_to_the_run_in_progress(tmp_path):
     assert second.view.start.disabled and second.view.following is session.active_run
     wait_until(lambda: second.curves.point_count == 3)  # the past events are drawn
     release.set()
-    wait_until(lambda: finished(second))
+    wait_until(lambda: finished(first) and finished(second))
     assert second.curves.point_count == 6 and second.record is first.record is session.runs[0]
     assert second.curves.planned_steps == 6
 

@@ -46,6 +46,7 @@ METHODS = (
 )
 NONE = "(none)"
 PREVIEW_ROWS = 5
+OVERLAID_RUNS = 3  # earlier runs drawn under the current one
 _ROLES = {  # column dropdown -> (train() argument, the tasks that use it)
     "text": ("text_column", ("classification", "multilabel", "tagging", "causal_lm")),
     "text pair": ("text_pair_column", ("classification", "multilabel")),
@@ -285,7 +286,7 @@ class RunView(widgets.VBox):
 
     # --- following a run ---------------------------------------------------------------------------------
 
-    def attach(self, run: ActiveRun) -> None:
+    def attach(self, run: ActiveRun, title: str | None = None) -> None:
         """Show `run`'s events so far and follow the rest from a worker thread."""
         if self.following is run:
             return
@@ -293,8 +294,8 @@ class RunView(widgets.VBox):
         self.start.disabled, self.stop.disabled = True, False
         self._last_step = None
         self.bar.value, self.bar.max = 0, max(run.planned_steps, 1)
-        earlier = {name: events for name, events in self.session.run_curves.items()}
-        self.curves.reset(run.planned_steps, overlays=earlier, title=_run_title(run, self.spec))
+        earlier = dict(list(self.session.run_curves.items())[-OVERLAID_RUNS:])
+        self.curves.reset(run.planned_steps, overlays=earlier, title=title or _run_title(run, self.spec))
         self.line.value = "starting ..."
         self.follower = start_worker(lambda: self._follow(run), "wb-train-follow")
 
@@ -323,7 +324,8 @@ class RunView(widgets.VBox):
         self._finish(run)
         following = self.session.active_run
         if following is not run and in_progress(following) and following.kind == self.kind:
-            self.attach(following)  # the full fine-tuning baseline comes next
+            name = f": {self.spec.name}" if self.spec is not None else ""
+            self.attach(following, f"full fine-tuning baseline{name}")  # it runs after the adapter
 
     def _finish(self, run: ActiveRun) -> None:
         if run.error is not None:
