@@ -6,7 +6,7 @@ from test_train import make_tokenizer
 from tiny import tiny_adapter_model
 
 import workbench
-from workbench.analysis.fusion_attention import fusion_attention
+from workbench.analysis import fusion_attention
 
 TEXTS = ["w5 w6 w7 w8 w9 w10 w11", "w12 w13"]
 

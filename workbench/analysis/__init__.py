@@ -8,6 +8,7 @@ Plain Python, no UI: the notebook's Compare panel only calls these.
 """
 
 from .costs import costs
+from .fusion_attention import fusion_attention
 from .outputs import HEAD_KINDS, Prediction, head_kind, load_checkpoint, predict
 from .setups import BASE, as_setup, parse_setup_text, setup_label
 from .speed import inference_speed
@@ -18,6 +19,7 @@ __all__ = [
     "Prediction",
     "as_setup",
     "costs",
+    "fusion_attention",
     "head_kind",
     "inference_speed",
     "load_checkpoint",

@@ -15,7 +15,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 from IPython.display import display
 
-from workbench.analysis.fusion_attention import fusion_attention
+from workbench.analysis import fusion_attention
 
 from .code import RunSpec
 from .common import ErrorBox, StaticSummary, figure_output, guarded, show_figure
