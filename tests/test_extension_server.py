@@ -1,0 +1,183 @@
+"""The JupyterLab extension's server routes (/adapter-workbench/search, /info) on a real Jupyter server (pytest-jupyter)
+against the fake Hub: results, load code that really loads, bad queries, and no access without a token."""
+
+import json
+
+import pytest
+import torch
+from tiny import tiny_adapter_model
+from tornado.httpclient import HTTPClientError
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+MODEL = "google-bert/bert-base-uncased"  # the fake Hub serves org/name repos only
+SEQ_BN_REPO = "AdapterHub/bert-base-uncased-pf-imdb"
+ARCHIVE_ID = "@ukp/bert-base-uncased-imdb_pfeiffer"
+
+
+@pytest.fixture
+def jp_server_config():
+    return {"ServerApp": {"jpserver_extensions": {"jupyterlab_adapter_workbench": True}}}
+
+
+@pytest.fixture
+def hub(fake_hub, tmp_path):
+    """The fake Hub with the tiny BERT as `bert-base-uncased`, two AdapterHub repos, a PEFT repo and the archive."""
+    model = tiny_adapter_model("bert")
+    model.add_adapter("imdb", config="seq_bn")
+    model.add_classification_head("imdb", num_labels=2, id2label={0: "neg", 1: "pos"})
+    with torch.no_grad():
+        for _, param in model._adapter_parameters("imdb"):
+            param.add_(torch.randn_like(param))
+    model.save_adapter(tmp_path / "imdb", "imdb")
+    _set_model_name(tmp_path / "imdb" / "adapter_config.json")
+    _set_model_name(tmp_path / "imdb" / "head_config.json")
+    model.base_model.save_pretrained(tmp_path / "base")
+    fake_hub.add_folder(MODEL, tmp_path / "base", tags=["bert"], config={"model_type": "bert"})
+    files = {p.name: p.read_bytes() for p in (tmp_path / "imdb").iterdir()}
+    for repo, task, downloads in (
+        (SEQ_BN_REPO, "sentiment/imdb", 500),
+        ("AdapterHub/bert-base-uncased-pf-qqp", "sts/qqp", 90),
+    ):
+        fake_hub.add_repo(
+            repo,
+            files,
+            tags=["bert", f"adapterhub:{task}"],
+            library_name="adapter-transformers",
+            config={"model_type": "bert", "adapter_transformers": {"model_name": MODEL}},
+            downloads=downloads,
+        )
+    fake_hub.add_repo(
+        "someone/bert-lora-sentiment",
+        {"adapter_config.json": json.dumps({"peft_type": "LORA", "base_model_name_or_path": MODEL}).encode()},
+        tags=["lora", f"base_model:adapter:{MODEL}"],
+        library_name="peft",
+        downloads=20,
+    )
+    entry = {
+        "source": "ah",
+        "adapter_id": ARCHIVE_ID,
+        "model_name": MODEL,
+        "task": "sentiment",
+        "subtask": "imdb",
+        "username": "ukp",
+        "adapter_config": {"reduction_factor": 16, "output_adapter": True},
+        "sha1_checksum": "0" * 40,
+    }
+    fake_hub.add_ah_file("all.json", [entry])
+    fake_hub.add_ah_file(f"adapters/ukp/{ARCHIVE_ID.split('/')[1]}.json", {"files": {}, "info": entry})
+    return fake_hub
+
+
+def _set_model_name(path):
+    data = json.loads(path.read_text())
+    data["model_name"] = MODEL
+    path.write_text(json.dumps(data))
+
+
+async def get_json(jp_fetch, route, **params):
+    response = await jp_fetch("adapter-workbench", route, params=params)
+    assert response.code == 200
+    return json.loads(response.body)
+
+
+async def get_error(jp_fetch, route, status, headers=None, **params):
+    with pytest.raises(HTTPClientError) as caught:
+        await jp_fetch("adapter-workbench", route, params=params, headers=headers)
+    assert caught.value.code == status
+    return json.loads(caught.value.response.body) if caught.value.response.body else {}
+
+
+async def test_search_finds_adapters_with_the_hub_panel_filters(jp_fetch, hub):
+    found = await get_json(jp_fetch, "search", q="imdb", limit="10")
+    ids = [item["adapter_id"] for item in found["items"]]
+    assert set(ids) == {SEQ_BN_REPO, ARCHIVE_ID}
+    assert found["total"] == 2 and found["page"] == 1
+
+    peft = await get_json(jp_fetch, "search", library="peft")
+    assert [item["adapter_id"] for item in peft["items"]] == ["someone/bert-lora-sentiment"]
+
+    archive = await get_json(jp_fetch, "search", source="ah", model=MODEL, task="sentiment")
+    assert [(i["adapter_id"], i["source"], i["subtask"]) for i in archive["items"]] == [(ARCHIVE_ID, "ah", "imdb")]
+
+    by_downloads = await get_json(jp_fetch, "search", source="hf", library="adapters", sort="downloads")
+    assert [i["adapter_id"] for i in by_downloads["items"]] == [SEQ_BN_REPO, "AdapterHub/bert-base-uncased-pf-qqp"]
+    paged = await get_json(jp_fetch, "search", source="hf", library="adapters", limit="1", page="2")
+    assert [i["adapter_id"] for i in paged["items"]] == ["AdapterHub/bert-base-uncased-pf-qqp"]
+    assert paged["pages"] == 2
+
+    assert (await get_json(jp_fetch, "search", q="no-such-adapter"))["items"] == []
+
+
+async def test_info_gives_load_code_that_loads_the_adapter(jp_fetch, hub):
+    info = await get_json(jp_fetch, "info", id=SEQ_BN_REPO)
+    assert info["adapter_id"] == SEQ_BN_REPO and info["model_name"] == MODEL and info["task"] == "sentiment"
+    assert f"model.load_adapter({SEQ_BN_REPO!r}, source='hf')" in info["load_code"]
+
+    namespace = {}
+    exec(info["load_code"], namespace)  # the code the sidebar inserts into a cell, run against the fake Hub
+    model = namespace["model"]
+    assert namespace["name"] == "imdb" and "imdb" in model.adapters and model.active_adapters is not None
+    assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 2)
+
+    archived = await get_json(jp_fetch, "info", id=ARCHIVE_ID, source="ah")
+    assert archived["source"] == "ah" and f"load_adapter({ARCHIVE_ID!r}, source='ah')" in archived["load_code"]
+
+
+async def test_unknown_adapter_is_404(jp_fetch, hub):
+    error = await get_error(jp_fetch, "info", 404, id="nobody/no-such-adapter")
+    assert "not on the Hub" in error["error"]
+
+
+@pytest.mark.parametrize(
+    ("route", "params", "named"),
+    [
+        ("search", {"source": "s3"}, "source"),
+        ("search", {"library": "torch"}, "library"),
+        ("search", {"sort": "size"}, "sort"),
+        ("search", {"limit": "0"}, "limit"),
+        ("search", {"limit": "5000"}, "limit"),
+        ("search", {"page": "-1"}, "page"),
+        ("search", {"page": "1e3"}, "page"),
+        ("search", {"q": "x" * 201}, "q"),
+        ("search", {"q": "a\x00b"}, "q"),
+        ("search", {"model": "../../etc/passwd"}, "model"),
+        ("search", {"model": "org/../secret"}, "model"),
+        ("search", {"model": "http://evil.example/x"}, "model"),
+        ("search", {"task": "sentiment/imdb"}, "task"),
+        ("search", {"method": "lora; rm -rf"}, "method"),
+        ("search", {"url": "http://evil.example"}, "url"),
+        ("info", {}, "id"),
+        ("info", {"id": "../../etc/passwd"}, "id"),
+        ("info", {"id": "/abs/path"}, "id"),
+        ("info", {"id": "no-slash"}, "id"),
+        ("info", {"id": "@ukp/..", "source": "ah"}, "id"),
+        ("info", {"id": SEQ_BN_REPO, "source": "file"}, "source"),
+    ],
+)
+async def test_bad_queries_are_400_naming_the_parameter(jp_fetch, hub, route, params, named):
+    before = len(hub.requests)
+    error = await get_error(jp_fetch, route, 400, **params)
+    assert error["status"] == 400 and named in error["error"]
+    assert len(hub.requests) == before  # refused before anything reached the Hub
+
+
+async def test_repeated_parameter_is_400(http_server_client, jp_base_url, jp_auth_header, hub):
+    with pytest.raises(HTTPClientError) as caught:
+        url = f"{jp_base_url}adapter-workbench/search?source=ah&source=hf"
+        await http_server_client.fetch(url, headers=jp_auth_header)
+    assert caught.value.code == 400 and "given 2 times" in json.loads(caught.value.response.body)["error"]
+
+
+@pytest.mark.parametrize("route", ["search", "info"])
+@pytest.mark.parametrize("authorization", ["", "token wrong-token"])
+async def test_requests_without_a_valid_token_are_refused(jp_fetch, hub, route, authorization):
+    before = len(hub.requests)
+    await get_error(jp_fetch, route, 403, headers={"Authorization": authorization}, id=SEQ_BN_REPO)
+    assert len(hub.requests) == before
+
+
+async def test_hub_down_is_502_with_the_reason(jp_fetch, fake_hub):
+    fake_hub.fail(".*", "status")
+    error = await get_error(jp_fetch, "search", 502, source="hf")
+    assert "no cached listing" in error["error"]
