@@ -31,10 +31,17 @@ PEER_PY = ROOT / ".venv-adapters" / "bin" / "python"
 SST2 = ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
 BASELINE = "ah_seq_bn"
 VARIANTS = {
-    "wb_seq_bn": "workbench, seq_bn", "wb_double_seq_bn": "workbench, double_seq_bn", "wb_lora": "workbench, lora",
-    "wb_prefix_tuning": "workbench, prefix_tuning", "wb_full": "workbench, full fine-tuning",
-    "hf_full": "transformers AutoModelForSequenceClassification, full", "peft_lora": "PEFT lora (r 8, α 8, q+v)",
-    "ah_seq_bn": "adapters 1.3.0, seq_bn", "ah_lora": "adapters 1.3.0, lora",
+    "wb_seq_bn": "workbench, seq_bn",
+    "wb_seq_bn_std": "workbench, seq_bn, torch dropout (no fast dropout)",
+    "wb_seq_bn_noattn": "workbench, seq_bn, no attention dropout (opt-in)",
+    "wb_double_seq_bn": "workbench, double_seq_bn",
+    "wb_lora": "workbench, lora",
+    "wb_prefix_tuning": "workbench, prefix_tuning",
+    "wb_full": "workbench, full fine-tuning",
+    "hf_full": "transformers AutoModelForSequenceClassification, full",
+    "peft_lora": "PEFT lora (r 8, α 8, q+v)",
+    "ah_seq_bn": "adapters 1.3.0, seq_bn",
+    "ah_lora": "adapters 1.3.0, lora",
     "trainer_seq_bn": "workbench train() (Trainer), seq_bn",
 }
 
@@ -47,15 +54,16 @@ def build(name: str, path: str):
         if name == "peft_lora":
             import peft
 
-            config = peft.LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=8, lora_dropout=0.0,
-                                     target_modules=["query", "value"])  # classifier goes to modules_to_save
+            config = peft.LoraConfig(
+                task_type="SEQ_CLS", r=8, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"]
+            )  # classifier goes to modules_to_save
             model = peft.get_peft_model(model, config)
         return model
     sys.path.insert(0, str(ROOT))
     import workbench
 
     model = workbench.AutoAdapterModel.from_pretrained(path)
-    method = name.removeprefix("wb_")
+    method = name.removeprefix("wb_").removesuffix("_std").removesuffix("_noattn")
     if method != "full":
         model.add_adapter("a", config=method)
     model.add_classification_head("a", num_labels=2)
@@ -82,23 +90,57 @@ def trainer_worker(path: str, args) -> dict:
 
     n = args.batch * (args.warmup + args.steps)
     frame = pd.read_csv(SST2, sep="\t").head(40 * n)
-    texts = [" ".join(frame.sentence[i * 40:(i + 1) * 40]) for i in range(n)]
-    data = {"train": pd.DataFrame({"text": texts, "label": frame.label[:n].tolist()}),
-            "validation": pd.DataFrame({"text": texts[: args.batch], "label": frame.label[: args.batch].tolist()})}
+    texts = [" ".join(frame.sentence[i * 40 : (i + 1) * 40]) for i in range(n)]
+    data = {
+        "train": pd.DataFrame({"text": texts, "label": frame.label[:n].tolist()}),
+        "validation": pd.DataFrame({"text": texts[: args.batch], "label": frame.label[: args.batch].tolist()}),
+    }
     model = workbench.AutoAdapterModel.from_pretrained(path)
     stamps = []
-    config = TrainConfig(max_steps=args.warmup + args.steps, batch_size=args.batch, max_length=args.length,
-                         eval_strategy="no", save_steps=10**6, logging_steps=1, learning_rate=1e-4)
+    config = TrainConfig(
+        max_steps=args.warmup + args.steps,
+        batch_size=args.batch,
+        max_length=args.length,
+        eval_strategy="no",
+        save_steps=10**6,
+        logging_steps=1,
+        learning_rate=1e-4,
+    )
     with tempfile.TemporaryDirectory() as out:
-        record = train(model, data, kind="adapter", adapter="a", adapter_config="seq_bn",
-                       tokenizer=AutoTokenizer.from_pretrained(path), output_dir=out, config=config,
-                       callbacks=[lambda event: stamps.append(time.perf_counter())])
-    steady = stamps[args.warmup:]
-    step_s = [b - a for a, b in zip(stamps[args.warmup - 1:], steady, strict=False)] if args.warmup else []
-    return {"step_s": step_s, "samples_per_s": args.batch * len(step_s) / sum(step_s) if step_s else None,
-            "record_samples_per_s": record.train_samples_per_second, "record_wall_s": record.wall_time_s,
-            "trainable_params": record.trainable_params, "total_params": record.total_params,
-            "peak_rss_bytes": peak_rss(), "threads": torch.get_num_threads()}
+        record = train(
+            model,
+            data,
+            kind="adapter",
+            adapter="a",
+            adapter_config="seq_bn",
+            tokenizer=AutoTokenizer.from_pretrained(path),
+            output_dir=out,
+            config=config,
+            callbacks=[lambda event: stamps.append(time.perf_counter())],
+        )
+    steady = stamps[args.warmup :]
+    step_s = [b - a for a, b in zip(stamps[args.warmup - 1 :], steady, strict=False)] if args.warmup else []
+    return {
+        "step_s": step_s,
+        "samples_per_s": args.batch * len(step_s) / sum(step_s) if step_s else None,
+        "record_samples_per_s": record.train_samples_per_second,
+        "record_wall_s": record.wall_time_s,
+        "trainable_params": record.trainable_params,
+        "total_params": record.total_params,
+        "peak_rss_bytes": peak_rss(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def dropout_mode(name: str, model):
+    """What workbench.train.train does: fast dropout for adapter runs ("_std": torch's; "_noattn": the opt-in)."""
+    import contextlib
+
+    if not name.startswith("wb_") or name in ("wb_full", "wb_seq_bn_std"):
+        return contextlib.nullcontext()
+    from workbench.core.fast_dropout import fast_dropout
+
+    return fast_dropout(model, attention=not name.endswith("_noattn"))
 
 
 def worker(name: str, args) -> None:
@@ -116,20 +158,38 @@ def worker(name: str, args) -> None:
         return
     model = build(name, path)
     inputs = train_inputs(torch, model.config.vocab_size, args.batch, args.length)
-    result = time_steps(torch, model, inputs, args.steps, args.warmup)
-    if args.profile:
-        result["profile"] = profile_step(torch, model, inputs)
+    with dropout_mode(name, model):
+        result = time_steps(torch, model, inputs, args.steps, args.warmup)
+        if args.profile:
+            result["profile"] = profile_step(torch, model, inputs)
     json.dump({**result, "threads": torch.get_num_threads(), "transformers": transformers.__version__}, sys.stdout)
 
 
 def run_variant(name: str, args, threads: int, path: str) -> dict:
-    flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(threads),
-             "--batch", str(args.batch), "--length", str(args.length)] + (["--profile"] if args.profile else [])
+    flags = [
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(threads),
+        "--batch",
+        str(args.batch),
+        "--length",
+        str(args.length),
+    ] + (["--profile"] if args.profile else [])
     if name.startswith("ah_"):
         if not PEER_PY.exists():
             return {"error": "no .venv-adapters (make -C tests/conformance venv)"}
-        cmd = [str(PEER_PY), str(ROOT / "benchmarks" / "peer_train_adapters.py"), "--path", path,
-               "--variant", name.removeprefix("ah_"), *flags]
+        cmd = [
+            str(PEER_PY),
+            str(ROOT / "benchmarks" / "peer_train_adapters.py"),
+            "--path",
+            path,
+            "--variant",
+            name.removeprefix("ah_"),
+            *flags,
+        ]
     else:
         cmd = [sys.executable, __file__, "--worker", name, *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT / "benchmarks")
@@ -145,17 +205,38 @@ def summarize(runs: list[dict], batch: int) -> dict:
         return {"error": runs[0]["error"]}
     steps = [s for r in ok for s in r["step_s"]]
     median = statistics.median(steps)  # robust to steps slowed by other processes; the mean one is kept too
-    row = {"samples_per_s": batch / median, "mean_samples_per_s": batch * len(steps) / sum(steps),
-           "median_step_ms": 1e3 * median, "step_iqr_ms": [1e3 * q for q in statistics.quantiles(steps, n=4)[::2]],
-           "per_block_samples_per_s": [r["samples_per_s"] for r in ok],
-           "peak_rss_mb": max(r["peak_rss_bytes"] for r in ok) / 2**20,
-           "trainable_params": ok[0]["trainable_params"], "total_params": ok[0]["total_params"]}
+    row = {
+        "samples_per_s": batch / median,
+        "mean_samples_per_s": batch * len(steps) / sum(steps),
+        "median_step_ms": 1e3 * median,
+        "step_iqr_ms": [1e3 * q for q in statistics.quantiles(steps, n=4)[::2]],
+        "per_block_samples_per_s": [r["samples_per_s"] for r in ok],
+        "peak_rss_mb": max(r["peak_rss_bytes"] for r in ok) / 2**20,
+        "trainable_params": ok[0]["trainable_params"],
+        "total_params": ok[0]["total_params"],
+    }
     for part in ("forward_s", "backward_s", "optimizer_s"):
         if part in ok[0]:
             row[part.replace("_s", "_ms")] = 1e3 * statistics.median(s for r in ok for s in r[part])
     if "record_samples_per_s" in ok[0]:
         row["record_samples_per_s"] = statistics.median(r["record_samples_per_s"] for r in ok)
     return row
+
+
+def paired_ratios(runs: dict[str, list[dict]]) -> dict[str, float]:
+    """Median over blocks of (the baseline's median step time / the variant's) within the same block."""
+    if BASELINE not in runs:
+        return {}
+    out = {}
+    for name, blocks in runs.items():
+        pairs = [
+            statistics.median(a["step_s"]) / statistics.median(b["step_s"])
+            for a, b in zip(runs[BASELINE], blocks, strict=True)
+            if "error" not in a and "error" not in b
+        ]
+        if pairs:
+            out[name] = statistics.median(pairs)
+    return out
 
 
 def main() -> None:
@@ -180,42 +261,69 @@ def main() -> None:
     runs: dict[str, list[dict]] = {n: [] for n in names}
     start = time.perf_counter()
     for block in range(args.rounds):
-        for name in names[block % len(names):] + names[: block % len(names)]:
+        for name in names[block % len(names) :] + names[: block % len(names)]:
             runs[name].append(run_variant(name, args, threads, path))
             print(f"block {block + 1}: {name} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     rows = {n: {"description": VARIANTS[n], **summarize(r, args.batch)} for n, r in runs.items()}
+    paired = paired_ratios(runs)
+    for name, ratio in paired.items():
+        rows[name]["paired_ratio_vs_adapters_seq_bn"] = ratio
     base = rows.get(BASELINE, {}).get("samples_per_s")
-    lines = ["| variant | samples/s | × adapters seq_bn | step ms (IQR) | fwd / bwd / opt ms | peak RSS MiB "
-             "| trainable |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | samples/s | × adapters seq_bn | paired × (per block) | step ms (IQR) | fwd / bwd / opt ms "
+        "| peak RSS MiB | trainable |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows.values():
         if "error" in row:
-            lines.append(f"| {row['description']} | n/a | | | | | |  \n  error: {row['error']}")
+            lines.append(f"| {row['description']} | n/a | | | | | | |  \n  error: {row['error']}")
             continue
         if base:
             row["ratio_vs_adapters_seq_bn"] = row["samples_per_s"] / base
-        parts = "–" if "forward_ms" not in row else " / ".join(
-            f"{row[k]:.0f}" for k in ("forward_ms", "backward_ms", "optimizer_ms"))
+        parts = (
+            "–"
+            if "forward_ms" not in row
+            else " / ".join(f"{row[k]:.0f}" for k in ("forward_ms", "backward_ms", "optimizer_ms"))
+        )
         iqr = row["step_iqr_ms"]
         extra = f" (RunRecord: {row['record_samples_per_s']:.1f})" if "record_samples_per_s" in row else ""
-        lines.append(f"| {row['description']} | {row['samples_per_s']:.1f}{extra} | "
-                     f"{row.get('ratio_vs_adapters_seq_bn', float('nan')):.2f} | "
-                     f"{row['median_step_ms']:.0f} ({iqr[0]:.0f}–{iqr[1]:.0f}) | "
-                     f"{parts} | {row['peak_rss_mb']:.0f} | {row['trainable_params']:,} |")
-    setting = (f"batch {args.batch} × length {args.length}, cpu float32, {threads} threads, {args.warmup} warm-up + "
-               f"{args.steps} timed steps per variant, {args.rounds} block(s); {platform.machine()}, "
-               f"{time.perf_counter() - start:.0f} s")
-    legend = ("samples/s: batch / median step time (forward + backward + AdamW step); fwd / bwd / opt: median ms of "
-              "each part; peak RSS: the variant's own process (ru_maxrss); Trainer row: median gap between step "
-              "events after warm-up, and in brackets the RunRecord's samples/s (whole run: warm-up, eval, save).")
+        lines.append(
+            f"| {row['description']} | {row['samples_per_s']:.1f}{extra} | "
+            f"{row.get('ratio_vs_adapters_seq_bn', float('nan')):.2f} | "
+            f"{row.get('paired_ratio_vs_adapters_seq_bn', float('nan')):.2f} | "
+            f"{row['median_step_ms']:.0f} ({iqr[0]:.0f}–{iqr[1]:.0f}) | "
+            f"{parts} | {row['peak_rss_mb']:.0f} | {row['trainable_params']:,} |"
+        )
+    setting = (
+        f"batch {args.batch} × length {args.length}, cpu float32, {threads} threads, {args.warmup} warm-up + "
+        f"{args.steps} timed steps per variant, {args.rounds} block(s); {platform.machine()}, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+    legend = (
+        "samples/s: batch / median step time (forward + backward + AdamW step); paired ×: median over blocks of "
+        "the adapters seq_bn block's median step time / this variant's in the same block (each block runs "
+        "every variant once, interleaved, so machine load hits both sides of a pair alike); workbench adapter "
+        "rows train under fast dropout, as workbench.train.train does (TrainConfig.fast_dropout); "
+        "fwd / bwd / opt: median ms of "
+        "each part; peak RSS: the variant's own process (ru_maxrss); Trainer row: median gap between step "
+        "events after warm-up, and in brackets the RunRecord's samples/s (whole run: warm-up, eval, save)."
+    )
     report = setting + "\n\n" + "\n".join(lines) + "\n\n" + legend
     print(report)
     RESULTS.mkdir(exist_ok=True)
-    meta = {"batch": args.batch, "length": args.length, "steps": args.steps, "warmup": args.warmup,
-            "rounds": args.rounds, "threads": threads, "machine": platform.machine(),
-            "date": datetime.now(UTC).isoformat(timespec="seconds")}
-    (RESULTS / "train_throughput.json").write_text(json.dumps({"setting": meta, "results": rows, "runs": runs},
-                                                              indent=1))
+    meta = {
+        "batch": args.batch,
+        "length": args.length,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "threads": threads,
+        "machine": platform.machine(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (RESULTS / "train_throughput.json").write_text(
+        json.dumps({"setting": meta, "results": rows, "runs": runs}, indent=1)
+    )
     (RESULTS / "train_throughput.md").write_text(f"# Training throughput\n\n{report}\n")
 
 
