@@ -297,7 +297,14 @@ class RunView(widgets.VBox):
         earlier = dict(list(self.session.run_curves.items())[-OVERLAID_RUNS:])
         self.curves.reset(run.planned_steps, overlays=earlier, title=title or _run_title(run, self.spec))
         self.line.value = "starting ..."
-        self.follower = start_worker(lambda: self._follow(run), "wb-train-follow")
+        self.follower = start_worker(lambda: self._follow_shown(run), "wb-train-follow")
+
+    def _follow_shown(self, run: ActiveRun) -> None:
+        try:
+            self._follow(run)
+        except Exception as err:  # a drawing problem must not leave the panel stuck: say so, free Start
+            self.error.show(err, "following the run")
+            self.start.disabled = in_progress(self.session.active_run)
 
     def _follow(self, run: ActiveRun) -> None:
         seen, behind = 0, False
