@@ -164,6 +164,7 @@ def test_load_without_a_model_uses_the_minilm_shows_progress_and_tries_it(hub):
     assert "Loaded adapter 'sst-2' onto the offline default MiniLM" in panel.status.value.replace("&#x27;", "'")
     assert session.source == minilm_path() and session.model.active_adapters.flatten() == ["sst-2"]
     assert "/" in panel.progress.description  # bytes done / total
+    assert f"from_pretrained({MINILM_HUB_ID!r})" in panel.code.value  # the snippet names a Hub id, not a local path
     downloaded = [r for r in hub.requests if "/resolve/" in r["path"]]
     assert {r["path"].rsplit("/", 1)[1] for r in downloaded} >= {"adapter_config.json", "pytorch_adapter.bin"}
 

@@ -27,8 +27,9 @@ PAGE_SIZE = 25
 
 
 def load_code(info, base: str | None = None) -> str:
-    """The Python that loads this adapter, for the card's copyable snippet."""
-    base = base or info.model_name or "bert-base-uncased"
+    """The Python that loads this adapter, for the card's copyable snippet: onto its own base model (a Hub id, so
+    the snippet runs anywhere), else onto `base`."""
+    base = info.model_name or base or "bert-base-uncased"
     source = "ah" if info.source == "ah" else "hf"
     return (
         "from workbench import AutoAdapterModel\n\n"
@@ -117,7 +118,9 @@ class HubPanel(widgets.VBox):
         self.load_button = widgets.Button(description="Load", icon="download", button_style="success", disabled=True)
         self.load_button.add_class("wb-hub-load")
         self.load_button.on_click(guarded(self.error, "loading the adapter")(lambda _: self.load()))
-        self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="Download")
+        self.progress = widgets.FloatProgress(
+            value=0.0, min=0.0, max=1.0, description="Download", style={"description_width": "initial"}
+        )
         self.progress.add_class("wb-hub-progress")
         self.status = widgets.HTML()
         self.status.add_class("wb-hub-status")
