@@ -54,7 +54,10 @@ def test_compositions_from_the_pickers_and_errors_in_the_panel(tiny_session):
     panel.compose_kind.value = "Fuse"
     panel.compose_button.click()
     assert isinstance(model.active_adapters, Fuse) and "a,b" in model.adapter_fusions
-    assert "untrained AdapterFusion" in panel.status.value
+    assert (
+        "untrained AdapterFusion" in panel.status.value
+        and "AdapterFusion layers: <code>a,b</code>" in panel.heads.value
+    )
 
     before = model.active_adapters
     panel.compose_text.value = "Stack(a, nope)"

@@ -242,7 +242,9 @@ class ModelPanel(widgets.VBox):
         configs = getattr(model, "adapters", {}) if model is not None else {}
         self.adapters.options = [(f"{n} ({_method(configs[n])})", n) for n in names]
         self.compose_names.options = names
-        self.heads.value = self._heads_html(model)
+        fusions = getattr(model, "adapter_fusions", {}) if model is not None else {}
+        fused = ", ".join(f"<code>{html.escape(name)}</code>" for name in fusions)
+        self.heads.value = self._heads_html(model) + (f"<p>AdapterFusion layers: {fused}</p>" if fused else "")
         active = getattr(model, "active_adapters", None) if model is not None else None
         head = getattr(model, "active_head", None) if model is not None else None
         self.active.value = f"Active: <code>{html.escape(str(active))}</code>" + (
