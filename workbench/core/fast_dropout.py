@@ -142,16 +142,17 @@ def fast_dropout(model: nn.Module, fast: bool = True, attention: bool = True):
     """Within the block, `model` trains with `seeded_dropout` (`fast`); `attention=False` drops no attention
     probabilities (a change of what is trained).
 
-    `fast` swaps the class of every plain `nn.Dropout` to `FastDropout`; attention modules (those with an
-    `nn.Dropout` named `dropout`, as in BERT-like models) are marked, and an sdpa model is switched to an
-    attention function that applies the mark (a prefix-tuning model keeps its own, which calls `attention`).
+    `fast` swaps the class of every plain `nn.Dropout` to `FastDropout`; the modules are marked with the
+    attention-dropout mode, and an sdpa model is switched to an attention function that applies it (a
+    prefix-tuning model keeps its own, which calls `attention`). The explicit fast path covers encoder-style
+    attention (no causal flag, as many key/value heads as query heads); other calls go to sdpa unchanged.
     Everything is restored on exit. Eval mode is unaffected either way.
     """
     swapped = [m for m in model.modules() if type(m) is nn.Dropout] if fast else []
     for module in swapped:
         module.__class__ = FastDropout
     mode = "off" if not attention else "fast" if fast else None
-    marked = [m for m in model.modules() if isinstance(getattr(m, "dropout", None), nn.Dropout)] if mode else []
+    marked = list(model.modules()) if mode else []  # the attention function reads the mark off its module
     for module in marked:
         module.workbench_attention_dropout = mode
     config = getattr(model, "config", None)
