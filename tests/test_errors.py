@@ -9,6 +9,7 @@ from tiny import tiny_adapter_model, tiny_base_model
 
 import workbench
 from workbench import (
+    AdapterConfig,
     AdapterConfigError,
     AdapterLoadError,
     Average,
@@ -195,3 +196,20 @@ def test_failed_fusion_load_leaves_model_as_it_was(tmp_path):
     with pytest.raises(AdapterLoadError, match="'zzz'"):
         model.load_adapter_fusion(tmp_path / "fusion")
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [("seq_bn[reduction_factor=banana]", "reduction_factor"), ("lora[r=x]", "r"), ("lora[alpha=[1]]", "alpha")],
+)
+def test_config_values_of_the_wrong_type_are_refused_with_the_key_named(text, key):
+    with pytest.raises(AdapterConfigError, match=rf"\b{key}=") as caught:
+        AdapterConfig.load(text)
+    assert "must be" in str(caught.value)
+
+
+def test_config_file_values_of_the_wrong_type_are_refused(tmp_path):
+    path = tmp_path / "adapter_config.json"
+    path.write_text('{"architecture": "lora", "r": "eight", "selfattn_lora": true}')
+    with pytest.raises(AdapterConfigError, match="r='eight'"):
+        AdapterConfig.load(str(path))

@@ -11,6 +11,8 @@ import ast
 import dataclasses
 import json
 import re
+import types
+import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,7 +52,9 @@ class AdapterConfig(Mapping):
 
     def replace(self, **changes) -> AdapterConfig:
         _check_keys(type(self), changes, f"config {type(self).__name__}")
-        return dataclasses.replace(self, **changes)
+        changed = dataclasses.replace(self, **changes)
+        _check_value_types(changed, f"config {type(self).__name__}")
+        return changed
 
     @classmethod
     def from_dict(cls, data: Mapping, *, strict: bool = True, source: str = "config") -> AdapterConfig:
@@ -78,7 +82,9 @@ class AdapterConfig(Mapping):
         missing = [f.name for f in dataclasses.fields(target) if f.name not in kwargs and _required(f)]
         if missing:
             raise AdapterConfigError(f"{source}: missing key(s) {missing} for {target.__name__}")
-        return target(**kwargs)
+        config = target(**kwargs)
+        _check_value_types(config, source)
+        return config
 
     @classmethod
     def load(cls, config: str | Mapping | AdapterConfig | None, **overrides) -> AdapterConfig:
@@ -110,6 +116,34 @@ def _plain(value):
 
 def _required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _check_value_types(config: AdapterConfig, where: str) -> None:
+    """Refuse values of the wrong type (`reduction_factor='banana'`) with the key and value named."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        allowed = _runtime_types(hints.get(f.name))
+        value = getattr(config, f.name)
+        if allowed and not isinstance(value, allowed):
+            names = " or ".join(sorted({t.__name__ for t in allowed if t is not int or float not in allowed}))
+            raise AdapterConfigError(f"{where}: {f.name}={value!r} must be {names}")
+
+
+def _runtime_types(hint) -> tuple[type, ...] | None:
+    """The isinstance() types a field annotation admits (None when it cannot be checked simply)."""
+    if hint is None or hint is Any:
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = [_runtime_types(arg) for arg in typing.get_args(hint)]
+        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
+    origin = typing.get_origin(hint) or hint
+    if origin is type(None):
+        return (type(None),)
+    if origin is float:
+        return (float, int)
+    if origin in (list, tuple):
+        return (list, tuple)
+    return (origin,) if isinstance(origin, type) else None
 
 
 def _check_keys(cls, changes: Mapping, where: str) -> None:
