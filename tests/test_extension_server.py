@@ -107,6 +107,8 @@ async def test_search_finds_adapters_with_the_hub_panel_filters(jp_fetch, hub):
     assert paged["pages"] == 2
 
     assert (await get_json(jp_fetch, "search", q="no-such-adapter"))["items"] == []
+    # JupyterLab's requests carry a cache buster (`?<milliseconds>`); it is not a query parameter
+    assert (await get_json(jp_fetch, "search", q="imdb", **{"1795327860720": ""}))["total"] == 2
 
 
 async def test_info_gives_load_code_that_loads_the_adapter(jp_fetch, hub):
