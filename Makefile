@@ -38,7 +38,7 @@ chromium:
 	else echo "no /usr/bin/chromium and not root: browser tests will be skipped (apt-get install chromium)"; fi
 
 quality: $(STAMP)
-	$(BIN)/ruff check workbench tests benchmarks
+	$(BIN)/ruff check workbench tests benchmarks extension/jupyterlab_adapter_workbench
 
 # Regenerates tests/conformance/fixtures with the AdapterHub `adapters` library (own venv, transformers 4.57.6).
 conformance:
