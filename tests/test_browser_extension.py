@@ -56,6 +56,8 @@ def test_launcher_card_opens_a_notebook_running_the_workbench(lab):
         try:
             page.goto(f"{lab.url}/lab?reset&token={lab.token}")  # reset: no layout restored from an earlier test
             card = page.locator(".jp-LauncherCard", has_text="Adapter Workbench").first
+            card.wait_for()
+            screenshot(page, "extension-launcher-card")
             card.click()
             workbench = page.locator(".wb-workbench").first
             workbench.wait_for(timeout=300_000)  # kernel start, imports, Workbench() rendered
