@@ -89,7 +89,8 @@ def start_jupyterlab(root_dir, env: dict | None = None, timeout: float = 120) ->
     """Start JupyterLab (token auth, 127.0.0.1, a free port) on `root_dir`; wait until it answers; stop it after.
 
     `env` is added to this process's environment, for the server and the kernels it starts. Jupyter's config,
-    runtime, settings and workspace folders are fresh temporary ones, so no user setting or saved layout leaks in.
+    runtime, settings and workspace folders are fresh temporary ones, so no user setting or saved layout leaks in;
+    JUPYTER_PATH is inherited only when `env` sets it (the notebook tests install their own kernelspec there).
     """
     root = Path(root_dir).resolve()
     home = Path(tempfile.mkdtemp(prefix="workbench-lab-"))
@@ -98,8 +99,9 @@ def start_jupyterlab(root_dir, env: dict | None = None, timeout: float = 120) ->
     (config_dir / "labconfig").mkdir(parents=True)
     page_config = {"disabledExtensions": {name: True for name in QUIET_PLUGINS}}
     (config_dir / "labconfig" / "page_config.json").write_text(json.dumps(page_config))
+    inherited = {k: v for k, v in os.environ.items() if k != "JUPYTER_PATH"}
     full_env = {
-        **os.environ,
+        **inherited,
         **(env or {}),
         "JUPYTER_CONFIG_DIR": str(config_dir),
         "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
@@ -185,6 +187,9 @@ def chromium_page(width: int = 1400, height: int = 1000):
 
 
 # ---- notebooks in JupyterLab ---------------------------------------------------------------------------------------
+NOTEBOOK = ".jp-NotebookPanel:visible"  # the notebook in the current tab (other open tabs are hidden)
+
+
 def write_notebook(path, *sources: str) -> Path:
     """A notebook of code cells with `sources`, for the python3 kernel."""
     import nbformat
@@ -200,14 +205,14 @@ def write_notebook(path, *sources: str) -> Path:
 def open_notebook(page, lab: JupyterLab, path: str, timeout: float = 120) -> None:
     """Open `path` in JupyterLab and wait until its kernel is idle."""
     page.goto(lab.lab_url(path))
-    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
+    page.locator(f"{NOTEBOOK} .jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
     wait_for_kernel_idle(page, timeout)
 
 
 def wait_for_kernel_idle(page, timeout: float = 120) -> None:
     """Wait until a kernel is connected and idle (status bar "<kernel> | Idle", execution indicator idle)."""
     page.locator(".jp-StatusBar-Widget", has_text="| Idle").first.wait_for(timeout=timeout * 1000)
-    page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(
+    page.locator(f'{NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(
         timeout=timeout * 1000
     )
 
@@ -217,7 +222,7 @@ def run_cell(page, index: int, timeout: float = 180) -> None:
 
     The key press is repeated if the cell has not started within a few seconds (a page still settling can swallow
     it); a cell that started is never run twice."""
-    cell = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").nth(index)
+    cell = page.locator(f"{NOTEBOOK} .jp-Notebook .jp-Cell").nth(index)
     prompt = cell.locator(".jp-InputArea-prompt")
     deadline = time.monotonic() + timeout
     started = False
@@ -237,7 +242,7 @@ def run_cell(page, index: int, timeout: float = 180) -> None:
 
 def cell_output_text(page, index: int) -> str:
     """The text of cell `index`'s output area."""
-    return page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea").inner_text()
+    return page.locator(f"{NOTEBOOK} .jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea").inner_text()
 
 
 def screenshot(page, name: str) -> Path:
