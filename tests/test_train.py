@@ -120,6 +120,18 @@ def test_checkpoint_holds_only_adapter_and_head(tokenizer, tmp_path):
     assert fresh.heads["kw"].id2label == {0: "no", 1: "yes"}
 
 
+def test_adapter_run_beside_another_adapters_head_trains_only_its_own(tokenizer, tmp_path):
+    model = adapter_model()
+    model.add_adapter("other", config="seq_bn")
+    model.add_classification_head("other", num_labels=3)
+    other_head = {k: v.clone() for k, v in model.heads["other"].state_dict().items()}
+    record = train(model, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path, config=fast())
+    assert record.global_step == 6
+    assert not any(p.requires_grad for p in model.heads["other"].parameters())
+    assert all(torch.equal(v, model.heads["other"].state_dict()[k]) for k, v in other_head.items())
+    assert not (tmp_path / "final" / "heads" / "other").exists()
+
+
 def test_resume_continues_from_the_same_state(tokenizer, tmp_path):
     data = keyword_frame()
     config = fast(eval_strategy="no", save_steps=3, max_steps=6)

@@ -80,5 +80,8 @@ def set_trainable(model, plan: SavePlan) -> None:
             model.train_adapter(plan.adapters[0])
         else:
             model.train_adapter_fusion(Fuse(*plan.adapters))
+        for name, head in model.heads.items():  # other adapters' heads are not part of this run
+            if name != plan.head:
+                head.requires_grad_(False)
         model.unfreeze_head(plan.head)  # a head weight tied to the input embeddings stays frozen
     model.active_head = plan.head
