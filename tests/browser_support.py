@@ -203,8 +203,13 @@ def write_notebook(path, *sources: str) -> Path:
 
 
 def open_notebook(page, lab: JupyterLab, path: str, timeout: float = 120) -> None:
-    """Open `path` in JupyterLab and wait until its kernel is idle."""
-    page.goto(lab.lab_url(path))
+    """Open `path` in JupyterLab (a fresh workspace: no tabs restored from earlier tests), wait until it is the
+    current tab and its kernel is idle."""
+    page.goto(lab.lab_url(path) + "&reset")
+    name = Path(path).name
+    page.locator(
+        ".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current .lm-TabBar-tabLabel", has_text=name
+    ).first.wait_for(timeout=timeout * 1000)
     page.locator(f"{NOTEBOOK} .jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
     wait_for_kernel_idle(page, timeout)
 
