@@ -56,3 +56,26 @@ def fake_hub(tmp_path, monkeypatch):
     finally:
         hub.close()
         _http.close_session()
+
+
+@pytest.fixture(scope="module")
+def demo_hub(tmp_path_factory, request):
+    """The demo Hub (tests/demo_hub.py: adapters for the bundled MiniLM) on 127.0.0.1, for browser tests."""
+    from demo_hub import start_demo_hub
+
+    cache = request.config.cache.mkdir("workbench-demo-hub") if request.config.cache else None
+    hub = start_demo_hub(cache or tmp_path_factory.mktemp("demo-hub"))
+    yield hub
+    hub.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, demo_hub):
+    """JupyterLab on 127.0.0.1 (tests/browser_support.py) whose server and kernels use the demo Hub."""
+    from browser_support import start_jupyterlab
+    from demo_hub import kernel_env
+
+    root = tmp_path_factory.mktemp("lab")
+    env = {**kernel_env(demo_hub, root.parent / "hf_home"), "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    with start_jupyterlab(root, env) as server:
+        yield server

@@ -18,7 +18,6 @@ from browser_support import (
     chromium_page,
     run_cell,
     screenshot,
-    start_jupyterlab,
     wait_for_kernel_idle,
     write_notebook,
 )
@@ -28,27 +27,6 @@ pytestmark = pytest.mark.skipif(browser_skip_reason() is not None, reason=str(br
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SST2 = "AdapterHub/all-MiniLM-L6-v2-sst-2_pfeiffer"
 CELLS = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell"
-
-
-@pytest.fixture(scope="module")
-def demo_hub(tmp_path_factory, request):
-    from demo_hub import start_demo_hub
-
-    cache = request.config.cache.mkdir("workbench-demo-hub") if request.config.cache else None
-    hub = start_demo_hub(cache or tmp_path_factory.mktemp("demo-hub"))
-    yield hub
-    hub.close()
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory, demo_hub):
-    """JupyterLab with the extension (installed by `make`), server and kernels pointed at the demo Hub."""
-    from demo_hub import kernel_env
-
-    root = tmp_path_factory.mktemp("lab")
-    env = {**kernel_env(demo_hub, root.parent / "hf_home"), "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
-    with start_jupyterlab(root, env) as server:
-        yield server
 
 
 def test_launcher_card_opens_a_notebook_running_the_workbench(lab):

@@ -15,32 +15,10 @@ from browser_support import (
     open_notebook,
     run_cell,
     screenshot,
-    start_jupyterlab,
     write_notebook,
 )
 
 pytestmark = pytest.mark.skipif(browser_skip_reason() is not None, reason=str(browser_skip_reason()))
-
-
-@pytest.fixture(scope="module")
-def demo_hub(tmp_path_factory, request):
-    from demo_hub import start_demo_hub
-
-    cache = request.config.cache.mkdir("workbench-demo-hub") if request.config.cache else None
-    hub = start_demo_hub(cache or tmp_path_factory.mktemp("demo-hub"))
-    yield hub
-    hub.close()
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory, demo_hub):
-    """JupyterLab whose kernels use the demo Hub as their Hugging Face Hub."""
-    from demo_hub import kernel_env
-
-    root = tmp_path_factory.mktemp("lab")
-    env = {**kernel_env(demo_hub, root.parent / "hf_home"), "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
-    with start_jupyterlab(root, env) as server:
-        yield server
 
 
 def test_widgets_render_and_talk_to_the_kernel(lab):
