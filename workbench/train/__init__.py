@@ -8,6 +8,7 @@ Checkpoints of adapter and fusion runs hold only the trained parts (AdapterHub f
 """
 
 from .config import TrainConfig
+from .data import TASKS, load_splits
 from .errors import (
     CheckpointError,
     DataError,
@@ -23,6 +24,7 @@ from .records import RunRecord, compare_runs
 from .run import train
 
 __all__ = [
+    "TASKS",
     "CheckpointError",
     "DataError",
     "EmptyDatasetError",
@@ -39,5 +41,6 @@ __all__ = [
     "TrainingError",
     "UnknownLabelError",
     "compare_runs",
+    "load_splits",
     "train",
 ]

@@ -20,8 +20,7 @@ import ipywidgets as widgets
 from IPython.display import display
 
 import workbench
-from workbench.train import RunControl, StepEvent, TrainConfig, compare_runs, train
-from workbench.train.data import TASKS, load_splits
+from workbench.train import TASKS, RunControl, StepEvent, TrainConfig, compare_runs, load_splits, train
 
 from .code import RunSpec, as_code
 from .common import ErrorBox, StaticSummary, Throttle, guarded, html_table, start_worker
