@@ -138,7 +138,7 @@ def dropout_mode(name: str, model):
 
     if not name.startswith("wb_") or name in ("wb_full", "wb_seq_bn_std"):
         return contextlib.nullcontext()
-    from workbench.core.fast_dropout import fast_dropout
+    from workbench.train.fast_dropout import fast_dropout
 
     return fast_dropout(model, attention=not name.endswith("_noattn"))
 

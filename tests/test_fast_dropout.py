@@ -1,4 +1,4 @@
-"""workbench.core.fast_dropout: honest Bernoulli masks, gradients, determinism, eval unchanged, train() use."""
+"""workbench.train.fast_dropout: honest Bernoulli masks, gradients, determinism, eval unchanged, train() use."""
 
 import math
 
@@ -8,8 +8,9 @@ from test_train import keyword_frame, make_tokenizer
 from tiny import tiny_adapter_model
 from torch import nn
 
-from workbench.core import fast_dropout as fd
+from workbench.core.methods.prefix_tuning import wrapped_implementation
 from workbench.train import StepEvent, TrainConfig, train
+from workbench.train import fast_dropout as fd
 
 N = 1 << 20
 
@@ -71,14 +72,14 @@ def test_attention_applies_the_drawn_mask_to_the_probabilities():
     q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2]).view(2, 1, 1, 6).expand(2, 1, 6, 6)
     torch.manual_seed(9)
-    out, _ = fd.attention(module, q, k, v, mask, dropout=0.2, scaling=0.5)
+    out, _ = fd._attention(module, q, k, v, mask, dropout=0.2, scaling=0.5)
     torch.manual_seed(9)
     keep = fd.keep_mask((2, 4, 6, 6), 0.2, fd.draw_seed())
     scores = (q @ k.transpose(-1, -2) * 0.5).masked_fill(~mask, torch.finfo(q.dtype).min)
     expected = (scores.softmax(-1) * keep * fd.keep_scale(0.2)) @ v
     assert torch.allclose(out, expected.transpose(1, 2), atol=1e-6)
     module.workbench_attention_dropout = "off"  # as sdpa without dropout
-    off, _ = fd.attention(module, q, k, v, mask, dropout=0.2, scaling=0.5)
+    off, _ = fd._attention(module, q, k, v, mask, dropout=0.2, scaling=0.5)
     plain = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5)
     assert torch.allclose(off, plain.transpose(1, 2), atol=1e-6)
 
@@ -132,8 +133,8 @@ def test_prefix_tuning_keeps_its_attention_and_gets_the_fast_dropout():
     ids = torch.randint(4, 100, (2, 7))
     before = model.eval()(input_ids=ids).last_hidden_state
     impl = model.config._attn_implementation
-    with fd.fast_dropout(model):
-        assert model.config._attn_implementation == impl
+    with fd.fast_dropout(model):  # prefix tuning keeps its attention function, over the fast-dropout sdpa
+        assert wrapped_implementation(model.config._attn_implementation) == fd.IMPL_NAME
         assert torch.equal(model.eval()(input_ids=ids).last_hidden_state, before)
         model.train()
         torch.manual_seed(2)
@@ -141,6 +142,7 @@ def test_prefix_tuning_keeps_its_attention_and_gets_the_fast_dropout():
         torch.manual_seed(2)
         assert torch.equal(model(input_ids=ids).last_hidden_state, a)
         assert not torch.allclose(a, before, atol=1e-3)
+    assert model.config._attn_implementation == impl
 
 
 def test_train_runs_adapters_with_fast_dropout_and_restores_the_model(tmp_path):

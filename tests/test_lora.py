@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from tiny import tiny_base_model
 
 import workbench
-from workbench import AdapterConfigError, BatchSplit, CompositionError, Fuse, LoRAConfig, Parallel, Split
+from workbench import AdapterConfigError, BatchSplit, CompositionError, Fuse, LoRAConfig, Parallel, Split, Stack
 
 FULL_LORA = LoRAConfig(attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True, init_weights="bert")
 IA3_ZERO = "ia3[init_weights=lora]"  # lora_B = 0: an unmerge by division would give NaN
@@ -144,17 +144,30 @@ def test_unsupported_compositions_raise():
     model = model_for()
     model.add_adapter("a", config="lora")
     model.add_adapter("b", config="lora")
+    model.set_active_adapters("a")
     with pytest.raises(CompositionError):
         model.set_active_adapters(Fuse("a", "b"))
-    model.set_active_adapters(Split("a", "b", splits=3))
-    with pytest.raises(CompositionError, match="Split"):
-        run(model)
+    with pytest.raises(CompositionError, match="lora adapter, which takes part in .* not in Split"):
+        model.set_active_adapters(Split("a", "b", splits=3))
+    assert model.active_adapters == Stack("a")  # refused setups leave the active one in place
+
+
+def test_fused_qkv_projection_composes_like_separate_ones():
+    """GPT-2's fused c_attn: Parallel and BatchSplit give each row its own adapter's output."""
     gpt2 = model_for("gpt2")
-    gpt2.add_adapter("a", config="lora")
-    gpt2.add_adapter("b", config="lora")
+    for name in ("a", "b"):
+        gpt2.add_adapter(name, config="lora[init_weights=bert,attn_matrices=['q','v'],intermediate_lora=True]")
+    singles = {}
+    for name in ("a", "b"):
+        gpt2.set_active_adapters(name)
+        singles[name] = run(gpt2)
     gpt2.set_active_adapters(Parallel("a", "b"))
+    both = run(gpt2)
+    rows = singles["a"].shape[0]
+    torch.testing.assert_close(both[:rows], singles["a"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[rows:], singles["b"], atol=1e-5, rtol=1e-5)
     with pytest.raises(CompositionError, match="c_attn"):
-        run(gpt2)
+        gpt2.set_active_adapters(Stack("a", "b"))  # stacking feeds 3x-wide deltas into the next adapter
 
 
 def test_gated_lora_cannot_be_merged_and_dora_is_refused():
@@ -184,6 +197,5 @@ def test_stacking_loras_on_unequal_projections_is_a_clear_error():
     model = model_for("llama")  # k_proj/v_proj map 32 -> 16 features (grouped-query attention)
     for name in ("a", "b"):
         model.add_adapter(name, config=LoRAConfig(attn_matrices=["k"], init_weights="bert"))
-    model.set_active_adapters(workbench.Stack("a", "b"))
     with pytest.raises(CompositionError, match="16 features"):
-        run(model)
+        model.set_active_adapters(workbench.Stack("a", "b"))

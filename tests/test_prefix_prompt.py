@@ -101,10 +101,10 @@ def test_average_of_prefixes_is_refused():
     model = tiny("bert")
     model.add_adapter("a", config="prefix_tuning")
     model.add_adapter("b", config="prefix_tuning")
-    model.set_active_adapters(Average("a", "b"))
-    ids, mask = batch()
     with pytest.raises(CompositionError, match="Average"):
-        hidden(model, ids, mask)
+        model.set_active_adapters(Average("a", "b"))
+    with pytest.raises(CompositionError, match="Average"), workbench.AdapterSetup(Average("a", "b")):
+        hidden(model, *batch())
 
 
 @pytest.mark.parametrize("model_type", ["bert", "distilbert"])

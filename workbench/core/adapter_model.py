@@ -22,6 +22,8 @@ from .heads import (
 )
 from .keys import is_engine_key, is_head_key, rename_prefixed
 from .model_mixin import ModelAdaptersMixin
+from .outputs import MultiHeadOutput
+from .runtime import row_bounds
 
 _CONFIG_CLASS_TO_MODEL = {"XLMRobertaConfig": "XLMRoberta"}
 
@@ -36,6 +38,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     # Heads return their batch's mean loss and ignore `num_items_in_batch`: Trainer must scale for gradient
     # accumulation and several processes itself (its default for a forward taking **kwargs assumes otherwise).
     accepts_loss_kwargs = False
+    supports_gradient_checkpointing = True  # the base model's layers checkpoint; see `_set_gradient_checkpointing`
     # The wrapper runs no attention itself: every implementation the base model supports is fine.
     _supports_sdpa = _supports_flash_attn = _supports_flex_attn = _supports_attention_backend = True
 
@@ -101,11 +104,14 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
 
     @active_head.setter
     def active_head(self, head_name) -> None:
-        names = head_name if isinstance(head_name, (list, tuple)) else [head_name] if head_name else []
+        if isinstance(head_name, BatchSplit):
+            names = list(head_name)
+        else:
+            names = head_name if isinstance(head_name, (list, tuple)) else [head_name] if head_name else []
         for name in names:
-            if name not in self.heads:
+            if not isinstance(name, str) or name not in self.heads:
                 raise HeadError(f"no head named {name!r} (heads: {', '.join(self.heads) or 'none'})")
-        self._active_head = list(head_name) if isinstance(head_name, (list, tuple)) else head_name
+        self._active_head = list(head_name) if isinstance(head_name, (list, tuple)) else head_name or None
         if isinstance(self._active_head, str):
             id2label = self.heads[self._active_head].id2label
             if id2label:
@@ -115,6 +121,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     def add_prediction_head(
         self, head_name: str, head: PredictionHead, overwrite_ok: bool = False, set_active: bool = True
     ) -> None:
+        _check_head_name(head_name)
         if head_name in self.heads and not overwrite_ok:
             raise HeadError(f"a head named {head_name!r} already exists (pass overwrite_ok=True to replace it)")
         head.to(self.base_model.device).train(self.training)
@@ -265,7 +272,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             self._active_head = None
 
     def _unfreeze_heads(self, setup) -> None:
-        for name in _heads_of(setup):
+        heads = head_setup_of(setup)
+        for name in [heads] if isinstance(heads, str) else list(heads or []):
             if name in self.heads:
                 self.unfreeze_head(name)
 
@@ -277,13 +285,12 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             param.requires_grad = id(param) not in base
 
     def set_active_adapters(self, adapter_setup, skip_layers=None) -> None:
+        """Activate a setup and, as AdapterHub does, the heads it implies when they all exist (`head_setup_of`)."""
         super().set_active_adapters(adapter_setup, skip_layers)
-        setup = self._engine.active_setup
-        heads = [h for h in _heads_of(setup) if h in self.heads]
-        if isinstance(setup, Parallel) and heads:
-            self._active_head = heads
-        elif heads:
-            self.active_head = heads[-1]
+        heads = head_setup_of(self._engine.active_setup)
+        names = [heads] if isinstance(heads, str) else list(heads or [])
+        if names and all(name in self.heads for name in names):
+            self.active_head = heads
 
     def save_head(self, save_directory, head_name: str, use_safetensors: bool = False) -> None:
         if head_name not in self.heads:
@@ -297,6 +304,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         files.write_weights(folder / (files.HEAD_SAFETENSORS if use_safetensors else files.HEAD_WEIGHTS), weights)
 
     def load_head(self, save_directory, load_as: str | None = None, id2label=None, set_active: bool = True) -> str:
+        """Load a head saved by `save_head` (AdapterHub's head_config.json + weights); returns its name."""
         folder = Path(save_directory)
         config_path = folder / files.HEAD_CONFIG
         data = files.read_json(config_path)
@@ -309,30 +317,23 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         if id2label is not None:
             count = config.get("num_labels")
             config["label2id"] = label2id_for(id2label, count, str(config_path))
-        saved_name = data.get("name") or folder.name
-        name = load_as or saved_name
+        saved_name = data.get("name")
+        name = load_as or saved_name or folder.name
+        _check_head_name(name, config_path)
         weights_path = files.find_weights(folder, files.HEAD_WEIGHTS, files.HEAD_SAFETENSORS)
         if weights_path is None:
             raise HeadError(f"no head weights ({files.HEAD_WEIGHTS}) in {folder}")
-        state = rename_prefixed(files.read_weights(weights_path), "heads", saved_name, name)
-        previous = self.heads[name] if name in self.heads else None
-        previous_active = self._active_head
+        state = rename_prefixed(files.read_weights(weights_path), "heads", saved_name or name, name)
         try:
             head = head_from_config(self.config, config)
-        except (TypeError, HeadError) as err:
+        except (TypeError, ValueError, HeadError) as err:
             raise HeadError(f"{config_path}: {err}") from None
-        self.heads[name] = head.to(self.base_model.device).train(self.training)
-        try:
-            self._load_weights(state, lambda k: is_head_key(k, name, self.base_model_prefix), weights_path)
-        except Exception:
-            if previous is not None:
-                self.heads[name] = previous
-            else:
-                del self.heads[name]
-            self._active_head = previous_active
-            raise
-        if set_active:
-            self.active_head = name
+        with self._engine.transaction(self):
+            self.heads[name] = head.to(self.base_model.device).train(self.training)
+            own = self.heads[name].state_dict(prefix=f"heads.{name}.", keep_vars=True)
+            self._load_weights(state, own, weights_path)
+            if set_active:
+                self.active_head = name
         return name
 
     def _save_matching_head(self, folder: Path, name: str, use_safetensors: bool) -> None:
@@ -342,6 +343,15 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     def _load_matching_head(self, folder: Path, name: str, id2label) -> None:
         if (folder / files.HEAD_CONFIG).is_file():
             self.load_head(folder, load_as=name, id2label=id2label)
+
+    def _save_fusion_head(self, folder: Path, head_name: str, use_safetensors: bool) -> None:
+        if head_name not in self.heads:
+            raise HeadError(f"no head named {head_name!r} to save with the fusion")
+        self.save_head(folder, head_name, use_safetensors)
+
+    def _load_fusion_head(self, folder: Path) -> None:
+        if (folder / files.HEAD_CONFIG).is_file():
+            self.load_head(folder)  # under the name saved in its head_config.json, as AdapterHub does
 
     # --- forward -----------------------------------------------------------------------------------------
 
@@ -359,14 +369,22 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         end_positions=None,
         **kwargs,
     ):
-        """Run the base model, then the active (or given) head. Without a head, the base model's output."""
+        """Run the base model, then the head(s): `head=`, else the enclosing `AdapterSetup`'s `head_setup`, else
+        `active_head`. Without a head, the base model's output."""
         scoped = scoped_setup()
-        head_name = head or (scoped.head_setup if scoped is not None and scoped.head_setup else self._active_head)
-        if (
-            isinstance(head_name, str)
-            and head_name in self.heads
-            and isinstance(self.heads[head_name], HEAD_TYPES["multiple_choice"])
-        ):
+        setup = scoped.adapter_setup if scoped is not None else self._engine.active_setup
+        heads = head or (scoped.head_setup if scoped is not None and scoped.head_setup else self._active_head)
+        explicit = head is not None
+        for name in [heads] if isinstance(heads, str) else list(heads or []):
+            if name not in self.heads:
+                raise HeadError(f"no head named {name!r} (heads: {', '.join(self.heads) or 'none'})")
+        channels = setup.parallel_channels if setup is not None else 1
+        if isinstance(heads, str) and channels > 1 and not explicit:
+            raise HeadError(
+                f"the active setup {setup} runs {channels} parallel channels, but only head {heads!r} is active: "
+                f"add a head for each channel, or pass head= to run one head on every row"
+            )
+        if isinstance(heads, str) and isinstance(self.heads[heads], HEAD_TYPES["multiple_choice"]):
             input_ids, attention_mask, token_type_ids = (
                 t.view(-1, t.shape[-1]) if t is not None else None for t in (input_ids, attention_mask, token_type_ids)
             )
@@ -382,42 +400,57 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         if output_adapter_fusion_attentions:
             model_inputs["output_adapter_fusion_attentions"] = True
         outputs = self.base_model(**{k: v for k, v in model_inputs.items() if v is not None})
-        if not head_name:
+        call = _HeadCall(outputs, input_ids, attention_mask, setup)
+        if not heads:
             result = outputs
-        elif isinstance(head_name, list):
-            result = self._parallel_heads(head_name, outputs, input_ids, attention_mask, labels)
+        elif isinstance(heads, str):
+            result = self._run_head(heads, call, labels, start_positions=start_positions, end_positions=end_positions)
         else:
-            result = self._run_head(
-                head_name,
-                outputs,
-                input_ids,
-                attention_mask,
-                labels,
-                start_positions=start_positions,
-                end_positions=end_positions,
-            )
+            result = self._multi_head(heads, call, channels, labels)
         if result is not outputs:
             for extra in ("adapter_fusion_attentions", "adapter_gating_scores"):
                 if extra in outputs:
                     result[extra] = outputs[extra]
         return result
 
-    def _run_head(self, name, outputs, input_ids, attention_mask, labels, **extra):
-        if name not in self.heads:
-            raise HeadError(f"no head named {name!r}")
+    def _multi_head(self, heads, call: _HeadCall, channels: int, labels) -> MultiHeadOutput:
+        """Several heads: a BatchSplit of heads or a Parallel setup give each head its rows; a plain list of
+        heads runs each on every row (AdapterHub's rules)."""
+        rows = call.outputs[0].shape[0]
+        if isinstance(heads, BatchSplit):
+            bounds = row_bounds(heads, rows)
+            sliced_labels = True
+        elif channels > 1:
+            if len(heads) != channels:
+                raise HeadError(f"{channels} parallel channels but {len(heads)} active heads {list(heads)}")
+            bounds = row_bounds(Parallel(*heads), rows)
+            sliced_labels = False  # each channel is a copy of the batch: the labels apply to every copy
+        else:
+            bounds = [(0, rows)] * len(heads)
+            sliced_labels = False
+        results = []
+        for name, (a, b) in zip(heads, bounds, strict=True):
+            part_labels = labels[a:b] if labels is not None and sliced_labels else labels
+            results.append(self._run_head(name, call.rows(a, b), part_labels))
+        losses = [r.get("loss") for r in results]
+        loss = torch.stack(losses).sum() if losses and all(x is not None for x in losses) else None
+        return MultiHeadOutput(head_outputs=results, loss=loss)
+
+    def _run_head(self, name, call: _HeadCall, labels, **extra):
         head = self.heads[name]
-        hidden = outputs[0]
+        hidden = call.outputs[0]
         if isinstance(head, LMHead):
             invert = self._engine.methods.get("invertible")
-            result = head(hidden, None, attention_mask, labels, invert=invert.invert if invert else None)
-            if getattr(outputs, "past_key_values", None) is not None:  # generate() continues from the cache
-                result["past_key_values"] = outputs.past_key_values
+            inverse = (lambda h: invert.invert(h, call.setup)) if invert else None
+            result = head(hidden, None, call.attention_mask, labels, invert=inverse)
+            if getattr(call.outputs, "past_key_values", None) is not None:  # generate() continues from the cache
+                result["past_key_values"] = call.outputs.past_key_values
             return result
         if getattr(head, "config", {}).get("use_pooler"):
-            cls = outputs.pooler_output
+            cls = call.outputs.pooler_output
         else:
-            cls = self._cls_token(hidden, input_ids)
-        return head(hidden, cls, attention_mask, labels, **extra)
+            cls = self._cls_token(hidden, call.input_ids)
+        return head(hidden, cls, call.attention_mask, labels, **extra)
 
     def _cls_token(self, hidden: torch.Tensor, input_ids) -> torch.Tensor:
         if not getattr(self.config, "is_decoder", False) and self.config.model_type not in _DECODER_TYPES:
@@ -430,32 +463,53 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         last = (input_ids != pad).sum(-1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
-    def _parallel_heads(self, names, outputs, input_ids, attention_mask, labels):
-        from transformers.modeling_outputs import ModelOutput
-
-        hidden = outputs[0]
-        rows = hidden.shape[0] // len(names)
-        results = []
-        for i, name in enumerate(names):
-            part = ModelOutput(last_hidden_state=hidden[i * rows : (i + 1) * rows])
-            if getattr(outputs, "pooler_output", None) is not None:
-                part["pooler_output"] = outputs.pooler_output[i * rows : (i + 1) * rows]
-            results.append(self._run_head(name, part, input_ids, attention_mask, labels))
-        return ModelOutput(head_outputs=results)
-
 
 _DECODER_TYPES = {"gpt2", "llama", "mistral", "qwen2"}
 
 
-def _heads_of(setup) -> list[str]:
-    if setup is None:
-        return []
-    if isinstance(setup, (Parallel, BatchSplit)):
-        return [c if isinstance(c, str) else c.last() for c in setup]
-    if isinstance(setup, Stack):
-        last = setup.children[-1]
-        return _heads_of(last) if not isinstance(last, str) else [last]
-    return [setup.last()]
+class _HeadCall:
+    """The base model's outputs and inputs of one call, sliceable by rows for per-head parts."""
+
+    def __init__(self, outputs, input_ids, attention_mask, setup):
+        self.outputs, self.input_ids, self.attention_mask, self.setup = outputs, input_ids, attention_mask, setup
+
+    def rows(self, a: int, b: int) -> _HeadCall:
+        from transformers.modeling_outputs import ModelOutput
+
+        part = ModelOutput(
+            **{k: v[a:b] for k, v in self.outputs.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
+        )
+        return _HeadCall(part, _cut(self.input_ids, a, b), _cut(self.attention_mask, a, b), self.setup)
+
+
+def _cut(tensor, a: int, b: int):
+    """Rows [a, b) of an input; inputs of a Parallel call are not replicated here, so they wrap around."""
+    if tensor is None:
+        return None
+    if b <= tensor.shape[0]:
+        return tensor[a:b]
+    rows = torch.arange(a, b, device=tensor.device) % tensor.shape[0]
+    return tensor[rows]
+
+
+def _check_head_name(name, where=None) -> None:
+    if not isinstance(name, str) or not name or "." in name:
+        place = f" in {where}" if where else ""
+        raise HeadError(f"invalid head name {name!r}{place}: use a non-empty string without '.'")
+
+
+def head_setup_of(setup):
+    """The heads a setup implies, as AdapterHub's `parse_heads_from_composition`: a Stack's last child; a name;
+    a Parallel's children (their last adapter); a BatchSplit of the children's heads; None for Fuse, Split, Average.
+    """
+    final = setup.children[-1] if isinstance(setup, Stack) else setup
+    if isinstance(final, str):
+        return final
+    if isinstance(final, Parallel):
+        return [c if isinstance(c, str) else c.last() for c in final]
+    if isinstance(final, BatchSplit):
+        return BatchSplit(*[c if isinstance(c, str) else c.last() for c in final], batch_sizes=final.batch_sizes)
+    return None
 
 
 class AutoAdapterModel:

@@ -127,10 +127,17 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path) if path else root
 
 
-def ensure_host(layer: nn.Module, path: str) -> nn.Module:
-    """Return the module at `path`, creating an empty container module there if it does not exist."""
+def ensure_host(layer: nn.Module, path: str) -> tuple[nn.Module, bool]:
+    """The module at `path`, creating an empty container there if needed; and whether it was created."""
     parent_path, _, name = path.rpartition(".")
     parent = get_module(layer, parent_path)
-    if not hasattr(parent, name):
-        parent.add_module(name, nn.Module())
-    return getattr(parent, name)
+    if hasattr(parent, name):
+        return getattr(parent, name), False
+    parent.add_module(name, nn.Module())
+    return getattr(parent, name), True
+
+
+def remove_host(layer: nn.Module, path: str) -> None:
+    """Remove a container module that `ensure_host` created."""
+    parent_path, _, name = path.rpartition(".")
+    delattr(get_module(layer, parent_path), name)

@@ -6,6 +6,7 @@ most two blocks deep below the top, where only a Stack or an adapter name may st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 from .errors import CompositionError
@@ -15,7 +16,12 @@ class Block(Sequence):
     """A node of an adapter composition: an ordered list of adapter names or nested blocks."""
 
     def __init__(self, *children):
+        if not children:
+            raise CompositionError(f"{type(self).__name__}() needs at least one adapter name or block")
         self.children = [parse_composition(child, level=None) for child in children]
+        for child in self.children:
+            if child is None:
+                raise CompositionError(f"{type(self).__name__} got an empty child: {children!r}")
 
     def __getitem__(self, index):
         return self.children[index]
@@ -107,7 +113,7 @@ class Split(Block):
 
     def __init__(self, *children, splits: int | list[int]):
         super().__init__(*children)
-        self.splits = [splits] * len(children) if isinstance(splits, int) else list(splits)
+        self.splits = _sizes(self, "splits", splits)
 
     def _options(self):
         return {"splits": self.splits}
@@ -118,9 +124,7 @@ class BatchSplit(Block):
 
     def __init__(self, *children, batch_sizes: int | list[int]):
         super().__init__(*children)
-        if isinstance(batch_sizes, int):
-            batch_sizes = [batch_sizes] * len(children)
-        self.batch_sizes = list(batch_sizes)
+        self.batch_sizes = _sizes(self, "batch_sizes", batch_sizes)
 
     def _options(self):
         return {"batch_sizes": self.batch_sizes}
@@ -134,13 +138,31 @@ class Average(Block):
         weights = list(weights) if weights is not None else [1 / len(children)] * len(children)
         if len(weights) != len(children):
             raise CompositionError(f"Average has {len(children)} children but {len(weights)} weights: {weights}")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+            raise CompositionError(f"Average weights must be finite numbers, got {weights}")
         if normalize_weights:
             total = sum(weights)
+            if total == 0:
+                raise CompositionError(f"Average weights {weights} sum to 0 and cannot be normalised")
             weights = [w / total for w in weights]
         self.weights = weights
 
     def _options(self):
         return {"weights": self.weights}
+
+
+def _sizes(block: Block, option: str, value) -> list[int]:
+    """Validated `splits`/`batch_sizes`: one positive int per child (an int means the same for every child)."""
+    sizes = [value] * len(block.children) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(sizes, (list, tuple)) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
+    ):
+        raise CompositionError(f"{type(block).__name__} {option}={value!r}: use positive integers")
+    if len(sizes) != len(block.children):
+        raise CompositionError(
+            f"{type(block).__name__} has {len(block.children)} children but {option}={list(sizes)} has {len(sizes)}"
+        )
+    return list(sizes)
 
 
 BLOCKS = {cls.__name__: cls for cls in (Stack, Parallel, Fuse, Split, BatchSplit, Average)}
@@ -185,5 +207,8 @@ def parse_composition(setup, level: int | None = 0):
     if isinstance(setup, Iterable):
         block = Fuse if level == 1 else Stack
         next_level = None if level is None else level + 1
-        return block(*[parse_composition(child, next_level) for child in setup])
+        parsed = block(*[parse_composition(child, next_level) for child in setup])
+        if level is not None:
+            validate_composition(parsed, level)
+        return parsed
     raise CompositionError(f"cannot use {setup!r} as an adapter setup: pass a name, a list or a composition block")

@@ -1,47 +1,60 @@
-"""Per-model engine state and the per-forward context that hooks read."""
+"""Per-call state: what one forward pass needs, kept in context variables, never on modules.
+
+Two threads (or two nested calls) that run the same model each see their own `AdapterSetup` and their own
+`ForwardContext`: Python gives every thread its own context, and `contextvars` tokens undo each `with` block
+exactly. Gradient checkpointing re-runs a layer during backward, after the forward has ended; the checkpoint
+function is wrapped (`keep_call_context`) so the replay sees the context the layer first ran in.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from .archs import arch_for, get_module
 from .composition import Block, parse_composition
 
 _SCOPED_SETUP: contextvars.ContextVar = contextvars.ContextVar("workbench_adapter_setup", default=None)
+_CALLS: contextvars.ContextVar = contextvars.ContextVar("workbench_forward_calls", default=None)
 
 
 class AdapterSetup:
-    """`with AdapterSetup(Stack("a", "b"), head_setup="b"): model(...)` activates a setup for the block only."""
+    """`with AdapterSetup(Stack("a", "b"), head_setup="b"): model(...)` activates a setup for the block only.
+
+    The setup is checked against the model when a forward starts inside the block: unknown adapters or a
+    composition the methods cannot run raise `CompositionError` before any layer runs.
+    """
 
     def __init__(self, adapter_setup, head_setup=None, ignore_empty: bool = False):
         self.adapter_setup = parse_composition(adapter_setup)
         self.head_setup = head_setup
         self.ignore_empty = ignore_empty
-        self._token = None
+        self._tokens: list = []
 
     def __enter__(self):
         if self.adapter_setup is not None or not self.ignore_empty:
-            self._token = _SCOPED_SETUP.set(self)
+            self._tokens.append(_SCOPED_SETUP.set(self))
+        else:
+            self._tokens.append(None)
         return self
 
     def __exit__(self, *exc):
-        if self._token is not None:
-            _SCOPED_SETUP.reset(self._token)
-            self._token = None
+        token = self._tokens.pop()
+        if token is not None:
+            _SCOPED_SETUP.reset(token)
 
 
 def scoped_setup() -> AdapterSetup | None:
-    """The innermost `AdapterSetup` block being run, if any."""
+    """The innermost `AdapterSetup` block being run in this thread, if any."""
     return _SCOPED_SETUP.get()
 
 
 @dataclass
 class ForwardContext:
-    """What one forward pass needs to know: the setup, batch bookkeeping and collected extras."""
+    """What one forward pass of one model knows: its setup, batch bookkeeping, scratch space and extras."""
 
     setup: Block | None
     names: frozenset[str]
@@ -50,75 +63,76 @@ class ForwardContext:
     fusion_attentions: dict = field(default_factory=dict)
     output_gating_scores: bool = False
     gating_scores: dict = field(default_factory=dict)
-    prefix_states: dict = field(default_factory=dict)
-
-
-class EngineState:
-    """Everything the engine keeps for one model: configs, fusions, the active setup, and method layers."""
-
-    def __init__(self, root: nn.Module, base: nn.Module):
-        self.root = root
-        self.base = base
-        self.spec = arch_for(base.config)
-        self.configs: dict = {}
-        self.fusions: dict[str, tuple[list[str], object]] = {}
-        self.active_setup: Block | None = None
-        self.skip_layers: set[int] = set()
-        self.context: ForwardContext | None = None
-        self.methods: dict[str, object] = {}
-        self.forward_begin_hooks: list = []  # callables(ctx, args, kwargs) -> (args, kwargs) | None
-        base.register_forward_pre_hook(self._begin, with_kwargs=True)
-        base.register_forward_hook(self._end)
+    scratch: dict = field(default_factory=dict)  # per-call values hooks hand each other, keyed by their owner
+    replaying: bool = False  # a gradient-checkpointing replay: nothing is recorded twice
 
     @property
-    def layers(self) -> nn.ModuleList:
-        return get_module(self.base, self.spec.layers)
-
-    @property
-    def hidden_size(self) -> int:
-        return self.base.config.hidden_size
-
-    def current_setup(self) -> Block | None:
-        return self.context.setup if self.context is not None else self.active_setup
-
-    def _begin(self, module, args, kwargs):
-        scoped = scoped_setup()
-        setup = scoped.adapter_setup if scoped is not None else self.active_setup
-        names = frozenset(setup.flatten()) if setup is not None else frozenset()
-        ctx = ForwardContext(
-            setup,
-            names,
-            output_fusion_attentions=bool(kwargs.pop("output_adapter_fusion_attentions", False)),
-            output_gating_scores=bool(kwargs.pop("output_adapter_gating_scores", False)),
-        )
-        ctx.batch_size = _batch_size(args, kwargs)
-        self.context = ctx
-        if setup is not None and setup.parallel_channels > 1 and ctx.batch_size is not None:
-            args, kwargs = _replicate(args, kwargs, ctx.batch_size, setup.parallel_channels)
-        for hook in self.forward_begin_hooks:
-            result = hook(ctx, args, kwargs)
-            if result is not None:
-                args, kwargs = result
-        return args, kwargs
-
-    def _end(self, module, args, output):
-        ctx, self.context = self.context, None
-        if ctx is None or not hasattr(output, "keys"):
-            return None
-        if ctx.output_fusion_attentions:
-            output["adapter_fusion_attentions"] = ctx.fusion_attentions
-        if ctx.output_gating_scores:
-            output["adapter_gating_scores"] = ctx.gating_scores
-        return None
-
-    def record_gating(self, adapter: str, layer_idx: int, location: str, gate: torch.Tensor) -> None:
-        """Keep a per-example gate value when the forward asked for `output_adapter_gating_scores`."""
-        ctx = self.context
-        if ctx is not None and ctx.output_gating_scores:
-            ctx.gating_scores.setdefault(adapter, {}).setdefault(layer_idx, {})[location] = gate.detach().cpu()
+    def recording(self) -> bool:
+        return not self.replaying
 
 
-def _batch_size(args, kwargs) -> int | None:
+def current_call(engine) -> ForwardContext | None:
+    """The forward context of `engine`'s model in this thread, or None outside its forward."""
+    calls = _CALLS.get()
+    return calls.get(id(engine)) if calls else None
+
+
+def enter_call(engine, ctx: ForwardContext):
+    """Make `ctx` the current call of `engine`; returns the token `leave_call` needs."""
+    calls = dict(_CALLS.get() or {})
+    calls[id(engine)] = ctx
+    return _CALLS.set(calls)
+
+
+def leave_call(token) -> None:
+    _CALLS.reset(token)
+
+
+@contextlib.contextmanager
+def replaying(calls: dict | None):
+    """Run a block with the forward contexts captured when a checkpointed layer first ran."""
+    replayed = {key: _as_replay(ctx) for key, ctx in (calls or {}).items()}
+    token = _CALLS.set(replayed or None)
+    try:
+        yield
+    finally:
+        _CALLS.reset(token)
+
+
+def _as_replay(ctx: ForwardContext) -> ForwardContext:
+    copy = ForwardContext(**{**ctx.__dict__, "replaying": True})
+    copy.scratch = {}
+    return copy
+
+
+def keep_call_context(checkpoint_fn):
+    """Wrap a gradient-checkpointing function so the recomputed layer sees the forward context it first ran in.
+
+    Works for both `use_reentrant` modes: the wrapper is what `checkpoint` calls, on the forward and on replay.
+    """
+    if getattr(checkpoint_fn, "keeps_call_context", False):
+        return checkpoint_fn
+
+    @functools.wraps(checkpoint_fn)
+    def run(function, *args, **kwargs):
+        captured = _CALLS.get()
+        first = [True]
+
+        def layer(*inner_args, **inner_kwargs):
+            if first[0]:
+                first[0] = False
+                return function(*inner_args, **inner_kwargs)
+            with replaying(captured):
+                return function(*inner_args, **inner_kwargs)
+
+        return checkpoint_fn(layer, *args, **kwargs)
+
+    run.keeps_call_context = True
+    return run
+
+
+def batch_size_of(args, kwargs) -> int | None:
+    """The batch size of a model call, from its first batch-shaped input."""
     for key in ("input_ids", "inputs_embeds", "attention_mask"):
         value = kwargs.get(key)
         if isinstance(value, torch.Tensor):
@@ -129,7 +143,7 @@ def _batch_size(args, kwargs) -> int | None:
     return None
 
 
-def _replicate(args, kwargs, batch: int, channels: int):
+def replicate_batch(args, kwargs, batch: int, channels: int):
     """Repeat every batch-shaped input `channels` times along the batch (Parallel composition)."""
 
     def repeat(value):

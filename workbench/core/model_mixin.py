@@ -5,7 +5,6 @@ Methods are thin: they validate, then delegate to the method layers in `methods/
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from pathlib import Path
 
@@ -13,34 +12,26 @@ import torch
 from torch import nn
 
 from . import files, peft_format
-from .composition import Block, Fuse, parse_composition
-from .configs import AdapterConfig, AdapterFusionConfig, BnConfig, ConfigUnion, LoRAConfig
-from .context import EngineState
-from .errors import AdapterConfigError, AdapterLoadError, CompositionError, UnsupportedModelError
-from .keys import align_base_prefix, is_adapter_key, is_fusion_key, rename_adapter_keys, rename_prefixed
+from .composition import Average, Block, Fuse, parse_composition
+from .configs import AdapterConfig, AdapterFusionConfig, BnConfig, LoRAConfig
+from .context import keep_call_context
+from .engine import EngineState
+from .errors import AdapterConfigError, AdapterLoadError, CompositionError
+from .keys import align_base_prefix, rename_adapter_keys, rename_prefixed
+from .methods import method_parts
+from .runtime import check_setup
 
 FORMAT_VERSION = "adapters.1.3.0"
 
-# method kind -> "module:Class"; modules are imported on first use.
-METHOD_CLASSES = {
-    "bottleneck": "workbench.core.methods.bottleneck_layers:BottleneckMethod",
-    "invertible": "workbench.core.methods.invertible:InvertibleMethod",
-    "lora": "workbench.core.methods.lora:LoRAMethod",
-    "prefix_tuning": "workbench.core.methods.prefix_tuning:PrefixTuningMethod",
-    "prompt_tuning": "workbench.core.methods.prompt_tuning:PromptTuningMethod",
-}
+# Turns a Hub id (or AdapterHub name) into a local folder; `workbench.hub` registers one, the engine never imports it.
+_ADAPTER_RESOLVER = None
 
 
-def method_parts(config: AdapterConfig) -> list[tuple[str, AdapterConfig]]:
-    """The method layers a config needs, e.g. a `seq_bn_inv` config needs bottleneck and invertible."""
-    if isinstance(config, ConfigUnion):
-        return [part for sub in config.configs for part in method_parts(sub)]
-    if isinstance(config, BnConfig):
-        parts = [("bottleneck", config)]
-        return parts + [("invertible", config)] if config.inv_adapter else parts
-    if isinstance(config, LoRAConfig):
-        return [("lora", config)]
-    return [(config.architecture, config)]
+def register_adapter_resolver(resolver) -> None:
+    """Set the function `load_adapter` calls for names that are not local folders:
+    `resolver(name_or_id, model=..., source=..., version=..., config=..., model_name=..., **kwargs) -> Path`."""
+    global _ADAPTER_RESOLVER
+    _ADAPTER_RESOLVER = resolver
 
 
 class ModelAdaptersMixin:
@@ -51,18 +42,14 @@ class ModelAdaptersMixin:
     def _init_adapters(self, base: nn.Module) -> None:
         self._engine = EngineState(self, base)
 
-    # --- method layers -----------------------------------------------------------------------------------
-
     def _method(self, kind: str):
-        engine = self._engine
-        if kind not in engine.methods:
-            module_name, class_name = METHOD_CLASSES[kind].split(":")
-            try:
-                cls = getattr(importlib.import_module(module_name), class_name)
-            except ModuleNotFoundError:
-                raise UnsupportedModelError(f"adapter method {kind!r} is not available yet") from None
-            engine.methods[kind] = cls(engine)
-        return engine.methods[kind]
+        return self._engine.method(kind)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
+        """transformers' switch, with a checkpoint function that replays layers in their forward's context."""
+        if gradient_checkpointing_func is None:
+            from torch.utils.checkpoint import checkpoint as gradient_checkpointing_func
+        super()._set_gradient_checkpointing(enable, keep_call_context(gradient_checkpointing_func), **kwargs)
 
     # --- adding, deleting, activating --------------------------------------------------------------------
 
@@ -81,50 +68,49 @@ class ModelAdaptersMixin:
 
     def add_adapter(self, adapter_name: str, config=None, overwrite_ok: bool = False, set_active: bool = False):
         """Add a new, freshly initialised adapter; `config` is a config object, dict, preset name or string."""
-        config = AdapterConfig.load(config)
-        if adapter_name in self._engine.configs:
-            if not overwrite_ok:
-                raise AdapterConfigError(f"an adapter named {adapter_name!r} already exists")
-            self.delete_adapter(adapter_name)
         _check_name(adapter_name)
-        added = []
-        try:
+        config = AdapterConfig.load(config)
+        engine = self._engine
+        with engine.transaction(self):
+            if adapter_name in engine.configs:
+                if not overwrite_ok:
+                    raise AdapterConfigError(f"an adapter named {adapter_name!r} already exists")
+                self.delete_adapter(adapter_name)
+            engine.configs[adapter_name] = config
             for kind, part in method_parts(config):
-                method = self._method(kind)
-                method.add(adapter_name, part)
-                added.append(method)
-        except Exception:
-            for method in added:
-                method.delete(adapter_name)
-            raise
-        self._engine.configs[adapter_name] = config
-        self._adapter_device_to_model(adapter_name)
-        self.train(self.training)  # new modules follow the model's train/eval mode
-        if set_active:
-            self.set_active_adapters(adapter_name)
+                engine.method(kind).add(adapter_name, part)
+            self._adapter_to_model(adapter_name)
+            if set_active:
+                self.set_active_adapters(adapter_name)
 
-    def _adapter_device_to_model(self, name: str) -> None:
-        """Put a new adapter on the model's device, in the model's float dtype unless its config names one."""
-        reference = next(self._engine.base.parameters(), None)
+    def _adapter_to_model(self, name: str) -> None:
+        """Give a new adapter the model's device, float dtype (unless its config names one) and train/eval mode."""
+        engine = self._engine
+        for module in engine.owned.get(name, {}).values():
+            module.train(self.training)
+        reference = next(engine.base.parameters(), None)
         if reference is None:
             return
-        keep_dtype = bool(getattr(self._engine.configs[name], "dtype", None))
-        for _, param in self._adapter_parameters(name):
+        keep_dtype = bool(getattr(engine.configs.get(name), "dtype", None))
+        for _, param in engine.named_parameters_of(name):
             dtype = reference.dtype if param.is_floating_point() and not keep_dtype else param.dtype
             if param.device != reference.device or param.dtype != dtype:
                 param.data = param.data.to(reference.device, dtype=dtype)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        config = self._require(adapter_name)
-        for kind, _ in method_parts(config):
-            self._method(kind).delete(adapter_name)
-        for fusion_name, (names, _) in list(self._engine.fusions.items()):
-            if adapter_name in names:
-                self.delete_adapter_fusion(fusion_name)
-        del self._engine.configs[adapter_name]
-        setup = self._engine.active_setup
-        if setup is not None and adapter_name in setup.flatten():
-            self._engine.active_setup = None
+        self._require(adapter_name)
+        engine = self._engine
+        with engine.transaction(self):
+            for fusion_name, (names, _) in list(engine.fusions.items()):
+                if adapter_name in names:
+                    self.delete_adapter_fusion(fusion_name)
+            for kind in engine.method_kinds(adapter_name):
+                engine.method(kind).delete(adapter_name)
+            del engine.configs[adapter_name]
+            engine.unregister(adapter_name)
+            setup = engine.active_setup
+            if setup is not None and adapter_name in setup.flatten():
+                engine.active_setup = None
 
     def _require(self, name: str) -> AdapterConfig:
         if name not in self._engine.configs:
@@ -141,24 +127,19 @@ class ModelAdaptersMixin:
         self.set_active_adapters(adapter_setup)
 
     def set_active_adapters(self, adapter_setup, skip_layers: list[int] | None = None) -> None:
-        """Activate an adapter, a list (Stack) or a composition block; None deactivates all."""
+        """Activate an adapter, a list (Stack) or a composition block; None deactivates all.
+
+        The whole setup is checked first (names, fusions, sizes, what each method takes part in): a setup the
+        engine cannot run raises `CompositionError` and the previous one stays active.
+        """
         setup = parse_composition(adapter_setup)
-        if setup is not None:
-            for name in setup.flatten():
-                if name not in self._engine.configs:
-                    raise CompositionError(f"composition {setup} names unknown adapter {name!r}")
-            self._check_fusions(setup)
+        check_setup(setup, self._engine)
+        if skip_layers is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in skip_layers):
+            raise CompositionError(f"skip_layers={skip_layers!r}: use a list of layer indices")
         if "lora" in self._engine.methods:
             self._engine.methods["lora"].reset()
         self._engine.active_setup = setup
         self._engine.skip_layers = set(skip_layers or [])
-
-    def _check_fusions(self, setup) -> None:
-        if isinstance(setup, Fuse) and setup.name not in self._engine.fusions:
-            raise CompositionError(f"{setup} needs an AdapterFusion {setup.name!r}: call add_adapter_fusion first")
-        if isinstance(setup, Block):
-            for child in setup:
-                self._check_fusions(child)
 
     # --- training ----------------------------------------------------------------------------------------
 
@@ -211,6 +192,7 @@ class ModelAdaptersMixin:
         """Add an AdapterFusion layer over existing bottleneck adapters."""
         names = _fusion_names(adapter_names)
         fusion_name = name or ",".join(names)
+        _check_fusion_name(fusion_name)
         for adapter in names:
             if not isinstance(self._require(adapter), BnConfig):
                 raise CompositionError(f"AdapterFusion needs bottleneck adapters; {adapter!r} is not one")
@@ -218,18 +200,20 @@ class ModelAdaptersMixin:
         for location in ("mh_adapter", "output_adapter"):
             if len({getattr(c, location) for c in configs}) > 1:
                 raise CompositionError(f"adapters {names} disagree on {location}; they cannot be fused")
-        if fusion_name in self._engine.fusions:
-            if not overwrite_ok:
-                raise AdapterConfigError(f"an AdapterFusion named {fusion_name!r} already exists")
-            self.delete_adapter_fusion(fusion_name)
         config = AdapterFusionConfig.load(config)
-        self._method("bottleneck").add_fusion(fusion_name, names, config)
-        self._engine.fusions[fusion_name] = (names, config)
-        self.train(self.training)
-        for _, param in self._fusion_parameters(fusion_name):
-            param.data = param.data.to(next(self._engine.base.parameters()).device)
-        if set_active:
-            self.set_active_adapters(Fuse(*names))
+        engine = self._engine
+        with engine.transaction(self):
+            if fusion_name in engine.fusions:
+                if not overwrite_ok:
+                    raise AdapterConfigError(f"an AdapterFusion named {fusion_name!r} already exists")
+                self.delete_adapter_fusion(fusion_name)
+            engine.fusions[fusion_name] = (names, config)
+            engine.method("bottleneck").add_fusion(fusion_name, names, config)
+            reference = next(engine.base.parameters())
+            for module in engine.owned.get("fusion:" + fusion_name, {}).values():
+                module.to(reference.device).train(self.training)
+            if set_active:
+                self.set_active_adapters(Fuse(*names))
 
     def adapter_fusion_regularization_loss(self, fusion_name: str) -> torch.Tensor:
         """0.01 * sum ||I - V||^2 over the fusion's layers (keeps value matrices near identity while training)."""
@@ -240,47 +224,52 @@ class ModelAdaptersMixin:
 
     def delete_adapter_fusion(self, adapter_names) -> None:
         fusion_name = adapter_names if isinstance(adapter_names, str) else ",".join(_fusion_names(adapter_names))
-        if fusion_name not in self._engine.fusions:
+        engine = self._engine
+        if fusion_name not in engine.fusions:
             raise AdapterConfigError(f"no AdapterFusion named {fusion_name!r}")
-        self._method("bottleneck").delete_fusion(fusion_name)
-        del self._engine.fusions[fusion_name]
+        engine.method("bottleneck").delete_fusion(fusion_name)
+        del engine.fusions[fusion_name]
+        setup = engine.active_setup
+        if setup is not None and any(isinstance(b, Fuse) and b.name == fusion_name for b in _blocks(setup)):
+            engine.active_setup = None
 
     # --- parameters and summary --------------------------------------------------------------------------
 
-    def _adapter_parameters(self, name: str):
-        return [(k, p) for k, p in self.named_parameters(remove_duplicate=False) if is_adapter_key(k, name)]
+    def _adapter_parameters(self, name: str) -> list[tuple[str, nn.Parameter]]:
+        return list(self._engine.named_parameters_of(name))
 
-    def _fusion_parameters(self, fusion_name: str):
-        return [(k, p) for k, p in self.named_parameters() if is_fusion_key(k, fusion_name)]
+    def _fusion_parameters(self, fusion_name: str) -> list[tuple[str, nn.Parameter]]:
+        return list(self._engine.named_parameters_of("fusion:" + fusion_name))
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if is_adapter_key(k, name)}
+        return self._engine.state_dict_of(name)
 
     def adapter_summary(self, as_dict: bool = False):
         """A table of adapters: name, method, parameters, % of the base model, active, trainable."""
-        setup = self._engine.active_setup
+        engine = self._engine
+        setup = engine.active_setup
         active = set(setup.flatten()) if setup is not None else set()
-        rows = []
-        for name, config in self._engine.configs.items():
-            params = {id(p): p for _, p in self._adapter_parameters(name)}.values()
+        rows, owned_ids = [], set()
+        for name, config in engine.configs.items():
+            params = {id(p): p for _, p in engine.named_parameters_of(name)}
+            owned_ids.update(params)
             rows.append(
                 {
                     "name": name,
                     "architecture": config.architecture or "bottleneck",
-                    "#param": sum(p.numel() for p in params),
+                    "#param": sum(p.numel() for p in params.values()),
                     "active": name in active,
-                    "train": bool(params) and all(p.requires_grad for p in params),
+                    "train": bool(params) and all(p.requires_grad for p in params.values()),
                 }
             )
-        adapter_ids = {id(p) for name in self._engine.configs for _, p in self._adapter_parameters(name)}
-        base_params = sum(p.numel() for p in self._engine.base.parameters() if id(p) not in adapter_ids)
+        base_params = sum(p.numel() for p in engine.base.parameters() if id(p) not in owned_ids)
         for row in rows:
             row["%param"] = row["#param"] / base_params * 100
         full = {
             "name": "Full model",
             "#param": base_params,
             "%param": 100.0,
-            "train": not getattr(self._engine.base, "model_frozen", False),
+            "train": not getattr(engine.base, "model_frozen", False),
         }
         rows.append(full)
         if as_dict:
@@ -349,19 +338,19 @@ class ModelAdaptersMixin:
         **kwargs,
     ) -> str:
         """Load an adapter (AdapterHub or PEFT format; a local folder or a Hub repo) and return its name."""
+        if load_as is not None:
+            _check_name(load_as)
         folder = self._resolve_adapter_folder(
             adapter_name_or_path, source=source, version=version, config=config, model_name=model_name, **kwargs
         )
         if peft_format.is_peft_folder(folder):
             name = load_as or peft_format.default_name(adapter_name_or_path, folder)
-            return peft_format.load_peft(self, folder, name, leave_out=leave_out, set_active=set_active)
-        data = files.read_json(folder / files.ADAPTER_CONFIG)
-        if "config" not in data:
-            raise AdapterLoadError(f"{folder / files.ADAPTER_CONFIG} has no 'config' entry")
-        self._check_compatible(data, folder / files.ADAPTER_CONFIG)
-        adapter_config = AdapterConfig.from_dict(
-            data["config"], strict=False, source=str(folder / files.ADAPTER_CONFIG)
-        )
+            with self._engine.transaction(self):
+                return peft_format.load_peft(self, folder, name, leave_out=leave_out, set_active=set_active)
+        config_path = folder / files.ADAPTER_CONFIG
+        data = _read_meta(config_path, "adapter")
+        self._check_compatible(data, config_path)
+        adapter_config = AdapterConfig.from_dict(data["config"], strict=False, source=str(config_path))
         if leave_out:
             if not hasattr(adapter_config, "leave_out"):
                 raise AdapterConfigError(f"leave_out= does not apply to {type(adapter_config).__name__} adapters")
@@ -371,35 +360,34 @@ class ModelAdaptersMixin:
             raise AdapterLoadError(
                 f"no adapter weights ({files.ADAPTER_WEIGHTS} or {files.ADAPTER_SAFETENSORS}) in {folder}"
             )
-        state = files.read_weights(weights_path)
-        saved_name = data.get("name") or load_as or folder.name
+        saved_name = data.get("name")
         name = load_as or saved_name
-        state = rename_adapter_keys(state, saved_name, name)
-        state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
-        existed = name in self._engine.configs
-        if existed:
+        if name is None:
+            name = folder.name
+            _check_name(name, f"(the folder name of {folder}; pass load_as=)")
+        if name in self._engine.configs:
             raise AdapterConfigError(
                 f"an adapter named {name!r} already exists; pass load_as= to load it under another name"
             )
-        self.add_adapter(name, config=adapter_config)
-        try:
-            self._load_weights(state, lambda k: is_adapter_key(k, name), weights_path)
+        state = files.read_weights(weights_path)
+        state = rename_adapter_keys(state, saved_name or name, name)
+        state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
+        with self._engine.transaction(self):
+            self.add_adapter(name, config=adapter_config)
+            self._load_weights(state, self._engine.state_dict_of(name, keep_vars=True), weights_path)
             if with_head:
                 self._load_matching_head(folder, name, id2label)
-        except Exception:
-            self.delete_adapter(name)
-            raise
-        if set_active:
-            self.set_active_adapters(name)
+            if set_active:
+                self.set_active_adapters(name)
         return name
 
     def _resolve_adapter_folder(self, name_or_path, **kwargs) -> Path:
         path = Path(str(name_or_path)).expanduser()
         if path.is_dir():
             return path
-        from ..hub import resolve_adapter  # imported lazily: the hub needs network libraries
-
-        return resolve_adapter(str(name_or_path), model=self, **kwargs)
+        if _ADAPTER_RESOLVER is None:
+            raise AdapterLoadError(f"{name_or_path!r} is not a folder, and no Hub resolver is registered")
+        return _ADAPTER_RESOLVER(str(name_or_path), model=self, **kwargs)
 
     def _check_compatible(self, data: dict, path: Path) -> None:
         config = self._engine.base.config
@@ -415,9 +403,8 @@ class ModelAdaptersMixin:
     def _load_matching_head(self, folder: Path, name: str, id2label) -> None:
         """Overridden by models with flex heads."""
 
-    def _load_weights(self, state: dict[str, torch.Tensor], belongs, source: Path) -> None:
-        """Copy `state` into the model after checking it has exactly the expected keys and shapes."""
-        own = {k: v for k, v in self.state_dict(keep_vars=True).items() if belongs(k)}
+    def _load_weights(self, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: Path) -> None:
+        """Copy `state` into the tensors `own` (key -> tensor) after checking keys and shapes match exactly."""
         missing = sorted(set(own) - set(state))
         # The adapters library does not save a bare base model's shared PHM parameters (no leading dot).
         unsaved = [k for k in missing if k.startswith("shared_parameters.")]
@@ -440,9 +427,10 @@ class ModelAdaptersMixin:
                 own[key].copy_(tensor.to(own[key].dtype))
 
     def save_adapter_fusion(
-        self, save_directory, adapter_names, with_head: bool = False, use_safetensors: bool = False, **_
+        self, save_directory, adapter_names, with_head: bool | str = False, use_safetensors: bool = False, **_
     ) -> None:
-        """Write adapter_fusion_config.json and the fusion weights."""
+        """Write adapter_fusion_config.json and the fusion weights; `with_head` (a head name, or True for the head
+        named like the fusion) saves that head beside them."""
         fusion_name = adapter_names if isinstance(adapter_names, str) else ",".join(_fusion_names(adapter_names))
         if fusion_name not in self._engine.fusions:
             raise AdapterConfigError(f"no AdapterFusion named {fusion_name!r}")
@@ -450,28 +438,40 @@ class ModelAdaptersMixin:
         folder = Path(save_directory)
         data = {"adapter_names": list(names), "config": config.to_dict(), **self._file_meta(fusion_name)}
         files.write_json(folder / files.FUSION_CONFIG, data)
-        weights = {k: v for k, v in self.state_dict().items() if is_fusion_key(k, fusion_name)}
+        weights = self._engine.state_dict_of("fusion:" + fusion_name)
         name = files.FUSION_SAFETENSORS if use_safetensors else files.FUSION_WEIGHTS
         files.write_weights(folder / name, weights)
         if with_head:
-            self._save_matching_head(folder, fusion_name, use_safetensors)
+            self._save_fusion_head(folder, fusion_name if with_head is True else with_head, use_safetensors)
+
+    def _save_fusion_head(self, folder: Path, head_name: str, use_safetensors: bool) -> None:
+        """Overridden by models with flex heads."""
 
     def load_adapter_fusion(
-        self, adapter_fusion_name_or_path, load_as: str | None = None, set_active: bool = False, **_
+        self,
+        adapter_fusion_name_or_path,
+        load_as: str | None = None,
+        set_active: bool = False,
+        with_head: bool = True,
+        **_,
     ) -> str:
-        """Load a fusion saved in the AdapterHub format; the fused adapters must be loaded already."""
+        """Load a fusion saved in the AdapterHub format (the fused adapters must be loaded already), and the head
+        saved beside it under its saved name (`with_head`)."""
         folder = Path(adapter_fusion_name_or_path)
         config_path = folder / files.FUSION_CONFIG
-        data = files.read_json(config_path)
+        data = _read_meta(config_path, "fusion")
         self._check_compatible(data, config_path)
         saved_name = data.get("name")
         names = data.get("adapter_names") or (saved_name.split(",") if saved_name else None)
         if not names:
             raise AdapterLoadError(f"{config_path} names no adapters ('adapter_names')")
+        for adapter in names:
+            _check_name(adapter, f"(in 'adapter_names' of {config_path})")
         missing = [n for n in names if n not in self._engine.configs]
         if missing:
             raise AdapterLoadError(f"{config_path} fuses adapter(s) {missing} that are not loaded")
         fusion_name = load_as or saved_name or ",".join(names)
+        _check_fusion_name(fusion_name, f"(in {config_path})")
         weights_path = files.find_weights(folder, files.FUSION_WEIGHTS, files.FUSION_SAFETENSORS)
         if weights_path is None:
             raise AdapterLoadError(f"no fusion weights ({files.FUSION_WEIGHTS}) in {folder}")
@@ -482,15 +482,18 @@ class ModelAdaptersMixin:
             config = AdapterFusionConfig.load(dict(data["config"]))
         except (AdapterConfigError, KeyError, TypeError) as err:
             raise AdapterLoadError(f"{config_path}: bad fusion config ({err})") from None
-        self.add_adapter_fusion(names, config, name=fusion_name if fusion_name != ",".join(names) else None)
-        try:
-            self._load_weights(state, lambda k: is_fusion_key(k, fusion_name), weights_path)
-        except Exception:
-            self.delete_adapter_fusion(fusion_name)
-            raise
-        if set_active:
-            self.set_active_adapters(Fuse(*names))
+        with self._engine.transaction(self):
+            self.add_adapter_fusion(names, config, name=fusion_name if fusion_name != ",".join(names) else None)
+            own = self._engine.state_dict_of("fusion:" + fusion_name, keep_vars=True)
+            self._load_weights(state, own, weights_path)
+            if with_head:
+                self._load_fusion_head(folder)
+            if set_active:
+                self.set_active_adapters(Fuse(*names))
         return fusion_name
+
+    def _load_fusion_head(self, folder: Path) -> None:
+        """Overridden by models with flex heads."""
 
     # --- LoRA merging and averaging ----------------------------------------------------------------------
 
@@ -534,39 +537,44 @@ class ModelAdaptersMixin:
         comparable = [{k: v for k, v in c.to_dict().items() if k not in ("dropout", "init_weights")} for c in configs]
         if any(c != comparable[0] for c in comparable[1:]):
             raise AdapterConfigError(f"adapters {adapter_list} have different configs and cannot be averaged")
-        weights = list(weights) if weights is not None else [1 / len(adapter_list)] * len(adapter_list)
-        if len(weights) != len(adapter_list):
-            raise AdapterConfigError(f"{len(adapter_list)} adapters but {len(weights)} weights")
-        if normalize_weights:
-            weights = [w / sum(weights) for w in weights]
+        weights = Average(*adapter_list, weights=weights, normalize_weights=normalize_weights).weights
         sources = [self.adapter_state_dict(n) for n in adapter_list]
         new_config = configs[0]
         if svd_rank is not None and isinstance(new_config, LoRAConfig):
             new_config = new_config.replace(r=svd_rank)
-        self.add_adapter(adapter_name, config=new_config, overwrite_ok=overwrite_ok)
-        if lora_strategy:
-            try:
+        with self._engine.transaction(self):
+            self.add_adapter(adapter_name, config=new_config, overwrite_ok=overwrite_ok)
+            if lora_strategy:
                 sources = dict(zip(adapter_list, weights, strict=True))
                 self._method("lora").average(adapter_name, sources, combine_strategy, svd_rank)
-            except Exception:
-                self.delete_adapter(adapter_name)
-                raise
+            else:
+                own = self._engine.state_dict_of(adapter_name, keep_vars=True)
+                averaged = {}
+                for key in own:
+                    parts = [rename_adapter_keys({key: None}, adapter_name, n) for n in adapter_list]
+                    source_keys = [next(iter(p)) for p in parts]
+                    averaged[key] = sum(w * s[k] for w, s, k in zip(weights, sources, source_keys, strict=True))
+                self._load_weights(averaged, own, Path("<average>"))
             if set_active:
                 self.set_active_adapters(adapter_name)
-            return
-        averaged = {}
-        for key in self.adapter_state_dict(adapter_name):
-            parts = [rename_adapter_keys({key: None}, adapter_name, n) for n in adapter_list]
-            source_keys = [next(iter(p)) for p in parts]
-            averaged[key] = sum(w * s[k] for w, s, k in zip(weights, sources, source_keys, strict=True))
-        self._load_weights(averaged, lambda k: is_adapter_key(k, adapter_name), Path("<average>"))
-        if set_active:
-            self.set_active_adapters(adapter_name)
 
 
-def _check_name(name: str) -> None:
+def _check_name(name, where: str = "") -> None:
     if not isinstance(name, str) or not name or "." in name:
-        raise AdapterConfigError(f"invalid adapter name {name!r}: use a non-empty string without '.'")
+        raise AdapterConfigError(f"invalid adapter name {name!r}{' ' + where if where else ''}: use a non-empty "
+                                 "string without '.'")
+
+
+def _check_fusion_name(name, where: str = "") -> None:
+    for part in str(name).split(",") if isinstance(name, str) else [name]:
+        _check_name(part, where)
+
+
+def _read_meta(path: Path, kind: str) -> dict:
+    data = files.read_json(path)
+    if not isinstance(data.get("config"), dict):
+        raise AdapterLoadError(f"{path} has no {kind} 'config' object (found {data.get('config')!r})")
+    return data
 
 
 def _fusion_names(adapter_names) -> list[str]:
@@ -575,6 +583,12 @@ def _fusion_names(adapter_names) -> list[str]:
     if isinstance(adapter_names, str):
         return adapter_names.split(",")
     return list(adapter_names)
+
+
+def _blocks(setup) -> list[Block]:
+    if not isinstance(setup, Block):
+        return []
+    return [setup] + [b for child in setup for b in _blocks(child)]
 
 
 def _fuse_blocks(setup) -> list[Fuse]:

@@ -22,7 +22,6 @@ from transformers.pytorch_utils import Conv1D
 from . import files
 from .configs import ConfigUnion, IA3Config, LoRAConfig
 from .errors import AdapterConfigError, AdapterLoadError
-from .keys import is_adapter_key
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_SAFETENSORS = "adapter_model.safetensors"
@@ -82,7 +81,7 @@ def load_peft(model, folder: Path, name: str, leave_out=None, set_active: bool =
     try:
         for key, own in model.adapter_state_dict(name).items():  # modules PEFT did not wrap in a layer: no-op
             state.setdefault(key, torch.full_like(own, 1.0 if kind == "IA3" else 0.0))
-        model._load_weights(state, lambda k: is_adapter_key(k, name), weights_path)
+        model._load_weights(state, model._engine.state_dict_of(name, keep_vars=True), weights_path)
     except Exception:
         model.delete_adapter(name)
         raise

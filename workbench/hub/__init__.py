@@ -3,10 +3,14 @@
 Every request goes through `huggingface_hub`; listings are cached on disk (see `cache.py`).
 """
 
+from ..core.model_mixin import register_adapter_resolver
 from .cache import HubUnavailableError, Listing
 from .info import AdapterInfo
 from .listing import SearchResults, get_adapter_info, list_adapters, search_adapters
 from .resolve import DownloadProgress, resolve_adapter
+
+# `model.load_adapter("<hub id>")` resolves through the hub; the engine itself never imports this package.
+register_adapter_resolver(resolve_adapter)
 
 __all__ = [
     "AdapterInfo",

@@ -20,9 +20,9 @@ from transformers import Trainer
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
-from ..core.fast_dropout import fast_dropout
 from .checkpoints import SavePlan, check_finite, staged_folder
 from .errors import NonFiniteLossError
+from .fast_dropout import fast_dropout
 
 TRAINER_STATE_FILE = "trainer_state.json"  # the name Trainer reads back when resuming
 
@@ -38,7 +38,7 @@ class WorkbenchTrainer(Trainer):
         self._step_loss = 0.0
 
     def train(self, *args, **kwargs):
-        """Trainer's train; adapter and fusion runs with `fast_dropout` (see `workbench.core.fast_dropout`)."""
+        """Trainer's train; adapter and fusion runs with `fast_dropout` (see `workbench.train.fast_dropout`)."""
         fast = getattr(self.args, "fast_dropout", False) and self.plan.kind != "full"
         attention = getattr(self.args, "attention_dropout", True)
         with fast_dropout(self.accelerator.unwrap_model(self.model), fast=fast, attention=attention):

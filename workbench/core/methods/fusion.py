@@ -37,8 +37,11 @@ class FusionLayer(nn.Module):
         self.initial_temperature = 50.0 if config.temperature else 1.0
         self.temperature = self.initial_temperature
 
-    def forward(self, query, ups, residual):
-        """query (B,T,H), ups (B,T,n,H), residual (B,T,H) -> (output (B,T,H), attention (B,T,n))."""
+    def forward(self, query, ups, residual, advance: bool = True):
+        """query (B,T,H), ups (B,T,n,H), residual (B,T,H) -> (output (B,T,H), attention (B,T,n)).
+
+        `advance` lowers the temperature one step (not when gradient checkpointing replays the layer).
+        """
         config = self.config
         if config.residual_before:
             ups = ups + residual[:, :, None, :]
@@ -47,7 +50,8 @@ class FusionLayer(nn.Module):
         v = self.value(ups) if config.value and config.value_before_softmax else ups
         scores = torch.matmul(q.unsqueeze(2), k.transpose(-2, -1)).squeeze(2)
         probs = torch.softmax(self.dropout(scores) / self.temperature, dim=-1)
-        self.temperature = max(self.temperature - self.initial_temperature / 1000, 1.0)
+        if advance:  # AdapterHub lowers it on every forward, training or not
+            self.temperature = max(self.temperature - self.initial_temperature / 1000, 1.0)
         out = torch.matmul(probs.unsqueeze(2), v).squeeze(2)
         if config.value and not config.value_before_softmax:
             out = self.value(out)

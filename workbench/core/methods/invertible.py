@@ -11,9 +11,11 @@ from torch import nn
 
 from ..archs import get_module
 from ..configs import BnConfig
-from ..context import EngineState
+from ..context import current_call
 from ..errors import AdapterConfigError
+from ..runtime import ALL_BLOCKS
 from .activations import activation
+from .base import AdapterMethod
 
 
 def _subnet(d_in: int, d_out: int, reduction: float, act: str) -> nn.Sequential:
@@ -45,39 +47,51 @@ class NICECoupling(nn.Module):
         return torch.cat([y1, y2], dim=-1)
 
 
-class InvertibleMethod:
+class InvertibleMethod(AdapterMethod):
     """Keeps `invertible_adapters.<name>` on the base model and applies the active one to the embeddings."""
 
     kind = "invertible"
+    supports = ALL_BLOCKS  # only the first adapter of the setup acts, whatever the blocks
 
-    def __init__(self, state: EngineState):
-        self.state = state
-        base = state.base
-        if not hasattr(base, "invertible_adapters"):
-            base.invertible_adapters = nn.ModuleDict()
-        self.modules: nn.ModuleDict = base.invertible_adapters
-        get_module(base, state.spec.embeddings).register_forward_hook(self._on_embeddings)
+    def __init__(self, engine):
+        super().__init__(engine)
+        self._handle = None
 
     def add(self, name: str, config: BnConfig) -> None:
         if config.inv_adapter != "nice":
             raise AdapterConfigError(f"inv_adapter={config.inv_adapter!r} is not supported; use 'nice'")
-        dim = getattr(self.state.base.config, "embedding_size", None) or self.state.hidden_size
-        self.modules[name] = NICECoupling(dim, config.inv_adapter_reduction_factor or 2, config.non_linearity)
+        base = self.engine.base
+        if self._handle is None:
+            base.invertible_adapters = nn.ModuleDict()
+            self._handle = get_module(base, self.engine.spec.embeddings).register_forward_hook(self._on_embeddings)
+        dim = getattr(base.config, "embedding_size", None) or self.engine.hidden_size
+        factor = config.inv_adapter_reduction_factor or 2
+        module = NICECoupling(dim, factor, config.non_linearity).train(base.training)
+        base.invertible_adapters[name] = module
+        self.engine.register(name, f"invertible_adapters.{name}", module)
 
     def delete(self, name: str) -> None:
-        if name in self.modules:
-            del self.modules[name]
+        modules = getattr(self.engine.base, "invertible_adapters", None)
+        if modules is not None and name in modules:
+            del modules[name]
+        if modules is not None and not len(modules) and self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+            del self.engine.base.invertible_adapters
+        self.engine.unregister(name)
 
-    def active(self) -> NICECoupling | None:
-        setup = self.state.current_setup()
-        if setup is None:
+    def active(self, setup) -> NICECoupling | None:
+        modules = getattr(self.engine.base, "invertible_adapters", None)
+        if setup is None or modules is None:
             return None
-        return self.modules[setup.first()] if setup.first() in self.modules else None
+        return modules[setup.first()] if setup.first() in modules else None
 
     def _on_embeddings(self, module, args, output):
-        adapter = self.active()
+        ctx = current_call(self.engine)
+        adapter = self.active(ctx.setup if ctx is not None else None)
         return adapter(output) if adapter is not None else None
 
-    def invert(self, hidden: torch.Tensor) -> torch.Tensor:
-        adapter = self.active()
+    def invert(self, hidden: torch.Tensor, setup) -> torch.Tensor:
+        """The inverse transform, for an LM head's output of a call that ran `setup`."""
+        adapter = self.active(setup)
         return adapter(hidden, rev=True) if adapter is not None else hidden

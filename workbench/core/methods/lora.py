@@ -20,8 +20,11 @@ from transformers.pytorch_utils import Conv1D
 
 from ..composition import Average, BatchSplit, Parallel, Stack
 from ..configs import LoRAConfig
-from ..context import EngineState
+from ..context import current_call
+from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
+from ..runtime import ComposableLayer, blocks_with_names, compose
+from .base import AdapterMethod
 
 LOCATIONS = {
     "q": "selfattn",
@@ -147,15 +150,12 @@ class _State:
     last: str | None = None
 
 
-def _rows(st: _State, a: int, b: int) -> _State:
-    return _State(st.x[a:b], st.h[a:b] if st.h is not None else None, st.y[a:b], st.last)
-
-
-class LoRATarget:
+class LoRATarget(ComposableLayer):
     """One wrapped projection of one layer: its `loras` ModuleDict, forward hook and merge state."""
 
-    def __init__(self, state: EngineState, layer_idx: int, key: str, path: str, module: nn.Module):
-        self.state, self.layer_idx, self.path, self.module = state, layer_idx, path, module
+    def __init__(self, engine, layer_idx: int, key: str, path: str, module: nn.Module):
+        self.engine, self.layer_idx, self.path, self.module = engine, layer_idx, path, module
+        self.full_path = f"{engine.spec.layers}.{layer_idx}.{path}"
         self.location = LOCATIONS[key] + "_lora"
         self.fused = key == "qkv"
         self.conv1d = isinstance(module, Conv1D)
@@ -166,12 +166,20 @@ class LoRATarget:
         else:
             kind = type(module).__name__
             raise UnsupportedModelError(f"LoRA cannot wrap {path} ({kind}): it needs an nn.Linear or Conv1D")
-        if not hasattr(module, "loras"):
-            module.loras = nn.ModuleDict()
+        module.loras = nn.ModuleDict()
         self.loras: nn.ModuleDict = module.loras
         self.merged: str | None = None
         self.original: torch.Tensor | None = None
         self.handle = module.register_forward_hook(self._hook)
+
+    def remove(self) -> None:
+        self.reset()
+        self.handle.remove()
+        del self.module.loras
+
+    @property
+    def square(self) -> bool:
+        return self.in_features == self.out_features and not self.fused
 
     def make(self, config: LoRAConfig) -> nn.Module:
         cls = IA3 if config.composition_mode == "scale" else LoRA
@@ -185,88 +193,61 @@ class LoRATarget:
     # --- forward -----------------------------------------------------------------------------------------
 
     def _hook(self, module, args, output):
-        ctx = self.state.context
+        ctx = current_call(self.engine)
         if ctx is None or ctx.setup is None or self.merged is not None:
             return None
-        if self.layer_idx in self.state.skip_layers or not any(name in self.loras for name in ctx.names):
+        if self.layer_idx in self.engine.skip_layers or not any(name in self.loras for name in ctx.names):
             return None
-        x = args[0]
-        if self.fused:
-            return self._fused_forward(ctx.setup, x, output)
-        st = self.compose(ctx.setup, _State(x, None, output))
+        st = compose(self, ctx.setup, _State(args[0], None, output), ctx)
         if st.last is None or st.h is None:
             return None
         return self.loras[st.last].com(output, st.h)
 
-    def compose(self, setup, st: _State) -> _State:
-        if isinstance(setup, str):
-            return self._single(setup, st) if setup in self.loras else st
-        if not any(name in self.loras for name in setup.flatten()):
-            return st
-        if isinstance(setup, Stack):
-            for child in setup:
-                st = self.compose(child, st)
-            return st
-        if isinstance(setup, Parallel):
-            batch, channels = st.x.shape[0], len(setup)
-            if batch % channels:
-                raise CompositionError(f"{setup}: {batch} rows cannot be split into {channels} channels")
-            sizes = [batch // channels] * channels
-        elif isinstance(setup, BatchSplit):
-            if sum(setup.batch_sizes) != st.x.shape[0]:
-                raise CompositionError(f"{setup}: batch_sizes do not add up to the batch of {st.x.shape[0]}")
-            sizes = setup.batch_sizes
-        if isinstance(setup, (Parallel, BatchSplit)):
-            edges = [0]
-            for size in sizes:
-                edges.append(edges[-1] + size)
-            bounds = zip(edges[:-1], edges[1:], strict=True)
-            parts = [self.compose(c, _rows(st, a, b)) for c, (a, b) in zip(setup, bounds, strict=True)]
-            return self._concat(parts)
-        if isinstance(setup, Average):
-            return self._average(setup, st)
-        raise CompositionError(
-            f"{setup}: {type(setup).__name__} is not supported for LoRA/IA3 adapters "
-            f"(use Stack, Parallel, BatchSplit or Average)"
-        )
+    # --- the composition contract --------------------------------------------------------------------------
 
-    def _single(self, name: str, st: _State) -> _State:
-        h, gate = self.loras[name](st.h, st.x)
+    def __contains__(self, name: str) -> bool:
+        return name in self.loras
+
+    def single(self, name: str, st: _State, ctx) -> _State:
+        lora = self.loras[name]
+        if self.fused:
+            h, gate = self._fused_delta(lora, st)
+        else:
+            h, gate = lora(st.h, st.x)
         if gate is not None:
-            self._store_gate(name, gate)
+            record_gating(ctx, name, self.layer_idx, self.location, gate)
         return replace(st, h=h, last=name)
 
-    def _average(self, block: Average, st: _State) -> _State:
-        present = [
-            (c, w)
-            for c, w in zip(block, block.weights, strict=True)
-            if any(n in self.loras for n in ([c] if isinstance(c, str) else c.flatten()))
-        ]
-        parts = [self.compose(c, st) for c, _ in present]
-        weights = torch.tensor([w for _, w in present], dtype=parts[0].h.dtype, device=parts[0].h.device)
-        stacked = torch.stack([p.h.expand_as(parts[0].h) for p in parts])
-        h = (stacked * weights.view(-1, *[1] * (stacked.dim() - 1))).mean(dim=0)
-        return replace(st, h=h, last=parts[-1].last)
+    def batch_rows(self, st: _State) -> int:
+        return st.x.shape[0]
 
-    def _concat(self, parts: list[_State]) -> _State:
+    def rows(self, st: _State, a: int, b: int) -> _State:
+        return _State(st.x[a:b], st.h[a:b] if st.h is not None else None, st.y[a:b], st.last)
+
+    def concat(self, parts: list[_State]) -> _State:
         last = next((p.last for p in reversed(parts) if p.last is not None), None)
         x, y = torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts])
         if last is None:
             return _State(x, None, y)
-        identity = 0.0 if isinstance(self.loras[last], LoRA) else 1.0
+        identity = 0.0 if isinstance(self.loras[last], LoRA) else 1.0  # rows without an adapter here: no change
         hs = [p.h.expand(p.y.shape) if p.h is not None else torch.full_like(p.y, identity) for p in parts]
         return _State(x, torch.cat(hs), y, last)
 
-    def _fused_forward(self, setup, x, y):
-        if not (isinstance(setup, Stack) and len(setup) == 1 and isinstance(setup[0], str)):
-            raise CompositionError(
-                f"{setup}: the fused projection {self.path} of layer {self.layer_idx} "
-                "takes a single LoRA/IA3 adapter, not a composition"
-            )
-        name = setup[0]
-        lora = self.loras[name]
+    def average(self, parts: list[_State], weights: list[float]) -> _State:
+        present = [(p, w) for p, w in zip(parts, weights, strict=True) if p.h is not None]
+        if not present:
+            return parts[0]
+        first = present[0][0]
+        w = torch.tensor([w for _, w in present], dtype=first.h.dtype, device=first.h.device)
+        stacked = torch.stack([p.h.expand_as(first.h) for p, _ in present])
+        h = (stacked * w.view(-1, *[1] * (stacked.dim() - 1))).mean(dim=0)
+        return replace(first, h=h, last=present[-1][0].last)
+
+    def _fused_delta(self, lora, st: _State):
+        """A fused q|k|v projection: the enabled thirds' scaled delta over the full width (others: no change)."""
         n = sum(lora.enabled)
         width = self.out_features // 3
+        x = st.x
         if isinstance(lora, LoRA):
             a = F.linear(lora.lora_dropout(x.to(lora.lora_A.dtype)), lora.lora_A)
             a = a.view(*a.shape[:-1], n, lora.r)
@@ -274,13 +255,16 @@ class LoRATarget:
             delta = self._pad(delta, lora.enabled, 0.0)
         else:
             delta = self._pad(lora.lora_B.view(1, 1, -1), lora.enabled, 1.0)
+        gate = None
         if lora.use_gating:
             gate = torch.sigmoid(lora.gate(x)).mean(dim=1)
-            self._store_gate(name, gate)
             scaling = self._pad(gate.repeat_interleave(width, dim=-1), lora.enabled, 1.0).unsqueeze(1)
         else:
             scaling = lora.scaling
-        return lora.com(y, delta, scaling)
+        delta = delta * scaling
+        if isinstance(lora, IA3) and st.h is not None:
+            delta = st.h * delta
+        return delta, gate
 
     @staticmethod
     def _pad(t, enabled, fill):
@@ -289,17 +273,6 @@ class LoRATarget:
         width = t.shape[-1] // sum(enabled)
         parts = [next(chunks) if on else t.new_full((*t.shape[:-1], width), fill) for on in enabled]
         return torch.cat(parts, dim=-1)
-
-    def _store_gate(self, name: str, gate: torch.Tensor) -> None:
-        """Record per-example gates as AdapterHub does: `[adapter][layer][location]`, q/k/v as columns."""
-        ctx = self.state.context
-        if ctx is None or not getattr(ctx, "output_gating_scores", False):
-            return
-        score = gate.detach().squeeze().cpu()
-        score = score.unsqueeze(0) if score.dim() == 0 else score
-        per_layer = ctx.gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
-        previous = per_layer.get(self.location)
-        per_layer[self.location] = score if previous is None else torch.column_stack((previous, score))
 
     # --- merging -----------------------------------------------------------------------------------------
 
@@ -332,19 +305,20 @@ class LoRATarget:
         self.merged, self.original = None, None
 
 
-class LoRAMethod:
+class LoRAMethod(AdapterMethod):
     """Adds, removes, merges and averages LoRA/IA3 adapters across all layers of a model."""
 
     kind = "lora"
+    supports = frozenset({Stack, Parallel, BatchSplit, Average})
 
-    def __init__(self, state: EngineState):
-        self.state = state
+    def __init__(self, engine):
+        super().__init__(engine)
         self.targets: dict[tuple[int, str], LoRATarget] = {}
 
     def _target(self, idx: int, key: str, path: str) -> LoRATarget:
         if (idx, key) not in self.targets:
-            module = self.state.layers[idx].get_submodule(path)
-            self.targets[(idx, key)] = LoRATarget(self.state, idx, key, path, module)
+            module = self.engine.layers[idx].get_submodule(path)
+            self.targets[(idx, key)] = LoRATarget(self.engine, idx, key, path, module)
         return self.targets[(idx, key)]
 
     @staticmethod
@@ -357,23 +331,43 @@ class LoRAMethod:
 
     def add(self, name: str, config: LoRAConfig) -> None:
         try:
-            for idx in range(len(self.state.layers)):
+            for idx in range(len(self.engine.layers)):
                 if idx in config.leave_out:
                     continue
-                for key, path in self.state.spec.lora.items():
+                for key, path in self.engine.spec.lora.items():
                     if self._wanted(config, key):
                         target = self._target(idx, key, path)
                         target.loras[name] = target.make(config)
+                        self.engine.register(name, f"{target.full_path}.loras.{name}", target.loras[name])
         except Exception:
             self.delete(name)
             raise
 
     def delete(self, name: str) -> None:
-        for target in self.targets.values():
+        for key, target in list(self.targets.items()):
             if target.merged == name:
                 target.reset()
             if name in target.loras:
                 del target.loras[name]
+            if not len(target.loras):
+                target.remove()
+                del self.targets[key]
+        self.engine.unregister(name)
+
+    def check_setup(self, setup) -> None:
+        """Stacked LoRAs feed one adapter's delta into the next: only possible where in and out sizes agree."""
+        for block, names in blocks_with_names(setup):
+            if not isinstance(block, Stack):
+                continue
+            for target in self.targets.values():
+                here = [n for n in names if n in target.loras]
+                adds = [n for n in here[1:] if isinstance(target.loras[n], LoRA)]
+                if adds and not target.square:
+                    raise CompositionError(
+                        f"{setup}: cannot Stack LoRA adapters {here} on {target.full_path} "
+                        f"({target.in_features} -> {target.out_features} features): stacked LoRAs feed one "
+                        "adapter's output into the next, which needs a projection with equal in/out sizes"
+                    )
 
     def merge(self, name: str) -> None:
         """Fold adapter `name` into the base weights; its hook then stays idle until `reset`."""

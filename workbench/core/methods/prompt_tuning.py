@@ -15,8 +15,10 @@ from torch import nn
 
 from ..archs import get_module
 from ..configs import PromptTuningConfig
-from ..context import EngineState, ForwardContext
+from ..context import current_call
 from ..errors import AdapterConfigError, UnsupportedModelError
+from ..runtime import ALL_BLOCKS
+from .base import AdapterMethod
 
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "distilbert")
 
@@ -53,51 +55,68 @@ class PromptTuningLayer(nn.Module):
         self.prompt_tunings = nn.ModuleDict()
 
 
-class PromptTuningMethod:
+class PromptTuningMethod(AdapterMethod):
     """Adds and removes prompts, inserts the active one after the embeddings and widens the mask."""
 
     kind = "prompt_tuning"
+    supports = ALL_BLOCKS  # only the first adapter of the setup contributes a prompt, whatever the blocks
 
-    def __init__(self, state: EngineState):
-        self.state = state
-        model_type = state.base.config.model_type
+    def __init__(self, engine):
+        super().__init__(engine)
+        model_type = engine.base.config.model_type
         if model_type not in SUPPORTED:
             supported = ", ".join(SUPPORTED)
             raise UnsupportedModelError(f"prompt tuning supports {supported}; not model type {model_type!r}")
-        if not hasattr(state.base, "prompt_tuning"):
-            state.base.prompt_tuning = PromptTuningLayer()
-        self.layer: PromptTuningLayer = state.base.prompt_tuning
-        get_module(state.base, state.spec.embeddings).register_forward_hook(self._on_embeddings)
-        state.forward_begin_hooks.append(self._begin)
-        params = list(inspect.signature(state.base.forward).parameters)
+        params = list(inspect.signature(engine.base.forward).parameters)
         self.mask_position = params.index("attention_mask") if "attention_mask" in params else None
+        self._handle = None
+
+    def _attach(self) -> None:
+        base = self.engine.base
+        base.prompt_tuning = PromptTuningLayer()
+        self._handle = get_module(base, self.engine.spec.embeddings).register_forward_hook(self._on_embeddings)
+        self.engine.forward_begin_hooks.append(self._begin)
+
+    def _detach(self) -> None:
+        self._handle.remove()
+        self._handle = None
+        self.engine.forward_begin_hooks.remove(self._begin)
+        del self.engine.base.prompt_tuning
 
     def add(self, name: str, config: PromptTuningConfig) -> None:
         if config.prompt_init == "from_string":
             raise AdapterConfigError(
                 "prompt_init='from_string' is not supported yet (it needs a tokenizer); use 'random_uniform'"
             )
-        size = getattr(self.state.base.config, "embedding_size", None) or self.state.hidden_size
-        self.layer.prompt_tunings[name] = PromptTuning(config, size)
+        if self._handle is None:
+            self._attach()
+        size = getattr(self.engine.base.config, "embedding_size", None) or self.engine.hidden_size
+        layer = self.engine.base.prompt_tuning
+        layer.prompt_tunings[name] = PromptTuning(config, size).train(layer.training)
+        self.engine.register(name, f"prompt_tuning.prompt_tunings.{name}", layer.prompt_tunings[name])
 
     def delete(self, name: str) -> None:
-        if name in self.layer.prompt_tunings:
-            del self.layer.prompt_tunings[name]
+        layer = getattr(self.engine.base, "prompt_tuning", None)
+        if layer is not None and name in layer.prompt_tunings:
+            del layer.prompt_tunings[name]
+        if layer is not None and not len(layer.prompt_tunings):
+            self._detach()
+        self.engine.unregister(name)
 
-    def active(self) -> PromptTuning | None:
-        setup = self.state.current_setup()
-        if setup is None:
+    def active(self, ctx) -> PromptTuning | None:
+        if ctx is None or ctx.setup is None:
             return None
-        name = setup.first()
-        return self.layer.prompt_tunings[name] if name in self.layer.prompt_tunings else None
+        name = ctx.setup.first()
+        prompts = self.engine.base.prompt_tuning.prompt_tunings
+        return prompts[name] if name in prompts else None
 
     def _on_embeddings(self, module, args, output):
-        prompt = self.active()
+        prompt = self.active(current_call(self.engine))
         return prompt(output) if prompt is not None else None
 
-    def _begin(self, ctx: ForwardContext, args, kwargs):
+    def _begin(self, ctx, args, kwargs):
         """Prepend P ones to a 2-D attention mask (positional or keyword)."""
-        prompt = self.active()
+        prompt = self.active(ctx)
         if prompt is None:
             return None
         position = self.mask_position

@@ -25,10 +25,11 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from ..core.methods.prefix_tuning import prefix_implementation, wrapped_implementation
+
 LEVELS = 1 << 16  # uniforms per 16-bit lane
 IMPL_NAME = "workbench_fast_sdpa"
 UNSUPPORTED_KWARGS = ("position_bias", "softcap", "head_mask", "s_aux", "sinks")  # left to sdpa when given
-BASE_IMPL = {IMPL_NAME: "sdpa"}  # our implementation names → the transformers one they stand in for
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int, device=None) -> torch.Tensor:
@@ -132,9 +133,13 @@ AttentionInterface.register(IMPL_NAME, _attention)
 AttentionMaskInterface.register(IMPL_NAME, sdpa_mask)
 
 
-def attention(module, query, key, value, attention_mask, **kwargs):
-    """The sdpa attention as `fast_dropout` set it up for `module` (for other attention functions to call)."""
-    return _attention(module, query, key, value, attention_mask, **kwargs)
+def _fast_implementation(impl: str | None) -> str | None:
+    """The implementation that applies fast dropout in place of `impl` (sdpa, or prefix tuning over sdpa)."""
+    if impl == "sdpa":
+        return IMPL_NAME
+    if wrapped_implementation(impl) == "sdpa":
+        return prefix_implementation(IMPL_NAME)
+    return None
 
 
 @contextlib.contextmanager
@@ -143,8 +148,8 @@ def fast_dropout(model: nn.Module, fast: bool = True, attention: bool = True):
     probabilities (a change of what is trained).
 
     `fast` swaps the class of every plain `nn.Dropout` to `FastDropout`; the modules are marked with the
-    attention-dropout mode, and an sdpa model is switched to an attention function that applies it (a
-    prefix-tuning model keeps its own, which calls `attention`). The explicit fast path covers encoder-style
+    attention-dropout mode, and an sdpa model (also one with prefix tuning over sdpa) is switched to an attention
+    function that applies it. The explicit fast path covers encoder-style
     attention (no causal flag, as many key/value heads as query heads); other calls go to sdpa unchanged.
     Everything is restored on exit. Eval mode is unaffected either way.
     """
@@ -156,9 +161,10 @@ def fast_dropout(model: nn.Module, fast: bool = True, attention: bool = True):
     for module in marked:
         module.workbench_attention_dropout = mode
     config = getattr(model, "config", None)
-    switched = bool(marked) and getattr(config, "_attn_implementation", None) == "sdpa"
-    if switched:
-        model.set_attn_implementation(IMPL_NAME)
+    original = getattr(config, "_attn_implementation", None)
+    fast_impl = _fast_implementation(original) if marked else None
+    if fast_impl is not None:
+        model.set_attn_implementation(fast_impl)
     try:
         yield model
     finally:
@@ -166,5 +172,5 @@ def fast_dropout(model: nn.Module, fast: bool = True, attention: bool = True):
             module.__class__ = nn.Dropout
         for module in marked:
             del module.workbench_attention_dropout
-        if switched and config._attn_implementation == IMPL_NAME:
-            model.set_attn_implementation("sdpa")
+        if fast_impl is not None and config._attn_implementation == fast_impl:
+            model.set_attn_implementation(original)

@@ -1,0 +1,203 @@
+"""What the engine keeps for one model: configs, fusions, the active setup, method objects, owned modules.
+
+Nothing here changes during a forward pass: per-call state lives in `context.ForwardContext`. Each adapter's
+modules are registered under their state-dict path when a method adds them, so collecting, moving, freezing,
+saving or deleting one adapter touches only its own modules, however many others are loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+from . import methods as method_registry
+from .archs import arch_for, get_module
+from .composition import Block
+from .context import (
+    ForwardContext,
+    batch_size_of,
+    current_call,
+    enter_call,
+    leave_call,
+    replicate_batch,
+    scoped_setup,
+)
+from .runtime import check_batch, check_setup
+
+
+class EngineState:
+    """Per-model engine state (not per call)."""
+
+    def __init__(self, root: nn.Module, base: nn.Module):
+        self.root = root
+        self.base = base
+        self.spec = arch_for(base.config)
+        self.base_prefix = "" if root is base else base.base_model_prefix + "."
+        self.configs: dict = {}
+        self.fusions: dict[str, tuple[list[str], object]] = {}
+        self.active_setup: Block | None = None
+        self.skip_layers: set[int] = set()
+        self.methods: dict[str, object] = {}
+        self.owned: dict[str, dict[str, nn.Module]] = {}  # adapter or fusion key -> {path in base: module}
+        self.forward_begin_hooks: list = []  # callables(ctx, args, kwargs) -> (args, kwargs) | None
+        self._checked_scoped: tuple | None = None
+        base.register_forward_pre_hook(self._begin, with_kwargs=True)
+        base.register_forward_hook(self._end, always_call=True)
+
+    # --- model facts -------------------------------------------------------------------------------------
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return get_module(self.base, self.spec.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.base.config.hidden_size
+
+    # --- methods -----------------------------------------------------------------------------------------
+
+    def method(self, kind: str):
+        """The method object of `kind` for this model, created on first use."""
+        if kind not in self.methods:
+            self.methods[kind] = method_registry.method_class(kind)(self)
+        return self.methods[kind]
+
+    def method_kinds(self, name: str) -> list[str]:
+        return [kind for kind, _ in method_registry.method_parts(self.configs[name])]
+
+    # --- owned modules -----------------------------------------------------------------------------------
+
+    def register(self, owner: str, path: str, module: nn.Module) -> None:
+        """Record that `module`, at `path` in the base model, belongs to adapter (or fusion) `owner`."""
+        self.owned.setdefault(owner, {})[path] = module
+
+    def unregister(self, owner: str, path: str | None = None) -> None:
+        if path is None:
+            self.owned.pop(owner, None)
+        elif owner in self.owned:
+            self.owned[owner].pop(path, None)
+
+    def named_parameters_of(self, owner: str):
+        """(state-dict key, parameter) of every weight of `owner`, shared ones under each of their paths."""
+        for path, module in self.owned.get(owner, {}).items():
+            yield from module.named_parameters(prefix=self.base_prefix + path, remove_duplicate=False)
+
+    def state_dict_of(self, owner: str, keep_vars: bool = False) -> dict[str, torch.Tensor]:
+        state = {}
+        for path, module in self.owned.get(owner, {}).items():
+            module.state_dict(destination=state, prefix=self.base_prefix + path + ".", keep_vars=keep_vars)
+        return state
+
+    # --- transactions ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self, root):
+        """Undo everything the block added or switched if it raises: the model ends as it was."""
+        before = {
+            "configs": dict(self.configs),
+            "fusions": dict(self.fusions),
+            "active": self.active_setup,
+            "skip": set(self.skip_layers),
+            "attn": getattr(self.base.config, "_attn_implementation", None),
+            "heads": dict(root.heads) if hasattr(root, "heads") else None,
+            "active_head": getattr(root, "_active_head", None),
+            "labels": (copy.copy(root.config.id2label), copy.copy(root.config.label2id)),
+        }
+        try:
+            yield
+        except BaseException:
+            self._roll_back(root, before)
+            raise
+
+    def _roll_back(self, root, before: dict) -> None:
+        for fusion in [f for f in self.fusions if f not in before["fusions"]]:
+            with contextlib.suppress(Exception):
+                self.method("bottleneck").delete_fusion(fusion)
+            self.fusions.pop(fusion, None)
+            self.unregister("fusion:" + fusion)
+        for name in [n for n in self.configs if n not in before["configs"]]:
+            for kind in self.method_kinds(name):
+                with contextlib.suppress(Exception):
+                    self.method(kind).delete(name)
+            self.configs.pop(name, None)
+            self.unregister(name)
+        self.active_setup, self.skip_layers = before["active"], before["skip"]
+        if before["heads"] is not None:
+            for name in [h for h in root.heads if h not in before["heads"]]:
+                del root.heads[name]
+            for name, head in before["heads"].items():
+                if name not in root.heads or root.heads[name] is not head:
+                    root.heads[name] = head
+            root._active_head = before["active_head"]
+        root.config.id2label, root.config.label2id = before["labels"]
+        attn = before["attn"]
+        if attn is not None and self.base.config._attn_implementation != attn:
+            self.base.set_attn_implementation(attn)
+
+    # --- forward -----------------------------------------------------------------------------------------
+
+    def _setup_for_call(self) -> Block | None:
+        scoped = scoped_setup()
+        if scoped is None:
+            return self.active_setup
+        setup = scoped.adapter_setup
+        key = (id(scoped), setup, tuple(self.configs), tuple(self.fusions))
+        if self._checked_scoped != key:  # checked once per block and model state, not per forward
+            check_setup(setup, self)
+            self._checked_scoped = key
+        return setup
+
+    def _begin(self, module, args, kwargs):
+        setup = self._setup_for_call()
+        names = frozenset(setup.flatten()) if setup is not None else frozenset()
+        ctx = ForwardContext(
+            setup,
+            names,
+            output_fusion_attentions=bool(kwargs.pop("output_adapter_fusion_attentions", False)),
+            output_gating_scores=bool(kwargs.pop("output_adapter_gating_scores", False)),
+        )
+        ctx.batch_size = batch_size_of(args, kwargs)
+        check_batch(setup, ctx.batch_size)
+        if setup is not None and setup.parallel_channels > 1 and ctx.batch_size is not None:
+            args, kwargs = replicate_batch(args, kwargs, ctx.batch_size, setup.parallel_channels)
+        for hook in self.forward_begin_hooks:
+            result = hook(ctx, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        ctx.scratch["token"] = enter_call(self, ctx)
+        return args, kwargs
+
+    def _end(self, module, args, output):
+        ctx = current_call(self)
+        if ctx is None or ctx.replaying or "token" not in ctx.scratch:
+            return None
+        leave_call(ctx.scratch.pop("token"))
+        if output is None or not hasattr(output, "keys"):
+            return None
+        if ctx.output_fusion_attentions:
+            output["adapter_fusion_attentions"] = ctx.fusion_attentions
+        if ctx.output_gating_scores:
+            output["adapter_gating_scores"] = ctx.gating_scores
+        return None
+
+
+def record_gating(
+    ctx: ForwardContext | None, adapter: str, layer: int, location: str, gate: torch.Tensor, columns: bool = True
+) -> None:
+    """Keep per-example gates as AdapterHub does (`[adapter][layer][location]`), if the forward asked for them.
+
+    With `columns`, a second gate at the same place (LoRA's q/k/v, a prefix's key/value) becomes a new column.
+    """
+    if ctx is None or not ctx.output_gating_scores or ctx.replaying:
+        return
+    per_layer = ctx.gating_scores.setdefault(adapter, {}).setdefault(layer, {})
+    if not columns:
+        per_layer[location] = gate.detach().cpu()
+        return
+    score = gate.detach().squeeze().cpu()
+    score = score.unsqueeze(0) if score.dim() == 0 else score
+    previous = per_layer.get(location)
+    per_layer[location] = score if previous is None else torch.column_stack((previous, score))

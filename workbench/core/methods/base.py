@@ -1,0 +1,30 @@
+"""The contract every adapter method implements (see `runtime` for how composition drives its layers)."""
+
+from __future__ import annotations
+
+from ..composition import Stack
+from ..configs import AdapterConfig
+
+
+class AdapterMethod:
+    """Adds and removes one method's modules for one adapter across a model.
+
+    `supports` lists the composition blocks the method's adapters may stand in; `check_setup` adds checks that
+    depend on the adapters themselves (both run when a setup is activated, never during a forward).
+    `add` must either complete or leave nothing behind (the engine also rolls back on error).
+    """
+
+    kind: str = ""
+    supports: frozenset = frozenset({Stack})
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def add(self, name: str, config: AdapterConfig) -> None:
+        raise NotImplementedError
+
+    def delete(self, name: str) -> None:
+        raise NotImplementedError
+
+    def check_setup(self, setup) -> None:
+        """Raise CompositionError if `setup` asks something of this method's adapters that it cannot do."""

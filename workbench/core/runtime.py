@@ -1,0 +1,166 @@
+"""One interpreter of composition trees, shared by every method.
+
+A method places `ComposableLayer`s in the model (a residual site, a projection, an attention module). Each layer
+holds that method's adapters at that place and says how its per-call state is sliced by rows, joined and
+averaged, and how one adapter transforms it. `compose` walks the active setup (Stack, Parallel, BatchSplit,
+Average, and for layers that take part, Fuse and Split) and calls those operations, so every method composes the
+same way. Which blocks a method takes part in is data (`AdapterMethod.supports`); `check_setup` refuses any
+other combination when the setup is activated, so nothing is discovered in the middle of a forward pass.
+"""
+
+from __future__ import annotations
+
+from .composition import Average, BatchSplit, Block, Fuse, Parallel, Split, Stack
+from .errors import CompositionError
+
+ALL_BLOCKS = frozenset({Stack, Parallel, Fuse, Split, BatchSplit, Average})
+
+
+class ComposableLayer:
+    """The adapters of one method at one place of the model. Subclasses implement the state operations."""
+
+    def __contains__(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def enter(self, setup, state):
+        """Prepare `state` before a block (or a stacked adapter) runs; most methods need nothing here."""
+        return state
+
+    def single(self, name: str, state, ctx):
+        """Run one adapter on `state`."""
+        raise NotImplementedError
+
+    def batch_rows(self, state) -> int:
+        """How many batch rows `state` holds."""
+        raise NotImplementedError
+
+    def rows(self, state, start: int, stop: int):
+        """The slice of `state` for batch rows [start, stop)."""
+        raise NotImplementedError
+
+    def concat(self, states: list):
+        """Join row slices back into one state."""
+        raise NotImplementedError
+
+    def average(self, states: list, weights: list[float]):
+        """Combine the children's states of an `Average` block."""
+        raise NotImplementedError
+
+    def fuse(self, block: Fuse, state, ctx, run_child):
+        raise CompositionError(f"{type(self).__name__} does not take part in Fuse")
+
+    def split(self, block: Split, state, ctx, run_child):
+        raise CompositionError(f"{type(self).__name__} does not take part in Split")
+
+
+def takes_part(layer: ComposableLayer, setup) -> bool:
+    names = [setup] if isinstance(setup, str) else setup.flatten()
+    return any(name in layer for name in names)
+
+
+def compose(layer: ComposableLayer, setup, state, ctx):
+    """Run `setup` (a name or block) through `layer`, returning the new state."""
+    if isinstance(setup, str):
+        return layer.single(setup, state, ctx) if setup in layer else state
+    if not takes_part(layer, setup):
+        return state
+    if isinstance(setup, Stack):
+        for child in setup:
+            if isinstance(child, str):
+                if child in layer:
+                    state = layer.single(child, layer.enter(child, state), ctx)
+            else:
+                state = compose(layer, child, state, ctx)
+        return state
+    run_child = lambda child, st: _child(layer, child, st, ctx)  # noqa: E731
+    if isinstance(setup, (Parallel, BatchSplit)):
+        state = layer.enter(setup, state)
+        bounds = row_bounds(setup, layer.batch_rows(state))
+        parts = [run_child(child, layer.rows(state, a, b)) for child, (a, b) in zip(setup, bounds, strict=True)]
+        return layer.concat(parts)
+    if isinstance(setup, Average):
+        state = layer.enter(setup, state)
+        return layer.average([run_child(child, state) for child in setup], setup.weights)
+    if isinstance(setup, Fuse):
+        return layer.fuse(setup, state, ctx, run_child)
+    if isinstance(setup, Split):
+        return layer.split(setup, state, ctx, run_child)
+    raise CompositionError(f"unknown composition block {setup!r}")
+
+
+def _child(layer, child, state, ctx):
+    """A child of a non-Stack block: a name runs without `enter` (the block entered once), a block recurses."""
+    if isinstance(child, str):
+        return layer.single(child, state, ctx) if child in layer else state
+    return compose(layer, child, state, ctx)
+
+
+def row_bounds(block: Parallel | BatchSplit, batch: int) -> list[tuple[int, int]]:
+    """[start, stop) rows of each child: Parallel splits the replicated batch evenly, BatchSplit by its sizes."""
+    if isinstance(block, Parallel):
+        if batch % len(block):
+            raise CompositionError(f"{block}: a batch of {batch} rows cannot be split into {len(block)} channels")
+        sizes = [batch // len(block)] * len(block)
+    else:
+        sizes = block.batch_sizes
+        if sum(sizes) != batch:
+            raise CompositionError(f"{block}: batch_sizes {sizes} do not add up to the batch size {batch}")
+    edges = [0]
+    for size in sizes:
+        edges.append(edges[-1] + size)
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+# --- validation ----------------------------------------------------------------------------------------------
+
+
+def blocks_with_names(setup):
+    """Every block node of a setup with the adapter names below it."""
+    if isinstance(setup, Block):
+        yield setup, setup.flatten()
+        for child in setup:
+            yield from blocks_with_names(child)
+
+
+def check_setup(setup, engine) -> None:
+    """Refuse a setup the engine cannot run on this model, before it takes effect."""
+    if setup is None:
+        return
+    for name in setup.flatten():
+        if name not in engine.configs:
+            known = ", ".join(sorted(engine.configs)) or "none"
+            raise CompositionError(f"composition {setup} names unknown adapter {name!r} (adapters: {known})")
+    for block, names in blocks_with_names(setup):
+        if isinstance(block, Fuse) and block.name not in engine.fusions:
+            raise CompositionError(f"{block} needs an AdapterFusion {block.name!r}: call add_adapter_fusion first")
+        for name in names:
+            for kind in engine.method_kinds(name):
+                method = engine.method(kind)
+                if type(block) not in method.supports:
+                    allowed = ", ".join(sorted(b.__name__ for b in method.supports))
+                    raise CompositionError(
+                        f"{setup}: adapter {name!r} is a {kind} adapter, which takes part in {allowed}, "
+                        f"not in {type(block).__name__}"
+                    )
+    for kind in {k for name in setup.flatten() for k in engine.method_kinds(name)}:
+        engine.method(kind).check_setup(setup)
+
+
+def check_batch(setup, batch: int | None) -> None:
+    """At the start of a forward: BatchSplit sizes must add up to the batch they split."""
+    if setup is None or batch is None:
+        return
+    _check_batch(setup, batch * setup.parallel_channels)  # Parallel replicates the inputs first
+
+
+def _check_batch(setup, batch: int) -> None:
+    if not isinstance(setup, Block):
+        return
+    if isinstance(setup, BatchSplit) and sum(setup.batch_sizes) != batch:
+        raise CompositionError(f"{setup}: batch_sizes {setup.batch_sizes} do not add up to the batch size {batch}")
+    if isinstance(setup, (BatchSplit, Parallel)):
+        for child, (a, b) in zip(setup, row_bounds(setup, batch), strict=True):
+            _check_batch(child, b - a)
+    else:
+        for child in setup:
+            _check_batch(child, batch)
