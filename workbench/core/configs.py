@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -19,7 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+
+from . import files
 from .errors import AdapterConfigError
+from .methods.activations import check_activation
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,6 +32,10 @@ class AdapterConfig(Mapping):
     """Base class: dict-like access, `replace`, `to_dict`/`from_dict`/`load`."""
 
     architecture: ClassVar[str | None] = None
+
+    def __post_init__(self):
+        _check_value_types(self, type(self).__name__)
+        _check_values(self, type(self).__name__)
 
     # Mapping interface over the serialised form.
     def __getitem__(self, key):
@@ -52,24 +61,30 @@ class AdapterConfig(Mapping):
 
     def replace(self, **changes) -> AdapterConfig:
         _check_keys(type(self), changes, f"config {type(self).__name__}")
-        changed = dataclasses.replace(self, **changes)
-        _check_value_types(changed, f"config {type(self).__name__}")
-        return changed
+        return dataclasses.replace(self, **changes)  # __post_init__ checks the new values
 
     @classmethod
     def from_dict(cls, data: Mapping, *, strict: bool = True, source: str = "config") -> AdapterConfig:
         """Build a config from its dict form, choosing the class from its `architecture` key."""
         if isinstance(data, AdapterConfig):
             return data
+        if not isinstance(data, Mapping):
+            raise AdapterConfigError(f"{source}: config={data!r} must be a JSON object (a mapping of keys to values)")
         data = dict(data)
         architecture = data.pop("architecture", None)
         if architecture == "union":
-            return ConfigUnion(*[AdapterConfig.from_dict(c, strict=strict, source=source) for c in data["configs"]])
-        target = ARCHITECTURE_CLASSES.get(architecture)
+            parts = data.get("configs")
+            if not isinstance(parts, list) or not parts:
+                raise AdapterConfigError(f"{source}: configs={parts!r} must be a non-empty list for a config union")
+            return ConfigUnion(*[AdapterConfig.from_dict(c, strict=strict, source=source) for c in parts])
+        target = ARCHITECTURE_CLASSES.get(architecture) if isinstance(architecture, str | None) else None
         if target is None:
-            raise AdapterConfigError(f"{source}: unknown adapter architecture {architecture!r}")
+            known = ", ".join(repr(a) for a in ARCHITECTURE_CLASSES)
+            raise AdapterConfigError(f"{source}: unknown adapter architecture={architecture!r} (known: {known})")
         if "invertible_adapter" in data:  # adapter-transformers v1 layout
             legacy = data.pop("invertible_adapter") or {}
+            if not isinstance(legacy, Mapping):
+                raise AdapterConfigError(f"{source}: invertible_adapter={legacy!r} must be a JSON object or null")
             data.setdefault("inv_adapter", legacy.get("block_type"))
             data.setdefault("inv_adapter_reduction_factor", legacy.get("reduction_factor"))
         known = {f.name for f in dataclasses.fields(target)}
@@ -82,9 +97,10 @@ class AdapterConfig(Mapping):
         missing = [f.name for f in dataclasses.fields(target) if f.name not in kwargs and _required(f)]
         if missing:
             raise AdapterConfigError(f"{source}: missing key(s) {missing} for {target.__name__}")
-        config = target(**kwargs)
-        _check_value_types(config, source)
-        return config
+        try:
+            return target(**kwargs)
+        except AdapterConfigError as err:
+            raise type(err)(f"{source}: {err}") from None
 
     @classmethod
     def load(cls, config: str | Mapping | AdapterConfig | None, **overrides) -> AdapterConfig:
@@ -98,7 +114,7 @@ class AdapterConfig(Mapping):
         elif isinstance(config, str) and config in ADAPTER_CONFIG_MAP:
             resolved = ADAPTER_CONFIG_MAP[config]
         elif isinstance(config, str) and Path(config).is_file():
-            data = json.loads(Path(config).read_text())
+            data = files.read_json(config)
             resolved = AdapterConfig.from_dict(data.get("config", data), source=config)
         elif isinstance(config, str):
             resolved = parse_config_string(config)
@@ -119,14 +135,62 @@ def _required(f: dataclasses.Field) -> bool:
 
 
 def _check_value_types(config: AdapterConfig, where: str) -> None:
-    """Refuse values of the wrong type (`reduction_factor='banana'`) with the key and value named."""
+    """Refuse values of the wrong type (`reduction_factor='banana'`, `r=True`) with the key and value named."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         allowed = _runtime_types(hints.get(f.name))
         value = getattr(config, f.name)
-        if allowed and not isinstance(value, allowed):
+        wrong_bool = isinstance(value, bool) and allowed is not None and bool not in allowed
+        if allowed and (wrong_bool or not isinstance(value, allowed)):
             names = " or ".join(sorted({t.__name__ for t in allowed if t is not int or float not in allowed}))
             raise AdapterConfigError(f"{where}: {f.name}={value!r} must be {names}")
+
+
+_AT_LEAST_ONE = ("r", "prefix_length", "bottleneck_size", "prompt_length", "phm_dim", "phm_rank")
+_PROBABILITIES = ("dropout", "dropout_prob")
+
+
+def _check_values(config: AdapterConfig, where: str) -> None:
+    """Refuse values of the right type that would crash or misbehave later (`reduction_factor=0` divides by
+    zero, `dropout=1.5`, `r=0`, an unknown activation), with the key and value named. Runs after the type check."""
+    for f in dataclasses.fields(config):
+        key, value = f.name, getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _bad(where, key, value, "a finite number")
+        if value is None:
+            continue
+        if key in _AT_LEAST_ONE and value < 1:
+            raise _bad(where, key, value, "an integer >= 1")
+        if key in _PROBABILITIES and not 0 <= value < 1:
+            raise _bad(where, key, value, "a probability in [0, 1)")
+        if key in ("reduction_factor", "inv_adapter_reduction_factor"):
+            _check_factor(where, key, value)
+        if key == "leave_out" and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+            raise _bad(where, key, value, "a list of layer indices (integers >= 0)")
+        if key == "non_linearity":
+            check_activation(value, key, where)
+        if key == "dtype" and not isinstance(getattr(torch, value, None), torch.dtype):
+            raise _bad(where, key, value, "a torch dtype name such as 'float32' or 'bfloat16'")
+
+
+def _check_factor(where: str, key: str, value) -> None:
+    """A positive number, or (reduction_factor) a dict from layer index strings or 'default' to one."""
+    if not isinstance(value, Mapping):
+        if value <= 0:
+            raise _bad(where, key, value, "a positive number")
+        return
+    if not value:
+        raise _bad(where, key, value, "a positive number or a non-empty dict")
+    for layer, factor in value.items():
+        if not (isinstance(layer, str) and (layer == "default" or (layer.isascii() and layer.isdigit()))):
+            raise _bad(where, key, value, f"keyed by layer index strings ('0', '1', ...) or 'default', not {layer!r}")
+        number = isinstance(factor, int | float) and not isinstance(factor, bool)
+        if not (number and math.isfinite(factor) and factor > 0):
+            raise _bad(where, key, value, f"a positive number for layer {layer!r}, not {factor!r}")
+
+
+def _bad(where: str, key: str, value, what: str) -> AdapterConfigError:
+    return AdapterConfigError(f"{where}: {key}={value!r} must be {what}")
 
 
 def _runtime_types(hint) -> tuple[type, ...] | None:
@@ -195,6 +259,9 @@ class BnConfig(AdapterConfig):
     stochastic_depth: float | None = 0.0
 
     def __post_init__(self):
+        if isinstance(self.reduction_factor, Mapping) and not isinstance(self.reduction_factor, dict):
+            object.__setattr__(self, "reduction_factor", dict(self.reduction_factor))
+        super().__post_init__()
         if isinstance(self.scaling, str) and self.scaling not in ("learned", "channel"):
             raise AdapterConfigError(f"scaling={self.scaling!r}: use a float, 'learned' or 'channel'")
         if self.init_weights not in ("bert", "mam_adapter", "houlsby"):
@@ -298,6 +365,7 @@ class LoRAConfig(AdapterConfig):
     dtype: str | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         if self.composition_mode not in ("add", "scale"):
             raise AdapterConfigError(f"composition_mode={self.composition_mode!r}: use 'add' or 'scale'")
         if self.init_weights not in ("lora", "bert", "ia3", "vera"):
@@ -361,6 +429,7 @@ class PromptTuningConfig(AdapterConfig):
     random_uniform_scale: ClassVar[float] = 0.5  # not a field: AdapterHub never saves it
 
     def __post_init__(self):
+        super().__post_init__()
         if self.prompt_init not in ("random_uniform", "from_string"):
             raise AdapterConfigError(f"prompt_init={self.prompt_init!r}: use 'random_uniform' or 'from_string'")
         if self.combine not in ("prefix", "prefix_after_bos"):
@@ -373,6 +442,8 @@ class ConfigUnion(AdapterConfig):
     architecture = "union"
 
     def __init__(self, *configs: AdapterConfig):
+        if not configs or not all(isinstance(c, AdapterConfig) and not isinstance(c, ConfigUnion) for c in configs):
+            raise AdapterConfigError(f"a config union needs adapter configs (not unions), got {configs!r}")
         object.__setattr__(self, "configs", list(configs))
         kinds = [c.architecture or "bottleneck" for c in configs]
         for kind in set(kinds):
@@ -448,17 +519,17 @@ def parse_config_string(text: str) -> AdapterConfig:
 def _parse_overrides(kvs: str, chunk: str) -> dict:
     """`a=1,b='x'` -> {"a": 1, "b": "x"}; bare words other than True/False/None count as strings."""
     as_dict = "{" + re.sub(r"(\w+)=", r"'\1':", kvs) + "}"
-    try:
-        return ast.literal_eval(as_dict)
-    except (ValueError, SyntaxError):
-        pass
-    try:  # be kind to `non_linearity=gelu`: quote bare words
-        quoted = re.sub(r":\s*([A-Za-z_][\w\-]*)\s*(?=,|$)", lambda m: f":'{m[1]}'", re.sub(r"(\w+)=", r"'\1':", kvs))
-        return ast.literal_eval(
-            "{" + quoted.replace("'True'", "True").replace("'False'", "False").replace("'None'", "None") + "}"
-        )
-    except (ValueError, SyntaxError):
-        raise AdapterConfigError(f"cannot parse the options in adapter config {chunk.strip()!r}") from None
+    # be kind to `non_linearity=gelu`: quote bare words
+    quoted = re.sub(r":\s*([A-Za-z_][\w\-]*)\s*(?=,|$)", lambda m: f":'{m[1]}'", re.sub(r"(\w+)=", r"'\1':", kvs))
+    bare_words = "{" + quoted.replace("'True'", "True").replace("'False'", "False").replace("'None'", "None") + "}"
+    for text in (as_dict, bare_words):
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+        if isinstance(parsed, dict) and all(isinstance(k, str) for k in parsed):
+            return parsed
+    raise AdapterConfigError(f"cannot parse the options in adapter config {chunk.strip()!r} (use key=value,...)")
 
 
 # --- AdapterFusion ------------------------------------------------------------------------------------------
@@ -488,7 +559,7 @@ class AdapterFusionConfig(AdapterConfig):
         elif isinstance(config, str) and config in FUSION_CONFIG_MAP:
             resolved = FUSION_CONFIG_MAP[config]
         elif isinstance(config, str) and Path(config).is_file():
-            data = json.loads(Path(config).read_text())
+            data = files.read_json(config)
             resolved = cls._from_mapping(data.get("config", data), config)
         elif isinstance(config, Mapping):
             resolved = cls._from_mapping(config, "fusion config")
@@ -500,11 +571,16 @@ class AdapterFusionConfig(AdapterConfig):
 
     @classmethod
     def _from_mapping(cls, data: Mapping, source: str) -> AdapterFusionConfig:
+        if not isinstance(data, Mapping):
+            raise AdapterConfigError(f"{source}: config={data!r} must be a JSON object (a mapping of keys to values)")
         _check_keys(cls, data, source)
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
         if missing:
             raise AdapterConfigError(f"{source}: missing fusion key(s) {missing}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except AdapterConfigError as err:
+            raise type(err)(f"{source}: {err}") from None
 
 
 FUSION_CONFIG_MAP = {

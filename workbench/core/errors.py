@@ -23,3 +23,7 @@ class HeadError(AdapterError, ValueError):
 
 class UnsupportedModelError(AdapterError, TypeError):
     """A base model whose architecture (or an architecture/method pair) the engine does not support."""
+
+
+class AdapterNameError(AdapterConfigError):
+    """An adapter, head or fusion name that cannot be used (a path, a dot, a torch attribute, ...)."""

@@ -16,7 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import AdapterLoadError
+from .errors import AdapterConfigError, AdapterLoadError, AdapterNameError
+from .names import check_fusion_name, check_name
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "pytorch_adapter.bin"
@@ -36,6 +37,8 @@ def read_json(path: str | os.PathLike) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise AdapterLoadError(f"missing file: {path}") from None
+    except UnicodeDecodeError as err:
+        raise AdapterLoadError(f"{path} is not UTF-8 text (byte {err.start}): is it really a JSON file?") from None
     except OSError as err:
         raise AdapterLoadError(f"cannot read {path}: {err}") from err
     try:
@@ -44,6 +47,55 @@ def read_json(path: str | os.PathLike) -> dict:
         raise AdapterLoadError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(data, dict):
         raise AdapterLoadError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+SAVED_KINDS = {"adapter": ADAPTER_CONFIG, "head": HEAD_CONFIG, "fusion": FUSION_CONFIG}
+
+
+def read_saved_meta(path: str | os.PathLike, kind: str) -> dict:
+    """Read an adapter_config.json, head_config.json or adapter_fusion_config.json (`kind`: "adapter", "head"
+    or "fusion") and check the fields every loader relies on, so that a bad value is reported with the file,
+    key and value instead of crashing later. Returns the dict; the `config` entry itself is checked by its loader.
+    """
+    if kind not in SAVED_KINDS:
+        raise AdapterConfigError(f"kind={kind!r}: use one of {sorted(SAVED_KINDS)}")
+    path = Path(path)
+    data = read_json(path)
+
+    def bad(key: str, what: str):
+        return AdapterLoadError(f"{path}: {key}={data[key]!r} must be {what}")
+
+    if "config" not in data:
+        raise AdapterLoadError(f"{path} has no 'config' entry")
+    if not isinstance(data["config"], dict):
+        raise bad("config", "a JSON object")
+    for key in ("model_type", "model_name", "model_class", "version"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise bad(key, "a string")
+    hidden = data.get("hidden_size")
+    if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
+        raise bad("hidden_size", "a positive integer")
+    try:
+        if data.get("name") is not None:
+            where = f"{path}, key 'name'"
+            if kind == "fusion":
+                check_fusion_name(data["name"], where)
+            else:
+                check_name(data["name"], kind, where)
+        if kind == "fusion":
+            names = data.get("adapter_names")
+            if names is None and data.get("name") is None:
+                raise AdapterLoadError(f"{path} names no adapters: 'adapter_names' and 'name' are both missing")
+            if names is not None:
+                if not isinstance(names, list) or not names:
+                    raise bad("adapter_names", "a non-empty list of adapter names")
+                for name in names:
+                    check_name(name, "adapter", f"{path}, key 'adapter_names'")
+                if len(set(names)) != len(names):
+                    raise bad("adapter_names", "a list of distinct adapter names")
+    except AdapterNameError as err:
+        raise AdapterLoadError(str(err)) from None
     return data
 
 

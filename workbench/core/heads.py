@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -15,7 +17,7 @@ from transformers.modeling_outputs import (
 )
 
 from .errors import HeadError
-from .methods.activations import activation
+from .methods.activations import KNOWN_ACTIVATIONS, activation
 
 
 def _dropout_prob(model_config, config: dict) -> float:
@@ -40,6 +42,7 @@ class PredictionHead(nn.Sequential):
         if unknown:
             raise HeadError(f"{self.head_type} head: unknown option(s) {sorted(unknown)}")
         self.config = {"head_type": self.head_type, **self.defaults, **options}
+        check_head_options(self.config)
         super().__init__(*self._build(model_config))
         self._init_weights(getattr(model_config, "initializer_range", 0.02))
 
@@ -83,10 +86,61 @@ class PredictionHead(nn.Sequential):
 def label2id_for(id2label, count: int | None, where: str) -> dict[str, int] | None:
     """AdapterHub's `label2id` for a head: from `id2label` (checked against the label count) or LABEL_i."""
     if id2label:
+        if not isinstance(id2label, Mapping):
+            raise HeadError(f"head {where!r}: id2label={id2label!r} must be a dict of label ids to labels")
         if count is not None and len(id2label) != count:
             raise HeadError(f"head {where!r}: {count} labels expected but id2label has {len(id2label)}: {id2label}")
-        return {str(label): int(i) for i, label in dict(id2label).items()}
-    return {f"LABEL_{i}": i for i in range(count)} if count else None
+        try:  # ids are ints or digit strings (config.json); int(1.5) or int(True) would hide a mistake
+            label2id = {str(label): int(i) for i, label in id2label.items() if not isinstance(i, bool | float)}
+        except (TypeError, ValueError):
+            label2id = {}
+        if len(label2id) != len(id2label):
+            raise HeadError(f"head {where!r}: id2label={id2label!r} must map distinct integer ids to distinct labels")
+        return label2id
+    return {f"LABEL_{i}": i for i in range(count)} if isinstance(count, int) and count > 0 else None
+
+
+def check_head_options(config: dict) -> None:
+    """Refuse head options that would crash (or silently misbehave) when the head is built or run, with the key
+    and value named: label counts, layers and sizes must be positive integers, and so on."""
+    kind = f"{config.get('head_type')} head"
+
+    def bad(key: str, what: str) -> HeadError:
+        return HeadError(f"{kind}: {key}={config[key]!r} must be {what}")
+
+    for key in ("num_labels", "num_choices", "layers", "vocab_size", "embedding_size"):
+        value = config.get(key)
+        if key not in config or (key == "embedding_size" and value is None):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise bad(key, "an integer >= 1")
+    act = config.get("activation_function")
+    if act and (not isinstance(act, str) or act.lower() not in KNOWN_ACTIVATIONS):  # None or "": no activation
+        raise bad("activation_function", f"None or a known activation ({', '.join(KNOWN_ACTIVATIONS)})")
+    p = config.get("dropout_prob")
+    if p is not None and (isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1):
+        raise bad("dropout_prob", "None or a probability in [0, 1)")
+    for key in ("bias", "use_pooler", "layer_norm", "shift_labels"):
+        if key in config and not isinstance(config[key], bool):
+            raise bad(key, "true or false")
+    _check_label2id(config, bad)
+
+
+def _check_label2id(config: dict, bad) -> None:
+    """label2id maps label names to distinct ids in range(num_labels) (or num_choices)."""
+    label2id = config.get("label2id")
+    if label2id is None:
+        return
+    count_key = "num_labels" if "num_labels" in config else "num_choices"
+    count = config.get(count_key)
+    ids = list(label2id.values()) if isinstance(label2id, dict) else []
+    ints = all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    if not isinstance(label2id, dict) or not all(isinstance(k, str) for k in label2id) or not ints:
+        raise bad("label2id", "a dict of label names to integer ids")
+    if len(set(ids)) != len(ids):
+        raise bad("label2id", "a dict whose ids are distinct")
+    if count is not None and not all(0 <= i < count for i in ids):
+        raise bad("label2id", f"a dict whose ids are in range({count}) ({count_key}={count})")
 
 
 class ClassificationHead(PredictionHead):
@@ -257,6 +311,8 @@ HEAD_TYPES: dict[str, type[PredictionHead]] = {
 
 def head_from_config(model_config, config: dict) -> PredictionHead:
     """Rebuild a head from the `config` dict of a head_config.json."""
+    if not isinstance(config, dict):
+        raise HeadError(f"config={config!r} must be a JSON object with a 'head_type'")
     options = dict(config)
     head_type = options.pop("head_type", None)
     if head_type not in HEAD_TYPES:

@@ -1,8 +1,12 @@
-"""Activation functions by AdapterHub's names."""
+"""Activation functions by AdapterHub's names (transformers' ACT2FN names plus "leakyrelu", any case)."""
 
 from torch import nn
 from torch.nn import functional as F
-from transformers.activations import get_activation
+from transformers.activations import ACT2FN, get_activation
+
+from ..errors import AdapterConfigError
+
+KNOWN_ACTIVATIONS = tuple(sorted({*ACT2FN, "leakyrelu"}))
 
 
 class _LeakyReLU(nn.Module):
@@ -10,11 +14,21 @@ class _LeakyReLU(nn.Module):
         return F.leaky_relu(x)
 
 
+def check_activation(name, key: str = "non_linearity", where: str | None = None) -> str:
+    """Return `name` if it names a known activation; else AdapterConfigError naming it and listing known ones."""
+    if not isinstance(name, str) or name.lower() not in KNOWN_ACTIVATIONS:
+        place = f"{where}: " if where else ""
+        raise AdapterConfigError(
+            f"{place}{key}={name!r} is not a known activation (known: {', '.join(KNOWN_ACTIVATIONS)})"
+        )
+    return name
+
+
 def activation(name: str | None) -> nn.Module:
     """The activation module for a name such as "relu", "gelu", "swish", "tanh" (None: identity)."""
     if name is None:
         return nn.Identity()
-    name = name.lower()
+    name = check_activation(name, "activation").lower()
     if name == "leakyrelu":
         return _LeakyReLU()
     return get_activation(name)
