@@ -1,7 +1,6 @@
 """Every bad argument or file value raises an AdapterError naming the file, key and value, and changes nothing.
 
-Cases marked xfail(strict=True) go through code another change owns (model_mixin/adapter_model must call
-`files.read_saved_meta` and `names.check_name`); they pass once it does, and strict makes the marker come off then.
+Each case also snapshots the model before and after (weights, adapters, heads, active setup and head, attention).
 """
 
 import json
@@ -28,13 +27,6 @@ from workbench.core.heads import head_from_config
 from workbench.core.methods.activations import activation
 from workbench.core.names import RESERVED, check_fusion_name, check_name
 
-NEEDS_META = pytest.mark.xfail(strict=True, reason="needs model_mixin to call files.read_saved_meta (engine v2)")
-NEEDS_NAMES = pytest.mark.xfail(
-    strict=True, reason="needs model_mixin/adapter_model to call names.check_name (engine v2)"
-)
-NEEDS_BOTTLENECK = pytest.mark.xfail(
-    strict=True, reason="methods/bottleneck.py raises KeyError for a layer missing from reduction_factor"
-)
 DYNAMIC = FUSION_CONFIG_MAP["dynamic"].to_dict()
 saved = test_errors.saved  # the fixture: a model's adapter "a" (seq_bn) and head "a" saved to tmp_path/a
 
@@ -190,23 +182,22 @@ CODE_CASES = [
     ),
     pytest.param(lambda m: m.add_adapter("a.b"), "name", "a.b", id="name-dot"),
     pytest.param(lambda m: m.add_adapter(""), "name", "", id="name-empty"),
-    pytest.param(lambda m: m.add_adapter("/tmp/x"), "name", "/tmp/x", id="name-path", marks=NEEDS_NAMES),
-    pytest.param(lambda m: m.add_adapter("training"), "name", "training", id="name-training", marks=NEEDS_NAMES),
-    pytest.param(lambda m: m.add_adapter("to"), "name", "to", id="name-to", marks=NEEDS_NAMES),
-    pytest.param(lambda m: m.add_adapter("a b"), "name", "a b", id="name-space", marks=NEEDS_NAMES),
-    pytest.param(lambda m: m.add_classification_head("h.x"), "name", "h.x", id="head-name-dot", marks=NEEDS_NAMES),
+    pytest.param(lambda m: m.add_adapter("/tmp/x"), "name", "/tmp/x", id="name-path"),
+    pytest.param(lambda m: m.add_adapter("training"), "name", "training", id="name-training"),
+    pytest.param(lambda m: m.add_adapter("to"), "name", "to", id="name-to"),
+    pytest.param(lambda m: m.add_adapter("a b"), "name", "a b", id="name-space"),
+    pytest.param(lambda m: m.add_classification_head("h.x"), "name", "h.x", id="head-name-dot"),
     pytest.param(
-        lambda m: m.add_classification_head("forward"), "name", "forward", id="head-name-forward", marks=NEEDS_NAMES
+        lambda m: m.add_classification_head("forward"), "name", "forward", id="head-name-forward"
     ),
     pytest.param(
-        lambda m: m.add_adapter_fusion(["x", "y"], name="../f"), "name", "../f", id="fusion-name", marks=NEEDS_NAMES
+        lambda m: m.add_adapter_fusion(["x", "y"], name="../f"), "name", "../f", id="fusion-name"
     ),
     pytest.param(
         _add(SeqBnConfig(reduction_factor={"0": 2})),
         "reduction_factor",
         {"0": 2},
-        id="reduction_factor-no-default",
-        marks=NEEDS_BOTTLENECK,
+        id="reduction_factor-no-default"
     ),
 ]
 
@@ -254,14 +245,14 @@ ADAPTER_FILE_CASES = [
     bad_file(files.ADAPTER_CONFIG, "config", {**LORA, "r": 0}, "r=0", id="lora-r"),
     bad_file(files.ADAPTER_CONFIG, "config", {**PREFIX, "prefix_length": 0}, "prefix_length=0", id="prefix_length"),
     bad_file(files.ADAPTER_CONFIG, "config", {**PREFIX, "architecture": 7}, "architecture=7", id="architecture"),
-    bad_file(files.ADAPTER_CONFIG, "model_type", 123, id="model_type=123", marks=NEEDS_META),
-    bad_file(files.ADAPTER_CONFIG, "hidden_size", -1, id="hidden_size=-1", marks=NEEDS_META),
-    bad_file(files.ADAPTER_CONFIG, "hidden_size", "32", id="hidden_size=str", marks=NEEDS_META),
-    bad_file(files.ADAPTER_CONFIG, "version", 3, id="version=3", marks=NEEDS_META),
-    bad_file(files.ADAPTER_CONFIG, "name", "/tmp/evil", id="name-absolute", marks=NEEDS_META),
-    bad_file(files.ADAPTER_CONFIG, "name", "../x", id="name-parent", marks=NEEDS_META),
-    bad_file(files.ADAPTER_CONFIG, "name", "a.b", id="name-dot", marks=NEEDS_META),
-    bad_file(files.ADAPTER_CONFIG, "name", "training", id="name-training", marks=NEEDS_META),
+    bad_file(files.ADAPTER_CONFIG, "model_type", 123, id="model_type=123"),
+    bad_file(files.ADAPTER_CONFIG, "hidden_size", -1, id="hidden_size=-1"),
+    bad_file(files.ADAPTER_CONFIG, "hidden_size", "32", id="hidden_size=str"),
+    bad_file(files.ADAPTER_CONFIG, "version", 3, id="version=3"),
+    bad_file(files.ADAPTER_CONFIG, "name", "/tmp/evil", id="name-absolute"),
+    bad_file(files.ADAPTER_CONFIG, "name", "../x", id="name-parent"),
+    bad_file(files.ADAPTER_CONFIG, "name", "a.b", id="name-dot"),
+    bad_file(files.ADAPTER_CONFIG, "name", "training", id="name-training"),
     bad_file(files.HEAD_CONFIG, "config.num_labels", -1, id="head-num_labels=-1"),
     bad_file(files.HEAD_CONFIG, "config.num_labels", 0, id="head-num_labels=0"),
     bad_file(files.HEAD_CONFIG, "config.layers", 0, id="head-layers"),
@@ -272,9 +263,9 @@ ADAPTER_FILE_CASES = [
     bad_file(files.HEAD_CONFIG, "config.label2id", [0, 1], id="head-label2id-list"),
     bad_file(files.HEAD_CONFIG, "config.dropout_prob", 1.5, id="head-dropout_prob"),
     bad_file(files.HEAD_CONFIG, "config.use_pooler", "yes", id="head-use_pooler"),
-    bad_file(files.HEAD_CONFIG, "config", None, id="head-config=null", marks=NEEDS_META),
-    bad_file(files.HEAD_CONFIG, "model_type", 123, id="head-model_type", marks=NEEDS_META),
-    bad_file(files.HEAD_CONFIG, "name", "/tmp/evil", id="head-name", marks=NEEDS_META),
+    bad_file(files.HEAD_CONFIG, "config", None, id="head-config=null"),
+    bad_file(files.HEAD_CONFIG, "model_type", 123, id="head-model_type"),
+    bad_file(files.HEAD_CONFIG, "name", "/tmp/evil", id="head-name"),
 ]
 
 
@@ -306,12 +297,12 @@ FUSION_FILE_CASES = [
     pytest.param("config.key", "yes", id="key=yes"),
     pytest.param("config.dropout_prob", 1.5, id="dropout_prob"),
     pytest.param("config.temperature", 1, id="temperature=1"),
-    pytest.param("adapter_names", ["a", "../x"], id="adapter_names-path", marks=NEEDS_META),
-    pytest.param("adapter_names", "a,b", id="adapter_names-str", marks=NEEDS_META),
-    pytest.param("adapter_names", [], id="adapter_names-empty", marks=NEEDS_META),
-    pytest.param("name", "x/y", id="name-path", marks=NEEDS_META),
-    pytest.param("model_type", 123, id="model_type", marks=NEEDS_META),
-    pytest.param("version", 1.3, id="version", marks=NEEDS_META),
+    pytest.param("adapter_names", ["a", "../x"], id="adapter_names-path"),
+    pytest.param("adapter_names", "a,b", id="adapter_names-str"),
+    pytest.param("adapter_names", [], id="adapter_names-empty"),
+    pytest.param("name", "x/y", id="name-path"),
+    pytest.param("model_type", 123, id="model_type"),
+    pytest.param("version", 1.3, id="version"),
 ]
 
 
@@ -323,7 +314,8 @@ def test_bad_value_in_a_saved_fusion_is_refused_and_changes_nothing(fusion_folde
     before = snapshot(model)
     with pytest.raises(AdapterError) as caught:
         model.load_adapter_fusion(folder)
-    assert_names(caught.value, str(path), key.rsplit(".", 1)[-1], repr(value))
+    shown = repr(value[-1]) if isinstance(value, list) and value else repr(value)  # a list: its bad element
+    assert_names(caught.value, str(path), key.rsplit(".", 1)[-1], shown)
     assert_unchanged(model, before)
 
 

@@ -22,6 +22,7 @@ from .heads import (
 )
 from .keys import is_engine_key, is_head_key, rename_prefixed
 from .model_mixin import ModelAdaptersMixin
+from .names import check_name
 from .outputs import MultiHeadOutput
 from .runtime import row_bounds
 
@@ -121,7 +122,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     def add_prediction_head(
         self, head_name: str, head: PredictionHead, overwrite_ok: bool = False, set_active: bool = True
     ) -> None:
-        _check_head_name(head_name)
+        check_name(head_name, "head")
         if head_name in self.heads and not overwrite_ok:
             raise HeadError(f"a head named {head_name!r} already exists (pass overwrite_ok=True to replace it)")
         head.to(self.base_model.device).train(self.training)
@@ -307,10 +308,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         """Load a head saved by `save_head` (AdapterHub's head_config.json + weights); returns its name."""
         folder = Path(save_directory)
         config_path = folder / files.HEAD_CONFIG
-        data = files.read_json(config_path)
+        data = files.read_saved_meta(config_path, "head")
         self._check_compatible(data, config_path)
-        if "config" not in data or not isinstance(data["config"], dict):
-            raise HeadError(f"{config_path} has no head 'config'")
         config = dict(data["config"])
         if config.get("head_type") in (None, "") or "head_type" not in config:
             raise HeadError(f"{config_path} is a static head without 'head_type'; it cannot be loaded as a flex head")
@@ -319,7 +318,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             config["label2id"] = label2id_for(id2label, count, str(config_path))
         saved_name = data.get("name")
         name = load_as or saved_name or folder.name
-        _check_head_name(name, config_path)
+        check_name(name, "head", str(config_path))
         weights_path = files.find_weights(folder, files.HEAD_WEIGHTS, files.HEAD_SAFETENSORS)
         if weights_path is None:
             raise HeadError(f"no head weights ({files.HEAD_WEIGHTS}) in {folder}")
@@ -490,12 +489,6 @@ def _cut(tensor, a: int, b: int):
         return tensor[a:b]
     rows = torch.arange(a, b, device=tensor.device) % tensor.shape[0]
     return tensor[rows]
-
-
-def _check_head_name(name, where=None) -> None:
-    if not isinstance(name, str) or not name or "." in name:
-        place = f" in {where}" if where else ""
-        raise HeadError(f"invalid head name {name!r}{place}: use a non-empty string without '.'")
 
 
 def head_setup_of(setup):

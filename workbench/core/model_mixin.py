@@ -19,6 +19,7 @@ from .engine import EngineState
 from .errors import AdapterConfigError, AdapterLoadError, CompositionError
 from .keys import align_base_prefix, rename_adapter_keys, rename_prefixed
 from .methods import method_parts
+from .names import check_fusion_name, check_name
 from .runtime import check_setup
 
 FORMAT_VERSION = "adapters.1.3.0"
@@ -68,7 +69,7 @@ class ModelAdaptersMixin:
 
     def add_adapter(self, adapter_name: str, config=None, overwrite_ok: bool = False, set_active: bool = False):
         """Add a new, freshly initialised adapter; `config` is a config object, dict, preset name or string."""
-        _check_name(adapter_name)
+        check_name(adapter_name)
         config = AdapterConfig.load(config)
         engine = self._engine
         with engine.transaction(self):
@@ -192,7 +193,7 @@ class ModelAdaptersMixin:
         """Add an AdapterFusion layer over existing bottleneck adapters."""
         names = _fusion_names(adapter_names)
         fusion_name = name or ",".join(names)
-        _check_fusion_name(fusion_name)
+        check_fusion_name(fusion_name)
         for adapter in names:
             if not isinstance(self._require(adapter), BnConfig):
                 raise CompositionError(f"AdapterFusion needs bottleneck adapters; {adapter!r} is not one")
@@ -339,7 +340,7 @@ class ModelAdaptersMixin:
     ) -> str:
         """Load an adapter (AdapterHub or PEFT format; a local folder or a Hub repo) and return its name."""
         if load_as is not None:
-            _check_name(load_as)
+            check_name(load_as)
         folder = self._resolve_adapter_folder(
             adapter_name_or_path, source=source, version=version, config=config, model_name=model_name, **kwargs
         )
@@ -348,7 +349,7 @@ class ModelAdaptersMixin:
             with self._engine.transaction(self):
                 return peft_format.load_peft(self, folder, name, leave_out=leave_out, set_active=set_active)
         config_path = folder / files.ADAPTER_CONFIG
-        data = _read_meta(config_path, "adapter")
+        data = files.read_saved_meta(config_path, "adapter")
         self._check_compatible(data, config_path)
         adapter_config = AdapterConfig.from_dict(data["config"], strict=False, source=str(config_path))
         if leave_out:
@@ -363,8 +364,7 @@ class ModelAdaptersMixin:
         saved_name = data.get("name")
         name = load_as or saved_name
         if name is None:
-            name = folder.name
-            _check_name(name, f"(the folder name of {folder}; pass load_as=)")
+            name = check_name(folder.name, "adapter", f"{folder} (its folder name; pass load_as=)")
         if name in self._engine.configs:
             raise AdapterConfigError(
                 f"an adapter named {name!r} already exists; pass load_as= to load it under another name"
@@ -459,19 +459,17 @@ class ModelAdaptersMixin:
         saved beside it under its saved name (`with_head`)."""
         folder = Path(adapter_fusion_name_or_path)
         config_path = folder / files.FUSION_CONFIG
-        data = _read_meta(config_path, "fusion")
+        data = files.read_saved_meta(config_path, "fusion")
         self._check_compatible(data, config_path)
         saved_name = data.get("name")
         names = data.get("adapter_names") or (saved_name.split(",") if saved_name else None)
         if not names:
             raise AdapterLoadError(f"{config_path} names no adapters ('adapter_names')")
-        for adapter in names:
-            _check_name(adapter, f"(in 'adapter_names' of {config_path})")
         missing = [n for n in names if n not in self._engine.configs]
         if missing:
             raise AdapterLoadError(f"{config_path} fuses adapter(s) {missing} that are not loaded")
         fusion_name = load_as or saved_name or ",".join(names)
-        _check_fusion_name(fusion_name, f"(in {config_path})")
+        check_fusion_name(fusion_name, str(config_path))
         weights_path = files.find_weights(folder, files.FUSION_WEIGHTS, files.FUSION_SAFETENSORS)
         if weights_path is None:
             raise AdapterLoadError(f"no fusion weights ({files.FUSION_WEIGHTS}) in {folder}")
@@ -557,24 +555,6 @@ class ModelAdaptersMixin:
                 self._load_weights(averaged, own, Path("<average>"))
             if set_active:
                 self.set_active_adapters(adapter_name)
-
-
-def _check_name(name, where: str = "") -> None:
-    if not isinstance(name, str) or not name or "." in name:
-        raise AdapterConfigError(f"invalid adapter name {name!r}{' ' + where if where else ''}: use a non-empty "
-                                 "string without '.'")
-
-
-def _check_fusion_name(name, where: str = "") -> None:
-    for part in str(name).split(",") if isinstance(name, str) else [name]:
-        _check_name(part, where)
-
-
-def _read_meta(path: Path, kind: str) -> dict:
-    data = files.read_json(path)
-    if not isinstance(data.get("config"), dict):
-        raise AdapterLoadError(f"{path} has no {kind} 'config' object (found {data.get('config')!r})")
-    return data
 
 
 def _fusion_names(adapter_names) -> list[str]:

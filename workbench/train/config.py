@@ -50,6 +50,12 @@ class TrainConfig:
     attention_dropout: bool = field(
         default=True, metadata={"help": "False: no attention-probability dropout in training (faster; opt-in)"}
     )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute each layer in backward: less memory, about a third more time"}
+    )
+    gradient_checkpointing_kwargs: dict | None = field(
+        default=None, metadata={"help": "for torch.utils.checkpoint, e.g. {'use_reentrant': False} (the default)"}
+    )
 
     def __post_init__(self) -> None:
         if self.eval_strategy not in ("epoch", "steps", "no"):
@@ -109,6 +115,8 @@ class TrainConfig:
             remove_unused_columns=False,  # the tokenized splits hold model inputs and labels only
             label_names=["labels"],
             dataloader_num_workers=self.dataloader_num_workers,
+            activation_checkpointing=self.gradient_checkpointing,
+            activation_checkpointing_kwargs=self.gradient_checkpointing_kwargs,
         )
 
 

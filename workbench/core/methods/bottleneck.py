@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..configs import BnConfig
+from ..errors import AdapterConfigError
 from .activations import activation
 from .phm import PHMLayer
 
@@ -21,7 +22,9 @@ def bottleneck_size(config: BnConfig, hidden: int, layer_idx: int) -> int:
     if isinstance(factor, dict):
         factor = factor.get(str(layer_idx), factor.get("default"))
         if factor is None:
-            raise KeyError(f"reduction_factor has no entry for layer {layer_idx} and no 'default'")
+            raise AdapterConfigError(
+                f"reduction_factor={dict(config.reduction_factor)!r}: no entry for layer {layer_idx} and no 'default'"
+            )
     return max(int(hidden // factor), 1)
 
 
