@@ -25,6 +25,36 @@ INPUTS = json.loads((FIXTURES / "inputs.json").read_text())
 TOLERANCE = MANIFEST["tolerance"]
 CASES = {case["id"]: case for case in MANIFEST["cases"]}
 
+# Cases where workbench disagrees with the adapters library today (heads x compositions). The engine v2 work removes
+# them: the marks are strict, so a case that starts passing fails until its entry is deleted here.
+_BATCHSPLIT = "BatchSplit heads: the library runs each head on its own rows (MultiHeadOutput); workbench only the last"
+KNOWN_FAILING = {
+    "bert-heads-batchsplit": _BATCHSPLIT,
+    "bert-heads-batchsplit-labels": _BATCHSPLIT,
+    "bert-heads-batchsplit-lora": _BATCHSPLIT,
+    "bert-heads-batchsplit-prefix": _BATCHSPLIT,
+    "gpt2-heads-batchsplit": _BATCHSPLIT,
+    "llama-heads-batchsplit": _BATCHSPLIT,
+    "bert-heads-fuse-keeps_head": "activating Fuse('a', 'b') makes workbench's active head 'b'; the library keeps 'a'",
+    "bert-heads-fuse-with_head": "load_adapter_fusion(with_head=True) does not load the head saved beside the fusion",
+    "bert-heads-parallel-head_arg": (
+        "forward(head='a') under Parallel: the library still runs every Parallel head (MultiHeadOutput); "
+        "workbench runs head 'a' on all 6 rows"
+    ),
+    "bert-heads-parallel-labels": "Parallel heads with labels: workbench's output has no summed `loss`",
+    "bert-heads-stack-parallel": (
+        "Stack('a', Parallel('b', 'c')): the library activates heads ['b', 'c']; workbench only 'c'"
+    ),
+}
+
+
+def _params(ids):
+    for case_id in ids:
+        if case_id in KNOWN_FAILING:
+            yield pytest.param(case_id, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILING[case_id]))
+        else:
+            yield case_id
+
 
 def setup_from_dict(data):
     """AdapterHub's composition `to_dict` layout -> a workbench block."""
@@ -59,10 +89,17 @@ def build(case: dict):
             for key, value in extra.items():
                 own[key].copy_(value)
     for fusion in case["fusions"]:
-        model.load_adapter_fusion(str(FIXTURES / fusion["dir"]))
+        if fusion["with_head"]:  # a head saved beside the fusion (save_adapter_fusion(..., with_head=<name>))
+            model.load_adapter_fusion(str(FIXTURES / fusion["dir"]), with_head=True)
+        else:
+            model.load_adapter_fusion(str(FIXTURES / fusion["dir"]))
+    for head in case["heads"]:
+        assert head["name"] in model.heads, f"head {head['name']!r} (saved with its {head['saved_with']}) not loaded"
     setup = case["setup"]
     if setup["average"]:
         model.average_adapter(**setup["average"])
+    if setup["head_before"]:  # active before the composition: shows whether activating it changes the head
+        model.active_head = setup["head_before"]
     model.set_active_adapters(setup_from_dict(setup["active"]))
     if setup["head"]:
         model.active_head = setup["head"]
@@ -71,13 +108,18 @@ def build(case: dict):
 
 
 def model_inputs(case: dict) -> dict:
+    """The fixed batch in the case's layout, plus the case's forward kwargs (`head=`, ...) and `labels`."""
     inputs = {k: torch.tensor(INPUTS[k]) for k in ("input_ids", "attention_mask")}
     if case["input_layout"] == "multiple_choice":
         inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
-    return inputs
+    if case["labels"] is not None:
+        inputs["labels"] = torch.tensor(case["labels"])
+    return {**inputs, **case["forward_kwargs"]}
 
 
 def flatten_outputs(outputs, prefix="") -> dict[str, torch.Tensor]:
+    """Nested outputs as the fixture names them: `adapter_fusion_attentions.<fusion>.<layer>.<location>`, and a list
+    of outputs (`head_outputs` of Parallel / BatchSplit heads) as `head_outputs.<i>.logits`."""
     flat = {}
     items = outputs.items() if hasattr(outputs, "items") else []
     for key, value in items:
@@ -86,6 +128,9 @@ def flatten_outputs(outputs, prefix="") -> dict[str, torch.Tensor]:
             flat[name] = value
         elif isinstance(value, dict):
             flat.update(flatten_outputs(value, name + "."))
+        elif isinstance(value, (list, tuple)) and value and all(hasattr(v, "items") for v in value):
+            for i, item in enumerate(value):
+                flat.update(flatten_outputs(item, f"{name}.{i}."))
         elif hasattr(value, "shape"):
             flat[name] = torch.as_tensor(value)
     return flat
@@ -104,15 +149,25 @@ def compare(actual: dict, expected: dict, case_id: str, prefix: str = "") -> Non
         assert diff <= TOLERANCE, f"{case_id}: {key} differs from the adapters library by {diff:.2e}"
 
 
-@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_known_failing_cases_exist():
+    assert not set(KNOWN_FAILING) - set(CASES), "KNOWN_FAILING names cases that are not in the manifest"
+
+
+@pytest.mark.parametrize("case_id", list(_params(sorted(CASES))))
 def test_matches_adapters_library(case_id):
     case = CASES[case_id]
     expected = load_file(str(FIXTURES / case["expected"]))
     model = build(case)
+    want_head = case["setup"]["active_head"]
+    if isinstance(want_head, (str, list)):  # a BatchSplit of heads (a dict here) is checked through the outputs only
+        got_head = model.active_head
+        assert (list(got_head) if isinstance(got_head, (list, tuple)) else got_head) == want_head, (
+            f"{case_id}: active_head is {got_head!r}, the adapters library has {want_head!r}"
+        )
     with torch.no_grad():
         if case["setup"]["merge"]:
-            unmerged = flatten_outputs(model(**model_inputs(case), **case["forward_kwargs"]))
+            unmerged = flatten_outputs(model(**model_inputs(case)))
             compare(unmerged, expected, case_id, prefix="unmerged.")
             model.merge_adapter(case["setup"]["merge"])
-        outputs = model(**model_inputs(case), **case["forward_kwargs"])
+        outputs = model(**model_inputs(case))
     compare(flatten_outputs(outputs), expected, case_id)

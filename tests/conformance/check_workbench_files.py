@@ -129,6 +129,8 @@ def check_case(case: dict, root: Path, fixtures: Path, inputs: dict, tol: float,
         problems.append(f"model parameter {key!r} is in no workbench file (kept its init value)")
 
     setup = case["setup"]
+    if setup["head_before"]:
+        model.active_head = setup["head_before"]
     if setup["active"]:
         model.set_active_adapters(AdapterCompositionBlock.from_dict(setup["active"]))
     if setup["head"]:
@@ -137,6 +139,8 @@ def check_case(case: dict, root: Path, fixtures: Path, inputs: dict, tol: float,
     got = {}
     with torch.no_grad():
         batch = model_inputs(inputs, case["input_layout"])
+        if case["labels"] is not None:
+            batch["labels"] = torch.tensor(case["labels"])
         if setup["merge"]:
             unmerged = collect_outputs(model(**batch, **case["forward_kwargs"]))
             got.update({f"unmerged.{k}": v for k, v in unmerged.items()})
