@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lab test chromium quality conformance bench bench-hub clean
+.PHONY: venv lab test chromium quality conformance bench bench-hub bench-engine clean
 
 $(STAMP): pyproject.toml extension/pyproject.toml extension/package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,6 +54,13 @@ bench: $(VENV)/.bench bench-hub
 
 bench-hub: $(STAMP)
 	$(BIN)/python benchmarks/hub_listing.py
+
+# Adapter-management scaling (10/100/300 adapters) and Parallel/BatchSplit speed; run on a quiet machine and say so:
+# make bench-engine NOTE="quiet machine, nothing else running"
+NOTE ?=
+bench-engine: $(STAMP)
+	$(BIN)/python benchmarks/engine_scaling.py --note "$(NOTE)"
+	$(BIN)/python benchmarks/composition_speed.py --note "$(NOTE)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

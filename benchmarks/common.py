@@ -5,8 +5,11 @@ Only torch and the standard library: this file must import under both transforme
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
+from datetime import UTC, datetime
 
 
 def hidden(output):
@@ -111,3 +114,64 @@ def prepare_adapter_variant(model, variant: str, device: str, dtype):
     if variant == "lora_merged":
         model.merge_adapter("a")
     return model
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else platform.processor(), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_facts(torch, transformers_version: str, threads: int, note: str) -> dict:
+    """What a result depends on: CPU, cores, torch threads, library versions, date, and the run's note
+    (whether the machine was quiet: say so with --note; an empty note is reported as 'not stated')."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu_name(), "machine": platform.machine(), "cores": cores, "threads": threads,
+            "torch": torch.__version__, "transformers": transformers_version, "python": platform.python_version(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"), "load_average_1min_at_start": load,
+            "note": note or "not stated"}
+
+
+def facts_markdown(facts: dict) -> str:
+    """The machine facts as a markdown bullet list."""
+    load = facts["load_average_1min_at_start"]
+    return "\n".join([
+        f"- CPU: {facts['cpu']} ({facts['machine']}), {facts['cores']} cores available, "
+        f"torch threads {facts['threads']}",
+        f"- torch {facts['torch']}, transformers {facts['transformers']}, Python {facts['python']}",
+        f"- date (UTC): {facts['date']}; 1-minute load average at start: "
+        + (f"{load:.2f}" if load is not None else "n/a"),
+        f"- machine quiet? {facts['note']}",
+    ])
+
+
+def time_rounds(variants: dict, repeats: int, warmup: int) -> tuple[dict[str, list[float]], dict]:
+    """Warm up every variant, then time `repeats` rounds round-robin (the first variant of a round rotates).
+
+    `variants`: name -> callable() returning (milliseconds it timed, its output); the callable times only what
+    it measures (e.g. forwards, not the set_active_adapters between them). The caller picks the grad mode.
+    Returns the times (ms) per variant and each variant's last output.
+    """
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    outputs = {}
+    for name, run in variants.items():
+        for _ in range(warmup):
+            outputs[name] = run()[1]
+    order = list(variants)
+    for r in range(repeats):
+        for name in order[r % len(order):] + order[: r % len(order)]:
+            ms, outputs[name] = variants[name]()
+            times[name].append(ms)
+    return times, outputs
+
+
+def paired(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """Quartiles over rounds of numerator / denominator in the same round (cancels slow drift in load)."""
+    return quartiles([a / b for a, b in zip(numerator, denominator, strict=True)])
