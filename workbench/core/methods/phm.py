@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..configs import BnConfig
+from ..errors import AdapterConfigError
 
 
 def kron_sum(rule: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -53,7 +54,7 @@ class PHMLayer(nn.Module):
         super().__init__()
         n = config.phm_dim
         if in_features % n or out_features % n:
-            raise ValueError(f"PHM layer sizes {in_features}->{out_features} must be divisible by phm_dim={n}")
+            raise AdapterConfigError(f"PHM layer sizes {in_features}->{out_features} must be divisible by phm_dim={n}")
         self.side, self.config, self._shared = side, config, [shared]  # list: keep out of our state dict
         if not config.shared_phm_rule:
             if config.factorized_phm_rule:

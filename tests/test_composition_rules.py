@@ -1,0 +1,112 @@
+"""Setups are checked whole before they take effect; failed calls leave the model exactly as it was."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from test_bad_values import assert_unchanged, snapshot
+from tiny import tiny_adapter_model
+
+from workbench import (
+    AdapterConfigError,
+    Average,
+    BatchSplit,
+    CompositionError,
+    ConfigUnion,
+    Fuse,
+    Parallel,
+    ParBnConfig,
+    PrefixTuningConfig,
+    Split,
+    Stack,
+)
+from workbench.core.keys import is_adapter_key
+
+
+def model_with(configs: dict, model_type="bert"):
+    model = tiny_adapter_model(model_type)
+    for name, config in configs.items():
+        model.add_adapter(name, config=config)
+    return model
+
+
+BAD_SETUPS = [
+    (lambda: "ghost", "unknown adapter 'ghost'"),
+    (lambda: Fuse("a", "b"), "needs an AdapterFusion"),
+    (lambda: Stack(), "at least one"),
+    (lambda: BatchSplit("a", "b", batch_sizes=[-1, 5]), "positive integers"),
+    (lambda: BatchSplit("a", "b", batch_sizes=[1, 2, 3]), "has 2 children"),
+    (lambda: Split("a", "b", splits=[0, 4]), "positive integers"),
+    (lambda: Average("a", "b", weights=[1, -1]), "sum to 0"),
+    (lambda: Average("a", "b", weights=[1, float("nan")]), "finite"),
+    (lambda: Average("a", "p"), "prefix_tuning adapter, which takes part in BatchSplit, Parallel, Stack"),
+    (lambda: Split("a", "l", splits=[2, 2]), "lora adapter"),
+    (lambda: Fuse("a", "l"), "AdapterFusion 'a,l'"),
+    (lambda: Stack(Parallel("a", Parallel("a", "b"))), "may not contain"),
+]
+
+
+@pytest.mark.parametrize("make, message", BAD_SETUPS)
+def test_bad_setups_are_refused_on_activation_and_change_nothing(make, message):
+    model = model_with({"a": "seq_bn", "b": "seq_bn", "l": "lora", "p": "prefix_tuning"})
+    model.set_active_adapters("a")
+    before = snapshot(model)
+    with pytest.raises(CompositionError, match=message):
+        model.set_active_adapters(make())
+    assert_unchanged(model, before)
+
+
+def test_failed_prefix_add_restores_the_attention_implementation_and_hooks():
+    model = model_with({"a": "seq_bn"})
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    before = snapshot(model)
+    union = ConfigUnion(PrefixTuningConfig(), ParBnConfig(phm_layer=True, reduction_factor=32))
+    with pytest.raises(AdapterConfigError, match="phm_dim"):  # PHM sizes 32 -> 1: fails after prefix tuning is set up
+        model.add_adapter("p", config=union)
+    assert_unchanged(model, before)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
+    model.add_adapter("p", config="prefix_tuning", set_active=True)  # later prefix tuning still works
+    model(input_ids=torch.tensor([[5, 6, 7]]))
+
+
+def test_deleting_the_last_adapter_removes_every_hook_and_container():
+    model = tiny_adapter_model("llama")
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    names = {n for n, _ in model.named_modules()}
+    for config in ("double_seq_bn_inv", "lora", "prefix_tuning", "ia3"):
+        model.add_adapter("x", config=config)
+        model.delete_adapter("x")
+        assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks, config
+        assert {n for n, _ in model.named_modules()} == names, config
+    assert model.config._attn_implementation == tiny_adapter_model("llama").config._attn_implementation
+
+
+@pytest.mark.parametrize("name", ["/tmp/evil", "../up", "a.b", "training", ""])
+def test_names_that_could_escape_a_folder_or_clash_are_refused(tmp_path, name):
+    model = model_with({})
+    with pytest.raises(AdapterConfigError):
+        model.add_adapter(name)
+    assert model.adapters == {}
+
+
+def test_owned_modules_are_exactly_the_adapters_weights():
+    """The per-adapter registry (flat costs) finds the same weights as a scan of the whole state dict."""
+    configs = {"a": "seq_bn_inv", "l": "lora[intermediate_lora=True]", "p": "prefix_tuning[use_gating=True]"}
+    model = model_with({**configs, "c": "compacter[reduction_factor=8]"})
+    state = model.state_dict()
+    for name in model.adapters:
+        scanned = {k for k in state if is_adapter_key(k, name)}
+        assert set(model.adapter_state_dict(name)) == scanned, name
+        assert {k for k, _ in model._adapter_parameters(name)} == scanned, name
+
+
+def test_summary_and_adds_stay_flat_with_many_adapters():
+    """Not a benchmark (see benchmarks/engine_scaling.py): a guard that 200 adapters do not make calls quadratic."""
+    model = tiny_adapter_model()
+    for i in range(200):
+        model.add_adapter(f"a{i}", config="seq_bn")
+    start = time.perf_counter()
+    rows = model.adapter_summary(as_dict=True)
+    assert len(rows) == 201 and time.perf_counter() - start < 2.0

@@ -1,0 +1,90 @@
+"""Heads chosen by compositions as AdapterHub chooses them, and outputs with AdapterHub's shapes.
+
+The adapters library's own outputs for these setups are in the conformance fixtures (tests/test_conformance.py);
+these tests cover the rules and the errors around them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_adapter_model
+
+from workbench import AdapterSetup, BatchSplit, Fuse, HeadError, Parallel, Stack
+from workbench.core.outputs import MultiHeadOutput
+
+IDS = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0], [12, 13, 0, 0]])
+MASK = (IDS != 0).long()
+
+
+def model_with_heads():
+    torch.manual_seed(0)
+    model = tiny_adapter_model()
+    for name, labels in (("a", 2), ("b", 3)):
+        model.add_adapter(name, config="seq_bn")
+        model.add_classification_head(name, num_labels=labels)
+    return model
+
+
+def run(model, **kwargs):
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK, **kwargs)
+
+
+def test_stack_picks_the_last_adapters_head_and_fuse_keeps_the_active_one():
+    model = model_with_heads()
+    model.set_active_adapters(Stack("a", "b"))
+    assert model.active_head == "b" and run(model).logits.shape == (3, 3)
+    model.add_adapter_fusion(["a", "b"])
+    model.active_head = "a"
+    model.set_active_adapters(Fuse("a", "b"))
+    assert model.active_head == "a" and run(model).logits.shape == (3, 2)
+
+
+def test_parallel_gives_one_output_per_channel_and_sums_losses():
+    model = model_with_heads()
+    model.set_active_adapters(Parallel("a", "b"))
+    assert model.active_head == ["a", "b"]
+    out = run(model, labels=torch.tensor([0, 1, 1]))
+    assert isinstance(out, MultiHeadOutput) and [o.logits.shape for o in out.head_outputs] == [(3, 2), (3, 3)]
+    torch.testing.assert_close(out.loss, out[0].loss + out[1].loss)
+    with AdapterSetup("a", head_setup="a"):  # the same rows through a alone give channel 0's logits
+        torch.testing.assert_close(run(model).logits, out[0].logits)
+
+
+def test_batch_split_heads_run_each_slice_through_its_own_head():
+    model = model_with_heads()
+    model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, 2]))
+    out = run(model, labels=torch.tensor([1, 2, 0]))
+    assert [o.logits.shape for o in out.head_outputs] == [(1, 2), (2, 3)]
+    with AdapterSetup("b", head_setup="b"):
+        torch.testing.assert_close(run(model).logits[1:], out[1].logits)
+    torch.testing.assert_close(out.loss, out[0].loss + out[1].loss)
+
+
+def test_an_explicit_head_wins_and_a_single_head_under_parallel_is_an_error():
+    model = model_with_heads()
+    model.delete_head("b")
+    model.active_head = "a"
+    model.set_active_adapters(Parallel("a", "b"))  # b has no head: the active head stays "a"
+    assert model.active_head == "a"
+    with pytest.raises(HeadError, match="parallel channels"):
+        run(model)
+    out = run(model, head="a")  # documented: head= runs that head on every (replicated) row
+    assert out.logits.shape == (6, 2)
+    with pytest.raises(HeadError, match="ghost"):
+        run(model, head="ghost")
+
+
+def test_fusion_head_is_saved_and_loaded_under_its_saved_name(tmp_path):
+    model = model_with_heads()
+    model.add_adapter_fusion(["a", "b"])
+    model.add_classification_head("fuse_head", num_labels=4)
+    model.save_adapter_fusion(tmp_path / "fusion", "a,b", with_head="fuse_head")
+    model.delete_adapter_fusion("a,b")
+    model.delete_head("fuse_head")
+    model.load_adapter_fusion(tmp_path / "fusion", with_head=True)
+    assert "fuse_head" in model.heads and model.adapter_fusions == {"a,b": ["a", "b"]}
+    model.set_active_adapters(Fuse("a", "b"))
+    model.active_head = "fuse_head"
+    assert run(model).logits.shape == (3, 4)
