@@ -58,7 +58,7 @@ def time_interleaved(torch, models: dict, inputs: dict, repeats: int, warmup: in
         order = list(models)
         start = time.perf_counter()
         for r in range(repeats):
-            for name in order[r % len(order):] + order[: r % len(order)]:
+            for name in order[r % len(order) :] + order[: r % len(order)]:
                 sync()
                 t0 = time.perf_counter()
                 models[name](**inputs)
@@ -76,9 +76,20 @@ def summarize(times: dict[str, list[float]], diffs: dict[str, float]) -> dict[st
     for name, ts in times.items():
         q1, med, q3 = quartiles(ts)
         pq1, paired, pq3 = quartiles([t / b for t, b in zip(ts, bare, strict=True)])
-        stats[name] = dict(median_ms=med, q1_ms=q1, q3_ms=q3, iqr_ms=q3 - q1, min_ms=min(ts),
-                           ratio=med / bare_median, min_ratio=min(ts) / min(bare), paired_ratio=paired,
-                           paired_q1=pq1, paired_q3=pq3, max_abs_diff_vs_bare=diffs[name], times_ms=ts)
+        stats[name] = dict(
+            median_ms=med,
+            q1_ms=q1,
+            q3_ms=q3,
+            iqr_ms=q3 - q1,
+            min_ms=min(ts),
+            ratio=med / bare_median,
+            min_ratio=min(ts) / min(bare),
+            paired_ratio=paired,
+            paired_q1=pq1,
+            paired_q3=pq3,
+            max_abs_diff_vs_bare=diffs[name],
+            times_ms=ts,
+        )
     return stats
 
 
@@ -92,9 +103,15 @@ def table(rows: list[dict], with_target: bool) -> str:
         if "error" in row:
             cells = [row["description"]] + ["n/a"] * 6 + ([target, "n/a", ""] if with_target else ["n/a"])
         else:
-            cells = [row["description"], f"{row['median_ms']:.1f}", f"{row['iqr_ms']:.1f}", f"{row['ratio']:.3f}",
-                     f"{row['paired_ratio']:.3f}", f"{row['paired_q1']:.3f}–{row['paired_q3']:.3f}",
-                     f"{row['min_ratio']:.3f}"]
+            cells = [
+                row["description"],
+                f"{row['median_ms']:.1f}",
+                f"{row['iqr_ms']:.1f}",
+                f"{row['ratio']:.3f}",
+                f"{row['paired_ratio']:.3f}",
+                f"{row['paired_q1']:.3f}–{row['paired_q3']:.3f}",
+                f"{row['min_ratio']:.3f}",
+            ]
             cells += [target] if with_target else []
             cells += [f"{row['max_abs_diff_vs_bare']:.1e}"] + ([row.get("verdict", "")] if with_target else [])
         lines.append("| " + " | ".join(cells) + " |")
@@ -133,23 +150,33 @@ def machine_facts(torch, transformers_version: str, threads: int, note: str) -> 
     (whether the machine was quiet: say so with --note; an empty note is reported as 'not stated')."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu_name(), "machine": platform.machine(), "cores": cores, "threads": threads,
-            "torch": torch.__version__, "transformers": transformers_version, "python": platform.python_version(),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"), "load_average_1min_at_start": load,
-            "note": note or "not stated"}
+    return {
+        "cpu": cpu_name(),
+        "machine": platform.machine(),
+        "cores": cores,
+        "threads": threads,
+        "torch": torch.__version__,
+        "transformers": transformers_version,
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_1min_at_start": load,
+        "note": note or "not stated",
+    }
 
 
 def facts_markdown(facts: dict) -> str:
     """The machine facts as a markdown bullet list."""
     load = facts["load_average_1min_at_start"]
-    return "\n".join([
-        f"- CPU: {facts['cpu']} ({facts['machine']}), {facts['cores']} cores available, "
-        f"torch threads {facts['threads']}",
-        f"- torch {facts['torch']}, transformers {facts['transformers']}, Python {facts['python']}",
-        f"- date (UTC): {facts['date']}; 1-minute load average at start: "
-        + (f"{load:.2f}" if load is not None else "n/a"),
-        f"- machine quiet? {facts['note']}",
-    ])
+    return "\n".join(
+        [
+            f"- CPU: {facts['cpu']} ({facts['machine']}), {facts['cores']} cores available, "
+            f"torch threads {facts['threads']}",
+            f"- torch {facts['torch']}, transformers {facts['transformers']}, Python {facts['python']}",
+            f"- date (UTC): {facts['date']}; 1-minute load average at start: "
+            + (f"{load:.2f}" if load is not None else "n/a"),
+            f"- machine quiet? {facts['note']}",
+        ]
+    )
 
 
 def time_rounds(variants: dict, repeats: int, warmup: int) -> tuple[dict[str, list[float]], dict]:
@@ -166,7 +193,7 @@ def time_rounds(variants: dict, repeats: int, warmup: int) -> tuple[dict[str, li
             outputs[name] = run()[1]
     order = list(variants)
     for r in range(repeats):
-        for name in order[r % len(order):] + order[: r % len(order)]:
+        for name in order[r % len(order) :] + order[: r % len(order)]:
             ms, outputs[name] = variants[name]()
             times[name].append(ms)
     return times, outputs

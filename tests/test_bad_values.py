@@ -187,17 +187,10 @@ CODE_CASES = [
     pytest.param(lambda m: m.add_adapter("to"), "name", "to", id="name-to"),
     pytest.param(lambda m: m.add_adapter("a b"), "name", "a b", id="name-space"),
     pytest.param(lambda m: m.add_classification_head("h.x"), "name", "h.x", id="head-name-dot"),
+    pytest.param(lambda m: m.add_classification_head("forward"), "name", "forward", id="head-name-forward"),
+    pytest.param(lambda m: m.add_adapter_fusion(["x", "y"], name="../f"), "name", "../f", id="fusion-name"),
     pytest.param(
-        lambda m: m.add_classification_head("forward"), "name", "forward", id="head-name-forward"
-    ),
-    pytest.param(
-        lambda m: m.add_adapter_fusion(["x", "y"], name="../f"), "name", "../f", id="fusion-name"
-    ),
-    pytest.param(
-        _add(SeqBnConfig(reduction_factor={"0": 2})),
-        "reduction_factor",
-        {"0": 2},
-        id="reduction_factor-no-default"
+        _add(SeqBnConfig(reduction_factor={"0": 2})), "reduction_factor", {"0": 2}, id="reduction_factor-no-default"
     ),
 ]
 

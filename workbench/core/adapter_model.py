@@ -22,7 +22,7 @@ from .heads import (
 )
 from .keys import is_engine_key, is_head_key, rename_prefixed
 from .model_mixin import ModelAdaptersMixin
-from .names import check_name
+from .names import check_head_name
 from .outputs import MultiHeadOutput
 from .runtime import row_bounds
 
@@ -122,7 +122,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     def add_prediction_head(
         self, head_name: str, head: PredictionHead, overwrite_ok: bool = False, set_active: bool = True
     ) -> None:
-        check_name(head_name, "head")
+        check_head_name(head_name)
         if head_name in self.heads and not overwrite_ok:
             raise HeadError(f"a head named {head_name!r} already exists (pass overwrite_ok=True to replace it)")
         head.to(self.base_model.device).train(self.training)
@@ -318,7 +318,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             config["label2id"] = label2id_for(id2label, count, str(config_path))
         saved_name = data.get("name")
         name = load_as or saved_name or folder.name
-        check_name(name, "head", str(config_path))
+        check_head_name(name, str(config_path))
         weights_path = files.find_weights(folder, files.HEAD_WEIGHTS, files.HEAD_SAFETENSORS)
         if weights_path is None:
             raise HeadError(f"no head weights ({files.HEAD_WEIGHTS}) in {folder}")

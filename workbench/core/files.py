@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import AdapterConfigError, AdapterLoadError, AdapterNameError
-from .names import check_fusion_name, check_name
+from .names import check_fusion_name, check_head_name, check_name
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "pytorch_adapter.bin"
@@ -81,6 +81,8 @@ def read_saved_meta(path: str | os.PathLike, kind: str) -> dict:
             where = f"{path}, key 'name'"
             if kind == "fusion":
                 check_fusion_name(data["name"], where)
+            elif kind == "head":
+                check_head_name(data["name"], where)
             else:
                 check_name(data["name"], kind, where)
         if kind == "fusion":

@@ -29,13 +29,18 @@ def check_name(name, kind: str = "adapter", where: str | None = None) -> str:
     return name
 
 
-def check_fusion_name(name, where: str | None = None) -> str:
+def check_fusion_name(name, where: str | None = None, kind: str = "fusion") -> str:
     """A fusion name: a custom valid name, or the fused adapters' names joined by ','."""
     if isinstance(name, str) and "," in name:
         for part in name.split(","):
-            check_name(part, "adapter", f"fusion name {name!r}" + (f" in {where}" if where else ""))
+            check_name(part, "adapter", f"{kind} name {name!r}" + (f" in {where}" if where else ""))
         return name
-    return check_name(name, "fusion", where)
+    return check_name(name, kind, where)
+
+
+def check_head_name(name, where: str | None = None) -> str:
+    """A head name: like an adapter name, or a fusion's name ("a,b": the head of a fusion run)."""
+    return check_fusion_name(name, where, kind="head")
 
 
 def _problem(name) -> str | None:

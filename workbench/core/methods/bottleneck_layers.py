@@ -116,8 +116,14 @@ class BottleneckLayer(ComposableLayer):
         parts, start = [], 0
         for child, size in zip(block, block.splits, strict=True):
             cut = slice(start, start + size)
-            part = replace(st, hidden=st.hidden[:, cut], input_tensor=st.input_tensor[:, cut],
-                           residual=st.residual[:, cut], up=None, last=None)
+            part = replace(
+                st,
+                hidden=st.hidden[:, cut],
+                input_tensor=st.input_tensor[:, cut],
+                residual=st.residual[:, cut],
+                up=None,
+                last=None,
+            )
             parts.append(run_child(child, part))
             start += size
         return replace(st, hidden=torch.cat([p.hidden for p in parts], dim=1), last=parts[-1].last)
