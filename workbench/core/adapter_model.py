@@ -473,7 +473,7 @@ class _HeadCall:
         self.outputs, self.input_ids, self.attention_mask, self.setup = outputs, input_ids, attention_mask, setup
 
     def rows(self, a: int, b: int) -> _HeadCall:
-        from transformers.modeling_outputs import ModelOutput
+        from .transformers_api import ModelOutput
 
         part = ModelOutput(
             **{k: v[a:b] for k, v in self.outputs.items() if isinstance(v, torch.Tensor) and v.dim() > 0}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.modeling_outputs import ModelOutput
+
+from .transformers_api import ModelOutput
 
 
 @dataclass

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers.pytorch_utils import Conv1D
 
 from . import files
 from .configs import ConfigUnion, IA3Config, LoRAConfig
 from .errors import AdapterConfigError, AdapterLoadError
+from .transformers_api import Conv1D
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_SAFETENSORS = "adapter_model.safetensors"

@@ -21,11 +21,9 @@ import math
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..core.methods.prefix_tuning import prefix_implementation, wrapped_implementation
+from ..core.transformers_api import AttentionInterface, AttentionMaskInterface, sdpa_attention_forward, sdpa_mask
 
 LEVELS = 1 << 16  # uniforms per 16-bit lane
 IMPL_NAME = "workbench_fast_sdpa"

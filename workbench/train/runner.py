@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
-from transformers.trainer_callback import ExportableState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
+from ..core.transformers_api import PREFIX_CHECKPOINT_DIR, ExportableState, get_last_checkpoint, rotate_checkpoints
 from .checkpoints import SavePlan, check_finite, staged_folder
 from .errors import NonFiniteLossError
 from .fast_dropout import fast_dropout

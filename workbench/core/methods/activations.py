@@ -2,9 +2,9 @@
 
 from torch import nn
 from torch.nn import functional as F
-from transformers.activations import ACT2FN, get_activation
 
 from ..errors import AdapterConfigError
+from ..transformers_api import ACT2FN, get_activation
 
 KNOWN_ACTIVATIONS = tuple(sorted({*ACT2FN, "leakyrelu"}))
 

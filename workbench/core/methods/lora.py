@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from ..composition import Average, BatchSplit, Parallel, Stack
 from ..configs import LoRAConfig
@@ -24,6 +23,7 @@ from ..context import current_call
 from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
 from ..runtime import ComposableLayer, blocks_with_names, compose
+from ..transformers_api import Conv1D
 from .base import AdapterMethod
 
 LOCATIONS = {

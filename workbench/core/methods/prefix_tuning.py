@@ -17,9 +17,6 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask, sdpa_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..archs import get_module
 from ..composition import BatchSplit, Parallel, Stack
@@ -28,6 +25,14 @@ from ..context import current_call
 from ..engine import record_gating
 from ..errors import UnsupportedModelError
 from ..runtime import ComposableLayer, compose
+from ..transformers_api import (
+    ALL_ATTENTION_FUNCTIONS,
+    ALL_MASK_ATTENTION_FUNCTIONS,
+    AttentionInterface,
+    AttentionMaskInterface,
+    eager_mask,
+    sdpa_mask,
+)
 from .activations import activation
 from .base import AdapterMethod
 
