@@ -32,6 +32,7 @@ from .core.errors import (
     HeadError,
     UnsupportedModelError,
 )
+from .core.interface import AdapterModelInterface
 from .hub import AdapterInfo, get_adapter_info, list_adapters, search_adapters
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "AdapterFusionConfig",
     "AdapterLoadError",
     "AdapterModel",
+    "AdapterModelInterface",
     "AutoAdapterModel",
     "AutoModelWithHeads",
     "Average",

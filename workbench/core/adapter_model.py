@@ -9,9 +9,10 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PretrainedConfig, PreTrainedModel
 
 from . import files
+from .archs import spec_from_interface
 from .composition import BatchSplit, Parallel, Stack
 from .context import scoped_setup
-from .errors import HeadError
+from .errors import HeadError, UnsupportedModelError
 from .heads import (
     HEAD_TYPES,
     ClassificationHead,
@@ -20,6 +21,7 @@ from .heads import (
     head_from_config,
     label2id_for,
 )
+from .interface import AdapterModelInterface
 from .keys import is_engine_key, is_head_key, rename_prefixed
 from .model_mixin import ModelAdaptersMixin
 from .names import check_head_name
@@ -452,7 +454,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         return head(hidden, cls, call.attention_mask, labels, **extra)
 
     def _cls_token(self, hidden: torch.Tensor, input_ids) -> torch.Tensor:
-        if not getattr(self.config, "is_decoder", False) and self.config.model_type not in _DECODER_TYPES:
+        """The sequence representation a classification head reads, as the architecture spec says to pool."""
+        if self._engine.spec.pooling == "first" and not getattr(self.config, "is_decoder", False):
             return hidden[:, 0]
         pad = self.config.pad_token_id
         if input_ids is None or pad is None:
@@ -461,9 +464,6 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             input_ids = input_ids.repeat(hidden.shape[0] // input_ids.shape[0], 1)
         last = (input_ids != pad).sum(-1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-
-_DECODER_TYPES = {"gpt2", "llama", "mistral", "qwen2"}
 
 
 class _HeadCall:
@@ -522,16 +522,53 @@ AutoModelWithHeads = AutoAdapterModel
 _ADAPTER_CLASSES: dict[type, type] = {}
 
 
-def init(model: nn.Module) -> nn.Module:
-    """Add adapter support to an already loaded transformers model, in place, and return it."""
+def init(model: nn.Module, interface: AdapterModelInterface | None = None) -> nn.Module:
+    """Add adapter support to an already loaded transformers model, in place, and return it.
+
+    `interface` describes a model family the engine does not ship (AdapterHub's `AdapterModelInterface`); every
+    module it names is checked on the model first.
+    """
     if isinstance(model, ModelAdaptersMixin):
         return model
+    base = model.base_model
+    spec = None
+    if interface is not None:
+        if interface.base_model:
+            base = model.get_submodule(interface.base_model)
+        spec = spec_from_interface(interface, pooling=_pooling_of(base, interface))
+        _check_interface_paths(base, spec, interface)
     cls = type(model)
     if cls not in _ADAPTER_CLASSES:
         _ADAPTER_CLASSES[cls] = type(cls.__name__, (ModelAdaptersMixin, cls), {"__module__": cls.__module__})
     model.__class__ = _ADAPTER_CLASSES[cls]
-    model._init_adapters(model.base_model)
+    model._init_adapters(base, spec)
     return model
+
+
+def _pooling_of(base: nn.Module, interface: AdapterModelInterface) -> str:
+    layers = base.get_submodule(interface.model_layers)
+    attention = layers[0].get_submodule(interface.layer_self_attn) if len(layers) else None
+    causal = getattr(attention, "is_causal", False) or getattr(base.config, "is_decoder", False)
+    return "last" if causal else "first"
+
+
+def _check_interface_paths(base: nn.Module, spec, interface: AdapterModelInterface) -> None:
+    """Every module the interface names must exist (host modules are created by the engine)."""
+    try:
+        layers = base.get_submodule(spec.layers)
+        base.get_submodule(spec.embeddings)
+    except AttributeError as err:
+        raise UnsupportedModelError(f"AdapterModelInterface: {err}") from None
+    if not isinstance(layers, nn.ModuleList) or not len(layers):
+        raise UnsupportedModelError(f"AdapterModelInterface: model_layers={spec.layers!r} is not a non-empty list")
+    site_paths = [p for s in (spec.attention_site, spec.output_site) for p in (s.sublayer, s.residual, s.norm) if p]
+    for path in [spec.attention, *spec.lora.values(), *site_paths]:
+        try:
+            layers[0].get_submodule(path)
+        except AttributeError:
+            raise UnsupportedModelError(
+                f"AdapterModelInterface names {path!r}, which layer 0 ({type(layers[0]).__name__}) does not have"
+            ) from None
 
 
 __all__ = ["AdapterModel", "AutoAdapterModel", "AutoModelWithHeads", "init", "ClassificationHead"]

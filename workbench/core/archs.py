@@ -1,11 +1,12 @@
-"""Architectures described as data: where each adapter method hooks into an unmodified transformers model.
+"""Architectures described as data: everything the engine knows about a model family, in one spec.
 
-Paths are dotted module paths. `layers` is relative to the base model (e.g. `BertModel`); every other path is
-relative to one transformer layer. No modeling code is copied: the methods attach hooks at these places, so a
-new architecture is one entry in `ARCHITECTURES`.
+Paths are dotted module paths. `layers` and `embeddings` are relative to the base model (e.g. `BertModel`); every
+other path is relative to one transformer layer. No modeling code is copied: the methods attach hooks at these
+places and check the spec when an adapter is added, so a new architecture is one entry in `ARCHITECTURES` (or,
+for a model we do not ship, `workbench.init(model, interface=AdapterModelInterface(...))`).
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
@@ -29,16 +30,50 @@ class Site:
     host: str
 
 
+ALL_METHODS = frozenset({"bottleneck", "invertible", "lora", "prefix_tuning", "prompt_tuning"})
+DECODER_METHODS = ALL_METHODS - {"prompt_tuning"}  # AdapterHub has no prompt tuning for decoders
+
+
 @dataclass(frozen=True)
 class ArchSpec:
-    """Where adapters go in one family of transformers models."""
+    """Where adapters go in one family of transformers models, and the facts the methods need about it.
+
+    Attributes:
+        layers: the layer stack (a ModuleList), relative to the base model.
+        attention_site, output_site: the residual connections bottleneck adapters rewrite.
+        attention: the self-attention module whose attention function prefix tuning extends.
+        lora: AdapterHub's LoRA places: "q", "k", "v" (or "qkv" for a fused projection), "intermediate", "output".
+        embeddings: module whose output is the token embedding stream (invertible adapters, prompts).
+        attention_output: the attention's output projection (a LoRA-able Linear for PEFT targets).
+        methods: the adapter methods that apply; adding any other raises UnsupportedModelError.
+        pooling: how a classification head reads a sequence: "first" token (encoders), "last" non-pad (decoders).
+        prefix_key: the key prefix tuning stores its prefixes under (AdapterHub's file layout).
+        text_config: attribute of the model config that holds the text model's config ("" when it is the config).
+    """
 
     layers: str
     attention_site: Site
     output_site: Site
-    attention: str  # the self-attention module whose attention function prefix tuning extends
-    lora: dict[str, str]  # "q", "k", "v" (or "qkv" for a fused projection), "intermediate", "output"
-    embeddings: str  # module whose output is the token embedding stream (invertible adapters, prompts)
+    attention: str
+    lora: dict[str, str]
+    embeddings: str
+    attention_output: str | None = None
+    methods: frozenset = field(default=ALL_METHODS)
+    pooling: str = "first"
+    prefix_key: str = "self_prefix"
+    text_config: str = ""
+
+    def model_config(self, config):
+        """The config of the text model (itself, unless the spec names a sub-config)."""
+        return getattr(config, self.text_config) if self.text_config else config
+
+    def attention_shape(self, config) -> tuple[int, int]:
+        """(key/value heads, head dim): grouped-query attention and explicit `head_dim` (Qwen3, Gemma) included."""
+        config = self.model_config(config)
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return kv_heads, head_dim
 
 
 _BERT = ArchSpec(
@@ -54,6 +89,7 @@ _BERT = ArchSpec(
         "output": "output.dense",
     },
     embeddings="embeddings",
+    attention_output="attention.output.dense",
 )
 
 _DISTILBERT = ArchSpec(
@@ -69,6 +105,8 @@ _DISTILBERT = ArchSpec(
         "output": "ffn.lin2",
     },
     embeddings="embeddings",
+    attention_output="attention.out_lin",
+    prefix_key="self",
 )
 
 _GPT2 = ArchSpec(
@@ -78,6 +116,9 @@ _GPT2 = ArchSpec(
     attention="attn",
     lora={"qkv": "attn.c_attn", "intermediate": "mlp.c_fc", "output": "mlp.c_proj"},
     embeddings="drop",
+    attention_output="attn.c_proj",
+    methods=DECODER_METHODS,
+    pooling="last",
 )
 
 _LLAMA = ArchSpec(
@@ -93,6 +134,9 @@ _LLAMA = ArchSpec(
         "output": "mlp.up_proj",
     },
     embeddings="embed_tokens",
+    attention_output="self_attn.o_proj",
+    methods=DECODER_METHODS,
+    pooling="last",
 )
 
 # Qwen2 (AdapterHub's plugin interface) maps the FFN LoRA the natural way round.
@@ -108,6 +152,38 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mistral": _LLAMA,
     "qwen2": _QWEN2,
 }
+
+
+def spec_from_interface(interface, pooling: str = "first") -> ArchSpec:
+    """An `ArchSpec` from AdapterHub's `AdapterModelInterface` fields (a model family we do not ship).
+
+    Bottleneck adapters rewrite the attention output projection and the FFN output projection; the residual is
+    read at `layer_pre_self_attn`/`layer_pre_ffn` (pre-LN models) or at the block's input, and `layer_ln_1`/
+    `layer_ln_2` are the post-norms of post-LN models.
+    """
+    attn = interface.layer_self_attn
+    o_proj = f"{attn}.{interface.attn_o_proj}" if interface.attn_o_proj else attn
+    if interface.attn_qkv_proj:
+        lora = {"qkv": f"{attn}.{interface.attn_qkv_proj}"}
+    else:
+        lora = {m: f"{attn}.{getattr(interface, f'attn_{m}_proj')}" for m in "qkv"}
+    lora.update(intermediate=interface.layer_intermediate_proj, output=interface.layer_output_proj)
+    return ArchSpec(
+        layers=interface.model_layers,
+        attention_site=Site(o_proj, interface.layer_pre_self_attn or attn, interface.layer_ln_1, "attention_adapters"),
+        output_site=Site(
+            interface.layer_output_proj,
+            interface.layer_pre_ffn or interface.layer_intermediate_proj,
+            interface.layer_ln_2,
+            "output_adapters",
+        ),
+        attention=attn,
+        lora=lora,
+        embeddings=interface.model_embeddings,
+        attention_output=o_proj,
+        methods=frozenset(interface.adapter_methods) & ALL_METHODS,
+        pooling=pooling,
+    )
 
 
 def arch_for(config) -> ArchSpec:

@@ -31,10 +31,10 @@ from .runtime import check_batch, check_setup
 class EngineState:
     """Per-model engine state (not per call)."""
 
-    def __init__(self, root: nn.Module, base: nn.Module):
+    def __init__(self, root: nn.Module, base: nn.Module, spec=None):
         self.root = root
         self.base = base
-        self.spec = arch_for(base.config)
+        self.spec = spec or arch_for(base.config)
         self.base_prefix = "" if root is base else base.base_model_prefix + "."
         self.configs: dict = {}
         self.fusions: dict[str, tuple[list[str], object]] = {}
@@ -55,7 +55,7 @@ class EngineState:
 
     @property
     def hidden_size(self) -> int:
-        return self.base.config.hidden_size
+        return self.spec.model_config(self.base.config).hidden_size
 
     # --- methods -----------------------------------------------------------------------------------------
 

@@ -40,8 +40,8 @@ class ModelAdaptersMixin:
 
     _engine: EngineState
 
-    def _init_adapters(self, base: nn.Module) -> None:
-        self._engine = EngineState(self, base)
+    def _init_adapters(self, base: nn.Module, spec=None) -> None:
+        self._engine = EngineState(self, base, spec)
 
     def _method(self, kind: str):
         return self._engine.method(kind)

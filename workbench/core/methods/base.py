@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..composition import Stack
 from ..configs import AdapterConfig
+from ..errors import UnsupportedModelError
 
 
 class AdapterMethod:
@@ -18,6 +19,13 @@ class AdapterMethod:
     supports: frozenset = frozenset({Stack})
 
     def __init__(self, engine):
+        spec = engine.spec
+        if self.kind not in spec.methods:
+            model_type = getattr(engine.base.config, "model_type", type(engine.base).__name__)
+            raise UnsupportedModelError(
+                f"{self.kind} adapters are not available for model type {model_type!r} "
+                f"(its architecture spec supports: {', '.join(sorted(spec.methods)) or 'none'})"
+            )
         self.engine = engine
 
     def add(self, name: str, config: AdapterConfig) -> None:

@@ -36,7 +36,6 @@ from ..transformers_api import (
 from .activations import activation
 from .base import AdapterMethod
 
-LOCATION_KEYS = {"distilbert": "self"}  # every other architecture: "self_prefix"
 IMPL_PREFIX = "workbench_prefix:"
 
 
@@ -248,10 +247,8 @@ class PrefixTuningMethod(AdapterMethod):
 
     def __init__(self, engine):
         super().__init__(engine)
-        config = engine.base.config
-        self.location_key = LOCATION_KEYS.get(config.model_type, "self_prefix")
-        self.n_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.location_key = engine.spec.prefix_key
+        self.n_heads, self.head_dim = engine.spec.attention_shape(engine.base.config)
         self.shims: dict[int, PrefixTuningShim] = {}
         self.original_impl: str | None = None
         engine.forward_begin_hooks.append(self._begin)

@@ -20,8 +20,6 @@ from ..errors import AdapterConfigError, UnsupportedModelError
 from ..runtime import ALL_BLOCKS
 from .base import AdapterMethod
 
-SUPPORTED = ("bert", "roberta", "xlm-roberta", "distilbert")
-
 
 class PromptTuning(nn.Module):
     """`prompt_embedding`: an embedding table of `prompt_length` positions."""
@@ -62,11 +60,7 @@ class PromptTuningMethod(AdapterMethod):
     supports = ALL_BLOCKS  # only the first adapter of the setup contributes a prompt, whatever the blocks
 
     def __init__(self, engine):
-        super().__init__(engine)
-        model_type = engine.base.config.model_type
-        if model_type not in SUPPORTED:
-            supported = ", ".join(SUPPORTED)
-            raise UnsupportedModelError(f"prompt tuning supports {supported}; not model type {model_type!r}")
+        super().__init__(engine)  # the spec says whether prompts apply (not to decoders, as in AdapterHub)
         params = list(inspect.signature(engine.base.forward).parameters)
         self.mask_position = params.index("attention_mask") if "attention_mask" in params else None
         self._handle = None
