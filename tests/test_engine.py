@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,6 +173,28 @@ def test_engine_imports_no_ui_or_server_code():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_core_imports_neither_the_hub_nor_training():
+    """The engine sits at the bottom: no module of workbench/core imports the hub, training or UI packages
+    (`import workbench` loads the hub, which registers its resolver with the engine, not the other way round)."""
+    import ast
+
+    core = Path(workbench.__file__).parent / "core"
+    found = []
+    for path in core.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+            elif isinstance(node, ast.Import):
+                target = ",".join(alias.name for alias in node.names)
+            else:
+                continue
+            depth = len(path.relative_to(core).parts)  # core/x.py: 1; core/methods/x.py: 2
+            outside = "." * (depth + 1)
+            if any(target.startswith(p) for p in (f"{outside}hub", f"{outside}train", f"{outside}ui", "workbench.")):
+                found.append(f"{path.relative_to(core)}: {target}")
+    assert not found, found
 
 
 def test_base_model_forward_is_untouched_by_init():

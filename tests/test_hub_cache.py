@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from workbench.core.configs import method_name
 from workbench.hub.cache import HubUnavailableError, cached_listing
 from workbench.hub.info import AdapterInfo
+from workbench.hub.methods import method_name
 
 
 @pytest.fixture

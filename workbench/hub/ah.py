@@ -12,9 +12,10 @@ import re
 
 from huggingface_hub.utils import hf_raise_for_status, http_backoff
 
-from ..core.configs import AdapterConfig, method_name
+from ..core.configs import AdapterConfig
 from ..core.errors import AdapterLoadError
 from .info import AdapterInfo
+from .methods import method_name
 
 DEFAULT_INDEX_URL = "https://raw.githubusercontent.com/Adapter-Hub/Hub/master/dist/v2"
 HF_ORG = "AdapterHub"

@@ -12,8 +12,8 @@ import os
 
 from huggingface_hub import HfApi, hf_hub_download
 
-from ..core.configs import method_name
 from .info import AdapterInfo
+from .methods import method_name
 
 ADAPTERHUB_LIBRARY = "adapter-transformers"
 PEFT_LIBRARY = "peft"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..core.composition import Fuse
-from ..core.configs import method_name
 from ..core.errors import HeadError
+from ..hub.methods import method_name
 from . import data as data_mod
 from .checkpoints import SavePlan
 

@@ -304,7 +304,7 @@ def _fuse_blocks(block, fuse_type) -> list:
 
 
 def _method(config) -> str:
-    from workbench.core.configs import method_name
+    from workbench.hub.methods import method_name
 
     return method_name(config.to_dict()) or type(config).__name__
 
