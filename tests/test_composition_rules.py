@@ -110,3 +110,14 @@ def test_summary_and_adds_stay_flat_with_many_adapters():
     start = time.perf_counter()
     rows = model.adapter_summary(as_dict=True)
     assert len(rows) == 201 and time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("call", ["train_adapter", "train_adapter_fusion"])
+def test_training_a_bad_setup_changes_nothing(call):
+    model = model_with({"a": "seq_bn", "b": "seq_bn"})
+    before = snapshot(model)
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(CompositionError):
+        getattr(model, call)(Fuse("a", "b") if call == "train_adapter_fusion" else Stack("a", "ghost"))
+    assert_unchanged(model, before)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable and not model.training

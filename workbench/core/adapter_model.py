@@ -22,7 +22,7 @@ from .heads import (
     label2id_for,
 )
 from .interface import AdapterModelInterface
-from .keys import is_engine_key, is_head_key, rename_prefixed
+from .keys import is_engine_key, rename_prefixed
 from .model_mixin import ModelAdaptersMixin
 from .names import check_head_name
 from .outputs import MultiHeadOutput
@@ -303,7 +303,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         config = dict(head.config)
         data = {"config": config, **self._file_meta(head_name)}
         files.write_json(folder / files.HEAD_CONFIG, data)
-        weights = {k: v for k, v in self.state_dict().items() if is_head_key(k, head_name, self.base_model_prefix)}
+        weights = head.state_dict(prefix=f"heads.{head_name}.")
         files.write_weights(folder / (files.HEAD_SAFETENSORS if use_safetensors else files.HEAD_WEIGHTS), weights)
 
     def load_head(self, save_directory, load_as: str | None = None, id2label=None, set_active: bool = True) -> str:

@@ -43,10 +43,6 @@ def is_fusion_key(key: str, fusion_name: str) -> bool:
     return f"adapter_fusion_layer.{fusion_name}." in key
 
 
-def is_head_key(key: str, head_name: str, base_prefix: str) -> bool:
-    return key.startswith(f"heads.{head_name}.") and not key.startswith(base_prefix + ".")
-
-
 def rename_adapter_keys(state: dict[str, torch.Tensor], old: str, new: str) -> dict[str, torch.Tensor]:
     """Apply legacy renames and move every key from adapter `old` to adapter `new`."""
     renamed = {}

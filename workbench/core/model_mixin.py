@@ -153,6 +153,7 @@ class ModelAdaptersMixin:
     def train_adapter(self, adapter_setup, train_embeddings: bool = False) -> None:
         """Freeze the model except the given adapters (and heads), and activate them."""
         setup = parse_composition(adapter_setup)
+        check_setup(setup, self._engine)  # before anything changes
         self.train()
         self.freeze_model(True)
         for name in setup.flatten():
@@ -168,11 +169,10 @@ class ModelAdaptersMixin:
     def train_adapter_fusion(self, adapter_setup, unfreeze_adapters: bool = False) -> None:
         """Freeze the model except the fusion layers of the setup (and optionally its adapters)."""
         setup = parse_composition(adapter_setup)
+        check_setup(setup, self._engine)  # unknown adapters or fusions: nothing changes
         self.train()
         self.freeze_model(True)
         for fusion in _fuse_blocks(setup):
-            if fusion.name not in self._engine.fusions:
-                raise CompositionError(f"no AdapterFusion {fusion.name!r}: call add_adapter_fusion first")
             for _, param in self._fusion_parameters(fusion.name):
                 param.requires_grad = True
         if unfreeze_adapters:
