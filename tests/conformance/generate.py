@@ -370,6 +370,65 @@ def head_composition_cases() -> list:
                 continue
             options = {"head": None, **extra}  # by default, the composition picks the head(s)
             cases.append(Case(f"{arch}-heads-{slug}", arch, ads, active, model_class="adapter_model", **options))
+    return cases + head_composition_matrix([c.id for c in cases])
+
+
+# Methods of the heads x compositions matrix: case id suffix -> config string ("" suffix: seq_bn, as above).
+HEADS_MATRIX_METHODS = {
+    "": "seq_bn",
+    "-double_seq_bn": "double_seq_bn",
+    "-par_bn": "par_bn",
+    "-compacter": METHODS["compacter"],
+    "-lora": "lora",
+    "-ia3": "ia3",
+    "-prefix": PREFIX_SMALL,
+    # MAM (prefix tuning + par_bn, a ConfigUnion) with the small prefix bottleneck instead of MAM's 800.
+    "-mam": PREFIX_SMALL + "|par_bn",
+}
+
+
+def head_composition_matrix(existing: list) -> list:
+    """e) continued: Parallel and BatchSplit heads for every method on every architecture, Stack heads for lora and
+    prefix tuning everywhere, Average heads for seq_bn and lora on bert and llama. Ids already built above are left
+    alone (same id, same case)."""
+    heads_ab = [cls_head("a", 2), cls_head("b", 3)]
+    split = BatchSplit("a", "b", batch_sizes=[1, 2])
+    specs = []  # (archs, slug, method suffix, active, Case options)
+    for suffix in HEADS_MATRIX_METHODS:
+        specs.append((ARCHS, "parallel", suffix, Parallel("a", "b"), {}))
+        specs.append((ARCHS, "batchsplit", suffix, split, {}))
+    for suffix in ("-lora", "-prefix"):
+        specs.append((ARCHS, "stack", suffix, Stack("a", "b"), dict(head_before="a")))
+    for suffix in ("", "-lora"):
+        # Average chooses no head (parse_heads_from_composition returns None): `a`, set before, stays active.
+        specs.append(
+            (("bert", "llama"), "average", suffix, Average("a", "b", weights=[0.3, 0.7]), dict(head_before="a"))
+        )
+    cases = []
+    for archs, slug, suffix, active, extra in specs:
+        config = HEADS_MATRIX_METHODS[suffix]
+        for arch in archs:
+            case_id = f"{arch}-heads-{slug}{suffix}"
+            if case_id in existing:
+                continue
+            options = {"head": None, "heads": heads_ab, **extra}
+            ads = [("a", config), ("b", config)]
+            cases.append(Case(case_id, arch, ads, active, model_class="adapter_model", **options))
+    # gpt2's eager attention masks with its causal `bias` buffer of n_positions (64) columns, so two stacked prefixes
+    # of the default length 30 (8 + 2 * 30 = 68 keys) fail in `gpt2-heads-stack-prefix`; length 10 fits.
+    short = "prefix_tuning[prefix_length=10,bottleneck_size=16]"
+    cases.append(
+        Case(
+            "gpt2-heads-stack-prefix-len10",
+            "gpt2",
+            [("a", short), ("b", short)],
+            Stack("a", "b"),
+            model_class="adapter_model",
+            heads=heads_ab,
+            head_before="a",
+            head=None,
+        )
+    )
     return cases
 
 
