@@ -146,11 +146,11 @@ def main() -> None:
     shutil.copy(tc.FIXTURES / "inputs.json", out / "inputs.json")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     unexpected = [s for s in skipped if s["kind"] == "UNEXPECTED"]
-    known = [s for s in skipped if s["kind"].startswith("known failing")]
+    deliberate = [s for s in skipped if s["kind"].startswith("deliberate difference")]
     print(
         f"\nexported {len(entries)} case(s) to {out}; skipped {len(skipped)} "
-        f"({len(skipped) - len(unexpected) - len(known)} in-progress methods, {len(known)} known failing "
-        f"(test_conformance.DELIBERATE_DIFFERENCES), {len(unexpected)} unexpected)"
+        f"({len(skipped) - len(unexpected) - len(deliberate)} in-progress methods, {len(deliberate)} deliberate "
+        f"differences (test_conformance.DELIBERATE_DIFFERENCES), {len(unexpected)} unexpected)"
     )
 
 
