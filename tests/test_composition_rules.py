@@ -121,3 +121,14 @@ def test_training_a_bad_setup_changes_nothing(call):
         getattr(model, call)(Fuse("a", "b") if call == "train_adapter_fusion" else Stack("a", "ghost"))
     assert_unchanged(model, before)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable and not model.training
+
+
+def test_overwrite_with_a_config_that_fails_keeps_the_old_adapter():
+    model = model_with({"a": "seq_bn"})
+    model.set_active_adapters("a")
+    before = snapshot(model)
+    with pytest.raises(AdapterConfigError, match="phm_dim"):
+        model.add_adapter("a", config="compacter[reduction_factor=32]", overwrite_ok=True)  # 32 -> 1: not divisible
+    assert_unchanged(model, before)
+    model.add_adapter("a", config="lora", overwrite_ok=True)
+    assert type(model.adapters["a"]).__name__ == "LoRAConfig"

@@ -72,17 +72,35 @@ class ModelAdaptersMixin:
         check_name(adapter_name)
         config = AdapterConfig.load(config)
         engine = self._engine
+        if adapter_name in engine.configs:
+            if not overwrite_ok:
+                raise AdapterConfigError(f"an adapter named {adapter_name!r} already exists")
+            self._dry_run(config)  # a config that cannot be added must not cost the adapter it would replace
         with engine.transaction(self):
             if adapter_name in engine.configs:
-                if not overwrite_ok:
-                    raise AdapterConfigError(f"an adapter named {adapter_name!r} already exists")
                 self.delete_adapter(adapter_name)
-            engine.configs[adapter_name] = config
-            for kind, part in method_parts(config):
-                engine.method(kind).add(adapter_name, part)
+            self._add_parts(adapter_name, config)
             self._adapter_to_model(adapter_name)
             if set_active:
                 self.set_active_adapters(adapter_name)
+
+    def _add_parts(self, name: str, config: AdapterConfig) -> None:
+        self._engine.configs[name] = config
+        for kind, part in method_parts(config):
+            self._engine.method(kind).add(name, part)
+
+    def _dry_run(self, config: AdapterConfig) -> None:
+        """Add `config` under a scratch name and take it away again: raises what a real add would raise."""
+
+        class _Done(Exception):
+            pass
+
+        try:
+            with self._engine.transaction(self):  # the roll-back removes the scratch adapter either way
+                self._add_parts("workbench-dry-run", config)
+                raise _Done
+        except _Done:
+            pass
 
     def _adapter_to_model(self, name: str) -> None:
         """Give a new adapter the model's device, float dtype (unless its config names one) and train/eval mode."""
