@@ -155,13 +155,13 @@ class ModelAdaptersMixin:
         setup = parse_composition(adapter_setup)
         self.train()
         self.freeze_model(True)
+        if "lora" in self._engine.methods:  # modules a PEFT adapter replaces by its trained copy (modules_to_save)
+            for module in self._engine.methods["lora"].originals(setup.flatten()):
+                module.requires_grad_(False)
         for name in setup.flatten():
             self._require(name)
             for _, param in self._adapter_parameters(name):
                 param.requires_grad = True
-        if "lora" in self._engine.methods:  # modules a PEFT adapter replaces by its trained copy (modules_to_save)
-            for module in self._engine.methods["lora"].originals(setup.flatten()):
-                module.requires_grad_(False)
         if train_embeddings:
             for param in self._engine.base.get_input_embeddings().parameters():
                 param.requires_grad = True

@@ -352,7 +352,7 @@ def _modules_to_save(model, data: dict, scope: dict, other: dict, tensors: dict,
     saved = []
     for name in found:
         module = model.get_submodule(scope[name])
-        own = dict(module.state_dict())
+        own = [k for k in module.state_dict() if not {"loras", "modules_to_save"} & set(k.split("."))]
         for param in own:
             key = next((k for k in (f"{name}.{param}", f"{name}.modules_to_save.{param}") if k in other), None)
             if key is None:

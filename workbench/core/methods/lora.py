@@ -459,7 +459,7 @@ class SavedModule(ComposableLayer):
         present = [(p, w) for p, w in zip(parts, weights, strict=True) if p.last is not None]
         if not present:
             return parts[0]
-        y = torch.stack([p.y * w for p, w in present]).sum(dim=0) / len(present)
+        y = torch.stack([p.y * w for p, w in present]).sum(dim=0)  # whole outputs: their weighted sum
         return replace(present[0][0], y=y, last=present[-1][0].last)
 
 
@@ -547,8 +547,6 @@ class LoRAMethod(AdapterMethod):
     def check_setup(self, setup) -> None:
         """Stacked LoRAs feed one adapter's delta into the next: only possible where in and out sizes agree."""
         for block, names in blocks_with_names(setup):
-            if not isinstance(block, Stack):
-                continue
             for target in self.targets.values():
                 here = [n for n in names if n in target.loras]
                 if len({_on_input(target.loras[n]) for n in here}) > 1:
@@ -556,6 +554,8 @@ class LoRAMethod(AdapterMethod):
                         f"{setup}: adapters {here} on {target.path} mix (IA)^3 on the input (PEFT feedforward "
                         "modules) with adapters on the output; they cannot be composed there"
                     )
+                if not isinstance(block, Stack):
+                    continue
                 adds = [n for n in here[1:] if isinstance(target.loras[n], LoRA)]
                 if adds and not target.square:
                     raise CompositionError(
