@@ -395,6 +395,23 @@ class IA3Config(LoRAConfig):
     init_weights: str = "ia3"
 
 
+@dataclass(frozen=True, eq=False)
+class TargetedLoRAConfig(LoRAConfig):
+    """LoRA or (IA)^3 on modules named one by one (a PEFT adapter's targets) instead of AdapterHub's places.
+
+    `targets` maps a module path in the root model to `{"r": int, "alpha": number, "on_input": bool}` (`on_input`:
+    (IA)^3 scales the module's input, PEFT's `feedforward_modules`); `modules_to_save` lists root-model modules
+    trained as full copies; `peft` keeps the PEFT options that `save_adapter(format="peft")` writes back.
+    AdapterHub's file format cannot describe these adapters, so they are saved in PEFT's format only.
+    """
+
+    alpha: float = 8
+    targets: Mapping = field(default_factory=dict)
+    modules_to_save: list[str] = field(default_factory=list)
+    use_rslora: bool = False
+    peft: Mapping = field(default_factory=dict)
+
+
 # --- Prefix and prompt tuning -------------------------------------------------------------------------------
 
 

@@ -41,7 +41,7 @@ class EngineState:
         self.active_setup: Block | None = None
         self.skip_layers: set[int] = set()
         self.methods: dict[str, object] = {}
-        self.owned: dict[str, dict[str, nn.Module]] = {}  # adapter or fusion key -> {path in base: module}
+        self.owned: dict[str, dict[str, nn.Module]] = {}  # adapter or fusion key -> {path in root: module}
         self.forward_begin_hooks: list = []  # callables(ctx, args, kwargs) -> (args, kwargs) | None
         self._checked_scoped: tuple | None = None
         base.register_forward_pre_hook(self._begin, with_kwargs=True)
@@ -70,25 +70,28 @@ class EngineState:
 
     # --- owned modules -----------------------------------------------------------------------------------
 
-    def register(self, owner: str, path: str, module: nn.Module) -> None:
-        """Record that `module`, at `path` in the base model, belongs to adapter (or fusion) `owner`."""
-        self.owned.setdefault(owner, {})[path] = module
+    def register(self, owner: str, path: str, module: nn.Module, in_root: bool = False) -> None:
+        """Record that `module`, at `path` in the base model, belongs to adapter (or fusion) `owner`.
 
-    def unregister(self, owner: str, path: str | None = None) -> None:
+        `in_root`: `path` is relative to the root model instead (a module outside the base, e.g. a task head that a
+        PEFT adapter trains as a copy)."""
+        self.owned.setdefault(owner, {})[path if in_root else self.base_prefix + path] = module
+
+    def unregister(self, owner: str, path: str | None = None, in_root: bool = False) -> None:
         if path is None:
             self.owned.pop(owner, None)
         elif owner in self.owned:
-            self.owned[owner].pop(path, None)
+            self.owned[owner].pop(path if in_root else self.base_prefix + path, None)
 
     def named_parameters_of(self, owner: str):
         """(state-dict key, parameter) of every weight of `owner`, shared ones under each of their paths."""
         for path, module in self.owned.get(owner, {}).items():
-            yield from module.named_parameters(prefix=self.base_prefix + path, remove_duplicate=False)
+            yield from module.named_parameters(prefix=path, remove_duplicate=False)
 
     def state_dict_of(self, owner: str, keep_vars: bool = False) -> dict[str, torch.Tensor]:
         state = {}
         for path, module in self.owned.get(owner, {}).items():
-            module.state_dict(destination=state, prefix=self.base_prefix + path + ".", keep_vars=keep_vars)
+            module.state_dict(destination=state, prefix=path + ".", keep_vars=keep_vars)
         return state
 
     # --- transactions ------------------------------------------------------------------------------------

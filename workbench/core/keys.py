@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-ADAPTER_KEY_PARTS = ("adapters", "prefix_tunings", "prefix_gates", "loras", "prompt_tunings", "shared_parameters")
+ADAPTER_KEY_PARTS = (
+    "adapters", "prefix_tunings", "prefix_gates", "loras", "prompt_tunings", "shared_parameters", "modules_to_save",
+)  # fmt: skip
 LEGACY_RENAMES = {
     "attention_text_task_adapters": "adapters",
     "attention_text_lang_adapters": "adapters",
@@ -27,6 +29,7 @@ ENGINE_KEY_PARTS = (
     "adapters.",
     "adapter_fusion_layer.",
     "loras.",
+    "modules_to_save.",
     "prefix_tuning.",
     "prompt_tuning.",
     "shared_parameters.",

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import files, peft_format
 from .composition import Average, Block, Fuse, parse_composition
-from .configs import AdapterConfig, AdapterFusionConfig, BnConfig, LoRAConfig
+from .configs import AdapterConfig, AdapterFusionConfig, BnConfig, LoRAConfig, TargetedLoRAConfig
 from .context import keep_call_context
 from .engine import EngineState
 from .errors import AdapterConfigError, AdapterLoadError, CompositionError
@@ -174,6 +174,9 @@ class ModelAdaptersMixin:
         check_setup(setup, self._engine)  # before anything changes
         self.train()
         self.freeze_model(True)
+        if "lora" in self._engine.methods:  # modules a PEFT adapter replaces by its trained copy (modules_to_save)
+            for module in self._engine.methods["lora"].originals(setup.flatten()):
+                module.requires_grad_(False)
         for name in setup.flatten():
             self._require(name)
             for _, param in self._adapter_parameters(name):
@@ -327,6 +330,11 @@ class ModelAdaptersMixin:
         if format != "adapterhub":
             raise AdapterConfigError(f"format={format!r}: use 'adapterhub' or 'peft'")
         config = self._require(adapter_name)
+        if isinstance(config, TargetedLoRAConfig):
+            raise AdapterConfigError(
+                f"adapter {adapter_name!r} adapts modules by name (a PEFT adapter), which the AdapterHub format "
+                "cannot describe: save it with format='peft'"
+            )
         folder = Path(save_directory)
         data = {"config": config.to_dict(), **self._file_meta(adapter_name)}
         for key, value in (meta_dict or {}).items():

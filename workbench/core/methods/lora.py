@@ -5,12 +5,18 @@ Every wrapped projection gets a child `loras` ModuleDict, so weights are keyed l
 (`...attention.self.query.loras.<name>.lora_A`), and one forward hook that adds (LoRA, "add") or multiplies
 (IA3, "scale") the active adapters' output. GPT-2's fused `c_attn` takes one adapter whose q|k|v thirds are
 enabled by `attn_matrices`. `merge`/`reset` fold an adapter into the base weight and back.
+
+AdapterHub's `LoRAConfig` names places (`spec.lora`); a `TargetedLoRAConfig` (PEFT adapters) names any
+nn.Linear/Conv1D module by its path, each with its own rank and scaling, (IA)^3 optionally on the module's input,
+plus `modules_to_save`: full trainable copies whose output replaces the original module's while the adapter runs.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import torch
@@ -18,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..composition import Average, BatchSplit, Parallel, Stack
-from ..configs import LoRAConfig
+from ..configs import LoRAConfig, TargetedLoRAConfig
 from ..context import current_call
 from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
@@ -62,13 +68,14 @@ class _LoRABase(nn.Module):
 class LoRA(_LoRABase):
     """`h = dropout(x) A^T B^T * alpha/r`; the layer output becomes `Wx + b + h`."""
 
-    def __init__(self, in_features: int, out_features: int, config: LoRAConfig, heads: int = 1):
+    def __init__(self, in_features: int, out_features: int, config: LoRAConfig, heads: int = 1, r=None, scaling=None):
         super().__init__()
         dtype = getattr(torch, config.dtype) if config.dtype else None
-        self.r, self.scaling = config.r, config.alpha / config.r
+        self.r = config.r if r is None else r  # a targeted module's own rank and scaling (PEFT's rank_pattern)
+        self.scaling = config.alpha / config.r if scaling is None else scaling
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.lora_A = nn.Parameter(torch.zeros(config.r * heads, in_features, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.zeros(out_features, config.r, dtype=dtype))
+        self.lora_A = nn.Parameter(torch.zeros(self.r * heads, in_features, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, self.r, dtype=dtype))
         _seed(config)
         if config.init_weights == "lora":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -110,13 +117,15 @@ class LoRA(_LoRABase):
 
 
 class IA3(_LoRABase):
-    """`h = lora_B * alpha`; the layer output becomes `(Wx + b) * h`."""
+    """`h = lora_B * alpha`; the layer output becomes `(Wx + b) * h`, or with `on_input` `W(x * h) + b`."""
 
-    def __init__(self, in_features: int, out_features: int, config: LoRAConfig, heads: int = 1):
+    on_input = False  # PEFT's feedforward_modules: lora_B has in_features rows and scales the input
+
+    def __init__(self, in_features: int, out_features: int, config: LoRAConfig, heads: int = 1, r=None, scaling=None):
         super().__init__()
         if config.dropout > 0:
             raise AdapterConfigError("(IA)^3 (composition_mode='scale') does not support dropout > 0")
-        self.r, self.scaling = config.r, config.alpha
+        self.r, self.scaling = config.r, config.alpha if scaling is None else scaling
         self.lora_B = nn.Parameter(torch.zeros(out_features, 1))
         _seed(config)
         if config.init_weights == "lora":
@@ -150,14 +159,51 @@ class _State:
     last: str | None = None
 
 
-class LoRATarget(ComposableLayer):
-    """One wrapped projection of one layer: its `loras` ModuleDict, forward hook and merge state."""
+def _fused(lora) -> bool:
+    """An AdapterHub adapter on a fused q|k|v projection (GPT-2's c_attn), with only some thirds enabled."""
+    return hasattr(lora, "enabled")
 
-    def __init__(self, engine, layer_idx: int, key: str, path: str, module: nn.Module):
-        self.engine, self.layer_idx, self.path, self.module = engine, layer_idx, path, module
-        self.full_path = f"{engine.spec.layers}.{layer_idx}.{path}"
-        self.location = LOCATIONS[key] + "_lora"
-        self.fused = key == "qkv"
+
+def _on_input(lora) -> bool:
+    return getattr(lora, "on_input", False)
+
+
+def locate(engine, path: str) -> tuple[int | None, str | None, bool]:
+    """For a module path in the root model: its layer index (None outside the layer stack), its `spec.lora` key
+    (None for other modules), and whether it lies inside the base model (where the forward context is set)."""
+    prefix = engine.base_prefix
+    if prefix and not path.startswith(prefix):
+        return None, None, False
+    rel, layers = path[len(prefix) :], engine.spec.layers + "."
+    if not rel.startswith(layers):
+        return None, None, True
+    index, _, place = rel[len(layers) :].partition(".")
+    if not index.isdigit():
+        return None, None, True
+    key = next((k for k, p in engine.spec.lora.items() if p == place), None)
+    return int(index), key, True
+
+
+def call_setup(engine, inside: bool):
+    """(setup, names, ctx) of the running forward. Modules outside the base model (a task head) run after the base
+    model's forward has left its context, so they read the setup the engine would use for a call."""
+    ctx = current_call(engine)
+    if ctx is not None:
+        return ctx.setup, ctx.names, ctx
+    if inside:
+        return None, frozenset(), None
+    setup = engine._setup_for_call()
+    return setup, frozenset(setup.flatten()) if setup is not None else frozenset(), None
+
+
+class LoRATarget(ComposableLayer):
+    """One wrapped projection (`path` in the root model): its `loras` ModuleDict, forward hook and merge state."""
+
+    def __init__(self, engine, path: str, module: nn.Module):
+        self.engine, self.path, self.module = engine, path, module
+        self.layer_idx, key, self.inside = locate(engine, path)
+        self.location = LOCATIONS[key] + "_lora" if key else "lora"
+        self.fused = key == "qkv"  # the place is a fused q|k|v projection (AdapterHub adapters split it)
         self.conv1d = isinstance(module, Conv1D)
         if self.conv1d:
             self.in_features, self.out_features = module.weight.shape
@@ -166,6 +212,8 @@ class LoRATarget(ComposableLayer):
         else:
             kind = type(module).__name__
             raise UnsupportedModelError(f"LoRA cannot wrap {path} ({kind}): it needs an nn.Linear or Conv1D")
+        if hasattr(module, "loras"):
+            raise UnsupportedModelError(f"{path} already has an attribute 'loras'; LoRA cannot wrap it")
         module.loras = nn.ModuleDict()
         self.loras: nn.ModuleDict = module.loras
         self.merged: str | None = None
@@ -181,8 +229,18 @@ class LoRATarget(ComposableLayer):
     def square(self) -> bool:
         return self.in_features == self.out_features and not self.fused
 
-    def make(self, config: LoRAConfig) -> nn.Module:
+    def make(self, config: LoRAConfig, r=None, alpha=None, on_input: bool = False) -> nn.Module:
+        """A new adapter module here; `r`/`alpha`/`on_input` for a targeted (PEFT) module, which is never split."""
         cls = IA3 if config.composition_mode == "scale" else LoRA
+        if isinstance(config, TargetedLoRAConfig):
+            r = config.r if r is None else r
+            alpha = config.alpha if alpha is None else alpha
+            scaling = alpha if cls is IA3 else alpha / (math.sqrt(r) if config.use_rslora else r)
+            size = self.in_features if on_input else self.out_features
+            module = cls(self.in_features, size, config, r=r, scaling=scaling)
+            if on_input:
+                module.on_input = True
+            return module
         if not self.fused:
             return cls(self.in_features, self.out_features, config)
         enabled = [m in config.attn_matrices for m in "qkv"]
@@ -193,14 +251,17 @@ class LoRATarget(ComposableLayer):
     # --- forward -----------------------------------------------------------------------------------------
 
     def _hook(self, module, args, output):
-        ctx = current_call(self.engine)
-        if ctx is None or ctx.setup is None or self.merged is not None:
+        if self.merged is not None or self.layer_idx in self.engine.skip_layers:
             return None
-        if self.layer_idx in self.engine.skip_layers or not any(name in self.loras for name in ctx.names):
+        setup, names, ctx = call_setup(self.engine, self.inside)
+        if setup is None or not any(name in self.loras for name in names):
             return None
-        st = compose(self, ctx.setup, _State(args[0], None, output), ctx)
+        st = compose(self, setup, _State(args[0], None, output), ctx)
         if st.last is None or st.h is None:
             return None
+        if _on_input(self.loras[st.last]):  # (IA)^3 on the input: run the projection again on the scaled input
+            x = args[0]
+            return module.forward((x.to(st.h.dtype) * st.h).to(x.dtype))
         return self.loras[st.last].com(output, st.h)
 
     # --- the composition contract --------------------------------------------------------------------------
@@ -210,7 +271,7 @@ class LoRATarget(ComposableLayer):
 
     def single(self, name: str, st: _State, ctx) -> _State:
         lora = self.loras[name]
-        if self.fused:
+        if _fused(lora):
             h, gate = self._fused_delta(lora, st)
         else:
             h, gate = lora(st.h, st.x)
@@ -230,7 +291,9 @@ class LoRATarget(ComposableLayer):
         if last is None:
             return _State(x, None, y)
         identity = 0.0 if isinstance(self.loras[last], LoRA) else 1.0  # rows without an adapter here: no change
-        hs = [p.h.expand(p.y.shape) if p.h is not None else torch.full_like(p.y, identity) for p in parts]
+        side = "x" if _on_input(self.loras[last]) else "y"  # the input-scaling vector has the input's width
+        shape = lambda p: getattr(p, side).shape  # noqa: E731
+        hs = [p.h.expand(shape(p)) if p.h is not None else torch.full(shape(p), identity).to(p.y) for p in parts]
         return _State(x, torch.cat(hs), y, last)
 
     def average(self, parts: list[_State], weights: list[float]) -> _State:
@@ -277,13 +340,15 @@ class LoRATarget(ComposableLayer):
     # --- merging -----------------------------------------------------------------------------------------
 
     def delta(self, lora) -> torch.Tensor:
-        """The unscaled weight delta (LoRA) or row factors (IA3) in the module's own weight layout."""
-        if self.fused and isinstance(lora, LoRA):
+        """The unscaled weight delta (LoRA) or row (column, on the input) factors (IA3) in the module's layout."""
+        if _fused(lora) and isinstance(lora, LoRA):
             n = sum(lora.enabled)
             d = torch.bmm(lora.lora_B.view(n, -1, lora.r), lora.lora_A.view(n, lora.r, -1)).flatten(0, 1)
             d = self._pad(d.t(), lora.enabled, 0.0).t()
-        elif self.fused:
+        elif _fused(lora):
             d = self._pad(lora.lora_B.t(), lora.enabled, 1.0).t()
+        elif _on_input(lora):
+            d = lora.lora_B.t()
         else:
             d = lora.delta_w
         return d.t() if self.conv1d else d
@@ -305,6 +370,99 @@ class LoRATarget(ComposableLayer):
         self.merged, self.original = None, None
 
 
+@dataclass
+class _Saved:
+    args: tuple  # the module's positional and keyword inputs
+    kwargs: dict
+    y: object  # its output, replaced by the last copy that ran
+    last: str | None = None
+
+
+def _rows(value, a: int, b: int):
+    return value[a:b] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
+
+
+def _cat(values: list):
+    return torch.cat(values) if isinstance(values[0], torch.Tensor) and values[0].dim() > 0 else values[0]
+
+
+class SavedModule(ComposableLayer):
+    """A module that PEFT adapters train as full copies (`modules_to_save`): while such an adapter runs, its copy
+    computes the output instead of the original (which keeps its weights and stays frozen in `train_adapter`).
+
+    The copies live in a `modules_to_save` ModuleDict child of the original, so they move and train with the model.
+    """
+
+    def __init__(self, engine, path: str, module: nn.Module):
+        if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            raise UnsupportedModelError(f"modules_to_save cannot hold copies of {path} ({type(module).__name__})")
+        if hasattr(module, "modules_to_save"):
+            raise UnsupportedModelError(f"{path} already has an attribute 'modules_to_save'")
+        self.engine, self.path, self.module = engine, path, module
+        self.layer_idx, _, self.inside = locate(engine, path)
+        self.copies = nn.ModuleDict()
+        module.modules_to_save = self.copies
+        self.handle = module.register_forward_hook(self._hook, with_kwargs=True)
+
+    def make(self) -> nn.Module:
+        """A trainable copy of the original without the engine's hooks and adapter children."""
+        hooks = [(m, m._forward_hooks, m._forward_pre_hooks) for m in self.module.modules()]
+        children = {k: self.module._modules.pop(k) for k in ("loras", "modules_to_save") if k in self.module._modules}
+        try:
+            for m, _, _ in hooks:
+                m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
+            clone = copy.deepcopy(self.module)
+        finally:
+            for m, forward, pre in hooks:
+                m._forward_hooks, m._forward_pre_hooks = forward, pre
+            self.module._modules.update(children)
+        for m in clone.modules():
+            for key in ("loras", "modules_to_save"):
+                m._modules.pop(key, None)
+        for param in clone.parameters():
+            param.requires_grad = True
+        return clone
+
+    def remove(self) -> None:
+        self.handle.remove()
+        del self.module.modules_to_save
+
+    def _hook(self, module, args, kwargs, output):
+        if self.layer_idx in self.engine.skip_layers:
+            return None
+        setup, names, ctx = call_setup(self.engine, self.inside)
+        if setup is None or not any(name in self.copies for name in names):
+            return None
+        st = compose(self, setup, _Saved(args, kwargs, output), ctx)
+        return None if st.last is None else st.y
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.copies
+
+    def single(self, name: str, st: _Saved, ctx) -> _Saved:
+        return replace(st, y=self.copies[name](*st.args, **st.kwargs), last=name)
+
+    def batch_rows(self, st: _Saved) -> int:
+        return st.y.shape[0]
+
+    def rows(self, st: _Saved, a: int, b: int) -> _Saved:
+        args = tuple(_rows(v, a, b) for v in st.args)
+        return _Saved(args, {k: _rows(v, a, b) for k, v in st.kwargs.items()}, st.y[a:b], st.last)
+
+    def concat(self, parts: list[_Saved]) -> _Saved:
+        last = next((p.last for p in reversed(parts) if p.last is not None), None)
+        args = tuple(_cat(vs) for vs in zip(*(p.args for p in parts), strict=True))
+        kwargs = {k: _cat([p.kwargs[k] for p in parts]) for k in parts[0].kwargs}
+        return _Saved(args, kwargs, torch.cat([p.y for p in parts]), last)
+
+    def average(self, parts: list[_Saved], weights: list[float]) -> _Saved:
+        present = [(p, w) for p, w in zip(parts, weights, strict=True) if p.last is not None]
+        if not present:
+            return parts[0]
+        y = torch.stack([p.y * w for p, w in present]).sum(dim=0)  # whole outputs: their weighted sum
+        return replace(present[0][0], y=y, last=present[-1][0].last)
+
+
 class LoRAMethod(AdapterMethod):
     """Adds, removes, merges and averages LoRA/IA3 adapters across all layers of a model."""
 
@@ -313,13 +471,17 @@ class LoRAMethod(AdapterMethod):
 
     def __init__(self, engine):
         super().__init__(engine)
-        self.targets: dict[tuple[int, str], LoRATarget] = {}
+        self.targets: dict[str, LoRATarget] = {}  # by module path in the root model
+        self.saved: dict[str, SavedModule] = {}  # modules_to_save, by module path in the root model
 
-    def _target(self, idx: int, key: str, path: str) -> LoRATarget:
-        if (idx, key) not in self.targets:
-            module = self.engine.layers[idx].get_submodule(path)
-            self.targets[(idx, key)] = LoRATarget(self.engine, idx, key, path, module)
-        return self.targets[(idx, key)]
+    def _target(self, path: str) -> LoRATarget:
+        if path not in self.targets:
+            self.targets[path] = LoRATarget(self.engine, path, self.engine.root.get_submodule(path))
+        return self.targets[path]
+
+    def _put(self, name: str, target: LoRATarget, module: nn.Module) -> None:
+        target.loras[name] = module
+        self.engine.register(name, f"{target.path}.loras.{name}", module, in_root=True)
 
     @staticmethod
     def _wanted(config: LoRAConfig, key: str) -> bool:
@@ -331,17 +493,35 @@ class LoRAMethod(AdapterMethod):
 
     def add(self, name: str, config: LoRAConfig) -> None:
         try:
+            if isinstance(config, TargetedLoRAConfig):
+                self._add_targeted(name, config)
+                return
+            layers = f"{self.engine.base_prefix}{self.engine.spec.layers}"
             for idx in range(len(self.engine.layers)):
                 if idx in config.leave_out:
                     continue
                 for key, path in self.engine.spec.lora.items():
                     if self._wanted(config, key):
-                        target = self._target(idx, key, path)
-                        target.loras[name] = target.make(config)
-                        self.engine.register(name, f"{target.full_path}.loras.{name}", target.loras[name])
+                        target = self._target(f"{layers}.{idx}.{path}")
+                        self._put(name, target, target.make(config))
         except Exception:
             self.delete(name)
             raise
+
+    def _add_targeted(self, name: str, config: TargetedLoRAConfig) -> None:
+        """Each module of `config.targets` with its own rank/alpha (layers in `leave_out` skipped), and a trainable
+        copy of each module of `config.modules_to_save`."""
+        for path, options in config.targets.items():
+            if locate(self.engine, path)[0] in config.leave_out:
+                continue
+            target = self._target(path)
+            self._put(name, target, target.make(config, options["r"], options["alpha"], options["on_input"]))
+        for path in config.modules_to_save:
+            if path not in self.saved:
+                self.saved[path] = SavedModule(self.engine, path, self.engine.root.get_submodule(path))
+            saved = self.saved[path]
+            saved.copies[name] = saved.make()
+            self.engine.register(name, f"{path}.modules_to_save.{name}", saved.copies[name], in_root=True)
 
     def delete(self, name: str) -> None:
         for key, target in list(self.targets.items()):
@@ -352,19 +532,34 @@ class LoRAMethod(AdapterMethod):
             if not len(target.loras):
                 target.remove()
                 del self.targets[key]
+        for key, saved in list(self.saved.items()):
+            if name in saved.copies:
+                del saved.copies[name]
+            if not len(saved.copies):
+                saved.remove()
+                del self.saved[key]
         self.engine.unregister(name)
+
+    def originals(self, names) -> list[nn.Module]:
+        """The original modules that adapters `names` replace with trained copies (frozen while they train)."""
+        return [s.module for s in self.saved.values() if any(n in s.copies for n in names)]
 
     def check_setup(self, setup) -> None:
         """Stacked LoRAs feed one adapter's delta into the next: only possible where in and out sizes agree."""
         for block, names in blocks_with_names(setup):
-            if not isinstance(block, Stack):
-                continue
             for target in self.targets.values():
                 here = [n for n in names if n in target.loras]
+                if len({_on_input(target.loras[n]) for n in here}) > 1:
+                    raise CompositionError(
+                        f"{setup}: adapters {here} on {target.path} mix (IA)^3 on the input (PEFT feedforward "
+                        "modules) with adapters on the output; they cannot be composed there"
+                    )
+                if not isinstance(block, Stack):
+                    continue
                 adds = [n for n in here[1:] if isinstance(target.loras[n], LoRA)]
                 if adds and not target.square:
                     raise CompositionError(
-                        f"{setup}: cannot Stack LoRA adapters {here} on {target.full_path} "
+                        f"{setup}: cannot Stack LoRA adapters {here} on {target.path} "
                         f"({target.in_features} -> {target.out_features} features): stacked LoRAs feed one "
                         "adapter's output into the next, which needs a projection with equal in/out sizes"
                     )
@@ -376,10 +571,7 @@ class LoRAMethod(AdapterMethod):
             if target.loras[name].use_gating:
                 raise AdapterConfigError(f"adapter {name!r} uses gating and cannot be merged")
             if target.merged not in (None, name):
-                raise AdapterConfigError(
-                    f"{target.path} of layer {target.layer_idx} has {target.merged!r} "
-                    "merged: call reset_adapter() first"
-                )
+                raise AdapterConfigError(f"{target.path} has {target.merged!r} merged: call reset_adapter() first")
         for target in targets:
             if target.merged is None:
                 target.merge(name)
@@ -410,7 +602,7 @@ class LoRAMethod(AdapterMethod):
                     new.lora_A.copy_(sum(abs(w) * target.loras[n].lora_A for n, w in sources.items()))
                     new.lora_B.copy_(sum(w * target.loras[n].lora_B for n, w in sources.items()))
                     continue
-                if target.conv1d or target.fused:
+                if target.conv1d or _fused(new):
                     raise UnsupportedModelError("lora_delta_w_svd is not supported for GPT-2")
                 delta = sum(w * target.loras[n].delta_w for n, w in sources.items())
                 u, s, vh = torch.linalg.svd(delta)
