@@ -109,9 +109,9 @@ def test_peft_target_form_loads_and_round_trips(case, tmp_path):
     wrapped = {n.removesuffix(".base_layer") for n in wrapped if not n.endswith(".base_layer")}
     assert {t.path for t in model._method("lora").targets.values() if name in t.loras} == wrapped
     with pytest.raises(workbench.AdapterConfigError, match="format='peft'"):
-        model.save_adapter(tmp_path / "ah", name)
+        model.save_adapter(tmp_path / "ah", name, format="adapterhub")
     assert not (tmp_path / "ah" / "adapter_config.json").exists()
-    model.save_adapter(tmp_path / "back", name, format="peft")
+    model.save_adapter(tmp_path / "back", name)  # the default for a PEFT adapter: PEFT's format
     reloaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "back").eval()
     torch.testing.assert_close(_outputs(reloaded, ids), expected, atol=ATOL, rtol=0)
     again = workbench.init(copy.deepcopy(base))
@@ -233,3 +233,21 @@ def test_missing_modules_to_save_weight_fails_and_leaves_model_unchanged(tmp_pat
     with pytest.raises(workbench.AdapterLoadError, match="pooler.dense.bias"):
         model.load_adapter(folder)
     assert model.adapters == {} and not hasattr(model.pooler.dense, "modules_to_save")
+
+
+def test_save_pretrained_keeps_a_peft_adapter_in_peft_format(tmp_path):
+    """save_pretrained (and so training checkpoints) writes each adapter in a format that can describe it."""
+    base = tiny_base_model("bert")
+    peft_model, folder = _peft_folder(base, _lora(target_modules=["attention.output.dense", "dense"]), tmp_path)
+    model = workbench.AdapterModel(copy.deepcopy(base))
+    model.load_adapter(str(folder), load_as="p", set_active=True)
+    model.add_adapter("s", config="seq_bn")
+    model.save_pretrained(tmp_path / "saved")
+    assert (
+        json.loads((tmp_path / "saved" / "adapters" / "p" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    )
+    assert "config" in json.loads((tmp_path / "saved" / "adapters" / "s" / "adapter_config.json").read_text())
+    again = workbench.AdapterModel(copy.deepcopy(base))
+    again.load_adapter(str(tmp_path / "saved" / "adapters" / "p"), load_as="p", set_active=True)
+    ids = _inputs()
+    torch.testing.assert_close(_outputs(again, ids), _outputs(peft_model, ids), atol=ATOL, rtol=0)

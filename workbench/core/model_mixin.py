@@ -321,15 +321,21 @@ class ModelAdaptersMixin:
         with_head: bool = True,
         meta_dict: dict | None = None,
         use_safetensors: bool = False,
-        format: str = "adapterhub",
+        format: str | None = None,
         **_,
     ) -> None:
-        """Write adapter_config.json and the adapter weights to `save_directory` (format "adapterhub" or "peft")."""
+        """Write adapter_config.json and the adapter weights to `save_directory` (format "adapterhub" or "peft").
+
+        By default an adapter is saved in the format that can describe it: PEFT adapters that adapt modules by
+        name in PEFT's, every other one in AdapterHub's (so `save_pretrained` and training checkpoints keep both).
+        """
+        config = self._require(adapter_name)
+        if format is None:
+            format = "peft" if isinstance(config, TargetedLoRAConfig) else "adapterhub"
         if format == "peft":
             return peft_format.save_peft(self, save_directory, adapter_name)
         if format != "adapterhub":
             raise AdapterConfigError(f"format={format!r}: use 'adapterhub' or 'peft'")
-        config = self._require(adapter_name)
         if isinstance(config, TargetedLoRAConfig):
             raise AdapterConfigError(
                 f"adapter {adapter_name!r} adapts modules by name (a PEFT adapter), which the AdapterHub format "
