@@ -23,11 +23,11 @@ def _inputs(batch=2, length=7):
 
 
 def _perturb(model):
-    """Random adapter weights (PEFT's lora_B and IA3 vectors start as no-ops): IA3 vectors near 1."""
+    """Random adapter weights (PEFT's lora_B, IA3 vectors and copies start as no-ops): IA3 vectors near 1."""
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if any(m in name for m in ("lora_", "ia3_l", "loras.")):
+            if any(m in name for m in ("lora_", "ia3_l", "loras.", "modules_to_save")):
                 ia3 = "ia3_l" in name or (name.endswith("lora_B") and param.shape[-1] == 1)
                 param.copy_(float(ia3) + 0.3 * torch.randn(param.shape, generator=gen))
 

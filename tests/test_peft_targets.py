@@ -10,26 +10,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
 import workbench
+from tests.test_peft_interop import ATOL, _inputs, _peft_folder
 from tests.tiny import tiny_base_model, tiny_config
 
 peft = pytest.importorskip("peft")
-
-ATOL = 1e-5
-
-
-def _inputs(batch=2, length=7):
-    gen = torch.Generator().manual_seed(0)
-    return torch.randint(1, 100, (batch, length), generator=gen)
-
-
-def _perturb(model):
-    """Random adapter weights (PEFT's lora_B, IA3 vectors and copies start as no-ops): IA3 vectors near 1."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if any(m in name for m in ("lora_", "ia3_l", "modules_to_save")):
-                param.copy_(float("ia3_l" in name) + 0.3 * torch.randn(param.shape, generator=gen))
-
 
 def _outputs(model, ids):
     with torch.no_grad():
@@ -40,15 +24,6 @@ def _outputs(model, ids):
     if out.get("pooler_output") is not None:
         parts.append(out.pooler_output.flatten())
     return torch.cat(parts)
-
-
-def _peft_folder(base, config, tmp_path):
-    peft_model = peft.get_peft_model(copy.deepcopy(base), config)
-    _perturb(peft_model)
-    peft_model.eval()
-    folder = tmp_path / "my-peft"
-    peft_model.save_pretrained(folder)
-    return peft_model, folder
 
 
 def _lora(**options):

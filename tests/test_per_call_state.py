@@ -145,10 +145,11 @@ def adapter_grads(model_type, config, checkpointing, init=False):
     return {k: p.grad for k, p in model._adapter_parameters("a")}
 
 
-CHECKPOINT_CASES = [
-    (model_type, config)
-    for model_type in ("bert", "distilbert", "gpt2", "llama")
-    for config in ("seq_bn", "lora", "prefix_tuning", "double_seq_bn_inv", "ia3", "par_bn")
+ARCHS = ("bert", "roberta", "xlm-roberta", "distilbert", "gpt2", "llama", "mistral", "qwen2")
+METHODS = ("seq_bn", "lora", "prefix_tuning", "double_seq_bn_inv", "ia3", "par_bn", "compacter[reduction_factor=8]",
+           "mam[bottleneck_size=16]", "unipelt")  # fmt: skip
+CHECKPOINT_CASES = [(model_type, config) for model_type in ARCHS for config in METHODS] + [
+    (model_type, "prompt_tuning") for model_type in ("bert", "distilbert")
 ]
 
 
