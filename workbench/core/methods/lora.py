@@ -13,10 +13,8 @@ plus `modules_to_save`: full trainable copies whose output replaces the original
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import torch
@@ -25,12 +23,13 @@ from torch import nn
 
 from ..composition import Average, BatchSplit, Parallel, Stack
 from ..configs import LoRAConfig, TargetedLoRAConfig
-from ..context import current_call
 from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
 from ..runtime import ComposableLayer, blocks_with_names, compose
 from ..transformers_api import Conv1D
 from .base import AdapterMethod
+from .modules_to_save import SavedModule
+from .targets import call_setup, locate
 
 LOCATIONS = {
     "q": "selfattn",
@@ -166,34 +165,6 @@ def _fused(lora) -> bool:
 
 def _on_input(lora) -> bool:
     return getattr(lora, "on_input", False)
-
-
-def locate(engine, path: str) -> tuple[int | None, str | None, bool]:
-    """For a module path in the root model: its layer index (None outside the layer stack), its `spec.lora` key
-    (None for other modules), and whether it lies inside the base model (where the forward context is set)."""
-    prefix = engine.base_prefix
-    if prefix and not path.startswith(prefix):
-        return None, None, False
-    rel, layers = path[len(prefix) :], engine.spec.layers + "."
-    if not rel.startswith(layers):
-        return None, None, True
-    index, _, place = rel[len(layers) :].partition(".")
-    if not index.isdigit():
-        return None, None, True
-    key = next((k for k, p in engine.spec.lora.items() if p == place), None)
-    return int(index), key, True
-
-
-def call_setup(engine, inside: bool):
-    """(setup, names, ctx) of the running forward. Modules outside the base model (a task head) run after the base
-    model's forward has left its context, so they read the setup the engine would use for a call."""
-    ctx = current_call(engine)
-    if ctx is not None:
-        return ctx.setup, ctx.names, ctx
-    if inside:
-        return None, frozenset(), None
-    setup = engine._setup_for_call()
-    return setup, frozenset(setup.flatten()) if setup is not None else frozenset(), None
 
 
 class LoRATarget(ComposableLayer):
@@ -368,99 +339,6 @@ class LoRATarget(ComposableLayer):
         with torch.no_grad():
             self.module.weight.copy_(self.original)
         self.merged, self.original = None, None
-
-
-@dataclass
-class _Saved:
-    args: tuple  # the module's positional and keyword inputs
-    kwargs: dict
-    y: object  # its output, replaced by the last copy that ran
-    last: str | None = None
-
-
-def _rows(value, a: int, b: int):
-    return value[a:b] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
-
-
-def _cat(values: list):
-    return torch.cat(values) if isinstance(values[0], torch.Tensor) and values[0].dim() > 0 else values[0]
-
-
-class SavedModule(ComposableLayer):
-    """A module that PEFT adapters train as full copies (`modules_to_save`): while such an adapter runs, its copy
-    computes the output instead of the original (which keeps its weights and stays frozen in `train_adapter`).
-
-    The copies live in a `modules_to_save` ModuleDict child of the original, so they move and train with the model.
-    """
-
-    def __init__(self, engine, path: str, module: nn.Module):
-        if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-            raise UnsupportedModelError(f"modules_to_save cannot hold copies of {path} ({type(module).__name__})")
-        if hasattr(module, "modules_to_save"):
-            raise UnsupportedModelError(f"{path} already has an attribute 'modules_to_save'")
-        self.engine, self.path, self.module = engine, path, module
-        self.layer_idx, _, self.inside = locate(engine, path)
-        self.copies = nn.ModuleDict()
-        module.modules_to_save = self.copies
-        self.handle = module.register_forward_hook(self._hook, with_kwargs=True)
-
-    def make(self) -> nn.Module:
-        """A trainable copy of the original without the engine's hooks and adapter children."""
-        hooks = [(m, m._forward_hooks, m._forward_pre_hooks) for m in self.module.modules()]
-        children = {k: self.module._modules.pop(k) for k in ("loras", "modules_to_save") if k in self.module._modules}
-        try:
-            for m, _, _ in hooks:
-                m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
-            clone = copy.deepcopy(self.module)
-        finally:
-            for m, forward, pre in hooks:
-                m._forward_hooks, m._forward_pre_hooks = forward, pre
-            self.module._modules.update(children)
-        for m in clone.modules():
-            for key in ("loras", "modules_to_save"):
-                m._modules.pop(key, None)
-        for param in clone.parameters():
-            param.requires_grad = True
-        return clone
-
-    def remove(self) -> None:
-        self.handle.remove()
-        del self.module.modules_to_save
-
-    def _hook(self, module, args, kwargs, output):
-        if self.layer_idx in self.engine.skip_layers:
-            return None
-        setup, names, ctx = call_setup(self.engine, self.inside)
-        if setup is None or not any(name in self.copies for name in names):
-            return None
-        st = compose(self, setup, _Saved(args, kwargs, output), ctx)
-        return None if st.last is None else st.y
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.copies
-
-    def single(self, name: str, st: _Saved, ctx) -> _Saved:
-        return replace(st, y=self.copies[name](*st.args, **st.kwargs), last=name)
-
-    def batch_rows(self, st: _Saved) -> int:
-        return st.y.shape[0]
-
-    def rows(self, st: _Saved, a: int, b: int) -> _Saved:
-        args = tuple(_rows(v, a, b) for v in st.args)
-        return _Saved(args, {k: _rows(v, a, b) for k, v in st.kwargs.items()}, st.y[a:b], st.last)
-
-    def concat(self, parts: list[_Saved]) -> _Saved:
-        last = next((p.last for p in reversed(parts) if p.last is not None), None)
-        args = tuple(_cat(vs) for vs in zip(*(p.args for p in parts), strict=True))
-        kwargs = {k: _cat([p.kwargs[k] for p in parts]) for k in parts[0].kwargs}
-        return _Saved(args, kwargs, torch.cat([p.y for p in parts]), last)
-
-    def average(self, parts: list[_Saved], weights: list[float]) -> _Saved:
-        present = [(p, w) for p, w in zip(parts, weights, strict=True) if p.last is not None]
-        if not present:
-            return parts[0]
-        y = torch.stack([p.y * w for p, w in present]).sum(dim=0)  # whole outputs: their weighted sum
-        return replace(present[0][0], y=y, last=present[-1][0].last)
 
 
 class LoRAMethod(AdapterMethod):
