@@ -8,6 +8,7 @@ import math
 
 import pytest
 import test_errors
+import torch
 from tiny import tiny_adapter_model
 
 from workbench import (
@@ -536,3 +537,29 @@ def test_head_options_are_checked(config, key):
     with pytest.raises(HeadError) as caught:
         head_from_config(model.config, config)
     assert_names(caught.value, key)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [(float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite"), ("int", "not floating point")],
+)
+def test_weights_that_are_not_finite_floats_are_refused(model, saved, value, message):
+    path = saved / files.ADAPTER_WEIGHTS
+    weights = files.read_weights(path)
+    key = next(iter(weights))
+    weights[key] = weights[key].long() if value == "int" else torch.full_like(weights[key], value)
+    files.write_weights(path, weights)
+    before = snapshot(model)
+    with pytest.raises(AdapterLoadError, match=message) as caught:
+        model.load_adapter(str(saved), load_as="fresh")
+    assert_names(caught.value, str(path), key.rsplit(".a.", 1)[-1])  # the key, under the name it loads as
+    assert_unchanged(model, before)
+
+
+def test_a_reduction_factor_that_would_allocate_a_huge_adapter_is_refused(model):
+    before = snapshot(model)
+    with pytest.raises(AdapterConfigError, match="bottleneck for hidden size"):
+        model.add_adapter("huge", config="seq_bn[reduction_factor=0.0001]")
+    with pytest.raises(AdapterConfigError, match="dtype='int64'"):
+        model.add_adapter("int", config="lora[dtype='int64']")
+    assert_unchanged(model, before)

@@ -11,6 +11,7 @@ from tiny import tiny_adapter_model
 
 from workbench import (
     AdapterConfigError,
+    AdapterSetup,
     Average,
     BatchSplit,
     CompositionError,
@@ -132,3 +133,84 @@ def test_overwrite_with_a_config_that_fails_keeps_the_old_adapter():
     assert_unchanged(model, before)
     model.add_adapter("a", config="lora", overwrite_ok=True)
     assert type(model.adapters["a"]).__name__ == "LoRAConfig"
+
+
+# --- each channel or slice equals its own adapter's pass, whatever the children are (found by a red-team pass) ---
+
+
+def _pass(model, setup, ids):
+    with torch.no_grad(), AdapterSetup(setup):
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+
+
+MIXED_CHILDREN = [
+    ("bert", {"a": "seq_bn", "b": "seq_bn[leave_out=[0]]"}),  # b absent from layer 0
+    ("bert", {"a": "seq_bn", "b": "lora[init_weights=bert]"}),  # no bottleneck in b at all
+    ("gpt2", {"a": "lora[init_weights=bert]", "b": "seq_bn"}),
+    ("llama", {"a": "par_bn", "b": "seq_bn"}),  # different pre-processing of the layer's residual
+    ("llama", {"a": "prefix_tuning", "b": "double_seq_bn"}),
+]
+
+
+@pytest.mark.parametrize("model_type, configs", MIXED_CHILDREN)
+def test_parallel_and_batch_split_channels_equal_single_passes(model_type, configs):
+    torch.manual_seed(0)
+    model = model_with(configs, model_type)
+    with torch.no_grad():
+        for name in configs:
+            for _, param in model._adapter_parameters(name):
+                param.add_(torch.randn_like(param) * 0.2)
+    ids = torch.randint(3, 90, (2, 6))
+    single = {name: _pass(model, name, ids) for name in configs}
+    both = _pass(model, Parallel("a", "b"), ids)
+    torch.testing.assert_close(both[:2], single["a"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(both[2:], single["b"], atol=1e-5, rtol=1e-4)
+    split = _pass(model, BatchSplit("a", "b", batch_sizes=[1, 1]), ids)
+    torch.testing.assert_close(split[:1], single["a"][:1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(split[1:], single["b"][1:], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("block", [Parallel, Average, lambda *n: BatchSplit(*n, batch_sizes=[1, 1])])
+def test_lora_and_ia3_on_one_projection_are_not_combined_row_wise(block):
+    model = model_with({"l": "lora", "i": "ia3"})
+    with pytest.raises(CompositionError, match="mixes LoRA and \\(IA\\)\\^3"):
+        model.set_active_adapters(block("l", "i"))
+
+
+def test_a_merged_adapter_refuses_calls_that_would_not_run_it():
+    model = model_with({"a": "lora[init_weights=bert]", "b": "lora[init_weights=bert]"})
+    model.set_active_adapters("a")
+    model.merge_adapter("a")
+    ids = torch.tensor([[5, 6, 7]])
+    model(input_ids=ids)  # the merged adapter is the call's setup: fine
+    with pytest.raises(CompositionError, match="merged"), AdapterSetup("b"):
+        model(input_ids=ids)
+    model.set_active_adapters("b")  # activating another setup undoes the merge
+    model(input_ids=ids)
+
+
+def test_a_reused_adapter_setup_is_checked_again_after_the_model_changes():
+    model = model_with({"a": "seq_bn", "b": "seq_bn"})
+    scope = AdapterSetup(Average("a", "b"))
+    with scope:
+        model(input_ids=torch.tensor([[5, 6]]))
+    model.add_adapter("b", config="prefix_tuning", overwrite_ok=True)
+    with pytest.raises(CompositionError, match="prefix_tuning adapter"), scope:
+        model(input_ids=torch.tensor([[5, 6]]))
+
+
+@pytest.mark.parametrize("call, setup", [("train_adapter", None), ("train_adapter", []), ("train_adapter_fusion", "a")])
+def test_training_nothing_is_refused_before_anything_changes(call, setup):
+    model = model_with({"a": "seq_bn"})
+    model.set_active_adapters("a")
+    before = snapshot(model)
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(CompositionError):
+        getattr(model, call)(setup)
+    assert_unchanged(model, before)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable and not model.training
+
+
+def test_averages_that_cannot_be_normalised_are_refused():
+    with pytest.raises(CompositionError, match="inf"):
+        Average("a", "b", weights=[1e308, 1e308])

@@ -88,3 +88,17 @@ def test_fusion_head_is_saved_and_loaded_under_its_saved_name(tmp_path):
     model.set_active_adapters(Fuse("a", "b"))
     model.active_head = "fuse_head"
     assert run(model).logits.shape == (3, 4)
+
+
+def test_an_adapter_setup_without_head_setup_takes_the_heads_its_composition_implies():
+    model = model_with_heads()
+    model.active_head = "a"
+    with AdapterSetup(Stack("a", "b")):  # as AdapterHub: the Stack's last adapter's head, not the active one
+        assert run(model).logits.shape == (3, 3)
+    with AdapterSetup(Parallel("a", "b")):
+        assert [o.logits.shape for o in run(model).head_outputs] == [(3, 2), (3, 3)]
+    with AdapterSetup("a", head_setup="b"), AdapterSetup("b"):
+        assert run(model).logits.shape == (3, 3)
+    model.add_adapter("headless", config="seq_bn")
+    with AdapterSetup("headless"):  # no head of its own: the active head stays
+        assert run(model).logits.shape == (3, 2)

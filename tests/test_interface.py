@@ -97,3 +97,20 @@ def test_prompt_tuning_on_a_decoder_is_refused_when_added():
     with pytest.raises(UnsupportedModelError, match="prompt_tuning adapters are not available for model type 'llama'"):
         model.add_adapter("p", config="prompt_tuning")
     assert model.adapters == {}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"base_model": "nope"}, "base_model='nope'"),
+        ({"model_layers": "nope"}, "nope"),
+        ({"model_layers": "embed_tokens"}, "not a non-empty list"),
+        ({"layer_self_attn": "nope"}, "'nope'"),
+    ],
+)
+def test_an_interface_naming_modules_the_model_lacks_is_refused_and_changes_nothing(change, message):
+    model = qwen3()
+    cls = type(model)
+    with pytest.raises(UnsupportedModelError, match=message):
+        workbench.init(model, interface=AdapterModelInterface(**{**LLAMA_LIKE, **change}))
+    assert type(model) is cls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -374,7 +375,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         `active_head`. Without a head, the base model's output."""
         scoped = scoped_setup()
         setup = scoped.adapter_setup if scoped is not None else self._engine.active_setup
-        heads = head or (scoped.head_setup if scoped is not None and scoped.head_setup else self._active_head)
+        heads = head or self._scoped_heads(scoped) or self._active_head
         explicit = head is not None
         for name in [heads] if isinstance(heads, str) else list(heads or []):
             if name not in self.heads:
@@ -413,6 +414,17 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
                 if extra in outputs:
                     result[extra] = outputs[extra]
         return result
+
+    def _scoped_heads(self, scoped):
+        """An `AdapterSetup`'s heads: its `head_setup`, else (as AdapterHub) the heads its composition implies,
+        when they all exist."""
+        if scoped is None:
+            return None
+        if scoped.head_setup:
+            return scoped.head_setup
+        heads = head_setup_of(scoped.adapter_setup)
+        names = [heads] if isinstance(heads, str) else list(heads or [])
+        return heads if names and all(name in self.heads for name in names) else None
 
     def _multi_head(self, heads, call: _HeadCall, channels: int, labels) -> MultiHeadOutput:
         """Several heads: a BatchSplit of heads or a Parallel setup give each head its rows; a plain list of
@@ -534,9 +546,16 @@ def init(model: nn.Module, interface: AdapterModelInterface | None = None) -> nn
     spec = None
     if interface is not None:
         if interface.base_model:
-            base = model.get_submodule(interface.base_model)
-        spec = spec_from_interface(interface, pooling=_pooling_of(base, interface))
+            try:
+                base = model.get_submodule(interface.base_model)
+            except AttributeError:
+                raise UnsupportedModelError(
+                    f"AdapterModelInterface: base_model={interface.base_model!r} is not a module of "
+                    f"{type(model).__name__}"
+                ) from None
+        spec = spec_from_interface(interface)
         _check_interface_paths(base, spec, interface)
+        spec = replace(spec, pooling=_pooling_of(base, interface))
     cls = type(model)
     if cls not in _ADAPTER_CLASSES:
         _ADAPTER_CLASSES[cls] = type(cls.__name__, (ModelAdaptersMixin, cls), {"__module__": cls.__module__})

@@ -142,8 +142,8 @@ class Average(Block):
             raise CompositionError(f"Average weights must be finite numbers, got {weights}")
         if normalize_weights:
             total = sum(weights)
-            if total == 0:
-                raise CompositionError(f"Average weights {weights} sum to 0 and cannot be normalised")
+            if total == 0 or not math.isfinite(total):
+                raise CompositionError(f"Average weights {weights} sum to {total} and cannot be normalised")
             weights = [w / total for w in weights]
         self.weights = weights
 

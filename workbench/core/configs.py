@@ -169,8 +169,9 @@ def _check_values(config: AdapterConfig, where: str) -> None:
             raise _bad(where, key, value, "a list of layer indices (integers >= 0)")
         if key == "non_linearity":
             check_activation(value, key, where)
-        if key == "dtype" and not isinstance(getattr(torch, value, None), torch.dtype):
-            raise _bad(where, key, value, "a torch dtype name such as 'float32' or 'bfloat16'")
+        dtype = getattr(torch, value, None) if key == "dtype" else None
+        if key == "dtype" and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise _bad(where, key, value, "a floating-point torch dtype name such as 'float32' or 'bfloat16'")
 
 
 def _check_factor(where: str, key: str, value) -> None:

@@ -43,6 +43,7 @@ class EngineState:
         self.methods: dict[str, object] = {}
         self.owned: dict[str, dict[str, nn.Module]] = {}  # adapter or fusion key -> {path in root: module}
         self.forward_begin_hooks: list = []  # callables(ctx, args, kwargs) -> (args, kwargs) | None
+        self.version = 0  # bumped whenever an adapter or fusion is added or removed (scoped setups re-check then)
         self._checked_scoped: tuple | None = None
         base.register_forward_pre_hook(self._begin, with_kwargs=True)
         base.register_forward_hook(self._end, always_call=True)
@@ -76,8 +77,10 @@ class EngineState:
         `in_root`: `path` is relative to the root model instead (a module outside the base, e.g. a task head that a
         PEFT adapter trains as a copy)."""
         self.owned.setdefault(owner, {})[path if in_root else self.base_prefix + path] = module
+        self.version += 1
 
     def unregister(self, owner: str, path: str | None = None, in_root: bool = False) -> None:
+        self.version += 1
         if path is None:
             self.owned.pop(owner, None)
         elif owner in self.owned:
@@ -147,7 +150,7 @@ class EngineState:
         if scoped is None:
             return self.active_setup
         setup = scoped.adapter_setup
-        key = (id(scoped), setup, tuple(self.configs), tuple(self.fusions))
+        key = (id(scoped), setup, self.version)
         if self._checked_scoped != key:  # checked once per block and model state, not per forward
             check_setup(setup, self)
             self._checked_scoped = key
@@ -164,6 +167,8 @@ class EngineState:
         )
         ctx.batch_size = batch_size_of(args, kwargs)
         check_batch(setup, ctx.batch_size)
+        for method in self.methods.values():
+            method.check_call(setup)
         if setup is not None and setup.parallel_channels > 1 and ctx.batch_size is not None:
             args, kwargs = replicate_batch(args, kwargs, ctx.batch_size, setup.parallel_channels)
         for hook in self.forward_begin_hooks:

@@ -171,6 +171,8 @@ class ModelAdaptersMixin:
     def train_adapter(self, adapter_setup, train_embeddings: bool = False) -> None:
         """Freeze the model except the given adapters (and heads), and activate them."""
         setup = parse_composition(adapter_setup)
+        if setup is None:
+            raise CompositionError(f"train_adapter needs the adapters to train, got {adapter_setup!r}")
         check_setup(setup, self._engine)  # before anything changes
         self.train()
         self.freeze_model(True)
@@ -190,6 +192,8 @@ class ModelAdaptersMixin:
     def train_adapter_fusion(self, adapter_setup, unfreeze_adapters: bool = False) -> None:
         """Freeze the model except the fusion layers of the setup (and optionally its adapters)."""
         setup = parse_composition(adapter_setup)
+        if not _fuse_blocks(setup):
+            raise CompositionError(f"train_adapter_fusion needs a setup with a Fuse block, got {adapter_setup!r}")
         check_setup(setup, self._engine)  # unknown adapters or fusions: nothing changes
         self.train()
         self.freeze_model(True)
@@ -405,7 +409,10 @@ class ModelAdaptersMixin:
         state = rename_adapter_keys(state, saved_name or name, name)
         state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
         with self._engine.transaction(self):
-            self.add_adapter(name, config=adapter_config)
+            try:
+                self.add_adapter(name, config=adapter_config)
+            except AdapterConfigError as err:  # a value the model cannot take (e.g. PHM sizes): name the file
+                raise type(err)(f"{config_path}: {err}") from None
             self._load_weights(state, self._engine.state_dict_of(name, keep_vars=True), weights_path)
             if with_head:
                 self._load_matching_head(folder, name, id2label)
@@ -454,6 +461,10 @@ class ModelAdaptersMixin:
                 raise AdapterLoadError(
                     f"{source}: weight {key!r} has shape {tuple(tensor.shape)}, the model expects {expected}"
                 )
+            if own[key].is_floating_point() and not tensor.is_floating_point():
+                raise AdapterLoadError(f"{source}: weight {key!r} has dtype {tensor.dtype}, not floating point")
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise AdapterLoadError(f"{source}: weight {key!r} holds NaN or infinite values")
         with torch.no_grad():
             for key, tensor in state.items():
                 own[key].copy_(tensor.to(own[key].dtype))

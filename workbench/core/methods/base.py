@@ -36,3 +36,6 @@ class AdapterMethod:
 
     def check_setup(self, setup) -> None:
         """Raise CompositionError if `setup` asks something of this method's adapters that it cannot do."""
+
+    def check_call(self, setup) -> None:
+        """Raise CompositionError if a forward running `setup` would not compute it (checked at every call)."""

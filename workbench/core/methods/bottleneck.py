@@ -25,7 +25,13 @@ def bottleneck_size(config: BnConfig, hidden: int, layer_idx: int) -> int:
             raise AdapterConfigError(
                 f"reduction_factor={dict(config.reduction_factor)!r}: no entry for layer {layer_idx} and no 'default'"
             )
-    return max(int(hidden // factor), 1)
+    size = max(int(hidden // factor), 1)
+    if size > 16 * hidden:  # a typo'd factor (or a hostile file) would allocate a huge adapter
+        limit = 16 * hidden
+        raise AdapterConfigError(
+            f"reduction_factor={factor!r} gives a {size}-wide bottleneck for hidden size {hidden} (at most {limit})"
+        )
+    return size
 
 
 class Adapter(nn.Module):

@@ -16,7 +16,7 @@ from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..configs import AdapterFusionConfig, BnConfig
 from ..engine import record_gating
 from ..errors import CompositionError
-from ..runtime import ComposableLayer, compose
+from ..runtime import ComposableLayer, compose, row_bounds
 from ..sites import ResidualSite
 from .base import AdapterMethod
 from .bottleneck import bottleneck_size, make_adapter
@@ -33,8 +33,14 @@ class BnState:
     residual: torch.Tensor
     norm: object
     up: torch.Tensor | None = None
-    last: str | None = None
+    # The adapter whose post-processing finishes the rows: a name, None (no adapter here: the layer's own output),
+    # or, when row groups of a Parallel/BatchSplit end differently, ((rows, name or None), ...) in row order.
+    last: str | None | tuple = None
     fusing: bool = False  # inside a Fuse: adapters keep their up-projections intact for the fusion layer
+
+
+def _runs(last, rows: int) -> tuple:
+    return last if isinstance(last, tuple) else ((rows, last),)
 
 
 class BottleneckLayer(ComposableLayer):
@@ -69,7 +75,17 @@ class BottleneckLayer(ComposableLayer):
         out = compose(self, ctx.setup, BnState(h, r, r, norm), ctx)
         if out.last is None:
             return None
-        return self.adapters[out.last].post_forward(out.hidden, h, out.input_tensor, norm)
+        if not isinstance(out.last, tuple):
+            return self.adapters[out.last].post_forward(out.hidden, h, out.input_tensor, norm)
+        pieces, start = [], 0  # row groups finished by different adapters (or by none: the layer's own output)
+        for rows, name in out.last:
+            cut = slice(start, start + rows)
+            if name is None:
+                pieces.append(norm(h[cut] + r[cut]) if norm is not None else h[cut] + r[cut])
+            else:
+                pieces.append(self.adapters[name].post_forward(out.hidden[cut], h[cut], out.input_tensor[cut], norm))
+            start += rows
+        return torch.cat(pieces)
 
     # --- the composition contract --------------------------------------------------------------------------
 
@@ -77,13 +93,27 @@ class BottleneckLayer(ComposableLayer):
         return name in self.adapters
 
     def enter(self, setup, st: BnState) -> BnState:
-        """The layer's own residual/LayerNorm handling, done by the first adapter present (AdapterHub's pre_forward)."""
-        names = [setup] if isinstance(setup, str) else setup.flatten()
-        first = next((n for n in names if n in self.adapters), None)
+        """The layer's own residual/LayerNorm handling, done by the first adapter present (AdapterHub's pre_forward).
+
+        A Parallel or BatchSplit whose children start with adapters that handle it differently (or are absent
+        here) enters each child's rows with that child's own first adapter.
+        """
+        first = self._first(setup)
         if first is None:
             return st
+        if isinstance(setup, (Parallel, BatchSplit)):
+            firsts = [self._first(child) for child in setup]
+            if len({_pre_kind(self.adapters[f]) if f else None for f in firsts}) > 1:
+                bounds = row_bounds(setup, st.hidden.shape[0])
+                parts = [self.enter(c, self.rows(st, a, b)) for c, (a, b) in zip(setup, bounds, strict=True)]
+                cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+                return replace(st, hidden=cat("hidden"), residual=cat("residual"))
         x, _, residual = self.adapters[first].pre_forward(st.hidden, st.input_tensor, st.norm)
         return replace(st, hidden=x, residual=residual)
+
+    def _first(self, setup) -> str | None:
+        names = [setup] if isinstance(setup, str) else setup.flatten()
+        return next((n for n in names if n in self.adapters), None)
 
     def single(self, name: str, st: BnState, ctx) -> BnState:
         out, up, gate = self.adapters[name](st.hidden, st.residual, keep_up=st.fusing)
@@ -100,13 +130,18 @@ class BottleneckLayer(ComposableLayer):
 
     def concat(self, parts: list[BnState]) -> BnState:
         cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
-        last = parts[-1].last
+        lasts = [p.last for p in parts]
+        if all(last == lasts[0] and not isinstance(last, tuple) for last in lasts):
+            last = lasts[0]
+        else:  # each row group keeps the adapter that finishes it
+            last = tuple(run for p in parts for run in _runs(p.last, p.hidden.shape[0]))
         return BnState(cat("hidden"), cat("input_tensor"), cat("residual"), parts[0].norm, None, last, parts[0].fusing)
 
     def average(self, parts: list[BnState], weights: list[float]) -> BnState:
         w = torch.tensor(weights, dtype=parts[0].hidden.dtype, device=parts[0].hidden.device)
         stacked = torch.stack([p.hidden for p in parts]) * w[:, None, None, None]
-        return replace(parts[0], hidden=stacked.mean(dim=0), last=parts[-1].last)
+        last = next((p.last for p in reversed(parts) if p.last is not None), None)  # the last child present here
+        return replace(parts[0], hidden=stacked.mean(dim=0), last=last)
 
     def split(self, block: Split, st: BnState, ctx, run_child) -> BnState:
         length = st.hidden.shape[1]
@@ -144,6 +179,12 @@ class BottleneckLayer(ComposableLayer):
             per_layer = ctx.fusion_attentions.setdefault(name, {}).setdefault(self.layer_idx, {})
             per_layer[self.location] = probs.detach().cpu()
         return replace(st, hidden=out, last=last)
+
+
+def _pre_kind(adapter) -> tuple:
+    """What decides how an adapter pre-processes its input (two adapters alike here enter rows alike)."""
+    config = adapter.config
+    return type(adapter), config.original_ln_before, config.residual_before_ln
 
 
 def _match_batch(r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

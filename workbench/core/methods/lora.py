@@ -433,6 +433,12 @@ class LoRAMethod(AdapterMethod):
                         "modules) with adapters on the output; they cannot be composed there"
                     )
                 if not isinstance(block, Stack):
+                    if len({type(target.loras[n]) for n in here}) > 1:
+                        raise CompositionError(
+                            f"{setup}: {type(block).__name__} mixes LoRA and (IA)^3 adapters {here} on "
+                            f"{target.path}; LoRA adds to the output and (IA)^3 scales it, so their rows cannot be "
+                            "combined in one pass: run them in separate setups"
+                        )
                     continue
                 adds = [n for n in here[1:] if isinstance(target.loras[n], LoRA)]
                 if adds and not target.square:
@@ -453,6 +459,20 @@ class LoRAMethod(AdapterMethod):
         for target in targets:
             if target.merged is None:
                 target.merge(name)
+
+    def check_call(self, setup) -> None:
+        """A merged adapter is in the weights for every call: a call must run exactly it (AdapterSetup included)."""
+        merged = {t.merged for t in self.targets.values() if t.merged is not None}
+        if not merged or setup is None:  # no setup: the merged weights are the model the user asked for
+            return
+        names = setup.flatten() if setup is not None else []
+        lora_names = [n for n in names if any(n in t.loras for t in self.targets.values())]
+        if lora_names != sorted(merged) or not isinstance(setup, Stack):
+            raise CompositionError(
+                f"adapter {sorted(merged)[0]!r} is merged into the weights, so every forward runs it; this call's "
+                f"setup {setup} is not Stack({sorted(merged)[0]!r}): call reset_adapter() (or set_active_adapters) "
+                "first"
+            )
 
     def reset(self) -> None:
         """Undo every merge."""
