@@ -42,7 +42,6 @@ class EngineState:
         self.skip_layers: set[int] = set()
         self.methods: dict[str, object] = {}
         self.owned: dict[str, dict[str, nn.Module]] = {}  # adapter or fusion key -> {path in root: module}
-        self.forward_begin_hooks: list = []  # callables(ctx, args, kwargs) -> (args, kwargs) | None
         self.version = 0  # bumped whenever an adapter or fusion is added or removed (scoped setups re-check then)
         self._checked_scoped: tuple | None = None
         base.register_forward_pre_hook(self._begin, with_kwargs=True)
@@ -171,8 +170,8 @@ class EngineState:
             method.check_call(setup)
         if setup is not None and setup.parallel_channels > 1 and ctx.batch_size is not None:
             args, kwargs = replicate_batch(args, kwargs, ctx.batch_size, setup.parallel_channels)
-        for hook in self.forward_begin_hooks:
-            result = hook(ctx, args, kwargs)
+        for method in self.methods.values():
+            result = method.begin(ctx, args, kwargs)
             if result is not None:
                 args, kwargs = result
         ctx.scratch["token"] = enter_call(self, ctx)

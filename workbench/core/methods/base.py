@@ -39,3 +39,7 @@ class AdapterMethod:
 
     def check_call(self, setup) -> None:
         """Raise CompositionError if a forward running `setup` would not compute it (checked at every call)."""
+
+    def begin(self, ctx, args: tuple, kwargs: dict):
+        """Called when a forward starts, after the setup is known: may return new (args, kwargs) for the model."""
+        return None

@@ -251,7 +251,6 @@ class PrefixTuningMethod(AdapterMethod):
         self.n_heads, self.head_dim = engine.spec.attention_shape(engine.base.config)
         self.shims: dict[int, PrefixTuningShim] = {}
         self.original_impl: str | None = None
-        engine.forward_begin_hooks.append(self._begin)
 
     @property
     def pool(self) -> PrefixTuningPool:
@@ -336,7 +335,7 @@ class PrefixTuningMethod(AdapterMethod):
 
     # --- per forward -------------------------------------------------------------------------------------
 
-    def _begin(self, ctx, args, kwargs):
+    def begin(self, ctx, args, kwargs):
         pool = getattr(self.engine.base, "prefix_tuning", None)
         if ctx.setup is None or pool is None or not any(name in pool.prefix_tunings for name in ctx.names):
             return None

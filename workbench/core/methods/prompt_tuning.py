@@ -69,12 +69,10 @@ class PromptTuningMethod(AdapterMethod):
         base = self.engine.base
         base.prompt_tuning = PromptTuningLayer()
         self._handle = get_module(base, self.engine.spec.embeddings).register_forward_hook(self._on_embeddings)
-        self.engine.forward_begin_hooks.append(self._begin)
 
     def _detach(self) -> None:
         self._handle.remove()
         self._handle = None
-        self.engine.forward_begin_hooks.remove(self._begin)
         del self.engine.base.prompt_tuning
 
     def add(self, name: str, config: PromptTuningConfig) -> None:
@@ -108,9 +106,9 @@ class PromptTuningMethod(AdapterMethod):
         prompt = self.active(current_call(self.engine))
         return prompt(output) if prompt is not None else None
 
-    def _begin(self, ctx, args, kwargs):
+    def begin(self, ctx, args, kwargs):
         """Prepend P ones to a 2-D attention mask (positional or keyword)."""
-        prompt = self.active(ctx)
+        prompt = self.active(ctx) if self._handle is not None else None
         if prompt is None:
             return None
         position = self.mask_position
