@@ -563,3 +563,29 @@ def test_a_reduction_factor_that_would_allocate_a_huge_adapter_is_refused(model)
     with pytest.raises(AdapterConfigError, match="dtype='int64'"):
         model.add_adapter("int", config="lora[dtype='int64']")
     assert_unchanged(model, before)
+
+
+def test_a_head_file_whose_sizes_disagree_with_its_weights_allocates_nothing(model, saved):
+    """Sizes are checked against the weights file on the meta device, before a head is built."""
+    set_json(saved / files.HEAD_CONFIG, "config.num_labels", 10**8)
+    set_json(saved / files.HEAD_CONFIG, "config.label2id", None)
+    before = snapshot(model)
+    with pytest.raises(AdapterLoadError, match="shape"):
+        model.load_head(str(saved), load_as="big")
+    assert_unchanged(model, before)
+    set_json(saved / files.HEAD_CONFIG, "config.layers", 10**9)
+    with pytest.raises(HeadError, match="at most 64"):
+        model.load_head(str(saved), load_as="deep")
+    assert_unchanged(model, before)
+
+
+def test_a_fusion_file_whose_name_and_adapters_disagree_is_refused(fusion_folder):
+    model, folder = fusion_folder
+    path = folder / files.FUSION_CONFIG
+    data = json.loads(path.read_text())
+    set_json(path, "adapter_names", data["adapter_names"][:1])
+    set_json(path, "name", ",".join(data["adapter_names"]))
+    before = snapshot(model)
+    with pytest.raises(AdapterLoadError, match="disagree"):
+        model.load_adapter_fusion(folder)
+    assert_unchanged(model, before)

@@ -152,6 +152,7 @@ def test_missing_unexpected_and_misshaped_weights(saved):
 def test_failed_head_load_leaves_model_as_it_was(saved):
     config = json.loads((saved / "head_config.json").read_text())
     config["config"]["num_labels"] = 5  # disagrees with the saved weights
+    config["config"]["label2id"] = {f"L{i}": i for i in range(5)}
     (saved / "head_config.json").write_text(json.dumps(config))
     model = tiny_adapter_model()
     before = snapshot(model)

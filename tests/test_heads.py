@@ -10,7 +10,8 @@ import pytest
 import torch
 from tiny import tiny_adapter_model
 
-from workbench import AdapterSetup, BatchSplit, Fuse, HeadError, Parallel, Stack
+import workbench
+from workbench import AdapterSetup, BatchSplit, CompositionError, Fuse, HeadError, Parallel, Stack
 from workbench.core.outputs import MultiHeadOutput
 
 IDS = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0], [12, 13, 0, 0]])
@@ -102,3 +103,38 @@ def test_an_adapter_setup_without_head_setup_takes_the_heads_its_composition_imp
     model.add_adapter("headless", config="seq_bn")
     with AdapterSetup("headless"):  # no head of its own: the active head stays
         assert run(model).logits.shape == (3, 2)
+
+
+def test_generate_refuses_setups_with_several_heads():
+    torch.manual_seed(0)
+    model = tiny_adapter_model("gpt2")
+    for name in ("x", "y"):
+        model.add_adapter(name, config="seq_bn")
+        model.add_causal_lm_head(name)
+    model.set_active_adapters(Parallel("x", "y"))
+    with pytest.raises(CompositionError, match="generate"):
+        model.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=2)
+    model.set_active_adapters("x")
+    assert model.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False).shape == (1, 5)
+
+
+def test_save_pretrained_with_a_merged_lora_keeps_the_base_weights_clean(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_adapter_model()
+    model.add_adapter("l", config="lora[init_weights=bert]")
+    model.set_active_adapters("l")
+    with_l = run(model).last_hidden_state
+    model.merge_adapter("l")
+    model.save_pretrained(tmp_path)
+    reloaded = workbench.AutoAdapterModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(run(reloaded).last_hidden_state, run(tiny_adapter_model_like(model)).last_hidden_state)
+    reloaded.load_adapter(str(tmp_path / "adapters" / "l"), set_active=True)
+    torch.testing.assert_close(run(reloaded).last_hidden_state, with_l, atol=1e-5, rtol=1e-4)
+
+
+def tiny_adapter_model_like(model):
+    """The same base weights with no adapter and no merge."""
+    model.reset_adapter()
+    plain = tiny_adapter_model()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    return plain

@@ -13,7 +13,7 @@ from . import files
 from .archs import spec_from_interface
 from .composition import BatchSplit, Parallel, Stack
 from .context import scoped_setup
-from .errors import HeadError, UnsupportedModelError
+from .errors import AdapterLoadError, CompositionError, HeadError, UnsupportedModelError
 from .heads import (
     HEAD_TYPES,
     ClassificationHead,
@@ -24,7 +24,7 @@ from .heads import (
 )
 from .interface import AdapterModelInterface
 from .keys import is_engine_key, rename_prefixed
-from .model_mixin import ModelAdaptersMixin
+from .model_mixin import ModelAdaptersMixin, _check_weights
 from .names import check_head_name
 from .outputs import MultiHeadOutput
 from .runtime import row_bounds
@@ -92,6 +92,10 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         folder = Path(save_directory)
         kwargs.pop("state_dict", None)  # Trainer passes the whole wrapper's; the base checkpoint is rebuilt here
         base_weights = {k: v for k, v in self.base_model.state_dict().items() if not is_engine_key(k)}
+        lora = self._engine.methods.get("lora")
+        if lora is not None:  # a merged LoRA is saved as the adapter it is, never inside the base weights
+            prefix = self._engine.base_prefix
+            base_weights.update({k.removeprefix(prefix): v for k, v in lora.unmerged_weights().items()})
         self.base_model.save_pretrained(folder, state_dict=base_weights, **kwargs)
         for name in self._engine.configs:
             self.save_adapter(folder / "adapters" / name, name, with_head=False)
@@ -99,6 +103,18 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             self.save_adapter_fusion(folder / "fusions" / fusion_name, fusion_name)
         for name in self.heads:
             self.save_head(folder / "heads" / name, name)
+
+    def generate(self, *args, **kwargs):
+        """transformers' `generate` with the active (or scoped) setup: one batch through one head."""
+        scoped = scoped_setup()
+        setup = scoped.adapter_setup if scoped is not None else self._engine.active_setup
+        heads = self._scoped_heads(scoped) or self._active_head
+        if (setup is not None and setup.parallel_channels > 1) or not (heads is None or isinstance(heads, str)):
+            raise CompositionError(
+                f"generate() continues one batch with one LM head; the setup {setup} with heads {heads} runs several "
+                "(Parallel or several heads): generate with each adapter's setup in turn"
+            )
+        return super().generate(*args, **kwargs)
 
     # --- heads -------------------------------------------------------------------------------------------
 
@@ -327,8 +343,14 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             raise HeadError(f"no head weights ({files.HEAD_WEIGHTS}) in {folder}")
         state = rename_prefixed(files.read_weights(weights_path), "heads", saved_name or name, name)
         try:
+            with torch.device("meta"):  # sizes checked against the file before anything is allocated
+                probe = head_from_config(self.config, config)
+            shapes = {k: tuple(v.shape) for k, v in probe.state_dict(prefix=f"heads.{name}.").items()}
+            _check_weights(state, shapes, weights_path)
             head = head_from_config(self.config, config)
         except (TypeError, ValueError, HeadError) as err:
+            if isinstance(err, AdapterLoadError):
+                raise
             raise HeadError(f"{config_path}: {err}") from None
         with self._engine.transaction(self):
             self.heads[name] = head.to(self.base_model.device).train(self.training)

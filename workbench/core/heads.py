@@ -100,6 +100,9 @@ def label2id_for(id2label, count: int | None, where: str) -> dict[str, int] | No
     return {f"LABEL_{i}": i for i in range(count)} if isinstance(count, int) and count > 0 else None
 
 
+MAX_HEAD_LAYERS = 64  # heads have 1-2 layers; a bound keeps a hostile head_config.json from exhausting memory
+
+
 def check_head_options(config: dict) -> None:
     """Refuse head options that would crash (or silently misbehave) when the head is built or run, with the key
     and value named: label counts, layers and sizes must be positive integers, and so on."""
@@ -114,6 +117,8 @@ def check_head_options(config: dict) -> None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise bad(key, "an integer >= 1")
+        if key == "layers" and value > MAX_HEAD_LAYERS:  # each layer is a hidden x hidden Linear
+            raise bad(key, f"at most {MAX_HEAD_LAYERS}")
     act = config.get("activation_function")
     if act and (not isinstance(act, str) or act.lower() not in KNOWN_ACTIVATIONS):  # None or "": no activation
         raise bad("activation_function", f"None or a known activation ({', '.join(KNOWN_ACTIVATIONS)})")
@@ -141,6 +146,8 @@ def _check_label2id(config: dict, bad) -> None:
         raise bad("label2id", "a dict whose ids are distinct")
     if count is not None and not all(0 <= i < count for i in ids):
         raise bad("label2id", f"a dict whose ids are in range({count}) ({count_key}={count})")
+    if count is not None and len(ids) != count:
+        raise bad("label2id", f"a dict naming every one of the {count} labels ({count_key}={count})")
 
 
 class ClassificationHead(PredictionHead):
@@ -315,6 +322,6 @@ def head_from_config(model_config, config: dict) -> PredictionHead:
         raise HeadError(f"config={config!r} must be a JSON object with a 'head_type'")
     options = dict(config)
     head_type = options.pop("head_type", None)
-    if head_type not in HEAD_TYPES:
-        raise HeadError(f"unknown head type {head_type!r} (known: {', '.join(HEAD_TYPES)})")
+    if not isinstance(head_type, str) or head_type not in HEAD_TYPES:
+        raise HeadError(f"head_type={head_type!r} is not a known head type (known: {', '.join(HEAD_TYPES)})")
     return HEAD_TYPES[head_type](model_config, **options)

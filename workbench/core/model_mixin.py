@@ -5,6 +5,7 @@ Methods are thin: they validate, then delegate to the method layers in `methods/
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .names import check_fusion_name, check_name
 from .runtime import check_setup
 
 FORMAT_VERSION = "adapters.1.3.0"
+DRY_RUN = "workbench-dry-run"  # the scratch adapter name of `_dry_run` (never a valid user name: it is checked)
+_SCRATCH_KEY = re.compile(rf"(^|\.){re.escape(DRY_RUN)}\.")
 
 # Turns a Hub id (or AdapterHub name) into a local folder; `workbench.hub` registers one, the engine never imports it.
 _ADAPTER_RESOLVER = None
@@ -89,18 +92,22 @@ class ModelAdaptersMixin:
         for kind, part in method_parts(config):
             self._engine.method(kind).add(name, part)
 
-    def _dry_run(self, config: AdapterConfig) -> None:
-        """Add `config` under a scratch name and take it away again: raises what a real add would raise."""
+    def _dry_run(self, config: AdapterConfig, name: str = DRY_RUN) -> dict[str, tuple]:
+        """Add `config` on the meta device (no memory) and take it away again: raises what a real add would raise,
+        and returns the weight shapes it would have, keyed as for adapter `name`."""
 
         class _Done(Exception):
             pass
 
+        shapes = {}
         try:
-            with self._engine.transaction(self):  # the roll-back removes the scratch adapter either way
-                self._add_parts("workbench-dry-run", config)
+            with torch.device("meta"), self._engine.transaction(self):  # the roll-back removes it either way
+                self._add_parts(DRY_RUN, config)
+                shapes = {k: tuple(v.shape) for k, v in self._engine.state_dict_of(DRY_RUN).items()}
                 raise _Done
         except _Done:
             pass
+        return {_SCRATCH_KEY.sub(rf"\g<1>{name}.", key): shape for key, shape in shapes.items()}
 
     def _adapter_to_model(self, name: str) -> None:
         """Give a new adapter the model's device, float dtype (unless its config names one) and train/eval mode."""
@@ -408,6 +415,11 @@ class ModelAdaptersMixin:
         state = files.read_weights(weights_path)
         state = rename_adapter_keys(state, saved_name or name, name)
         state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
+        try:  # keys and shapes checked against a meta-device build first: a hostile config allocates nothing
+            expected = self._dry_run(adapter_config, name)
+        except AdapterConfigError as err:
+            raise type(err)(f"{config_path}: {err}") from None
+        _check_weights(state, expected, weights_path, warn=False)
         with self._engine.transaction(self):
             try:
                 self.add_adapter(name, config=adapter_config)
@@ -443,24 +455,9 @@ class ModelAdaptersMixin:
         """Overridden by models with flex heads."""
 
     def _load_weights(self, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: Path) -> None:
-        """Copy `state` into the tensors `own` (key -> tensor) after checking keys and shapes match exactly."""
-        missing = sorted(set(own) - set(state))
-        # The adapters library does not save a bare base model's shared PHM parameters (no leading dot).
-        unsaved = [k for k in missing if k.startswith("shared_parameters.")]
-        if unsaved:
-            warnings.warn(f"{source} has no {_few(unsaved)}; they keep their initial values", stacklevel=3)
-            missing = [k for k in missing if k not in unsaved]
-        unexpected = sorted(set(state) - set(own))
-        if missing:
-            raise AdapterLoadError(f"{source} lacks weight(s) {_few(missing)}")
-        if unexpected:
-            raise AdapterLoadError(f"{source} has unexpected weight(s) {_few(unexpected)}")
+        """Copy `state` into the tensors `own` (key -> tensor) after checking keys, shapes and values."""
+        _check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, source)
         for key, tensor in state.items():
-            if tuple(tensor.shape) != tuple(own[key].shape):
-                expected = tuple(own[key].shape)
-                raise AdapterLoadError(
-                    f"{source}: weight {key!r} has shape {tuple(tensor.shape)}, the model expects {expected}"
-                )
             if own[key].is_floating_point() and not tensor.is_floating_point():
                 raise AdapterLoadError(f"{source}: weight {key!r} has dtype {tensor.dtype}, not floating point")
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -508,6 +505,10 @@ class ModelAdaptersMixin:
         names = data.get("adapter_names") or (saved_name.split(",") if saved_name else None)
         if not names:
             raise AdapterLoadError(f"{config_path} names no adapters ('adapter_names')")
+        if saved_name and "," in saved_name and saved_name.split(",") != list(names):
+            raise AdapterLoadError(
+                f"{config_path}: name={saved_name!r} and adapter_names={names!r} disagree on the fused adapters"
+            )
         missing = [n for n in names if n not in self._engine.configs]
         if missing:
             raise AdapterLoadError(f"{config_path} fuses adapter(s) {missing} that are not loaded")
@@ -598,6 +599,26 @@ class ModelAdaptersMixin:
                 self._load_weights(averaged, own, Path("<average>"))
             if set_active:
                 self.set_active_adapters(adapter_name)
+
+
+def _check_weights(state: dict[str, torch.Tensor], shapes: dict[str, tuple], source, warn: bool = True) -> None:
+    """The file's weights are exactly the expected keys with the expected shapes."""
+    missing = sorted(set(shapes) - set(state))
+    # The adapters library does not save a bare base model's shared PHM parameters (no leading dot).
+    unsaved = [k for k in missing if k.startswith("shared_parameters.")]
+    if unsaved and warn:
+        warnings.warn(f"{source} has no {_few(unsaved)}; they keep their initial values", stacklevel=4)
+    missing = [k for k in missing if k not in unsaved]
+    unexpected = sorted(set(state) - set(shapes))
+    if missing:
+        raise AdapterLoadError(f"{source} lacks weight(s) {_few(missing)}")
+    if unexpected:
+        raise AdapterLoadError(f"{source} has unexpected weight(s) {_few(unexpected)}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != shapes[key]:
+            raise AdapterLoadError(
+                f"{source}: weight {key!r} has shape {tuple(tensor.shape)}, the model expects {shapes[key]}"
+            )
 
 
 def _fusion_names(adapter_names) -> list[str]:

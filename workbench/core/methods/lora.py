@@ -474,6 +474,10 @@ class LoRAMethod(AdapterMethod):
                 "first"
             )
 
+    def unmerged_weights(self) -> dict[str, torch.Tensor]:
+        """The original weights (keys in the root model) of every projection an adapter is merged into."""
+        return {f"{t.path}.weight": t.original for t in self.targets.values() if t.merged is not None}
+
     def reset(self) -> None:
         """Undo every merge."""
         for target in self.targets.values():
