@@ -380,11 +380,6 @@ def _json_plain(value) -> bool:
     return value is None or isinstance(value, str | int | float | bool | list | dict)
 
 
-def _base_name(model) -> str:
-    """The base model's state-dict prefix inside the root model ("" or e.g. "bert.")."""
-    return model._engine.base_prefix
-
-
 # --- saving ------------------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,6 @@ call (gradient checkpointing can replay one layer on its own) and nothing is kep
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, replace
 
 import torch
@@ -30,7 +29,9 @@ from ..transformers_api import (
     ALL_MASK_ATTENTION_FUNCTIONS,
     AttentionInterface,
     AttentionMaskInterface,
+    eager_attention_of,
     eager_mask,
+    gpt2_upcast_attention,
     sdpa_mask,
 )
 from .activations import activation
@@ -231,10 +232,10 @@ def _make_attention(base_impl: str):
             key, value, attention_mask = shim.extend(module, query, key, value, attention_mask)
         if base_impl != "eager":
             return ALL_ATTENTION_FUNCTIONS[base_impl](module, query, key, value, attention_mask, **kwargs)
-        if getattr(module, "reorder_and_upcast_attn", False):  # GPT-2's own eager variant
-            return module._upcast_and_reordered_attn(query, key, value, attention_mask)
-        eager = sys.modules[type(module).__module__].eager_attention_forward
-        return eager(module, query, key, value, attention_mask, **kwargs)
+        upcast = gpt2_upcast_attention(module)  # GPT-2's own eager variant, when its config asks for it
+        if upcast is not None:
+            return upcast(query, key, value, attention_mask)
+        return eager_attention_of(module)(module, query, key, value, attention_mask, **kwargs)
 
     return attention
 
