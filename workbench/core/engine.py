@@ -53,6 +53,12 @@ class EngineState:
     def layers(self) -> nn.ModuleList:
         return get_module(self.base, self.spec.layers)
 
+    def reference_weight(self) -> torch.Tensor | None:
+        """A weight of the base model whose device and dtype new adapters take (found in O(1))."""
+        embeddings = self.base.get_input_embeddings() if hasattr(self.base, "get_input_embeddings") else None
+        weight = getattr(embeddings, "weight", None)
+        return weight if weight is not None else next(self.base.parameters(), None)
+
     @property
     def hidden_size(self) -> int:
         return self.spec.model_config(self.base.config).hidden_size

@@ -114,7 +114,7 @@ class ModelAdaptersMixin:
         engine = self._engine
         for module in engine.owned.get(name, {}).values():
             module.train(self.training)
-        reference = next(engine.base.parameters(), None)
+        reference = engine.reference_weight()
         if reference is None:
             return
         keep_dtype = bool(getattr(engine.configs.get(name), "dtype", None))
@@ -242,7 +242,7 @@ class ModelAdaptersMixin:
                 self.delete_adapter_fusion(fusion_name)
             engine.fusions[fusion_name] = (names, config)
             engine.method("bottleneck").add_fusion(fusion_name, names, config)
-            reference = next(engine.base.parameters())
+            reference = engine.reference_weight()
             for module in engine.owned.get("fusion:" + fusion_name, {}).values():
                 module.to(reference.device).train(self.training)
             if set_active:
