@@ -202,3 +202,12 @@ def time_rounds(variants: dict, repeats: int, warmup: int) -> tuple[dict[str, li
 def paired(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
     """Quartiles over rounds of numerator / denominator in the same round (cancels slow drift in load)."""
     return quartiles([a / b for a, b in zip(numerator, denominator, strict=True)])
+
+
+def write_results(results_dir, name: str, title: str, markdown: str, data: dict) -> None:
+    """Write `<name>.md` (the printed table under a title) and `<name>.json` (the raw figures) to `results_dir`."""
+    import json
+
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / f"{name}.md").write_text(f"# {title}\n\n{markdown}\n")
+    (results_dir / f"{name}.json").write_text(json.dumps(data, indent=1))

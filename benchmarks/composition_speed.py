@@ -19,14 +19,13 @@ the forward with its adapter. Writes benchmarks/results/composition_speed{,_quic
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 import transformers
-from common import facts_markdown, machine_facts, make_inputs, paired, quartiles, time_rounds
+from common import facts_markdown, machine_facts, make_inputs, paired, quartiles, time_rounds, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark this checkout's `workbench`, whatever the venv's install points at
@@ -240,16 +239,12 @@ def main() -> None:
     print(md)
 
     name = "composition_speed_quick" if args.quick else "composition_speed"
-    RESULTS.mkdir(exist_ok=True)
     title = "Composition speed" + (" (quick check)" if args.quick else "")
-    (RESULTS / f"{name}.md").write_text(f"# {title}\n\n{md}\n")
     settings = {
         k: getattr(args, k) for k in ("quick", "rounds", "warmup", "methods", "batch", "length", "device", "seed")
     }
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps({"setting": settings, "machine": facts, "wall_s": elapsed, "results": results}, indent=1)
-    )
-
+    data = {"setting": settings, "machine": facts, "wall_s": elapsed, "results": results}
+    write_results(RESULTS, name, title, md, data)
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@ Ratios compare the largest N with the smallest. Writes benchmarks/results/engine
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import facts_markdown, machine_facts, make_inputs, paired, quartiles, time_rounds
+from common import facts_markdown, machine_facts, make_inputs, paired, quartiles, time_rounds, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark this checkout's `workbench`, whatever the venv's install points at
@@ -272,27 +271,13 @@ def main() -> None:
     print(md)
 
     name = "engine_scaling_quick" if args.quick else "engine_scaling"
-    RESULTS.mkdir(exist_ok=True)
     title = "Engine scaling" + (" (quick check)" if args.quick else "")
-    (RESULTS / f"{name}.md").write_text(f"# {title}\n\n{md}\n")
     settings = {
         k: getattr(args, k)
         for k in ("quick", "sizes", "rounds", "warmup", "loads", "activations", "summaries", "batch", "length", "seed")
     }
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps(
-            {
-                "setting": settings,
-                "machine": facts,
-                "wall_s": elapsed,
-                "summary": summary,
-                "points": points,
-                "add_ms": add_ms,
-            },
-            indent=1,
-        )
-    )
-
+    data = {"setting": settings, "machine": facts, "wall_s": elapsed, "summary": summary, "points": points}
+    write_results(RESULTS, name, title, md, {**data, "add_ms": add_ms})
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,20 @@ def _seed():
 
 
 @pytest.fixture
+def fusion_folder(tmp_path):
+    """A tiny model with adapters a, b and a fusion of them saved to tmp_path/fusion, then deleted from the model."""
+    from tiny import tiny_adapter_model
+
+    model = tiny_adapter_model()
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+    model.add_adapter_fusion(["a", "b"])
+    model.save_adapter_fusion(tmp_path / "fusion", ["a", "b"])
+    model.delete_adapter_fusion("a,b")
+    return model, tmp_path / "fusion"
+
+
+@pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
     """A running `fakehub.FakeHub` (tests/fakehub.py) that huggingface_hub, already imported, talks to; closed after.
 

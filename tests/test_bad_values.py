@@ -274,18 +274,6 @@ def test_bad_value_in_a_saved_adapter_is_refused_and_changes_nothing(model, save
     assert_unchanged(model, before)
 
 
-@pytest.fixture
-def fusion_folder(tmp_path):
-    """A model with adapters a, b and a fusion of them saved to tmp_path/fusion, then deleted from the model."""
-    model = tiny_adapter_model()
-    for name in ("a", "b"):
-        model.add_adapter(name, config="seq_bn")
-    model.add_adapter_fusion(["a", "b"])
-    model.save_adapter_fusion(tmp_path / "fusion", ["a", "b"])
-    model.delete_adapter_fusion("a,b")
-    return model, tmp_path / "fusion"
-
-
 FUSION_FILE_CASES = [
     pytest.param("config", None, id="config=null"),
     pytest.param("config.key", "yes", id="key=yes"),
