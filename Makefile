@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lab test chromium quality conformance bench bench-hub bench-engine clean
+.PHONY: venv lab test chromium quality conformance parity bench bench-hub bench-engine clean
 
 $(STAMP): pyproject.toml extension/pyproject.toml extension/package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,32 @@ quality: $(STAMP)
 # Regenerates tests/conformance/fixtures with the AdapterHub `adapters` library (own venv, transformers 4.57.6).
 conformance:
 	$(MAKE) -C tests/conformance fixtures
+
+# API parity: the `adapters` library's own tests against workbench (through parity/alias) and against the real library
+# (reference, own venv); writes parity/RESULTS.md. Not part of `make test` (about 30 minutes). See parity/README.md.
+# The tests come from the library's git repository: ADAPTERS_REPO may name a local clone or mirror instead.
+ADAPTERS_REPO ?= https://github.com/adapter-hub/adapters.git
+REF_VENV := .venv-parity-ref
+$(REF_VENV)/.installed:
+	test -x $(REF_VENV)/bin/python || $(PY) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(REF_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(REF_VENV)/bin/python -m pip install -q torch==2.13.0 adapters==1.3.0 transformers==4.57.6 accelerate datasets \
+		safetensors pytest parameterized sentencepiece
+	touch $@
+
+$(VENV)/.parity: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[parity]"
+	touch $@
+
+.parity/reference.xml: $(REF_VENV)/.installed parity/fetch_tests.sh parity/adapters_offline.py
+	ADAPTERS_REPO=$(ADAPTERS_REPO) parity/fetch_tests.sh
+	$(BIN)/python parity/run.py reference --python $(REF_VENV)/bin/python
+
+parity: $(VENV)/.parity .parity/reference.xml
+	ADAPTERS_REPO=$(ADAPTERS_REPO) parity/fetch_tests.sh
+	$(BIN)/python parity/run.py workbench --python $(BIN)/python
+	$(BIN)/python parity/run.py report
 
 # PEFT is a peer in the benchmark (the `adapters` peer runs in .venv-adapters: make -C tests/conformance venv).
 $(VENV)/.bench: $(STAMP)

@@ -22,13 +22,13 @@ from workbench import (
     SeqBnConfig,
 )
 from workbench.core import files
-from workbench.core.configs import FUSION_CONFIG_MAP
+from workbench.core.configs import ADAPTERFUSION_CONFIG_MAP
 from workbench.core.errors import AdapterNameError
 from workbench.core.heads import head_from_config
 from workbench.core.methods.activations import activation
 from workbench.core.names import RESERVED, check_fusion_name, check_name
 
-DYNAMIC = FUSION_CONFIG_MAP["dynamic"].to_dict()
+DYNAMIC = ADAPTERFUSION_CONFIG_MAP["dynamic"].to_dict()
 saved = test_errors.saved  # the fixture: a model's adapter "a" (seq_bn) and head "a" saved to tmp_path/a
 
 
@@ -227,39 +227,39 @@ LORA = ADAPTER_CONFIG_MAP["lora"].to_dict()
 PREFIX = ADAPTER_CONFIG_MAP["prefix_tuning"].to_dict()
 
 ADAPTER_FILE_CASES = [
-    bad_file(files.ADAPTER_CONFIG, "config", None, id="config=null"),
-    bad_file(files.ADAPTER_CONFIG, "config", [1], id="config=list"),
-    bad_file(files.ADAPTER_CONFIG, "config.reduction_factor", 0, id="reduction_factor=0"),
-    bad_file(files.ADAPTER_CONFIG, "config.reduction_factor", math.nan, id="reduction_factor=NaN"),
-    bad_file(files.ADAPTER_CONFIG, "config.reduction_factor", {"1": -1}, id="reduction_factor-layer"),
-    bad_file(files.ADAPTER_CONFIG, "config.non_linearity", "nope", id="non_linearity"),
-    bad_file(files.ADAPTER_CONFIG, "config.dropout", 1.5, id="dropout"),
-    bad_file(files.ADAPTER_CONFIG, "config.leave_out", [-1], id="leave_out"),
-    bad_file(files.ADAPTER_CONFIG, "config.phm_dim", 0, id="phm_dim"),
-    bad_file(files.ADAPTER_CONFIG, "config", {**LORA, "r": 0}, "r=0", id="lora-r"),
-    bad_file(files.ADAPTER_CONFIG, "config", {**PREFIX, "prefix_length": 0}, "prefix_length=0", id="prefix_length"),
-    bad_file(files.ADAPTER_CONFIG, "config", {**PREFIX, "architecture": 7}, "architecture=7", id="architecture"),
-    bad_file(files.ADAPTER_CONFIG, "model_type", 123, id="model_type=123"),
-    bad_file(files.ADAPTER_CONFIG, "hidden_size", -1, id="hidden_size=-1"),
-    bad_file(files.ADAPTER_CONFIG, "hidden_size", "32", id="hidden_size=str"),
-    bad_file(files.ADAPTER_CONFIG, "version", 3, id="version=3"),
-    bad_file(files.ADAPTER_CONFIG, "name", "/tmp/evil", id="name-absolute"),
-    bad_file(files.ADAPTER_CONFIG, "name", "../x", id="name-parent"),
-    bad_file(files.ADAPTER_CONFIG, "name", "a.b", id="name-dot"),
-    bad_file(files.ADAPTER_CONFIG, "name", "training", id="name-training"),
-    bad_file(files.HEAD_CONFIG, "config.num_labels", -1, id="head-num_labels=-1"),
-    bad_file(files.HEAD_CONFIG, "config.num_labels", 0, id="head-num_labels=0"),
-    bad_file(files.HEAD_CONFIG, "config.layers", 0, id="head-layers"),
-    bad_file(files.HEAD_CONFIG, "config.activation_function", "nope", id="head-activation"),
-    bad_file(files.HEAD_CONFIG, "config.label2id", {"a": 0, "b": 0}, id="head-label2id-duplicate"),
-    bad_file(files.HEAD_CONFIG, "config.label2id", {"a": 0, "b": 7}, id="head-label2id-range"),
-    bad_file(files.HEAD_CONFIG, "config.label2id", {"a": "0"}, id="head-label2id-str"),
-    bad_file(files.HEAD_CONFIG, "config.label2id", [0, 1], id="head-label2id-list"),
-    bad_file(files.HEAD_CONFIG, "config.dropout_prob", 1.5, id="head-dropout_prob"),
-    bad_file(files.HEAD_CONFIG, "config.use_pooler", "yes", id="head-use_pooler"),
-    bad_file(files.HEAD_CONFIG, "config", None, id="head-config=null"),
-    bad_file(files.HEAD_CONFIG, "model_type", 123, id="head-model_type"),
-    bad_file(files.HEAD_CONFIG, "name", "/tmp/evil", id="head-name"),
+    bad_file(files.CONFIG_NAME, "config", None, id="config=null"),
+    bad_file(files.CONFIG_NAME, "config", [1], id="config=list"),
+    bad_file(files.CONFIG_NAME, "config.reduction_factor", 0, id="reduction_factor=0"),
+    bad_file(files.CONFIG_NAME, "config.reduction_factor", math.nan, id="reduction_factor=NaN"),
+    bad_file(files.CONFIG_NAME, "config.reduction_factor", {"1": -1}, id="reduction_factor-layer"),
+    bad_file(files.CONFIG_NAME, "config.non_linearity", "nope", id="non_linearity"),
+    bad_file(files.CONFIG_NAME, "config.dropout", 1.5, id="dropout"),
+    bad_file(files.CONFIG_NAME, "config.leave_out", [-1], id="leave_out"),
+    bad_file(files.CONFIG_NAME, "config.phm_dim", 0, id="phm_dim"),
+    bad_file(files.CONFIG_NAME, "config", {**LORA, "r": 0}, "r=0", id="lora-r"),
+    bad_file(files.CONFIG_NAME, "config", {**PREFIX, "prefix_length": 0}, "prefix_length=0", id="prefix_length"),
+    bad_file(files.CONFIG_NAME, "config", {**PREFIX, "architecture": 7}, "architecture=7", id="architecture"),
+    bad_file(files.CONFIG_NAME, "model_type", 123, id="model_type=123"),
+    bad_file(files.CONFIG_NAME, "hidden_size", -1, id="hidden_size=-1"),
+    bad_file(files.CONFIG_NAME, "hidden_size", "32", id="hidden_size=str"),
+    bad_file(files.CONFIG_NAME, "version", 3, id="version=3"),
+    bad_file(files.CONFIG_NAME, "name", "/tmp/evil", id="name-absolute"),
+    bad_file(files.CONFIG_NAME, "name", "../x", id="name-parent"),
+    bad_file(files.CONFIG_NAME, "name", "a.b", id="name-dot"),
+    bad_file(files.CONFIG_NAME, "name", "training", id="name-training"),
+    bad_file(files.HEAD_CONFIG_NAME, "config.num_labels", -1, id="head-num_labels=-1"),
+    bad_file(files.HEAD_CONFIG_NAME, "config.num_labels", 0, id="head-num_labels=0"),
+    bad_file(files.HEAD_CONFIG_NAME, "config.layers", 0, id="head-layers"),
+    bad_file(files.HEAD_CONFIG_NAME, "config.activation_function", "nope", id="head-activation"),
+    bad_file(files.HEAD_CONFIG_NAME, "config.label2id", {"a": 0, "b": 0}, id="head-label2id-duplicate"),
+    bad_file(files.HEAD_CONFIG_NAME, "config.label2id", {"a": 0, "b": 7}, id="head-label2id-range"),
+    bad_file(files.HEAD_CONFIG_NAME, "config.label2id", {"a": "0"}, id="head-label2id-str"),
+    bad_file(files.HEAD_CONFIG_NAME, "config.label2id", [0, 1], id="head-label2id-list"),
+    bad_file(files.HEAD_CONFIG_NAME, "config.dropout_prob", 1.5, id="head-dropout_prob"),
+    bad_file(files.HEAD_CONFIG_NAME, "config.use_pooler", "yes", id="head-use_pooler"),
+    bad_file(files.HEAD_CONFIG_NAME, "config", None, id="head-config=null"),
+    bad_file(files.HEAD_CONFIG_NAME, "model_type", 123, id="head-model_type"),
+    bad_file(files.HEAD_CONFIG_NAME, "name", "/tmp/evil", id="head-name"),
 ]
 
 
@@ -291,7 +291,7 @@ FUSION_FILE_CASES = [
 @pytest.mark.parametrize("key, value", FUSION_FILE_CASES)
 def test_bad_value_in_a_saved_fusion_is_refused_and_changes_nothing(fusion_folder, key, value):
     model, folder = fusion_folder
-    path = folder / files.FUSION_CONFIG
+    path = folder / files.ADAPTERFUSION_CONFIG_NAME
     set_json(path, key, value)
     before = snapshot(model)
     with pytest.raises(AdapterError) as caught:
@@ -301,7 +301,7 @@ def test_bad_value_in_a_saved_fusion_is_refused_and_changes_nothing(fusion_folde
     assert_unchanged(model, before)
 
 
-@pytest.mark.parametrize("file", [files.ADAPTER_CONFIG, files.HEAD_CONFIG])
+@pytest.mark.parametrize("file", [files.CONFIG_NAME, files.HEAD_CONFIG_NAME])
 def test_a_config_file_that_is_not_utf8_is_refused(model, saved, file):
     path = saved / file
     path.write_bytes(b'{"name": "\xff\xfe"}')
@@ -400,7 +400,7 @@ META_CASES = [
     ("fusion", "name", "a,../x"),
     ("fusion", "name", "x.y"),
 ]
-META_FILES = {"adapter": files.ADAPTER_CONFIG, "head": files.HEAD_CONFIG, "fusion": files.FUSION_CONFIG}
+META_FILES = {"adapter": files.CONFIG_NAME, "head": files.HEAD_CONFIG_NAME, "fusion": files.ADAPTERFUSION_CONFIG_NAME}
 
 
 def write_meta(tmp_path, kind, **changes):
@@ -430,13 +430,13 @@ def test_read_saved_meta_returns_a_good_file(tmp_path, kind):
 
 
 def test_read_saved_meta_reads_real_saved_files(saved):
-    assert files.read_saved_meta(saved / files.ADAPTER_CONFIG, "adapter")["name"] == "a"
-    assert files.read_saved_meta(saved / files.HEAD_CONFIG, "head")["config"]["num_labels"] == 2
+    assert files.read_saved_meta(saved / files.CONFIG_NAME, "adapter")["name"] == "a"
+    assert files.read_saved_meta(saved / files.HEAD_CONFIG_NAME, "head")["config"]["num_labels"] == 2
 
 
 def test_read_saved_meta_reads_a_real_fusion_file(fusion_folder):
     _, folder = fusion_folder
-    assert files.read_saved_meta(folder / files.FUSION_CONFIG, "fusion")["adapter_names"] == ["a", "b"]
+    assert files.read_saved_meta(folder / files.ADAPTERFUSION_CONFIG_NAME, "fusion")["adapter_names"] == ["a", "b"]
 
 
 @pytest.mark.parametrize("kind, key, value", META_CASES)
@@ -468,8 +468,8 @@ def test_read_saved_meta_needs_config_and_fusion_names(tmp_path):
 
 
 def test_every_preset_stays_valid():
-    for name, config in {**ADAPTER_CONFIG_MAP, **FUSION_CONFIG_MAP}.items():
-        if name in FUSION_CONFIG_MAP:
+    for name, config in {**ADAPTER_CONFIG_MAP, **ADAPTERFUSION_CONFIG_MAP}.items():
+        if name in ADAPTERFUSION_CONFIG_MAP:
             assert AdapterFusionConfig.load(name) == AdapterFusionConfig.load(config.to_dict()) == config
         else:
             assert AdapterConfig.load(name) == AdapterConfig.from_dict(config.to_dict()) == config
@@ -532,7 +532,7 @@ def test_head_options_are_checked(config, key):
     [(float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite"), ("int", "not floating point")],
 )
 def test_weights_that_are_not_finite_floats_are_refused(model, saved, value, message):
-    path = saved / files.ADAPTER_WEIGHTS
+    path = saved / files.WEIGHTS_NAME
     weights = files.read_weights(path)
     key = next(iter(weights))
     weights[key] = weights[key].long() if value == "int" else torch.full_like(weights[key], value)
@@ -555,13 +555,13 @@ def test_a_reduction_factor_that_would_allocate_a_huge_adapter_is_refused(model)
 
 def test_a_head_file_whose_sizes_disagree_with_its_weights_allocates_nothing(model, saved):
     """Sizes are checked against the weights file on the meta device, before a head is built."""
-    set_json(saved / files.HEAD_CONFIG, "config.num_labels", 10**8)
-    set_json(saved / files.HEAD_CONFIG, "config.label2id", None)
+    set_json(saved / files.HEAD_CONFIG_NAME, "config.num_labels", 10**8)
+    set_json(saved / files.HEAD_CONFIG_NAME, "config.label2id", None)
     before = snapshot(model)
     with pytest.raises(AdapterLoadError, match="shape"):
         model.load_head(str(saved), load_as="big")
     assert_unchanged(model, before)
-    set_json(saved / files.HEAD_CONFIG, "config.layers", 10**9)
+    set_json(saved / files.HEAD_CONFIG_NAME, "config.layers", 10**9)
     with pytest.raises(HeadError, match="at most 64"):
         model.load_head(str(saved), load_as="deep")
     assert_unchanged(model, before)
@@ -569,7 +569,7 @@ def test_a_head_file_whose_sizes_disagree_with_its_weights_allocates_nothing(mod
 
 def test_a_fusion_file_whose_name_and_adapters_disagree_is_refused(fusion_folder):
     model, folder = fusion_folder
-    path = folder / files.FUSION_CONFIG
+    path = folder / files.ADAPTERFUSION_CONFIG_NAME
     data = json.loads(path.read_text())
     set_json(path, "adapter_names", data["adapter_names"][:1])
     set_json(path, "name", ",".join(data["adapter_names"]))

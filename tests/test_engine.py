@@ -218,12 +218,13 @@ def test_save_pretrained_writes_base_adapters_fusions_and_heads(tmp_path):
         assert (tmp_path / folder / "adapter_config.json").is_file()
     assert (tmp_path / "fusions" / "a,b" / "adapter_fusion_config.json").is_file()
     assert (tmp_path / "heads" / "a" / "head_config.json").is_file()
-    reloaded = workbench.AutoAdapterModel.from_pretrained(tmp_path)
-    assert not reloaded.adapters  # the base model reloads; adapters are loaded explicitly
-    reloaded.load_adapter(str(tmp_path / "adapters" / "p"), set_active=True)
-    model.set_active_adapters("p")
-    model.delete_head("a")
-    torch.testing.assert_close(hidden(reloaded), hidden(model))
+    reloaded = workbench.AutoAdapterModel.from_pretrained(tmp_path)  # adapters, fusions and heads come back
+    assert set(reloaded.adapters) == {"a", "b", "p"} and set(reloaded.adapter_fusions) == {"a,b"}
+    assert set(reloaded.heads) == {"a"} and type(reloaded).__name__ == "BertAdapterModel"
+    for setup in ("p", workbench.Fuse("a", "b"), "a"):
+        reloaded.set_active_adapters(setup)
+        model.set_active_adapters(setup)
+        torch.testing.assert_close(hidden(reloaded), hidden(model))
 
 
 def test_adapter_setup_activates_a_setup_only_inside_the_block():

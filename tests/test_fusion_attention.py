@@ -42,7 +42,7 @@ def test_padding_tokens_are_left_out_and_model_state_is_kept(fused):
     n_long, n_short = (len(tokenizer(t)["input_ids"]) for t in TEXTS)
     expected = (long * n_long + short * n_short) / (n_long + n_short)  # the token-weighted mean, padding excluded
     assert both.values == pytest.approx(expected.values, abs=1e-5)
-    assert fused.training and fused.active_adapters.flatten() == ["a"]
+    assert fused.training and fused.active_adapters.names() == ["a"]
 
 
 def test_matches_the_forward_output(fused):

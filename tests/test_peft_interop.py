@@ -231,7 +231,7 @@ def test_failed_peft_load_leaves_model_unchanged(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(workbench.AdapterLoadError, match="shape"):
         model.load_adapter(folder)
-    assert set(model.adapters) == {"other"} and model.active_adapters.flatten() == ["other"]
+    assert set(model.adapters) == {"other"} and model.active_adapters.names() == ["other"]
     after = model.state_dict()
     assert set(after) == set(before) and all(torch.equal(after[k], v) for k, v in before.items())
     with pytest.raises(workbench.AdapterConfigError, match="already exists"):

@@ -147,7 +147,7 @@ def test_card_shows_details_and_its_code_loads_the_adapter(hub):
     hub.add_folder(MINILM_HUB_ID, minilm_path(), tags=["bert"], config={"model_type": "bert"})
     scope = {}
     exec(panel.code.value, scope)  # the copyable snippet, run as a user would
-    assert scope["adapter_name"] == "sst-2" and scope["model"].active_adapters.flatten() == ["sst-2"]
+    assert scope["adapter_name"] == "sst-2" and scope["model"].active_adapters.names() == ["sst-2"]
 
 
 def test_load_without_a_model_uses_the_minilm_shows_progress_and_tries_it(hub):
@@ -162,7 +162,7 @@ def test_load_without_a_model_uses_the_minilm_shows_progress_and_tries_it(hub):
     assert panel.error.text == ""
     assert panel.loaded_name == "sst-2" and panel.progress.value == 1.0
     assert "Loaded adapter 'sst-2' onto the offline default MiniLM" in panel.status.value.replace("&#x27;", "'")
-    assert session.source == minilm_path() and session.model.active_adapters.flatten() == ["sst-2"]
+    assert session.source == minilm_path() and session.model.active_adapters.names() == ["sst-2"]
     assert "/" in panel.progress.description  # bytes done / total
     assert f"from_pretrained({MINILM_HUB_ID!r})" in panel.code.value  # the snippet names a Hub id, not a local path
     downloaded = [r for r in hub.requests if "/resolve/" in r["path"]]

@@ -32,7 +32,7 @@ def test_lists_adapters_and_heads_and_activates_one(tiny_session):
     panel.adapters.value = "a"
     panel.activate_button.click()
     model = tiny_session.model
-    assert model.active_adapters.flatten() == ["a"] and model.active_head == "a"
+    assert model.active_adapters.names() == ["a"] and model.active_head == "a"
     assert "Stack(&#x27;a&#x27;)" in panel.active.value or "Stack('a')" in panel.active.value
     assert "<td>True</td>" in panel.summary.value  # the summary's "active" column follows
     panel.deactivate_button.click()
@@ -50,7 +50,7 @@ def test_compositions_from_the_pickers_and_errors_in_the_panel(tiny_session):
         assert panel.compose_text.value == f"{kind}(a, b)"
         panel.compose_button.click()
         assert panel.error.text == ""
-        assert isinstance(model.active_adapters, block) and model.active_adapters.flatten() == ["a", "b"]
+        assert isinstance(model.active_adapters, block) and model.active_adapters.names() == ["a", "b"]
     panel.compose_kind.value = "Fuse"
     panel.compose_button.click()
     assert isinstance(model.active_adapters, Fuse) and "a,b" in model.adapter_fusions

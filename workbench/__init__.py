@@ -3,10 +3,11 @@
 The public API keeps AdapterHub's names, so its tutorials run with only the import changed.
 """
 
-from .core.adapter_model import AdapterModel, AutoAdapterModel, AutoModelWithHeads, init
+from .core.adapter_model import AdapterModel, AutoAdapterModel, AutoModelWithHeads, init, load_model
 from .core.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_composition
 from .core.configs import (
     ADAPTER_CONFIG_MAP,
+    ADAPTERFUSION_CONFIG_MAP,
     AdapterConfig,
     AdapterFusionConfig,
     BnConfig,
@@ -17,11 +18,13 @@ from .core.configs import (
     DoubleSeqBnInvConfig,
     IA3Config,
     LoRAConfig,
+    MAMConfig,
     ParBnConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
     SeqBnConfig,
     SeqBnInvConfig,
+    UniPELTConfig,
 )
 from .core.context import AdapterSetup
 from .core.errors import (
@@ -33,12 +36,25 @@ from .core.errors import (
     UnsupportedModelError,
 )
 from .core.interface import AdapterModelInterface
+from .core.model_adapters_config import ModelAdaptersConfig, get_adapter_config_hash
+from .core.model_classes import *  # noqa: F403  (BertAdapterModel, ..., ADAPTER_MODEL_MAPPING)
+from .core.model_classes import __all__ as _model_classes
+from .core.model_mixin import ADAPTERS_API_VERSION, ModelAdaptersMixin
 from .hub import AdapterInfo, get_adapter_info, list_adapters, search_adapters
 
 __version__ = "0.1.0"
 
 __all__ = [
+    *_model_classes,
     "ADAPTER_CONFIG_MAP",
+    "ADAPTERFUSION_CONFIG_MAP",
+    "MAMConfig",
+    "UniPELTConfig",
+    "ModelAdaptersConfig",
+    "ModelAdaptersMixin",
+    "ADAPTERS_API_VERSION",
+    "get_adapter_config_hash",
+    "load_model",
     "AdapterConfig",
     "AdapterSetup",
     "AdapterInfo",

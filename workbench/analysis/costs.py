@@ -93,7 +93,7 @@ def _setup_row(model, setup) -> dict:
     block = check_setup(model, setup)
     if block is None:
         raise ValueError("costs are for adapters and compositions; the base model adds nothing")
-    adapters = block.flatten()
+    adapters = block.names()
     fusions = _fuse_names(block)
     heads = heads_for(model, block)
     state = model.state_dict()

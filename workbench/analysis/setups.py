@@ -76,7 +76,7 @@ def check_setup(model, setup) -> Block | None:
     if block is None:
         return None
     known = set(getattr(model, "adapters", {}))
-    for name in block.flatten():
+    for name in block.names():
         if name not in known:
             loaded = ", ".join(sorted(known)) or "none"
             raise ValueError(f"setup {block} names adapter {name!r}, which is not loaded (loaded: {loaded})")

@@ -23,7 +23,7 @@ from .heads import (
     label2id_for,
 )
 from .interface import AdapterModelInterface
-from .keys import is_engine_key, rename_prefixed
+from .keys import rename_prefixed
 from .model_mixin import ModelAdaptersMixin, _check_weights
 from .names import check_head_name
 from .outputs import MultiHeadOutput
@@ -46,7 +46,13 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     # The wrapper runs no attention itself: every implementation the base model supports is fine.
     _supports_sdpa = _supports_flash_attn = _supports_flex_attn = _supports_attention_backend = True
 
-    def __init__(self, base: PreTrainedModel):
+    head_types: tuple = tuple(HEAD_TYPES)  # narrowed by the per-family classes (`model_classes`)
+
+    def __init__(self, base: PreTrainedModel | PretrainedConfig, **kwargs):
+        """Wrap a loaded base model, or build a freshly initialised one from its config (AdapterHub's
+        `BertAdapterModel(config)`)."""
+        if isinstance(base, PretrainedConfig):
+            base = AutoModel.from_config(base, **kwargs)
         super().__init__(base.config)
         self.base_model_prefix = base.base_model_prefix
         self.add_module(self.base_model_prefix, base)
@@ -62,11 +68,25 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         """Load the base model with `transformers.AutoModel` (never with remote code) and wrap it."""
         kwargs.pop("trust_remote_code", None)
         base = AutoModel.from_pretrained(pretrained_model_name_or_path, trust_remote_code=False, **kwargs)
-        return cls(base)
+        info = None
+        if kwargs.get("output_loading_info"):
+            base, info = base
+        model = cls._family(base.config)(base)
+        model._load_saved_parts(pretrained_model_name_or_path)
+        return (model, info) if info is not None else model
 
     @classmethod
     def from_config(cls, config, **kwargs) -> AdapterModel:
-        return cls(AutoModel.from_config(config, **kwargs))
+        return cls._family(config)(AutoModel.from_config(config, **kwargs))
+
+    @classmethod
+    def _family(cls, config) -> type[AdapterModel]:
+        """The generic class builds the family's class (`BertAdapterModel`, ...), as AdapterHub's auto class does."""
+        if cls is not AdapterModel:
+            return cls
+        from .model_classes import ADAPTER_MODEL_MAPPING
+
+        return ADAPTER_MODEL_MAPPING.get(getattr(config, "model_type", None), cls)
 
     @property
     def base_model(self) -> PreTrainedModel:
@@ -91,18 +111,18 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         """Save the base model (transformers format) plus every adapter, fusion and head in subfolders."""
         folder = Path(save_directory)
         kwargs.pop("state_dict", None)  # Trainer passes the whole wrapper's; the base checkpoint is rebuilt here
-        base_weights = {k: v for k, v in self.base_model.state_dict().items() if not is_engine_key(k)}
-        lora = self._engine.methods.get("lora")
-        if lora is not None:  # a merged LoRA is saved as the adapter it is, never inside the base weights
-            prefix = self._engine.base_prefix
-            base_weights.update({k.removeprefix(prefix): v for k, v in lora.unmerged_weights().items()})
+        # a merged LoRA is saved as the adapter it is, never inside the base weights
+        base_weights = self._base_weights(self.base_model.state_dict(), prefix=self._engine.base_prefix)
         self.base_model.save_pretrained(folder, state_dict=base_weights, **kwargs)
-        for name in self._engine.configs:
-            self.save_adapter(folder / "adapters" / name, name, with_head=False)
-        for fusion_name in self._engine.fusions:
-            self.save_adapter_fusion(folder / "fusions" / fusion_name, fusion_name)
+        self._save_parts(folder)
         for name in self.heads:
             self.save_head(folder / "heads" / name, name)
+
+    def _load_saved_parts(self, name_or_path) -> None:
+        super()._load_saved_parts(name_or_path)
+        heads = Path(str(name_or_path)) / "heads"
+        for sub in sorted(p for p in heads.iterdir() if p.is_dir()) if heads.is_dir() else []:
+            self.load_head(sub)
 
     def generate(self, *args, **kwargs):
         """transformers' `generate` with the active (or scoped) setup: one batch through one head."""
@@ -319,14 +339,15 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         head = self.heads[head_name]
         config = dict(head.config)
         data = {"config": config, **self._file_meta(head_name)}
-        files.write_json(folder / files.HEAD_CONFIG, data)
+        files.write_json(folder / files.HEAD_CONFIG_NAME, data)
         weights = head.state_dict(prefix=f"heads.{head_name}.")
-        files.write_weights(folder / (files.HEAD_SAFETENSORS if use_safetensors else files.HEAD_WEIGHTS), weights)
+        weights_name = files.SAFE_HEAD_WEIGHTS_NAME if use_safetensors else files.HEAD_WEIGHTS_NAME
+        files.write_weights(folder / weights_name, weights)
 
     def load_head(self, save_directory, load_as: str | None = None, id2label=None, set_active: bool = True) -> str:
         """Load a head saved by `save_head` (AdapterHub's head_config.json + weights); returns its name."""
         folder = Path(save_directory)
-        config_path = folder / files.HEAD_CONFIG
+        config_path = folder / files.HEAD_CONFIG_NAME
         data = files.read_saved_meta(config_path, "head")
         self._check_compatible(data, config_path)
         config = dict(data["config"])
@@ -338,9 +359,9 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         saved_name = data.get("name")
         name = load_as or saved_name or folder.name
         check_head_name(name, str(config_path))
-        weights_path = files.find_weights(folder, files.HEAD_WEIGHTS, files.HEAD_SAFETENSORS)
+        weights_path = files.find_weights(folder, files.HEAD_WEIGHTS_NAME, files.SAFE_HEAD_WEIGHTS_NAME)
         if weights_path is None:
-            raise HeadError(f"no head weights ({files.HEAD_WEIGHTS}) in {folder}")
+            raise HeadError(f"no head weights ({files.HEAD_WEIGHTS_NAME}) in {folder}")
         state = rename_prefixed(files.read_weights(weights_path), "heads", saved_name or name, name)
         try:
             with torch.device("meta"):  # sizes checked against the file before anything is allocated
@@ -365,7 +386,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             self.save_head(folder, name, use_safetensors)
 
     def _load_matching_head(self, folder: Path, name: str, id2label) -> None:
-        if (folder / files.HEAD_CONFIG).is_file():
+        if (folder / files.HEAD_CONFIG_NAME).is_file():
             self.load_head(folder, load_as=name, id2label=id2label)
 
     def _save_fusion_head(self, folder: Path, head_name: str, use_safetensors: bool) -> None:
@@ -374,7 +395,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         self.save_head(folder, head_name, use_safetensors)
 
     def _load_fusion_head(self, folder: Path) -> None:
-        if (folder / files.HEAD_CONFIG).is_file():
+        if (folder / files.HEAD_CONFIG_NAME).is_file():
             self.load_head(folder)  # under the name saved in its head_config.json, as AdapterHub does
 
     # --- forward -----------------------------------------------------------------------------------------
@@ -586,6 +607,23 @@ def init(model: nn.Module, interface: AdapterModelInterface | None = None) -> nn
     return model
 
 
+def load_model(model_name_or_path, model_class, interface: AdapterModelInterface | None = None, *args, **kwargs):
+    """Load a model saved with `save_pretrained` after `init()` (or an AdapterModel), with its adapters and fusions.
+
+    `model_class` is the transformers class to load it with (e.g. `BertForSequenceClassification`, `AutoModel`)
+    or an AdapterModel class. `output_loading_info=True` also returns transformers' loading info for the base
+    weights (adapter weights are checked key by key and refused on a mismatch).
+    """
+    if isinstance(model_class, type) and issubclass(model_class, AdapterModel) or model_class is AutoAdapterModel:
+        return model_class.from_pretrained(model_name_or_path, *args, **kwargs)
+    kwargs.pop("trust_remote_code", None)
+    loaded = model_class.from_pretrained(model_name_or_path, *args, trust_remote_code=False, **kwargs)
+    model, info = loaded if kwargs.get("output_loading_info") else (loaded, None)
+    init(model, interface=interface)
+    model._load_saved_parts(model_name_or_path)
+    return (model, info) if info is not None else model
+
+
 def _pooling_of(base: nn.Module, interface: AdapterModelInterface) -> str:
     layers = base.get_submodule(interface.model_layers)
     attention = layers[0].get_submodule(interface.layer_self_attn) if len(layers) else None
@@ -612,4 +650,4 @@ def _check_interface_paths(base: nn.Module, spec, interface: AdapterModelInterfa
             ) from None
 
 
-__all__ = ["AdapterModel", "AutoAdapterModel", "AutoModelWithHeads", "init", "ClassificationHead"]
+__all__ = ["AdapterModel", "AutoAdapterModel", "AutoModelWithHeads", "init", "load_model", "ClassificationHead"]

@@ -57,14 +57,18 @@ class Block(Sequence):
         child = self.children[-1]
         return child if isinstance(child, str) else child.last()
 
-    def flatten(self) -> list[str]:
+    def names(self) -> list[str]:
         """All adapter names in the composition, in order, without repeats."""
         names: list[str] = []
         for child in self.children:
-            for name in [child] if isinstance(child, str) else child.flatten():
+            for name in [child] if isinstance(child, str) else child.names():
                 if name not in names:
                     names.append(name)
         return names
+
+    def flatten(self) -> set[str]:
+        """All adapter names in the composition, as a set (AdapterHub's API; `names()` keeps their order)."""
+        return set(self.names())
 
     @property
     def parallel_channels(self) -> int:
@@ -101,11 +105,23 @@ class Parallel(Block):
 
 
 class Fuse(Block):
-    """AdapterFusion: an attention over the outputs of the children (adapter names or Stacks)."""
+    """AdapterFusion: an attention over the outputs of the children (adapter names or Stacks).
+
+    The fusion it uses is named by its adapters ("a,b"), or by `name` for a fusion added with a custom name.
+    """
+
+    def __init__(self, *children, name: str | None = None):
+        super().__init__(*children)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise CompositionError(f"Fuse(name={name!r}): a fusion name is a non-empty string")
+        self._name = name
+
+    def _options(self):
+        return {"name": self._name} if self._name else {}
 
     @property
     def name(self) -> str:
-        return ",".join(c if isinstance(c, str) else c.last() for c in self.children)
+        return self._name or ",".join(c if isinstance(c, str) else c.last() for c in self.children)
 
 
 class Split(Block):

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from . import files
-from .errors import AdapterConfigError
+from .errors import AdapterConfigError, AdapterConfigTypeError
 from .methods.activations import check_activation
 
 
@@ -461,7 +461,7 @@ class ConfigUnion(AdapterConfig):
 
     def __init__(self, *configs: AdapterConfig):
         if not configs or not all(isinstance(c, AdapterConfig) and not isinstance(c, ConfigUnion) for c in configs):
-            raise AdapterConfigError(f"a config union needs adapter configs (not unions), got {configs!r}")
+            raise AdapterConfigTypeError(f"a config union needs adapter configs (not unions), got {configs!r}")
         object.__setattr__(self, "configs", list(configs))
         kinds = [c.architecture or "bottleneck" for c in configs]
         for kind in set(kinds):
@@ -474,11 +474,69 @@ class ConfigUnion(AdapterConfig):
             ):
                 raise AdapterConfigError(f"config union combines {len(same)} {kind} configs that overlap")
 
+    # AdapterHub's union reads like a dict of "<index>.<key>" entries, and its parts by index.
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self.configs[key]
+        if key in ("architecture", "configs"):
+            return getattr(self, key)
+        index, _, name = str(key).partition(".")
+        if not index.isdigit() or int(index) >= len(self.configs):
+            raise KeyError(key)
+        return self.configs[int(index)][name]
+
+    def __iter__(self):
+        return (f"{i}.{k}" for i, c in enumerate(self.configs) for k in c)
+
+    def __len__(self):
+        return sum(len(c) for c in self.configs)
+
+    def __eq__(self, other):
+        if isinstance(other, ConfigUnion):
+            return self.configs == other.configs
+        return isinstance(other, Mapping) and self.to_dict() == dict(other)
+
+    def __hash__(self):
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+
     def to_dict(self):
         return {"architecture": "union", "configs": [c.to_dict() for c in self.configs]}
 
     def replace(self, **changes):
         return ConfigUnion(*[c.replace(**{k: v for k, v in changes.items() if k in c.to_dict()}) for c in self.configs])
+
+
+class MAMConfig(ConfigUnion):
+    """Mix-and-Match adapter (He et al., 2021, https://arxiv.org/abs/2110.04366): prefix tuning + parallel
+    bottleneck."""
+
+    def __init__(self, prefix_tuning: PrefixTuningConfig | None = None, adapter: BnConfig | None = None):
+        super().__init__(prefix_tuning or PrefixTuningConfig(bottleneck_size=800), adapter or ParBnConfig())
+
+    @property
+    def prefix_tuning(self) -> PrefixTuningConfig:
+        return self.configs[0]
+
+    @property
+    def adapter(self) -> BnConfig:
+        return self.configs[1]
+
+
+class UniPELTConfig(ConfigUnion):
+    """UniPELT (Mao et al., 2022, https://arxiv.org/abs/2110.07577): gated prefix tuning, bottleneck and LoRA."""
+
+    def __init__(
+        self,
+        prefix_tuning: PrefixTuningConfig | None = None,
+        adapter: BnConfig | None = None,
+        lora: LoRAConfig | None = None,
+    ):
+        parts = (
+            prefix_tuning or PrefixTuningConfig(prefix_length=10),
+            adapter or SeqBnConfig(reduction_factor=16),
+            lora or LoRAConfig(r=8, alpha=2),
+        )
+        super().__init__(*(part.replace(use_gating=True) for part in parts))
 
 
 ARCHITECTURE_CLASSES: dict[str | None, type[AdapterConfig]] = {
@@ -509,12 +567,8 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfig] = {
     "prefix_tuning": PrefixTuningConfig(),
     "prefix_tuning_flat": PrefixTuningConfig(flat=True),
     "prompt_tuning": PromptTuningConfig(),
-    "mam": ConfigUnion(PrefixTuningConfig(bottleneck_size=800), ParBnConfig()),
-    "unipelt": ConfigUnion(
-        PrefixTuningConfig(prefix_length=10, use_gating=True),
-        SeqBnConfig(reduction_factor=16, use_gating=True),
-        LoRAConfig(r=8, alpha=2, use_gating=True),
-    ),
+    "mam": MAMConfig(),
+    "unipelt": UniPELTConfig(),
 }
 DEFAULT_ADAPTER_CONFIG = "seq_bn"
 
@@ -574,15 +628,15 @@ class AdapterFusionConfig(AdapterConfig):
             config = "dynamic"
         if isinstance(config, AdapterFusionConfig):
             resolved = config
-        elif isinstance(config, str) and config in FUSION_CONFIG_MAP:
-            resolved = FUSION_CONFIG_MAP[config]
+        elif isinstance(config, str) and config in ADAPTERFUSION_CONFIG_MAP:
+            resolved = ADAPTERFUSION_CONFIG_MAP[config]
         elif isinstance(config, str) and Path(config).is_file():
             data = files.read_json(config)
             resolved = cls._from_mapping(data.get("config", data), config)
         elif isinstance(config, Mapping):
             resolved = cls._from_mapping(config, "fusion config")
         else:
-            known = ", ".join(FUSION_CONFIG_MAP)
+            known = ", ".join(ADAPTERFUSION_CONFIG_MAP)
             raise AdapterConfigError(f"unknown fusion config {config!r} (known: {known})")
         overrides = {k: v for k, v in overrides.items() if v is not None}
         return resolved.replace(**overrides) if overrides else resolved
@@ -601,7 +655,7 @@ class AdapterFusionConfig(AdapterConfig):
             raise type(err)(f"{source}: {err}") from None
 
 
-FUSION_CONFIG_MAP = {
+ADAPTERFUSION_CONFIG_MAP = {
     "dynamic": AdapterFusionConfig(
         key=True,
         query=True,

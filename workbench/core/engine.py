@@ -163,7 +163,7 @@ class EngineState:
 
     def _begin(self, module, args, kwargs):
         setup = self._setup_for_call()
-        names = frozenset(setup.flatten()) if setup is not None else frozenset()
+        names = frozenset(setup.names()) if setup is not None else frozenset()
         ctx = ForwardContext(
             setup,
             names,

@@ -9,6 +9,10 @@ class AdapterConfigError(AdapterError, ValueError):
     """An unknown config name, an unknown key or a bad value in an adapter or fusion config."""
 
 
+class AdapterConfigTypeError(AdapterConfigError, TypeError):
+    """A value of the wrong kind where a config is expected (AdapterHub raises TypeError there)."""
+
+
 class AdapterLoadError(AdapterError, OSError):
     """A missing, corrupt or incompatible adapter, head or fusion file."""
 

@@ -19,15 +19,19 @@ from safetensors.torch import load_file, save_file
 from .errors import AdapterConfigError, AdapterLoadError, AdapterNameError
 from .names import check_fusion_name, check_head_name, check_name
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "pytorch_adapter.bin"
-ADAPTER_SAFETENSORS = "adapter.safetensors"
-HEAD_CONFIG = "head_config.json"
-HEAD_WEIGHTS = "pytorch_model_head.bin"
-HEAD_SAFETENSORS = "model_head.safetensors"
-FUSION_CONFIG = "adapter_fusion_config.json"
-FUSION_WEIGHTS = "pytorch_model_adapter_fusion.bin"
-FUSION_SAFETENSORS = "model_adapter_fusion.safetensors"
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "pytorch_adapter.bin"
+SAFE_WEIGHTS_NAME = "adapter.safetensors"
+HEAD_CONFIG_NAME = "head_config.json"
+HEAD_WEIGHTS_NAME = "pytorch_model_head.bin"
+SAFE_HEAD_WEIGHTS_NAME = "model_head.safetensors"
+ADAPTERFUSION_CONFIG_NAME = "adapter_fusion_config.json"
+ADAPTERFUSION_WEIGHTS_NAME = "pytorch_model_adapter_fusion.bin"
+SAFE_ADAPTERFUSION_WEIGHTS_NAME = "model_adapter_fusion.safetensors"
+EMBEDDING_FILE = "embedding.pt"
+TOKENIZER_PATH = "tokenizer"
+SETUP_CONFIG_NAME = "adapter_setup.json"
+INTERFACE_CONFIG_NAME = "adapter_interface.json"
 
 
 def read_json(path: str | os.PathLike) -> dict:
@@ -50,7 +54,7 @@ def read_json(path: str | os.PathLike) -> dict:
     return data
 
 
-SAVED_KINDS = {"adapter": ADAPTER_CONFIG, "head": HEAD_CONFIG, "fusion": FUSION_CONFIG}
+SAVED_KINDS = {"adapter": CONFIG_NAME, "head": HEAD_CONFIG_NAME, "fusion": ADAPTERFUSION_CONFIG_NAME}
 
 
 def read_saved_meta(path: str | os.PathLike, kind: str) -> dict:

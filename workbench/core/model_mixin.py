@@ -14,17 +14,21 @@ from torch import nn
 
 from . import files, peft_format
 from .composition import Average, Block, Fuse, parse_composition
-from .configs import AdapterConfig, AdapterFusionConfig, BnConfig, LoRAConfig, TargetedLoRAConfig
+from .configs import ADAPTER_CONFIG_MAP, AdapterConfig, AdapterFusionConfig, BnConfig, LoRAConfig, TargetedLoRAConfig
 from .context import keep_call_context
 from .engine import EngineState
 from .errors import AdapterConfigError, AdapterLoadError, CompositionError
-from .keys import align_base_prefix, rename_adapter_keys, rename_prefixed
+from .keys import align_base_prefix, is_engine_key, rename_adapter_keys, rename_prefixed
+from .locations import adapter_locations
 from .methods import method_parts
+from .model_adapters_config import ModelAdaptersConfig
 from .names import check_fusion_name, check_name
 from .runtime import check_setup
 
-FORMAT_VERSION = "adapters.1.3.0"
+ADAPTERS_API_VERSION = "1.3.0"  # the `adapters` release whose API and file format workbench implements
+FORMAT_VERSION = f"adapters.{ADAPTERS_API_VERSION}"
 DRY_RUN = "workbench-dry-run"  # the scratch adapter name of `_dry_run` (never a valid user name: it is checked)
+_LEGACY = {"gelu": "gelu_new", "gelu_orig": "gelu"}  # activation names of unversioned (pre-3.0) adapter files
 _SCRATCH_KEY = re.compile(rf"(^|\.){re.escape(DRY_RUN)}\.")
 
 # Turns a Hub id (or AdapterHub name) into a local folder; `workbench.hub` registers one, the engine never imports it.
@@ -135,7 +139,7 @@ class ModelAdaptersMixin:
             del engine.configs[adapter_name]
             engine.unregister(adapter_name)
             setup = engine.active_setup
-            if setup is not None and adapter_name in setup.flatten():
+            if setup is not None and adapter_name in setup.names():
                 engine.active_setup = None
 
     def _require(self, name: str) -> AdapterConfig:
@@ -184,9 +188,9 @@ class ModelAdaptersMixin:
         self.train()
         self.freeze_model(True)
         if "lora" in self._engine.methods:  # modules a PEFT adapter replaces by its trained copy (modules_to_save)
-            for module in self._engine.methods["lora"].originals(setup.flatten()):
+            for module in self._engine.methods["lora"].originals(setup.names()):
                 module.requires_grad_(False)
-        for name in setup.flatten():
+        for name in setup.names():
             self._require(name)
             for _, param in self._adapter_parameters(name):
                 param.requires_grad = True
@@ -208,7 +212,7 @@ class ModelAdaptersMixin:
             for _, param in self._fusion_parameters(fusion.name):
                 param.requires_grad = True
         if unfreeze_adapters:
-            for name in setup.flatten():
+            for name in setup.names():
                 for _, param in self._adapter_parameters(name):
                     param.requires_grad = True
         self.set_active_adapters(setup)
@@ -246,7 +250,7 @@ class ModelAdaptersMixin:
             for module in engine.owned.get("fusion:" + fusion_name, {}).values():
                 module.to(reference.device).train(self.training)
             if set_active:
-                self.set_active_adapters(Fuse(*names))
+                self.set_active_adapters(Fuse(*names, name=fusion_name if fusion_name != ",".join(names) else None))
 
     def adapter_fusion_regularization_loss(self, fusion_name: str) -> torch.Tensor:
         """0.01 * sum ||I - V||^2 over the fusion's layers (keeps value matrices near identity while training)."""
@@ -281,7 +285,7 @@ class ModelAdaptersMixin:
         """A table of adapters: name, method, parameters, % of the base model, active, trainable."""
         engine = self._engine
         setup = engine.active_setup
-        active = set(setup.flatten()) if setup is not None else set()
+        active = set(setup.names()) if setup is not None else set()
         rows, owned_ids = [], set()
         for name, config in engine.configs.items():
             params = {id(p): p for _, p in engine.named_parameters_of(name)}
@@ -308,6 +312,52 @@ class ModelAdaptersMixin:
         if as_dict:
             return rows
         return _format_summary(rows)
+
+    # --- AdapterHub's introspection API -------------------------------------------------------------------
+
+    @property
+    def adapters_config(self) -> ModelAdaptersConfig:
+        """AdapterHub's `ModelAdaptersConfig` of this model (a read-only view of its adapters and fusions)."""
+        return ModelAdaptersConfig(self._engine)
+
+    def iter_layers(self):
+        """(index, module) of every transformer layer of the base model."""
+        return enumerate(self._engine.layers)
+
+    def get_adapter(self, name: str) -> dict[int, dict[str, nn.Module]]:
+        """The modules of adapter `name`: {layer index (-1: shared): {location key: module}}; {} if unknown."""
+        return adapter_locations(self._engine, name)
+
+    def supports_adapter(self, type_or_config) -> bool:
+        """Whether this model can take adapters of a method ("lora", "bottleneck", ...) or a config."""
+        if isinstance(type_or_config, str) and type_or_config not in ADAPTER_CONFIG_MAP:
+            kinds = [type_or_config]
+        else:
+            kinds = [kind for kind, _ in method_parts(AdapterConfig.load(type_or_config))]
+        return all(kind in self._engine.spec.methods for kind in kinds)
+
+    def adapter_to(self, name: str, device=None, dtype: torch.dtype | None = None) -> None:
+        """Move adapter `name` (all its modules) to `device` and/or cast its float weights to `dtype`."""
+        self._require(name)
+        for module in self._engine.owned.get(name, {}).values():
+            module.to(device=device, dtype=dtype)
+
+    def adapter_fusion_to(self, adapter_names, device=None, dtype: torch.dtype | None = None) -> None:
+        """Move the fusion layers of `adapter_names` (a Fuse, list or fusion name) to `device`/`dtype`."""
+        fusion_name = _fusion_key(adapter_names)
+        if fusion_name not in self._engine.fusions:
+            raise AdapterConfigError(f"no AdapterFusion named {fusion_name!r}")
+        for module in self._engine.owned.get("fusion:" + fusion_name, {}).values():
+            module.to(device=device, dtype=dtype)
+
+    def get_invertible_adapter(self) -> nn.Module | None:
+        """The invertible adapter of the first active adapter that has one (None if none does)."""
+        setup = self._engine.active_setup
+        for name in setup.names() if setup is not None else []:
+            module = self._engine.owned.get(name, {}).get(self._engine.base_prefix + f"invertible_adapters.{name}")
+            if module is not None:
+                return module
+        return None
 
     # --- saving and loading ------------------------------------------------------------------------------
 
@@ -357,11 +407,52 @@ class ModelAdaptersMixin:
         for key, value in (meta_dict or {}).items():
             data.setdefault(key, value)
         weights = self.adapter_state_dict(adapter_name)
-        files.write_json(folder / files.ADAPTER_CONFIG, data)
-        name = files.ADAPTER_SAFETENSORS if use_safetensors else files.ADAPTER_WEIGHTS
+        files.write_json(folder / files.CONFIG_NAME, data)
+        name = files.SAFE_WEIGHTS_NAME if use_safetensors else files.WEIGHTS_NAME
         files.write_weights(folder / name, weights)
         if with_head:
             self._save_matching_head(folder, adapter_name, use_safetensors)
+
+    def save_all_adapters(self, save_directory, with_head: bool = True, meta_dict=None, use_safetensors=False):
+        """Save every adapter into `save_directory/<name>`."""
+        for name in self._engine.configs:
+            self.save_adapter(Path(save_directory) / name, name, with_head, meta_dict, use_safetensors)
+
+    def save_all_adapter_fusions(self, save_directory, meta_dict=None, use_safetensors: bool = False):
+        """Save every AdapterFusion into `save_directory/<fusion name>`."""
+        for fusion_name in self._engine.fusions:
+            self.save_adapter_fusion(Path(save_directory) / fusion_name, fusion_name, use_safetensors=use_safetensors)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """The model in transformers' format (its own weights, without adapters), plus every adapter and fusion in
+        `adapters/<name>` and `fusions/<name>` beside it; `load_model` (or `from_pretrained` of an
+        AdapterModel) restores them."""
+        folder = Path(save_directory)
+        kwargs.pop("state_dict", None)
+        super().save_pretrained(folder, state_dict=self._base_weights(self.state_dict()), **kwargs)
+        self._save_parts(folder)
+
+    def _base_weights(self, state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+        """`state` without the engine's weights, and with merged LoRA projections as they were before merging."""
+        weights = {k: v for k, v in state.items() if not is_engine_key(k)}
+        lora = self._engine.methods.get("lora")
+        if lora is not None:
+            weights.update({k.removeprefix(prefix): v for k, v in lora.unmerged_weights().items()})
+        return weights
+
+    def _save_parts(self, folder: Path) -> None:
+        for name in self._engine.configs:
+            self.save_adapter(folder / "adapters" / name, name, with_head=False)
+        for fusion_name in self._engine.fusions:
+            self.save_adapter_fusion(folder / "fusions" / fusion_name, fusion_name)
+
+    def _load_saved_parts(self, name_or_path) -> None:
+        """Restore what `save_pretrained` wrote beside the weights of a local model folder."""
+        folder = Path(str(name_or_path))
+        for sub in _subfolders(folder / "adapters"):
+            self.load_adapter(sub, with_head=False)
+        for sub in _subfolders(folder / "fusions"):
+            self.load_adapter_fusion(sub, with_head=False)
 
     def _save_matching_head(self, folder: Path, name: str, use_safetensors: bool) -> None:
         """Overridden by models with flex heads."""
@@ -379,9 +470,15 @@ class ModelAdaptersMixin:
         id2label=None,
         set_active: bool = False,
         use_safetensors: bool = False,
+        loading_info: dict | None = None,
         **kwargs,
     ) -> str:
-        """Load an adapter (AdapterHub or PEFT format; a local folder or a Hub repo) and return its name."""
+        """Load an adapter (AdapterHub or PEFT format; a local folder or a Hub repo) and return its name.
+
+        An adapter already loaded under the same name is replaced (with a warning), as AdapterHub does.
+        `loading_info`, if given, receives AdapterHub's `missing_keys`/`unexpected_keys` (always empty: files
+        whose keys do not match are refused with an error that lists them).
+        """
         if load_as is not None:
             check_name(load_as)
         folder = self._resolve_adapter_folder(
@@ -391,27 +488,28 @@ class ModelAdaptersMixin:
             name = load_as or peft_format.default_name(adapter_name_or_path, folder)
             with self._engine.transaction(self):
                 return peft_format.load_peft(self, folder, name, leave_out=leave_out, set_active=set_active)
-        config_path = folder / files.ADAPTER_CONFIG
+        config_path = folder / files.CONFIG_NAME
         data = files.read_saved_meta(config_path, "adapter")
         self._check_compatible(data, config_path)
-        adapter_config = AdapterConfig.from_dict(data["config"], strict=False, source=str(config_path))
+        config_data = data["config"]
+        if "version" not in data and isinstance(config_data, dict) and config_data.get("non_linearity") in _LEGACY:
+            # files from adapter-transformers v1/v2 (no "version") used the activation names of their time
+            config_data = {**config_data, "non_linearity": _LEGACY[config_data["non_linearity"]]}
+        adapter_config = AdapterConfig.from_dict(config_data, strict=False, source=str(config_path))
         if leave_out:
             if not hasattr(adapter_config, "leave_out"):
                 raise AdapterConfigError(f"leave_out= does not apply to {type(adapter_config).__name__} adapters")
             adapter_config = adapter_config.replace(leave_out=sorted(set(leave_out) | set(adapter_config.leave_out)))
-        weights_path = files.find_weights(folder, files.ADAPTER_WEIGHTS, files.ADAPTER_SAFETENSORS)
+        weights_path = files.find_weights(folder, files.WEIGHTS_NAME, files.SAFE_WEIGHTS_NAME)
         if weights_path is None:
             raise AdapterLoadError(
-                f"no adapter weights ({files.ADAPTER_WEIGHTS} or {files.ADAPTER_SAFETENSORS}) in {folder}"
+                f"no adapter weights ({files.WEIGHTS_NAME} or {files.SAFE_WEIGHTS_NAME}) in {folder}"
             )
         saved_name = data.get("name")
         name = load_as or saved_name
         if name is None:
             name = check_name(folder.name, "adapter", f"{folder} (its folder name; pass load_as=)")
-        if name in self._engine.configs:
-            raise AdapterConfigError(
-                f"an adapter named {name!r} already exists; pass load_as= to load it under another name"
-            )
+        replacing = name in self._engine.configs
         state = files.read_weights(weights_path)
         state = rename_adapter_keys(state, saved_name or name, name)
         state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
@@ -421,8 +519,10 @@ class ModelAdaptersMixin:
             raise type(err)(f"{config_path}: {err}") from None
         _check_weights(state, expected, weights_path, warn=False)
         with self._engine.transaction(self):
+            if replacing:  # as AdapterHub does; the old adapter comes back if this load fails
+                warnings.warn(f"load_adapter: replacing the existing adapter {name!r} with {folder}", stacklevel=2)
             try:
-                self.add_adapter(name, config=adapter_config)
+                self.add_adapter(name, config=adapter_config, overwrite_ok=replacing)
             except AdapterConfigError as err:  # a value the model cannot take (e.g. PHM sizes): name the file
                 raise type(err)(f"{config_path}: {err}") from None
             self._load_weights(state, self._engine.state_dict_of(name, keep_vars=True), weights_path)
@@ -430,6 +530,8 @@ class ModelAdaptersMixin:
                 self._load_matching_head(folder, name, id2label)
             if set_active:
                 self.set_active_adapters(name)
+        if loading_info is not None:  # every key was checked above: a mismatch raises instead of being listed
+            loading_info.update(missing_keys=[], unexpected_keys=[])
         return name
 
     def _resolve_adapter_folder(self, name_or_path, **kwargs) -> Path:
@@ -477,9 +579,9 @@ class ModelAdaptersMixin:
         names, config = self._engine.fusions[fusion_name]
         folder = Path(save_directory)
         data = {"adapter_names": list(names), "config": config.to_dict(), **self._file_meta(fusion_name)}
-        files.write_json(folder / files.FUSION_CONFIG, data)
+        files.write_json(folder / files.ADAPTERFUSION_CONFIG_NAME, data)
         weights = self._engine.state_dict_of("fusion:" + fusion_name)
-        name = files.FUSION_SAFETENSORS if use_safetensors else files.FUSION_WEIGHTS
+        name = files.SAFE_ADAPTERFUSION_WEIGHTS_NAME if use_safetensors else files.ADAPTERFUSION_WEIGHTS_NAME
         files.write_weights(folder / name, weights)
         if with_head:
             self._save_fusion_head(folder, fusion_name if with_head is True else with_head, use_safetensors)
@@ -498,7 +600,7 @@ class ModelAdaptersMixin:
         """Load a fusion saved in the AdapterHub format (the fused adapters must be loaded already), and the head
         saved beside it under its saved name (`with_head`)."""
         folder = Path(adapter_fusion_name_or_path)
-        config_path = folder / files.FUSION_CONFIG
+        config_path = folder / files.ADAPTERFUSION_CONFIG_NAME
         data = files.read_saved_meta(config_path, "fusion")
         self._check_compatible(data, config_path)
         saved_name = data.get("name")
@@ -514,9 +616,11 @@ class ModelAdaptersMixin:
             raise AdapterLoadError(f"{config_path} fuses adapter(s) {missing} that are not loaded")
         fusion_name = load_as or saved_name or ",".join(names)
         check_fusion_name(fusion_name, str(config_path))
-        weights_path = files.find_weights(folder, files.FUSION_WEIGHTS, files.FUSION_SAFETENSORS)
+        weights_path = files.find_weights(
+            folder, files.ADAPTERFUSION_WEIGHTS_NAME, files.SAFE_ADAPTERFUSION_WEIGHTS_NAME
+        )
         if weights_path is None:
-            raise AdapterLoadError(f"no fusion weights ({files.FUSION_WEIGHTS}) in {folder}")
+            raise AdapterLoadError(f"no fusion weights ({files.ADAPTERFUSION_WEIGHTS_NAME}) in {folder}")
         state = files.read_weights(weights_path)
         state = rename_prefixed(state, "adapter_fusion_layer", saved_name or fusion_name, fusion_name)
         state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
@@ -531,7 +635,7 @@ class ModelAdaptersMixin:
             if with_head:
                 self._load_fusion_head(folder)
             if set_active:
-                self.set_active_adapters(Fuse(*names))
+                self.set_active_adapters(Fuse(*names, name=fusion_name if fusion_name != ",".join(names) else None))
         return fusion_name
 
     def _load_fusion_head(self, folder: Path) -> None:
@@ -621,9 +725,20 @@ def _check_weights(state: dict[str, torch.Tensor], shapes: dict[str, tuple], sou
             )
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def _fusion_key(adapter_names) -> str:
+    """A fusion's name from a Fuse block, a list of adapter names or the name itself."""
+    if isinstance(adapter_names, Fuse):
+        return adapter_names.name
+    return adapter_names if isinstance(adapter_names, str) else ",".join(_fusion_names(adapter_names))
+
+
 def _fusion_names(adapter_names) -> list[str]:
     if isinstance(adapter_names, Fuse):
-        return adapter_names.flatten()
+        return adapter_names.names()
     if isinstance(adapter_names, str):
         return adapter_names.split(",")
     return list(adapter_names)

@@ -1,8 +1,9 @@
 """One rule for adapter, head and fusion names, whether they come from code or from a saved file.
 
 Names become keys of torch `ModuleDict`s (and folder names when saved), so they must be short identifiers:
-ASCII letters, digits, '-' and '_'. torch refuses keys with '.' and keys that shadow a module attribute
-("training", "forward", "to", ...); a name from a file must never be a path.
+ASCII letters, digits, '-', '_' and '+' (AdapterHub names adapters like "pfeiffer+inv"). torch refuses keys
+with '.' and keys that shadow a module attribute ("training", "forward", "to", ...); a name from a file must never
+be a path.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from torch import nn
 from .errors import AdapterNameError
 
 MAX_LENGTH = 100
-_ALLOWED = re.compile(r"[A-Za-z0-9_-]+")
+_ALLOWED = re.compile(r"[A-Za-z0-9_+-]+")
 # Attributes torch would refuse (or shadow) as ModuleDict keys: class attributes plus instance ones like `training`.
 RESERVED = frozenset(dir(nn.ModuleDict)) | frozenset(vars(nn.ModuleDict()))
-RULE = f"names may contain only ASCII letters, digits, '-' and '_' (1 to {MAX_LENGTH} characters)"
+RULE = f"names may contain only ASCII letters, digits, '-', '_' and '+' (1 to {MAX_LENGTH} characters)"
 
 
 def check_name(name, kind: str = "adapter", where: str | None = None) -> str:

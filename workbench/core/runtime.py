@@ -54,7 +54,7 @@ class ComposableLayer:
 
 
 def takes_part(layer: ComposableLayer, setup) -> bool:
-    names = [setup] if isinstance(setup, str) else setup.flatten()
+    names = [setup] if isinstance(setup, str) else setup.names()
     return any(name in layer for name in names)
 
 
@@ -117,7 +117,7 @@ def row_bounds(block: Parallel | BatchSplit, batch: int) -> list[tuple[int, int]
 def blocks_with_names(setup):
     """Every block node of a setup with the adapter names below it."""
     if isinstance(setup, Block):
-        yield setup, setup.flatten()
+        yield setup, setup.names()
         for child in setup:
             yield from blocks_with_names(child)
 
@@ -126,13 +126,18 @@ def check_setup(setup, engine) -> None:
     """Refuse a setup the engine cannot run on this model, before it takes effect."""
     if setup is None:
         return
-    for name in setup.flatten():
+    for name in setup.names():
         if name not in engine.configs:
             known = ", ".join(sorted(engine.configs)) or "none"
             raise CompositionError(f"composition {setup} names unknown adapter {name!r} (adapters: {known})")
     for block, names in blocks_with_names(setup):
         if isinstance(block, Fuse) and block.name not in engine.fusions:
             raise CompositionError(f"{block} needs an AdapterFusion {block.name!r}: call add_adapter_fusion first")
+        if isinstance(block, Fuse):
+            fused = list(engine.fusions[block.name][0])
+            children = [c if isinstance(c, str) else c.last() for c in block.children]
+            if children != fused:
+                raise CompositionError(f"{block}: the AdapterFusion {block.name!r} fuses {fused}, not {children}")
         for name in names:
             for kind in engine.method_kinds(name):
                 method = engine.method(kind)
@@ -142,7 +147,7 @@ def check_setup(setup, engine) -> None:
                         f"{setup}: adapter {name!r} is a {kind} adapter, which takes part in {allowed}, "
                         f"not in {type(block).__name__}"
                     )
-    for kind in {k for name in setup.flatten() for k in engine.method_kinds(name)}:
+    for kind in {k for name in setup.names() for k in engine.method_kinds(name)}:
         engine.method(kind).check_setup(setup)
 
 

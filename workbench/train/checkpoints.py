@@ -42,12 +42,12 @@ _WRITE_FAILURES = {
     errno.EROFS: "the file system is read-only",
 }
 _WEIGHT_FILES = (
-    files.ADAPTER_WEIGHTS,
-    files.ADAPTER_SAFETENSORS,
-    files.HEAD_WEIGHTS,
-    files.HEAD_SAFETENSORS,
-    files.FUSION_WEIGHTS,
-    files.FUSION_SAFETENSORS,
+    files.WEIGHTS_NAME,
+    files.SAFE_WEIGHTS_NAME,
+    files.HEAD_WEIGHTS_NAME,
+    files.SAFE_HEAD_WEIGHTS_NAME,
+    files.ADAPTERFUSION_WEIGHTS_NAME,
+    files.SAFE_ADAPTERFUSION_WEIGHTS_NAME,
 )
 
 
@@ -111,7 +111,7 @@ def _load_full(model, folder: Path) -> None:
 
 
 def _head_state(folder: Path, head: str) -> dict:
-    path = files.find_weights(folder / "heads" / head, files.HEAD_WEIGHTS, files.HEAD_SAFETENSORS)
+    path = files.find_weights(folder / "heads" / head, files.HEAD_WEIGHTS_NAME, files.SAFE_HEAD_WEIGHTS_NAME)
     if path is None:
         raise CheckpointError(f"{folder} has no weights for head {head!r}")
     return files.read_weights(path)

@@ -30,7 +30,7 @@ def prepare_model(model, kind, adapter, adapter_config, head, task) -> tuple[Sav
             model.add_adapter(adapter, config=adapter_config)
         method = method_name(model.adapters[adapter].to_dict())
         return SavePlan("adapter", head or adapter, adapters=[adapter]), method
-    names = adapter.flatten() if isinstance(adapter, Fuse) else list(adapter or [])
+    names = adapter.names() if isinstance(adapter, Fuse) else list(adapter or [])
     if len(names) < 2:
         raise ValueError("kind='fusion' needs adapter=Fuse(...) or a list of at least two loaded adapter names")
     fusion = ",".join(names)

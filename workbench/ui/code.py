@@ -106,7 +106,7 @@ def _kwargs_code(kwargs: dict) -> str:
         if key == "config":
             parts.append("config=config")
         elif type(value).__name__ == "Fuse":
-            names = ", ".join(repr(n) for n in value.flatten())
+            names = ", ".join(repr(n) for n in value.names())
             parts.append(f"{key}=workbench.Fuse({names})")
         else:
             parts.append(f"{key}={value!r}")

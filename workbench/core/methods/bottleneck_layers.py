@@ -112,7 +112,7 @@ class BottleneckLayer(ComposableLayer):
         return replace(st, hidden=x, residual=residual)
 
     def _first(self, setup) -> str | None:
-        names = [setup] if isinstance(setup, str) else setup.flatten()
+        names = [setup] if isinstance(setup, str) else setup.names()
         return next((n for n in names if n in self.adapters), None)
 
     def single(self, name: str, st: BnState, ctx) -> BnState:

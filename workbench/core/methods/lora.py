@@ -465,7 +465,7 @@ class LoRAMethod(AdapterMethod):
         merged = {t.merged for t in self.targets.values() if t.merged is not None}
         if not merged or setup is None:  # no setup: the merged weights are the model the user asked for
             return
-        names = setup.flatten() if setup is not None else []
+        names = setup.names() if setup is not None else []
         lora_names = [n for n in names if any(n in t.loras for t in self.targets.values())]
         if lora_names != sorted(merged) or not isinstance(setup, Stack):
             raise CompositionError(
@@ -510,3 +510,13 @@ class LoRAMethod(AdapterMethod):
                 u, s, vh = torch.linalg.svd(delta)
                 new.lora_A.copy_(vh[:svd_rank])
                 new.lora_B.copy_(u[:, :svd_rank] @ torch.diag(s[:svd_rank]))
+
+
+class _HostsLoRAs(type):
+    def __instancecheck__(cls, module) -> bool:
+        return isinstance(module, nn.Module) and isinstance(getattr(module, "loras", None), nn.ModuleDict)
+
+
+class LoRALayer(metaclass=_HostsLoRAs):
+    """AdapterHub's name for a projection that carries LoRA adapters: `isinstance(module, LoRALayer)` is true for
+    every module the engine gave a `loras` ModuleDict (the projection itself stays the model's own class)."""

@@ -33,4 +33,4 @@ def call_setup(engine, inside: bool):
     if inside:
         return None, frozenset(), None
     setup = engine._setup_for_call()
-    return setup, frozenset(setup.flatten()) if setup is not None else frozenset(), None
+    return setup, frozenset(setup.names()) if setup is not None else frozenset(), None

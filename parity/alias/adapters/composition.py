@@ -1,0 +1,1 @@
+from workbench.core.composition import *  # noqa: F401,F403

@@ -1,0 +1,1 @@
+from workbench.core.configs import *  # noqa: F401,F403

@@ -1,0 +1,1 @@
+from workbench.core.context import *  # noqa: F401,F403

@@ -1,0 +1,1 @@
+from workbench.core.heads import *  # noqa: F401,F403

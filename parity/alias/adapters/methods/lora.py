@@ -1,0 +1,1 @@
+from workbench.core.methods.lora import *  # noqa: F401,F403

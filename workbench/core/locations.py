@@ -1,0 +1,61 @@
+"""Where an adapter's modules sit, in AdapterHub's terms: `{layer index: {location key: module}}`.
+
+`model.get_adapter(name)` answers with this layout (layer -1 holds what is shared across layers). The engine
+registers every module an adapter owns by its path in the model; this module reads layer and location from it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from torch import nn
+
+# Owned paths outside the layers: first path segment -> AdapterHub's key at layer -1 (None: not reported, as
+# AdapterHub keeps the prefix-tuning pool outside `get_adapter` too).
+_GLOBAL_KEYS = {
+    "shared_parameters": "shared",
+    "invertible_adapters": "invertible",
+    "prompt_tuning": "prompt",
+    "prefix_tuning": None,
+}
+_LORA_LOCATIONS = {"q": "selfattn", "k": "selfattn", "v": "selfattn", "qkv": "selfattn"}
+_MARKERS = (".adapters.", ".loras.", ".modules_to_save.")
+
+
+def location_key(spec, path_in_layer: str) -> str:
+    """AdapterHub's location key of a module at `path_in_layer` (relative to its transformer layer)."""
+    for site, key in ((spec.attention_site, "mh_adapter"), (spec.output_site, "output_adapter")):
+        if path_in_layer.startswith(f"{site.host}.adapters."):
+            return key
+    for marker in _MARKERS:
+        if marker in f".{path_in_layer}":
+            host = f".{path_in_layer}".split(marker, 1)[0].lstrip(".")
+            for place, target in spec.lora.items():
+                if target == host:
+                    return _LORA_LOCATIONS.get(place, place)
+            return host
+    if "prefix" in path_in_layer:
+        return spec.prefix_key
+    return path_in_layer.rsplit(".", 1)[0]
+
+
+def adapter_locations(engine, name: str) -> dict[int, dict[str, nn.Module]]:
+    """The modules adapter `name` owns, by layer index (-1: shared/global) and location key; several modules at
+    one location come as an `nn.ModuleList`."""
+    layers_path = engine.base_prefix + engine.spec.layers
+    in_layer = re.compile(rf"^{re.escape(layers_path)}\.(\d+)\.(.+)$")
+    found: dict[int, dict[str, list[nn.Module]]] = defaultdict(lambda: defaultdict(list))
+    for path, module in engine.owned.get(name, {}).items():
+        match = in_layer.match(path)
+        if match:
+            found[int(match[1])][location_key(engine.spec, match[2])].append(module)
+            continue
+        first = path.removeprefix(engine.base_prefix).split(".", 1)[0]
+        key = _GLOBAL_KEYS.get(first, first)
+        if key is not None:
+            found[-1][key].append(module)
+    return {
+        layer: {key: mods[0] if len(mods) == 1 else nn.ModuleList(mods) for key, mods in by_key.items()}
+        for layer, by_key in sorted(found.items())
+    }

@@ -1,0 +1,118 @@
+"""AdapterHub's per-architecture classes (`BertAdapterModel`, ...) and `ADAPTER_MODEL_MAPPING`.
+
+Each class is `AdapterModel` fixed to one model type, with AdapterHub's list of head types for it. AdapterHub code
+names them directly (`BertAdapterModel(config)`, `ADAPTER_MODEL_MAPPING[BertConfig].head_types`). Families the
+engine does not support yet still have their class, which refuses with UnsupportedModelError when built, so such
+code fails with a clear message rather than an ImportError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from transformers import AutoConfig
+
+from .adapter_model import AdapterModel
+from .archs import ARCHITECTURES
+from .errors import UnsupportedModelError
+
+_ENCODER_HEADS = (
+    "classification",
+    "multilabel_classification",
+    "tagging",
+    "multiple_choice",
+    "question_answering",
+    "dependency_parsing",
+    "masked_lm",
+    "causal_lm",
+)
+_DECODER_HEADS = ("classification", "multilabel_classification", "tagging", "question_answering", "causal_lm")
+
+# model type -> (class name, head types), AdapterHub 1.3's families
+_FAMILIES = {
+    "albert": ("AlbertAdapterModel", _ENCODER_HEADS),
+    "bart": ("BartAdapterModel", ()),
+    "beit": ("BeitAdapterModel", ("image_classification",)),
+    "bert": ("BertAdapterModel", _ENCODER_HEADS),
+    "bert-generation": ("BertGenerationAdapterModel", ("masked_lm", "causal_lm")),
+    "clip": ("CLIPAdapterModel", ()),
+    "deberta": ("DebertaAdapterModel", _ENCODER_HEADS),
+    "deberta-v2": ("DebertaV2AdapterModel", _ENCODER_HEADS),
+    "distilbert": ("DistilBertAdapterModel", _ENCODER_HEADS),
+    "electra": ("ElectraAdapterModel", _ENCODER_HEADS),
+    "gpt2": ("GPT2AdapterModel", _DECODER_HEADS),
+    "gptj": ("GPTJAdapterModel", _DECODER_HEADS),
+    "llama": ("LlamaAdapterModel", _DECODER_HEADS),
+    "mbart": ("MBartAdapterModel", ()),
+    "mistral": ("MistralAdapterModel", _DECODER_HEADS),
+    "mt5": ("MT5AdapterModel", ()),
+    "plbart": ("PLBartAdapterModel", ()),
+    "qwen2": ("Qwen2AdapterModel", _DECODER_HEADS),
+    "roberta": ("RobertaAdapterModel", _ENCODER_HEADS),
+    "t5": ("T5AdapterModel", ()),
+    "vit": ("ViTAdapterModel", ("image_classification",)),
+    "whisper": ("WhisperAdapterModel", ()),
+    "xlm-roberta": ("XLMRobertaAdapterModel", _ENCODER_HEADS),
+    "xmod": ("XmodAdapterModel", _ENCODER_HEADS),
+}
+
+
+def _family_class(model_type: str, class_name: str, head_types: tuple) -> type[AdapterModel]:
+    supported = model_type in ARCHITECTURES
+
+    def __init__(self, config_or_base, *args, **kwargs):
+        if not supported:
+            raise UnsupportedModelError(
+                f"{class_name}: model type {model_type!r} is not supported by the adapter engine yet "
+                f"(supported: {', '.join(sorted(ARCHITECTURES))})"
+            )
+        AdapterModel.__init__(self, config_or_base, *args, **kwargs)
+        if self.config.model_type.replace("_", "-") != model_type:
+            raise UnsupportedModelError(
+                f"{class_name} is for model type {model_type!r}, not {self.config.model_type!r}"
+            )
+
+    return type(
+        class_name,
+        (AdapterModel,),
+        {"__init__": __init__, "head_types": head_types, "model_type": model_type, "__module__": __name__},
+    )
+
+
+ADAPTER_MODEL_CLASSES: dict[str, type[AdapterModel]] = {
+    model_type: _family_class(model_type, name, heads) for model_type, (name, heads) in _FAMILIES.items()
+}
+globals().update({cls.__name__: cls for cls in ADAPTER_MODEL_CLASSES.values()})
+
+
+class _AdapterModelMapping(Mapping):
+    """Config class (or model type) -> the family's AdapterModel class, for the families the engine supports."""
+
+    def _model_type(self, key) -> str | None:
+        if isinstance(key, str):
+            return key.replace("_", "-")
+        model_type = getattr(key, "model_type", None)
+        return model_type.replace("_", "-") if isinstance(model_type, str) else None
+
+    def __getitem__(self, key):
+        model_type = self._model_type(key)
+        if model_type not in ARCHITECTURES or model_type not in ADAPTER_MODEL_CLASSES:
+            raise KeyError(key)
+        return ADAPTER_MODEL_CLASSES[model_type]
+
+    def __contains__(self, key) -> bool:
+        model_type = self._model_type(key)
+        return model_type in ARCHITECTURES and model_type in ADAPTER_MODEL_CLASSES
+
+    def __iter__(self):
+        for model_type in ARCHITECTURES:
+            if model_type in ADAPTER_MODEL_CLASSES:
+                yield type(AutoConfig.for_model(model_type))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+ADAPTER_MODEL_MAPPING = _AdapterModelMapping()
+
+__all__ = ["ADAPTER_MODEL_MAPPING", "ADAPTER_MODEL_CLASSES", *(c.__name__ for c in ADAPTER_MODEL_CLASSES.values())]
