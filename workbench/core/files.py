@@ -28,6 +28,7 @@ HEAD_SAFETENSORS = "model_head.safetensors"
 FUSION_CONFIG = "adapter_fusion_config.json"
 FUSION_WEIGHTS = "pytorch_model_adapter_fusion.bin"
 FUSION_SAFETENSORS = "model_adapter_fusion.safetensors"
+SETUP_CONFIG = "adapter_setup.json"  # AdapterHub's SETUP_CONFIG_NAME: a saved setup (see setups.py)
 
 
 def read_json(path: str | os.PathLike) -> dict:

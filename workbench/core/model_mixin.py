@@ -22,6 +22,7 @@ from .keys import align_base_prefix, rename_adapter_keys, rename_prefixed
 from .methods import method_parts
 from .names import check_fusion_name, check_name
 from .runtime import check_setup
+from .setups import AdapterSetupMixin
 
 FORMAT_VERSION = "adapters.1.3.0"
 DRY_RUN = "workbench-dry-run"  # the scratch adapter name of `_dry_run` (never a valid user name: it is checked)
@@ -38,7 +39,7 @@ def register_adapter_resolver(resolver) -> None:
     _ADAPTER_RESOLVER = resolver
 
 
-class ModelAdaptersMixin:
+class ModelAdaptersMixin(AdapterSetupMixin):
     """Adds adapters to a transformers model without changing its modeling code."""
 
     _engine: EngineState
