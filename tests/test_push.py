@@ -291,6 +291,11 @@ def test_load_adapter_setup_is_all_or_nothing(tmp_path):
         other.load_adapter_setup(tmp_path / "s", set_active=True)
     assert list(other.adapters) == ["b"] and other.active_adapters is None
 
+    (tmp_path / "s" / "b" / "adapter_config.json").rename(tmp_path / "b_config.json")
+    (tmp_path / "s" / "b" / "pytorch_adapter.bin").rename(tmp_path / "b_weights.bin")
+    (tmp_path / "s" / "b").rmdir()
+    with pytest.raises(AdapterLoadError, match=r"names \['b'\], but .* has no such sub-folder"):
+        other.load_adapter_setup(tmp_path / "s")
     data = json.loads((tmp_path / "s" / SETUP_CONFIG).read_text())
     data["adapter_setup"]["children"][0]["children"] = ["../../outside"]
     (tmp_path / "s" / SETUP_CONFIG).write_text(json.dumps(data))

@@ -189,6 +189,10 @@ class AdapterSetupMixin:
                 check_fusion_name(fusion.name)
         except (AdapterConfigError, HeadError) as err:
             raise AdapterLoadError(f"{config_path}: {err}") from None
+        parts = setup.flatten() + [f.name for f in fuse_blocks(setup)] + heads
+        missing = [name for name in parts if not (folder / name).is_dir()]
+        if missing:
+            raise AdapterLoadError(f"{config_path} names {missing}, but {folder} has no such sub-folder(s)")
         if head_setup and not hasattr(self, "heads"):
             warnings.warn(f"{config_path} names heads {head_setup!r}; this model has no flexible heads", stacklevel=2)
             head_setup, heads = None, []
