@@ -11,12 +11,13 @@ its exception types. `fail()` injects faults; `requests` logs every request, in 
 Writes, as huggingface_hub 2.4.0 sends them (see "writing" below): `create_repo` (`POST /api/repos/create`),
 `create_branch`, the README metadata check (`POST /api/validate-yaml`), `preupload` (every file is answered
 "regular", so the client sends it inline: no LFS or Xet) and the NDJSON `commit` (to a branch, or a new pull request
-`refs/pr/<n>` with `create_pr`). A commit to `main` re-derives what listings show the way the Hub does: `library_name`,
+`refs/pr/<n>` with `create_pr`). A commit to `main` re-derives what listings show, as the Hub does: `library_name`,
 `pipeline_tag` and `cardData` from README.md's YAML, tags from its `tags`, library, pipeline tag, `datasets`,
-`language`, `license` and `base_model` (plus `base_model:adapter:<id>` for adapter libraries), and `config` from
-adapter_config.json. Tokens (`add_user`) matter where access depends on them: writes need a known token whose
-user or organisation owns the namespace, and private repos are invisible (401/404 RepoNotFound) to anyone else;
-public reads accept any token.
+`language`, `license` and `base_model` (plus `base_model:adapter:<id>` for adapter libraries), and `config`
+(`adapter_transformers.model_name`/`model_class`, or PEFT's base model) from adapter_config.json, matching the real
+listings quoted in HUB_FACTS section 4 (how the Hub computes `config` is inferred, not documented).
+Tokens (`add_user`) matter where access depends on them: writes need a known token whose user or organisation owns
+the namespace, and private repos are invisible (401/404 RepoNotFound) to anyone else; public reads accept any token.
 Use it through the `fake_hub` fixture (tests/conftest.py), which also points huggingface_hub at it (`use_fake_hub`).
 """
 
