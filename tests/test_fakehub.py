@@ -316,3 +316,81 @@ def test_fault_truncate_and_malformed_json(fake_hub):
         list(HfApi().list_models())
     assert [r["status"] for r in fake_hub.requests] == [200, 200]
     assert len(list(HfApi().list_models())) == 4
+
+
+def test_create_repo_commit_branch_and_pull_request(fake_hub, tmp_path):
+    fake_hub.add_user("alice", "hf_alice", orgs=["lab"])
+    api = HfApi()
+    url = api.create_repo("lab/new", token="hf_alice")
+    assert url.repo_id == "lab/new" and api.create_repo("lab/new", token="hf_alice", exist_ok=True) == url
+    with pytest.raises(HfHubHTTPError) as err:
+        api.create_repo("lab/new", token="hf_alice")
+    assert err.value.response.status_code == 409
+    assert api.create_repo("mine", token="hf_alice").repo_id == "alice/mine"  # the token owner's namespace
+    (tmp_path / "up/sub").mkdir(parents=True)
+    (tmp_path / "up/a.json").write_bytes(b"{}")
+    (tmp_path / "up/sub/w.bin").write_bytes(b"\0\1")
+    commit = api.upload_folder(repo_id="lab/new", folder_path=tmp_path / "up", token="hf_alice", commit_message="m")
+    assert fake_hub.files("lab/new") == {
+        ".gitattributes": fake_hub.files("lab/new")[".gitattributes"],
+        "a.json": b"{}",
+        "sub/w.bin": b"\0\1",
+    }
+    assert api.model_info("lab/new").sha == commit.oid and fake_hub.commits("lab/new")[-1]["summary"] == "m"
+    preupload = next(r for r in fake_hub.requests if "/preupload/" in r["path"])
+    assert preupload["path"] == "/api/models/lab/new/preupload/main"
+    posted = next(r for r in fake_hub.requests if r["path"] == "/api/models/lab/new/commit/main")
+    sent = [json.loads(line) for line in posted["body"].splitlines()]  # NDJSON, the files inline
+    assert posted["headers"]["content-type"] == "application/x-ndjson"
+    assert [line["key"] for line in sent] == ["header", "file", "file"]
+    pr = api.delete_file("a.json", repo_id="lab/new", token="hf_alice", create_pr=True)
+    assert pr.pr_num == 1 and "a.json" in fake_hub.files("lab/new")
+    assert "a.json" not in fake_hub.files("lab/new", "refs/pr/1")
+    api.create_branch("lab/new", branch="dev", token="hf_alice")
+    api.upload_file(path_or_fileobj=b"x", path_in_repo="dev.txt", repo_id="lab/new", revision="dev", token="hf_alice")
+    assert "dev.txt" in fake_hub.files("lab/new", "dev") and "dev.txt" not in fake_hub.files("lab/new")
+    with pytest.raises(ValueError, match="Invalid metadata in README.md"):  # checked by POST /api/validate-yaml
+        api.upload_file(
+            path_or_fileobj=b"---\n[unclosed\n---\n", path_in_repo="README.md", repo_id="lab/new", token="hf_alice"
+        )
+
+
+def test_card_metadata_becomes_tags_and_private_repos_need_their_token(fake_hub):
+    fake_hub.add_user("alice", "hf_alice")
+    fake_hub.add_user("bob", "hf_bob")
+    api = HfApi()
+    api.create_repo("alice/card", token="hf_alice", private=True)
+    card = (
+        b"---\nlibrary_name: adapter-transformers\nbase_model: org/m\ntags: [x]\ndatasets: [glue]\n"
+        b"pipeline_tag: text-classification\nlanguage: en\nlicense: mit\n---\n# hi\n"
+    )
+    api.upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id="alice/card", token="hf_alice")
+    api.upload_file(
+        path_or_fileobj=json.dumps({"model_name": "org/m", "model_type": "bert"}).encode(),
+        path_in_repo="adapter_config.json",
+        repo_id="alice/card",
+        token="hf_alice",
+    )
+    info = api.model_info("alice/card", token="hf_alice")
+    assert info.private and info.library_name == "adapter-transformers" and info.pipeline_tag == "text-classification"
+    assert info.tags == [
+        "x",
+        "adapter-transformers",
+        "text-classification",
+        "dataset:glue",
+        "en",
+        "license:mit",
+        "base_model:org/m",
+        "base_model:adapter:org/m",
+    ]
+    assert info.config == {"model_type": "bert", "adapter_transformers": {"model_name": "org/m", "model_class": None}}
+    assert ids(api.list_models(filter="base_model:adapter:org/m", token="hf_alice")) == ["alice/card"]
+    assert ids(api.list_models(filter="base_model:adapter:org/m", token=False)) == []
+    for token in (False, "hf_bob"):
+        with pytest.raises(RepositoryNotFoundError):
+            api.model_info("alice/card", token=token)
+        assert not file_exists("alice/card", "README.md", token=token)
+    assert [r["status"] for r in fake_hub.requests[-4:]] == [401, 401, 404, 404]
+    with pytest.raises(RepositoryNotFoundError):  # nor can another user write to it
+        api.upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id="alice/card", token="hf_bob")
+    assert hf_hub_download("alice/card", "README.md", token="hf_alice")

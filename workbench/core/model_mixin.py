@@ -24,6 +24,7 @@ from .methods import method_parts
 from .model_adapters_config import ModelAdaptersConfig
 from .names import check_fusion_name, check_name
 from .runtime import check_setup
+from .setups import AdapterSetupMixin
 
 ADAPTERS_API_VERSION = "1.3.0"  # the `adapters` release whose API and file format workbench implements
 FORMAT_VERSION = f"adapters.{ADAPTERS_API_VERSION}"
@@ -42,7 +43,7 @@ def register_adapter_resolver(resolver) -> None:
     _ADAPTER_RESOLVER = resolver
 
 
-class ModelAdaptersMixin:
+class ModelAdaptersMixin(AdapterSetupMixin):
     """Adds adapters to a transformers model without changing its modeling code."""
 
     _engine: EngineState

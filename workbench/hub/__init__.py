@@ -4,22 +4,28 @@ Every request goes through `huggingface_hub`; listings are cached on disk (see `
 """
 
 from ..core.model_mixin import register_adapter_resolver
+from ..core.setups import register_hub_pusher
 from .cache import HubUnavailableError, Listing
 from .info import AdapterInfo
 from .listing import SearchResults, get_adapter_info, list_adapters, search_adapters
+from .push import HubPushError, adapter_card, push_to_hub
 from .resolve import DownloadProgress, resolve_adapter
 
 # `model.load_adapter("<hub id>")` resolves through the hub; the engine itself never imports this package.
 register_adapter_resolver(resolve_adapter)
+register_hub_pusher(push_to_hub)  # `model.push_adapter_to_hub(...)` / `push_adapter_setup_to_hub(...)` upload here
 
 __all__ = [
     "AdapterInfo",
     "DownloadProgress",
+    "HubPushError",
     "HubUnavailableError",
     "Listing",
+    "adapter_card",
     "SearchResults",
     "get_adapter_info",
     "list_adapters",
+    "push_to_hub",
     "resolve_adapter",
     "search_adapters",
 ]
