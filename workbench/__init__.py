@@ -13,8 +13,10 @@ from .core.configs import (
     CompacterConfig,
     CompacterPlusPlusConfig,
     ConfigUnion,
+    DoRAConfig,
     DoubleSeqBnConfig,
     DoubleSeqBnInvConfig,
+    DvoRAConfig,
     IA3Config,
     LoRAConfig,
     ParBnConfig,
@@ -22,6 +24,7 @@ from .core.configs import (
     PromptTuningConfig,
     SeqBnConfig,
     SeqBnInvConfig,
+    VeraConfig,
 )
 from .core.context import AdapterSetup
 from .core.errors import (
@@ -65,7 +68,10 @@ __all__ = [
     "Fuse",
     "HeadError",
     "IA3Config",
+    "DoRAConfig",
+    "DvoRAConfig",
     "LoRAConfig",
+    "VeraConfig",
     "ParBnConfig",
     "Parallel",
     "PrefixTuningConfig",
