@@ -71,8 +71,10 @@ def build(case: dict):
     for adapter in case["adapters"]:
         if adapter["derived"]:
             continue
-        # The library does not save a bare model's shared PHM rules; loading says so (they are restored below).
-        expect = pytest.warns(UserWarning, match="shared_parameters") if case.get("unsaved_parameters") else nullcontext()
+        # The library does not save a bare model's shared PHM rules or VeRA pair; loading says so (restored below).
+        expect = (
+            pytest.warns(UserWarning, match="shared_parameters") if case.get("unsaved_parameters") else nullcontext()
+        )
         with expect:
             model.load_adapter(str(FIXTURES / adapter["dir"]), load_as=adapter["name"], with_head=adapter["with_head"])
     # Parameters the library does not write (shared PHM rules or VeRA projections of a bare base model), kept aside;

@@ -244,24 +244,23 @@ class LoRATarget(ComposableLayer):
         return module
 
     def _make(self, config: LoRAConfig, r, alpha, on_input: bool, shared) -> nn.Module:
-        if config.is_vera or config.use_dora:
-            if self.fused:
-                raise UnsupportedModelError(
-                    f"{'VeRA' if config.is_vera else 'DoRA'} cannot adapt {self.path}, a fused q|k|v projection "
-                    "(neither can the adapters library): use selfattn_lora=False with intermediate_lora/output_lora"
-                )
         cls = IA3 if config.composition_mode == "scale" else LoRA
         if isinstance(config, TargetedLoRAConfig):
             r = config.r if r is None else r
             alpha = config.alpha if alpha is None else alpha
             scaling = alpha if cls is IA3 else alpha / (math.sqrt(r) if config.use_rslora else r)
             size = self.in_features if on_input else self.out_features
-            if config.is_vera:
-                return _vera().Vera(self.in_features, size, config, shared, r=r, scaling=scaling)
+            if config.is_vera:  # PEFT's VeRA: vectors, no alpha/r scaling
+                return _vera().Vera(self.in_features, size, config, shared, r=r, scaling=1.0, diagonal=True)
             module = cls(self.in_features, size, config, r=r, scaling=scaling)
             if on_input:
                 module.on_input = True
             return module
+        if self.fused and (config.is_vera or config.use_dora):
+            raise UnsupportedModelError(
+                f"{'VeRA' if config.is_vera else 'DoRA'} cannot adapt {self.path}, a fused q|k|v projection "
+                "(neither can the adapters library): use selfattn_lora=False with intermediate_lora/output_lora"
+            )
         if config.is_vera:
             return _vera().Vera(self.in_features, self.out_features, config, shared)
         if not self.fused:
@@ -572,11 +571,6 @@ class LoRAMethod(AdapterMethod):
                     raise CompositionError(
                         f"{setup}: adapters {here} on {target.path} mix (IA)^3 on the input (PEFT feedforward "
                         "modules) with adapters on the output; they cannot be composed there"
-                    )
-                if isinstance(block, Average) and any(_rowwise_dora(c, target) for c in block):
-                    raise CompositionError(
-                        f"{setup}: {block} averages a Parallel/BatchSplit of DoRA adapters on {target.path}; each "
-                        "of their rows is finished by its own DoRA magnitude, so they cannot be averaged further"
                     )
                 if isinstance(block, Stack):
                     for i, child in enumerate(block.children[:-1]):

@@ -7,6 +7,8 @@ base model, and each projection holds `loras.<name>.vera_D` (r x r, initialised 
 The library sizes the pair from the first projection and fails on any other shape; here the pair takes the largest
 in/out sizes and each projection uses its leading slice (PEFT's rule), which is the same pair whenever all shapes
 agree. The pair is kept in buffers: it is saved and loaded with the adapter but never trained.
+A PEFT VeRA adapter trains vectors (`vera_lambda_d`, `vera_lambda_b`) instead of matrices and has no alpha/r scaling:
+`diagonal=True` keeps `vera_D`/`vera_B` as those vectors, so it trains and saves as PEFT does.
 """
 
 from __future__ import annotations
@@ -50,27 +52,36 @@ class Vera(_LoRABase):
     """`h = dropout(x) (vera_B B vera_D A)^T * alpha/r` with A, B the leading slices of the shared pair."""
 
     def __init__(self, in_features: int, out_features: int, config: LoRAConfig, shared: SharedProjections,
-                 r: int | None = None, scaling: float | None = None):  # fmt: skip
+                 r: int | None = None, scaling: float | None = None, diagonal: bool = False):  # fmt: skip
         super().__init__()
         dtype = getattr(torch, config.dtype) if config.dtype else None
         self.r = config.r if r is None else r
         self.scaling = config.alpha / config.r if scaling is None else scaling
         self.in_features, self.out_features = in_features, out_features
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.vera_D = nn.Parameter(torch.eye(self.r, dtype=dtype) * config.vera_d)
-        self.vera_B = nn.Parameter(torch.eye(out_features, dtype=dtype) * config.vera_b)
+        self.diagonal = diagonal
+        d, b = (
+            torch.full((self.r,), config.vera_d, dtype=dtype),
+            torch.full((out_features,), config.vera_b, dtype=dtype),
+        )
+        self.vera_D = nn.Parameter(d if diagonal else torch.diag(d))
+        self.vera_B = nn.Parameter(b if diagonal else torch.diag(b))
         self._shared = (shared,)  # a plain reference: the pair is saved once, under shared_parameters
         self._add_gate(config, in_features, 1)
 
-    @property
-    def shared_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vera_D A, vera_B B): the delta is their product, `dW = (vera_B B) (vera_D A)`."""
         shared = self._shared[0]
-        return shared.lora_A[:, : self.in_features], shared.lora_B[: self.out_features]
+        dtype = self.vera_D.dtype
+        a, b = shared.lora_A[:, : self.in_features].to(dtype), shared.lora_B[: self.out_features].to(dtype)
+        if self.diagonal:
+            return self.vera_D.unsqueeze(1) * a, self.vera_B.unsqueeze(1) * b
+        return self.vera_D @ a, self.vera_B @ b
 
     @property
     def delta_w(self) -> torch.Tensor:
-        a, b = self.shared_pair
-        return self.vera_B @ b @ self.vera_D @ a
+        down, up = self.factors()
+        return up @ down
 
     def forward(self, h, x):
         """Returns (scaled delta, gate or None); `h` is the previous Stack member's delta, else None."""
@@ -80,10 +91,10 @@ class Vera(_LoRABase):
                 f"cannot Stack VeRA adapters here: the previous adapter's output has {h.shape[-1]} features, "
                 f"this one expects {self.in_features}"
             )
-        a, b = self.shared_pair
-        down = F.linear(self.lora_dropout(h.to(self.vera_D.dtype)), self.vera_D @ a)
+        down_w, up_w = self.factors()
+        down = F.linear(self.lora_dropout(h.to(self.vera_D.dtype)), down_w)
         down, gate = self._scale(down, x)
-        return F.linear(down, self.vera_B @ b), gate
+        return F.linear(down, up_w), gate
 
     @staticmethod
     def com(base, added, scaling=1.0):
