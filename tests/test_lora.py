@@ -170,13 +170,13 @@ def test_fused_qkv_projection_composes_like_separate_ones():
         gpt2.set_active_adapters(Stack("a", "b"))  # stacking feeds 3x-wide deltas into the next adapter
 
 
-def test_gated_lora_cannot_be_merged_and_dora_is_refused():
+def test_gated_lora_cannot_be_merged_and_dora_needs_add_mode():
     model = model_for()
     model.add_adapter("g", config="lora[use_gating=True]")
     with pytest.raises(AdapterConfigError, match="gating"):
         model.merge_adapter("g")
-    with pytest.raises(AdapterConfigError, match="DoRA"):
-        model.add_adapter("d", config=LoRAConfig(use_dora=True))
+    with pytest.raises(AdapterConfigError, match="use_dora=True needs composition_mode='add'"):
+        model.add_adapter("d", config="ia3[use_dora=True]")
 
 
 def test_average_negate_b_weights_a_by_magnitude():

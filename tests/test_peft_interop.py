@@ -202,7 +202,7 @@ def test_seq_cls_adapter_loads_modules_to_save_where_the_model_has_them(tmp_path
 @pytest.mark.parametrize(
     "model_type,config,match",
     [
-        ("bert", peft.LoraConfig(target_modules=["query"], use_dora=True), "use_dora"),
+        ("bert", peft.LoraConfig(target_modules=["query"], lora_bias=True), "lora_bias"),
         ("bert", peft.LoraConfig(target_modules=["query"], bias="all"), "bias"),
         ("bert", peft.LoraConfig(target_modules=["word_embeddings"]), "nn.Linear and Conv1D"),
         ("bert", peft.LoHaConfig(target_modules=["query"]), "LOHA"),

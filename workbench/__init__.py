@@ -14,8 +14,10 @@ from .core.configs import (
     CompacterConfig,
     CompacterPlusPlusConfig,
     ConfigUnion,
+    DoRAConfig,
     DoubleSeqBnConfig,
     DoubleSeqBnInvConfig,
+    DvoRAConfig,
     IA3Config,
     LoRAConfig,
     MAMConfig,
@@ -25,6 +27,7 @@ from .core.configs import (
     SeqBnConfig,
     SeqBnInvConfig,
     UniPELTConfig,
+    VeraConfig,
 )
 from .core.context import AdapterSetup
 from .core.errors import (
@@ -81,7 +84,10 @@ __all__ = [
     "Fuse",
     "HeadError",
     "IA3Config",
+    "DoRAConfig",
+    "DvoRAConfig",
     "LoRAConfig",
+    "VeraConfig",
     "ParBnConfig",
     "Parallel",
     "PrefixTuningConfig",

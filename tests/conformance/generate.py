@@ -172,7 +172,7 @@ class Case:
 METHODS = {
     m: m
     for m in "seq_bn double_seq_bn par_bn scaled_par_bn seq_bn_inv double_seq_bn_inv lora ia3 "
-    "prefix_tuning prompt_tuning".split()
+    "prefix_tuning prompt_tuning dora vera dvora".split()
 }
 # Default compacter bottleneck is hidden/32 = 1, which PHM (phm_dim=4) cannot split: use hidden/8 = 4.
 METHODS.update({"compacter": "compacter[reduction_factor=8]", "compacter++": "compacter++[reduction_factor=8]"})
@@ -192,8 +192,21 @@ VARIANTS = {
     "prompt_tuning-len3": "prompt_tuning[prompt_length=3]",
     "mam": "mam",
     "unipelt": "unipelt",
+    # The LoRA family: DoRA (LoRAConfig(use_dora=True) and "dora"), VeRA and DvoRA (VeRA + DoRA).
+    "lora-use_dora": "lora[use_dora=True]",
+    "dora-r4-qkv-ffn": "dora[r=4,alpha=16,attn_matrices=['q','k','v'],intermediate_lora=True,output_lora=True]",
+    "dora-gating": "dora[use_gating=True]",
+    "vera-r4-alpha16": "vera[r=4,alpha=16,attn_matrices=['q','k','v']]",
+    "vera-ffn": "vera[intermediate_lora=True]",  # q/v and FFN shapes differ: one shared A/B pair cannot serve them
+    "vera-kv": "vera[attn_matrices=['k','v']]",  # llama's k/v projections share one shape (q/v do not: GQA)
+    "vera-use_dora": "vera[use_dora=True,attn_matrices=['k','v']]",
+    "dvora-r4-k": "dvora[r=4,alpha=2,attn_matrices=['k']]",
+    # gpt2's fused c_attn takes no DoRA/VeRA in the library; its Conv1D FFN projections do.
+    "dora-ffn": "dora[selfattn_lora=False,intermediate_lora=True,output_lora=True]",
+    "vera-output": "vera[selfattn_lora=False,output_lora=True]",
+    "dvora-output": "dvora[selfattn_lora=False,output_lora=True]",
 }
-GATED = {"seq_bn-gating", "lora-gating", "unipelt"}
+GATED = {"seq_bn-gating", "lora-gating", "unipelt", "dora-gating"}
 
 HEADS_ENC = {  # head case suffix -> (add_<x>_head, kwargs, layout)
     "classification": (
@@ -305,6 +318,20 @@ def composition_cases() -> list:
         "lora-merge": ([("a", "lora")], "a", dict(merge="a")),
         "ia3-merge": ([("a", "ia3")], "a", dict(merge="a")),
     }
+    # The LoRA family in every block the library runs them in (VeRA on k/v: llama's q and v shapes differ).
+    family = {"dora": "dora", "vera": "vera[attn_matrices=['k','v']]", "dvora": "dvora[attn_matrices=['k','v']]"}
+    for method, config in family.items():
+        pair = [("a", config), ("b", config)]
+        specs.update(
+            {
+                f"{method}-stack": (pair, Stack("a", "b"), {}),
+                f"{method}-parallel": (pair, Parallel("a", "b"), {}),
+                f"{method}-batchsplit": (pair, BatchSplit("a", "b", batch_sizes=[1, 2]), {}),
+                f"{method}-average": (pair, Average("a", "b", weights=[0.3, 0.7]), {}),
+                f"{method}-merge": ([("a", config)], "a", dict(merge="a")),
+                f"average_adapter-{method}": (pair, "avg", average()),
+            }
+        )
     return [
         Case(f"{arch}-comp-{slug}", arch, ads, active, **extra)
         for arch in ("bert", "llama")

@@ -376,10 +376,23 @@ class LoRAConfig(AdapterConfig):
             raise AdapterConfigError(f"attn_matrices {bad}: use a list of 'q', 'k', 'v'")
         if self.composition_mode == "scale" and self.r != 1:
             raise AdapterConfigError(f"composition_mode='scale' needs r=1, got r={self.r}")
-        if self.vera_d is not None or self.vera_b is not None:
-            raise AdapterConfigError("VeRA (vera_d/vera_b) is not supported yet")
-        if self.use_dora:
-            raise AdapterConfigError("DoRA (use_dora=True) is not supported yet")
+        if self.is_vera and (self.vera_d is None or self.vera_b is None):
+            raise AdapterConfigError(
+                f"VeRA needs both vera_d and vera_b (got vera_d={self.vera_d!r}, vera_b={self.vera_b!r})"
+            )
+        for key in ("vera_d", "vera_b"):  # the library tells VeRA apart by float values: keep 1 and 1.0 alike
+            if isinstance(getattr(self, key), int):
+                object.__setattr__(self, key, float(getattr(self, key)))
+        for key, on in (("use_dora", self.use_dora), ("vera_d", self.is_vera)):
+            if on and self.composition_mode != "add":
+                raise AdapterConfigError(
+                    f"{key}={getattr(self, key)!r} needs composition_mode='add', got {self.composition_mode!r}"
+                )
+
+    @property
+    def is_vera(self) -> bool:
+        """VeRA (Kopiczko et al., 2024, https://arxiv.org/abs/2310.11454): frozen shared random A/B, trained d/b."""
+        return self.vera_d is not None or self.vera_b is not None
 
 
 @dataclass(frozen=True, eq=False)
@@ -394,6 +407,35 @@ class IA3Config(LoRAConfig):
     attn_matrices: list[str] = field(default_factory=lambda: ["k", "v"])
     composition_mode: str = "scale"
     init_weights: str = "ia3"
+
+
+@dataclass(frozen=True, eq=False)
+class DoRAConfig(LoRAConfig):
+    """DoRA (Liu et al., 2024, https://arxiv.org/abs/2402.09353): LoRA on the direction of each weight row, with a
+    trained magnitude per output feature."""
+
+    use_dora: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class VeraConfig(LoRAConfig):
+    """VeRA (Kopiczko et al., 2024, https://arxiv.org/abs/2310.11454): one frozen random A/B pair per adapter,
+    shared by all its layers; each layer trains the scaling matrices `vera_D` (r x r) and `vera_B` (out x out),
+    initialised as `vera_d * I` and `vera_b * I`."""
+
+    vera_d: float | None = 0.1
+    vera_b: float | None = 0.0
+    init_weights: str = "vera"
+
+
+@dataclass(frozen=True, eq=False)
+class DvoRAConfig(LoRAConfig):
+    """DvoRA: VeRA's shared random projections with DoRA's magnitude/direction split."""
+
+    vera_d: float | None = 0.1
+    vera_b: float | None = 0.0
+    init_weights: str = "vera"
+    use_dora: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -564,6 +606,9 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfig] = {
     "compacter++": CompacterPlusPlusConfig(),
     "lora": LoRAConfig(),
     "ia3": IA3Config(),
+    "dora": DoRAConfig(),
+    "vera": VeraConfig(),
+    "dvora": DvoRAConfig(),
     "prefix_tuning": PrefixTuningConfig(),
     "prefix_tuning_flat": PrefixTuningConfig(flat=True),
     "prompt_tuning": PromptTuningConfig(),

@@ -1,8 +1,10 @@
-"""PEFT interop: load PEFT LoRA/(IA)^3 adapter folders into the engine, and save adapters in PEFT's format.
+"""PEFT interop: load PEFT LoRA (DoRA too), (IA)^3 and VeRA adapter folders into the engine, and save them back.
 
 PEFT (https://github.com/huggingface/peft) writes `adapter_config.json` (with `peft_type`) and
 `adapter_model.safetensors`, keyed `base_model.model.<module>.lora_A.weight`/`.lora_B.weight` (LoRA),
-`base_model.model.<module>.ia3_l` ((IA)^3) and `base_model.model.<module>.<param>` (`modules_to_save` copies).
+`base_model.model.<module>.ia3_l` ((IA)^3) and `base_model.model.<module>.<param>` (`modules_to_save` copies);
+DoRA adds `<module>.lora_magnitude_vector`, VeRA stores `<module>.vera_lambda_d`/`vera_lambda_b` and the shared pair
+as `base_model.vera_A`/`base_model.vera_B`.
 The modules are selected with PEFT's own rules (`check_target_module_exists`, `get_pattern_key`) and must agree
 with the weights; each becomes a target of a `TargetedLoRAConfig` with its own rank and scaling, so any
 nn.Linear/Conv1D module PEFT can wrap loads, not only AdapterHub's places.
@@ -28,11 +30,16 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_SAFETENSORS = "adapter_model.safetensors"
 PEFT_WEIGHTS = "adapter_model.bin"
 PREFIX = "base_model.model."
-SUFFIXES = {"LORA": {".lora_A.weight": "A", ".lora_B.weight": "B"}, "IA3": {".ia3_l": "l"}}
+SUFFIXES = {
+    "LORA": {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_magnitude_vector": "m"},
+    "IA3": {".ia3_l": "l"},
+    "VERA": {".vera_lambda_d": "d", ".vera_lambda_b": "b"},
+}
+VERA_PAIR = {"base_model.vera_A": "lora_A", "base_model.vera_B": "lora_B"}  # VeRA's shared projections
 SEQ_CLS_HEAD_NAMES = ("score", "classifier")  # PEFT leaves these out of "all-linear" for task_type SEQ_CLS
 # Options that change what the adapter computes and that the engine cannot reproduce (when set/truthy).
 UNSUPPORTED = (
-    "use_dora", "lora_bias", "layer_replication", "target_parameters", "trainable_token_indices",
+    "lora_bias", "layer_replication", "target_parameters", "trainable_token_indices",
     "alora_invocation_tokens", "use_qalora", "use_bdlora", "arrow_config", "kasa_config", "monteclora_config",
     "megatron_config", "modules_to_tie",
 )  # fmt: skip
@@ -73,6 +80,7 @@ def load_peft(model, folder: Path, name: str, leave_out=None, set_active: bool =
             f"an adapter named {name!r} already exists; pass load_as= to load it under another name"
         )
     config, tensors = _from_peft(model, data, kind, files.read_weights(weights_path), weights_path)
+    prefix = model._engine.base_prefix
     if leave_out:
         kept = [p for p in config.targets if _layer(model, p) not in set(leave_out)]
         if not kept and not config.modules_to_save:
@@ -83,7 +91,13 @@ def load_peft(model, folder: Path, name: str, leave_out=None, set_active: bool =
         tensors = {k: t for k, t in tensors.items() if k[0] in kept or k[0] in config.modules_to_save}
     model.add_adapter(name, config=config)
     try:
-        state = {f"{path}.{holder}.{name}.{param}": t for (path, holder, param), t in tensors.items()}
+        state = {f"{path}.{holder}.{name}.{param}": t for (path, holder, param), t in tensors.items() if holder}
+        own = model._engine.state_dict_of(name)
+        for (path, _, param), pair in tensors.items():
+            if path is None:  # VeRA's pair, sized for all of PEFT's modules: the leading part serves those kept here
+                key = f"{prefix}shared_parameters.{name}.{param}"
+                rows, cols = own[key].shape
+                state[key] = pair[:rows, :cols] if pair.shape[0] >= rows and pair.shape[1] >= cols else pair
         model._load_weights(state, model._engine.state_dict_of(name, keep_vars=True), weights_path)
     except Exception:
         model.delete_adapter(name)
@@ -103,7 +117,9 @@ def _check_config(data: dict, path: Path) -> str:
     """The PEFT type; every option the engine reads must have a usable value (file, key and value named)."""
     kind = str(data.get("peft_type", "")).upper()
     if kind not in SUFFIXES:
-        raise AdapterConfigError(f"{path}: PEFT type {data.get('peft_type')!r} is not supported (use LORA or IA3)")
+        raise AdapterConfigError(
+            f"{path}: PEFT type {data.get('peft_type')!r} is not supported (use LORA, IA3 or VERA)"
+        )
     for option in UNSUPPORTED:
         if data.get(option):
             raise AdapterConfigError(f"{path}: PEFT option {option}={data[option]!r} is not supported by the engine")
@@ -156,6 +172,16 @@ def _check_config(data: dict, path: Path) -> str:
         dropout = data.get("lora_dropout") or 0.0
         if not (_is_number(dropout) and 0 <= dropout < 1):
             raise bad("lora_dropout", "a probability in [0, 1)")
+    if kind == "VERA":
+        if not (_is_int(data.get("r")) and data["r"] >= 1):
+            raise bad("r", "an integer >= 1")
+        if data.get("save_projection") is False:
+            raise bad("save_projection", "true: the engine needs the saved vera_A/vera_B, it does not redraw them")
+        dropout = data.get("vera_dropout") or 0.0
+        if not (_is_number(dropout) and 0 <= dropout < 1):
+            raise bad("vera_dropout", "a probability in [0, 1)")
+        if not _is_number(data.get("d_initial", 0.1)):
+            raise bad("d_initial", "a number")
     return kind
 
 
@@ -264,16 +290,19 @@ def _all_linear(model, data: dict, scope: dict) -> set[str]:
 
 def _from_peft(model, data: dict, kind: str, state: dict, path: Path):
     """The engine config and the tensors `{(module path, holder, param): tensor}` of a PEFT adapter."""
-    wrapped, other = {}, {}
+    wrapped, other, tensors = {}, {}, {}
     for key, tensor in state.items():
+        if kind == "VERA" and key in VERA_PAIR:
+            tensors[(None, None, VERA_PAIR[key])] = tensor
+            continue
         if not key.startswith(PREFIX):
             raise AdapterLoadError(f"{path}: unexpected weight {key!r} (PEFT keys start with {PREFIX!r})")
         rel = key[len(PREFIX) :]
         suffix = next((s for s in SUFFIXES[kind] if rel.endswith(s)), None)
-        if suffix is None and re.search(r"\.(lora_|ia3_)", rel):
+        if suffix is None and re.search(r"\.(lora_|ia3_|vera_)", rel):
             raise AdapterConfigError(
                 f"{path}: PEFT weight {key!r} adapts a module the engine cannot (it adapts nn.Linear and Conv1D "
-                "modules only, with lora_A/lora_B or ia3_l)"
+                "modules only, with lora_A/lora_B, ia3_l or vera_lambda_d/vera_lambda_b)"
             )
         if suffix is None:
             other[rel] = tensor
@@ -281,6 +310,8 @@ def _from_peft(model, data: dict, kind: str, state: dict, path: Path):
             wrapped.setdefault(rel[: -len(suffix)], {})[SUFFIXES[kind][suffix]] = tensor
     if not wrapped:
         raise AdapterLoadError(f"{path} holds no PEFT {kind} weights")
+    if kind == "VERA" and len(tensors) != 2:
+        raise AdapterLoadError(f"{path} lacks VeRA's shared projections base_model.vera_A/base_model.vera_B")
     scopes = _scopes(model)
     scope = next((s for s in scopes if all(n in s for n in wrapped)), None)
     if scope is None:
@@ -290,7 +321,7 @@ def _from_peft(model, data: dict, kind: str, state: dict, path: Path):
         )
     all_linear = _all_linear(model, data, scope) if str(data["target_modules"]).lower() == "all-linear" else set()
     selected = [n for n in scope if n and _selected(data, n, all_linear)]
-    targets, tensors = {}, {}
+    targets = {}
     for name in selected:
         module = model.get_submodule(scope[name])
         if not isinstance(module, nn.Linear | Conv1D):
@@ -310,7 +341,13 @@ def _from_peft(model, data: dict, kind: str, state: dict, path: Path):
     if kind == "LORA":
         config = TargetedLoRAConfig(
             r=int(data["r"]), alpha=data["lora_alpha"], dropout=float(data.get("lora_dropout") or 0.0),
-            use_rslora=bool(data.get("use_rslora")), selfattn_lora=False, attn_matrices=[],
+            use_rslora=bool(data.get("use_rslora")), use_dora=bool(data.get("use_dora")), selfattn_lora=False,
+            attn_matrices=[], targets=targets, modules_to_save=saved, peft=_kept(data),
+        )  # fmt: skip
+    elif kind == "VERA":
+        config = TargetedLoRAConfig(
+            r=int(data["r"]), alpha=int(data["r"]), dropout=float(data.get("vera_dropout") or 0.0), init_weights="vera",
+            vera_d=float(data.get("d_initial", 0.1)), vera_b=0.0, selfattn_lora=False, attn_matrices=[],
             targets=targets, modules_to_save=saved, peft=_kept(data),
         )  # fmt: skip
     else:
@@ -331,6 +368,23 @@ def _target(data: dict, kind: str, name: str, weights: dict, at: str, tensors: d
             raise AdapterLoadError(f"{path}: ia3_l of {name!r} has shape {tuple(vector.shape)}, expected {side}")
         tensors[(at, "loras", "lora_B")] = vector.t() if on_input else vector
         return {"r": 1, "alpha": 1, "on_input": on_input}
+    if kind == "VERA":
+        if "d" not in weights or "b" not in weights:
+            raise AdapterLoadError(f"{path}: module {name!r} lacks its vera_lambda_d or vera_lambda_b weight")
+        if weights["d"].shape != (data["r"],) or weights["b"].dim() != 1:
+            raise AdapterLoadError(
+                f"{path}: the VeRA vectors of {name!r} have shapes {tuple(weights['d'].shape)} and "
+                f"{tuple(weights['b'].shape)}; its config says r={data['r']}"
+            )
+        tensors[(at, "loras", "vera_D")], tensors[(at, "loras", "vera_B")] = weights["d"], weights["b"]
+        return {"r": data["r"], "alpha": data["r"], "on_input": False}
+    if bool(data.get("use_dora")) != ("m" in weights):
+        raise AdapterLoadError(
+            f"{path}: module {name!r} {'lacks' if data.get('use_dora') else 'has'} a lora_magnitude_vector, but its "
+            f"config says use_dora={bool(data.get('use_dora'))}"
+        )
+    if "m" in weights:
+        tensors[(at, "loras", "m.weight")] = weights["m"].reshape(-1, 1)
     if "A" not in weights or "B" not in weights:
         raise AdapterLoadError(f"{path}: module {name!r} lacks its lora_A or lora_B weight")
     r = _pattern_value(data.get("rank_pattern") or {}, name, data["r"])
@@ -392,6 +446,12 @@ def save_peft(model, folder, name: str) -> None:
         raise AdapterConfigError(f"adapter {name!r} uses gating, which PEFT has no equivalent for")
     if isinstance(config, TargetedLoRAConfig):
         return _save_targeted(model, folder, name, config)
+    if config.use_dora or config.is_vera:
+        raise AdapterConfigError(
+            f"adapter {name!r} is an AdapterHub {'VeRA' if config.is_vera else 'DoRA'} adapter, which PEFT cannot "
+            "describe (PEFT's DoRA norms the scaled delta and leaves the bias outside; its VeRA trains vectors and "
+            "has no alpha/r): save it in AdapterHub's format. Adapters loaded from PEFT save back to PEFT."
+        )
     ia3 = config.composition_mode == "scale"
     targets = [t for t in model._method("lora").targets.values() if name in t.loras]
     fused = {id(t): hasattr(t.loras[name], "enabled") for t in targets}
@@ -467,7 +527,7 @@ def _save_targeted(model, folder, name: str, config: TargetedLoRAConfig) -> None
     """A PEFT-loaded adapter: the original options, with its modules listed by name (exact or as a suffix) and
     per-module ranks/alphas as escaped-name patterns, which PEFT resolves to exactly the same modules."""
     method, prefix = model._method("lora"), model._engine.base_prefix
-    ia3 = config.composition_mode == "scale"
+    ia3, vera = config.composition_mode == "scale", config.is_vera
     targets = [t for t in method.targets.values() if name in t.loras]
     saved = [s for s in method.saved.values() if name in s.copies]
     listed = lambda path: path[len(prefix) :] if prefix and path.startswith(prefix) else path  # noqa: E731
@@ -479,7 +539,12 @@ def _save_targeted(model, folder, name: str, config: TargetedLoRAConfig) -> None
                 vector = lora.lora_B * lora.scaling
                 state[key + ".ia3_l"] = vector.t() if lora.on_input else vector
                 continue
+            if vera:
+                state[key + ".vera_lambda_d"], state[key + ".vera_lambda_b"] = lora.vera_D, lora.vera_B
+                continue
             state[key + ".lora_A.weight"], state[key + ".lora_B.weight"] = lora.lora_A, lora.lora_B
+            if config.use_dora:
+                state[key + ".lora_magnitude_vector"] = lora.m.weight.view(-1)
             options = config.targets[t.path]
             if options["r"] != config.r:
                 rank_pattern[re.escape(listed(t.path))] = options["r"]
@@ -502,6 +567,10 @@ def _save_targeted(model, folder, name: str, config: TargetedLoRAConfig) -> None
         data["feedforward_modules"] = sorted(listed(t.path) for t in targets if t.loras[name].on_input)
         data.pop("layers_to_transform")
         data.pop("layers_pattern")
+    elif vera:
+        pair = model._engine.base.shared_parameters[name]
+        state.update({k: getattr(pair, v) for k, v in VERA_PAIR.items()})
+        data.update(r=config.r, vera_dropout=config.dropout, save_projection=True)
     else:
         data.update(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, use_rslora=config.use_rslora,
                     rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)  # fmt: skip

@@ -9,24 +9,28 @@ enabled by `attn_matrices`. `merge`/`reset` fold an adapter into the base weight
 AdapterHub's `LoRAConfig` names places (`spec.lora`); a `TargetedLoRAConfig` (PEFT adapters) names any
 nn.Linear/Conv1D module by its path, each with its own rank and scaling, (IA)^3 optionally on the module's input,
 plus `modules_to_save`: full trainable copies whose output replaces the original module's while the adapter runs.
+The LoRA family builds on the same targets: DoRA (`use_dora`, a magnitude per output feature, `dora.py`) and VeRA
+(`vera_d`/`vera_b`, shared frozen projections, `vera.py`); DvoRA is both.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..composition import Average, BatchSplit, Parallel, Stack
+from ..composition import Average, BatchSplit, Block, Parallel, Stack
 from ..configs import LoRAConfig, TargetedLoRAConfig
 from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
 from ..runtime import ComposableLayer, blocks_with_names, compose
 from ..transformers_api import Conv1D
+from . import dora
 from .base import AdapterMethod
 from .modules_to_save import SavedModule
 from .targets import call_setup, locate
@@ -156,6 +160,7 @@ class _State:
     h: torch.Tensor | None  # the composed adapter delta (None until an adapter ran)
     y: torch.Tensor  # the projection's own output
     last: str | None = None
+    out: torch.Tensor | None = None  # the finished output, when rows were finished by different DoRA adapters
 
 
 def _fused(lora) -> bool:
@@ -165,6 +170,34 @@ def _fused(lora) -> bool:
 
 def _on_input(lora) -> bool:
     return getattr(lora, "on_input", False)
+
+
+def _adds(lora) -> bool:
+    """LoRA, DoRA and VeRA add a delta to the output; (IA)^3 scales it."""
+    return not isinstance(lora, IA3)
+
+
+def _tensors(lora) -> dict[str, torch.Tensor]:
+    """Everything an adapter module computes with, its VeRA pair included (kept by merge, for an exact reset)."""
+    tensors = dict(lora.state_dict(keep_vars=True))
+    shared = getattr(lora, "_shared", None)
+    if shared:
+        tensors.update({f"shared.{k}": v for k, v in shared[0].state_dict(keep_vars=True).items()})
+    return tensors
+
+
+@contextmanager
+def _computing_with(lora, snapshot: dict[str, torch.Tensor]):
+    """Run the block with `lora`'s tensors set to `snapshot` (as at merge time), then put the current ones back."""
+    live = _tensors(lora)
+    changed = {k: v.detach().clone() for k, v in live.items() if not torch.equal(v, snapshot[k])}
+    for key in changed:
+        live[key].data.copy_(snapshot[key])
+    try:
+        yield
+    finally:
+        for key, value in changed.items():
+            live[key].data.copy_(value)
 
 
 class LoRATarget(ComposableLayer):
@@ -188,7 +221,7 @@ class LoRATarget(ComposableLayer):
         module.loras = nn.ModuleDict()
         self.loras: nn.ModuleDict = module.loras
         self.merged: str | None = None
-        self.original: torch.Tensor | None = None
+        self.restore: dict | None = None  # what reset needs to give back the exact weights (see merge)
         self.handle = module.register_forward_hook(self._hook)
 
     def remove(self) -> None:
@@ -200,18 +233,36 @@ class LoRATarget(ComposableLayer):
     def square(self) -> bool:
         return self.in_features == self.out_features and not self.fused
 
-    def make(self, config: LoRAConfig, r=None, alpha=None, on_input: bool = False) -> nn.Module:
-        """A new adapter module here; `r`/`alpha`/`on_input` for a targeted (PEFT) module, which is never split."""
+    def make(self, config: LoRAConfig, r=None, alpha=None, on_input: bool = False, shared=None) -> nn.Module:
+        """A new adapter module here; `r`/`alpha`/`on_input` for a targeted (PEFT) module, which is never split;
+        `shared` is a VeRA adapter's projection pair."""
+        module = self._make(config, r, alpha, on_input, shared)
+        if config.use_dora:
+            dtype = getattr(torch, config.dtype) if config.dtype else None
+            style = "peft" if isinstance(config, TargetedLoRAConfig) else "adapters"
+            dora.add_magnitude(module, self.dense(self.module.weight), style, dtype)
+        return module
+
+    def _make(self, config: LoRAConfig, r, alpha, on_input: bool, shared) -> nn.Module:
         cls = IA3 if config.composition_mode == "scale" else LoRA
         if isinstance(config, TargetedLoRAConfig):
             r = config.r if r is None else r
             alpha = config.alpha if alpha is None else alpha
             scaling = alpha if cls is IA3 else alpha / (math.sqrt(r) if config.use_rslora else r)
             size = self.in_features if on_input else self.out_features
+            if config.is_vera:  # PEFT's VeRA: vectors, no alpha/r scaling
+                return _vera().Vera(self.in_features, size, config, shared, r=r, scaling=1.0, diagonal=True)
             module = cls(self.in_features, size, config, r=r, scaling=scaling)
             if on_input:
                 module.on_input = True
             return module
+        if self.fused and (config.is_vera or config.use_dora):
+            raise UnsupportedModelError(
+                f"{'VeRA' if config.is_vera else 'DoRA'} cannot adapt {self.path}, a fused q|k|v projection "
+                "(neither can the adapters library): use selfattn_lora=False with intermediate_lora/output_lora"
+            )
+        if config.is_vera:
+            return _vera().Vera(self.in_features, self.out_features, config, shared)
         if not self.fused:
             return cls(self.in_features, self.out_features, config)
         enabled = [m in config.attn_matrices for m in "qkv"]
@@ -228,12 +279,25 @@ class LoRATarget(ComposableLayer):
         if setup is None or not any(name in self.loras for name in names):
             return None
         st = compose(self, setup, _State(args[0], None, output), ctx)
+        if st.out is not None:
+            return st.out
         if st.last is None or st.h is None:
             return None
         if _on_input(self.loras[st.last]):  # (IA)^3 on the input: run the projection again on the scaled input
             x = args[0]
             return module.forward((x.to(st.h.dtype) * st.h).to(x.dtype))
-        return self.loras[st.last].com(output, st.h)
+        return self._finish(self.loras[st.last], output, st.h)
+
+    def _finish(self, lora, y, h):
+        """The adapted output: the last adapter of the composition combines the layer's output `y` and delta `h`."""
+        if not dora.is_dora(lora):
+            return lora.com(y, h)
+        scale = dora.row_scale(lora, self.dense(self.module.weight), lora.delta_w)
+        return dora.finish(lora, y, h, scale, self.module.bias)
+
+    def dense(self, weight: torch.Tensor) -> torch.Tensor:
+        """A weight-shaped tensor in (out, in) layout (Conv1D stores (in, out)); the map is its own inverse."""
+        return weight.t() if self.conv1d else weight
 
     # --- the composition contract --------------------------------------------------------------------------
 
@@ -254,14 +318,20 @@ class LoRATarget(ComposableLayer):
         return st.x.shape[0]
 
     def rows(self, st: _State, a: int, b: int) -> _State:
-        return _State(st.x[a:b], st.h[a:b] if st.h is not None else None, st.y[a:b], st.last)
+        cut = lambda t: t[a:b] if t is not None else None  # noqa: E731
+        return _State(st.x[a:b], cut(st.h), st.y[a:b], st.last, cut(st.out))
 
     def concat(self, parts: list[_State]) -> _State:
         last = next((p.last for p in reversed(parts) if p.last is not None), None)
         x, y = torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts])
+        if any(p.out is not None or (p.last is not None and dora.is_dora(self.loras[p.last])) for p in parts):
+            # a DoRA magnitude belongs to its own rows: finish each slice with its own last adapter
+            done = [p.out if p.out is not None else p.y if p.h is None else self._finish(self.loras[p.last], p.y, p.h)
+                    for p in parts]  # fmt: skip
+            return _State(x, None, y, None, torch.cat(done))
         if last is None:
             return _State(x, None, y)
-        identity = 0.0 if isinstance(self.loras[last], LoRA) else 1.0  # rows without an adapter here: no change
+        identity = 0.0 if _adds(self.loras[last]) else 1.0  # rows without an adapter here: no change
         side = "x" if _on_input(self.loras[last]) else "y"  # the input-scaling vector has the input's width
         shape = lambda p: getattr(p, side).shape  # noqa: E731
         hs = [p.h.expand(shape(p)) if p.h is not None else torch.full(shape(p), identity).to(p.y) for p in parts]
@@ -325,20 +395,65 @@ class LoRATarget(ComposableLayer):
         return d.t() if self.conv1d else d
 
     def merge(self, name: str) -> None:
-        """`W + delta * scaling` (LoRA) or `W * (lora_B * alpha)` (IA3: the bias stays unscaled)."""
+        """Fold adapter `name` into the weight: `W + s dW` (LoRA, VeRA), `m / ||.|| * (W + s dW)` per row (DoRA; with
+        AdapterHub's convention the bias is scaled too), `W * (lora_B * alpha)` ((IA)^3: the bias stays unscaled).
+
+        Reset must give back the exact weights without keeping a copy of them: it undoes the merge arithmetically
+        and restores the few entries where float rounding made the undo inexact, recorded here (a bool mask and
+        those values, on the weight's device). The adapter's own tensors are kept too, so a reset stays exact even
+        if the adapter is changed or reloaded while merged."""
         lora = self.loras[name]
+        module = self.module
         with torch.no_grad():
-            weight = self.module.weight
-            self.original = weight.detach().to("cpu", copy=True)  # reset restores it bit for bit
-            weight.copy_(lora.com(weight, self.delta(lora).to(weight.dtype), lora.scaling))
+            weight = module.weight
+            snapshot = {k: v.detach().clone() for k, v in _tensors(lora).items()}
+            scale = None
+            if dora.is_dora(lora):
+                scale = dora.row_scale(lora, self.dense(weight), lora.delta_w).to(weight.dtype).detach()
+            merged = self._merged(lora, weight, scale)
+            undone = self._unmerged(lora, merged, scale)
+            inexact = undone != weight
+            bias = None
+            if scale is not None and lora.dora_style == "adapters" and module.bias is not None:
+                bias = module.bias.detach().clone()
+            self.restore = {"snapshot": snapshot, "scale": scale, "mask": inexact, "values": weight[inexact],
+                            "bias": bias}  # fmt: skip
+            weight.copy_(merged)
+            if bias is not None:
+                module.bias.mul_(scale.to(module.bias.dtype))
         self.merged = name
+
+    def _merged(self, lora, weight: torch.Tensor, scale) -> torch.Tensor:
+        delta = self.delta(lora).to(weight.dtype)
+        if not _adds(lora):
+            return weight * (delta * lora.scaling).to(weight.dtype)
+        merged = weight + (delta * lora.scaling).to(weight.dtype)
+        return merged if scale is None else self.dense(scale.unsqueeze(1) * self.dense(merged))
+
+    def _unmerged(self, lora, merged: torch.Tensor, scale) -> torch.Tensor:
+        delta = self.delta(lora).to(merged.dtype)
+        if not _adds(lora):
+            return merged / (delta * lora.scaling).to(merged.dtype)
+        if scale is not None:
+            merged = self.dense(self.dense(merged) / scale.unsqueeze(1))
+        return merged - (delta * lora.scaling).to(merged.dtype)
+
+    def original_weight(self) -> torch.Tensor:
+        """The weight before the merge, bit for bit (computed; nothing is written)."""
+        lora, restore = self.loras[self.merged], self.restore
+        with torch.no_grad(), _computing_with(lora, restore["snapshot"]):
+            weight = self._unmerged(lora, self.module.weight.detach(), restore["scale"])
+            weight[restore["mask"]] = restore["values"]
+        return weight
 
     def reset(self) -> None:
         if self.merged is None:
             return
         with torch.no_grad():
-            self.module.weight.copy_(self.original)
-        self.merged, self.original = None, None
+            self.module.weight.copy_(self.original_weight())
+            if self.restore["bias"] is not None:
+                self.module.bias.copy_(self.restore["bias"])
+        self.merged, self.restore = None, None
 
 
 class LoRAMethod(AdapterMethod):
@@ -375,25 +490,47 @@ class LoRAMethod(AdapterMethod):
                 self._add_targeted(name, config)
                 return
             layers = f"{self.engine.base_prefix}{self.engine.spec.layers}"
-            for idx in range(len(self.engine.layers)):
-                if idx in config.leave_out:
-                    continue
-                for key, path in self.engine.spec.lora.items():
-                    if self._wanted(config, key):
-                        target = self._target(f"{layers}.{idx}.{path}")
-                        self._put(name, target, target.make(config))
+            paths = [
+                f"{layers}.{idx}.{path}"
+                for idx in range(len(self.engine.layers))
+                if idx not in config.leave_out
+                for key, path in self.engine.spec.lora.items()
+                if self._wanted(config, key)
+            ]
+            shared = self._shared(name, config, [self._target(p) for p in paths])
+            for path in paths:
+                target = self._target(path)
+                self._put(name, target, target.make(config, shared=shared))
         except Exception:
             self.delete(name)
             raise
 
+    def _shared(self, name: str, config: LoRAConfig, targets: list[LoRATarget], r: int | None = None):
+        """A VeRA adapter's frozen projection pair, sized for the largest of its targets (None for other adapters)."""
+        if not config.is_vera or not targets:
+            return None
+        shared = _vera().SharedProjections(
+            config, r or config.r, max(t.in_features for t in targets), max(t.out_features for t in targets)
+        )
+        reference = self.engine.reference_weight()
+        if reference is not None and shared.lora_A.device.type != "meta":  # (a dry run builds on meta)
+            shared.to(reference.device, dtype=None if config.dtype else reference.dtype)
+        base = self.engine.base
+        if not hasattr(base, "shared_parameters"):
+            base.shared_parameters = nn.ModuleDict()
+        base.shared_parameters[name] = shared
+        self.engine.register(name, f"shared_parameters.{name}", shared)
+        return shared
+
     def _add_targeted(self, name: str, config: TargetedLoRAConfig) -> None:
         """Each module of `config.targets` with its own rank/alpha (layers in `leave_out` skipped), and a trainable
         copy of each module of `config.modules_to_save`."""
-        for path, options in config.targets.items():
-            if locate(self.engine, path)[0] in config.leave_out:
-                continue
+        kept = {p: o for p, o in config.targets.items() if locate(self.engine, p)[0] not in config.leave_out}
+        shared = self._shared(name, config, [self._target(p) for p in kept])
+        for path, options in kept.items():
             target = self._target(path)
-            self._put(name, target, target.make(config, options["r"], options["alpha"], options["on_input"]))
+            module = target.make(config, options["r"], options["alpha"], options["on_input"], shared=shared)
+            self._put(name, target, module)
         for path in config.modules_to_save:
             if path not in self.saved:
                 self.saved[path] = SavedModule(self.engine, path, self.engine.root.get_submodule(path))
@@ -416,6 +553,9 @@ class LoRAMethod(AdapterMethod):
             if not len(saved.copies):
                 saved.remove()
                 del self.saved[key]
+        shared = getattr(self.engine.base, "shared_parameters", None)
+        if shared is not None and name in shared and isinstance(shared[name], _vera().SharedProjections):
+            del shared[name]
         self.engine.unregister(name)
 
     def originals(self, names) -> list[nn.Module]:
@@ -432,15 +572,24 @@ class LoRAMethod(AdapterMethod):
                         f"{setup}: adapters {here} on {target.path} mix (IA)^3 on the input (PEFT feedforward "
                         "modules) with adapters on the output; they cannot be composed there"
                     )
+                if isinstance(block, Stack):
+                    for i, child in enumerate(block.children[:-1]):
+                        later = [n for c in block.children[i + 1 :] for n in _names(c) if n in target.loras]
+                        if later and _rowwise_dora(child, target):
+                            raise CompositionError(
+                                f"{setup}: {later} follow a Parallel/BatchSplit of DoRA adapters on {target.path}; "
+                                "each of its rows is finished by its own DoRA magnitude, so nothing can be "
+                                "stacked after it"
+                            )
                 if not isinstance(block, Stack):
-                    if len({type(target.loras[n]) for n in here}) > 1:
+                    if len({_adds(target.loras[n]) for n in here}) > 1:
                         raise CompositionError(
                             f"{setup}: {type(block).__name__} mixes LoRA and (IA)^3 adapters {here} on "
                             f"{target.path}; LoRA adds to the output and (IA)^3 scales it, so their rows cannot be "
                             "combined in one pass: run them in separate setups"
                         )
                     continue
-                adds = [n for n in here[1:] if isinstance(target.loras[n], LoRA)]
+                adds = [n for n in here[1:] if _adds(target.loras[n])]
                 if adds and not target.square:
                     raise CompositionError(
                         f"{setup}: cannot Stack LoRA adapters {here} on {target.path} "
@@ -476,7 +625,13 @@ class LoRAMethod(AdapterMethod):
 
     def unmerged_weights(self) -> dict[str, torch.Tensor]:
         """The original weights (keys in the root model) of every projection an adapter is merged into."""
-        return {f"{t.path}.weight": t.original for t in self.targets.values() if t.merged is not None}
+        weights = {}
+        for t in self.targets.values():
+            if t.merged is not None:
+                weights[f"{t.path}.weight"] = t.original_weight()
+                if t.restore["bias"] is not None:
+                    weights[f"{t.path}.bias"] = t.restore["bias"]
+        return weights
 
     def reset(self) -> None:
         """Undo every merge."""
@@ -498,6 +653,15 @@ class LoRAMethod(AdapterMethod):
                 if name not in target.loras:
                     continue
                 new = target.loras[name]
+                if hasattr(new, "vera_D"):
+                    raise AdapterConfigError(
+                        f"VeRA only supports linear averaging; combine_strategy={strategy!r} is not defined for it"
+                    )
+                if dora.is_dora(new):
+                    raise AdapterConfigError(
+                        f"combine_strategy={strategy!r} is not defined for DoRA adapters (it combines lora_A/lora_B "
+                        "only, not the magnitude m); use combine_strategy='linear'"
+                    )
                 if not isinstance(new, LoRA) or new.use_gating:
                     raise AdapterConfigError(f"{strategy!r} needs LoRA adapters without gating")
                 if strategy == "lora_linear_only_negate_b":
@@ -510,6 +674,26 @@ class LoRAMethod(AdapterMethod):
                 u, s, vh = torch.linalg.svd(delta)
                 new.lora_A.copy_(vh[:svd_rank])
                 new.lora_B.copy_(u[:, :svd_rank] @ torch.diag(s[:svd_rank]))
+
+
+def _vera():
+    from . import vera  # vera.py builds on this module's classes
+
+    return vera
+
+
+def _names(setup) -> list[str]:
+    return [setup] if isinstance(setup, str) else setup.names()
+
+
+def _rowwise_dora(setup, target: LoRATarget) -> bool:
+    """Whether `setup` holds a Parallel/BatchSplit whose rows end in DoRA adapters on `target` (finished there)."""
+    if not isinstance(setup, Block):
+        return False
+    if isinstance(setup, (Parallel, BatchSplit)):
+        if any(dora.is_dora(target.loras[n]) for n in setup.names() if n in target.loras):
+            return True
+    return any(_rowwise_dora(child, target) for child in setup)
 
 
 class _HostsLoRAs(type):
