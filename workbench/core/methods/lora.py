@@ -13,6 +13,7 @@ plus `modules_to_save`: full trainable copies whose output replaces the original
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
 from ..runtime import ComposableLayer, blocks_with_names, compose
 from ..transformers_api import Conv1D
 from .base import AdapterMethod
+from .exact_undo import ExactUndo
 from .modules_to_save import SavedModule
 from .targets import call_setup, locate
 
@@ -188,7 +190,8 @@ class LoRATarget(ComposableLayer):
         module.loras = nn.ModuleDict()
         self.loras: nn.ModuleDict = module.loras
         self.merged: str | None = None
-        self.original: torch.Tensor | None = None
+        self.undo: ExactUndo | None = None  # how `reset` restores the weight after a merge
+        self.snapshot: nn.Module | None = None  # the merged adapter's weights at merge time
         self.handle = module.register_forward_hook(self._hook)
 
     def remove(self) -> None:
@@ -325,24 +328,50 @@ class LoRATarget(ComposableLayer):
         return d.t() if self.conv1d else d
 
     def merge(self, name: str) -> None:
-        """`W + delta * scaling` (LoRA) or `W * (lora_B * alpha)` (IA3: the bias stays unscaled)."""
+        """`W + delta * scaling` (LoRA) or `W * (lora_B * alpha)` (IA3: the bias stays unscaled).
+
+        No copy of `W` is kept (on any device): `ExactUndo` keeps the rounding steps that turn the inverse
+        (`W' - delta * scaling`, `W' / scale`) back into `W` bit for bit, computed from a snapshot of the adapter's
+        (small) weights taken now, so `reset` is exact even if the adapter's weights change meanwhile."""
         lora = self.loras[name]
         with torch.no_grad():
             weight = self.module.weight
-            self.original = weight.detach().to("cpu", copy=True)  # reset restores it bit for bit
+            original = weight.detach().clone()
             weight.copy_(lora.com(weight, self.delta(lora).to(weight.dtype), lora.scaling))
+            self.snapshot = copy.deepcopy(lora)
+            self.undo = ExactUndo.capture(original, self._inverse(self.snapshot))
         self.merged = name
+
+    def _inverse(self, lora):
+        """The merged weight mapped back by the closed-form inverse of the merge, or None for other module types."""
+        weight = self.module.weight
+        if type(lora) is LoRA:
+            return lambda: weight - (self.delta(lora).to(weight.dtype) * lora.scaling).to(weight.dtype)
+        if type(lora) is IA3:
+            return lambda: weight / (self.delta(lora).to(weight.dtype) * lora.scaling).to(weight.dtype)
+        return None
+
+    def unmerged_weight(self) -> torch.Tensor:
+        """The weight as it was before the merge (bit for bit), computed without changing the module."""
+        weight, undo = self.module.weight, self.undo
+        with torch.no_grad():
+            if weight.dtype != undo.dtype:  # the model was cast after the merge: only the inverse is left
+                message = f"{self.path} was cast to {weight.dtype} after a merge; unmerging approximately"
+                warnings.warn(message, stacklevel=3)
+                inverse = self._inverse(self.snapshot)
+                return inverse() if inverse is not None else undo.copy.to(weight)
+            return undo.restore(self._inverse(self.snapshot), weight.device)
 
     def reset(self) -> None:
         if self.merged is None:
             return
         with torch.no_grad():
-            self.module.weight.copy_(self.original)
-        self.merged, self.original = None, None
+            self.module.weight.copy_(self.unmerged_weight())
+        self.merged, self.undo, self.snapshot = None, None, None
 
 
 class LoRAMethod(AdapterMethod):
-    """Adds, removes, merges and averages LoRA/IA3 adapters across all layers of a model."""
+    """Adds, removes and merges LoRA/IA3 adapters across all layers of a model (averaging: `core/merging.py`)."""
 
     kind = "lora"
     supports = frozenset({Stack, Parallel, BatchSplit, Average})
@@ -456,9 +485,16 @@ class LoRAMethod(AdapterMethod):
                 raise AdapterConfigError(f"adapter {name!r} uses gating and cannot be merged")
             if target.merged not in (None, name):
                 raise AdapterConfigError(f"{target.path} has {target.merged!r} merged: call reset_adapter() first")
-        for target in targets:
-            if target.merged is None:
-                target.merge(name)
+        done = []
+        try:
+            for target in targets:
+                if target.merged is None:
+                    target.merge(name)
+                    done.append(target)
+        except BaseException:  # all or nothing
+            for target in done:
+                target.reset()
+            raise
 
     def check_call(self, setup) -> None:
         """A merged adapter is in the weights for every call: a call must run exactly it (AdapterSetup included)."""
@@ -476,37 +512,9 @@ class LoRAMethod(AdapterMethod):
 
     def unmerged_weights(self) -> dict[str, torch.Tensor]:
         """The original weights (keys in the root model) of every projection an adapter is merged into."""
-        return {f"{t.path}.weight": t.original for t in self.targets.values() if t.merged is not None}
+        return {f"{t.path}.weight": t.unmerged_weight() for t in self.targets.values() if t.merged is not None}
 
     def reset(self) -> None:
         """Undo every merge."""
         for target in self.targets.values():
             target.reset()
-
-    def average(self, name: str, sources: dict[str, float], strategy: str, svd_rank: int | None = None):
-        """Fill the new adapter `name` from weighted `sources` with a LoRA-specific combine strategy.
-
-        "lora_linear_only_negate_b": A weighted by |w|, B by w. "lora_delta_w_svd": a rank-`svd_rank` SVD of
-        the weighted sum of `B @ A`, giving `A = Vh`, `B = U diag(S)`.
-        """
-        if strategy not in ("lora_linear_only_negate_b", "lora_delta_w_svd"):
-            raise AdapterConfigError(f"combine_strategy={strategy!r} is not supported for LoRA")
-        if strategy == "lora_delta_w_svd" and svd_rank is None:
-            raise AdapterConfigError("combine_strategy='lora_delta_w_svd' needs svd_rank")
-        with torch.no_grad():
-            for target in self.targets.values():
-                if name not in target.loras:
-                    continue
-                new = target.loras[name]
-                if not isinstance(new, LoRA) or new.use_gating:
-                    raise AdapterConfigError(f"{strategy!r} needs LoRA adapters without gating")
-                if strategy == "lora_linear_only_negate_b":
-                    new.lora_A.copy_(sum(abs(w) * target.loras[n].lora_A for n, w in sources.items()))
-                    new.lora_B.copy_(sum(w * target.loras[n].lora_B for n, w in sources.items()))
-                    continue
-                if target.conv1d or _fused(new):
-                    raise UnsupportedModelError("lora_delta_w_svd is not supported for GPT-2")
-                delta = sum(w * target.loras[n].delta_w for n, w in sources.items())
-                u, s, vh = torch.linalg.svd(delta)
-                new.lora_A.copy_(vh[:svd_rank])
-                new.lora_B.copy_(u[:, :svd_rank] @ torch.diag(s[:svd_rank]))
