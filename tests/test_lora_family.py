@@ -182,10 +182,9 @@ def test_merge_matches_reference_and_reset_is_bit_exact(model_type, config):
         torch.testing.assert_close(t.dense(t.module.weight), expected[t.path][0], atol=1e-6, rtol=1e-6)
         if expected[t.path][1] is not None:
             torch.testing.assert_close(t.module.bias, expected[t.path][1], atol=1e-6, rtol=1e-6)
-        # reset keeps no copy of the weight: a bool mask and the entries rounding would get wrong
-        floats = [v for v in t.restore.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-        assert t.restore["mask"].dtype == torch.bool
-        assert all(v.numel() < t.module.weight.numel() for v in floats)
+        # reset keeps no copy of the weight: int8 rounding steps (and the rare entries they cannot reach)
+        undo = t.restore["undo"]
+        assert undo.copy is None and undo.nbytes() <= t.module.weight.numel() * t.module.weight.element_size() // 2
     torch.testing.assert_close(_hidden(model), unmerged, atol=ATOL, rtol=0)
     with torch.no_grad():  # an adapter changed while merged must not spoil the reset
         next(iter(targets)).loras["a"].vera_D.add_(1.0) if "vera" in config else None
@@ -253,9 +252,9 @@ def test_vera_pair_is_frozen_saved_seeded_and_deleted(tmp_path):
 
 def test_averaging_rules():
     model = _model("bert", ("a", "vera"), ("b", "vera"), ("c", "dora"), ("d", "dora"))
-    with pytest.raises(AdapterConfigError, match="VeRA only supports linear averaging"):
+    with pytest.raises(AdapterConfigError, match="cannot merge the Vera adapters.*use 'linear'"):
         model.average_adapter("m", ["a", "b"], combine_strategy="lora_linear_only_negate_b")
-    with pytest.raises(AdapterConfigError, match="not defined for DoRA"):
+    with pytest.raises(AdapterConfigError, match="use 'linear'"):
         model.average_adapter("m", ["c", "d"], combine_strategy="lora_delta_w_svd", svd_rank=2)
     assert set(model.adapters) == {"a", "b", "c", "d"}
     model.average_adapter("m", ["a", "b"], weights=[0.25, 0.75])

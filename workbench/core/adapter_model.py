@@ -311,6 +311,21 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         if self._active_head == head_name:
             self._active_head = None
 
+    def average_head(
+        self,
+        head_name: str,
+        head_list: list[str] | dict[str, float],
+        weights: list[float] | None = None,
+        normalize_weights: bool = True,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+    ) -> None:
+        """Add head `head_name` whose weights are the weighted average of `head_list`'s (AdapterHub's semantics:
+        same head class and config except `dropout_prob`; weights `1/n` if None, normalised unless told not)."""
+        from . import merging
+
+        merging.average_head(self, head_name, head_list, weights, normalize_weights, overwrite_ok, set_active)
+
     def _unfreeze_heads(self, setup) -> None:
         heads = head_setup_of(setup)
         for name in [heads] if isinstance(heads, str) else list(heads or []):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import files, peft_format
-from .composition import Average, Block, Fuse, parse_composition
+from .composition import Block, Fuse, parse_composition
 from .configs import ADAPTER_CONFIG_MAP, AdapterConfig, AdapterFusionConfig, BnConfig, LoRAConfig, TargetedLoRAConfig
 from .context import keep_call_context
 from .engine import EngineState
@@ -642,10 +642,13 @@ class ModelAdaptersMixin(AdapterSetupMixin):
     def _load_fusion_head(self, folder: Path) -> None:
         """Overridden by models with flex heads."""
 
-    # --- LoRA merging and averaging ----------------------------------------------------------------------
+    # --- merging and averaging ----------------------------------------------------------------------------
 
     def merge_adapter(self, name: str) -> None:
-        """Merge a LoRA/IA3 adapter into the base weights (no extra cost at inference)."""
+        """Merge a LoRA/(IA)^3 adapter into the base weights (no extra cost at inference), all or nothing.
+
+        `reset_adapter()` restores the weights bit for bit; no copy of them is kept (see `LoRATarget.merge`).
+        """
         config = self._require(name)
         if not isinstance(config, LoRAConfig):
             raise AdapterConfigError(
@@ -654,56 +657,54 @@ class ModelAdaptersMixin(AdapterSetupMixin):
         self._method("lora").merge(name)
 
     def reset_adapter(self) -> None:
-        """Undo `merge_adapter`."""
+        """Undo `merge_adapter`: the base weights are again exactly what they were."""
         if "lora" in self._engine.methods:
             self._engine.methods["lora"].reset()
 
     def average_adapter(
         self,
         adapter_name: str,
-        adapter_list: list[str],
+        adapter_list: list[str] | dict[str, float],
         weights: list[float] | None = None,
+        combine_strategy: str = "linear",
         normalize_weights: bool = True,
         overwrite_ok: bool = False,
         set_active: bool = False,
-        combine_strategy: str = "linear",
         svd_rank: int | None = None,
-        **_,
+        **kwargs,
     ) -> None:
-        """Create a new adapter whose weights are the weighted average of existing adapters' weights.
+        """Add adapter `adapter_name` whose weights merge those of `adapter_list` (AdapterHub's signature).
 
-        LoRA adapters also accept combine_strategy "lora_linear_only_negate_b" and "lora_delta_w_svd" (with
-        `svd_rank`, which becomes the new adapter's `r`).
+        Args:
+            adapter_list: names, or a dict of name -> weight.
+            weights: one per adapter; `1/n` each if None; divided by their sum when `normalize_weights`.
+            combine_strategy: "linear" (any method); for LoRA (and (IA)^3 where noted) "lora_linear_only_negate_b",
+                "lora_delta_w_svd" (with `svd_rank`), and PEFT's "ties", "dare_ties", "dare_linear",
+                "magnitude_prune" (factors; also (IA)^3) and "ties_svd", "dare_ties_svd", "dare_linear_svd",
+                "magnitude_prune_svd" (weight deltas, re-factored with a rank-`svd_rank` SVD).
+            svd_rank: the new LoRA's rank for the SVD strategies.
+            **kwargs: `density` (0 < d <= 1, the pruning strategies), `majority_sign_method` ("total" |
+                "frequency", TIES), `seed` (DARE's random masks; else torch's global RNG), `negate` (names whose
+                weights change sign after normalising).
+
+        Raises `AdapterConfigError` (a ValueError, as AdapterHub raises) for an unknown strategy, adapters with
+        different configs, a strategy the method does not support, or bad options; the model is then unchanged.
+        The formulas are in `workbench/core/merging.py`.
         """
-        lora_strategy = combine_strategy in ("lora_linear_only_negate_b", "lora_delta_w_svd")
-        if combine_strategy != "linear" and not lora_strategy:
-            raise AdapterConfigError(f"combine_strategy={combine_strategy!r} is not supported; use 'linear'")
-        configs = [self._require(n) for n in adapter_list]
-        if lora_strategy and not all(isinstance(c, LoRAConfig) for c in configs):
-            raise AdapterConfigError(f"combine_strategy={combine_strategy!r} needs LoRA adapters")
-        comparable = [{k: v for k, v in c.to_dict().items() if k not in ("dropout", "init_weights")} for c in configs]
-        if any(c != comparable[0] for c in comparable[1:]):
-            raise AdapterConfigError(f"adapters {adapter_list} have different configs and cannot be averaged")
-        weights = Average(*adapter_list, weights=weights, normalize_weights=normalize_weights).weights
-        sources = [self.adapter_state_dict(n) for n in adapter_list]
-        new_config = configs[0]
-        if svd_rank is not None and isinstance(new_config, LoRAConfig):
-            new_config = new_config.replace(r=svd_rank)
-        with self._engine.transaction(self):
-            self.add_adapter(adapter_name, config=new_config, overwrite_ok=overwrite_ok)
-            if lora_strategy:
-                sources = dict(zip(adapter_list, weights, strict=True))
-                self._method("lora").average(adapter_name, sources, combine_strategy, svd_rank)
-            else:
-                own = self._engine.state_dict_of(adapter_name, keep_vars=True)
-                averaged = {}
-                for key in own:
-                    parts = [rename_adapter_keys({key: None}, adapter_name, n) for n in adapter_list]
-                    source_keys = [next(iter(p)) for p in parts]
-                    averaged[key] = sum(w * s[k] for w, s, k in zip(weights, sources, source_keys, strict=True))
-                self._load_weights(averaged, own, Path("<average>"))
-            if set_active:
-                self.set_active_adapters(adapter_name)
+        from . import merging  # imported on use, as the method modules are
+
+        merging.average_adapter(
+            self,
+            adapter_name,
+            adapter_list,
+            weights,
+            combine_strategy,
+            normalize_weights,
+            overwrite_ok,
+            set_active,
+            svd_rank,
+            **kwargs,
+        )
 
 
 def _check_weights(state: dict[str, torch.Tensor], shapes: dict[str, tuple], source, warn: bool = True) -> None:

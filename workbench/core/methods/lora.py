@@ -32,6 +32,7 @@ from ..runtime import ComposableLayer, blocks_with_names, compose
 from ..transformers_api import Conv1D
 from . import dora
 from .base import AdapterMethod
+from .exact_undo import ExactUndo
 from .modules_to_save import SavedModule
 from .targets import call_setup, locate
 
@@ -399,9 +400,8 @@ class LoRATarget(ComposableLayer):
         AdapterHub's convention the bias is scaled too), `W * (lora_B * alpha)` ((IA)^3: the bias stays unscaled).
 
         Reset must give back the exact weights without keeping a copy of them: it undoes the merge arithmetically
-        and restores the few entries where float rounding made the undo inexact, recorded here (a bool mask and
-        those values, on the weight's device). The adapter's own tensors are kept too, so a reset stays exact even
-        if the adapter is changed or reloaded while merged."""
+        and corrects the rounding with `ExactUndo` (int8 steps per entry, on the weight's device). The adapter's own
+        tensors are kept too, so a reset stays exact even if the adapter is changed or reloaded while merged."""
         lora = self.loras[name]
         module = self.module
         with torch.no_grad():
@@ -411,13 +411,11 @@ class LoRATarget(ComposableLayer):
             if dora.is_dora(lora):
                 scale = dora.row_scale(lora, self.dense(weight), lora.delta_w).to(weight.dtype).detach()
             merged = self._merged(lora, weight, scale)
-            undone = self._unmerged(lora, merged, scale)
-            inexact = undone != weight
+            undo = ExactUndo.capture(weight, lambda: self._unmerged(lora, merged, scale))
             bias = None
             if scale is not None and lora.dora_style == "adapters" and module.bias is not None:
                 bias = module.bias.detach().clone()
-            self.restore = {"snapshot": snapshot, "scale": scale, "mask": inexact, "values": weight[inexact],
-                            "bias": bias}  # fmt: skip
+            self.restore = {"snapshot": snapshot, "scale": scale, "undo": undo, "bias": bias}
             weight.copy_(merged)
             if bias is not None:
                 module.bias.mul_(scale.to(module.bias.dtype))
@@ -441,10 +439,10 @@ class LoRATarget(ComposableLayer):
     def original_weight(self) -> torch.Tensor:
         """The weight before the merge, bit for bit (computed; nothing is written)."""
         lora, restore = self.loras[self.merged], self.restore
+        weight = self.module.weight
         with torch.no_grad(), _computing_with(lora, restore["snapshot"]):
-            weight = self._unmerged(lora, self.module.weight.detach(), restore["scale"])
-            weight[restore["mask"]] = restore["values"]
-        return weight
+            inverse = lambda: self._unmerged(lora, weight.detach(), restore["scale"])  # noqa: E731
+            return restore["undo"].restore(inverse, weight.device)
 
     def reset(self) -> None:
         if self.merged is None:
@@ -457,7 +455,7 @@ class LoRATarget(ComposableLayer):
 
 
 class LoRAMethod(AdapterMethod):
-    """Adds, removes, merges and averages LoRA/IA3 adapters across all layers of a model."""
+    """Adds, removes and merges LoRA/IA3 adapters across all layers of a model (averaging: `core/merging.py`)."""
 
     kind = "lora"
     supports = frozenset({Stack, Parallel, BatchSplit, Average})
@@ -605,9 +603,16 @@ class LoRAMethod(AdapterMethod):
                 raise AdapterConfigError(f"adapter {name!r} uses gating and cannot be merged")
             if target.merged not in (None, name):
                 raise AdapterConfigError(f"{target.path} has {target.merged!r} merged: call reset_adapter() first")
-        for target in targets:
-            if target.merged is None:
-                target.merge(name)
+        done = []
+        try:
+            for target in targets:
+                if target.merged is None:
+                    target.merge(name)
+                    done.append(target)
+        except BaseException:  # all or nothing
+            for target in done:
+                target.reset()
+            raise
 
     def check_call(self, setup) -> None:
         """A merged adapter is in the weights for every call: a call must run exactly it (AdapterSetup included)."""
@@ -637,43 +642,6 @@ class LoRAMethod(AdapterMethod):
         """Undo every merge."""
         for target in self.targets.values():
             target.reset()
-
-    def average(self, name: str, sources: dict[str, float], strategy: str, svd_rank: int | None = None):
-        """Fill the new adapter `name` from weighted `sources` with a LoRA-specific combine strategy.
-
-        "lora_linear_only_negate_b": A weighted by |w|, B by w. "lora_delta_w_svd": a rank-`svd_rank` SVD of
-        the weighted sum of `B @ A`, giving `A = Vh`, `B = U diag(S)`.
-        """
-        if strategy not in ("lora_linear_only_negate_b", "lora_delta_w_svd"):
-            raise AdapterConfigError(f"combine_strategy={strategy!r} is not supported for LoRA")
-        if strategy == "lora_delta_w_svd" and svd_rank is None:
-            raise AdapterConfigError("combine_strategy='lora_delta_w_svd' needs svd_rank")
-        with torch.no_grad():
-            for target in self.targets.values():
-                if name not in target.loras:
-                    continue
-                new = target.loras[name]
-                if hasattr(new, "vera_D"):
-                    raise AdapterConfigError(
-                        f"VeRA only supports linear averaging; combine_strategy={strategy!r} is not defined for it"
-                    )
-                if dora.is_dora(new):
-                    raise AdapterConfigError(
-                        f"combine_strategy={strategy!r} is not defined for DoRA adapters (it combines lora_A/lora_B "
-                        "only, not the magnitude m); use combine_strategy='linear'"
-                    )
-                if not isinstance(new, LoRA) or new.use_gating:
-                    raise AdapterConfigError(f"{strategy!r} needs LoRA adapters without gating")
-                if strategy == "lora_linear_only_negate_b":
-                    new.lora_A.copy_(sum(abs(w) * target.loras[n].lora_A for n, w in sources.items()))
-                    new.lora_B.copy_(sum(w * target.loras[n].lora_B for n, w in sources.items()))
-                    continue
-                if target.conv1d or _fused(new):
-                    raise UnsupportedModelError("lora_delta_w_svd is not supported for GPT-2")
-                delta = sum(w * target.loras[n].delta_w for n, w in sources.items())
-                u, s, vh = torch.linalg.svd(delta)
-                new.lora_A.copy_(vh[:svd_rank])
-                new.lora_B.copy_(u[:, :svd_rank] @ torch.diag(s[:svd_rank]))
 
 
 def _vera():
