@@ -514,9 +514,9 @@ class ReftConfig(AdapterConfig):
             raise AdapterConfigError(f"{where}: output_reft=False adds no intervention (ReFT acts on layer outputs)")
 
     def to_dict(self) -> dict[str, Any]:
-        # AdapterHub keeps `subtract_projection` as a class attribute and never writes it, so its DiReFT files read
-        # back as NoReFT. We write it only when False: LoReFT/NoReFT files stay byte-identical, and adapters 1.3
-        # sets the extra key as an attribute, so it reads our DiReFT files correctly.
+        # adapters 1.3 keeps `subtract_projection` as a class attribute and never writes it, so a DiReFT file reads
+        # back as NoReFT, in the library (from its files or ours: it drops the key when it re-loads the config) and
+        # here. We write it when False, so workbench reads DiReFT back as DiReFT; LoReFT/NoReFT files are unchanged.
         data = super().to_dict()
         if self.subtract_projection:
             del data["subtract_projection"]
