@@ -147,7 +147,8 @@ def adapter_grads(model_type, config, checkpointing, init=False):
 
 ARCHS = ("bert", "roberta", "xlm-roberta", "distilbert", "gpt2", "llama", "mistral", "qwen2")
 METHODS = ("seq_bn", "lora", "prefix_tuning", "double_seq_bn_inv", "ia3", "par_bn", "compacter[reduction_factor=8]",
-           "mam[bottleneck_size=16]", "unipelt")  # fmt: skip
+           "mam[bottleneck_size=16]", "unipelt", "loreft[prefix_positions=2,suffix_positions=2]",
+           "adapterplus[reduction_factor=8]")  # fmt: skip  (adapterplus: its stochastic depth replays its draw)
 CHECKPOINT_CASES = [(model_type, config) for model_type in ARCHS for config in METHODS] + [
     (model_type, "prompt_tuning") for model_type in ("bert", "distilbert")
 ]

@@ -246,6 +246,17 @@ def test_gradient_checkpointing_layer():
     )
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_cache_argument(model_type):
+    """ReFT tells a decoding step from a prompt forward by the cache argument of the base model's forward."""
+    model = tiny_base_model(model_type)
+    names = [name for name in api.CACHE_ARGUMENTS if name in _params(model.forward)]
+    assert names, f"CACHE_ARGUMENTS {api.CACHE_ARGUMENTS}: none is an argument of {type(model).__name__}.forward"
+    out = model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True)
+    cache = getattr(out, "past_key_values", None)
+    assert api.cache_length(cache) == 3, f"cache_length: a cache after 3 tokens reports {api.cache_length(cache)}"
+    assert api.cache_length(None) == 0
+
 def test_model_class_flags():
     missing = [flag for flag in api.MODEL_CLASS_FLAGS if not hasattr(PreTrainedModel, flag)]
     assert not missing, f"PreTrainedModel no longer has the class flags {missing} that AdapterModel sets"
@@ -332,6 +343,7 @@ def test_arch_paths(model_type):
         pytest.fail(f"archs[{model_type!r}].layers: {spec.layers!r} is gone from {type(model).__name__}")
     layer = layers[0]
     paths = {"attention": spec.attention, "embeddings": None, **{f"lora.{k}": v for k, v in spec.lora.items()}}
+    paths["layer_output"] = spec.layer_output
     for site_name, site in (("attention_site", spec.attention_site), ("output_site", spec.output_site)):
         paths[f"{site_name}.sublayer"] = site.sublayer
         paths[f"{site_name}.residual"] = site.residual

@@ -13,10 +13,13 @@ Everything is seeded, so re-running gives the same files.
 """
 
 import argparse
+import importlib.util
 import json
 import logging
 import shutil
+import sys
 import traceback
+import types
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,42 @@ from adapters.composition import (
 from adapters.configuration.adapter_fusion_config import ADAPTERFUSION_CONFIG_MAP
 from adapters.utils import parse_adapter_config_string
 from safetensors.torch import load_file, save_file
+
+
+def provide_stochastic_depth() -> None:
+    """adapters 1.3.0 builds AdapterPlus's stochastic depth from torchvision's `StochasticDepth` (and refuses the
+    config without torchvision). No torchvision wheel runs on this torch build, so when it is missing a stand-in with
+    torchvision's documented "row" semantics is registered. The fixtures run in eval mode, where it is the identity.
+    """
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+    import transformers.utils.import_utils as import_utils
+
+    class StochasticDepth(torch.nn.Module):
+        def __init__(self, p: float, mode: str):
+            super().__init__()
+            self.p, self.mode = p, mode
+
+        def forward(self, x):
+            if not self.training or self.p == 0.0:
+                return x
+            keep = torch.empty([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
+            return x * (keep / (1 - self.p) if self.p < 1 else keep)
+
+    for name in ("torchvision", "torchvision.ops", "torchvision.ops.stochastic_depth"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["torchvision.ops.stochastic_depth"].StochasticDepth = StochasticDepth
+    import_utils._torchvision_available = True
+
+
+def library_config(spec: str | None):
+    """What `add_adapter` gets for a case's config string: the string itself, except for "adapterplus[...]" (adapters
+    1.3.0 has `AdapterPlusConfig` but no string name for it; workbench calls it "adapterplus")."""
+    if spec is None or not spec.startswith("adapterplus"):
+        return spec
+    ((_, overrides),) = parse_adapter_config_string(spec.replace("adapterplus", "seq_bn", 1))
+    return adapters.AdapterPlusConfig().replace(**overrides)
+
 
 # ---------------------------------------------------------------------------------------------
 # Tiny models and fixed inputs
@@ -172,7 +211,7 @@ class Case:
 METHODS = {
     m: m
     for m in "seq_bn double_seq_bn par_bn scaled_par_bn seq_bn_inv double_seq_bn_inv lora ia3 "
-    "prefix_tuning prompt_tuning dora vera dvora".split()
+    "prefix_tuning prompt_tuning dora vera dvora loreft noreft direft adapterplus".split()
 }
 # Default compacter bottleneck is hidden/32 = 1, which PHM (phm_dim=4) cannot split: use hidden/8 = 4.
 METHODS.update({"compacter": "compacter[reduction_factor=8]", "compacter++": "compacter++[reduction_factor=8]"})
@@ -205,6 +244,13 @@ VARIANTS = {
     "dora-ffn": "dora[selfattn_lora=False,intermediate_lora=True,output_lora=True]",
     "vera-output": "vera[selfattn_lora=False,output_lora=True]",
     "dvora-output": "dvora[selfattn_lora=False,output_lora=True]",
+    # ReFT positions on the (8, 5, 3)-token rows: prefix and suffix meet in the short rows; suffix-only; one layer.
+    "loreft-prefix_suffix-r2": "loreft[prefix_positions=2,suffix_positions=2,r=2]",
+    "noreft-tied-overlap": "noreft[prefix_positions=3,suffix_positions=3,tied_weights=True]",
+    "direft-suffix-relu": "direft[prefix_positions=0,suffix_positions=3,r=4,non_linearity='relu']",
+    "loreft-layer1": "loreft[layers=[1],prefix_positions=1,suffix_positions=1]",
+    "adapterplus-rf4": "adapterplus[reduction_factor=4]",
+    "adapterplus-mh-ln": "adapterplus[mh_adapter=True,reduction_factor=8,ln_after=True]",
 }
 GATED = {"seq_bn-gating", "lora-gating", "unipelt", "dora-gating"}
 
@@ -257,6 +303,17 @@ def head_cases() -> list:
                         save_full_model=(arch == "bert" and slug == "classification"),
                     )
                 )
+    for arch in ("bert", "gpt2", "llama"):
+        cases.append(
+            Case(
+                f"{arch}-head-classification-loreft",
+                arch,
+                [("a", "loreft[prefix_positions=1,suffix_positions=2]")],
+                "a",
+                model_class="adapter_model",
+                heads=[("a", "classification", dict(num_labels=3))],
+            )
+        )
     for slug, config, st in (("safetensors", "seq_bn", True), ("compacter", METHODS["compacter"], False)):
         cases.append(
             Case(
@@ -283,6 +340,7 @@ def composition_cases() -> list:
     bn2, bn3 = [("a", "seq_bn"), ("b", "seq_bn")], [("a", "seq_bn"), ("b", "seq_bn"), ("c", "seq_bn")]
     lora2, prefix2 = [("a", "lora"), ("b", "lora")], [("a", "prefix_tuning"), ("b", "prefix_tuning")]
     fuse_out = {"output_adapter_fusion_attentions": True}
+    plus2 = [("a", "adapterplus[reduction_factor=8]"), ("b", "adapterplus[reduction_factor=8]")]
     specs = {
         "stack": (bn2, Stack("a", "b"), {}),
         "parallel": (bn2, Parallel("a", "b"), {}),
@@ -317,6 +375,21 @@ def composition_cases() -> list:
         "average_adapter-lora-svd": (lora2, "avg", average(combine_strategy="lora_delta_w_svd", svd_rank=4)),
         "lora-merge": ([("a", "lora")], "a", dict(merge="a")),
         "ia3-merge": ([("a", "ia3")], "a", dict(merge="a")),
+        # ReFT first in a Stack: adapters 1.3 runs only a setup's first ReFT adapter (see methods/reft.py).
+        "reft-stack-seq_bn": ([("a", "loreft"), ("b", "seq_bn")], Stack("a", "b"), {}),
+        "reft-stack-lora": (
+            [("a", "noreft[prefix_positions=2,suffix_positions=2]"), ("b", "lora")],
+            Stack("a", "b"),
+            {},
+        ),
+        "average_adapter-noreft": ([("a", "noreft"), ("b", "noreft")], "avg", average()),
+        "average_adapter-loreft": ([("a", "loreft"), ("b", "loreft")], "avg", average()),
+        "adapterplus-stack": (plus2, Stack("a", "b"), {}),
+        "adapterplus-parallel": (plus2, Parallel("a", "b"), {}),
+        "adapterplus-fuse": (plus2, Fuse("a", "b"), dict(fusions=[(["a", "b"], "dynamic")], forward_kwargs=fuse_out)),
+        "adapterplus-split": (plus2, Split("a", "b", splits=[5, 3]), {}),
+        "adapterplus-batchsplit": (plus2, BatchSplit("a", "b", batch_sizes=[1, 2]), {}),
+        "adapterplus-average": (plus2, Average("a", "b", weights=[0.3, 0.7]), {}),
     }
     # The LoRA family in every block the library runs them in (VeRA on k/v: llama's q and v shapes differ).
     family = {"dora": "dora", "vera": "vera[attn_matrices=['k','v']]", "dvora": "dvora[attn_matrices=['k','v']]"}
@@ -536,7 +609,7 @@ def run_case(case: Case, inputs: dict, out: Path) -> dict:
     base_ids = {id(p) for p in model.parameters()}
 
     for name, config in case.adapters:
-        model.add_adapter(name, config=config)
+        model.add_adapter(name, config=library_config(config))
     for name, kind, kwargs in case.heads:
         getattr(model, f"add_{kind}_head")(name, **kwargs)
     fusions = [(names, config, rest[0] if rest else None) for names, config, *rest in case.fusions]
@@ -777,6 +850,7 @@ def main() -> None:
     final: Path = args.out
     out = final.with_name(final.name + ".new")  # generated here, then moved to `final` (replace_keeping_unchanged)
     shutil.rmtree(out, ignore_errors=True)
+    provide_stochastic_depth()
     torch.use_deterministic_algorithms(True)
     transformers.logging.set_verbosity_error()
     logging.getLogger("adapters").setLevel(logging.ERROR)  # "none are activated" noise from set_active_adapters

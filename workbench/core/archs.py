@@ -30,7 +30,7 @@ class Site:
     host: str
 
 
-ALL_METHODS = frozenset({"bottleneck", "invertible", "lora", "prefix_tuning", "prompt_tuning"})
+ALL_METHODS = frozenset({"bottleneck", "invertible", "lora", "prefix_tuning", "prompt_tuning", "reft"})
 DECODER_METHODS = ALL_METHODS - {"prompt_tuning"}  # AdapterHub has no prompt tuning for decoders
 
 
@@ -44,6 +44,9 @@ class ArchSpec:
         attention: the self-attention module whose attention function prefix tuning extends.
         lora: AdapterHub's LoRA places: "q", "k", "v" (or "qkv" for a fused projection), "intermediate", "output".
         embeddings: module whose output is the token embedding stream (invertible adapters, prompts).
+        layer_output: module, relative to a layer, whose output (or first output) is the layer's output hidden
+            states, where ReFT intervenes ("": the layer itself). ReFT's weights always sit on the layer
+            (`<layer>.reft_layer.refts.<name>`, AdapterHub's keys).
         attention_output: the attention's output projection (a LoRA-able Linear for PEFT targets).
         methods: the adapter methods that apply; adding any other raises UnsupportedModelError.
         pooling: how a classification head reads a sequence: "first" token (encoders), "last" non-pad (decoders).
@@ -58,6 +61,7 @@ class ArchSpec:
     lora: dict[str, str]
     embeddings: str
     attention_output: str | None = None
+    layer_output: str = ""
     methods: frozenset = field(default=ALL_METHODS)
     pooling: str = "first"
     prefix_key: str = "self_prefix"
@@ -90,6 +94,7 @@ _BERT = ArchSpec(
     },
     embeddings="embeddings",
     attention_output="attention.output.dense",
+    layer_output="",  # BertLayer returns the layer's hidden states
 )
 
 _DISTILBERT = ArchSpec(
@@ -106,6 +111,7 @@ _DISTILBERT = ArchSpec(
     },
     embeddings="embeddings",
     attention_output="attention.out_lin",
+    layer_output="",  # the layer returns its hidden states
     prefix_key="self",
 )
 
@@ -117,6 +123,7 @@ _GPT2 = ArchSpec(
     lora={"qkv": "attn.c_attn", "intermediate": "mlp.c_fc", "output": "mlp.c_proj"},
     embeddings="drop",
     attention_output="attn.c_proj",
+    layer_output="",  # the layer returns its hidden states
     methods=DECODER_METHODS,
     pooling="last",
 )
@@ -135,6 +142,7 @@ _LLAMA = ArchSpec(
     },
     embeddings="embed_tokens",
     attention_output="self_attn.o_proj",
+    layer_output="",  # the layer returns its hidden states
     methods=DECODER_METHODS,
     pooling="last",
 )

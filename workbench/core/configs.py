@@ -273,8 +273,8 @@ class BnConfig(AdapterConfig):
             raise AdapterConfigError(f"inv_adapter={self.inv_adapter!r}: use None, 'nice' or 'glow'")
         if self.residual_before_ln not in (True, False, "post_add"):
             raise AdapterConfigError(f"residual_before_ln={self.residual_before_ln!r}: use True, False or 'post_add'")
-        if self.stochastic_depth:
-            raise AdapterConfigError("stochastic_depth is not supported (it needs torchvision); set it to 0.0")
+        if self.stochastic_depth is not None and not 0 <= self.stochastic_depth <= 1:
+            raise _bad(type(self).__name__, "stochastic_depth", self.stochastic_depth, "a probability in [0, 1]")
 
 
 @dataclass(frozen=True, eq=False)
@@ -337,6 +337,23 @@ class CompacterConfig(DoubleSeqBnConfig):
 class CompacterPlusPlusConfig(SeqBnConfig):
     phm_layer: bool = True
     reduction_factor: float | Mapping = 32
+    non_linearity: str = "gelu"
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterPlusConfig(BnConfig):
+    """AdapterPlus (Steitz & Roth, 2024, https://arxiv.org/abs/2406.06820): a sequential adapter after the FFN with
+    per-channel scaling, Houlsby init and stochastic depth (the adapter branch of a row is dropped in training)."""
+
+    original_ln_after: bool = False
+    original_ln_before: bool = True
+    residual_before_ln: bool | str = False
+    stochastic_depth: float | None = 0.1
+    init_weights: str = "houlsby"
+    scaling: float | str = "channel"
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    reduction_factor: float | Mapping = 96
     non_linearity: str = "gelu"
 
 
@@ -496,6 +513,83 @@ class PromptTuningConfig(AdapterConfig):
             raise AdapterConfigError(f"combine={self.combine!r}: use 'prefix' or 'prefix_after_bos'")
 
 
+# --- ReFT ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ReftConfig(AdapterConfig):
+    """ReFT interventions on layer outputs (Wu et al., 2024, https://arxiv.org/abs/2404.03592).
+
+    `layers` ("all" or layer indices) carry an intervention on the first `prefix_positions` and the last
+    `suffix_positions` tokens of each row; `r` is its rank; `orthogonality` keeps the projection's rows orthonormal
+    (LoReFT); `tied_weights` shares one unit between prefix and suffix; `subtract_projection=False` drops the
+    `- R h` term (DiReFT).
+    """
+
+    architecture: ClassVar[str] = "reft"
+    layers: str | list[int]
+    prefix_positions: int
+    suffix_positions: int
+    r: int
+    orthogonality: bool
+    tied_weights: bool = False
+    subtract_projection: bool = True
+    dropout: float = 0.05
+    non_linearity: str | None = None
+    dtype: str | None = None
+    output_reft: bool = True
+    init_weights_seed: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        where = type(self).__name__
+        layers = self.layers
+        listed = isinstance(layers, list | tuple) and all(type(i) is int for i in layers)  # bools are not indices
+        if layers != "all" and not (listed and layers and min(layers) >= 0):
+            raise _bad(where, "layers", layers, "'all' or a non-empty list of layer indices (integers >= 0)")
+        for key in ("prefix_positions", "suffix_positions"):
+            if getattr(self, key) < 0:
+                raise _bad(where, key, getattr(self, key), "an integer >= 0")
+        if not self.prefix_positions and not self.suffix_positions:
+            raise AdapterConfigError(f"{where}: prefix_positions=0 and suffix_positions=0 leave no position to adapt")
+        if not self.output_reft:
+            raise AdapterConfigError(f"{where}: output_reft=False adds no intervention (ReFT acts on layer outputs)")
+
+    def to_dict(self) -> dict[str, Any]:
+        # adapters 1.3 keeps `subtract_projection` as a class attribute and never writes it, so a DiReFT file reads
+        # back as NoReFT, in the library (from its files or ours: it drops the key when it re-loads the config) and
+        # here. We write it when False, so workbench reads DiReFT back as DiReFT; LoReFT/NoReFT files are unchanged.
+        data = super().to_dict()
+        if self.subtract_projection:
+            del data["subtract_projection"]
+        return data
+
+
+@dataclass(frozen=True, eq=False)
+class LoReftConfig(ReftConfig):
+    """LoReFT: a low-rank intervention with an orthonormal projection."""
+
+    layers: str | list[int] = "all"
+    prefix_positions: int = 3
+    suffix_positions: int = 0
+    r: int = 1
+    orthogonality: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class NoReftConfig(LoReftConfig):
+    """NoReFT: LoReFT without the orthogonality constraint."""
+
+    orthogonality: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class DiReftConfig(NoReftConfig):
+    """DiReFT: NoReFT without subtracting the projection of the input."""
+
+    subtract_projection: bool = False
+
+
 class ConfigUnion(AdapterConfig):
     """Several methods in one adapter, e.g. `"prefix_tuning|par_bn"` (MAM adapter)."""
 
@@ -587,6 +681,7 @@ ARCHITECTURE_CLASSES: dict[str | None, type[AdapterConfig]] = {
     "lora": LoRAConfig,
     "prefix_tuning": PrefixTuningConfig,
     "prompt_tuning": PromptTuningConfig,
+    "reft": ReftConfig,
 }
 
 ADAPTER_CONFIG_MAP: dict[str, AdapterConfig] = {
@@ -604,6 +699,7 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfig] = {
     "scaled_parallel": ParBnConfig(scaling="learned"),
     "compacter": CompacterConfig(),
     "compacter++": CompacterPlusPlusConfig(),
+    "adapterplus": AdapterPlusConfig(),  # a workbench name: adapters 1.3 has the class, not the string
     "lora": LoRAConfig(),
     "ia3": IA3Config(),
     "dora": DoRAConfig(),
@@ -612,6 +708,9 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfig] = {
     "prefix_tuning": PrefixTuningConfig(),
     "prefix_tuning_flat": PrefixTuningConfig(flat=True),
     "prompt_tuning": PromptTuningConfig(),
+    "loreft": LoReftConfig(),
+    "noreft": NoReftConfig(),
+    "direft": DiReftConfig(),
     "mam": MAMConfig(),
     "unipelt": UniPELTConfig(),
 }

@@ -64,6 +64,7 @@ class ForwardContext:
     output_gating_scores: bool = False
     gating_scores: dict = field(default_factory=dict)
     scratch: dict = field(default_factory=dict)  # per-call values hooks hand each other, keyed by their owner
+    inputs: dict = field(default_factory=dict)  # facts about the call's inputs set in `begin`, kept on replays
     replaying: bool = False  # a gradient-checkpointing replay: nothing is recorded twice
 
     @property

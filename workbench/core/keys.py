@@ -9,6 +9,7 @@ import torch
 
 ADAPTER_KEY_PARTS = (
     "adapters", "prefix_tunings", "prefix_gates", "loras", "prompt_tunings", "shared_parameters", "modules_to_save",
+    "refts",
 )  # fmt: skip
 LEGACY_RENAMES = {
     "attention_text_task_adapters": "adapters",
@@ -32,6 +33,7 @@ ENGINE_KEY_PARTS = (
     "modules_to_save.",
     "prefix_tuning.",
     "prompt_tuning.",
+    "reft_layer.",
     "shared_parameters.",
 )
 

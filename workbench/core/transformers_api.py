@@ -32,6 +32,7 @@ __all__ = [  # plus the names in TRAINER_INTERNALS, imported on first use
     "ALL_ATTENTION_FUNCTIONS",
     "ALL_MASK_ATTENTION_FUNCTIONS",
     "ATTN_IMPLEMENTATION_ATTR",
+    "CACHE_ARGUMENTS",
     "AttentionInterface",
     "AttentionMaskInterface",
     "Conv1D",
@@ -46,6 +47,7 @@ __all__ = [  # plus the names in TRAINER_INTERNALS, imported on first use
     "TRAINER_INTERNALS",
     "TRAINER_HOOKS",
     "attn_implementation",
+    "cache_length",
     "eager_attention_of",
     "eager_mask",
     "get_activation",
@@ -213,3 +215,19 @@ TRAINER_HOOKS = (
 )
 """Private `Trainer` methods that `WorkbenchTrainer` overrides or calls to save and restore only what a run trains
 (train/runner.py)."""
+
+
+CACHE_ARGUMENTS = ("cache", "past_key_values")
+"""The key/value cache argument of a base model's forward: `cache` in transformers 5, `past_key_values` before.
+Read by `cache_length` (ReFT tells a prompt forward from a decoding step by it, methods/reft.py)."""
+
+
+def cache_length(cache) -> int:
+    """How many positions a key/value cache already holds (0 for None or an empty cache)."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:  # a legacy tuple of (key, value) pairs
+        return int(cache[0][0].shape[-2])
+    return 0

@@ -17,6 +17,7 @@ METHOD_CLASSES = {
     "lora": "workbench.core.methods.lora:LoRAMethod",
     "prefix_tuning": "workbench.core.methods.prefix_tuning:PrefixTuningMethod",
     "prompt_tuning": "workbench.core.methods.prompt_tuning:PromptTuningMethod",
+    "reft": "workbench.core.methods.reft:ReftMethod",
 }
 
 

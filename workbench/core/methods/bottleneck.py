@@ -3,7 +3,8 @@
 
 An adapter is `up(act(down(x))) * scaling` plus a residual, placed at a layer's attention output ("mh_adapter")
 and/or FFN output ("output_adapter"). `pre_forward`/`post_forward` reproduce AdapterHub's handling of the
-layer's own residual and LayerNorm, so outputs match the `adapters` library.
+layer's own residual and LayerNorm, so outputs match the `adapters` library. `stochastic_depth` (AdapterPlus,
+Steitz & Roth, 2024, https://arxiv.org/abs/2406.06820) drops a row's adapter branch in training (`DropPath`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,28 @@ def bottleneck_size(config: BnConfig, hidden: int, layer_idx: int) -> int:
             f"reduction_factor={factor!r} gives a {size}-wide bottleneck for hidden size {hidden} (at most {limit})"
         )
     return size
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per row ("row" mode of torchvision's `StochasticDepth`, without torchvision).
+
+    In training each row (example) keeps its input with probability 1 - p, scaled by 1 / (1 - p) so the expected
+    value is unchanged, and is zeroed otherwise; in eval it is the identity.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(survival)
+        return x * (keep / survival if survival > 0.0 else keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class Adapter(nn.Module):
@@ -65,6 +88,8 @@ class Adapter(nn.Module):
         if config.use_gating:
             self.gate = nn.Linear(hidden, 1)
         self.dropout = nn.Dropout(config.dropout)
+        if config.stochastic_depth:
+            self.drop_path = DropPath(config.stochastic_depth)
         self._init_weights(config.init_weights)
 
     def _init_weights(self, scheme: str) -> None:
@@ -109,8 +134,10 @@ class Adapter(nn.Module):
         return h, query, residual
 
     def bottleneck(self, x):
-        """The scaled up-projection (AdapterFusion combines these) and the gate input."""
+        """The scaled up-projection (AdapterFusion combines these), after stochastic depth."""
         up = self.adapter_up(self.adapter_down(x))
+        if hasattr(self, "drop_path"):
+            up = self.drop_path(up)
         return up if isinstance(self.scaling, float) and self.scaling == 1.0 else up * self.scaling
 
     def forward(self, x, residual, keep_up: bool = False):

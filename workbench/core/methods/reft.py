@@ -1,0 +1,282 @@
+"""ReFT: representation fine-tuning (Wu et al., 2024, https://arxiv.org/abs/2404.03592) on unmodified layers.
+
+An intervention rewrites a layer's output hidden states `h` at a few token positions as
+`dropout(h + (act(W h + b) - R h) @ R)` with a rank-`r` projection `R`: LoReFT keeps R's rows orthonormal (torch's
+orthogonal parametrization, so the weight keys match AdapterHub's), NoReFT leaves R free, DiReFT drops `- R h`.
+It acts on the first `prefix_positions` and the last `suffix_positions` tokens of each row, found from the 2-D
+attention mask as AdapterHub does: a row starts at its first 1 and has as many tokens as 1s, so right and left
+padding both work; the prefix and the suffix have a unit each unless `tied_weights` (where they overlap, the
+suffix wins). A batch whose rows are too short for the positions is refused (the library fails on an index).
+
+Generation with a KV cache: the positions are those of the forward that fills the cache (the prompt); the
+forwards that extend it are not intervened, as in the paper, so cached decoding equals re-running the whole text
+when the prompt has at least `prefix_positions` tokens. (adapters 1.3 re-applies the prefix intervention to every
+generated token, which re-running the text would not do.)
+
+Composition: in a Stack every ReFT adapter intervenes in turn (adapters 1.3 runs only the setup's first adapter,
+whatever the block); Parallel and BatchSplit give each row group its own adapters. Average, Fuse and Split are
+refused, and so is prompt tuning in the same setup (the prompt shifts the positions).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from ..archs import get_module
+from ..composition import BatchSplit, Parallel, Stack
+from ..configs import ReftConfig
+from ..context import current_call
+from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
+from ..runtime import ComposableLayer, compose
+from ..transformers_api import CACHE_ARGUMENTS, cache_length
+from .activations import activation
+from .base import AdapterMethod
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+class ReftUnit(nn.Module):
+    """One intervention: `learned_source` (W, b) and `projection` (R)."""
+
+    def __init__(self, hidden: int, config: ReftConfig, device=None, dtype=None):
+        super().__init__()
+        if config.init_weights_seed:  # every unit starts alike, as in AdapterHub
+            torch.manual_seed(config.init_weights_seed)
+        self.subtract_projection = config.subtract_projection
+        self.learned_source = nn.Linear(hidden, config.r, device=device, dtype=dtype)
+        projection = nn.Linear(hidden, config.r, bias=False, device=device, dtype=dtype)
+        self.projection = _orthogonal(projection) if config.orthogonality else projection
+        self.non_linearity = activation(config.non_linearity)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.learned_source.weight.dtype
+        x = x.to(dtype)
+        weight = self.projection.weight.to(dtype)  # an orthogonal one is computed once per call
+        source = self.non_linearity(self.learned_source(x))
+        if self.subtract_projection:
+            source = source - nn.functional.linear(x, weight)
+        return self.dropout(x + source @ weight)
+
+
+def _orthogonal(projection: nn.Linear) -> nn.Module:
+    """torch's orthogonal parametrization (keys `parametrizations.weight.original` and `.0.base`).
+
+    On the meta device (the engine's dry run) torch leaves the `base` buffer unset; it gets its shape here.
+    """
+    if projection.weight.dtype in HALF:  # torch has no half-precision orthogonal map (AdapterHub: float32 too)
+        projection = projection.float()
+    module = nn.utils.parametrizations.orthogonal(projection)
+    orth = module.parametrizations.weight[0]
+    if getattr(orth, "base", None) is None:
+        n = max(module.parametrizations.weight.original.shape)
+        orth.base = torch.empty(n, n, device="meta", dtype=module.parametrizations.weight.original.dtype)
+    return module
+
+
+class ReftModule(nn.Module):
+    """One adapter's interventions at one layer: `units.0` (prefix, or both if tied) and `units.1` (suffix)."""
+
+    def __init__(self, hidden: int, config: ReftConfig, device=None, dtype=None):
+        super().__init__()
+        self.prefix_positions, self.suffix_positions = config.prefix_positions, config.suffix_positions
+        self.tied_weights = config.tied_weights
+        count = 1 if config.tied_weights else 2
+        self.units = nn.ModuleList(ReftUnit(hidden, config, device, dtype) for _ in range(count))
+
+    def forward(self, hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, name: str) -> torch.Tensor:
+        length = hidden.shape[1]
+        prefix = starts[:, None] + torch.arange(min(self.prefix_positions, length), device=hidden.device)
+        suffix = ends[:, None] + torch.arange(-min(self.suffix_positions, length), 0, device=hidden.device)
+        for kind, index in (("prefix", prefix), ("suffix", suffix)):
+            if index.numel() and (index.min() < 0 or index.max() >= length):
+                row = int(((index < 0) | (index >= length)).any(dim=1).nonzero()[0])
+                count = getattr(self, f"{kind}_positions")
+                raise CompositionError(
+                    f"ReFT adapter {name!r}: row {row} has {int(ends[row] - starts[row])} tokens starting at position "
+                    f"{int(starts[row])} of {length}, too few for {kind}_positions={count}"
+                )
+        wide = lambda index: index[..., None].expand(-1, -1, hidden.shape[-1])  # noqa: E731
+        states = [hidden.gather(1, wide(prefix)), hidden.gather(1, wide(suffix))]
+        if self.tied_weights:
+            both = self.units[0](torch.cat(states, dim=1))
+            states = [both[:, : prefix.shape[1]], both[:, prefix.shape[1] :]]
+        else:
+            states = [unit(state) for unit, state in zip(self.units, states, strict=True)]
+        for index, state in ((prefix, states[0]), (suffix, states[1])):  # the suffix wins where they overlap
+            if index.numel():
+                hidden = hidden.scatter(1, wide(index), state.to(hidden.dtype))
+        return hidden
+
+
+class ReftContainer(nn.Module):
+    """`<layer>.reft_layer`, holding `refts.<name>` (AdapterHub's key layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.refts = nn.ModuleDict()
+
+
+@dataclass
+class ReftState:
+    hidden: torch.Tensor  # (rows, tokens, hidden) layer output
+    starts: torch.Tensor  # (rows,) position of each row's first token
+    ends: torch.Tensor  # (rows,) one past each row's last token
+
+
+class ReftLayer(ComposableLayer):
+    """The interventions on one layer's output, run through the composition interpreter."""
+
+    def __init__(self, engine, layer_idx: int):
+        self.engine, self.layer_idx = engine, layer_idx
+        layer = engine.layers[layer_idx]
+        self.container = ReftContainer()
+        layer.reft_layer = self.container
+        self.refts: nn.ModuleDict = self.container.refts
+        target = get_module(layer, engine.spec.layer_output)
+        self._handle = target.register_forward_hook(self._on_output)
+
+    def remove(self) -> None:
+        self._handle.remove()
+        del self.engine.layers[self.layer_idx].reft_layer
+
+    def _on_output(self, module, args, output):
+        ctx = current_call(self.engine)
+        if ctx is None or ctx.setup is None or self.layer_idx in self.engine.skip_layers:
+            return None
+        positions = ctx.inputs.get(ReftMethod.kind)
+        if positions is None or not any(name in self.refts for name in ctx.names):
+            return None  # no ReFT adapter runs here, or a decoding step that extends a cache
+        hidden = output[0] if isinstance(output, tuple) else output
+        out = compose(self, ctx.setup, ReftState(hidden, *positions), ctx).hidden
+        if out is hidden:
+            return None
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    # --- the composition contract --------------------------------------------------------------------------
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.refts
+
+    def single(self, name: str, st: ReftState, ctx) -> ReftState:
+        return replace(st, hidden=self.refts[name](st.hidden, st.starts, st.ends, name))
+
+    def batch_rows(self, st: ReftState) -> int:
+        return st.hidden.shape[0]
+
+    def rows(self, st: ReftState, start: int, stop: int) -> ReftState:
+        return ReftState(st.hidden[start:stop], st.starts[start:stop], st.ends[start:stop])
+
+    def concat(self, parts: list[ReftState]) -> ReftState:
+        return ReftState(*(torch.cat([getattr(p, f) for p in parts]) for f in ("hidden", "starts", "ends")))
+
+    def average(self, parts, weights):  # never reached: check_setup refuses Average (ReftMethod.supports)
+        raise CompositionError("ReFT adapters do not take part in Average")
+
+
+class ReftMethod(AdapterMethod):
+    """Adds and removes ReFT interventions and finds each row's token positions when a forward starts."""
+
+    kind = "reft"
+    supports = frozenset({Stack, Parallel, BatchSplit})
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.layers: dict[int, ReftLayer] = {}
+        self._params = list(inspect.signature(engine.base.forward).parameters)
+
+    def add(self, name: str, config: ReftConfig) -> None:
+        engine, hidden = self.engine, self.engine.hidden_size
+        count = len(engine.layers)
+        indices = range(count) if config.layers == "all" else sorted(set(config.layers))
+        if any(i >= count for i in indices):
+            raise AdapterConfigError(f"layers={config.layers!r}: the model has {count} layers (0 to {count - 1})")
+        if config.r > hidden:
+            raise AdapterConfigError(f"r={config.r} is larger than the hidden size {hidden}")
+        device, dtype = self._placement(config)
+        try:
+            for idx in indices:
+                if idx not in self.layers:
+                    self.layers[idx] = ReftLayer(engine, idx)
+                layer = self.layers[idx]
+                layer.refts[name] = ReftModule(hidden, config, device, dtype)
+                engine.register(name, f"{engine.spec.layers}.{idx}.reft_layer.refts.{name}", layer.refts[name])
+        except Exception:
+            self.delete(name)
+            raise
+
+    def _placement(self, config: ReftConfig) -> tuple:
+        """Device and dtype of new units: the model's (the config's dtype if it names one).
+
+        The engine moves only parameters to the model afterwards, so the orthogonal `base` buffer is built in place.
+        A half-precision model needs a float32 LoReFT (torch has no half-precision orthogonal map).
+        """
+        reference = self.engine.reference_weight()
+        meta = torch.get_default_device().type == "meta"  # the engine's dry run: allocate nothing
+        device = None if meta or reference is None else reference.device
+        if config.dtype:
+            return device, getattr(torch, config.dtype)
+        dtype = reference.dtype if reference is not None and reference.is_floating_point() else None
+        if config.orthogonality and dtype in HALF:
+            raise AdapterConfigError(
+                f"orthogonality=True needs a float32 projection, and this model is {dtype}: add the adapter with "
+                "dtype='float32' (e.g. \"loreft[dtype='float32']\")"
+            )
+        return device, dtype
+
+    def delete(self, name: str) -> None:
+        for idx, layer in list(self.layers.items()):
+            if name in layer.refts:
+                del layer.refts[name]
+            if not len(layer.refts):
+                layer.remove()
+                del self.layers[idx]
+        self.engine.unregister(name)
+
+    def check_setup(self, setup) -> None:
+        kinds = {kind for name in setup.flatten() for kind in self.engine.method_kinds(name)}
+        if "prompt_tuning" in kinds:
+            raise CompositionError(
+                f"{setup}: ReFT and prompt tuning cannot run together (the prompt shifts the positions ReFT adapts)"
+            )
+
+    def begin(self, ctx, args, kwargs):
+        """Record each row's first token and end (ctx.inputs["reft"]), or None for a decoding step."""
+        if ctx.setup is None or not any(name in layer.refts for layer in self.layers.values() for name in ctx.names):
+            return None
+        ctx.inputs[self.kind] = self._positions(args, kwargs)
+        return None
+
+    def _argument(self, name: str, args: tuple, kwargs: dict):
+        if name in kwargs:
+            return kwargs[name]
+        position = self._params.index(name) if name in self._params else None
+        return args[position] if position is not None and position < len(args) else None
+
+    def _positions(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if any(cache_length(self._argument(n, args, kwargs)) for n in CACHE_ARGUMENTS):
+            return None  # extends a cache: the prompt's positions were adapted when it was filled
+        tokens = self._argument("input_ids", args, kwargs)
+        if tokens is None:
+            tokens = self._argument("inputs_embeds", args, kwargs)
+        mask = self._argument("attention_mask", args, kwargs)
+        if mask is None:
+            if tokens is None:
+                raise UnsupportedModelError(
+                    "ReFT needs input_ids, inputs_embeds or an attention_mask to find positions"
+                )
+            rows, length = tokens.shape[0], tokens.shape[1]
+            starts = torch.zeros(rows, dtype=torch.long, device=tokens.device)
+            return starts, starts + length
+        if mask.dim() != 2 or (tokens is not None and mask.shape[1] != tokens.shape[1]):
+            raise UnsupportedModelError(
+                f"ReFT needs a 2-D attention_mask with one entry per token, not shape {tuple(mask.shape)}"
+                + (f" for {tokens.shape[1]} tokens" if tokens is not None else "")
+            )
+        real = (mask == 1).long()
+        starts = real.argmax(dim=1)  # the first 1 of each row
+        return starts, starts + real.sum(dim=1)
