@@ -238,7 +238,7 @@ class ReftMethod(AdapterMethod):
         self.engine.unregister(name)
 
     def check_setup(self, setup) -> None:
-        kinds = {kind for name in setup.flatten() for kind in self.engine.method_kinds(name)}
+        kinds = {kind for name in setup.names() for kind in self.engine.method_kinds(name)}
         if "prompt_tuning" in kinds:
             raise CompositionError(
                 f"{setup}: ReFT and prompt tuning cannot run together (the prompt shifts the positions ReFT adapts)"
