@@ -50,7 +50,8 @@ class GlueDataset(torch.utils.data.Dataset):
     def __init__(self, args: GlueDataTrainingArguments, tokenizer, limit_length=None, mode="train", cache_dir=None):
         if args.task_name != "mrpc":
             raise ValueError(f"the parity harness only provides MRPC, not {args.task_name!r}")
-        rows = list(csv.reader(open(Path(args.data_dir) / f"{mode}.tsv", encoding="utf-8"), delimiter="\t"))[1:]
+        with open(Path(args.data_dir) / f"{mode}.tsv", encoding="utf-8") as f:  # MRPC has unbalanced quotes
+            rows = list(csv.reader(f, delimiter="\t", quotechar=None))[1:]
         rows = rows[:limit_length] if limit_length else rows
         encoded = tokenizer(
             [r[3] for r in rows], [r[4] for r in rows], max_length=args.max_seq_length,

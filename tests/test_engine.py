@@ -300,11 +300,11 @@ def test_fusion_regularization_penalises_value_matrices_away_from_identity():
     for name in ("a", "b"):
         model.add_adapter(name, config="seq_bn")
     model.add_adapter_fusion(["a", "b"])  # dynamic: value matrices start at identity
-    assert model.adapter_fusion_regularization_loss("a,b").item() < 1e-6
+    assert model.get_fusion_regularization_loss("a,b").item() < 1e-6
     with torch.no_grad():
         for key, param in model._fusion_parameters("a,b"):
             if key.endswith("value.weight"):
                 param.add_(0.1)
-    assert model.adapter_fusion_regularization_loss("a,b").item() > 0.01
+    assert model.get_fusion_regularization_loss("a,b").item() > 0.01
     model.add_adapter_fusion(["a", "b"], config="static", overwrite_ok=True)  # static: no value matrix
-    assert model.adapter_fusion_regularization_loss("a,b").item() == 0.0
+    assert model.get_fusion_regularization_loss("a,b").item() == 0.0

@@ -59,6 +59,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         self.heads = nn.ModuleDict()
         self._active_head: str | None = None
         self._init_adapters(base)
+        _share_adapter_api(base, self._engine)
         self.train(base.training)  # from_pretrained gives an eval-mode base model; the wrapper follows it
 
     # --- construction ------------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         kwargs.pop("state_dict", None)  # Trainer passes the whole wrapper's; the base checkpoint is rebuilt here
         # a merged LoRA is saved as the adapter it is, never inside the base weights
         base_weights = self._base_weights(self.base_model.state_dict(), prefix=self._engine.base_prefix)
-        self.base_model.save_pretrained(folder, state_dict=base_weights, **kwargs)
+        PreTrainedModel.save_pretrained(self.base_model, folder, state_dict=base_weights, **kwargs)
         self._save_parts(folder)
         for name in self.heads:
             self.save_head(folder / "heads" / name, name)
@@ -614,12 +615,25 @@ def init(model: nn.Module, interface: AdapterModelInterface | None = None) -> nn
         spec = spec_from_interface(interface)
         _check_interface_paths(base, spec, interface)
         spec = replace(spec, pooling=_pooling_of(base, interface))
-    cls = type(model)
-    if cls not in _ADAPTER_CLASSES:
-        _ADAPTER_CLASSES[cls] = type(cls.__name__, (ModelAdaptersMixin, cls), {"__module__": cls.__module__})
-    model.__class__ = _ADAPTER_CLASSES[cls]
+    model.__class__ = _adapter_class(type(model))
     model._init_adapters(base, spec)
     return model
+
+
+def _adapter_class(cls: type) -> type:
+    """`cls` with the adapter API (one class per model class, so isinstance and pickling keep working)."""
+    if cls not in _ADAPTER_CLASSES:
+        _ADAPTER_CLASSES[cls] = type(cls.__name__, (ModelAdaptersMixin, cls), {"__module__": cls.__module__})
+    return _ADAPTER_CLASSES[cls]
+
+
+def _share_adapter_api(base: nn.Module, engine) -> None:
+    """AdapterHub code also calls the adapter API on `model.base_model` (`model.base_model.add_adapter(...)`): the
+    wrapped base model gets the same API over the same engine, instead of transformers' own PEFT methods."""
+    if isinstance(base, ModelAdaptersMixin):
+        return
+    base.__class__ = _adapter_class(type(base))
+    base._engine = engine
 
 
 def load_model(model_name_or_path, model_class, interface: AdapterModelInterface | None = None, *args, **kwargs):

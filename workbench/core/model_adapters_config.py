@@ -49,8 +49,9 @@ def get_adapter_config_hash(config: Mapping, length: int = 16, ignore_params: li
 
 
 def _config_key(config) -> str:
-    named = {id(v): k for k, v in ADAPTERFUSION_CONFIG_MAP.items()}
-    return named.get(id(config)) or get_adapter_config_hash(config)
+    """A fusion config's preset name ("dynamic", "static") when it equals one, else its hash."""
+    preset = next((k for k, v in ADAPTERFUSION_CONFIG_MAP.items() if v == config), None)
+    return preset or get_adapter_config_hash(config)
 
 
 class ModelAdaptersConfig(Collection):

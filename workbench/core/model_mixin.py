@@ -253,15 +253,25 @@ class ModelAdaptersMixin(AdapterSetupMixin):
             if set_active:
                 self.set_active_adapters(Fuse(*names, name=fusion_name if fusion_name != ",".join(names) else None))
 
-    def adapter_fusion_regularization_loss(self, fusion_name: str) -> torch.Tensor:
-        """0.01 * sum ||I - V||^2 over the fusion's layers (keeps value matrices near identity while training)."""
-        if fusion_name not in self._engine.fusions:
+    def get_fusion_regularization_loss(self, fusion_name: str | None = None) -> torch.Tensor | None:
+        """0.01 * sum ||I - V||^2 over fusion layers (keeps value matrices near identity while training): of one
+        fusion, or (AdapterHub's call without a name) of every fusion whose value matrices are being trained, None
+        if there is none."""
+        if fusion_name is not None and fusion_name not in self._engine.fusions:
             raise AdapterConfigError(f"no AdapterFusion named {fusion_name!r}")
-        layers = self._method("bottleneck").fusion_layers(fusion_name)
-        return sum((layer.regularization_loss() for layer in layers), torch.zeros(()))
+        names = [fusion_name] if fusion_name is not None else list(self._engine.fusions)
+        losses = [
+            layer.regularization_loss()
+            for name in names
+            for layer in self._method("bottleneck").fusion_layers(name)
+            if fusion_name is not None or any(p.requires_grad for p in layer.parameters())
+        ]
+        if not losses:
+            return torch.zeros(()) if fusion_name is not None else None
+        return sum(losses[1:], losses[0])
 
     def delete_adapter_fusion(self, adapter_names) -> None:
-        fusion_name = adapter_names if isinstance(adapter_names, str) else ",".join(_fusion_names(adapter_names))
+        fusion_name = _fusion_key(adapter_names)
         engine = self._engine
         if fusion_name not in engine.fusions:
             raise AdapterConfigError(f"no AdapterFusion named {fusion_name!r}")
@@ -336,6 +346,11 @@ class ModelAdaptersMixin(AdapterSetupMixin):
         else:
             kinds = [kind for kind, _ in method_parts(AdapterConfig.load(type_or_config))]
         return all(kind in self._engine.spec.methods for kind in kinds)
+
+    @property
+    def support_lora_delta_w_svd(self) -> bool:
+        """Whether `average_adapter(..., combine_strategy="lora_delta_w_svd")` applies (not to fused q|k|v)."""
+        return "qkv" not in self._engine.spec.lora
 
     def adapter_to(self, name: str, device=None, dtype: torch.dtype | None = None) -> None:
         """Move adapter `name` (all its modules) to `device` and/or cast its float weights to `dtype`."""
@@ -574,7 +589,7 @@ class ModelAdaptersMixin(AdapterSetupMixin):
     ) -> None:
         """Write adapter_fusion_config.json and the fusion weights; `with_head` (a head name, or True for the head
         named like the fusion) saves that head beside them."""
-        fusion_name = adapter_names if isinstance(adapter_names, str) else ",".join(_fusion_names(adapter_names))
+        fusion_name = _fusion_key(adapter_names)
         if fusion_name not in self._engine.fusions:
             raise AdapterConfigError(f"no AdapterFusion named {fusion_name!r}")
         names, config = self._engine.fusions[fusion_name]

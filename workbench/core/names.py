@@ -1,24 +1,25 @@
 """One rule for adapter, head and fusion names, whether they come from code or from a saved file.
 
-Names become keys of torch `ModuleDict`s (and folder names when saved), so they must be short identifiers:
-ASCII letters, digits, '-', '_' and '+' (AdapterHub names adapters like "pfeiffer+inv"). torch refuses keys
-with '.' and keys that shadow a module attribute ("training", "forward", "to", ...); a name from a file must never
-be a path.
+Names become keys of torch `ModuleDict`s (and folder names when saved). AdapterHub code names adapters freely
+("pfeiffer+inv", "lora[r=4, alpha=8]"), so only what would break is refused: torch refuses keys with '.' and keys
+that shadow a module attribute ("training", "forward", "to", ...); a name must never be a path, nor hold characters
+a file system refuses.
 """
 
 from __future__ import annotations
-
-import re
 
 from torch import nn
 
 from .errors import AdapterNameError
 
 MAX_LENGTH = 100
-_ALLOWED = re.compile(r"[A-Za-z0-9_+-]+")
+_FORBIDDEN = set('./\\:*?"<>|')  # dots (ModuleDict keys), path separators, and what some file systems refuse
 # Attributes torch would refuse (or shadow) as ModuleDict keys: class attributes plus instance ones like `training`.
 RESERVED = frozenset(dir(nn.ModuleDict)) | frozenset(vars(nn.ModuleDict()))
-RULE = f"names may contain only ASCII letters, digits, '-', '_' and '+' (1 to {MAX_LENGTH} characters)"
+RULE = (
+    "names may not contain '.', '/', '\\', any of :*?\"<>|, control characters, or start or end with whitespace "
+    f"(1 to {MAX_LENGTH} characters)"
+)
 
 
 def check_name(name, kind: str = "adapter", where: str | None = None) -> str:
@@ -31,12 +32,12 @@ def check_name(name, kind: str = "adapter", where: str | None = None) -> str:
 
 
 def check_fusion_name(name, where: str | None = None, kind: str = "fusion") -> str:
-    """A fusion name: a custom valid name, or the fused adapters' names joined by ','."""
-    if isinstance(name, str) and "," in name:
-        for part in name.split(","):
-            check_name(part, "adapter", f"{kind} name {name!r}" + (f" in {where}" if where else ""))
-        return name
-    return check_name(name, kind, where)
+    """A fusion name: a custom name, or the fused adapters' names joined by ',' (no empty part)."""
+    check_name(name, kind, where)
+    if "" in name.split(","):
+        place = f" in {where}" if where else ""
+        raise AdapterNameError(f"invalid {kind} name {name!r}{place}: it has an empty part between commas")
+    return name
 
 
 def check_head_name(name, where: str | None = None) -> str:
@@ -56,10 +57,10 @@ def _problem(name) -> str | None:
         return f"it looks like a path; {RULE}"
     if "." in name:
         return f"'.' is not allowed (names become torch ModuleDict keys, which cannot contain dots); {RULE}"
-    if any(c.isspace() or not c.isprintable() for c in name):
-        return f"it contains whitespace or control characters; {RULE}"
-    if not _ALLOWED.fullmatch(name):
-        return RULE
+    if any(not c.isprintable() for c in name) or name != name.strip():
+        return f"it contains control characters or starts or ends with whitespace; {RULE}"
+    if _FORBIDDEN & set(name):
+        return f"it contains {''.join(sorted(_FORBIDDEN & set(name)))!r}; {RULE}"
     if name.startswith("_") or name in RESERVED:
         return "it is reserved (torch.nn.Module attribute names and names starting with '_' cannot be module keys)"
     return None

@@ -72,7 +72,7 @@ class WorkbenchTrainer(Trainer):
         if self.plan.kind != "fusion":
             return result
         # AdapterFusion's regularisation keeps each value matrix near identity (AdapterHub adds it while training)
-        penalty = self.accelerator.unwrap_model(model).adapter_fusion_regularization_loss(self.plan.fusion)
+        penalty = self.accelerator.unwrap_model(model).get_fusion_regularization_loss(self.plan.fusion)
         if return_outputs:
             loss, outputs = result
             return loss + penalty.to(loss.device), outputs
