@@ -44,6 +44,16 @@ class GlueDataTrainingArguments:
     overwrite_cache: bool = False
 
 
+@dataclass(frozen=True)
+class InputFeatures:
+    """One encoded pair, as transformers 4's `InputFeatures` (a dataclass: tests call `asdict` on it)."""
+
+    input_ids: list
+    attention_mask: list | None = None
+    token_type_ids: list | None = None
+    label: int | None = None
+
+
 class GlueDataset(torch.utils.data.Dataset):
     """MRPC sentence pairs as the removed transformers.GlueDataset gave them (only the task the tests use)."""
 
@@ -57,8 +67,10 @@ class GlueDataset(torch.utils.data.Dataset):
             [r[3] for r in rows], [r[4] for r in rows], max_length=args.max_seq_length,
             padding="max_length", truncation=True,
         )
+        fields = ("input_ids", "attention_mask", "token_type_ids")
         self.features = [
-            {**{k: encoded[k][i] for k in encoded}, "labels": int(row[0])} for i, row in enumerate(rows)
+            InputFeatures(**{k: encoded[k][i] for k in fields if k in encoded}, label=int(row[0]))
+            for i, row in enumerate(rows)
         ]
 
     def __len__(self):

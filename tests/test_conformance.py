@@ -90,6 +90,8 @@ def build(case: dict):
     for head in case["heads"]:
         assert head["name"] in model.heads, f"head {head['name']!r} (saved with its {head['saved_with']}) not loaded"
     setup = case["setup"]
+    if setup.get("share"):  # MTL-LoRA: the library tied the adapters' A/B before saving them (equal values)
+        model.share_parameters(workbench.MultiTask(*setup["share"]), name="shared")
     if setup["average"]:
         model.average_adapter(**setup["average"])
         _restore(model, extra)

@@ -4,7 +4,7 @@ The public API keeps AdapterHub's names, so its tutorials run with only the impo
 """
 
 from .core.adapter_model import AdapterModel, AutoAdapterModel, AutoModelWithHeads, init, load_model
-from .core.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_composition
+from .core.composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack, parse_composition
 from .core.configs import (
     ADAPTER_CONFIG_MAP,
     ADAPTERFUSION_CONFIG_MAP,
@@ -24,6 +24,8 @@ from .core.configs import (
     LoRAConfig,
     LoReftConfig,
     MAMConfig,
+    MTLLoRAConfig,
+    MultiTaskConfig,
     NoReftConfig,
     ParBnConfig,
     PrefixTuningConfig,
@@ -94,6 +96,9 @@ __all__ = [
     "DoRAConfig",
     "DvoRAConfig",
     "LoRAConfig",
+    "MTLLoRAConfig",
+    "MultiTask",
+    "MultiTaskConfig",
     "VeraConfig",
     "LoReftConfig",
     "NoReftConfig",

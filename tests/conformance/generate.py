@@ -33,6 +33,7 @@ from adapters.composition import (
     Average,
     BatchSplit,
     Fuse,
+    MultiTask,
     Parallel,
     Split,
     Stack,
@@ -201,6 +202,7 @@ class Case:
     head_before: str | None = None
     head: str | None = FIRST_HEAD
     labels: list | None = None  # forward(labels=torch.tensor(labels)): records `loss`
+    share: list | None = None  # MTL-LoRA: model.share_parameters(MultiTask(*share), name="shared") before perturbing
 
     def head_after(self) -> str | None:
         if self.head == FIRST_HEAD:
@@ -252,7 +254,15 @@ VARIANTS = {
     "adapterplus-rf4": "adapterplus[reduction_factor=4]",
     "adapterplus-mh-ln": "adapterplus[mh_adapter=True,reduction_factor=8,ln_after=True]",
 }
-GATED = {"seq_bn-gating", "lora-gating", "unipelt", "dora-gating"}
+GATED = {"seq_bn-gating", "lora-gating", "unipelt", "dora-gating", "mtl_lora-gating"}
+# MTL-LoRA on bert and llama (gpt2's fused c_attn takes its weights in the library but fails in the forward; its
+# Conv1D FFN projections work). `task_ids` in forward_kwargs: names, or indices (passed as a tensor, see `task_ids`).
+MTL_VARIANTS = {
+    "mtl_lora": "mtl_lora",
+    "mtl_lora-n3-ffn": "mtl_lora[n_up_projection=3,intermediate_lora=True,output_lora=True]",
+    "mtl_lora-gating": "mtl_lora[use_gating=True,n_up_projection=2]",
+    "mtl_lora-r4-alpha16-sharp": "mtl_lora[r=4,alpha=16,attn_matrices=['q','k','v'],weights_sharpness=0.5]",
+}
 
 HEADS_ENC = {  # head case suffix -> (add_<x>_head, kwargs, layout)
     "classification": (
@@ -280,6 +290,12 @@ def method_cases() -> list:
         for slug, cfg in VARIANTS.items():
             kwargs = {"output_adapter_gating_scores": True} if slug in GATED else {}
             cases.append(Case(f"{arch}-{slug}", arch, [("a", cfg)], "a", forward_kwargs=kwargs))
+    for arch in ("bert", "llama"):
+        for slug, cfg in MTL_VARIANTS.items():
+            kwargs = {"output_adapter_gating_scores": True} if slug in GATED else {}
+            cases.append(Case(f"{arch}-{slug}", arch, [("a", cfg)], "a", forward_kwargs=kwargs))
+    mtl_ffn = "mtl_lora[selfattn_lora=False,intermediate_lora=True,output_lora=True,n_up_projection=2]"
+    cases.append(Case("gpt2-mtl_lora-ffn", "gpt2", [("a", mtl_ffn)], "a"))
     cases.append(Case("bert-seq_bn-safetensors", "bert", [("a", "seq_bn")], "a", safetensors=True))
     cases.append(Case("llama-lora-safetensors", "llama", [("a", "lora")], "a", safetensors=True))
     return cases
@@ -405,6 +421,50 @@ def composition_cases() -> list:
                 f"average_adapter-{method}": (pair, "avg", average()),
             }
         )
+    # MTL-LoRA: each row through the adapter of its task (task_ids by name or index), with shared A/B.
+    mtl = "mtl_lora[n_up_projection=2]"
+    mtl3 = [("a", mtl), ("b", mtl), ("c", mtl)]
+    by_name = {"task_ids": ["b", "a", "b"]}
+    specs.update(
+        {
+            "multitask": (mtl3[:2], MultiTask("a", "b"), dict(forward_kwargs=by_name)),
+            "multitask-shared": (
+                mtl3,
+                MultiTask("a", "b", "c"),
+                dict(forward_kwargs={"task_ids": [2, 0, 1]}, share=["a", "b", "c"]),
+            ),
+            "multitask-one-task": (
+                mtl3,
+                MultiTask("a", "b", "c"),
+                dict(forward_kwargs={"task_ids": [1, 1, 1]}, share=["a", "b", "c"]),
+            ),
+            "multitask-lora": (
+                [("a", "lora"), ("b", "lora")],
+                MultiTask("a", "b"),
+                dict(forward_kwargs={"task_ids": [1, 0, 0]}),
+            ),
+            "multitask-stack": (
+                [("x", "lora")] + mtl3[:2],
+                Stack("x", MultiTask("a", "b")),
+                dict(forward_kwargs=by_name),
+            ),
+            "multitask-average": (
+                mtl3,
+                MultiTask(Average("a", "b", weights=[0.3, 0.7]), "c"),
+                dict(forward_kwargs={"task_ids": [1, 0, 1]}),
+            ),
+            "multitask-inner-stack": (
+                [("x", "lora")] + mtl3[:2],
+                MultiTask(Stack("x", "a"), "b"),
+                dict(forward_kwargs={"task_ids": [0, 1, 0]}),
+            ),
+            "mtl_lora-stack": (mtl3[:2], Stack("a", "b"), {}),
+            "mtl_lora-parallel": (mtl3[:2], Parallel("a", "b"), {}),
+            "mtl_lora-batchsplit": (mtl3[:2], BatchSplit("a", "b", batch_sizes=[1, 2]), {}),
+            "mtl_lora-average": (mtl3[:2], Average("a", "b", weights=[0.3, 0.7]), {}),
+            "average_adapter-mtl_lora": (mtl3[:2], "avg", average()),
+        }
+    )
     return [
         Case(f"{arch}-comp-{slug}", arch, ads, active, **extra)
         for arch in ("bert", "llama")
@@ -485,6 +545,7 @@ HEADS_MATRIX_METHODS = {
     # MAM (prefix tuning + par_bn, a ConfigUnion) with the small prefix bottleneck instead of MAM's 800.
     "-mam": PREFIX_SMALL + "|par_bn",
 }
+MTL_HEAD_CONFIG = "mtl_lora[n_up_projection=2]"  # only in the MultiTask head cases (not the whole matrix)
 
 
 def head_composition_matrix(existing: list) -> list:
@@ -504,9 +565,12 @@ def head_composition_matrix(existing: list) -> list:
         specs.append(
             (("bert", "llama"), "average", suffix, Average("a", "b", weights=[0.3, 0.7]), dict(head_before="a"))
         )
+    for arch in ("bert", "llama"):  # MultiTask chooses no head either; labels give the loss
+        specs.append(((arch,), "multitask", "-mtl_lora", MultiTask("a", "b"), dict(head_before="b", labels=LABELS,
+                      forward_kwargs={"task_ids": ["a", "b", "b"]})))  # fmt: skip
     cases = []
     for archs, slug, suffix, active, extra in specs:
-        config = HEADS_MATRIX_METHODS[suffix]
+        config = HEADS_MATRIX_METHODS.get(suffix, MTL_HEAD_CONFIG)
         for arch in archs:
             case_id = f"{arch}-heads-{slug}{suffix}"
             if case_id in existing:
@@ -610,6 +674,8 @@ def run_case(case: Case, inputs: dict, out: Path) -> dict:
 
     for name, config in case.adapters:
         model.add_adapter(name, config=library_config(config))
+    if case.share:
+        model.share_parameters(adapter_names=MultiTask(*case.share), name="shared")
     for name, kind, kwargs in case.heads:
         getattr(model, f"add_{kind}_head")(name, **kwargs)
     fusions = [(names, config, rest[0] if rest else None) for names, config, *rest in case.fusions]
@@ -665,7 +731,7 @@ def run_case(case: Case, inputs: dict, out: Path) -> dict:
     if case.save_full_model:
         model.save_pretrained(case_dir / "full_model", safe_serialization=True)
 
-    unsaved = save_unsaved_shared_parameters(model, case_dir)
+    unsaved = save_unsaved_shared_parameters(model, case_dir, tied_to_loras=bool(case.share))
     expected = forward(model, inputs, case.layout, case.forward_kwargs, case.merge, case.labels)
     save_file(expected, case_dir / "expected.safetensors")
     write_json(case_dir / "keys.json", weight_keys(case_dir))
@@ -690,6 +756,7 @@ def run_case(case: Case, inputs: dict, out: Path) -> dict:
             "active_head": active_head_of(model),
             "merge": case.merge,
             "average": case.average,
+            "share": case.share,
         },
         "attn_implementation": attn_for(case.arch, case.adapters),
         "input_layout": case.layout,
@@ -719,6 +786,7 @@ def forward(model, inputs: dict, layout: str, forward_kwargs: dict, merge: str |
         batch = model_inputs(inputs, layout)
         if labels is not None:
             batch["labels"] = torch.tensor(labels)
+        forward_kwargs = task_ids(forward_kwargs)
         if merge:
             unmerged = collect_outputs(model(**batch, **forward_kwargs))
             expected.update({f"unmerged.{k}": v for k, v in unmerged.items()})
@@ -727,15 +795,27 @@ def forward(model, inputs: dict, layout: str, forward_kwargs: dict, merge: str |
     return expected
 
 
-def save_unsaved_shared_parameters(model, case_dir: Path) -> Path | None:
+def task_ids(forward_kwargs: dict) -> dict:
+    """JSON keeps task ids as a list; the library takes names as a list but indices only as a tensor."""
+    ids = forward_kwargs.get("task_ids")
+    if isinstance(ids, list) and ids and all(isinstance(i, int) for i in ids):
+        return {**forward_kwargs, "task_ids": torch.tensor(ids)}
+    return forward_kwargs
+
+
+def save_unsaved_shared_parameters(model, case_dir: Path, tied_to_loras: bool = False) -> Path | None:
     """Write shared parameters (compacter phm_rule) that save_adapter left out of the weight files.
 
     adapters 1.3.0 selects them with the pattern ".shared_parameters.<name>.", which never matches the
     unprefixed keys of a model prepared with adapters.init(), so they would be lost.
     """
     saved = {key for files in weight_keys(case_dir).values() for key in files}
+    # MTL-LoRA ties (share_parameters) are the very tensors each task saves as loras.<task>.lora_A/B: not unsaved.
+    tied = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if tied_to_loras and ".loras." in n}
     missing = {
-        n: p.detach().clone() for n, p in model.named_parameters() if "shared_parameters." in n and n not in saved
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if "shared_parameters." in n and n not in saved and id(p) not in tied
     }
     if not missing:
         return None

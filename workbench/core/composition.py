@@ -1,4 +1,4 @@
-"""Composition blocks (Stack, Parallel, Fuse, Split, BatchSplit, Average) and their nesting rules.
+"""Composition blocks (Stack, Parallel, Fuse, Split, BatchSplit, Average, MultiTask) and their nesting rules.
 
 The rules follow AdapterHub: which block may contain which is data (`ALLOWED_NESTINGS`), and a setup may be at
 most two blocks deep below the top, where only a Stack or an adapter name may stand.
@@ -167,6 +167,11 @@ class Average(Block):
         return {"weights": self.weights}
 
 
+class MultiTask(Block):
+    """Each batch row through the child its task id names: `model(..., task_ids=...)` gives one id per row, the
+    index of a child or a child's name (AdapterHub's `MultiTask`, for MTL-LoRA; LoRA-family adapters take part)."""
+
+
 def _sizes(block: Block, option: str, value) -> list[int]:
     """Validated `splits`/`batch_sizes`: one positive int per child (an int means the same for every child)."""
     sizes = [value] * len(block.children) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -181,15 +186,16 @@ def _sizes(block: Block, option: str, value) -> list[int]:
     return list(sizes)
 
 
-BLOCKS = {cls.__name__: cls for cls in (Stack, Parallel, Fuse, Split, BatchSplit, Average)}
+BLOCKS = {cls.__name__: cls for cls in (Stack, Parallel, Fuse, Split, BatchSplit, Average, MultiTask)}
 
 ALLOWED_NESTINGS: dict[type, tuple[type, ...]] = {
-    Stack: (str, Fuse, Split, Parallel, BatchSplit, Average),
+    Stack: (str, Fuse, Split, Parallel, BatchSplit, Average, MultiTask),
     Fuse: (str, Stack),
     Split: (str, Split, Stack, BatchSplit, Average),
     Parallel: (str, Stack, BatchSplit, Average),
     BatchSplit: (str, Stack, Split, BatchSplit, Average),
     Average: (str, Stack, Split, BatchSplit),
+    MultiTask: (str, Stack, Average, Fuse),
 }
 
 

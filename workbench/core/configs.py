@@ -146,7 +146,7 @@ def _check_value_types(config: AdapterConfig, where: str) -> None:
             raise AdapterConfigError(f"{where}: {f.name}={value!r} must be {names}")
 
 
-_AT_LEAST_ONE = ("r", "prefix_length", "bottleneck_size", "prompt_length", "phm_dim", "phm_rank")
+_AT_LEAST_ONE = ("r", "n_up_projection", "prefix_length", "bottleneck_size", "prompt_length", "phm_dim", "phm_rank")
 _PROBABILITIES = ("dropout", "dropout_prob")
 
 
@@ -455,6 +455,41 @@ class DvoRAConfig(LoRAConfig):
     use_dora: bool = True
 
 
+class MultiTaskConfig:
+    """Marks the configs of multi-task methods (AdapterHub's `MultiTaskConfig`): adapters with such a config may share
+    parameters (`share_parameters`) and are meant to run under a `MultiTask` block."""
+
+
+@dataclass(frozen=True, eq=False)
+class MTLLoRAConfig(LoRAConfig, MultiTaskConfig):
+    """MTL-LoRA (Yang et al., 2024, https://arxiv.org/abs/2410.09437): LoRA with a task-specific r x r transform
+    between A and B and `n_up_projection` up-projections B_i mixed by learned weights,
+    `softmax(weights / weights_sharpness)`. One adapter per task; `share_parameters` ties their A and B."""
+
+    architecture: ClassVar[str] = "mtl_lora"
+    n_up_projection: int = 1
+    task_specific_matrix_type: str = "singular_values"
+    weights_sharpness: float = 0.05
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.task_specific_matrix_type not in ("singular_values", "linear"):
+            raise _bad(
+                "MTLLoRAConfig",
+                "task_specific_matrix_type",
+                self.task_specific_matrix_type,
+                "'singular_values' or 'linear'",
+            )
+        if self.weights_sharpness <= 0:
+            raise _bad("MTLLoRAConfig", "weights_sharpness", self.weights_sharpness, "a positive number")
+        # adapters 1.3 would silently build (IA)^3 modules for composition_mode='scale', plain MTL-LoRA modules for
+        # vera_d/vera_b, and a DoRA magnitude it cannot apply to the n_up_projection B matrices: refuse all three.
+        for key, on in (("composition_mode", self.composition_mode != "add"), ("use_dora", self.use_dora),
+                        ("vera_d", self.is_vera)):  # fmt: skip
+            if on:
+                raise _bad("MTLLoRAConfig", key, getattr(self, key), "left at its LoRA default for MTL-LoRA")
+
+
 @dataclass(frozen=True, eq=False)
 class TargetedLoRAConfig(LoRAConfig):
     """LoRA or (IA)^3 on modules named one by one (a PEFT adapter's targets) instead of AdapterHub's places.
@@ -679,6 +714,7 @@ ARCHITECTURE_CLASSES: dict[str | None, type[AdapterConfig]] = {
     None: BnConfig,
     "bottleneck": BnConfig,
     "lora": LoRAConfig,
+    "mtl_lora": MTLLoRAConfig,
     "prefix_tuning": PrefixTuningConfig,
     "prompt_tuning": PromptTuningConfig,
     "reft": ReftConfig,
@@ -705,6 +741,7 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfig] = {
     "dora": DoRAConfig(),
     "vera": VeraConfig(),
     "dvora": DvoRAConfig(),
+    "mtl_lora": MTLLoRAConfig(),
     "prefix_tuning": PrefixTuningConfig(),
     "prefix_tuning_flat": PrefixTuningConfig(flat=True),
     "prompt_tuning": PromptTuningConfig(),

@@ -25,7 +25,7 @@ from .context import (
     replicate_batch,
     scoped_setup,
 )
-from .runtime import check_batch, check_setup
+from .runtime import check_batch, check_setup, task_rows
 
 
 class EngineState:
@@ -172,6 +172,7 @@ class EngineState:
         )
         ctx.batch_size = batch_size_of(args, kwargs)
         check_batch(setup, ctx.batch_size)
+        ctx.inputs["task_rows"] = task_rows(setup, kwargs.pop("task_ids", None), ctx.batch_size)  # MultiTask
         for method in self.methods.values():
             method.check_call(setup)
         if setup is not None and setup.parallel_channels > 1 and ctx.batch_size is not None:

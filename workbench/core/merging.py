@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from .configs import ConfigUnion, LoRAConfig, TargetedLoRAConfig
+from .configs import ConfigUnion, LoRAConfig, MTLLoRAConfig, TargetedLoRAConfig
 from .errors import AdapterConfigError, HeadError
 from .keys import rename_adapter_keys
 from .names import check_head_name, check_name
@@ -189,6 +189,8 @@ def _check_strategy(model, strategy: str, names: list[str], config, svd_rank) ->
         )
     if strategy == "linear":
         return
+    if isinstance(config, MTLLoRAConfig):  # a B·A-only strategy would drop the task-specific parts
+        raise AdapterConfigError(f"combine_strategy={strategy!r} cannot merge MTL-LoRA adapters {names}; use 'linear'")
     if not lora:
         raise AdapterConfigError(
             f"combine_strategy={strategy!r} is not supported for {config.architecture or 'bottleneck'} adapters "

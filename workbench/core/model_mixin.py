@@ -657,6 +657,43 @@ class ModelAdaptersMixin(AdapterSetupMixin):
     def _load_fusion_head(self, folder: Path) -> None:
         """Overridden by models with flex heads."""
 
+    # --- MTL-LoRA parameter sharing ----------------------------------------------------------------------
+
+    def share_parameters(self, adapter_names, name: str | None = None, reference_adapter_name: str | None = None):
+        """Tie the shared part (A and B) of multi-task adapters: `share_parameters(MultiTask("a", "b"))`, a list or
+        `"a,b"`. Each projection carrying all of them gets `shared_parameters.<name>` (default: the names joined
+        by commas), a copy of the reference adapter's (default: the first) A and B, which every adapter then uses;
+        each keeps its own task-specific parts. Adapters without a multi-task config raise TypeError."""
+        from .methods import mtl_lora
+
+        names = mtl_lora.task_names(adapter_names)
+        name = ",".join(names) if name is None else name
+        reference = reference_adapter_name or names[0]
+        mtl_lora.check_sharable(self._engine, names, reference)
+        if "lora" in self._engine.methods:
+            self._engine.methods["lora"].share_parameters(name, names, reference)
+
+    def unshare_parameters(self, adapter_names, name: str | None = None) -> None:
+        """Undo `share_parameters`: the tie `name` (default: the names joined by commas) is dropped and every
+        adapter it tied keeps its own copy of the values it had."""
+        from .methods import mtl_lora
+
+        names = mtl_lora.task_names(adapter_names)
+        if "lora" in self._engine.methods:
+            self._engine.methods["lora"].unshare_parameters(",".join(names) if name is None else name)
+
+    def apply_to_adapter_layers(self, fn) -> None:
+        """AdapterHub's hook over adapter layers, for the LoRA family (the layers that share parameters): calls
+        `fn(layer_index, layer)` for every projection carrying LoRA adapters; `layer.adapter_modules` are its
+        adapters by name, `layer.shared_parameters` its MTL-LoRA ties and `layer.module` the projection."""
+        from types import SimpleNamespace
+
+        lora = self._engine.methods.get("lora")
+        for target in list(lora.targets.values()) if lora is not None else []:
+            shared = getattr(target.module, "shared_parameters", None)
+            view = SimpleNamespace(adapter_modules=target.loras, shared_parameters=shared or {}, module=target.module)
+            fn(target.layer_idx, view)
+
     # --- merging and averaging ----------------------------------------------------------------------------
 
     def merge_adapter(self, name: str) -> None:

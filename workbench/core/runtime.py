@@ -3,14 +3,16 @@
 A method places `ComposableLayer`s in the model (a residual site, a projection, an attention module). Each layer
 holds that method's adapters at that place and says how its per-call state is sliced by rows, joined and
 averaged, and how one adapter transforms it. `compose` walks the active setup (Stack, Parallel, BatchSplit,
-Average, and for layers that take part, Fuse and Split) and calls those operations, so every method composes the
-same way. Which blocks a method takes part in is data (`AdapterMethod.supports`); `check_setup` refuses any
+Average, and for layers that take part, Fuse, Split and MultiTask) and calls those operations, so every method
+composes the same way. Which blocks a method takes part in is data (`AdapterMethod.supports`); `check_setup` refuses any
 other combination when the setup is activated, so nothing is discovered in the middle of a forward pass.
 """
 
 from __future__ import annotations
 
-from .composition import Average, BatchSplit, Block, Fuse, Parallel, Split, Stack
+import torch
+
+from .composition import Average, BatchSplit, Block, Fuse, MultiTask, Parallel, Split, Stack
 from .errors import CompositionError
 
 ALL_BLOCKS = frozenset({Stack, Parallel, Fuse, Split, BatchSplit, Average})
@@ -41,6 +43,10 @@ class ComposableLayer:
     def concat(self, states: list):
         """Join row slices back into one state."""
         raise NotImplementedError
+
+    def take(self, state, index: torch.Tensor):
+        """The rows `index` of `state`, in that order (only layers that take part in MultiTask need it)."""
+        raise CompositionError(f"{type(self).__name__} does not take part in MultiTask")
 
     def average(self, states: list, weights: list[float]):
         """Combine the children's states of an `Average` block."""
@@ -81,6 +87,8 @@ def compose(layer: ComposableLayer, setup, state, ctx):
     if isinstance(setup, Average):
         state = layer.enter(setup, state)
         return layer.average([run_child(child, state) for child in setup], setup.weights)
+    if isinstance(setup, MultiTask):
+        return _multi_task(layer, setup, layer.enter(setup, state), ctx, run_child)
     if isinstance(setup, Fuse):
         return layer.fuse(setup, state, ctx, run_child)
     if isinstance(setup, Split):
@@ -93,6 +101,71 @@ def _child(layer, child, state, ctx):
     if isinstance(child, str):
         return layer.single(child, state, ctx) if child in layer else state
     return compose(layer, child, state, ctx)
+
+
+def _multi_task(layer, setup: MultiTask, state, ctx, run_child):
+    """Rows grouped by task (a stable sort), each group through its child as a BatchSplit slice, then put back in
+    their original order: row i gets exactly what child `task_ids[i]` alone gives it."""
+    tasks = (ctx.inputs.get("task_rows") or {}).get(id(setup)) if ctx is not None else None
+    if tasks is None:
+        raise CompositionError(f"{setup} needs task_ids=... in the forward call (one task per batch row)")
+    rows = layer.batch_rows(state)
+    if tasks.shape[0] != rows:
+        raise CompositionError(f"{setup}: {tasks.shape[0]} task_ids for {rows} batch rows")
+    order = torch.argsort(tasks, stable=True)
+    grouped = layer.take(state, order)
+    parts, start = [], 0
+    for child, count in zip(setup, torch.bincount(tasks, minlength=len(setup)).tolist(), strict=True):
+        if count:
+            parts.append(run_child(child, layer.rows(grouped, start, start + count)))
+        start += count
+    return layer.take(layer.concat(parts), torch.argsort(order))
+
+
+def task_rows(setup, task_ids, batch: int | None) -> dict[int, torch.Tensor]:
+    """At the start of a forward: each MultiTask block's child index per batch row, from `task_ids` (indices into
+    the block's children, or their names); keyed by id(block). Refuses what the blocks cannot route."""
+    blocks = [b for b, _ in blocks_with_names(setup)] if setup is not None else []
+    blocks = [b for b in blocks if isinstance(b, MultiTask)]
+    if not blocks:
+        return {}
+    if task_ids is None:
+        raise CompositionError(f"{blocks[0]} needs task_ids=... in the forward call (one task per batch row)")
+    if setup.parallel_channels > 1:
+        raise CompositionError(
+            f"{setup}: a MultiTask block cannot follow a Parallel block (its task_ids name the rows of the batch "
+            "before Parallel replicates it)"
+        )
+    found = {}
+    for block in blocks:
+        ids = _task_indices(block, task_ids)
+        if batch is not None and ids.shape[0] != batch:
+            raise CompositionError(f"{block}: {ids.shape[0]} task_ids for a batch of {batch} rows")
+        found[id(block)] = ids
+    return found
+
+
+def _task_indices(block: MultiTask, task_ids) -> torch.Tensor:
+    names = [c if isinstance(c, str) else None for c in block.children]
+    if isinstance(task_ids, torch.Tensor):
+        ids = task_ids
+    elif isinstance(task_ids, (list, tuple)) and task_ids and all(isinstance(t, str) for t in task_ids):
+        unknown = sorted({t for t in task_ids if t not in names})
+        if unknown:
+            raise CompositionError(f"{block}: task_ids name {unknown}, which are not children of the block")
+        ids = torch.tensor([names.index(t) for t in task_ids])
+    elif isinstance(task_ids, (list, tuple)):
+        ids = torch.tensor(task_ids) if task_ids else torch.zeros(0, dtype=torch.long)
+    else:
+        raise CompositionError(f"{block}: task_ids must be a tensor or list of task indices or names, not {task_ids!r}")
+    if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise CompositionError(
+            f"{block}: task_ids must be one integer per batch row, got {tuple(ids.shape)} {ids.dtype}"
+        )
+    ids = ids.long()
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(block)):
+        raise CompositionError(f"{block}: task_ids {ids.tolist()} must lie in [0, {len(block)})")
+    return ids
 
 
 def row_bounds(block: Parallel | BatchSplit, batch: int) -> list[tuple[int, int]]:

@@ -10,7 +10,8 @@ AdapterHub's `LoRAConfig` names places (`spec.lora`); a `TargetedLoRAConfig` (PE
 nn.Linear/Conv1D module by its path, each with its own rank and scaling, (IA)^3 optionally on the module's input,
 plus `modules_to_save`: full trainable copies whose output replaces the original module's while the adapter runs.
 The LoRA family builds on the same targets: DoRA (`use_dora`, a magnitude per output feature, `dora.py`) and VeRA
-(`vera_d`/`vera_b`, shared frozen projections, `vera.py`); DvoRA is both.
+(`vera_d`/`vera_b`, shared frozen projections, `vera.py`); DvoRA is both. MTL-LoRA (`MTLLoRAConfig`, `mtl_lora.py`) is a
+LoRA module with task-specific parts, run per row under a `MultiTask` block.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..composition import Average, BatchSplit, Block, Parallel, Stack
-from ..configs import LoRAConfig, TargetedLoRAConfig
+from ..composition import Average, BatchSplit, Block, MultiTask, Parallel, Stack
+from ..configs import LoRAConfig, MTLLoRAConfig, TargetedLoRAConfig
 from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
 from ..runtime import ComposableLayer, blocks_with_names, compose
@@ -229,6 +230,8 @@ class LoRATarget(ComposableLayer):
         self.reset()
         self.handle.remove()
         del self.module.loras
+        if hasattr(self.module, "shared_parameters"):  # MTL-LoRA ties (mtl_lora.share)
+            del self.module.shared_parameters
 
     @property
     def square(self) -> bool:
@@ -246,6 +249,8 @@ class LoRATarget(ComposableLayer):
 
     def _make(self, config: LoRAConfig, r, alpha, on_input: bool, shared) -> nn.Module:
         cls = IA3 if config.composition_mode == "scale" else LoRA
+        if isinstance(config, MTLLoRAConfig):
+            cls = _mtl().MTLLoRA
         if isinstance(config, TargetedLoRAConfig):
             r = config.r if r is None else r
             alpha = config.alpha if alpha is None else alpha
@@ -307,6 +312,8 @@ class LoRATarget(ComposableLayer):
 
     def single(self, name: str, st: _State, ctx) -> _State:
         lora = self.loras[name]
+        if _fused(lora) and _mtl().is_mtl(lora):  # refused by check_setup; never computed as plain LoRA
+            raise CompositionError(_fused_mtl_message(name, self.path))
         if _fused(lora):
             h, gate = self._fused_delta(lora, st)
         else:
@@ -317,6 +324,11 @@ class LoRATarget(ComposableLayer):
 
     def batch_rows(self, st: _State) -> int:
         return st.x.shape[0]
+
+    def take(self, st: _State, index: torch.Tensor) -> _State:
+        pick = lambda t: t.index_select(0, index.to(t.device)) if t is not None else None  # noqa: E731
+        h = st.h if st.h is None else pick(st.h.expand(st.x.shape[0], *st.h.shape[1:]))  # (IA)^3: (1, 1, out)
+        return _State(pick(st.x), h, pick(st.y), st.last, pick(st.out))
 
     def rows(self, st: _State, a: int, b: int) -> _State:
         cut = lambda t: t[a:b] if t is not None else None  # noqa: E731
@@ -458,7 +470,7 @@ class LoRAMethod(AdapterMethod):
     """Adds, removes and merges LoRA/IA3 adapters across all layers of a model (averaging: `core/merging.py`)."""
 
     kind = "lora"
-    supports = frozenset({Stack, Parallel, BatchSplit, Average})
+    supports = frozenset({Stack, Parallel, BatchSplit, Average, MultiTask})
 
     def __init__(self, engine):
         super().__init__(engine)
@@ -565,6 +577,9 @@ class LoRAMethod(AdapterMethod):
         for block, names in blocks_with_names(setup):
             for target in self.targets.values():
                 here = [n for n in names if n in target.loras]
+                for n in here:
+                    if _fused(target.loras[n]) and _mtl().is_mtl(target.loras[n]):
+                        raise CompositionError(f"{setup}: " + _fused_mtl_message(n, target.path))
                 if len({_on_input(target.loras[n]) for n in here}) > 1:
                     raise CompositionError(
                         f"{setup}: adapters {here} on {target.path} mix (IA)^3 on the input (PEFT feedforward "
@@ -599,6 +614,8 @@ class LoRAMethod(AdapterMethod):
         """Fold adapter `name` into the base weights; its hook then stays idle until `reset`."""
         targets = [t for t in self.targets.values() if name in t.loras]
         for target in targets:
+            if _fused(target.loras[name]) and _mtl().is_mtl(target.loras[name]):
+                raise AdapterConfigError(_fused_mtl_message(name, target.path))
             if target.loras[name].use_gating:
                 raise AdapterConfigError(f"adapter {name!r} uses gating and cannot be merged")
             if target.merged not in (None, name):
@@ -643,11 +660,45 @@ class LoRAMethod(AdapterMethod):
         for target in self.targets.values():
             target.reset()
 
+    # --- MTL-LoRA parameter sharing (mtl_lora.py) -----------------------------------------------------------
+
+    def share_parameters(self, name: str, names: list[str], reference: str) -> int:
+        """Tie the A and B of adapters `names` to copies of `reference`'s at every projection carrying all of
+        them; returns how many projections were tied. All or nothing."""
+        mtl = _mtl()
+        done = []
+        try:
+            for target in self.targets.values():
+                if mtl.share(target.module, target.loras, name, names, reference):
+                    done.append(target)
+        except BaseException:
+            for target in done:
+                mtl.unshare(target.module, target.loras, name)
+            raise
+        return len(done)
+
+    def unshare_parameters(self, name: str) -> None:
+        for target in self.targets.values():
+            _mtl().unshare(target.module, target.loras, name)
+
 
 def _vera():
     from . import vera  # vera.py builds on this module's classes
 
     return vera
+
+
+def _mtl():
+    from . import mtl_lora  # mtl_lora.py builds on this module's classes
+
+    return mtl_lora
+
+
+def _fused_mtl_message(name: str, path: str) -> str:
+    return (
+        f"MTL-LoRA adapter {name!r} sits on {path}, a fused q|k|v projection, where no MTL-LoRA computation is "
+        "defined (adapters 1.3 fails there too): add it with selfattn_lora=False and intermediate_lora/output_lora"
+    )
 
 
 def _names(setup) -> list[str]:
@@ -658,7 +709,7 @@ def _rowwise_dora(setup, target: LoRATarget) -> bool:
     """Whether `setup` holds a Parallel/BatchSplit whose rows end in DoRA adapters on `target` (finished there)."""
     if not isinstance(setup, Block):
         return False
-    if isinstance(setup, (Parallel, BatchSplit)):
+    if isinstance(setup, (Parallel, BatchSplit, MultiTask)):
         if any(dora.is_dora(target.loras[n]) for n in setup.names() if n in target.loras):
             return True
     return any(_rowwise_dora(child, target) for child in setup)
