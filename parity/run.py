@@ -35,9 +35,10 @@ TEST_PATHS = [
 def run(kind: str, python: str, only: list[str]) -> int:
     if not (TESTS / ".commit").exists():
         sys.exit(f"no tests in {TESTS}: run parity/fetch_tests.sh first (make parity does)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(HERE)] + ([str(HERE / "alias")] if kind == "workbench" else [])))
-    xml = RESULTS / f"{kind}.xml"
+    paths = [str(HERE)] + ([str(HERE / "alias")] if kind == "workbench" else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    # a run of some tests only (`only`) is kept beside the whole run and overrides its outcomes in the report
+    xml = RESULTS / (f"{kind}.xml" if not only else f"{kind}-update-{len(list(RESULTS.glob(kind + '-update-*')))}.xml")
     cmd = [
         str(Path(python).absolute()), "-m", "pytest", "-p", "adapters_offline", "-q", "-p", "no:cacheprovider",
         "--continue-on-collection-errors", f"--junitxml={xml}", "-o", "junit_family=xunit1", *(only or TEST_PATHS),
@@ -73,8 +74,16 @@ def known_reasons() -> list[tuple[re.Pattern, str]]:
     return rules
 
 
+def merged(kind: str) -> dict[str, tuple[str, str]]:
+    """The whole run's outcomes, updated by later runs of some of its tests (oldest first)."""
+    result = outcomes(RESULTS / f"{kind}.xml")
+    for update in sorted(RESULTS.glob(f"{kind}-update-*.xml"), key=lambda p: p.stat().st_mtime):
+        result.update(outcomes(update))
+    return result
+
+
 def report() -> str:
-    reference, workbench = outcomes(RESULTS / "reference.xml"), outcomes(RESULTS / "workbench.xml")
+    reference, workbench = merged("reference"), merged("workbench")
     counted = sorted(t for t, (o, _) in reference.items() if o == "passed")
     passing = [t for t in counted if workbench.get(t, ("missing", ""))[0] == "passed"]
     failing = [t for t in counted if t not in set(passing)]
