@@ -45,7 +45,8 @@ def test_adapters_config_views_the_model():
     assert "a" in config and "x" not in config and list(config) == ["a", "b"] and len(config) == 2
     assert config.get("a") == workbench.SeqBnConfig() and config.get("x") is None
     assert config.config_map[config.adapters["a"]] == workbench.SeqBnConfig()
-    assert config.fusions == {"a,b": "dynamic", "custom": "dynamic"} and config.fusion_name_map == {"custom": ["a", "b"]}
+    assert config.fusions == {"a,b": "dynamic", "custom": "dynamic"}
+    assert config.fusion_name_map == {"custom": ["a", "b"]}
     assert config.get_fusion(["a", "b"])[1] == ["a", "b"] and config.get_fusion("nope") == (None, None)
     assert config.match("a", workbench.BnConfig, layer_idx=0, location_key="output_adapter") == workbench.SeqBnConfig()
     assert config.match("a", workbench.LoRAConfig) is None
