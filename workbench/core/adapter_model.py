@@ -415,9 +415,12 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             if load_as is None:
                 raise HeadError(f"{config_path} is a static head, which has no name: pass load_as=")
             model_class = data.get("model_class") or ""
-            config, renames = static_heads.flex_config(
-                model_class, self.config, data.get("label2id"), data.get("num_labels")
-            )
+            try:
+                config, renames = static_heads.flex_config(
+                    model_class, self.config, data.get("label2id"), data.get("num_labels")
+                )
+            except HeadError as err:
+                raise HeadError(f"{config_path}: config=None marks a static head, but {err}") from None
         else:
             config = dict(data["config"])
         if config.get("head_type") in (None, "") or "head_type" not in config:

@@ -100,8 +100,8 @@ def flex_config(model_class: str, model_config, label2id=None, num_labels=None) 
     Raises HeadError if the class has no known flex equivalent."""
     if model_class not in STATIC_TO_FLEX:
         raise HeadError(
-            f"a head of {model_class} cannot be converted to a flex head "
-            f"(convertible: {', '.join(sorted(STATIC_TO_FLEX))})"
+            f"a head of {model_class or 'an unnamed class'} cannot be converted to a flex head "
+            "(known: the ...For<Task> classes of the architectures workbench ships, see static_heads.STATIC_TO_FLEX)"
         )
     template, layers = STATIC_TO_FLEX[model_class]
     config = dict(template)
