@@ -108,10 +108,13 @@ def test_init_adds_adapters_to_a_task_model(tmp_path):
     # a file saved from a task model loads into an AdapterModel with the same base weights
     other = tiny_adapter_model("bert")
     other.bert.load_state_dict(model.bert.state_dict(), strict=False)
-    other.load_adapter(str(tmp_path / "a"), set_active=True)
+    other.load_adapter(str(tmp_path / "a"), set_active=True, with_head=False)
     with torch.no_grad():
         torch.testing.assert_close(hidden(other), model.bert(input_ids=IDS, attention_mask=MASK)[0])
     assert logits.shape == (2, 2)
+    # with its head (saved beside it as AdapterHub's static head), converted to flex head "a"
+    other.load_adapter(str(tmp_path / "a"), set_active=True)
+    torch.testing.assert_close(hidden(other), logits)
 
 
 def test_fusion_output_attentions_and_training():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PretrainedConfig, PreTrainedModel
 
-from . import files
+from . import files, static_heads
 from .archs import spec_from_interface
 from .composition import BatchSplit, Parallel, Stack
 from .context import scoped_setup
@@ -73,8 +74,39 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         if kwargs.get("output_loading_info"):
             base, info = base
         model = cls._family(base.config)(base)
+        hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+        model._convert_static_head(pretrained_model_name_or_path, info, hub)
         model._load_saved_parts(pretrained_model_name_or_path)
         return (model, info) if info is not None else model
+
+    def _convert_static_head(self, name_or_path, info: dict | None, hub_kwargs: dict) -> None:
+        """A checkpoint of a `...For<Task>` class (`config.architectures`) brings its task layers as flex head
+        "default", as AdapterHub does; their keys are then no longer unexpected in `info`."""
+        architectures = getattr(self.config, "architectures", None) or []
+        if not architectures or architectures[0] not in static_heads.STATIC_TO_FLEX:
+            return
+        static = static_heads.checkpoint_head_state(name_or_path, self.base_model_prefix, **hub_kwargs)
+        config, renames = static_heads.flex_config(architectures[0], self.config)
+        head = head_from_config(self.config, config)
+        if not static and not (isinstance(head, LMHead) and self.config.tie_word_embeddings):
+            return  # (a tied LM head has no weights of its own in the checkpoint)
+        try:
+            state, _ = static_heads.rename_to_flex(static, renames, "default", name_or_path)
+            own = head.state_dict(prefix="heads.default.", keep_vars=True)
+            decoder = f"heads.default.{len(head) - 1}.weight"
+            if isinstance(head, LMHead) and decoder not in state and self.config.tie_word_embeddings:
+                head[-1].weight = self.get_input_embeddings().weight  # saved once, as the input embedding
+                del own[decoder]
+            _check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, name_or_path, warn=False)
+        except AdapterLoadError as err:
+            warnings.warn(f"the {architectures[0]} head of {name_or_path} was not converted: {err}", stacklevel=3)
+            return
+        self.add_prediction_head("default", head, overwrite_ok=True)
+        self._load_weights(state, own, name_or_path)
+        if info is not None and "unexpected_keys" in info:
+            info["unexpected_keys"] = type(info["unexpected_keys"])(
+                k for k in info["unexpected_keys"] if k not in static
+            )
 
     @classmethod
     def from_config(cls, config, **kwargs) -> AdapterModel:
@@ -360,13 +392,38 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         weights_name = files.SAFE_HEAD_WEIGHTS_NAME if use_safetensors else files.HEAD_WEIGHTS_NAME
         files.write_weights(folder / weights_name, weights)
 
-    def load_head(self, save_directory, load_as: str | None = None, id2label=None, set_active: bool = True) -> str:
-        """Load a head saved by `save_head` (AdapterHub's head_config.json + weights); returns its name."""
+    def load_head(
+        self,
+        save_directory,
+        load_as: str | None = None,
+        id2label=None,
+        set_active: bool = True,
+        loading_info: dict | None = None,
+        **_,
+    ) -> str:
+        """Load a head saved by `save_head` (AdapterHub's head_config.json + weights); returns its name.
+
+        A static head (saved from an init()-ed `...For<Task>` model) is converted to the flex head that computes
+        the same (`static_heads`); it has no name, so `load_as` is needed. `loading_info` receives
+        `missing_keys` (always empty: missing weights raise) and `unexpected_keys` (a static head's aliases of
+        tied weights, such as BERT's `cls.predictions.bias`, which are not loaded)."""
         folder = Path(save_directory)
         config_path = folder / files.HEAD_CONFIG_NAME
         data = files.read_saved_meta(config_path, "head")
         self._check_compatible(data, config_path)
-        config = dict(data["config"])
+        renames = None
+        if data["config"] is None:
+            if load_as is None:
+                raise HeadError(f"{config_path} is a static head, which has no name: pass load_as=")
+            model_class = data.get("model_class") or ""
+            try:
+                config, renames = static_heads.flex_config(
+                    model_class, self.config, data.get("label2id"), data.get("num_labels")
+                )
+            except HeadError as err:
+                raise HeadError(f"{config_path}: config=None marks a static head, but {err}") from None
+        else:
+            config = dict(data["config"])
         if config.get("head_type") in (None, "") or "head_type" not in config:
             raise HeadError(f"{config_path} is a static head without 'head_type'; it cannot be loaded as a flex head")
         if id2label is not None:
@@ -378,7 +435,11 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         weights_path = files.find_weights(folder, files.HEAD_WEIGHTS_NAME, files.SAFE_HEAD_WEIGHTS_NAME)
         if weights_path is None:
             raise HeadError(f"no head weights ({files.HEAD_WEIGHTS_NAME}) in {folder}")
-        state = rename_prefixed(files.read_weights(weights_path), "heads", saved_name or name, name)
+        dropped = []
+        if renames is not None:
+            state, dropped = static_heads.rename_to_flex(files.read_weights(weights_path), renames, name, weights_path)
+        else:
+            state = rename_prefixed(files.read_weights(weights_path), "heads", saved_name or name, name)
         try:
             with torch.device("meta"):  # sizes checked against the file before anything is allocated
                 probe = head_from_config(self.config, config)
@@ -395,6 +456,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             self._load_weights(state, own, weights_path)
             if set_active:
                 self.active_head = name
+        if loading_info is not None:
+            loading_info.update(missing_keys=[], unexpected_keys=dropped)
         return name
 
     def _save_matching_head(self, folder: Path, name: str, use_safetensors: bool) -> None:

@@ -44,6 +44,7 @@ class EngineState:
         self.owned: dict[str, dict[str, nn.Module]] = {}  # adapter or fusion key -> {path in root: module}
         self.version = 0  # bumped whenever an adapter or fusion is added or removed (scoped setups re-check then)
         self._checked_scoped: tuple | None = None
+        self.embeddings = None  # the named input embeddings (`embeddings.EmbeddingStore`), made on first use
         base.register_forward_pre_hook(self._begin, with_kwargs=True)
         base.register_forward_hook(self._end, always_call=True)
 

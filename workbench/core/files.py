@@ -72,8 +72,8 @@ def read_saved_meta(path: str | os.PathLike, kind: str) -> dict:
 
     if "config" not in data:
         raise AdapterLoadError(f"{path} has no 'config' entry")
-    if not isinstance(data["config"], dict):
-        raise bad("config", "a JSON object")
+    if not isinstance(data["config"], dict) and not (kind == "head" and data["config"] is None):
+        raise bad("config", "a JSON object")  # (a head's is null for a static head: AdapterHub's `...For<Task>`)
     for key in ("model_type", "model_name", "model_class", "version"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise bad(key, "a string")
@@ -149,6 +149,12 @@ def write_weights(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> No
         _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     else:
         _atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+
+
+def write_tensor(path: str | os.PathLike, tensor: torch.Tensor) -> None:
+    """Write one tensor with `torch.save` (AdapterHub's `embedding.pt`), atomically."""
+    tensor = tensor.detach().contiguous().cpu()
+    _atomic_write(Path(path), lambda tmp: torch.save(tensor, tmp))
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -12,12 +12,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import files, peft_format
+from . import files, peft_format, static_heads
 from .composition import Block, Fuse, parse_composition
-from .configs import ADAPTER_CONFIG_MAP, AdapterConfig, AdapterFusionConfig, BnConfig, LoRAConfig, TargetedLoRAConfig
+from .configs import (
+    ADAPTER_CONFIG_MAP,
+    AdapterConfig,
+    AdapterFusionConfig,
+    BnConfig,
+    ConfigUnion,
+    LoRAConfig,
+    TargetedLoRAConfig,
+)
 from .context import keep_call_context
+from .embeddings import EmbeddingsMixin, store_of
 from .engine import EngineState
-from .errors import AdapterConfigError, AdapterLoadError, CompositionError
+from .errors import AdapterConfigError, AdapterLoadError, CompositionError, HeadError
 from .keys import align_base_prefix, is_engine_key, rename_adapter_keys, rename_prefixed
 from .locations import adapter_locations
 from .methods import method_parts
@@ -43,13 +52,14 @@ def register_adapter_resolver(resolver) -> None:
     _ADAPTER_RESOLVER = resolver
 
 
-class ModelAdaptersMixin(AdapterSetupMixin):
+class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
     """Adds adapters to a transformers model without changing its modeling code."""
 
     _engine: EngineState
 
     def _init_adapters(self, base: nn.Module, spec=None) -> None:
         self._engine = EngineState(self, base, spec)
+        store_of(self._engine)  # `loaded_embeddings` exists from the start, as in AdapterHub
 
     def _method(self, kind: str):
         return self._engine.method(kind)
@@ -181,7 +191,8 @@ class ModelAdaptersMixin(AdapterSetupMixin):
         self._engine.base.model_frozen = freeze
 
     def train_adapter(self, adapter_setup, train_embeddings: bool = False) -> None:
-        """Freeze the model except the given adapters (and heads), and activate them."""
+        """Freeze the model except the given adapters (and heads), and activate them; `train_embeddings` also
+        trains the active input embedding (e.g. one added with `add_embeddings`)."""
         setup = parse_composition(adapter_setup)
         if setup is None:
             raise CompositionError(f"train_adapter needs the adapters to train, got {adapter_setup!r}")
@@ -470,8 +481,20 @@ class ModelAdaptersMixin(AdapterSetupMixin):
         for sub in _subfolders(folder / "fusions"):
             self.load_adapter_fusion(sub, with_head=False)
 
+    def save_head(self, save_directory, head_name: str | None = None, use_safetensors: bool = False) -> None:
+        """Save the task layers of an init()-ed `...For<Task>` model as AdapterHub's static head (`head_name` is
+        ignored: such a model has one unnamed head); a flex-head model converts it when loading it."""
+        static_heads.save_static(self, save_directory, use_safetensors)
+
+    def load_head(self, save_directory, load_as=None, id2label=None, loading_info: dict | None = None, **_) -> None:
+        """Load a static head saved from a model of this class (or a flex head equal to it) into the task layers;
+        `load_as` is ignored (the head has no name). Labels come from the file unless `id2label` is given."""
+        static_heads.load_static(self, save_directory, id2label, loading_info)
+
     def _save_matching_head(self, folder: Path, name: str, use_safetensors: bool) -> None:
-        """Overridden by models with flex heads."""
+        """An init()-ed model with task layers saves them beside the adapter (as AdapterHub does)."""
+        if static_heads.has_static_head(self):
+            static_heads.save_static(self, folder, use_safetensors)
 
     def load_adapter(
         self,
@@ -570,7 +593,30 @@ class ModelAdaptersMixin(AdapterSetupMixin):
             raise AdapterLoadError(f"{path} was saved for hidden size {hidden}; this model has {config.hidden_size}")
 
     def _load_matching_head(self, folder: Path, name: str, id2label) -> None:
-        """Overridden by models with flex heads."""
+        """A head saved beside the adapter goes into this model's task layers if it is this class's head (or a flex
+        head equal to it); any other head is skipped with a warning, as AdapterHub does."""
+        config_path = folder / files.HEAD_CONFIG_NAME
+        if not static_heads.has_static_head(self) or not config_path.is_file():
+            return
+        data = files.read_saved_meta(config_path, "head")
+        own = type(self).__name__
+        if data["config"] is None and data.get("model_class") != own:
+            warnings.warn(
+                f"{config_path}: a head of {data.get('model_class')} does not fit {own}; not loaded", stacklevel=3
+            )
+            return
+        if data["config"] is not None:
+            try:
+                expected, _ = static_heads.flex_config(own, self.config)
+            except HeadError:
+                expected = None
+            if expected is None or data["config"].get("head_type") != expected["head_type"]:
+                warnings.warn(
+                    f"{config_path}: a {data['config'].get('head_type')} head does not fit {own}; not loaded",
+                    stacklevel=3,
+                )
+                return
+        static_heads.load_static(self, folder, id2label)
 
     def _load_weights(self, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: Path) -> None:
         """Copy `state` into the tensors `own` (key -> tensor) after checking keys, shapes and values."""
@@ -708,6 +754,17 @@ class ModelAdaptersMixin(AdapterSetupMixin):
             )
         self._method("lora").merge(name)
 
+    def eject_prefix_tuning(self, name: str) -> None:
+        """Turn prefix-tuning adapter `name` from its reparametrised form (embedding + MLP) into the plain prefixes
+        it computes (`flat=True`): the outputs stay the same, and only the prefixes are kept, saved and trained."""
+        config = self._require(name)
+        parts = dict(method_parts(config))
+        if "prefix_tuning" not in parts:
+            raise AdapterConfigError(f"adapter {name!r} has no prefix tuning to eject")
+        flat = self._method("prefix_tuning").eject(name, parts["prefix_tuning"])
+        if flat is not parts["prefix_tuning"]:
+            self._engine.configs[name] = flat if config is parts["prefix_tuning"] else _replace_part(config, flat)
+
     def reset_adapter(self) -> None:
         """Undo `merge_adapter`: the base weights are again exactly what they were."""
         if "lora" in self._engine.methods:
@@ -757,6 +814,11 @@ class ModelAdaptersMixin(AdapterSetupMixin):
             svd_rank,
             **kwargs,
         )
+
+
+def _replace_part(union: ConfigUnion, part: AdapterConfig) -> ConfigUnion:
+    """`union` with its config of `part`'s method replaced by `part`."""
+    return ConfigUnion(*[part if type(c) is type(part) else c for c in union.configs])
 
 
 def _check_weights(state: dict[str, torch.Tensor], shapes: dict[str, tuple], source, warn: bool = True) -> None:

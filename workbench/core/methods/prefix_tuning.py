@@ -86,6 +86,19 @@ class FlatPrefixTuning(PrefixTuning):
         return per_layer[:, position]
 
 
+def flatten(prefix: PrefixTuning, config: PrefixTuningConfig) -> FlatPrefixTuning:
+    """The flat prefix whose values are what the reparametrised `prefix` computes (AdapterHub's `eject`)."""
+    length, layers, heads, dim = prefix.shape
+    with torch.device("meta"):  # sized without allocating the random init that is overwritten next
+        flat = FlatPrefixTuning(layers // 2, heads, dim, 0, config.replace(flat=True))
+    weight = prefix.wte.weight
+    with torch.no_grad():
+        values = prefix.control_trans(weight).reshape(-1).detach().clone()
+    flat.control_trans = nn.Parameter(values, requires_grad=weight.requires_grad)
+    flat.dropout = prefix.dropout
+    return flat.train(prefix.training)
+
+
 class PrefixTuningPool(nn.Module):
     """`prefix_tunings.<name>.<location_key>`: every prefix of the model, shared by all layers."""
 
@@ -298,6 +311,15 @@ class PrefixTuningMethod(AdapterMethod):
         except Exception:
             self.delete(name)
             raise
+
+    def eject(self, name: str, config: PrefixTuningConfig) -> PrefixTuningConfig:
+        """Replace prefix `name`'s embedding and MLP by the prefix values they compute; returns its new config."""
+        entry = self.pool.prefix_tunings[name]
+        prefix = entry[self.location_key]
+        if isinstance(prefix, FlatPrefixTuning):
+            return config
+        entry[self.location_key] = flatten(prefix, config)
+        return config.replace(flat=True)
 
     def delete(self, name: str) -> None:
         for idx, shim in list(self.shims.items()):

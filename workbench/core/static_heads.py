@@ -1,0 +1,262 @@
+"""Static heads: the task layers of transformers' `...For<Task>` models, and their conversion to flex heads.
+
+A model made with `init()` from e.g. `BertForSequenceClassification` has one unnamed head (its `classifier`).
+As AdapterHub does, `save_head` writes it as a *static* head: `head_config.json` with `"config": null`, the
+model class and its labels, and the weights under their own names (`classifier.weight`). A flex-head model
+(`AutoAdapterModel`) converts such a head on loading, and a transformers checkpoint of such a class in
+`from_pretrained` (as head "default"), through `STATIC_TO_FLEX`: for each class, the flex head config it equals
+and the module that becomes each index of the flex head's `nn.Sequential` (None: a layer without weights).
+Conversion is exact: the flex head computes what the static head does (`tests/test_class_conversion.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from . import files
+from .errors import AdapterLoadError, HeadError
+
+
+def _head(head_type: str, modules: list[str | None], /, **config) -> tuple[dict, tuple]:
+    return {"head_type": head_type, **config}, tuple(modules)
+
+
+_LINEAR = {"layers": 1, "activation_function": None}
+_TWO_LAYER = [None, "classifier.dense", None, None, "classifier.out_proj"]  # dropout, dense, tanh, dropout, out
+
+
+def _encoder(cls: str, dense: str, norm: str, decoder: str, pooled: bool) -> dict[str, tuple]:
+    """The heads of a BERT-like encoder family (`pooled`: its sequence classifier reads the pooler output)."""
+    lm = {"layers": 2, "activation_function": "gelu", "layer_norm": True, "bias": True}
+    classification = (
+        _head("classification", [None, "classifier"], **_LINEAR, use_pooler=True)
+        if pooled
+        else _head("classification", _TWO_LAYER, layers=2, activation_function="tanh", use_pooler=False)
+    )
+    return {
+        f"{cls}ForSequenceClassification": classification,
+        f"{cls}ForMultipleChoice": _head("multiple_choice", [None, "classifier"], **_LINEAR, use_pooler=True),
+        f"{cls}ForTokenClassification": _head("tagging", [None, "classifier"], **_LINEAR),
+        f"{cls}ForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
+        f"{cls}ForMaskedLM": _head("masked_lm", [dense, None, norm, decoder], **lm),
+        (f"{cls}LMHeadModel" if pooled else f"{cls}ForCausalLM"): _head(
+            "causal_lm", [dense, None, norm, decoder], **lm
+        ),
+    }
+
+
+def _decoder(cls: str, tagger: str) -> dict[str, tuple]:
+    """The heads of a decoder family; its sequence classifier (`score`) reads the last non-pad token."""
+    heads = {
+        f"{cls}ForSequenceClassification": _head("classification", [None, "score"], **_LINEAR, bias=False),
+        f"{cls}ForTokenClassification": _head("tagging", [None, tagger], **_LINEAR),
+        f"{cls}ForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
+    }
+    heads[f"{cls}LMHeadModel" if cls == "GPT2" else f"{cls}ForCausalLM"] = _head("causal_lm", ["lm_head"])
+    return heads
+
+
+STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
+    **_encoder(
+        "Bert",
+        "cls.predictions.transform.dense",
+        "cls.predictions.transform.LayerNorm",
+        "cls.predictions.decoder",
+        pooled=True,
+    ),  # fmt: skip
+    **_encoder("Roberta", "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", pooled=False),
+    **_encoder("XLMRoberta", "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", pooled=False),
+    "DistilBertForSequenceClassification": _head(
+        "classification", [None, "pre_classifier", None, None, "classifier"], layers=2, activation_function="relu"
+    ),
+    "DistilBertForMultipleChoice": _head(
+        "multiple_choice", [None, "pre_classifier", None, None, "classifier"], layers=2, activation_function="relu"
+    ),
+    "DistilBertForTokenClassification": _head("tagging", [None, "classifier"], **_LINEAR),
+    "DistilBertForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
+    "DistilBertForMaskedLM": _head(
+        "masked_lm",
+        ["vocab_transform", None, "vocab_layer_norm", "vocab_projector"],
+        layers=2,
+        activation_function="gelu",
+        layer_norm=True,
+        bias=True,
+    ),
+    **_decoder("GPT2", "classifier"),
+    **_decoder("Llama", "score"),
+    **_decoder("Mistral", "score"),
+    **_decoder("Qwen2", "score"),
+}
+_NO_LABELS = ("masked_lm", "causal_lm")
+
+
+def flex_config(model_class: str, model_config, label2id=None, num_labels=None) -> tuple[dict, dict[str, str]]:
+    """The flex head config that equals static head `model_class`, and the renaming {static module: flex index}.
+
+    Raises HeadError if the class has no known flex equivalent."""
+    if model_class not in STATIC_TO_FLEX:
+        raise HeadError(
+            f"a head of {model_class or 'an unnamed class'} cannot be converted to a flex head "
+            "(known: the ...For<Task> classes of the architectures workbench ships, see static_heads.STATIC_TO_FLEX)"
+        )
+    template, layers = STATIC_TO_FLEX[model_class]
+    config = dict(template)
+    if config["head_type"] in _NO_LABELS:
+        config["vocab_size"] = model_config.vocab_size
+        if getattr(model_config, "embedding_size", None):
+            config["embedding_size"] = model_config.embedding_size
+    else:
+        label2id = {str(k): int(v) for k, v in (label2id or model_config.label2id or {}).items()} or None
+        count = num_labels or (len(label2id) if label2id else 2)
+        config["num_choices" if config["head_type"] == "multiple_choice" else "num_labels"] = count
+        config["label2id"] = label2id if label2id and len(label2id) == count else None
+    return config, {module: str(i) for i, module in enumerate(layers) if module is not None}
+
+
+def rename_to_flex(state: dict[str, torch.Tensor], renames: dict[str, str], head_name: str, source) -> tuple:
+    """`state` (static keys) under `heads.<head_name>.<i>.` keys; returns (renamed, dropped aliases).
+
+    A key outside the renaming is accepted only as an alias of a renamed tensor (e.g. BERT's
+    `cls.predictions.bias`, which is `cls.predictions.decoder.bias`): such keys are dropped and returned."""
+    renamed, rest = {}, {}
+    for key, tensor in state.items():
+        module, _, param = key.rpartition(".")
+        if module in renames:
+            renamed[f"heads.{head_name}.{renames[module]}.{param}"] = tensor
+        else:
+            rest[key] = tensor
+    dropped = []
+    for key, tensor in rest.items():
+        if not any(t.shape == tensor.shape and torch.equal(t, tensor) for t in renamed.values()):
+            raise AdapterLoadError(f"{source}: static head weight {key!r} has no place in the converted flex head")
+        dropped.append(key)
+    return renamed, dropped
+
+
+def rename_to_static(state: dict[str, torch.Tensor], renames: dict[str, str], head_name: str) -> dict:
+    """The inverse of `rename_to_flex`: `heads.<head_name>.<i>.<param>` -> `<static module>.<param>`."""
+    back = {index: module for module, index in renames.items()}
+    pattern = re.compile(rf"^heads\.{re.escape(head_name)}\.(\d+)\.(\w+)$")
+    out = {}
+    for key, tensor in state.items():
+        match = pattern.match(key)
+        if match is None or match.group(1) not in back:
+            raise HeadError(f"flex head weight {key!r} has no place in a static head")
+        out[f"{back[match.group(1)]}.{match.group(2)}"] = tensor
+    return out
+
+
+# --- the static head of an init()-ed transformers model --------------------------------------------------------
+
+
+def has_static_head(model) -> bool:
+    """Whether `model` (an init()-ed transformers model) has task layers outside its base model."""
+    return model._engine.base is not model
+
+
+def static_state(model) -> dict[str, torch.Tensor]:
+    """The static head's weights: every weight of the model outside the base model (and the engine)."""
+    from .keys import is_engine_key
+
+    prefix = model._engine.base.base_model_prefix + "."
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(prefix) and not is_engine_key(k)}
+
+
+def save_static(model, save_directory, use_safetensors: bool = False) -> None:
+    """Write the static head as AdapterHub does: `"config": null`, the model class and its label map."""
+    if not has_static_head(model):
+        raise HeadError(f"{type(model).__name__} has no prediction head to save")
+    folder = Path(save_directory)
+    config = model.config
+    data = {**model._file_meta(None), "config": None, "label2id": dict(config.label2id or {})}
+    data["num_labels"] = config.num_labels
+    files.write_json(folder / files.HEAD_CONFIG_NAME, data)
+    name = files.SAFE_HEAD_WEIGHTS_NAME if use_safetensors else files.HEAD_WEIGHTS_NAME
+    files.write_weights(folder / name, static_state(model))
+
+
+def load_static(model, save_directory, id2label=None, loading_info: dict | None = None) -> None:
+    """Load a head saved by `save_static` from a model of the same class, or a flex head whose config equals this
+    class's static head (the inverse conversion); labels come from the file unless `id2label` is given."""
+    from .heads import label2id_for
+    from .model_mixin import _check_weights
+
+    if not has_static_head(model):
+        raise HeadError(f"{type(model).__name__} has no prediction head to load into")
+    folder = Path(save_directory)
+    config_path = folder / files.HEAD_CONFIG_NAME
+    data = files.read_saved_meta(config_path, "head")
+    model._check_compatible(data, config_path)
+    weights_path = files.find_weights(folder, files.HEAD_WEIGHTS_NAME, files.SAFE_HEAD_WEIGHTS_NAME)
+    if weights_path is None:
+        raise HeadError(f"no head weights ({files.HEAD_WEIGHTS_NAME}) in {folder}")
+    state = files.read_weights(weights_path)
+    own_class = type(model).__name__
+    if data["config"] is None:
+        if data.get("model_class") != own_class:
+            raise HeadError(f"{config_path} is a head of {data.get('model_class')}, not of this {own_class}")
+        label2id = data.get("label2id")
+    else:  # a flex head: only one that equals this class's static head can be loaded into it
+        flex = dict(data["config"])
+        label2id = flex.get("label2id")
+        count = flex.get("num_labels", flex.get("num_choices"))
+        expected, renames = flex_config(own_class, model.config, label2id, count)
+        differing = [k for k, v in expected.items() if k != "label2id" and flex.get(k, v) != v]
+        if differing:
+            raise HeadError(f"{config_path}: the flex head differs from {own_class}'s head in {sorted(differing)}")
+        state = rename_to_static(state, renames, data.get("name") or "")
+    own = static_state(model)
+    _check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, weights_path)
+    count = model.config.num_labels
+    if id2label is not None:
+        label2id = label2id_for(id2label, count, str(config_path))
+    elif label2id is not None:
+        label2id = label2id_for({v: k for k, v in label2id.items()}, count, str(config_path))
+    own = {k: v for k, v in model.state_dict(keep_vars=True).items() if k in own}
+    model._load_weights(state, own, weights_path)
+    if label2id:
+        model.config.label2id = dict(label2id)
+        model.config.id2label = {i: label for label, i in label2id.items()}
+    if loading_info is not None:
+        loading_info.update(missing_keys=[], unexpected_keys=[])
+
+
+# --- transformers checkpoints of static-head classes -------------------------------------------------------------
+
+
+def checkpoint_head_state(name_or_path, base_prefix: str, **hub_kwargs) -> dict[str, torch.Tensor]:
+    """The weights outside the base model in a transformers checkpoint (safetensors, sharded or not, or a
+    tensors-only .bin); {} if none is found."""
+    folder = Path(str(name_or_path))
+
+    def locate(filename: str) -> Path | None:
+        if folder.is_dir():
+            return folder / filename if (folder / filename).is_file() else None
+        try:
+            from transformers.utils import cached_file
+
+            found = cached_file(str(name_or_path), filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        except (OSError, ValueError, TypeError):
+            return None
+        return Path(found) if found else None
+
+    outside = lambda key: not key.startswith(base_prefix + ".")  # noqa: E731
+    index = locate("model.safetensors.index.json")
+    if index is not None:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        shards = {shard for key, shard in weight_map.items() if outside(key)}
+        state = {}
+        for shard in sorted(shards):
+            path = locate(shard)
+            if path is not None and "/" not in shard and ".." not in shard:
+                state.update({k: v for k, v in files.read_weights(path).items() if outside(k)})
+        return state
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = locate(filename)
+        if path is not None:
+            return {k: v for k, v in files.read_weights(path).items() if outside(k)}
+    return {}
