@@ -28,6 +28,7 @@ from ..composition import Average, BatchSplit, Block, Parallel, Stack
 from ..configs import LoRAConfig, TargetedLoRAConfig
 from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
+from ..quantized import quantization_of, refuse_dense
 from ..runtime import ComposableLayer, blocks_with_names, compose
 from ..transformers_api import Conv1D
 from . import dora
@@ -46,6 +47,11 @@ LOCATIONS = {
 }
 
 
+def _dtype(config: LoRAConfig) -> torch.dtype | None:
+    """The config's `dtype` (None: the model's float dtype, given when the adapter is added)."""
+    return getattr(torch, config.dtype) if config.dtype else None
+
+
 def _seed(config: LoRAConfig) -> None:
     if config.init_weights_seed:  # AdapterHub ignores seed 0 as well
         torch.manual_seed(config.init_weights_seed)
@@ -59,13 +65,13 @@ class _LoRABase(nn.Module):
     def _add_gate(self, config: LoRAConfig, in_features: int, heads: int) -> None:
         self.use_gating = config.use_gating
         if config.use_gating:
-            self.gate = nn.Linear(in_features, heads)
+            self.gate = nn.Linear(in_features, heads, dtype=_dtype(config))
             nn.init.normal_(self.gate.weight, std=0.02)
 
     def _scale(self, h, x):
         if not self.use_gating:
             return h * self.scaling, None
-        gate = torch.sigmoid(self.gate(x)).mean(dim=1).unsqueeze(-1)
+        gate = torch.sigmoid(self.gate(x.to(self.gate.weight.dtype))).mean(dim=1).unsqueeze(-1)
         return h * gate, gate
 
 
@@ -74,7 +80,7 @@ class LoRA(_LoRABase):
 
     def __init__(self, in_features: int, out_features: int, config: LoRAConfig, heads: int = 1, r=None, scaling=None):
         super().__init__()
-        dtype = getattr(torch, config.dtype) if config.dtype else None
+        dtype = _dtype(config)
         self.r = config.r if r is None else r  # a targeted module's own rank and scaling (PEFT's rank_pattern)
         self.scaling = config.alpha / config.r if scaling is None else scaling
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -130,7 +136,7 @@ class IA3(_LoRABase):
         if config.dropout > 0:
             raise AdapterConfigError("(IA)^3 (composition_mode='scale') does not support dropout > 0")
         self.r, self.scaling = config.r, config.alpha if scaling is None else scaling
-        self.lora_B = nn.Parameter(torch.zeros(out_features, 1))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, 1, dtype=_dtype(config)))
         _seed(config)
         if config.init_weights == "lora":
             warnings.warn("(IA)^3 adapter initialised with LoRA's zero init", stacklevel=4)
@@ -209,6 +215,7 @@ class LoRATarget(ComposableLayer):
         self.layer_idx, key, self.inside = locate(engine, path)
         self.location = LOCATIONS[key] + "_lora" if key else "lora"
         self.fused = key == "qkv"  # the place is a fused q|k|v projection (AdapterHub adapters split it)
+        self.quantized = quantization_of(module)  # "4-bit"/"8-bit" bitsandbytes layer: adapters stay unmerged
         self.conv1d = isinstance(module, Conv1D)
         if self.conv1d:
             self.in_features, self.out_features = module.weight.shape
@@ -237,6 +244,8 @@ class LoRATarget(ComposableLayer):
     def make(self, config: LoRAConfig, r=None, alpha=None, on_input: bool = False, shared=None) -> nn.Module:
         """A new adapter module here; `r`/`alpha`/`on_input` for a targeted (PEFT) module, which is never split;
         `shared` is a VeRA adapter's projection pair."""
+        if config.use_dora and self.quantized:
+            raise refuse_dense(self.path, self.quantized, "DoRA (its magnitude is normalised by the weight's rows)")
         module = self._make(config, r, alpha, on_input, shared)
         if config.use_dora:
             dtype = getattr(torch, config.dtype) if config.dtype else None
@@ -362,7 +371,7 @@ class LoRATarget(ComposableLayer):
             delta = self._pad(lora.lora_B.view(1, 1, -1), lora.enabled, 1.0)
         gate = None
         if lora.use_gating:
-            gate = torch.sigmoid(lora.gate(x)).mean(dim=1)
+            gate = torch.sigmoid(lora.gate(x.to(lora.gate.weight.dtype))).mean(dim=1)
             scaling = self._pad(gate.repeat_interleave(width, dim=-1), lora.enabled, 1.0).unsqueeze(1)
         else:
             scaling = lora.scaling
@@ -599,6 +608,8 @@ class LoRAMethod(AdapterMethod):
         """Fold adapter `name` into the base weights; its hook then stays idle until `reset`."""
         targets = [t for t in self.targets.values() if name in t.loras]
         for target in targets:
+            if target.quantized:
+                raise refuse_dense(target.path, target.quantized, f"merging adapter {name!r}")
             if target.loras[name].use_gating:
                 raise AdapterConfigError(f"adapter {name!r} uses gating and cannot be merged")
             if target.merged not in (None, name):
