@@ -44,11 +44,22 @@ def quantized_kinds(model: nn.Module) -> dict[str, torch.device]:
     return kinds
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Whether transformers loaded `model` quantized (read from its flags, in O(1): no walk over the modules)."""
+    return bool(getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None))
+
+
 def check_runtime(model: nn.Module) -> None:
     """Refuse a quantized model whose bitsandbytes kernels cannot run on this machine (nothing to do otherwise)."""
-    if torch.get_default_device().type == "meta":  # the engine's dry run computes nothing
+    if torch.get_default_device().type == "meta" or not is_quantized(model):  # a dry run computes nothing
         return
     for kind, device in quantized_kinds(model).items():
+        check_kernels(kind, device)
+
+
+def check_kernels(kind: str, device: torch.device) -> None:
+    """Refuse `kind` layers on `device` if bitsandbytes cannot run them here."""
+    if torch.get_default_device().type != "meta":
         problem = _kernel_problem(kind, str(device))
         if problem:
             raise UnsupportedModelError(

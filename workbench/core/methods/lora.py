@@ -28,7 +28,7 @@ from ..composition import Average, BatchSplit, Block, Parallel, Stack
 from ..configs import LoRAConfig, TargetedLoRAConfig
 from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
-from ..quantized import quantization_of, refuse_dense
+from ..quantized import check_kernels, quantization_of, refuse_dense
 from ..runtime import ComposableLayer, blocks_with_names, compose
 from ..transformers_api import Conv1D
 from . import dora
@@ -216,6 +216,8 @@ class LoRATarget(ComposableLayer):
         self.location = LOCATIONS[key] + "_lora" if key else "lora"
         self.fused = key == "qkv"  # the place is a fused q|k|v projection (AdapterHub adapters split it)
         self.quantized = quantization_of(module)  # "4-bit"/"8-bit" bitsandbytes layer: adapters stay unmerged
+        if self.quantized:
+            check_kernels(self.quantized, module.weight.device)
         self.conv1d = isinstance(module, Conv1D)
         if self.conv1d:
             self.in_features, self.out_features = module.weight.shape
