@@ -28,6 +28,7 @@ from .keys import rename_prefixed
 from .model_mixin import ModelAdaptersMixin, _check_weights
 from .names import check_head_name
 from .outputs import MultiHeadOutput
+from .rows import BASE, current_plan, row_names, rows_scope, runs
 from .runtime import row_bounds
 
 _CONFIG_CLASS_TO_MODEL = {"XLMRobertaConfig": "XLMRoberta"}
@@ -157,8 +158,12 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         for sub in sorted(p for p in heads.iterdir() if p.is_dir()) if heads.is_dir() else []:
             self.load_head(sub)
 
-    def generate(self, *args, **kwargs):
-        """transformers' `generate` with the active (or scoped) setup: one batch through one head."""
+    def generate(self, *args, adapter_names=None, **kwargs):
+        """transformers' `generate` with the active (or scoped) setup: one batch through one head; with
+        `adapter_names`, each row with its own adapter (`"__base__"`: none) and that adapter's head."""
+        if adapter_names is not None:
+            with rows_scope(adapter_names, widen=True):
+                return super().generate(*args, **kwargs)
         scoped = scoped_setup()
         setup = scoped.adapter_setup if scoped is not None else self._engine.active_setup
         heads = self._scoped_heads(scoped) or self._active_head
@@ -197,10 +202,15 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         check_head_name(head_name)
         if head_name in self.heads and not overwrite_ok:
             raise HeadError(f"a head named {head_name!r} already exists (pass overwrite_ok=True to replace it)")
-        head.to(self.base_model.device).train(self.training)
+        head.to(self.base_model.device, dtype=self._float_dtype()).train(self.training)
         self.heads[head_name] = head
         if set_active or self._active_head is None:
             self.active_head = head_name
+
+    def _float_dtype(self) -> torch.dtype | None:
+        """The dtype new heads take: the base model's float dtype (bf16 model, bf16 heads)."""
+        reference = self._engine.reference_weight()
+        return reference.dtype if reference is not None and reference.is_floating_point() else None
 
     def _add_head(self, head_type: str, head_name, overwrite_ok, set_active, id2label=None, **options):
         count = options.get("num_labels", options.get("num_choices"))
@@ -451,7 +461,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
                 raise
             raise HeadError(f"{config_path}: {err}") from None
         with self._engine.transaction(self):
-            self.heads[name] = head.to(self.base_model.device).train(self.training)
+            self.heads[name] = head.to(self.base_model.device, dtype=self._float_dtype()).train(self.training)
             own = self.heads[name].state_dict(prefix=f"heads.{name}.", keep_vars=True)
             self._load_weights(state, own, weights_path)
             if set_active:
@@ -497,7 +507,10 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         `active_head`. Without a head, the base model's output."""
         scoped = scoped_setup()
         setup = scoped.adapter_setup if scoped is not None else self._engine.active_setup
-        heads = head or self._scoped_heads(scoped) or self._active_head
+        plan = current_plan()  # per-row adapters: `adapter_names` (taken from the call by the engine's hook)
+        if plan is not None and head is None:
+            setup = None  # the rows' own adapters replace the setup; `_row_heads` picks each row's head
+        heads = head or (None if plan is not None else self._scoped_heads(scoped) or self._active_head)
         explicit = head is not None
         for name in [heads] if isinstance(heads, str) else list(heads or []):
             if name not in self.heads:
@@ -525,7 +538,9 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             model_inputs["output_adapter_fusion_attentions"] = True
         outputs = self.base_model(**{k: v for k, v in model_inputs.items() if v is not None})
         call = _HeadCall(outputs, input_ids, attention_mask, setup)
-        if not heads:
+        if plan is not None and head is None:
+            result = self._row_heads(plan, call, labels, start_positions=start_positions, end_positions=end_positions)
+        elif not heads:
             result = outputs
         elif isinstance(heads, str):
             result = self._run_head(heads, call, labels, start_positions=start_positions, end_positions=end_positions)
@@ -547,6 +562,38 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         heads = head_setup_of(scoped.adapter_setup)
         names = [heads] if isinstance(heads, str) else list(heads or [])
         return heads if names and all(name in self.heads for name in names) else None
+
+    def _row_head(self, name: str) -> str | None:
+        """The head of a row of `adapter_names`: the head named like its adapter, else the active head."""
+        if name in self.heads:
+            return name
+        if self._active_head is not None and not isinstance(self._active_head, str):
+            raise HeadError(
+                f"adapter_names: rows of {name!r} have no head of that name, and the active head "
+                f"{self._active_head} is not a single head"
+            )
+        return self._active_head
+
+    def _row_heads(self, plan, call: _HeadCall, labels, **extra):
+        """Per-row adapters: each run of rows through its adapter's head, outputs and labels in row order. One head
+        for every row runs once on the whole batch; otherwise the loss is the row-weighted mean of the runs' losses."""
+        parts = [(self._row_head(n), n, a, b) for n, a, b in runs(row_names(plan, call.outputs[0].shape[0]))]
+        heads = {h for h, _, _, _ in parts}
+        if heads == {None}:
+            return call.outputs
+        if None in heads:
+            name = next(n for h, n, _, _ in parts if h is None)
+            raise HeadError(f"adapter_names: rows of {name!r} have no head of that name and no head is active")
+        inverts = getattr(self._engine.methods.get("invertible"), "_handle", None) is not None
+        if len(heads) == 1 and not inverts:
+            return self._run_head(parts[0][0], call, labels, **extra)
+        results = []
+        for head, name, a, b in parts:
+            rows = call.rows(a, b)
+            rows.setup = None if name == BASE else Stack(name)  # an LM head inverts the run's own adapter
+            cut = {k: _cut(v, a, b) for k, v in extra.items()}
+            results.append(self._run_head(head, rows, _cut(labels, a, b), **cut))
+        return _join_rows(results, [b - a for _, _, a, b in parts], call.outputs)
 
     def _multi_head(self, heads, call: _HeadCall, channels: int, labels) -> MultiHeadOutput:
         """Several heads: a BatchSplit of heads or a Parallel setup give each head its rows; a plain list of
@@ -615,6 +662,28 @@ class _HeadCall:
         return _HeadCall(part, _cut(self.input_ids, a, b), _cut(self.attention_mask, a, b), self.setup)
 
 
+def _join_rows(results: list, sizes: list[int], outputs):
+    """One output from the runs' head outputs, rows in order (the heads must give outputs of one shape)."""
+    joined = type(results[0])()
+    for key in results[0].keys():
+        values = [r.get(key) for r in results]
+        if key == "loss":
+            if all(v is not None for v in values):
+                weights = torch.tensor(sizes, dtype=values[0].dtype, device=values[0].device) / sum(sizes)
+                joined[key] = (torch.stack(values) * weights).sum()
+        elif all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in values):
+            if len({v.shape[1:] for v in values}) > 1:
+                shapes = [tuple(v.shape) for v in values]
+                raise HeadError(
+                    f"adapter_names: the rows' heads give {key} of different shapes {shapes}; per-row heads must "
+                    "have one output shape (use a BatchSplit setup for heads of different sizes)"
+                )
+            joined[key] = torch.cat(values)
+    if getattr(outputs, "past_key_values", None) is not None and "logits" in joined:  # generate() continues
+        joined["past_key_values"] = outputs.past_key_values
+    return joined
+
+
 def _cut(tensor, a: int, b: int):
     """Rows [a, b) of an input; inputs of a Parallel call are not replicated here, so they wrap around."""
     if tensor is None:
@@ -656,6 +725,14 @@ AutoModelWithHeads = AutoAdapterModel
 _ADAPTER_CLASSES: dict[type, type] = {}
 
 
+class _GenerateByRows:
+    """`generate(..., adapter_names=[...])` for a transformers model given adapters by `init()`."""
+
+    def generate(self, *args, adapter_names=None, **kwargs):
+        with rows_scope(adapter_names, widen=True):
+            return super().generate(*args, **kwargs)
+
+
 def init(model: nn.Module, interface: AdapterModelInterface | None = None) -> nn.Module:
     """Add adapter support to an already loaded transformers model, in place, and return it.
 
@@ -684,9 +761,11 @@ def init(model: nn.Module, interface: AdapterModelInterface | None = None) -> nn
 
 
 def _adapter_class(cls: type) -> type:
-    """`cls` with the adapter API (one class per model class, so isinstance and pickling keep working)."""
+    """`cls` with the adapter API (one class per model class, so isinstance and pickling keep working); models that
+    generate also take `adapter_names=` in `generate`."""
     if cls not in _ADAPTER_CLASSES:
-        _ADAPTER_CLASSES[cls] = type(cls.__name__, (ModelAdaptersMixin, cls), {"__module__": cls.__module__})
+        mixins = (_GenerateByRows, ModelAdaptersMixin) if issubclass(cls, GenerationMixin) else (ModelAdaptersMixin,)
+        _ADAPTER_CLASSES[cls] = type(cls.__name__, (*mixins, cls), {"__module__": cls.__module__})
     return _ADAPTER_CLASSES[cls]
 
 

@@ -66,6 +66,7 @@ class ForwardContext:
     scratch: dict = field(default_factory=dict)  # per-call values hooks hand each other, keyed by their owner
     inputs: dict = field(default_factory=dict)  # facts about the call's inputs set in `begin`, kept on replays
     replaying: bool = False  # a gradient-checkpointing replay: nothing is recorded twice
+    rows: tuple[str, ...] | None = None  # per-row adapters (`adapter_names`): each row's name; `setup` runs them
 
     @property
     def recording(self) -> bool:

@@ -25,6 +25,8 @@ from .context import (
     replicate_batch,
     scoped_setup,
 )
+from .rows import BASE, current_plan, enter_plan, leave_plan, row_names, setup_of
+from .rows import check_names as check_row_names
 from .runtime import check_batch, check_setup, task_rows
 
 
@@ -45,8 +47,12 @@ class EngineState:
         self.version = 0  # bumped whenever an adapter or fusion is added or removed (scoped setups re-check then)
         self._checked_scoped: tuple | None = None
         self.embeddings = None  # the named input embeddings (`embeddings.EmbeddingStore`), made on first use
+        self._checked_rows: tuple | None = None
         base.register_forward_pre_hook(self._begin, with_kwargs=True)
         base.register_forward_hook(self._end, always_call=True)
+        if root is not base:  # `adapter_names` given to the task model holds for its head and head-side modules too
+            root.register_forward_pre_hook(self._root_begin, with_kwargs=True)
+            root.register_forward_hook(self._root_end, with_kwargs=True, always_call=True)
 
     # --- model facts -------------------------------------------------------------------------------------
 
@@ -58,7 +64,10 @@ class EngineState:
         """A weight of the base model whose device and dtype new adapters take (found in O(1))."""
         embeddings = self.base.get_input_embeddings() if hasattr(self.base, "get_input_embeddings") else None
         weight = getattr(embeddings, "weight", None)
-        return weight if weight is not None else next(self.base.parameters(), None)
+        if weight is not None and weight.is_floating_point():
+            return weight
+        # a quantized model's int8/uint8 weights are no dtype for adapters: the first float weight is
+        return next((p for p in self.base.parameters() if p.is_floating_point()), None)
 
     @property
     def hidden_size(self) -> int:
@@ -73,6 +82,8 @@ class EngineState:
         return self.methods[kind]
 
     def method_kinds(self, name: str) -> list[str]:
+        if name == BASE:  # a row of `adapter_names` without an adapter
+            return []
         return [kind for kind, _ in method_registry.method_parts(self.configs[name])]
 
     # --- owned modules -----------------------------------------------------------------------------------
@@ -152,6 +163,9 @@ class EngineState:
     # --- forward -----------------------------------------------------------------------------------------
 
     def _setup_for_call(self) -> Block | None:
+        plan = current_plan()
+        if plan is not None:  # per-row adapters; modules outside the base model run after its call set this
+            return plan.setups.get(id(self))
         scoped = scoped_setup()
         if scoped is None:
             return self.active_setup
@@ -162,16 +176,46 @@ class EngineState:
             self._checked_scoped = key
         return setup
 
+    def _root_begin(self, module, args, kwargs):
+        names = kwargs.pop("adapter_names", None)
+        if names is None:
+            return None
+        enter_plan(names, owner=id(module))
+        return args, kwargs
+
+    def _root_end(self, module, args, kwargs, output):
+        plan = current_plan()
+        if plan is not None and plan.owner == id(module):
+            leave_plan(plan.token)
+        return None
+
     def _begin(self, module, args, kwargs):
-        setup = self._setup_for_call()
+        own = kwargs.pop("adapter_names", None)
+        plan = enter_plan(own) if own is not None else None
+        try:
+            return self._start(args, kwargs)
+        finally:
+            if plan is not None:
+                leave_plan(plan.token)
+
+    def _start(self, args, kwargs):
+        batch = batch_size_of(args, kwargs)
+        plan, rows = current_plan(), None
+        if plan is not None:
+            rows = row_names(plan, batch)
+            check_row_names(self, rows)
+            setup = plan.setups[id(self)] = setup_of(rows)
+        else:
+            setup = self._setup_for_call()
         names = frozenset(setup.names()) if setup is not None else frozenset()
         ctx = ForwardContext(
             setup,
             names,
             output_fusion_attentions=bool(kwargs.pop("output_adapter_fusion_attentions", False)),
             output_gating_scores=bool(kwargs.pop("output_adapter_gating_scores", False)),
+            rows=rows,
         )
-        ctx.batch_size = batch_size_of(args, kwargs)
+        ctx.batch_size = batch
         check_batch(setup, ctx.batch_size)
         ctx.inputs["task_rows"] = task_rows(setup, kwargs.pop("task_ids", None), ctx.batch_size)  # MultiTask
         for method in self.methods.values():

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import files, peft_format, static_heads
+from . import files, peft_format, quantized, static_heads
 from .composition import Block, Fuse, parse_composition
 from .configs import (
     ADAPTER_CONFIG_MAP,
@@ -103,6 +103,7 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
                 self.set_active_adapters(adapter_name)
 
     def _add_parts(self, name: str, config: AdapterConfig) -> None:
+        quantized.check_runtime(self._engine.base)  # a quantized base whose kernels cannot run here is refused
         self._engine.configs[name] = config
         for kind, part in method_parts(config):
             self._engine.method(kind).add(name, part)
@@ -366,7 +367,15 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
     def adapter_to(self, name: str, device=None, dtype: torch.dtype | None = None) -> None:
         """Move adapter `name` (all its modules) to `device` and/or cast its float weights to `dtype`."""
         self._require(name)
-        for module in self._engine.owned.get(name, {}).values():
+        modules = list(self._engine.owned.get(name, {}).values())
+        if dtype in (torch.float16, torch.bfloat16) and any(
+            nn.utils.parametrize.is_parametrized(m) for module in modules for m in module.modules()
+        ):
+            raise AdapterConfigError(
+                f"adapter_to({name!r}, dtype={dtype}): the adapter has an orthogonal projection (LoReFT), which torch "
+                "computes only in float32 or float64"
+            )
+        for module in modules:
             module.to(device=device, dtype=dtype)
 
     def adapter_fusion_to(self, adapter_names, device=None, dtype: torch.dtype | None = None) -> None:

@@ -12,11 +12,14 @@ class AdapterMethod:
 
     `supports` lists the composition blocks the method's adapters may stand in; `check_setup` adds checks that
     depend on the adapters themselves (both run when a setup is activated, never during a forward).
+    `rowwise`: whether rows of one batch may each run their own adapter (`adapter_names`); the engine then runs a
+    BatchSplit over runs of rows, so a method with `rowwise` must take part in BatchSplit.
     `add` must either complete or leave nothing behind (the engine also rolls back on error).
     """
 
     kind: str = ""
     supports: frozenset = frozenset({Stack})
+    rowwise: bool = True  # its adapters can run row by row in one batch (`adapter_names`, `rows.py`)
 
     def __init__(self, engine):
         spec = engine.spec

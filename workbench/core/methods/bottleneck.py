@@ -135,10 +135,11 @@ class Adapter(nn.Module):
 
     def bottleneck(self, x):
         """The scaled up-projection (AdapterFusion combines these), after stochastic depth."""
-        up = self.adapter_up(self.adapter_down(x))
+        up = self.adapter_up(self.adapter_down(x.to(_dtype_of(self.adapter_up))))  # `adapter_to` may cast it
         if hasattr(self, "drop_path"):
             up = self.drop_path(up)
-        return up if isinstance(self.scaling, float) and self.scaling == 1.0 else up * self.scaling
+        up = up if isinstance(self.scaling, float) and self.scaling == 1.0 else up * self.scaling
+        return up.to(x.dtype)
 
     def forward(self, x, residual, keep_up: bool = False):
         """Returns (output, scaled up-projection, gate or None); `keep_up` when the caller reads `up` later."""
@@ -147,7 +148,7 @@ class Adapter(nn.Module):
         if self.config.adapter_residual_before_ln:
             out = _add(out, residual, reuse=not (keep_up and out is up))
         if self.config.ln_after:
-            out = self.adapter_norm_after(out)
+            out = self.adapter_norm_after(out.to(self.adapter_norm_after.weight.dtype)).to(out.dtype)
         if not self.config.adapter_residual_before_ln:
             out = _add(out, residual, reuse=not (keep_up and out is up))
         return out, up, gate
@@ -155,7 +156,7 @@ class Adapter(nn.Module):
     def _gated(self, out, x):
         if not self.config.use_gating:
             return out, None
-        gate = torch.sigmoid(self.gate(x)).mean(dim=1).unsqueeze(-1)
+        gate = torch.sigmoid(self.gate(x.to(self.gate.weight.dtype))).mean(dim=1).unsqueeze(-1).to(out.dtype)
         return out * gate, gate
 
     def post_forward(self, h, sublayer_output, r, norm):
@@ -163,6 +164,12 @@ class Adapter(nn.Module):
             return h
         total = _add(h, r, reuse=True)
         return norm(total) if norm is not None else total
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    """The dtype an adapter computes in: its weights' (the model's, unless `adapter_to` or the config chose one)."""
+    param = next(module.parameters(), None)
+    return param.dtype if param is not None else torch.get_default_dtype()
 
 
 def _add(a: torch.Tensor, b: torch.Tensor, reuse: bool) -> torch.Tensor:

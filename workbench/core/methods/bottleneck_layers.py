@@ -215,6 +215,8 @@ class BottleneckMethod(AdapterMethod):
         shared = None
         try:
             if config.phm_layer and (config.shared_phm_rule or config.shared_W_phm):
+                if config.init_weights_seed:  # the shared PHM weights are drawn first: seeded like the adapters
+                    torch.manual_seed(config.init_weights_seed)
                 shared = shared_phm_parameters(config, hidden, sizes[0])
                 if not hasattr(engine.base, "shared_parameters"):
                     engine.base.shared_parameters = nn.ModuleDict()

@@ -13,6 +13,7 @@ from ..archs import get_module
 from ..configs import BnConfig
 from ..context import current_call
 from ..errors import AdapterConfigError
+from ..rows import runs
 from ..runtime import ALL_BLOCKS
 from .activations import activation
 from .base import AdapterMethod
@@ -37,6 +38,8 @@ class NICECoupling(nn.Module):
         self.G = _subnet(self.split, dim - self.split, reduction, act)
 
     def forward(self, x: torch.Tensor, rev: bool = False) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.to(self.F[0].weight.dtype)  # `adapter_to` may give the coupling another dtype than the model's
         x1, x2 = x[..., : self.split], x[..., self.split :]
         if not rev:
             y1 = x1 + self.F(x2)
@@ -44,7 +47,7 @@ class NICECoupling(nn.Module):
         else:
             y2 = x2 - self.G(x1)
             y1 = x1 - self.F(y2)
-        return torch.cat([y1, y2], dim=-1)
+        return torch.cat([y1, y2], dim=-1).to(dtype)
 
 
 class InvertibleMethod(AdapterMethod):
@@ -88,10 +91,22 @@ class InvertibleMethod(AdapterMethod):
 
     def _on_embeddings(self, module, args, output):
         ctx = current_call(self.engine)
+        if ctx is not None and ctx.rows is not None:
+            return self._by_rows(output, ctx.rows, rev=False)
         adapter = self.active(ctx.setup if ctx is not None else None)
         return adapter(output) if adapter is not None else None
 
-    def invert(self, hidden: torch.Tensor, setup) -> torch.Tensor:
-        """The inverse transform, for an LM head's output of a call that ran `setup`."""
+    def invert(self, hidden: torch.Tensor, setup, rows=None) -> torch.Tensor:
+        """The inverse transform, for an LM head's output of a call that ran `setup` (or per-row adapters `rows`)."""
+        if rows is not None:
+            return self._by_rows(hidden, rows, rev=True)
         adapter = self.active(setup)
         return adapter(hidden, rev=True) if adapter is not None else hidden
+
+    def _by_rows(self, hidden: torch.Tensor, rows, rev: bool) -> torch.Tensor | None:
+        """Per-row adapters (`adapter_names`): each run of rows through its own adapter's coupling, if it has one."""
+        modules = getattr(self.engine.base, "invertible_adapters", None)
+        parts = [(modules[n] if modules is not None and n in modules else None, a, b) for n, a, b in runs(rows)]
+        if all(m is None for m, _, _ in parts):
+            return None if not rev else hidden
+        return torch.cat([m(hidden[a:b], rev=rev) if m is not None else hidden[a:b] for m, a, b in parts])

@@ -29,6 +29,7 @@ from ..composition import Average, BatchSplit, Block, MultiTask, Parallel, Stack
 from ..configs import LoRAConfig, MTLLoRAConfig, TargetedLoRAConfig
 from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
+from ..quantized import check_kernels, quantization_of, refuse_dense
 from ..runtime import ComposableLayer, blocks_with_names, compose
 from ..transformers_api import Conv1D
 from . import dora
@@ -47,6 +48,11 @@ LOCATIONS = {
 }
 
 
+def _dtype(config: LoRAConfig) -> torch.dtype | None:
+    """The config's `dtype` (None: the model's float dtype, given when the adapter is added)."""
+    return getattr(torch, config.dtype) if config.dtype else None
+
+
 def _seed(config: LoRAConfig) -> None:
     if config.init_weights_seed:  # AdapterHub ignores seed 0 as well
         torch.manual_seed(config.init_weights_seed)
@@ -60,13 +66,13 @@ class _LoRABase(nn.Module):
     def _add_gate(self, config: LoRAConfig, in_features: int, heads: int) -> None:
         self.use_gating = config.use_gating
         if config.use_gating:
-            self.gate = nn.Linear(in_features, heads)
+            self.gate = nn.Linear(in_features, heads, dtype=_dtype(config))
             nn.init.normal_(self.gate.weight, std=0.02)
 
     def _scale(self, h, x):
         if not self.use_gating:
             return h * self.scaling, None
-        gate = torch.sigmoid(self.gate(x)).mean(dim=1).unsqueeze(-1)
+        gate = torch.sigmoid(self.gate(x.to(self.gate.weight.dtype))).mean(dim=1).unsqueeze(-1)
         return h * gate, gate
 
 
@@ -75,7 +81,7 @@ class LoRA(_LoRABase):
 
     def __init__(self, in_features: int, out_features: int, config: LoRAConfig, heads: int = 1, r=None, scaling=None):
         super().__init__()
-        dtype = getattr(torch, config.dtype) if config.dtype else None
+        dtype = _dtype(config)
         self.r = config.r if r is None else r  # a targeted module's own rank and scaling (PEFT's rank_pattern)
         self.scaling = config.alpha / config.r if scaling is None else scaling
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -131,7 +137,7 @@ class IA3(_LoRABase):
         if config.dropout > 0:
             raise AdapterConfigError("(IA)^3 (composition_mode='scale') does not support dropout > 0")
         self.r, self.scaling = config.r, config.alpha if scaling is None else scaling
-        self.lora_B = nn.Parameter(torch.zeros(out_features, 1))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, 1, dtype=_dtype(config)))
         _seed(config)
         if config.init_weights == "lora":
             warnings.warn("(IA)^3 adapter initialised with LoRA's zero init", stacklevel=4)
@@ -210,6 +216,9 @@ class LoRATarget(ComposableLayer):
         self.layer_idx, key, self.inside = locate(engine, path)
         self.location = LOCATIONS[key] + "_lora" if key else "lora"
         self.fused = key == "qkv"  # the place is a fused q|k|v projection (AdapterHub adapters split it)
+        self.quantized = quantization_of(module)  # "4-bit"/"8-bit" bitsandbytes layer: adapters stay unmerged
+        if self.quantized:
+            check_kernels(self.quantized, module.weight.device)
         self.conv1d = isinstance(module, Conv1D)
         if self.conv1d:
             self.in_features, self.out_features = module.weight.shape
@@ -240,6 +249,8 @@ class LoRATarget(ComposableLayer):
     def make(self, config: LoRAConfig, r=None, alpha=None, on_input: bool = False, shared=None) -> nn.Module:
         """A new adapter module here; `r`/`alpha`/`on_input` for a targeted (PEFT) module, which is never split;
         `shared` is a VeRA adapter's projection pair."""
+        if config.use_dora and self.quantized:
+            raise refuse_dense(self.path, self.quantized, "DoRA (its magnitude is normalised by the weight's rows)")
         module = self._make(config, r, alpha, on_input, shared)
         if config.use_dora:
             dtype = getattr(torch, config.dtype) if config.dtype else None
@@ -374,7 +385,7 @@ class LoRATarget(ComposableLayer):
             delta = self._pad(lora.lora_B.view(1, 1, -1), lora.enabled, 1.0)
         gate = None
         if lora.use_gating:
-            gate = torch.sigmoid(lora.gate(x)).mean(dim=1)
+            gate = torch.sigmoid(lora.gate(x.to(lora.gate.weight.dtype))).mean(dim=1)
             scaling = self._pad(gate.repeat_interleave(width, dim=-1), lora.enabled, 1.0).unsqueeze(1)
         else:
             scaling = lora.scaling
@@ -616,6 +627,8 @@ class LoRAMethod(AdapterMethod):
         for target in targets:
             if _fused(target.loras[name]) and _mtl().is_mtl(target.loras[name]):
                 raise AdapterConfigError(_fused_mtl_message(name, target.path))
+            if target.quantized:
+                raise refuse_dense(target.path, target.quantized, f"merging adapter {name!r}")
             if target.loras[name].use_gating:
                 raise AdapterConfigError(f"adapter {name!r} uses gating and cannot be merged")
             if target.merged not in (None, name):

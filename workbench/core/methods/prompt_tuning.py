@@ -16,7 +16,8 @@ from torch import nn
 from ..archs import get_module
 from ..configs import PromptTuningConfig
 from ..context import current_call
-from ..errors import AdapterConfigError, UnsupportedModelError
+from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
+from ..rows import runs
 from ..runtime import ALL_BLOCKS
 from .base import AdapterMethod
 
@@ -43,6 +44,17 @@ class PromptTuning(nn.Module):
         if self.combine == "prefix_after_bos":
             return torch.cat([embeddings[:, :1], prompt, embeddings[:, 1:]], dim=1)
         return torch.cat([prompt, embeddings], dim=1)
+
+
+class _RowPrompts:
+    """Runs of rows, each with its own prompt (all of one length): `(prompt, start, stop)`."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.length = parts[0][0].length
+
+    def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return torch.cat([prompt(embeddings[a:b]) for prompt, a, b in self.parts])
 
 
 class PromptTuningLayer(nn.Module):
@@ -98,9 +110,27 @@ class PromptTuningMethod(AdapterMethod):
     def active(self, ctx) -> PromptTuning | None:
         if ctx is None or ctx.setup is None:
             return None
-        name = ctx.setup.first()
         prompts = self.engine.base.prompt_tuning.prompt_tunings
+        if ctx.rows is not None:
+            return self._row_prompts(ctx.rows, prompts)
+        name = ctx.setup.first()
         return prompts[name] if name in prompts else None
+
+    def _row_prompts(self, rows, prompts) -> _RowPrompts | None:
+        """Per-row adapters: well defined when every row has a prompt of one length, inserted the same way (a row
+        without one would have a different sequence length); one adapter for all rows is the usual prompt."""
+        parts = [(prompts[n] if n in prompts else None, a, b) for n, a, b in runs(rows)]
+        if all(p is None for p, _, _ in parts):
+            return None
+        if len(parts) == 1:
+            return parts[0][0]
+        shapes = {(p.length, p.combine) if p is not None else None for p, _, _ in parts}
+        if len(shapes) > 1:
+            raise CompositionError(
+                f"adapter_names {list(dict.fromkeys(rows))}: prompt tuning runs row by row only when every row has "
+                "a prompt of the same length and combine mode (the prompt changes the sequence length)"
+            )
+        return _RowPrompts(parts)
 
     def _on_embeddings(self, module, args, output):
         prompt = self.active(current_call(self.engine))
