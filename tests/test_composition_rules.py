@@ -40,7 +40,7 @@ BAD_SETUPS = [
     (lambda: Split("a", "b", splits=[0, 4]), "positive integers"),
     (lambda: Average("a", "b", weights=[1, -1]), "sum to 0"),
     (lambda: Average("a", "b", weights=[1, float("nan")]), "finite"),
-    (lambda: Average("a", "p"), "prefix_tuning adapter, which takes part in BatchSplit, Parallel, Stack"),
+    (lambda: Average("a", "p"), "prefix_tuning adapter, which takes part in BatchSplit, MultiTask, Parallel, Stack"),
     (lambda: Split("a", "l", splits=[2, 2]), "lora adapter"),
     (lambda: Fuse("a", "l"), "AdapterFusion 'a,l'"),
     (lambda: Stack(Parallel("a", Parallel("a", "b"))), "may not contain"),

@@ -267,8 +267,7 @@ def test_bad_task_ids_are_refused_before_any_layer_runs(task_ids, match):
 def test_setups_that_cannot_be_computed_are_refused_at_activation():
     model = _model(tasks="ab", config=MTLLoRAConfig(init_weights="bert"))  # q and v: square, so they can Stack
     model.add_adapter("bn", config="seq_bn")
-    with pytest.raises(CompositionError, match="MultiTask"):
-        model.set_active_adapters(MultiTask("a", "bn"))
+    model.set_active_adapters(MultiTask("a", "bn"))  # methods mix: each row runs its task's adapter, whatever it is
     with pytest.raises(CompositionError):
         model.set_active_adapters(MultiTask(Parallel("a", "b")))  # MultiTask takes str, Stack, Average, Fuse
     model.set_active_adapters(Stack(Parallel("a", "b"), MultiTask("a", "b")))
@@ -289,3 +288,33 @@ def test_fused_qkv_takes_the_weights_but_refuses_the_forward():
     model.set_active_adapters("ffn")
     with torch.no_grad():
         model(input_ids=_ids())
+
+
+@pytest.mark.parametrize(
+    "model_type,config",
+    [
+        ("bert", "seq_bn"),
+        ("llama", "double_seq_bn"),
+        ("gpt2", "par_bn"),
+        ("bert", "prefix_tuning[prefix_length=3,bottleneck_size=8]"),
+        ("llama", "loreft"),
+    ],
+)
+def test_multitask_routes_rows_of_every_row_wise_method(model_type, config):
+    """AdapterHub runs MultiTask through any method (as a BatchSplit over rows sorted by task); here rows in any
+    order each get exactly their task's adapter."""
+    model = tiny_adapter_model(model_type)
+    for name in ("a", "b"):
+        model.add_adapter(name, config=config)
+        with torch.no_grad():
+            for _, param in model._adapter_parameters(name):
+                param.add_(torch.randn_like(param) * 0.3)
+    ids = torch.randint(3, 90, (4, 6))
+    model.set_active_adapters(MultiTask("a", "b"))
+    with torch.no_grad():
+        together = model(input_ids=ids, task_ids=torch.tensor([1, 0, 1, 0]))[0]
+    for row, task in enumerate("baba"):
+        model.set_active_adapters(task)
+        with torch.no_grad():
+            alone = model(input_ids=ids[row : row + 1])[0]
+        torch.testing.assert_close(together[row : row + 1], alone, atol=1e-5, rtol=0)

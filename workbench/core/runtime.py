@@ -45,8 +45,9 @@ class ComposableLayer:
         raise NotImplementedError
 
     def take(self, state, index: torch.Tensor):
-        """The rows `index` of `state`, in that order (only layers that take part in MultiTask need it)."""
-        raise CompositionError(f"{type(self).__name__} does not take part in MultiTask")
+        """The rows `index` of `state`, in that order (MultiTask groups rows by task with it). This default joins
+        one-row slices; a layer whose state is a plain tensor can index it at once."""
+        return self.concat([self.rows(state, i, i + 1) for i in index.tolist()])
 
     def average(self, states: list, weights: list[float]):
         """Combine the children's states of an `Average` block."""

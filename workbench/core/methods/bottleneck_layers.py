@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
+from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
 from ..configs import AdapterFusionConfig, BnConfig
 from ..engine import record_gating
 from ..errors import CompositionError
@@ -197,7 +197,7 @@ class BottleneckMethod(AdapterMethod):
     """Adds and removes bottleneck adapters and fusions across all layers of a model."""
 
     kind = "bottleneck"
-    supports = frozenset({Stack, Parallel, Fuse, Split, BatchSplit, Average})
+    supports = frozenset({Stack, Parallel, Fuse, Split, BatchSplit, Average, MultiTask})
 
     def __init__(self, engine):
         super().__init__(engine)

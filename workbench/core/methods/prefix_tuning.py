@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..archs import get_module
-from ..composition import BatchSplit, Parallel, Stack
+from ..composition import BatchSplit, MultiTask, Parallel, Stack
 from ..configs import PrefixTuningConfig
 from ..context import current_call
 from ..engine import record_gating
@@ -257,7 +257,7 @@ class PrefixTuningMethod(AdapterMethod):
     """Adds and removes prefixes and switches the model to an attention function that prepends them."""
 
     kind = "prefix_tuning"
-    supports = frozenset({Stack, Parallel, BatchSplit})
+    supports = frozenset({Stack, Parallel, BatchSplit, MultiTask})
 
     def __init__(self, engine):
         super().__init__(engine)

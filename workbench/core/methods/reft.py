@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..archs import get_module
-from ..composition import BatchSplit, Parallel, Stack
+from ..composition import BatchSplit, MultiTask, Parallel, Stack
 from ..configs import ReftConfig
 from ..context import current_call
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
@@ -182,7 +182,7 @@ class ReftMethod(AdapterMethod):
     """Adds and removes ReFT interventions and finds each row's token positions when a forward starts."""
 
     kind = "reft"
-    supports = frozenset({Stack, Parallel, BatchSplit})
+    supports = frozenset({Stack, Parallel, BatchSplit, MultiTask})
 
     def __init__(self, engine):
         super().__init__(engine)
