@@ -72,8 +72,8 @@ def read_saved_meta(path: str | os.PathLike, kind: str) -> dict:
 
     if "config" not in data:
         raise AdapterLoadError(f"{path} has no 'config' entry")
-    if not isinstance(data["config"], dict):
-        raise bad("config", "a JSON object")
+    if not isinstance(data["config"], dict) and not (kind == "head" and data["config"] is None):
+        raise bad("config", "a JSON object")  # a head of a transformers task model is saved with config null
     for key in ("model_type", "model_name", "model_class", "version"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise bad(key, "a string")
