@@ -518,8 +518,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         else:
             if not isinstance(data.get("config"), dict) or data["config"].get("head_type") in (None, ""):
                 raise HeadError(
-                    f"{config_path} has no flex head config with a 'head_type' (model class "
-                    f"{data.get('model_class')!r} has no known flex head): it cannot be loaded as a flex head"
+                    f"{config_path}: config={data.get('config')!r} is not a flex head config with a 'head_type', and "
+                    f"model class {data.get('model_class')!r} is no task model with a known flex head"
                 )
             config = dict(data["config"])
             if id2label is not None:
