@@ -513,7 +513,7 @@ def test_direct_construction_and_replace_are_checked():
     [
         (None, "config"),
         ({"head_type": "masked_lm", "vocab_size": 0}, "vocab_size"),
-        ({"head_type": "causal_lm"}, "vocab_size"),
+        ({"head_type": "causal_lm", "vocab_size": "10"}, "vocab_size"),  # missing: the model's, as AdapterHub
         ({"head_type": "masked_lm", "vocab_size": 10, "embedding_size": -1}, "embedding_size"),
         ({"head_type": "classification", "dropout_prob": 1.5}, "dropout_prob"),
         ({"head_type": "classification", "dropout_prob": "0.1"}, "dropout_prob"),

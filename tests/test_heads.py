@@ -12,6 +12,7 @@ from tiny import tiny_adapter_model
 
 import workbench
 from workbench import AdapterSetup, BatchSplit, CompositionError, Fuse, HeadError, Parallel, Stack
+from workbench.core.heads import ClassificationHead, PredictionHead
 from workbench.core.outputs import MultiHeadOutput
 
 IDS = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0], [12, 13, 0, 0]])
@@ -138,3 +139,143 @@ def tiny_adapter_model_like(model):
     plain = tiny_adapter_model()
     plain.load_state_dict(model.state_dict(), strict=False)
     return plain
+
+
+def test_multi_head_output_has_one_entry_per_head():
+    model = model_with_heads()
+    model.active_head = BatchSplit("a", "b", batch_sizes=[1, 2])
+    out = run(model)
+    assert len(out) == 2 and [o.logits.shape for o in out] == [(1, 2), (2, 3)]
+    out[0] = "x"
+    assert out.head_outputs[0] == "x"
+
+
+def test_config_prediction_heads_labels_and_delete_head():
+    model = model_with_heads()
+    model.add_tagging_head("t", num_labels=3, id2label={0: "O", 1: "B", 2: "I"})
+    assert set(model.config.prediction_heads) == {"a", "b", "t"}
+    assert model.get_prediction_heads_config()["t"]["head_type"] == "tagging"
+    assert model.get_labels() == ["O", "B", "I"] and model.get_labels_dict("t") == {0: "O", 1: "B", 2: "I"}
+    assert model.get_labels("a") == ["LABEL_0", "LABEL_1"]
+    model.delete_head("t")
+    assert "t" not in model.config.prediction_heads and model.active_head is None
+    model.active_head = ["a"]  # one head reads as its name, as in AdapterHub
+    assert model.active_head == "a"
+
+
+def test_prediction_heads_in_the_config_are_rebuilt(tmp_path):
+    model = model_with_heads()
+    model.save_pretrained(tmp_path)
+    reloaded = workbench.AutoAdapterModel.from_pretrained(tmp_path)
+    assert reloaded.get_prediction_heads_config() == model.get_prediction_heads_config()
+    for name in ("a", "b"):
+        torch.testing.assert_close(reloaded.heads[name][1].weight, model.heads[name][1].weight)
+
+
+class TwoLayerTagger(PredictionHead):
+    """A custom head written as for AdapterHub: config, build(model), super().forward for the layers."""
+
+    def __init__(self, model, head_name, **config):
+        super().__init__(head_name)
+        self.config = config
+        self.build(model=model)
+
+    def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=False, **kwargs):
+        return (super().forward(outputs[0]),) + outputs[2:]
+
+
+def test_custom_heads_are_added_run_saved_and_loaded(tmp_path):
+    model = model_with_heads()
+    model.register_custom_head("tag", TwoLayerTagger)
+    model.add_custom_head("tag", "custom", num_labels=3, layers=2, activation_function="tanh")
+    assert model.active_head == "custom" and model.config.prediction_heads["custom"]["head_type"] == "tag"
+    assert run(model)[0].shape == (3, 4, 3)
+    model.save_head(tmp_path, "custom")
+    other = model_with_heads()
+    with pytest.raises(HeadError, match="tag"):
+        other.load_head(tmp_path)
+    other.register_custom_head("tag", TwoLayerTagger)
+    other.load_head(tmp_path)
+    torch.testing.assert_close(other.heads["custom"][1].weight, model.heads["custom"][1].weight)
+    with pytest.raises(HeadError, match="register_custom_head"):
+        model.add_custom_head("unknown", "x")
+
+
+def test_builtin_heads_take_adapterhubs_constructor():
+    model = model_with_heads()
+    head = ClassificationHead(model, "c", 4, 1, None, {0: "w", 1: "x", 2: "y", 3: "z"})
+    model.add_prediction_head(head)  # AdapterHub's form: the name comes from the head
+    assert model.active_head == "c" and model.get_labels() == ["w", "x", "y", "z"]
+    assert run(model).logits.shape == (3, 4)
+
+
+def test_dependency_parsing_head_scores_arcs_and_relations(tmp_path):
+    model = model_with_heads()
+    model.add_dependency_parsing_head("dp", num_labels=5)
+    starts = torch.tensor([[1, 2, 3, 4], [1, 3, 0, 0], [1, 2, 0, 0]])
+    arcs = torch.tensor([[1, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    out = run(model, word_starts=starts, labels_arcs=arcs, labels_rels=torch.ones_like(arcs))
+    assert out.rel_preds.shape == (3, 4, 5, 5) and out.arc_preds.shape == (3, 4, 5)
+    assert torch.isfinite(out.loss)
+    model.save_head(tmp_path, "dp")
+    state = torch.load(tmp_path / "pytorch_model_head.bin")
+    assert set(state) == {"heads.dp.biaffine_arcs.weight", "heads.dp.biaffine_rels.weight"}
+    other = model_with_heads()
+    other.load_head(tmp_path)
+    torch.testing.assert_close(other.heads["dp"].biaffine_rels.weight, model.heads["dp"].biaffine_rels.weight)
+    decoder = tiny_adapter_model("gpt2")
+    with pytest.raises(HeadError, match="dependency_parsing"):
+        decoder.add_dependency_parsing_head("dp")
+
+
+def test_lm_heads_tie_to_the_embeddings_and_train_them_only_when_asked():
+    torch.manual_seed(0)
+    model = tiny_adapter_model("gpt2")
+    model.add_adapter("x", config="seq_bn")
+    model.add_causal_lm_head("x")
+    assert model.get_output_embeddings() is model.heads["x"][-1]
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    model.train_adapter("x")
+    assert not any(p.requires_grad for p in model.get_output_embeddings().parameters())
+    assert any(p.requires_grad for p in model.heads["x"].parameters())  # the transform layers train
+    model.train_adapter("x", train_embeddings=True)
+    assert all(p.requires_grad for p in model.get_output_embeddings().parameters())
+    model.add_classification_head("c")
+    assert model.get_output_embeddings() is None
+
+
+def test_a_static_task_head_loads_as_a_flex_head(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from workbench.core import files
+
+    torch.manual_seed(0)
+    model = model_with_heads()
+    config = BertConfig(**{**model.config.to_dict(), "num_labels": 3})
+    static = BertForSequenceClassification(config).eval()
+    files.write_json(
+        tmp_path / files.HEAD_CONFIG_NAME,
+        {
+            "config": None,
+            "model_class": "BertForSequenceClassification",
+            "model_type": "bert",
+            "name": None,
+            "hidden_size": config.hidden_size,
+            "num_labels": 3,
+            "label2id": {"x": 0, "y": 1, "z": 2},
+            "version": "1",
+        },
+    )
+    files.write_weights(
+        tmp_path / files.HEAD_WEIGHTS_NAME,
+        {k: v for k, v in static.state_dict().items() if k.startswith("classifier.")},
+    )
+    model.load_head(tmp_path, load_as="static")
+    model.bert.load_state_dict(static.bert.state_dict(), strict=False)
+    model.set_active_adapters(None)
+    model.eval()
+    assert model.get_labels("static") == ["x", "y", "z"]
+    assert model.heads["static"].config["use_pooler"] is True
+    with torch.no_grad():
+        expected = static(input_ids=IDS, attention_mask=MASK).logits
+    torch.testing.assert_close(run(model, head="static").logits, expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from .context import scoped_setup
 from .errors import AdapterLoadError, CompositionError, HeadError, UnsupportedModelError
 from .heads import (
     HEAD_TYPES,
+    BiaffineParsingHead,
     ClassificationHead,
     LMHead,
     PredictionHead,
+    QuestionAnsweringHead,
+    TaggingHead,
     head_from_config,
     label2id_for,
 )
@@ -60,9 +64,19 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         self.add_module(self.base_model_prefix, base)
         self.heads = nn.ModuleDict()
         self._active_head: str | None = None
+        self.custom_heads: dict[str, type] = {}  # AdapterHub's `register_custom_head` registry
         self._init_adapters(base)
         _share_adapter_api(base, self._engine)
         self.train(base.training)  # from_pretrained gives an eval-mode base model; the wrapper follows it
+        # AdapterHub keeps every head's config in `config.prediction_heads` (saved in config.json) and builds the
+        # heads a config lists; their weights come from the checkpoint (or its heads/ folders)
+        listed = getattr(self.config, "prediction_heads", None)
+        self.config.prediction_heads = {}
+        for name, head_config in (listed or {}).items() if isinstance(listed, dict) else ():
+            try:
+                self.add_prediction_head_from_config(name, dict(head_config), overwrite_ok=True, set_active=False)
+            except (HeadError, TypeError, KeyError) as err:
+                warnings.warn(f"config.prediction_heads: head {name!r} not rebuilt ({err})", stacklevel=2)
 
     # --- construction ------------------------------------------------------------------------------------
 
@@ -137,6 +151,27 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     def get_input_embeddings(self):
         return self.base_model.get_input_embeddings()
 
+    def get_output_embeddings(self) -> nn.Module | list[nn.Module] | None:
+        """The active head's output layer (an LM head's vocabulary projection), a list for several active heads,
+        None when no active head has one (AdapterHub's rule)."""
+        active = self._active_head_names()
+        embeddings = [self.heads[n].get_output_embeddings() for n in active if n in self.heads]
+        if len(embeddings) == 1:
+            return embeddings[0]
+        return None if all(e is None for e in embeddings) else embeddings
+
+    def set_output_embeddings(self, new_embeddings) -> None:
+        active = self._active_head_names()
+        if not isinstance(new_embeddings, list):
+            new_embeddings = [new_embeddings] * len(active)
+        for name, embedding in zip(active, new_embeddings, strict=False):
+            if name in self.heads and hasattr(self.heads[name], "set_output_embeddings"):
+                self.heads[name].set_output_embeddings(embedding)
+
+    def _active_head_names(self) -> list[str]:
+        heads = self._active_head
+        return [heads] if isinstance(heads, str) else list(heads or [])
+
     def _model_class_name(self) -> str:
         name = type(self.config).__name__
         return _CONFIG_CLASS_TO_MODEL.get(name, name.removesuffix("Config")) + "AdapterModel"
@@ -177,8 +212,12 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     # --- heads -------------------------------------------------------------------------------------------
 
     @property
-    def active_head(self) -> str | list[str] | None:
-        return self._active_head
+    def active_head(self) -> str | list[str] | BatchSplit | None:
+        """The active head: a name, a list of names (one per Parallel channel), or a `BatchSplit` of names."""
+        heads = self._active_head
+        if isinstance(heads, list) and len(heads) == 1:  # as AdapterHub: one head reads as its name
+            return heads[0]
+        return heads
 
     @active_head.setter
     def active_head(self, head_name) -> None:
@@ -190,20 +229,27 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             if not isinstance(name, str) or name not in self.heads:
                 raise HeadError(f"no head named {name!r} (heads: {', '.join(self.heads) or 'none'})")
         self._active_head = list(head_name) if isinstance(head_name, (list, tuple)) else head_name or None
-        if isinstance(self._active_head, str):
-            id2label = self.heads[self._active_head].id2label
+        if isinstance(self.active_head, str):
+            id2label = self.heads[self.active_head].id2label
             if id2label:
                 self.config.id2label = id2label
                 self.config.label2id = {v: k for k, v in id2label.items()}
 
-    def add_prediction_head(
-        self, head_name: str, head: PredictionHead, overwrite_ok: bool = False, set_active: bool = True
-    ) -> None:
+    def add_prediction_head(self, head_name, head=None, overwrite_ok: bool = False, set_active: bool = True) -> None:
+        """Add a built head under `head_name`; AdapterHub's form `add_prediction_head(head, overwrite_ok, set_active)`
+        takes the name from `head.name`."""
+        if isinstance(head_name, nn.Module):  # AdapterHub's signature: (head, overwrite_ok=False, set_active=True)
+            head_name, head, overwrite_ok = head_name.name, head_name, bool(head or overwrite_ok)
         check_head_name(head_name)
+        if not isinstance(head, PredictionHead):
+            raise HeadError(f"head {head_name!r}: {type(head).__name__} is not a PredictionHead")
         if head_name in self.heads and not overwrite_ok:
             raise HeadError(f"a head named {head_name!r} already exists (pass overwrite_ok=True to replace it)")
+        head.name = head_name
         head.to(self.base_model.device, dtype=self._float_dtype()).train(self.training)
         self.heads[head_name] = head
+        self._tie_head(head_name)
+        self._sync_prediction_heads()
         if set_active or self._active_head is None:
             self.active_head = head_name
 
@@ -212,11 +258,80 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         reference = self._engine.reference_weight()
         return reference.dtype if reference is not None and reference.is_floating_point() else None
 
+    def _sync_prediction_heads(self) -> None:
+        """`config.prediction_heads`: head name -> the head's config, as AdapterHub keeps it (and saves it)."""
+        self.config.prediction_heads = {name: head.config for name, head in self.heads.items()}
+
+    def _tie_head(self, head_name: str) -> None:
+        """An LM head's output layer shares the input embeddings' weight when the config ties them."""
+        output = self.heads[head_name].get_output_embeddings()
+        embeddings = self.get_input_embeddings()
+        if output is not None and getattr(self.config, "tie_word_embeddings", False) and embeddings is not None:
+            if output.weight.shape == embeddings.weight.shape:
+                output.weight = embeddings.weight
+
+    def get_prediction_heads_config(self) -> dict[str, dict]:
+        """Every head's config by name (what `config.prediction_heads` holds)."""
+        return {name: head.config for name, head in self.heads.items()}
+
+    def get_labels_dict(self, head_name: str | None = None) -> dict[int, str] | None:
+        """id -> label of a head (the active head by default); None for heads without labels."""
+        head_name = head_name if head_name is not None else self.active_head
+        if head_name is None:
+            raise HeadError("no head name given and no active head")
+        if not isinstance(head_name, str) or head_name not in self.heads:
+            raise HeadError(f"no head named {head_name!r} (heads: {', '.join(self.heads) or 'none'})")
+        return self.heads[head_name].id2label
+
+    def get_labels(self, head_name: str | None = None) -> list[str] | None:
+        """The labels a head predicts, in id order (the active head by default)."""
+        labels = self.get_labels_dict(head_name)
+        return None if labels is None else list(labels.values())
+
+    def register_custom_head(self, identifier: str, head) -> None:
+        """Register a `PredictionHead` subclass under a head type (AdapterHub's custom heads): it is built as
+        `head(model, head_name, **options)` by `add_custom_head` and when a saved head of that type is loaded."""
+        self.custom_heads[identifier] = head
+
+    def add_custom_head(
+        self, head_type: str, head_name: str, overwrite_ok: bool = False, set_active: bool = True, **kwargs
+    ) -> None:
+        if head_type not in self.custom_heads:
+            raise HeadError(f"head type {head_type!r} is not registered: call register_custom_head({head_type!r}, cls)")
+        check_head_name(head_name)
+        head = self.custom_heads[head_type](self, head_name, **kwargs)
+        head.config.setdefault("head_type", head_type)
+        self.add_prediction_head(head_name, head, overwrite_ok, set_active)
+
+    def add_prediction_head_from_config(
+        self, head_name: str, config: dict, overwrite_ok: bool = False, set_active: bool = True
+    ) -> None:
+        """Build and add a head from a head config (`config.prediction_heads` or a head_config.json)."""
+        self.add_prediction_head(head_name, self._head_from_config(head_name, config), overwrite_ok, set_active)
+
+    def _head_from_config(self, head_name: str, config) -> PredictionHead:
+        if not isinstance(config, Mapping):
+            raise HeadError(f"head {head_name!r}: config={config!r} must be a JSON object with a 'head_type'")
+        head_type = config.get("head_type")
+        custom = self.custom_heads.get(head_type) if isinstance(head_type, str) else None
+        if custom is not None and custom is not HEAD_TYPES.get(head_type):
+            options = {k: v for k, v in config.items() if k != "head_type"}
+            label2id = options.pop("label2id", None)
+            if label2id and "id2label" not in options:
+                options["id2label"] = {int(i): label for label, i in label2id.items()}
+            head = custom(self, head_name, **options)
+            head.config.setdefault("head_type", head_type)
+            return head
+        return head_from_config(self.config, dict(config))
+
     def _add_head(self, head_type: str, head_name, overwrite_ok, set_active, id2label=None, **options):
+        if head_type not in self.head_types:
+            raise HeadError(f"model type {self.config.model_type!r} does not support head type {head_type!r}")
+        check_head_name(head_name)
         count = options.get("num_labels", options.get("num_choices"))
         if count is not None:
             options["label2id"] = label2id_for(id2label, count, head_name)
-        head = HEAD_TYPES[head_type](self.config, **options)
+        head = HEAD_TYPES[head_type](self, head_name, **options)
         self.add_prediction_head(head_name, head, overwrite_ok, set_active)
 
     def add_classification_head(
@@ -308,6 +423,14 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             id2label=id2label,
         )
 
+    def add_dependency_parsing_head(
+        self, head_name: str, num_labels: int = 2, overwrite_ok: bool = False, id2label=None, set_active: bool = True
+    ) -> None:
+        """A biaffine dependency parsing head (Glavaš & Vulić 2021; `workbench.core.dependency_parsing`)."""
+        self._add_head(
+            "dependency_parsing", head_name, overwrite_ok, set_active, num_labels=num_labels, id2label=id2label
+        )
+
     def add_masked_lm_head(
         self,
         head_name: str,
@@ -344,14 +467,13 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             activation_function=activation_function,
             **options,
         )
-        if getattr(self.config, "tie_word_embeddings", False):
-            self.heads[head_name][-1].weight = self.get_input_embeddings().weight
 
     def delete_head(self, head_name: str) -> None:
         if head_name not in self.heads:
             raise HeadError(f"no head named {head_name!r}")
         del self.heads[head_name]
-        if self._active_head == head_name:
+        self._sync_prediction_heads()
+        if head_name in self._active_head_names():
             self._active_head = None
 
     def average_head(
@@ -377,10 +499,29 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
 
     def unfreeze_head(self, head_name: str) -> None:
         """Make a head trainable, except weights it shares with the base model (an LM head tied to the
-        input embeddings), which adapter training keeps frozen."""
+        input embeddings), which keep the base model's setting."""
         base = {id(p) for p in self.base_model.parameters()}
         for param in self.heads[head_name].parameters():
-            param.requires_grad = id(param) not in base
+            if id(param) not in base:
+                param.requires_grad = True
+
+    def train_adapter(self, adapter_setup, train_embeddings: bool = False) -> None:
+        """As the base method; then, as AdapterHub, the active heads' output embeddings (an LM head's vocabulary
+        projection) are trained only with `train_embeddings=True`."""
+        super().train_adapter(adapter_setup, train_embeddings)
+        if not train_embeddings:
+            self.freeze_embeddings()
+
+    def train_adapter_fusion(self, adapter_setup, unfreeze_adapters: bool = False) -> None:
+        super().train_adapter_fusion(adapter_setup, unfreeze_adapters)
+        self.freeze_embeddings()
+
+    def freeze_embeddings(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) the active heads' output embeddings."""
+        output = self.get_output_embeddings()
+        for module in output if isinstance(output, list) else [output]:
+            for param in module.parameters() if module is not None else ():
+                param.requires_grad = not freeze
 
     def set_active_adapters(self, adapter_setup, skip_layers=None) -> None:
         """Activate a setup and, as AdapterHub does, the heads it implies when they all exist (`head_setup_of`)."""
@@ -422,23 +563,22 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         data = files.read_saved_meta(config_path, "head")
         self._check_compatible(data, config_path)
         renames = None
-        if data["config"] is None:
+        if data["config"] is None:  # a transformers task model's head (`...ForSequenceClassification`)
             if load_as is None:
                 raise HeadError(f"{config_path} is a static head, which has no name: pass load_as=")
             model_class = data.get("model_class") or ""
+            label2id = {v: int(k) for k, v in id2label.items()} if id2label else data.get("label2id")
             try:
-                config, renames = static_heads.flex_config(
-                    model_class, self.config, data.get("label2id"), data.get("num_labels")
-                )
+                config, renames = static_heads.flex_config(model_class, self.config, label2id, data.get("num_labels"))
             except HeadError as err:
                 raise HeadError(f"{config_path}: config=None marks a static head, but {err}") from None
         else:
             config = dict(data["config"])
-        if config.get("head_type") in (None, "") or "head_type" not in config:
-            raise HeadError(f"{config_path} is a static head without 'head_type'; it cannot be loaded as a flex head")
-        if id2label is not None:
-            count = config.get("num_labels")
-            config["label2id"] = label2id_for(id2label, count, str(config_path))
+            if config.get("head_type") in (None, ""):
+                raise HeadError(f"{config_path}: config={data['config']!r} is not a flex head config (no 'head_type')")
+            if id2label is not None:
+                count = config.get("num_labels", config.get("num_choices"))
+                config["label2id"] = label2id_for(id2label, count, str(config_path))
         saved_name = data.get("name")
         name = load_as or saved_name or folder.name
         check_head_name(name, str(config_path))
@@ -451,19 +591,34 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         else:
             state = rename_prefixed(files.read_weights(weights_path), "heads", saved_name or name, name)
         try:
-            with torch.device("meta"):  # sizes checked against the file before anything is allocated
-                probe = head_from_config(self.config, config)
-            shapes = {k: tuple(v.shape) for k, v in probe.state_dict(prefix=f"heads.{name}.").items()}
-            _check_weights(state, shapes, weights_path)
-            head = head_from_config(self.config, config)
+            custom = config.get("head_type") not in HEAD_TYPES or self.custom_heads.get(config["head_type"]) not in (
+                None,
+                HEAD_TYPES.get(config["head_type"]),
+            )
+            if not custom:
+                with torch.device("meta"):  # sizes checked against the file before anything is allocated
+                    probe = head_from_config(self.config, config)
+                shapes = {k: tuple(v.shape) for k, v in probe.state_dict(prefix=f"heads.{name}.").items()}
+                _check_weights(state, shapes, weights_path)
+            head = self._head_from_config(name, config)
+            if custom:
+                shapes = {k: tuple(v.shape) for k, v in head.state_dict(prefix=f"heads.{name}.").items()}
+                _check_weights(state, shapes, weights_path)
         except (TypeError, ValueError, HeadError) as err:
             if isinstance(err, AdapterLoadError):
                 raise
             raise HeadError(f"{config_path}: {err}") from None
         with self._engine.transaction(self):
+            head.name = name
             self.heads[name] = head.to(self.base_model.device, dtype=self._float_dtype()).train(self.training)
-            own = self.heads[name].state_dict(prefix=f"heads.{name}.", keep_vars=True)
+            self._tie_head(name)
+            own = own_all = self.heads[name].state_dict(prefix=f"heads.{name}.", keep_vars=True)
+            shared = {id(p) for p in self.base_model.parameters()}
+            if renames is not None:  # a tied decoder weight is the embeddings' (whether or not the file has it)
+                own = {k: v for k, v in own.items() if id(v) not in shared}
+                state = {k: v for k, v in state.items() if k in own or k not in own_all}
             self._load_weights(state, own, weights_path)
+            self._sync_prediction_heads()
             if set_active:
                 self.active_head = name
         if loading_info is not None:
@@ -521,6 +676,11 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
                 f"the active setup {setup} runs {channels} parallel channels, but only head {heads!r} is active: "
                 f"add a head for each channel, or pass head= to run one head on every row"
             )
+        head_kwargs = {k: kwargs.pop(k) for k in _HEAD_ONLY_KWARGS if k in kwargs}
+        if start_positions is not None:
+            head_kwargs["start_positions"] = start_positions
+        if end_positions is not None:
+            head_kwargs["end_positions"] = end_positions
         if isinstance(heads, str) and isinstance(self.heads[heads], HEAD_TYPES["multiple_choice"]):
             input_ids, attention_mask, token_type_ids = (
                 t.view(-1, t.shape[-1]) if t is not None else None for t in (input_ids, attention_mask, token_type_ids)
@@ -537,16 +697,16 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         if output_adapter_fusion_attentions:
             model_inputs["output_adapter_fusion_attentions"] = True
         outputs = self.base_model(**{k: v for k, v in model_inputs.items() if v is not None})
-        call = _HeadCall(outputs, input_ids, attention_mask, setup)
+        call = _HeadCall(outputs, input_ids, attention_mask, setup, head_kwargs)
         if plan is not None and head is None:
-            result = self._row_heads(plan, call, labels, start_positions=start_positions, end_positions=end_positions)
+            result = self._row_heads(plan, call, labels)
         elif not heads:
             result = outputs
         elif isinstance(heads, str):
-            result = self._run_head(heads, call, labels, start_positions=start_positions, end_positions=end_positions)
+            result = self._run_head(heads, call, labels)
         else:
             result = self._multi_head(heads, call, channels, labels)
-        if result is not outputs:
+        if result is not outputs and isinstance(result, Mapping):
             for extra in ("adapter_fusion_attentions", "adapter_gating_scores"):
                 if extra in outputs:
                     result[extra] = outputs[extra]
@@ -574,7 +734,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             )
         return self._active_head
 
-    def _row_heads(self, plan, call: _HeadCall, labels, **extra):
+    def _row_heads(self, plan, call: _HeadCall, labels):
         """Per-row adapters: each run of rows through its adapter's head, outputs and labels in row order. One head
         for every row runs once on the whole batch; otherwise the loss is the row-weighted mean of the runs' losses."""
         parts = [(self._row_head(n), n, a, b) for n, a, b in runs(row_names(plan, call.outputs[0].shape[0]))]
@@ -586,13 +746,12 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             raise HeadError(f"adapter_names: rows of {name!r} have no head of that name and no head is active")
         inverts = getattr(self._engine.methods.get("invertible"), "_handle", None) is not None
         if len(heads) == 1 and not inverts:
-            return self._run_head(parts[0][0], call, labels, **extra)
+            return self._run_head(parts[0][0], call, labels)
         results = []
         for head, name, a, b in parts:
             rows = call.rows(a, b)
             rows.setup = None if name == BASE else Stack(name)  # an LM head inverts the run's own adapter
-            cut = {k: _cut(v, a, b) for k, v in extra.items()}
-            results.append(self._run_head(head, rows, _cut(labels, a, b), **cut))
+            results.append(self._run_head(head, rows, _cut(labels, a, b)))
         return _join_rows(results, [b - a for _, _, a, b in parts], call.outputs)
 
     def _multi_head(self, heads, call: _HeadCall, channels: int, labels) -> MultiHeadOutput:
@@ -614,25 +773,36 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         for name, (a, b) in zip(heads, bounds, strict=True):
             part_labels = labels[a:b] if labels is not None and sliced_labels else labels
             results.append(self._run_head(name, call.rows(a, b), part_labels))
-        losses = [r.get("loss") for r in results]
+        losses = [r.get("loss") if isinstance(r, Mapping) else None for r in results]
         loss = torch.stack(losses).sum() if losses and all(x is not None for x in losses) else None
         return MultiHeadOutput(head_outputs=results, loss=loss)
 
-    def _run_head(self, name, call: _HeadCall, labels, **extra):
+    def _run_head(self, name, call: _HeadCall, labels):
+        """One head on the call's rows, called as AdapterHub calls heads:
+        `head(outputs, cls_output, attention_mask, return_dict, labels=..., pooled_output=..., **head kwargs)`."""
         head = self.heads[name]
         hidden = call.outputs[0]
+        kwargs = dict(call.head_kwargs)
+        if labels is not None:
+            kwargs["labels"] = labels
+        pooled = call.outputs.get("pooler_output") if isinstance(call.outputs, Mapping) else None
+        if pooled is not None:
+            kwargs["pooled_output"] = pooled
         if isinstance(head, LMHead):
             invert = self._engine.methods.get("invertible")
-            inverse = (lambda h: invert.invert(h, call.setup)) if invert else None
-            result = head(hidden, None, call.attention_mask, labels, invert=inverse)
+            if invert:
+                kwargs["invert"] = lambda h: invert.invert(h, call.setup)
+            result = head(call.outputs, None, call.attention_mask, True, **kwargs)
             if getattr(call.outputs, "past_key_values", None) is not None:  # generate() continues from the cache
                 result["past_key_values"] = call.outputs.past_key_values
             return result
-        if getattr(head, "config", {}).get("use_pooler"):
-            cls = call.outputs.pooler_output
+        if head.config.get("use_pooler") and pooled is not None:
+            cls = pooled
+        elif isinstance(head, (TaggingHead, QuestionAnsweringHead, BiaffineParsingHead)):
+            cls = None  # token-level heads read the hidden states
         else:
             cls = self._cls_token(hidden, call.input_ids)
-        return head(hidden, cls, call.attention_mask, labels, **extra)
+        return head(call.outputs, cls, call.attention_mask, True, **kwargs)
 
     def _cls_token(self, hidden: torch.Tensor, input_ids) -> torch.Tensor:
         """The sequence representation a classification head reads, as the architecture spec says to pool."""
@@ -650,16 +820,22 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
 class _HeadCall:
     """The base model's outputs and inputs of one call, sliceable by rows for per-head parts."""
 
-    def __init__(self, outputs, input_ids, attention_mask, setup):
+    def __init__(self, outputs, input_ids, attention_mask, setup, head_kwargs=None):
         self.outputs, self.input_ids, self.attention_mask, self.setup = outputs, input_ids, attention_mask, setup
+        self.head_kwargs = head_kwargs or {}
 
     def rows(self, a: int, b: int) -> _HeadCall:
-        from .transformers_api import ModelOutput
-
-        part = ModelOutput(
+        part = type(self.outputs)(
             **{k: v[a:b] for k, v in self.outputs.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
         )
-        return _HeadCall(part, _cut(self.input_ids, a, b), _cut(self.attention_mask, a, b), self.setup)
+        kwargs = {
+            k: _cut(v, a, b) if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in self.head_kwargs.items()
+        }
+        return _HeadCall(part, _cut(self.input_ids, a, b), _cut(self.attention_mask, a, b), self.setup, kwargs)
+
+
+# forward() arguments meant for a head, never for the base model (AdapterHub's parsing head, eos pooling)
+_HEAD_ONLY_KWARGS = ("word_starts", "labels_arcs", "labels_rels", "eos_mask", "get_cls_from_eos_tokens")
 
 
 def _join_rows(results: list, sizes: list[int], outputs):

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import PretrainedConfig
 from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
     MaskedLMOutput,
@@ -31,20 +32,37 @@ def _dropout_prob(model_config, config: dict) -> float:
     return 0.0
 
 
+def _model_config(model):
+    """A head is built from a model (AdapterHub's `head_class(model, name, ...)`) or from its config."""
+    return model if isinstance(model, PretrainedConfig) else model.config
+
+
 class PredictionHead(nn.Sequential):
-    """Dropout/Linear/activation stack ending in a projection to the task's outputs."""
+    """AdapterHub's head base: an `nn.Sequential` with a `name` and a `config` dict, built by `build(model)`.
+
+    Custom heads subclass it as in AdapterHub (`super().__init__(name)`, set `self.config`, `self.build(model)`,
+    `super().forward(x)` runs the layers) and are called as `head(outputs, cls_output, attention_mask, return_dict,
+    labels=..., **kwargs)`. The built-in heads below also take the model's config instead of the model.
+    """
 
     head_type = ""
     defaults: dict = {}
+    arg_order: tuple = ()  # AdapterHub's positional arguments after (model, head_name)
 
-    def __init__(self, model_config, **options):
-        unknown = set(options) - set(self.defaults)
-        if unknown:
-            raise HeadError(f"{self.head_type} head: unknown option(s) {sorted(unknown)}")
-        self.config = {"head_type": self.head_type, **self.defaults, **options}
+    def __init__(self, name: str | None = None):
+        super().__init__()
+        self.config: dict = {}
+        self.name = name
+
+    def build(self, model) -> None:
+        """Add the layers `self.config` describes (Dropout/Linear/activation, AdapterHub's module numbering)."""
+        model_config = _model_config(model)
         check_head_options(self.config)
-        super().__init__(*self._build(model_config))
+        for i, module in enumerate(self._build(model_config)):
+            self.add_module(str(i), module)
         self._init_weights(getattr(model_config, "initializer_range", 0.02))
+        if isinstance(model, nn.Module):
+            self.train(model.training)
 
     def _build(self, model_config) -> list[nn.Module]:
         hidden, cfg = model_config.hidden_size, self.config
@@ -59,6 +77,8 @@ class PredictionHead(nn.Sequential):
                     modules.append(activation(cfg["activation_function"]))
             else:
                 modules.append(nn.Linear(hidden, out, bias=cfg.get("bias", True)))
+                if out is hidden and cfg.get("activation_function"):  # no label count: a hidden-size output layer
+                    modules.append(activation(cfg["activation_function"]))
         return modules
 
     def _init_weights(self, std: float) -> None:
@@ -76,11 +96,52 @@ class PredictionHead(nn.Sequential):
         label2id = self.config.get("label2id")
         return {int(v): k for k, v in label2id.items()} if label2id else None
 
+    def get_output_embeddings(self) -> nn.Module | None:
+        """The layer tied to the input embeddings (LM heads); None for other heads, as in AdapterHub."""
+        return None
+
+    def get_label_names(self) -> list[str]:
+        return ["labels"]
+
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)
 
-    def forward(self, hidden: torch.Tensor, cls: torch.Tensor, attention_mask=None, labels=None, **labels_kw):
+
+class BuiltinHead(PredictionHead):
+    """A head type of `HEAD_TYPES`: `Head(model_or_config, head_name=None, *AdapterHub's positional args, **options)`
+    with the options checked against `defaults` (`id2label` becomes the saved `label2id`)."""
+
+    def __init__(self, model, head_name: str | None = None, *args, id2label=None, **options):
+        super().__init__(head_name)
+        if len(args) > len(self.arg_order):
+            raise HeadError(f"{self.head_type} head: too many positional arguments {args!r}")
+        for key, value in zip(self.arg_order, args, strict=False):
+            if key in options or (key == "id2label" and id2label is not None):
+                raise HeadError(f"{self.head_type} head: {key} given twice")
+            if key == "id2label":
+                id2label = value
+            else:
+                options[key] = value
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise HeadError(f"{self.head_type} head: unknown option(s) {sorted(unknown)}")
+        model_config = _model_config(model)
+        if self.head_type in ("masked_lm", "causal_lm") and options.get("vocab_size") is None:
+            options["vocab_size"] = model_config.vocab_size
+        count_key = "num_choices" if "num_choices" in self.defaults else "num_labels"
+        count = options.get(count_key, self.defaults.get(count_key))
+        if id2label is not None:
+            options["label2id"] = label2id_for(id2label, count, head_name or self.head_type)
+        elif "label2id" in self.defaults and options.get("label2id") is None and self.head_type not in _LM_TYPES:
+            options["label2id"] = label2id_for(None, count, head_name or self.head_type)
+        self.config = {"head_type": self.head_type, **self.defaults, **options}
+        self.build(model)
+
+    def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
         raise NotImplementedError
+
+
+_LM_TYPES = ("masked_lm", "causal_lm")
 
 
 def label2id_for(id2label, count: int | None, where: str) -> dict[str, int] | None:
@@ -150,7 +211,16 @@ def _check_label2id(config: dict, bad) -> None:
         raise bad("label2id", f"a dict naming every one of the {count} labels ({count_key}={count})")
 
 
-class ClassificationHead(PredictionHead):
+def _cls(outputs, cls_output, config: dict, kwargs: dict) -> torch.Tensor:
+    """The sequence representation: the model's (it knows how its family pools), else the pooler's or token 0."""
+    if cls_output is not None:
+        return cls_output
+    if config.get("use_pooler") and kwargs.get("pooled_output") is not None:
+        return kwargs["pooled_output"]
+    return outputs[0][:, 0]
+
+
+class ClassificationHead(BuiltinHead):
     head_type = "classification"
     defaults = {
         "num_labels": 2,
@@ -161,9 +231,11 @@ class ClassificationHead(PredictionHead):
         "bias": True,
         "dropout_prob": None,
     }
+    arg_order = ("num_labels", "layers", "activation_function", "id2label", "use_pooler", "bias", "dropout_prob")
 
-    def forward(self, hidden, cls, attention_mask=None, labels=None, **_):
-        logits = self.run(cls)
+    def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        logits = self.run(_cls(outputs, cls_output, self.config, kwargs))
+        labels = kwargs.get("labels")
         loss = None
         if labels is not None:
             n = self.config["num_labels"]
@@ -178,18 +250,21 @@ class ClassificationHead(PredictionHead):
 class MultiLabelClassificationHead(ClassificationHead):
     head_type = "multilabel_classification"
 
-    def forward(self, hidden, cls, attention_mask=None, labels=None, **_):
-        logits = self.run(cls)
+    def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        logits = self.run(_cls(outputs, cls_output, self.config, kwargs))
+        labels = kwargs.get("labels")
         loss = F.binary_cross_entropy_with_logits(logits, labels.float()) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-class TaggingHead(PredictionHead):
+class TaggingHead(BuiltinHead):
     head_type = "tagging"
     defaults = {"num_labels": 2, "layers": 1, "activation_function": "tanh", "label2id": None, "dropout_prob": None}
+    arg_order = ("num_labels", "layers", "activation_function", "id2label", "dropout_prob")
 
-    def forward(self, hidden, cls, attention_mask=None, labels=None, **_):
-        logits = self.run(hidden)
+    def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        logits = self.run(outputs[0])
+        labels = kwargs.get("labels")
         loss = None
         if labels is not None:
             if attention_mask is not None:
@@ -200,7 +275,7 @@ class TaggingHead(PredictionHead):
         return TokenClassifierOutput(loss=loss, logits=logits)
 
 
-class MultipleChoiceHead(PredictionHead):
+class MultipleChoiceHead(BuiltinHead):
     head_type = "multiple_choice"
     defaults = {
         "num_choices": 2,
@@ -210,20 +285,27 @@ class MultipleChoiceHead(PredictionHead):
         "use_pooler": False,
         "dropout_prob": None,
     }
+    arg_order = ("num_choices", "layers", "activation_function", "id2label", "use_pooler", "dropout_prob")
 
-    def forward(self, hidden, cls, attention_mask=None, labels=None, **_):
-        logits = self.run(cls).view(-1, self.config["num_choices"])
+    def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        logits = self.run(_cls(outputs, cls_output, self.config, kwargs)).view(-1, self.config["num_choices"])
+        labels = kwargs.get("labels")
         loss = F.cross_entropy(logits, labels.view(-1)) if labels is not None else None
         return MultipleChoiceModelOutput(loss=loss, logits=logits)
 
 
-class QuestionAnsweringHead(PredictionHead):
+class QuestionAnsweringHead(BuiltinHead):
     head_type = "question_answering"
     defaults = {"num_labels": 2, "layers": 1, "activation_function": "tanh", "label2id": None, "dropout_prob": None}
+    arg_order = ("num_labels", "layers", "activation_function", "id2label", "dropout_prob")
 
-    def forward(self, hidden, cls, attention_mask=None, labels=None, start_positions=None, end_positions=None, **_):
-        logits = self.run(hidden)
+    def get_label_names(self) -> list[str]:
+        return ["start_positions", "end_positions"]
+
+    def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        logits = self.run(outputs[0])
         start, end = (t.squeeze(-1) for t in logits.split(1, dim=-1))
+        start_positions, end_positions = kwargs.get("start_positions"), kwargs.get("end_positions")
         loss = None
         if start_positions is not None and end_positions is not None:
             ignored = start.shape[1]
@@ -236,8 +318,8 @@ class QuestionAnsweringHead(PredictionHead):
         return QuestionAnsweringModelOutput(loss=loss, start_logits=start, end_logits=end)
 
 
-class LMHead(PredictionHead):
-    """Transform layers (Linear, activation, LayerNorm) then the vocabulary projection."""
+class LMHead(BuiltinHead):
+    """Transform layers (Linear, activation, LayerNorm) then the vocabulary projection (the output embeddings)."""
 
     defaults = {
         "vocab_size": None,
@@ -265,6 +347,12 @@ class LMHead(PredictionHead):
         modules.append(nn.Linear(size if cfg["layers"] > 1 else hidden, cfg["vocab_size"], bias=cfg["bias"]))
         return modules
 
+    def get_output_embeddings(self) -> nn.Module:
+        return self[-1]
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self[len(self) - 1] = new_embeddings
+
     def logits(self, hidden, invert=None):
         for module in list(self)[:-1]:
             hidden = module(hidden)
@@ -272,8 +360,9 @@ class LMHead(PredictionHead):
             hidden = invert(hidden)
         return self[-1](hidden)
 
-    def forward(self, hidden, cls, attention_mask=None, labels=None, invert=None, **_):
-        logits = self.logits(hidden, invert)
+    def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, invert=None, **kwargs):
+        logits = self.logits(outputs[0], invert)
+        labels = kwargs.get("labels")
         loss = None
         if labels is not None:
             if self.config["shift_labels"]:
@@ -325,3 +414,8 @@ def head_from_config(model_config, config: dict) -> PredictionHead:
     if not isinstance(head_type, str) or head_type not in HEAD_TYPES:
         raise HeadError(f"head_type={head_type!r} is not a known head type (known: {', '.join(HEAD_TYPES)})")
     return HEAD_TYPES[head_type](model_config, **options)
+
+
+from .dependency_parsing import BiaffineParsingHead  # noqa: E402  (it builds on BuiltinHead above)
+
+HEAD_TYPES[BiaffineParsingHead.head_type] = BiaffineParsingHead

@@ -13,7 +13,8 @@ from .transformers_api import ModelOutput
 class MultiHeadOutput(ModelOutput):
     """One output per head (`head_outputs`); `loss` is their sum when every head computed one.
 
-    `output[i]` is the i-th head's output, `output["loss"]` the summed loss, as in AdapterHub.
+    `output[i]` is the i-th head's output, `len(output)` the number of heads, iterating gives the heads' outputs and
+    `output["loss"]` the summed loss, as in AdapterHub.
     """
 
     head_outputs: list | None = None
@@ -28,5 +29,14 @@ class MultiHeadOutput(ModelOutput):
             return self.head_outputs[key]
         return super().__getitem__(key)
 
+    def __setitem__(self, key, value):
+        if isinstance(key, int):
+            self.head_outputs[key] = value
+        else:
+            super().__setitem__(key, value)
+
     def __iter__(self):
         return iter(self.head_outputs)
+
+    def __len__(self) -> int:
+        return len(self.head_outputs)
