@@ -99,7 +99,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     AdapterTrainer(model=first, args=args(tmp_path / "cut", max_steps=2), train_dataset=rows()).train()
     resumed = adapter_model()
     with torch.no_grad():  # other adapter and head weights: they must all come from the checkpoint
-        for name, param in resumed.named_parameters():
+        for param in resumed.parameters():
             if param.requires_grad:
                 param.add_(torch.randn_like(param))
     frozen_before = {k for k, p in resumed.named_parameters() if not p.requires_grad}
