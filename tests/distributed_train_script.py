@@ -23,15 +23,15 @@ torch.set_num_threads(1)
 out = Path(sys.argv[1])
 rank = int(os.environ["RANK"])
 saves, events = [], []
-_save = SavePlan.save
+_write = SavePlan.write  # called once per saved folder, by the processes that write
 
 
-def logged_save(self, model, folder):
+def logged_write(self, folder):
     saves.append(Path(folder).name.removeprefix(STAGING_PREFIX))  # written under a temporary name, then renamed
-    _save(self, model, folder)
+    _write(self, folder)
 
 
-SavePlan.save = logged_save
+SavePlan.write = logged_write
 model = adapter_model()
 initial = trained_state(model, "kw")  # the adapter only: the head is added by train()
 if rank == 0:

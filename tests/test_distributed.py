@@ -58,10 +58,10 @@ def test_two_process_adapter_run(tmp_path):
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-2", "checkpoint-4", "final"]
     last = {p.name for p in (run / "checkpoint-4").iterdir()}
-    assert {"rng_state_0.pth", "rng_state_1.pth", "workbench_run.json", "adapters", "heads"} <= last
+    assert {"rng_state_0.pth", "rng_state_1.pth", "workbench_run.json", "kw"} <= last
 
     fresh = tiny_adapter_model()
-    fresh.load_adapter(str(run / "final" / "adapters" / "kw"))
+    fresh.load_adapter(str(run / "final" / "kw"))
     loaded = dict(fresh.named_parameters())
     for key, value in weights[0].items():
         if key in initial:

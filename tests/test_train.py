@@ -108,15 +108,15 @@ def test_checkpoint_holds_only_adapter_and_head(tokenizer, tmp_path):
     train(model, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path, config=fast())
     checkpoint = tmp_path / "checkpoint-6"
     names = {p.relative_to(checkpoint).as_posix() for p in checkpoint.rglob("*") if p.is_file()}
-    assert "adapters/kw/pytorch_adapter.bin" in names and "heads/kw/pytorch_model_head.bin" in names
+    assert "kw/pytorch_adapter.bin" in names and "kw/pytorch_model_head.bin" in names
     assert not any(n.endswith((".safetensors", "pytorch_model.bin")) for n in names)
     full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     weights = [p for p in checkpoint.rglob("*.bin") if p.name != "training_args.bin"]
     assert sum(p.stat().st_size for p in weights) < full_bytes / 4
     # the saved head keeps the label names, and the final folder loads with the engine's own loader
     fresh = tiny_adapter_model()
-    fresh.load_adapter(str(tmp_path / "final" / "adapters" / "kw"))
-    fresh.load_head(str(tmp_path / "final" / "heads" / "kw"))
+    fresh.load_adapter(str(tmp_path / "final" / "kw"))
+    fresh.load_head(str(tmp_path / "final" / "kw"))
     assert fresh.heads["kw"].id2label == {0: "no", 1: "yes"}
 
 
@@ -129,7 +129,7 @@ def test_adapter_run_beside_another_adapters_head_trains_only_its_own(tokenizer,
     assert record.global_step == 6
     assert not any(p.requires_grad for p in model.heads["other"].parameters())
     assert all(torch.equal(v, model.heads["other"].state_dict()[k]) for k, v in other_head.items())
-    assert not (tmp_path / "final" / "heads" / "other").exists()
+    assert not (tmp_path / "final" / "other").exists()
 
 
 def test_resume_continues_from_the_same_state(tokenizer, tmp_path):
@@ -190,7 +190,7 @@ def test_stop_request_ends_within_one_step_with_a_checkpoint(tokenizer, tmp_path
     )
     assert seen == [1, 2] and record.global_step == 2 and record.stop_reason == "stop_request"
     fresh = tiny_adapter_model()
-    fresh.load_adapter(str(tmp_path / "checkpoint-2" / "adapters" / "kw"))
+    fresh.load_adapter(str(tmp_path / "checkpoint-2" / "kw"))
     for key, value in trained_state(model, "adapters.kw").items():
         torch.testing.assert_close(dict(fresh.named_parameters())[key], value)
 
@@ -222,7 +222,7 @@ def test_fusion_run_trains_only_fusion_and_head(tokenizer, tmp_path):
     assert record.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
     for key, value in before.items():
         torch.testing.assert_close(dict(model.named_parameters())[key], value)
-    assert (tmp_path / "checkpoint-6" / "fusions" / "a,b" / "pytorch_model_adapter_fusion.bin").is_file()
+    assert (tmp_path / "checkpoint-6" / "a,b" / "pytorch_model_adapter_fusion.bin").is_file()
 
 
 def test_data_from_csv_with_text_pairs_and_multilabel(tokenizer, tmp_path):
@@ -335,8 +335,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tokenizer, tmp
     good = tmp_path / "checkpoint-2"
     assert not (tmp_path / "checkpoint-4").exists()
     fresh = tiny_adapter_model()
-    fresh.load_adapter(str(good / "adapters" / "kw"))
-    fresh.load_head(str(good / "heads" / "kw"))
+    fresh.load_adapter(str(good / "kw"))
+    fresh.load_head(str(good / "kw"))
     assert all(torch.isfinite(p).all() for p in fresh.parameters())
 
 

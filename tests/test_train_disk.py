@@ -42,7 +42,7 @@ class LimitFileSize(TrainingCallback):
         if event.step == 3:  # checkpoint-2 is complete; the next save (step 4) hits the limit
             files = sorted(p for p in (out / "checkpoint-2").rglob("*") if p.is_file())
             seen["hashes"] = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-            weights = out / "checkpoint-2" / "adapters" / "kw" / "pytorch_adapter.bin"
+            weights = out / "checkpoint-2" / "kw" / "pytorch_adapter.bin"
             limit = 0 if limit_spec == "zero" else weights.stat().st_size // 2
             seen["limit"] = limit
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
@@ -102,8 +102,8 @@ def test_failed_checkpoint_write_is_a_clear_error_and_keeps_the_finished_checkpo
     # it loads with the engine's loaders, and a run resumes from it to the end
     checkpoint = out / "checkpoint-2"
     fresh = tiny_adapter_model()
-    fresh.load_adapter(str(checkpoint / "adapters" / "kw"))
-    fresh.load_head(str(checkpoint / "heads" / "kw"))
+    fresh.load_adapter(str(checkpoint / "kw"))
+    fresh.load_head(str(checkpoint / "kw"))
     steps = []
     resumed = adapter_model(adapter_seed=7)
     record = train(
@@ -158,7 +158,7 @@ def test_final_weights_are_staged_too(tmp_path):
     assert not (tmp_path / "final" / "stale.txt").exists()  # replaced as a whole, not merged
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
     fresh = tiny_adapter_model()
-    fresh.load_adapter(str(tmp_path / "final" / "adapters" / "kw"))
+    fresh.load_adapter(str(tmp_path / "final" / "kw"))
     saved = {k: v for k, v in fresh.named_parameters() if "adapters.kw" in k}
     latest = trained_state(model, "adapters.kw")
     assert saved.keys() == latest.keys() and all(torch.equal(saved[k], latest[k]) for k in saved)

@@ -82,9 +82,9 @@ def test_qa_run_learns_records_and_saves_adapter_and_head(tokenizer, tmp_path):
     assert 0 <= record.final_metrics["eval_exact_match"] <= record.final_metrics["eval_f1"] <= 1
     assert record.final_metrics["eval_exact_match"] > 0.5  # the toy task is learnt
     names = checkpoint_files(tmp_path / "checkpoint-40")
-    assert "adapters/qa/pytorch_adapter.bin" in names and "heads/qa/pytorch_model_head.bin" in names
+    assert "qa/pytorch_adapter.bin" in names and "qa/pytorch_model_head.bin" in names
     assert not any(n.endswith((".safetensors", "pytorch_model.bin")) for n in names)
-    assert all(n.startswith(("adapters/qa/", "heads/qa/")) for n in names if n.endswith(".bin") and "/" in n)
+    assert all(n.startswith("qa/") for n in names if n.endswith(".bin") and "/" in n)
 
 
 def test_causal_lm_run_learns_records_perplexity_and_saves_adapter_and_head(tokenizer, tmp_path):
@@ -109,7 +109,7 @@ def test_causal_lm_run_learns_records_perplexity_and_saves_adapter_and_head(toke
     assert torch.equal(model.get_input_embeddings().weight, embeddings)  # the tied output projection stayed frozen
     assert record.trainable_params < record.total_params / 4
     names = checkpoint_files(tmp_path / "checkpoint-40")
-    assert "adapters/lm/pytorch_adapter.bin" in names and "heads/lm/pytorch_model_head.bin" in names
+    assert "lm/pytorch_adapter.bin" in names and "lm/pytorch_model_head.bin" in names
     assert not any(n.endswith((".safetensors", "pytorch_model.bin")) for n in names)
 
 

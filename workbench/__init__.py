@@ -114,4 +114,14 @@ __all__ = [
     "UnsupportedModelError",
     "init",
     "parse_composition",
+    "AdapterTrainer",  # noqa: F405  (imported on first use, by __getattr__ below)
 ]
+
+
+def __getattr__(name: str):
+    """`AdapterTrainer` is imported on first use: transformers' Trainer is slow to import and the engine needs none."""
+    if name == "AdapterTrainer":
+        from .train.adapter_trainer import AdapterTrainer
+
+        return AdapterTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

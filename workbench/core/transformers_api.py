@@ -212,9 +212,10 @@ TRAINER_HOOKS = (
     "_save_rng_state",
     "_load_from_checkpoint",
     "_load_best_model",
+    "_push_from_checkpoint",
 )
-"""Private `Trainer` methods that `WorkbenchTrainer` overrides or calls to save and restore only what a run trains
-(train/runner.py)."""
+"""Private `Trainer` methods that `AdapterTrainer` overrides or calls to save and restore only adapters, fusions and
+heads (train/adapter_trainer.py, train/runner.py)."""
 
 
 CACHE_ARGUMENTS = ("cache", "past_key_values")

@@ -7,6 +7,7 @@ Checkpoints of adapter and fusion runs hold only the trained parts (AdapterHub f
 `RunRecord`; `RunControl.stop()` ends a run after the current optimizer step.
 """
 
+from .adapter_trainer import AdapterTrainer, Seq2SeqAdapterTrainer
 from .config import TrainConfig
 from .data import TASKS, load_splits
 from .errors import (
@@ -25,6 +26,7 @@ from .run import train
 
 __all__ = [
     "TASKS",
+    "AdapterTrainer",
     "CheckpointError",
     "DataError",
     "EmptyDatasetError",
@@ -35,6 +37,7 @@ __all__ = [
     "OutputDirError",
     "RunControl",
     "RunRecord",
+    "Seq2SeqAdapterTrainer",
     "StepEvent",
     "TrainConfig",
     "TrainingCallback",

@@ -1,8 +1,10 @@
-"""What a checkpoint holds per kind of run, and loading it back into the same model in place.
+"""What a checkpoint holds, and loading it back into the same model in place.
 
-Adapter runs save the adapter (AdapterHub format) and its head; fusion runs the fusion layer and the head;
-full fine-tuning saves the whole model with `save_pretrained`. Loading copies the saved tensors into the existing
-parameters, so an optimizer built over them stays valid.
+Adapter checkpoints use AdapterHub's layout (what `adapters.AdapterTrainer` writes): one folder per adapter, fusion
+and head, named after it (`checkpoint-8/sst-2/adapter_config.json`, `.../sst-2/head_config.json`,
+`.../a,b/adapter_fusion_config.json`), so `model.load_adapter(checkpoint / name)` loads an adapter with its head.
+Full fine-tuning saves the whole model with `save_pretrained`. Loading copies the saved tensors into the existing
+parameters, so an optimizer built over them stays valid and no weight changes whether it trains.
 
 Every folder is written under a temporary name beside its final one and renamed when complete (`staged_folder`),
 so a full disk or an unwritable folder never leaves a half-written checkpoint, and never touches the earlier ones.
@@ -17,13 +19,14 @@ import shutil
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from ..core import files
-from ..core.keys import is_engine_key
+from ..core.keys import is_adapter_key, is_engine_key, is_fusion_key
 from .errors import CheckpointError, NonFiniteLossError, OutputDirError, TrainingError
 
 try:
@@ -41,58 +44,159 @@ _WRITE_FAILURES = {
     errno.EPERM: "permission denied",
     errno.EROFS: "the file system is read-only",
 }
-_WEIGHT_FILES = (
-    files.WEIGHTS_NAME,
-    files.SAFE_WEIGHTS_NAME,
-    files.HEAD_WEIGHTS_NAME,
-    files.SAFE_HEAD_WEIGHTS_NAME,
-    files.ADAPTERFUSION_WEIGHTS_NAME,
-    files.SAFE_ADAPTERFUSION_WEIGHTS_NAME,
-)
+
+
+@dataclass
+class CheckpointParts:
+    """The adapters, fusions and heads a checkpoint holds, each in a folder of its name."""
+
+    adapters: list[str] = field(default_factory=list)
+    fusions: list[str] = field(default_factory=list)
+    heads: list[str] = field(default_factory=list)
+
+
+def save_parts(model, folder: str | Path, parts: CheckpointParts) -> None:
+    """Write `parts` of `model` into `folder` in AdapterHub's layout (an adapter and its head share a folder)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in parts.adapters:
+        model.save_adapter(folder / name, name, with_head=False)
+    for name in parts.fusions:
+        model.save_adapter_fusion(folder / name, name)
+    for name in parts.heads:
+        model.save_head(folder / name, name)
+
+
+def load_parts(model, folder: str | Path) -> CheckpointParts:
+    """Load what `save_parts` wrote back into `model` and return what was found.
+
+    Adapters, fusions and heads the model has with the same config get the saved tensors copied into their
+    parameters in place; others are loaded (added, or replacing one of a different config). Which weights train
+    does not change: parts the model lacked come in frozen. Raises `CheckpointError`, before anything changes, when
+    the folder is missing, holds no adapter or fusion, has weights the model lacks or of other shapes, or lacks a
+    trained weight of an adapter, fusion or head.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"no checkpoint folder {folder}")
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found, state, loads = CheckpointParts(), {}, []
+    for sub in subfolders:
+        if (sub / files.CONFIG_NAME).is_file():
+            found.adapters.append(sub.name)
+            _read_adapter(model, sub, state, loads)
+    for sub in subfolders:
+        if (sub / files.ADAPTERFUSION_CONFIG_NAME).is_file():
+            found.fusions.append(sub.name)
+            _read_fusion(model, sub, state, loads)
+    for sub in subfolders if hasattr(model, "heads") else []:
+        if (sub / files.HEAD_CONFIG_NAME).is_file():
+            found.heads.append(sub.name)
+            _read_head(model, sub, state, loads)
+    if not found.adapters and not found.fusions:
+        raise CheckpointError(f"{folder} is not a valid checkpoint: it holds no adapter or fusion folder")
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    expected = {
+        key
+        for key in trainable
+        if (is_engine_key(key) or key.startswith("heads.")) and not any(owns(key) for owns, _ in loads)
+    }
+    _check_state(model, state, expected, folder)
+    for _, load in loads:  # adapters before fusions (which need them), then heads
+        load()
+    _copy_into(model, state, expected, folder)
+    for name, param in model.named_parameters():
+        param.requires_grad = name in trainable
+    return found
+
+
+def _saved_config(path: Path, kind: str) -> dict:
+    return json.loads(json.dumps(files.read_saved_meta(path, kind).get("config")))
+
+
+def _same(config: dict, current) -> bool:
+    return config == json.loads(json.dumps(current))  # tuples and lists compare as they are written
+
+
+def _read_adapter(model, sub: Path, state: dict, loads: list) -> None:
+    name = sub.name
+    weights = files.find_weights(sub, files.WEIGHTS_NAME, files.SAFE_WEIGHTS_NAME)
+    config = _saved_config(sub / files.CONFIG_NAME, "adapter")
+    if name in model.adapters and weights is not None and _same(config, model.adapters[name].to_dict()):
+        state.update(files.read_weights(weights))
+    else:  # a new adapter, another config or PEFT's format
+        load = partial(model.load_adapter, str(sub), load_as=name, with_head=False)
+        loads.append((partial(is_adapter_key, name=name), load))
+
+
+def _read_fusion(model, sub: Path, state: dict, loads: list) -> None:
+    name = sub.name
+    data = files.read_saved_meta(sub / files.ADAPTERFUSION_CONFIG_NAME, "fusion")
+    weights = files.find_weights(sub, files.ADAPTERFUSION_WEIGHTS_NAME, files.SAFE_ADAPTERFUSION_WEIGHTS_NAME)
+    config, names = model.adapters_config.get_fusion(name)
+    same = config is not None and names == list(data.get("adapter_names") or [])
+    if same and weights is not None and _same(json.loads(json.dumps(data.get("config"))), config.to_dict()):
+        state.update(files.read_weights(weights))
+    else:
+
+        def load():
+            if name in model.adapter_fusions:
+                model.delete_adapter_fusion(name)
+            model.load_adapter_fusion(str(sub), load_as=name, with_head=False)
+
+        loads.append((partial(is_fusion_key, fusion_name=name), load))
+
+
+def _read_head(model, sub: Path, state: dict, loads: list) -> None:
+    name = sub.name
+    weights = files.find_weights(sub, files.HEAD_WEIGHTS_NAME, files.SAFE_HEAD_WEIGHTS_NAME)
+    config = _saved_config(sub / files.HEAD_CONFIG_NAME, "head")
+    if name in model.heads and weights is not None and _same(config, dict(model.heads[name].config)):
+        state.update(files.read_weights(weights))
+    else:
+        load = partial(model.load_head, str(sub), load_as=name, set_active=False)
+        loads.append((lambda key: key.startswith(f"heads.{name}."), load))
 
 
 @dataclass
 class SavePlan:
-    """The trained parts of a run: `kind` is "adapter", "fusion" or "full"."""
+    """The trained parts of a `train()` run: `kind` is "adapter", "fusion" or "full"."""
 
     kind: str
     head: str
     adapters: list[str] = field(default_factory=list)
     fusion: str | None = None
 
-    def save(self, model, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.kind == "full":
-            model.save_pretrained(folder)
-        else:
-            if self.kind == "adapter":
-                for name in self.adapters:
-                    model.save_adapter(folder / "adapters" / name, name, with_head=False)
-            if self.fusion is not None:
-                model.save_adapter_fusion(folder / "fusions" / self.fusion, self.fusion)
-            model.save_head(folder / "heads" / self.head, self.head)
-        (folder / PLAN_FILE).write_text(json.dumps(self.__dict__, indent=2) + "\n")
+    def parts(self) -> CheckpointParts:
+        """What an adapter or fusion run's checkpoints hold: the adapter or the fusion, and the head."""
+        adapters = list(self.adapters) if self.kind == "adapter" else []
+        return CheckpointParts(adapters, [self.fusion] if self.fusion else [], [self.head])
 
-    def load(self, model, folder: str | Path) -> None:
-        """Copy the checkpoint's weights into `model`, checking that every trained tensor is there."""
+    def write(self, folder: str | Path) -> None:
+        (Path(folder) / PLAN_FILE).write_text(json.dumps(self.__dict__, indent=2) + "\n")
+
+    def check(self, folder: str | Path) -> None:
+        """Raise `CheckpointError` unless `folder` is a checkpoint of a run of this kind."""
         folder = Path(folder)
         if not (folder / PLAN_FILE).is_file():
             raise CheckpointError(f"{folder} is not a workbench checkpoint (no {PLAN_FILE})")
         saved = json.loads((folder / PLAN_FILE).read_text())
         if saved.get("kind") != self.kind:
             raise CheckpointError(f"{folder} is a {saved.get('kind')!r} checkpoint; this run is {self.kind!r}")
-        if self.kind == "full":
-            _load_full(model, folder)
-            state = _head_state(folder, self.head)
-            expected = set(state)
-        else:
-            state = {}
-            for path in sorted(folder.glob("*/*/*")):
-                if path.name in _WEIGHT_FILES:
-                    state.update(files.read_weights(path))
-            expected = {name for name, param in model.named_parameters() if param.requires_grad}
-        _copy_into(model, state, expected, folder)
+
+
+def save_full(model, folder: str | Path) -> None:
+    """The whole model (`save_pretrained`: base weights, adapters, fusions, heads)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+
+
+def load_full(model, folder: str | Path, head: str) -> None:
+    """Copy a `save_full` folder's base weights and `head` into `model`."""
+    folder = Path(folder)
+    _load_full(model, folder)
+    state = _head_state(folder, head)
+    _copy_into(model, state, set(state), folder)
 
 
 def _load_full(model, folder: Path) -> None:
@@ -117,7 +221,7 @@ def _head_state(folder: Path, head: str) -> dict:
     return files.read_weights(path)
 
 
-def _copy_into(model, state: dict[str, torch.Tensor], expected: set[str], folder: Path) -> None:
+def _check_state(model, state: dict[str, torch.Tensor], expected: set[str], folder: Path) -> None:
     own = model.state_dict(keep_vars=True)
     unknown = sorted(set(state) - set(own))
     if unknown:
@@ -125,10 +229,16 @@ def _copy_into(model, state: dict[str, torch.Tensor], expected: set[str], folder
     missing = sorted(expected - set(state))
     if missing:
         raise CheckpointError(f"{folder} lacks trained weight(s) {missing[:3]}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise CheckpointError(f"{folder}: {key!r} has shape {tuple(tensor.shape)}, not {tuple(own[key].shape)}")
+
+
+def _copy_into(model, state: dict[str, torch.Tensor], expected: set[str], folder: Path) -> None:
+    _check_state(model, state, expected, folder)  # every check before the first copy: a bad file changes nothing
+    own = model.state_dict(keep_vars=True)
     with torch.no_grad():
         for key, tensor in state.items():
-            if tuple(tensor.shape) != tuple(own[key].shape):
-                raise CheckpointError(f"{folder}: {key!r} has shape {tuple(tensor.shape)}, not {tuple(own[key].shape)}")
             own[key].copy_(tensor.to(own[key].dtype))
 
 
