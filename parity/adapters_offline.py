@@ -11,6 +11,7 @@ It changes the environment the tests run in, never what they assert, and it is t
 from __future__ import annotations
 
 import csv
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
 LOCAL_TOKENIZER = Path("tests/fixtures/SiBERT").resolve()
 
 
-def _offline_tokenizers() -> None:
+def _offline_tokenizers(transformers) -> None:
     original = transformers.AutoTokenizer.from_pretrained.__func__
 
     def from_pretrained(cls, name, *args, **kwargs):
@@ -81,7 +81,9 @@ class GlueDataset(torch.utils.data.Dataset):
 
 
 def pytest_configure(config):
-    _offline_tokenizers()
-    if not hasattr(transformers, "GlueDataset"):
-        transformers.GlueDataset = GlueDataset
-        transformers.GlueDataTrainingArguments = GlueDataTrainingArguments
+    # the module as it is now: another plugin may have imported transformers afresh since this one was imported
+    current = importlib.import_module("transformers")
+    _offline_tokenizers(current)
+    if not hasattr(current, "GlueDataset"):
+        current.GlueDataset = GlueDataset
+        current.GlueDataTrainingArguments = GlueDataTrainingArguments
