@@ -51,8 +51,8 @@ def outcomes(xml: Path) -> dict[str, tuple[str, str]]:
     """test id -> (outcome, first line of the error)."""
     result = {}
     for case in ET.parse(xml).getroot().iter("testcase"):
-        test_file = case.get("file") or case.get("classname")
-        test_id = f"{test_file}::{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
+        module, _, cls = case.get("classname", "").rpartition(".")  # e.g. tests.test_methods.test_on_bert, Dora
+        test_id = f"{module.replace('.', '/')}.py::{cls}::{case.get('name')}"
         outcome, message = "passed", ""
         for child in case:
             if child.tag in ("failure", "error", "skipped"):

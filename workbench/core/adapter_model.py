@@ -933,6 +933,9 @@ def init(model: nn.Module, interface: AdapterModelInterface | None = None) -> nn
         spec = replace(spec, pooling=_pooling_of(base, interface))
     model.__class__ = _adapter_class(type(model))
     model._init_adapters(base, spec)
+    model._engine.interface = interface  # saved beside the model by save_pretrained (adapter_interface.json)
+    if base is not model:
+        _share_adapter_api(base, model._engine)
     return model
 
 
@@ -963,6 +966,13 @@ def load_model(model_name_or_path, model_class, interface: AdapterModelInterface
     """
     if isinstance(model_class, type) and issubclass(model_class, AdapterModel) or model_class is AutoAdapterModel:
         return model_class.from_pretrained(model_name_or_path, *args, **kwargs)
+    interface_file = Path(str(model_name_or_path)) / files.INTERFACE_CONFIG_NAME
+    if interface is None and interface_file.is_file():  # written by save_pretrained for an init(interface=...) model
+        data = files.read_json(interface_file)
+        try:
+            interface = AdapterModelInterface(**data["interface"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise AdapterLoadError(f"{interface_file}: not an AdapterModelInterface ({err})") from None
     kwargs.pop("trust_remote_code", None)
     loaded = model_class.from_pretrained(model_name_or_path, *args, trust_remote_code=False, **kwargs)
     model, info = loaded if kwargs.get("output_loading_info") else (loaded, None)

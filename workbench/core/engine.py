@@ -43,6 +43,7 @@ class EngineState:
         self.active_setup: Block | None = None
         self.skip_layers: set[int] = set()
         self.methods: dict[str, object] = {}
+        self.interface = None  # the AdapterModelInterface the model was given, if any
         self.owned: dict[str, dict[str, nn.Module]] = {}  # adapter or fusion key -> {path in root: module}
         self.version = 0  # bumped whenever an adapter or fusion is added or removed (scoped setups re-check then)
         self._checked_scoped: tuple | None = None

@@ -13,6 +13,13 @@ class AdapterConfigTypeError(AdapterConfigError, TypeError):
     """A value of the wrong kind where a config is expected (AdapterHub raises TypeError there)."""
 
 
+class AdapterConfigKeyError(AdapterConfigError, KeyError):
+    """A per-layer setting (e.g. a `reduction_factor` dict) without an entry for a layer (AdapterHub: KeyError)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class AdapterLoadError(AdapterError, OSError):
     """A missing, corrupt or incompatible adapter, head or fusion file."""
 
@@ -27,6 +34,10 @@ class HeadError(AdapterError, ValueError):
 
 class UnsupportedModelError(AdapterError, TypeError):
     """A base model whose architecture (or an architecture/method pair) the engine does not support."""
+
+
+class UnsupportedMethodError(UnsupportedModelError, ValueError):
+    """An adapter method the model's architecture (or interface) does not offer (AdapterHub: ValueError)."""
 
 
 class AdapterNameError(AdapterConfigError):

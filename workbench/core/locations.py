@@ -46,9 +46,15 @@ def adapter_locations(engine, name: str) -> dict[int, dict[str, nn.Module]]:
     layers_path = engine.base_prefix + engine.spec.layers
     in_layer = re.compile(rf"^{re.escape(layers_path)}\.(\d+)\.(.+)$")
     found: dict[int, dict[str, list[nn.Module]]] = defaultdict(lambda: defaultdict(list))
-    for path, module in engine.owned.get(name, {}).items():
+    owned = engine.owned.get(name, {})
+    # Every layer's prefix-tuning shim refers to the one shared prefix pool: AdapterHub reports it once, at the first
+    # layer that uses it (gates, one per layer, are reported everywhere).
+    pools = [int(m[1]) for p in owned if (m := in_layer.match(p)) and ".pool." in m[2]]
+    for path, module in owned.items():
         match = in_layer.match(path)
         if match:
+            if ".pool." in match[2] and int(match[1]) != min(pools):
+                continue
             found[int(match[1])][location_key(engine.spec, match[2])].append(module)
             continue
         first = path.removeprefix(engine.base_prefix).split(".", 1)[0]

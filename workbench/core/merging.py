@@ -297,8 +297,10 @@ def _merge_lora(model, new: str, names, weights, strategy: str, config, opts) ->
                 continue
             loras = [target.loras[n] for n in names]
             if not all(_plain(m) for m in loras):
+                kind = type(loras[0]).__name__
+                lead = "VeRA only supports linear averaging: " if kind == "Vera" else ""  # AdapterHub's wording
                 raise AdapterConfigError(
-                    f"combine_strategy={strategy!r} cannot merge the {type(loras[0]).__name__} adapters {names} on "
+                    f"{lead}combine_strategy={strategy!r} cannot merge the {kind} adapters {names} on "
                     f"{target.path}: only plain LoRA and (IA)^3 modules (weights lora_A/lora_B); use 'linear'"
                 )
             key = f"{target.path}.loras.{new}."

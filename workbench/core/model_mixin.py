@@ -386,6 +386,12 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
         for module in self._engine.owned.get("fusion:" + fusion_name, {}).values():
             module.to(device=device, dtype=dtype)
 
+    @property
+    def invertible_adapters(self) -> nn.ModuleDict:
+        """AdapterHub's `model.invertible_adapters`: adapter name -> invertible adapter (empty when there is none)."""
+        modules = self._engine.base._modules.get("invertible_adapters")
+        return modules if modules is not None else nn.ModuleDict()
+
     def get_invertible_adapter(self) -> nn.Module | None:
         """The invertible adapter of the first active adapter that has one (None if none does)."""
         setup = self._engine.active_setup
@@ -467,6 +473,10 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
         kwargs.pop("state_dict", None)
         super().save_pretrained(folder, state_dict=self._base_weights(self.state_dict()), **kwargs)
         self._save_parts(folder)
+        interface = getattr(self._engine, "interface", None)
+        if interface is not None:  # `load_model` rebuilds the model with it (AdapterHub's adapter_interface.json)
+            data = {"model_type": self.config.model_type, "interface": interface.to_dict(), "version": FORMAT_VERSION}
+            files.write_json(folder / files.INTERFACE_CONFIG_NAME, data)
 
     def _base_weights(self, state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
         """`state` without the engine's weights, and with merged LoRA projections as they were before merging."""
@@ -560,7 +570,7 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
         replacing = name in self._engine.configs
         state = files.read_weights(weights_path)
         state = rename_adapter_keys(state, saved_name or name, name)
-        state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
+        state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self._engine.root)
         try:  # keys and shapes checked against a meta-device build first: a hostile config allocates nothing
             expected = self._dry_run(adapter_config, name)
         except AdapterConfigError as err:
@@ -694,7 +704,7 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
             raise AdapterLoadError(f"no fusion weights ({files.ADAPTERFUSION_WEIGHTS_NAME}) in {folder}")
         state = files.read_weights(weights_path)
         state = rename_prefixed(state, "adapter_fusion_layer", saved_name or fusion_name, fusion_name)
-        state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self)
+        state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self._engine.root)
         try:
             config = AdapterFusionConfig.load(dict(data["config"]))
         except (AdapterConfigError, KeyError, TypeError) as err:

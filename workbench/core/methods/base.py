@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..composition import Stack
 from ..configs import AdapterConfig
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedMethodError
 
 
 class AdapterMethod:
@@ -25,7 +25,7 @@ class AdapterMethod:
         spec = engine.spec
         if self.kind not in spec.methods:
             model_type = getattr(engine.base.config, "model_type", type(engine.base).__name__)
-            raise UnsupportedModelError(
+            raise UnsupportedMethodError(
                 f"{self.kind} adapters are not available for model type {model_type!r} "
                 f"(its architecture spec supports: {', '.join(sorted(spec.methods)) or 'none'})"
             )

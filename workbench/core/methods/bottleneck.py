@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..configs import BnConfig
-from ..errors import AdapterConfigError
+from ..errors import AdapterConfigError, AdapterConfigKeyError
 from .activations import activation
 from .phm import PHMLayer
 
@@ -23,7 +23,7 @@ def bottleneck_size(config: BnConfig, hidden: int, layer_idx: int) -> int:
     if isinstance(factor, dict):
         factor = factor.get(str(layer_idx), factor.get("default"))
         if factor is None:
-            raise AdapterConfigError(
+            raise AdapterConfigKeyError(
                 f"reduction_factor={dict(config.reduction_factor)!r}: no entry for layer {layer_idx} and no 'default'"
             )
     size = max(int(hidden // factor), 1)
