@@ -215,7 +215,7 @@ def _check_keys(cls, changes: Mapping, where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(changes) - known)
     if unknown:
-        raise AdapterConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        raise AdapterConfigTypeError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
 
 
 # --- Bottleneck adapters ------------------------------------------------------------------------------------

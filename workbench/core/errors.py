@@ -28,6 +28,10 @@ class CompositionError(AdapterError, ValueError):
     """A composition that names unknown adapters or nests blocks in an unsupported way."""
 
 
+class BatchSizeError(CompositionError, IndexError):
+    """A batch whose size does not fit the setup's BatchSplit sizes (AdapterHub: IndexError)."""
+
+
 class HeadError(AdapterError, ValueError):
     """A head that is unknown, misconfigured or disagrees with the data (e.g. label count)."""
 

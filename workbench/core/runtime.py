@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .composition import Average, BatchSplit, Block, Fuse, MultiTask, Parallel, Split, Stack
-from .errors import CompositionError
+from .errors import BatchSizeError, CompositionError
 
 ALL_BLOCKS = frozenset({Stack, Parallel, Fuse, Split, BatchSplit, Average})
 
@@ -178,7 +178,7 @@ def row_bounds(block: Parallel | BatchSplit, batch: int) -> list[tuple[int, int]
     else:
         sizes = block.batch_sizes
         if sum(sizes) != batch:
-            raise CompositionError(f"{block}: batch_sizes {sizes} do not add up to the batch size {batch}")
+            raise BatchSizeError(f"{block}: batch_sizes {sizes} do not add up to the batch size {batch}")
     edges = [0]
     for size in sizes:
         edges.append(edges[-1] + size)
@@ -236,7 +236,7 @@ def _check_batch(setup, batch: int) -> None:
     if not isinstance(setup, Block):
         return
     if isinstance(setup, BatchSplit) and sum(setup.batch_sizes) != batch:
-        raise CompositionError(f"{setup}: batch_sizes {setup.batch_sizes} do not add up to the batch size {batch}")
+        raise BatchSizeError(f"{setup}: batch_sizes {setup.batch_sizes} do not add up to the batch size {batch}")
     if isinstance(setup, (BatchSplit, Parallel)):
         for child, (a, b) in zip(setup, row_bounds(setup, batch), strict=True):
             _check_batch(child, b - a)
