@@ -16,7 +16,9 @@ import resource
 import sys
 import time
 
-VARIANTS = {"seq_bn": "adapters, seq_bn (train_adapter)", "lora": "adapters, lora (train_adapter)"}
+VARIANTS = {
+    name: f"adapters, {name} (train_adapter)" for name in ("seq_bn", "lora", "dora", "vera", "loreft")
+}
 
 
 def train_inputs(torch, vocab: int, batch: int, length: int) -> dict:

@@ -33,6 +33,14 @@ _PREFERRED = (
     "ia3",
     "prefix_tuning",
     "prompt_tuning",
+    "dora",
+    "vera",
+    "dvora",
+    "mtl_lora",
+    "loreft",
+    "noreft",
+    "direft",
+    "adapterplus",
 )
 
 

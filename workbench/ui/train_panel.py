@@ -42,7 +42,14 @@ METHODS = (
     "compacter++",
     "mam",
     "unipelt",
-)
+    "dora",
+    "vera",
+    "dvora",
+    "loreft",
+    "noreft",
+    "direft",
+    "adapterplus",
+)  # mtl_lora is not offered: it needs task_ids per row, which the panel's data has no column for
 NONE = "(none)"
 PREVIEW_ROWS = 5
 OVERLAID_RUNS = 3  # earlier runs drawn under the current one
