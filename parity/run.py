@@ -39,6 +39,9 @@ def run(kind: str, python: str, only: list[str]) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     # a run of some tests only (`only`) is kept beside the whole run and overrides its outcomes in the report
     xml = RESULTS / (f"{kind}.xml" if not only else f"{kind}-update-{len(list(RESULTS.glob(kind + '-update-*')))}.xml")
+    if not only:  # a whole run supersedes the partial ones
+        for old in RESULTS.glob(f"{kind}-update-*.xml"):
+            old.unlink()
     cmd = [
         str(Path(python).absolute()), "-m", "pytest", "-p", "adapters_offline", "-q", "-p", "no:cacheprovider",
         "--continue-on-collection-errors", f"--junitxml={xml}", "-o", "junit_family=xunit1", *(only or TEST_PATHS),
