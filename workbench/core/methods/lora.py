@@ -107,15 +107,18 @@ class LoRA(_LoRABase):
 
     def forward(self, h, x):
         """Returns (scaled delta, gate or None); `h` is the previous Stack member's delta, else None."""
+        down, gate = self._scale(self._down(h, x), x)  # scaling the r-wide intermediate is cheaper than the output
+        return F.linear(down, self.lora_B), gate
+
+    def _down(self, h, x) -> torch.Tensor:
+        """`dropout(h) A^T`, with `h` the input `x` unless a stacked LoRA's delta comes first."""
         h = x if h is None else h
         if h.shape[-1] != self.lora_A.shape[1]:
             raise CompositionError(
                 f"cannot Stack LoRA adapters here: the previous adapter's output has {h.shape[-1]} features, "
                 f"this one expects {self.lora_A.shape[1]} (stacked LoRAs need projections with equal in/out sizes)"
             )
-        down = F.linear(self.lora_dropout(h.to(self.lora_A.dtype)), self.lora_A)
-        down, gate = self._scale(down, x)  # scaling the r-wide intermediate is cheaper than the output
-        return F.linear(down, self.lora_B), gate
+        return F.linear(self.lora_dropout(h.to(self.lora_A.dtype)), self.lora_A)
 
     @staticmethod
     def com(base, added, scaling=1.0):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import MTLLoRAConfig
-from ..errors import AdapterConfigError, AdapterConfigTypeError, CompositionError
+from ..errors import AdapterConfigError, AdapterConfigTypeError
 from .lora import LoRA
 
 
@@ -77,13 +77,7 @@ class MTLLoRA(LoRA):
 
     def forward(self, h, x):
         """Returns (scaled delta, gate or None); `h` is the previous Stack member's delta, else None."""
-        h = x if h is None else h
-        if h.shape[-1] != self.lora_A.shape[1]:
-            raise CompositionError(
-                f"cannot Stack LoRA adapters here: the previous adapter's output has {h.shape[-1]} features, "
-                f"this one expects {self.lora_A.shape[1]} (stacked LoRAs need projections with equal in/out sizes)"
-            )
-        down = F.linear(self.lora_dropout(h.to(self.lora_A.dtype)), self.lora_A)
+        down = self._down(h, x)
         down = down @ self.task_specific.matrix().to(down.dtype)
         down, gate = self._scale(down, x)  # a per-token factor commutes with the up-projection
         return F.linear(down, self.up()), gate
