@@ -34,24 +34,26 @@ ALL_METHODS = frozenset({"bottleneck", "invertible", "lora", "prefix_tuning", "p
 DECODER_METHODS = ALL_METHODS - {"prompt_tuning"}  # AdapterHub has no prompt tuning for decoders
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """Where adapters go in one family of transformers models, and the facts the methods need about it.
+@dataclass(frozen=True, kw_only=True)
+class LayerStack:
+    """One stack of identical layers, and where adapters go inside each of its layers.
 
     Attributes:
-        layers: the layer stack (a ModuleList), relative to the base model.
-        attention_site, output_site: the residual connections bottleneck adapters rewrite.
+        layers: the layer list (a ModuleList), relative to the base model.
+        attention_site, output_site: the residual connections bottleneck adapters rewrite ("mh_adapter",
+            "output_adapter").
         attention: the self-attention module whose attention function prefix tuning extends.
         lora: AdapterHub's LoRA places: "q", "k", "v" (or "qkv" for a fused projection), "intermediate", "output".
-        embeddings: module whose output is the token embedding stream (invertible adapters, prompts).
+        attention_output: the attention's output projection (a LoRA-able Linear for PEFT targets).
         layer_output: module, relative to a layer, whose output (or first output) is the layer's output hidden
             states, where ReFT intervenes ("": the layer itself). ReFT's weights always sit on the layer
             (`<layer>.reft_layer.refts.<name>`, AdapterHub's keys).
-        attention_output: the attention's output projection (a LoRA-able Linear for PEFT targets).
-        methods: the adapter methods that apply; adding any other raises UnsupportedModelError.
-        pooling: how a classification head reads a sequence: "first" token (encoders), "last" non-pad (decoders).
-        prefix_key: the key prefix tuning stores its prefixes under (AdapterHub's file layout).
-        text_config: attribute of the model config that holds the text model's config ("" when it is the config).
+        prefix_key: the key prefix tuning stores this stack's self-attention prefixes under (AdapterHub's layout:
+            "self_prefix", or "encoder_prefix" for the encoder of an encoder-decoder model).
+        cross_site: the residual connection after cross-attention ("cross_adapter"; decoder layers only).
+        cross_attention: the cross-attention module (prefix tuning's "cross_prefix").
+        cross_lora: LoRA places "q", "k", "v" of the cross-attention (AdapterHub's "selfattn" LoRA covers them).
+        config: attribute of the model config that holds this stack's config ("" when it is the config itself).
     """
 
     layers: str
@@ -59,25 +61,59 @@ class ArchSpec:
     output_site: Site
     attention: str
     lora: dict[str, str]
-    embeddings: str
     attention_output: str | None = None
     layer_output: str = ""
-    methods: frozenset = field(default=ALL_METHODS)
-    pooling: str = "first"
     prefix_key: str = "self_prefix"
-    text_config: str = ""
+    cross_site: Site | None = None
+    cross_attention: str | None = None
+    cross_lora: dict[str, str] = field(default_factory=dict)
+    config: str = ""
 
-    def model_config(self, config):
-        """The config of the text model (itself, unless the spec names a sub-config)."""
-        return getattr(config, self.text_config) if self.text_config else config
+    def stack_config(self, config):
+        """This stack's config: the model config itself, unless the stack names a sub-config."""
+        return getattr(config, self.config) if self.config else config
 
     def attention_shape(self, config) -> tuple[int, int]:
         """(key/value heads, head dim): grouped-query attention and explicit `head_dim` (Qwen3, Gemma) included."""
-        config = self.model_config(config)
+        config = self.stack_config(config)
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None) or config.hidden_size // heads
         return kv_heads, head_dim
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchSpec(LayerStack):
+    """Where adapters go in one family of transformers models, and the facts the methods need about it.
+
+    The spec describes its first (usually only) layer stack itself; models with more stacks (the decoder of an
+    encoder-decoder model, CLIP's second tower) list them in `more_stacks`. Layers are numbered across the stacks
+    in order, as AdapterHub does (a BART decoder's first layer is layer `encoder_layers`), so `leave_out` and the
+    per-layer keys match its files.
+
+    Attributes:
+        embeddings: module whose output is the token embedding stream (invertible adapters, prompts).
+        methods: the adapter methods that apply; adding any other raises UnsupportedModelError.
+        pooling: how a classification head reads a sequence: "first" token (encoders), "last" non-pad (decoders),
+            "eos" (the last `<eos>` of encoder-decoder models).
+        more_stacks: the layer stacks after the first one.
+        encoder: the encoder module of an encoder-decoder model ("" for others). `generate()` calls it on its own,
+            so a call into it starts a forward pass of the engine just as a call into the whole model does.
+    """
+
+    embeddings: str
+    methods: frozenset = field(default=ALL_METHODS)
+    pooling: str = "first"
+    more_stacks: tuple[LayerStack, ...] = ()
+    encoder: str = ""
+
+    @property
+    def stacks(self) -> tuple[LayerStack, ...]:
+        return (self, *self.more_stacks)
+
+    def model_config(self, config):
+        """The config of the (first stack's) text model."""
+        return self.stack_config(config)
 
 
 _BERT = ArchSpec(

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from . import methods as method_registry
-from .archs import arch_for, get_module
+from .archs import LayerStack, arch_for, get_module
 from .composition import Block
 from .context import (
     ForwardContext,
@@ -30,6 +31,16 @@ from .rows import check_names as check_row_names
 from .runtime import check_batch, check_setup, task_rows
 
 
+@dataclass(frozen=True)
+class LayerRef:
+    """One transformer layer: its AdapterHub layer id, its path in the base model, the module, its stack's spec."""
+
+    index: int
+    path: str
+    module: nn.Module
+    stack: LayerStack
+
+
 class EngineState:
     """Per-model engine state (not per call)."""
 
@@ -37,6 +48,8 @@ class EngineState:
         self.root = root
         self.base = base
         self.spec = spec or arch_for(base.config)
+        self._layer_refs: list[LayerRef] | None = None
+        self._layer_paths: dict[str, LayerRef] | None = None
         self.base_prefix = "" if root is base else base.base_model_prefix + "."
         self.configs: dict = {}
         self.fusions: dict[str, tuple[list[str], object]] = {}
@@ -58,8 +71,34 @@ class EngineState:
     # --- model facts -------------------------------------------------------------------------------------
 
     @property
-    def layers(self) -> nn.ModuleList:
-        return get_module(self.base, self.spec.layers)
+    def layer_refs(self) -> list[LayerRef]:
+        """Every layer of every stack, numbered across the stacks (AdapterHub's layer ids)."""
+        if self._layer_refs is None:
+            refs = []
+            for stack in self.spec.stacks:
+                for position, module in enumerate(get_module(self.base, stack.layers)):
+                    refs.append(LayerRef(len(refs), f"{stack.layers}.{position}", module, stack))
+            self._layer_refs = refs
+        return self._layer_refs
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [ref.module for ref in self.layer_refs]
+
+    def layer_at(self, path: str) -> tuple[LayerRef, str] | None:
+        """The layer a module path of the root model lies in, and the path inside that layer (None: outside)."""
+        if self._layer_paths is None:
+            self._layer_paths = {self.base_prefix + ref.path: ref for ref in self.layer_refs}
+        head, rest = path, ""
+        while head:  # the longest path prefix that is a layer: a few dict lookups, however many layers
+            if head in self._layer_paths:
+                return self._layer_paths[head], rest
+            head, _, tail = head.rpartition(".")
+            rest = f"{tail}.{rest}" if rest else tail
+        return None
+
+    def hidden_size_of(self, stack) -> int:
+        return stack.stack_config(self.base.config).hidden_size
 
     def reference_weight(self) -> torch.Tensor | None:
         """A weight of the base model whose device and dtype new adapters take (found in O(1))."""

@@ -6,7 +6,6 @@ registers every module an adapter owns by its path in the model; this module rea
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
 from torch import nn
@@ -23,39 +22,41 @@ _LORA_LOCATIONS = {"q": "selfattn", "k": "selfattn", "v": "selfattn", "qkv": "se
 _MARKERS = (".adapters.", ".loras.", ".modules_to_save.")
 
 
-def location_key(spec, path_in_layer: str) -> str:
+def location_key(stack, path_in_layer: str) -> str:
     """AdapterHub's location key of a module at `path_in_layer` (relative to its transformer layer)."""
-    for site, key in ((spec.attention_site, "mh_adapter"), (spec.output_site, "output_adapter")):
-        if path_in_layer.startswith(f"{site.host}.adapters."):
+    sites = {"mh_adapter": stack.attention_site, "output_adapter": stack.output_site, "cross_adapter": stack.cross_site}
+    for key, site in sites.items():
+        if site is not None and path_in_layer.startswith(f"{site.host}.adapters."):
             return key
     for marker in _MARKERS:
         if marker in f".{path_in_layer}":
             host = f".{path_in_layer}".split(marker, 1)[0].lstrip(".")
-            for place, target in spec.lora.items():
+            for place, target in [*stack.lora.items(), *stack.cross_lora.items()]:
                 if target == host:
                     return _LORA_LOCATIONS.get(place, place)
             return host
     if "prefix" in path_in_layer:
-        return spec.prefix_key
+        cross = stack.cross_attention and path_in_layer.startswith(stack.cross_attention + ".")
+        return "cross_prefix" if cross else stack.prefix_key
     return path_in_layer.rsplit(".", 1)[0]
 
 
 def adapter_locations(engine, name: str) -> dict[int, dict[str, nn.Module]]:
     """The modules adapter `name` owns, by layer index (-1: shared/global) and location key; several modules at
     one location come as an `nn.ModuleList`."""
-    layers_path = engine.base_prefix + engine.spec.layers
-    in_layer = re.compile(rf"^{re.escape(layers_path)}\.(\d+)\.(.+)$")
     found: dict[int, dict[str, list[nn.Module]]] = defaultdict(lambda: defaultdict(list))
     owned = engine.owned.get(name, {})
+    in_layers = {path: engine.layer_at(path) for path in owned}
     # Every layer's prefix-tuning shim refers to the one shared prefix pool: AdapterHub reports it once, at the first
     # layer that uses it (gates, one per layer, are reported everywhere).
-    pools = [int(m[1]) for p in owned if (m := in_layer.match(p)) and ".pool." in m[2]]
+    pools = [at[0].index for at in in_layers.values() if at and ".pool." in at[1]]
     for path, module in owned.items():
-        match = in_layer.match(path)
-        if match:
-            if ".pool." in match[2] and int(match[1]) != min(pools):
+        at = in_layers[path]
+        if at:
+            ref, inner = at
+            if ".pool." in inner and ref.index != min(pools):
                 continue
-            found[int(match[1])][location_key(engine.spec, match[2])].append(module)
+            found[ref.index][location_key(ref.stack, inner)].append(module)
             continue
         first = path.removeprefix(engine.base_prefix).split(".", 1)[0]
         key = _GLOBAL_KEYS.get(first, first)

@@ -510,17 +510,17 @@ def _block_diagonal(lora_b: torch.Tensor, enabled: list[bool], r: int) -> torch.
 
 def _target_modules(model, targets: list):
     """PEFT `target_modules`: module-path suffixes when they match exactly these modules, else one regex."""
-    spec, base = model._engine.spec, model._engine.base
-    layers = model._engine.base_prefix + spec.layers + "."
-    located = [t.path[len(layers) :].split(".", 1) for t in targets]  # [layer index, place in the layer]
+    engine = model._engine
+    located = [engine.layer_at(t.path) for t in targets]  # (layer, place in the layer)
     paths = sorted({place for _, place in located})
-    wanted = {f"{spec.layers}.{i}.{place}" for i, place in located}
-    matched = {n for n, _ in base.named_modules() if any(n == p or n.endswith("." + p) for p in paths)}
+    wanted = {f"{ref.path}.{place}" for ref, place in located}
+    matched = {n for n, _ in engine.base.named_modules() if any(n == p or n.endswith("." + p) for p in paths)}
     if matched == wanted:
         return paths
-    indexes = "|".join(str(i) for i in sorted({int(i) for i, _ in located}))
+    layer_paths = {ref.index: ref.path for ref, _ in located}
+    layers = "|".join(re.escape(layer_paths[i]) for i in sorted(layer_paths))
     modules = "|".join(re.escape(p) for p in paths)
-    return rf"(.*\.)?{re.escape(spec.layers)}\.({indexes})\.({modules})"
+    return rf"(.*\.)?({layers})\.({modules})"
 
 
 def _save_targeted(model, folder, name: str, config: TargetedLoRAConfig) -> None:

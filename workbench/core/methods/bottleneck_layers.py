@@ -23,7 +23,7 @@ from .bottleneck import bottleneck_size, make_adapter
 from .fusion import FusionLayer
 from .phm import shared_phm_parameters
 
-LOCATIONS = {"mh_adapter": "attention_site", "output_adapter": "output_site"}
+LOCATIONS = {"mh_adapter": "attention_site", "output_adapter": "output_site", "cross_adapter": "cross_site"}
 
 
 @dataclass
@@ -48,9 +48,11 @@ class BottleneckLayer(ComposableLayer):
 
     def __init__(self, engine, layer_idx: int, location: str):
         self.engine, self.layer_idx, self.location = engine, layer_idx, location
-        self.site_spec = getattr(engine.spec, LOCATIONS[location])
-        self.path = f"{engine.spec.layers}.{layer_idx}.{self.site_spec.host}"
-        self.site = ResidualSite(engine, engine.layers[layer_idx], self.site_spec, self.combine, self._acts)
+        ref = engine.layer_refs[layer_idx]
+        self.site_spec = getattr(ref.stack, LOCATIONS[location])
+        self.path = f"{ref.path}.{self.site_spec.host}"
+        self.hidden_size = engine.hidden_size_of(ref.stack)
+        self.site = ResidualSite(engine, ref.module, self.site_spec, self.combine, self._acts)
         host = self.site.host
         host.adapters = nn.ModuleDict()
         host.adapter_fusion_layer = nn.ModuleDict()
@@ -65,7 +67,7 @@ class BottleneckLayer(ComposableLayer):
         if self.site.created_host:
             from ..archs import remove_host
 
-            remove_host(self.engine.layers[self.layer_idx], self.site_spec.host)
+            remove_host(self.engine.layer_refs[self.layer_idx].module, self.site_spec.host)
 
     def _acts(self, ctx) -> bool:
         return self.layer_idx not in self.engine.skip_layers and any(n in self.adapters for n in ctx.names)
@@ -211,7 +213,8 @@ class BottleneckMethod(AdapterMethod):
 
     def add(self, name: str, config: BnConfig) -> None:
         engine, hidden = self.engine, self.engine.hidden_size
-        sizes = {idx: bottleneck_size(config, hidden, idx) for idx in range(len(engine.layers))}  # checks first
+        refs = engine.layer_refs
+        sizes = {ref.index: bottleneck_size(config, engine.hidden_size_of(ref.stack), ref.index) for ref in refs}
         shared = None
         try:
             if config.phm_layer and (config.shared_phm_rule or config.shared_W_phm):
@@ -222,13 +225,13 @@ class BottleneckMethod(AdapterMethod):
                     engine.base.shared_parameters = nn.ModuleDict()
                 engine.base.shared_parameters[name] = shared
                 engine.register(name, f"shared_parameters.{name}", shared)
-            for idx in range(len(engine.layers)):
-                if idx in config.leave_out:
+            for ref in refs:
+                if ref.index in config.leave_out:
                     continue
-                for location in LOCATIONS:
-                    if getattr(config, location):
-                        layer = self._layer(idx, location)
-                        layer.adapters[name] = make_adapter(hidden, config, idx, shared)
+                for location, site in LOCATIONS.items():
+                    if getattr(config, location, False) and getattr(ref.stack, site) is not None:
+                        layer = self._layer(ref.index, location)
+                        layer.adapters[name] = make_adapter(layer.hidden_size, config, ref.index, shared)
                         engine.register(name, f"{layer.path}.adapters.{name}", layer.adapters[name])
         except Exception:
             self.delete(name)
@@ -247,13 +250,12 @@ class BottleneckMethod(AdapterMethod):
         self.engine.unregister(name)
 
     def add_fusion(self, fusion_name: str, names: list[str], config: AdapterFusionConfig) -> None:
-        hidden = self.engine.hidden_size
         dropout = config.dropout_prob
         if dropout is None:
             dropout = getattr(self.engine.base.config, "attention_probs_dropout_prob", None) or 0.0
         for layer in self.layers.values():
             if all(n in layer.adapters for n in names):
-                layer.fusions[fusion_name] = FusionLayer(config, hidden, dropout)
+                layer.fusions[fusion_name] = FusionLayer(config, layer.hidden_size, dropout)
                 path = f"{layer.path}.adapter_fusion_layer.{fusion_name}"
                 self.engine.register("fusion:" + fusion_name, path, layer.fusions[fusion_name])
 

@@ -36,7 +36,7 @@ from . import dora
 from .base import AdapterMethod
 from .exact_undo import ExactUndo
 from .modules_to_save import SavedModule
-from .targets import call_setup, locate
+from .targets import call_setup, locate, lora_places
 
 LOCATIONS = {
     "q": "selfattn",
@@ -513,12 +513,12 @@ class LoRAMethod(AdapterMethod):
             if isinstance(config, TargetedLoRAConfig):
                 self._add_targeted(name, config)
                 return
-            layers = f"{self.engine.base_prefix}{self.engine.spec.layers}"
+            prefix = self.engine.base_prefix
             paths = [
-                f"{layers}.{idx}.{path}"
-                for idx in range(len(self.engine.layers))
-                if idx not in config.leave_out
-                for key, path in self.engine.spec.lora.items()
+                f"{prefix}{ref.path}.{path}"
+                for ref in self.engine.layer_refs
+                if ref.index not in config.leave_out
+                for key, path in lora_places(ref.stack)
                 if self._wanted(config, key)
             ]
             shared = self._shared(name, config, [self._target(p) for p in paths])

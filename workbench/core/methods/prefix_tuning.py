@@ -21,7 +21,7 @@ from ..archs import get_module
 from ..composition import BatchSplit, MultiTask, Parallel, Stack
 from ..configs import PrefixTuningConfig
 from ..context import current_call
-from ..engine import record_gating
+from ..engine import LayerRef, record_gating
 from ..errors import UnsupportedModelError
 from ..runtime import ComposableLayer, compose
 from ..transformers_api import (
@@ -118,11 +118,12 @@ class _State:
 class PrefixTuningShim(nn.Module, ComposableLayer):
     """`prefix_tuning` on one attention module: the layer's prefix ids, optional gates and the pool."""
 
-    def __init__(self, method: PrefixTuningMethod, layer_idx: int, attention: nn.Module):
+    def __init__(self, method: PrefixTuningMethod, layer_idx: int, attention: nn.Module, location_key: str):
         super().__init__()
         object.__setattr__(self, "method", method)  # a plain reference, not a submodule
         object.__setattr__(self, "attention", attention)
         self.layer_idx = layer_idx
+        self.location_key = location_key
         self.prefixes: dict[str, int] = {}
         self.prefix_gates = nn.ModuleDict()
         self.pool = method.pool
@@ -163,12 +164,12 @@ class PrefixTuningShim(nn.Module, ComposableLayer):
         return name in self.prefixes
 
     def single(self, name: str, st: _State, ctx) -> _State:
-        prefix = self.pool.prefix_tunings[name][self.method.location_key]
+        prefix = self.pool.prefix_tunings[name][self.location_key]
         pk, pv = prefix.layer_states(self.prefixes[name], st.key.shape[0])
         pk, pv = pk.to(st.key.dtype), pv.to(st.value.dtype)
         if name in self.prefix_gates:
             gate = torch.sigmoid(self.prefix_gates[name](st.residual)).mean(dim=1)
-            record_gating(ctx, name, self.layer_idx, self.method.location_key, gate)
+            record_gating(ctx, name, self.layer_idx, self.location_key, gate)
             pk = pk * gate[:, 0].view(-1, 1, 1, 1)
             pv = pv * gate[:, -1].view(-1, 1, 1, 1)
         mask = st.mask
@@ -261,9 +262,7 @@ class PrefixTuningMethod(AdapterMethod):
 
     def __init__(self, engine):
         super().__init__(engine)
-        self.location_key = engine.spec.prefix_key
-        self.n_heads, self.head_dim = engine.spec.attention_shape(engine.base.config)
-        self.shims: dict[int, PrefixTuningShim] = {}
+        self.shims: dict[tuple[int, str], PrefixTuningShim] = {}
         self.original_impl: str | None = None
 
     @property
@@ -273,12 +272,29 @@ class PrefixTuningMethod(AdapterMethod):
             base.prefix_tuning = PrefixTuningPool()
         return base.prefix_tuning
 
-    def _shim(self, idx: int) -> PrefixTuningShim:
-        if idx not in self.shims:
-            attention = get_module(self.engine.layers[idx], self.engine.spec.attention)
-            self.shims[idx] = PrefixTuningShim(self, idx, attention)
-            attention.prefix_tuning = self.shims[idx]
-        return self.shims[idx]
+    def places(self, config: PrefixTuningConfig) -> list[tuple[str, LayerRef, str]]:
+        """(location key, layer, attention path) of every attention that gets a prefix, in AdapterHub's order.
+
+        Each location key ("self_prefix"; "encoder_prefix" and "cross_prefix" in encoder-decoder models) has its
+        own prefix module, whose layers are the prefixed attentions of that key in layer order."""
+        places = []
+        for ref in self.engine.layer_refs:
+            if ref.index in config.leave_out:
+                continue
+            stack = ref.stack
+            if stack.prefix_key != "encoder_prefix" or config.encoder_prefix:
+                places.append((stack.prefix_key, ref, stack.attention))
+            if stack.cross_attention and config.cross_prefix:
+                places.append(("cross_prefix", ref, stack.cross_attention))
+        return places
+
+    def _shim(self, location_key: str, ref: LayerRef, attention_path: str) -> PrefixTuningShim:
+        key = (ref.index, attention_path)
+        if key not in self.shims:
+            attention = get_module(ref.module, attention_path)
+            self.shims[key] = PrefixTuningShim(self, ref.index, attention, location_key)
+            attention.prefix_tuning = self.shims[key]
+        return self.shims[key]
 
     def attention_dtype(self, query: torch.Tensor):
         mask_fn = ALL_MASK_ATTENTION_FUNCTIONS.get(self.original_impl or "eager", eager_mask)
@@ -289,21 +305,27 @@ class PrefixTuningMethod(AdapterMethod):
         try:
             if not len(self.pool.prefix_tunings):
                 self._switch_attention()
-            hidden = engine.hidden_size
-            layers = [i for i in range(len(engine.layers)) if i not in config.leave_out]
+            places = self.places(config)
             if config.init_weights_seed:
                 torch.manual_seed(config.init_weights_seed)
             cls = FlatPrefixTuning if config.flat else PrefixTuning
-            prefix = cls(len(layers), self.n_heads, self.head_dim, hidden, config)
-            entry = nn.ModuleDict({self.location_key: prefix}).train(self.pool.training)
+            entry = nn.ModuleDict()
+            for location_key in dict.fromkeys(key for key, _, _ in places):
+                refs = [ref for key, ref, _ in places if key == location_key]
+                n_heads, head_dim = refs[0].stack.attention_shape(engine.base.config)
+                hidden = engine.hidden_size_of(refs[0].stack)
+                entry[location_key] = cls(len(refs), n_heads, head_dim, hidden, config)
+            entry.train(self.pool.training)
             self.pool.prefix_tunings[name] = entry
             engine.register(name, f"prefix_tuning.prefix_tunings.{name}", entry)
-            for prefix_id, idx in enumerate(layers):
-                shim = self._shim(idx)
-                shim.prefixes[name] = prefix_id
-                shim_path = f"{engine.spec.layers}.{idx}.{engine.spec.attention}.prefix_tuning"
+            counts: dict[str, int] = {}
+            for location_key, ref, attention_path in places:
+                shim = self._shim(location_key, ref, attention_path)
+                shim.prefixes[name] = counts[location_key] = counts.get(location_key, -1) + 1
+                shim_path = f"{ref.path}.{attention_path}.prefix_tuning"
                 engine.register(name, f"{shim_path}.pool.prefix_tunings.{name}", entry)  # AdapterHub's duplicates
                 if config.use_gating:
+                    hidden = engine.hidden_size_of(ref.stack)
                     gate = nn.Linear(hidden, 1 if config.shared_gating else 2)
                     nn.init.normal_(gate.weight, mean=0.0, std=0.02)
                     shim.prefix_gates[name] = gate.train(self.pool.training)
@@ -315,10 +337,9 @@ class PrefixTuningMethod(AdapterMethod):
     def eject(self, name: str, config: PrefixTuningConfig) -> PrefixTuningConfig:
         """Replace prefix `name`'s embedding and MLP by the prefix values they compute; returns its new config."""
         entry = self.pool.prefix_tunings[name]
-        prefix = entry[self.location_key]
-        if isinstance(prefix, FlatPrefixTuning):
-            return config
-        entry[self.location_key] = flatten(prefix, config)
+        for location_key, prefix in list(entry.items()):
+            if not isinstance(prefix, FlatPrefixTuning):
+                entry[location_key] = flatten(prefix, config)
         return config.replace(flat=True)
 
     def delete(self, name: str) -> None:

@@ -133,11 +133,12 @@ class ReftLayer(ComposableLayer):
 
     def __init__(self, engine, layer_idx: int):
         self.engine, self.layer_idx = engine, layer_idx
-        layer = engine.layers[layer_idx]
+        ref = engine.layer_refs[layer_idx]
+        layer = ref.module
         self.container = ReftContainer()
         layer.reft_layer = self.container
         self.refts: nn.ModuleDict = self.container.refts
-        target = get_module(layer, engine.spec.layer_output)
+        target = get_module(layer, ref.stack.layer_output)
         self._handle = target.register_forward_hook(self._on_output)
 
     def remove(self) -> None:
@@ -204,7 +205,7 @@ class ReftMethod(AdapterMethod):
                     self.layers[idx] = ReftLayer(engine, idx)
                 layer = self.layers[idx]
                 layer.refts[name] = ReftModule(hidden, config, device, dtype)
-                engine.register(name, f"{engine.spec.layers}.{idx}.reft_layer.refts.{name}", layer.refts[name])
+                engine.register(name, f"{engine.layer_refs[idx].path}.reft_layer.refts.{name}", layer.refts[name])
         except Exception:
             self.delete(name)
             raise

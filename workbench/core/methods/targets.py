@@ -9,19 +9,23 @@ from ..context import current_call
 
 
 def locate(engine, path: str) -> tuple[int | None, str | None, bool]:
-    """For a module path in the root model: its layer index (None outside the layer stack), its `spec.lora` key
-    (None for other modules), and whether it lies inside the base model (where the forward context is set)."""
+    """For a module path in the root model: its layer index (None outside the layer stacks), its LoRA place key
+    ("q", "intermediate", ...; None for other modules), and whether it lies inside the base model (where the forward
+    context is set)."""
     prefix = engine.base_prefix
     if prefix and not path.startswith(prefix):
         return None, None, False
-    rel, layers = path[len(prefix) :], engine.spec.layers + "."
-    if not rel.startswith(layers):
+    at = engine.layer_at(path)
+    if at is None:
         return None, None, True
-    index, _, place = rel[len(layers) :].partition(".")
-    if not index.isdigit():
-        return None, None, True
-    key = next((k for k, p in engine.spec.lora.items() if p == place), None)
-    return int(index), key, True
+    ref, place = at
+    key = next((k for k, p in lora_places(ref.stack) if p == place), None)
+    return ref.index, key, True
+
+
+def lora_places(stack) -> list[tuple[str, str]]:
+    """(LoRA key, path in the layer) of every AdapterHub LoRA place of a stack's layers, cross-attention included."""
+    return [*stack.lora.items(), *stack.cross_lora.items()]
 
 
 def call_setup(engine, inside: bool):
