@@ -23,6 +23,7 @@ from .heads import (
     LMHead,
     PredictionHead,
     QuestionAnsweringHead,
+    Seq2SeqLMHead,
     TaggingHead,
     head_from_config,
     label2id_for,
@@ -455,6 +456,16 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             "causal_lm", head_name, activation_function, layers, overwrite_ok, set_active, layer_norm=True, bias=True
         )
 
+    def add_seq2seq_lm_head(
+        self, head_name: str, layers: int = 1, overwrite_ok: bool = False, set_active: bool = True
+    ) -> None:
+        """A language-model head over the decoder of an encoder-decoder model (`generate()` continues with it)."""
+        if not self.config.is_encoder_decoder:
+            raise HeadError(f"add_seq2seq_lm_head: {self.config.model_type!r} is not an encoder-decoder model")
+        self._add_head(
+            "seq2seq_lm", head_name, overwrite_ok, set_active, vocab_size=self.config.vocab_size, layers=layers
+        )
+
     def _add_lm_head(self, kind, head_name, activation_function, layers, overwrite_ok, set_active, **options):
         self._add_head(
             kind,
@@ -685,6 +696,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             input_ids, attention_mask, token_type_ids = (
                 t.view(-1, t.shape[-1]) if t is not None else None for t in (input_ids, attention_mask, token_type_ids)
             )
+        if labels is not None and self._runs_seq2seq_head(heads) and "decoder_input_ids" not in kwargs:
+            kwargs["decoder_input_ids"] = self._shift_right(labels)  # teacher forcing, as transformers' seq2seq models
         model_inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -711,6 +724,22 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
                 if extra in outputs:
                     result[extra] = outputs[extra]
         return result
+
+    def _runs_seq2seq_head(self, heads) -> bool:
+        names = [heads] if isinstance(heads, str) else list(heads or [])
+        return any(isinstance(self.heads[n], Seq2SeqLMHead) for n in names if n in self.heads)
+
+    def _shift_right(self, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs for `labels`: the decoder start token, then the labels without their last token (-100,
+        the loss's ignore marker, becomes padding)."""
+        start = self.config.decoder_start_token_id
+        if start is None:
+            raise HeadError(
+                f"{self.config.model_type!r}: config.decoder_start_token_id is not set; pass decoder_input_ids"
+            )
+        shifted = labels.new_full(labels.shape, start)
+        shifted[:, 1:] = labels[:, :-1]
+        return shifted.masked_fill(shifted == -100, self.config.pad_token_id)
 
     def _scoped_heads(self, scoped):
         """An `AdapterSetup`'s heads: its `head_setup`, else (as AdapterHub) the heads its composition implies,
@@ -806,8 +835,11 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
 
     def _cls_token(self, hidden: torch.Tensor, input_ids) -> torch.Tensor:
         """The sequence representation a classification head reads, as the architecture spec says to pool."""
-        if self._engine.spec.pooling == "first" and not getattr(self.config, "is_decoder", False):
+        pooling = self._engine.spec.pooling
+        if pooling == "first" and not getattr(self.config, "is_decoder", False):
             return hidden[:, 0]
+        if pooling == "eos":
+            return self._last_eos(hidden, input_ids)
         pad = self.config.pad_token_id
         if input_ids is None or pad is None:
             return hidden[:, -1]
@@ -815,6 +847,21 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             input_ids = input_ids.repeat(hidden.shape[0] // input_ids.shape[0], 1)
         last = (input_ids != pad).sum(-1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def _last_eos(self, hidden: torch.Tensor, input_ids) -> torch.Tensor:
+        """The decoder state at each row's last `<eos>` (BART's sentence representation)."""
+        if input_ids is None:
+            raise HeadError("a classification head of an encoder-decoder model reads the last <eos>: pass input_ids")
+        if input_ids.shape[0] != hidden.shape[0]:  # Parallel replicated the batch
+            input_ids = input_ids.repeat(hidden.shape[0] // input_ids.shape[0], 1)
+        eos = input_ids.eq(self.config.eos_token_id)
+        counts = eos.sum(1)
+        if (counts != counts[0]).any() or counts[0] == 0:
+            raise HeadError(
+                f"every row must hold the same number (at least one) of <eos> tokens (id {self.config.eos_token_id}); "
+                f"the rows hold {counts.tolist()}"
+            )
+        return hidden[eos].view(hidden.shape[0], -1, hidden.shape[-1])[:, -1]
 
 
 class _HeadCall:

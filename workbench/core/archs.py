@@ -186,6 +186,52 @@ _LLAMA = ArchSpec(
 # Qwen2 (AdapterHub's plugin interface) maps the FFN LoRA the natural way round.
 _QWEN2 = replace(_LLAMA, lora={**_LLAMA.lora, "intermediate": "mlp.up_proj", "output": "mlp.down_proj"})
 
+# --- encoder-decoder models ----------------------------------------------------------------------------------
+# Layers are numbered encoder first, then decoder (AdapterHub's ids). Decoder layers add a "cross_adapter" site
+# after cross-attention (used when a bottleneck config sets `cross_adapter=True`), a "cross_prefix" on the
+# cross-attention and LoRA on its q/k/v (AdapterHub's "selfattn" LoRA wraps every attention's q/k/v).
+
+_BART_ATTENTION_LORA = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj"}
+_BART_CROSS_LORA = {"q": "encoder_attn.q_proj", "k": "encoder_attn.k_proj", "v": "encoder_attn.v_proj"}
+_ENCODER_DECODER_METHODS = ALL_METHODS - {"prompt_tuning"}  # AdapterHub: no prompt tuning for these models
+
+
+def _bart_like(pre_norm: bool, embeddings: str = "encoder.layernorm_embedding") -> ArchSpec:
+    """BART, PLBart (post-LN) and mBART (pre-LN): the same module names in encoder and decoder layers."""
+
+    def site(sublayer: str, norm: str, host: str, before: str) -> Site:
+        # pre-LN: the residual stream is the input of the norm before the sublayer; post-LN: of the sublayer
+        return Site(sublayer, norm if pre_norm else before, None if pre_norm else norm, host)
+
+    layer = dict(
+        attention_site=site("self_attn", "self_attn_layer_norm", "attention_adapters", "self_attn"),
+        output_site=site("fc2", "final_layer_norm", "output_adapters", "fc1"),
+        attention="self_attn",
+        attention_output="self_attn.out_proj",
+        lora={**_BART_ATTENTION_LORA, "intermediate": "fc1", "output": "fc2"},
+    )
+    decoder = LayerStack(
+        layers="decoder.layers",
+        cross_site=site("encoder_attn", "encoder_attn_layer_norm", "cross_attention_adapters", "encoder_attn"),
+        cross_attention="encoder_attn",
+        cross_lora=_BART_CROSS_LORA,
+        **layer,
+    )
+    return ArchSpec(
+        layers="encoder.layers",
+        prefix_key="encoder_prefix",
+        embeddings=embeddings,
+        methods=_ENCODER_DECODER_METHODS,
+        pooling="eos",
+        more_stacks=(decoder,),
+        encoder="encoder",
+        **layer,
+    )
+
+
+_BART = _bart_like(pre_norm=False)
+_MBART = _bart_like(pre_norm=True)
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _BERT,
     "roberta": _BERT,
@@ -195,6 +241,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _QWEN2,
+    "bart": _BART,
+    "plbart": _BART,
+    "mbart": _MBART,
 }
 
 

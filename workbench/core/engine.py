@@ -64,6 +64,10 @@ class EngineState:
         self._checked_rows: tuple | None = None
         base.register_forward_pre_hook(self._begin, with_kwargs=True)
         base.register_forward_hook(self._end, always_call=True)
+        if self.spec.encoder:  # generate() runs an encoder-decoder model's encoder on its own, before the decoder steps
+            encoder = get_module(base, self.spec.encoder)
+            encoder.register_forward_pre_hook(self._encoder_begin, with_kwargs=True)
+            encoder.register_forward_hook(self._encoder_end, always_call=True)
         if root is not base:  # `adapter_names` given to the task model holds for its head and head-side modules too
             root.register_forward_pre_hook(self._root_begin, with_kwargs=True)
             root.register_forward_hook(self._root_end, with_kwargs=True, always_call=True)
@@ -228,6 +232,19 @@ class EngineState:
         if plan is not None and plan.owner == id(module):
             leave_plan(plan.token)
         return None
+
+    def _encoder_begin(self, module, args, kwargs):
+        """A call into the encoder alone starts a forward pass; inside the whole model's call it is part of it."""
+        if current_call(self) is not None:
+            return None
+        result = self._begin(module, args, kwargs)
+        current_call(self).scratch["encoder_call"] = True
+        return result
+
+    def _encoder_end(self, module, args, output):
+        ctx = current_call(self)
+        if ctx is not None and ctx.scratch.get("encoder_call"):
+            self._end(module, args, output)
 
     def _begin(self, module, args, kwargs):
         own = kwargs.pop("adapter_names", None)

@@ -13,6 +13,7 @@ from transformers.modeling_outputs import (
     MaskedLMOutput,
     MultipleChoiceModelOutput,
     QuestionAnsweringModelOutput,
+    Seq2SeqLMOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
@@ -391,6 +392,29 @@ class CausalLMHead(LMHead):
     }
 
 
+class Seq2SeqLMHead(LMHead):
+    """The vocabulary projection over an encoder-decoder model's decoder output (AdapterHub's `seq2seq_lm`)."""
+
+    head_type = "seq2seq_lm"
+    defaults = {
+        **LMHead.defaults,
+        "layers": 1,
+        "activation_function": None,
+        "bias": False,
+        "shift_labels": False,
+    }
+
+    def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, invert=None, **kwargs):
+        lm = super().forward(outputs, cls_output, attention_mask, return_dict, invert, **kwargs)
+        get = outputs.get if isinstance(outputs, Mapping) else lambda key: None
+        return Seq2SeqLMOutput(
+            loss=lm.loss,
+            logits=lm.logits,
+            past_key_values=get("past_key_values"),
+            encoder_last_hidden_state=get("encoder_last_hidden_state"),
+        )
+
+
 HEAD_TYPES: dict[str, type[PredictionHead]] = {
     cls.head_type: cls
     for cls in (
@@ -401,6 +425,7 @@ HEAD_TYPES: dict[str, type[PredictionHead]] = {
         QuestionAnsweringHead,
         MaskedLMHead,
         CausalLMHead,
+        Seq2SeqLMHead,
     )
 }
 

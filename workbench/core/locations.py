@@ -58,7 +58,7 @@ def adapter_locations(engine, name: str) -> dict[int, dict[str, nn.Module]]:
                 continue
             found[ref.index][location_key(ref.stack, inner)].append(module)
             continue
-        first = path.removeprefix(engine.base_prefix).split(".", 1)[0]
+        first = path.removeprefix(engine.base_prefix).removeprefix(engine.spec.encoder + ".").split(".", 1)[0]
         key = _GLOBAL_KEYS.get(first, first)
         if key is not None:
             found[-1][key].append(module)

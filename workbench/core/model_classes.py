@@ -26,12 +26,13 @@ _ENCODER_HEADS = (
     "masked_lm",
     "causal_lm",
 )
+_SEQ2SEQ_HEADS = ("classification", "multilabel_classification", "question_answering", "seq2seq_lm")
 _DECODER_HEADS = ("classification", "multilabel_classification", "tagging", "question_answering", "causal_lm")
 
 # model type -> (class name, head types), AdapterHub 1.3's families
 _FAMILIES = {
     "albert": ("AlbertAdapterModel", _ENCODER_HEADS),
-    "bart": ("BartAdapterModel", ()),
+    "bart": ("BartAdapterModel", _SEQ2SEQ_HEADS),
     "beit": ("BeitAdapterModel", ("image_classification",)),
     "bert": ("BertAdapterModel", _ENCODER_HEADS),
     "bert-generation": ("BertGenerationAdapterModel", ("masked_lm", "causal_lm")),
@@ -43,15 +44,15 @@ _FAMILIES = {
     "gpt2": ("GPT2AdapterModel", _DECODER_HEADS),
     "gptj": ("GPTJAdapterModel", _DECODER_HEADS),
     "llama": ("LlamaAdapterModel", _DECODER_HEADS),
-    "mbart": ("MBartAdapterModel", ()),
+    "mbart": ("MBartAdapterModel", _SEQ2SEQ_HEADS),
     "mistral": ("MistralAdapterModel", _DECODER_HEADS),
-    "mt5": ("MT5AdapterModel", ()),
-    "plbart": ("PLBartAdapterModel", ()),
+    "mt5": ("MT5AdapterModel", _SEQ2SEQ_HEADS),
+    "plbart": ("PLBartAdapterModel", _SEQ2SEQ_HEADS),
     "qwen2": ("Qwen2AdapterModel", _DECODER_HEADS),
     "roberta": ("RobertaAdapterModel", _ENCODER_HEADS),
-    "t5": ("T5AdapterModel", ()),
+    "t5": ("T5AdapterModel", _SEQ2SEQ_HEADS),
     "vit": ("ViTAdapterModel", ("image_classification",)),
-    "whisper": ("WhisperAdapterModel", ()),
+    "whisper": ("WhisperAdapterModel", ("seq2seq_lm",)),
     "xlm-roberta": ("XLMRobertaAdapterModel", _ENCODER_HEADS),
     "xmod": ("XmodAdapterModel", _ENCODER_HEADS),
 }

@@ -389,17 +389,15 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
     @property
     def invertible_adapters(self) -> nn.ModuleDict:
         """AdapterHub's `model.invertible_adapters`: adapter name -> invertible adapter (empty when there is none)."""
-        modules = self._engine.base._modules.get("invertible_adapters")
+        owner = self._engine.base.get_submodule(self._engine.spec.encoder)  # the encoder of encoder-decoder models
+        modules = owner._modules.get("invertible_adapters")
         return modules if modules is not None else nn.ModuleDict()
 
     def get_invertible_adapter(self) -> nn.Module | None:
         """The invertible adapter of the first active adapter that has one (None if none does)."""
         setup = self._engine.active_setup
-        for name in setup.names() if setup is not None else []:
-            module = self._engine.owned.get(name, {}).get(self._engine.base_prefix + f"invertible_adapters.{name}")
-            if module is not None:
-                return module
-        return None
+        modules = self.invertible_adapters
+        return next((modules[n] for n in (setup.names() if setup is not None else []) if n in modules), None)
 
     # --- saving and loading ------------------------------------------------------------------------------
 

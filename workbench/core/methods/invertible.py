@@ -60,31 +60,38 @@ class InvertibleMethod(AdapterMethod):
         super().__init__(engine)
         self._handle = None
 
+    @property
+    def owner(self) -> nn.Module:
+        """The module holding `invertible_adapters`: the base model, or an encoder-decoder model's encoder
+        (AdapterHub's keys: `encoder.invertible_adapters.<name>`)."""
+        return get_module(self.engine.base, self.engine.spec.encoder)
+
     def add(self, name: str, config: BnConfig) -> None:
         if config.inv_adapter != "nice":
             raise AdapterConfigError(f"inv_adapter={config.inv_adapter!r} is not supported; use 'nice'")
-        base = self.engine.base
+        base, owner = self.engine.base, self.owner
         if self._handle is None:
-            base.invertible_adapters = nn.ModuleDict()
+            owner.invertible_adapters = nn.ModuleDict()
             self._handle = get_module(base, self.engine.spec.embeddings).register_forward_hook(self._on_embeddings)
         dim = getattr(base.config, "embedding_size", None) or self.engine.hidden_size
         factor = config.inv_adapter_reduction_factor or 2
         module = NICECoupling(dim, factor, config.non_linearity).train(base.training)
-        base.invertible_adapters[name] = module
-        self.engine.register(name, f"invertible_adapters.{name}", module)
+        owner.invertible_adapters[name] = module
+        prefix = f"{self.engine.spec.encoder}." if self.engine.spec.encoder else ""
+        self.engine.register(name, f"{prefix}invertible_adapters.{name}", module)
 
     def delete(self, name: str) -> None:
-        modules = getattr(self.engine.base, "invertible_adapters", None)
+        modules = getattr(self.owner, "invertible_adapters", None)
         if modules is not None and name in modules:
             del modules[name]
         if modules is not None and not len(modules) and self._handle is not None:
             self._handle.remove()
             self._handle = None
-            del self.engine.base.invertible_adapters
+            del self.owner.invertible_adapters
         self.engine.unregister(name)
 
     def active(self, setup) -> NICECoupling | None:
-        modules = getattr(self.engine.base, "invertible_adapters", None)
+        modules = getattr(self.owner, "invertible_adapters", None)
         if setup is None or modules is None:
             return None
         return modules[setup.first()] if setup.first() in modules else None
@@ -105,7 +112,7 @@ class InvertibleMethod(AdapterMethod):
 
     def _by_rows(self, hidden: torch.Tensor, rows, rev: bool) -> torch.Tensor | None:
         """Per-row adapters (`adapter_names`): each run of rows through its own adapter's coupling, if it has one."""
-        modules = getattr(self.engine.base, "invertible_adapters", None)
+        modules = getattr(self.owner, "invertible_adapters", None)
         parts = [(modules[n] if modules is not None and n in modules else None, a, b) for n, a, b in runs(rows)]
         if all(m is None for m, _, _ in parts):
             return None if not rev else hidden
