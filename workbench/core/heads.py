@@ -134,7 +134,10 @@ class BuiltinHead(PredictionHead):
         if id2label is not None:
             options["label2id"] = label2id_for(id2label, count, head_name or self.head_type)
         elif "label2id" in self.defaults and options.get("label2id") is None and self.head_type not in _LM_TYPES:
-            options["label2id"] = label2id_for(None, count, head_name or self.head_type)
+            # A head sized on the meta device (checked against a file before anything is allocated) needs no label
+            # names: a hostile num_labels must not build millions of them first.
+            if torch.get_default_device().type != "meta":
+                options["label2id"] = label2id_for(None, count, head_name or self.head_type)
         self.config = {"head_type": self.head_type, **self.defaults, **options}
         self.build(model)
 
