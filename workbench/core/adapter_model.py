@@ -12,10 +12,11 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PretrainedConfig, PreTrainedModel
 
 from . import files, static_heads
-from .archs import spec_from_interface
+from .archs import ARCHITECTURES, spec_from_interface
+from .autodescribe import describe_model
 from .composition import BatchSplit, Parallel, Stack
 from .context import scoped_setup
-from .errors import AdapterLoadError, CompositionError, HeadError, UnsupportedModelError
+from .errors import AdapterConfigError, AdapterLoadError, CompositionError, HeadError, UnsupportedModelError
 from .heads import (
     HEAD_TYPES,
     BiaffineParsingHead,
@@ -55,18 +56,20 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
 
     head_types: tuple = tuple(HEAD_TYPES)  # narrowed by the per-family classes (`model_classes`)
 
-    def __init__(self, base: PreTrainedModel | PretrainedConfig, **kwargs):
+    def __init__(self, base: PreTrainedModel | PretrainedConfig, interface=None, **kwargs):
         """Wrap a loaded base model, or build a freshly initialised one from its config (AdapterHub's
-        `BertAdapterModel(config)`)."""
+        `BertAdapterModel(config)`). `interface`: as for `init()` (an AdapterModelInterface, or "auto")."""
         if isinstance(base, PretrainedConfig):
             base = AutoModel.from_config(base, **kwargs)
+        _, spec, interface = _spec_of(base, base, interface)
         super().__init__(base.config)
         self.base_model_prefix = base.base_model_prefix
         self.add_module(self.base_model_prefix, base)
         self.heads = nn.ModuleDict()
         self._active_head: str | None = None
         self.custom_heads: dict[str, type] = {}  # AdapterHub's `register_custom_head` registry
-        self._init_adapters(base)
+        self._init_adapters(base, spec)
+        self._engine.interface = interface  # saved by save_pretrained, read back by from_pretrained
         _share_adapter_api(base, self._engine)
         self.train(base.training)  # from_pretrained gives an eval-mode base model; the wrapper follows it
         # AdapterHub keeps every head's config in `config.prediction_heads` (saved in config.json) and builds the
@@ -85,11 +88,14 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> AdapterModel:
         """Load the base model with `transformers.AutoModel` (never with remote code) and wrap it."""
         kwargs.pop("trust_remote_code", None)
+        interface = kwargs.pop("interface", None)
+        if interface is None:
+            interface = _saved_interface(pretrained_model_name_or_path)
         base = AutoModel.from_pretrained(pretrained_model_name_or_path, trust_remote_code=False, **kwargs)
         info = None
         if kwargs.get("output_loading_info"):
             base, info = base
-        model = cls._family(base.config)(base)
+        model = cls._family(base.config)(base, interface=interface)
         hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
         model._convert_static_head(pretrained_model_name_or_path, info, hub)
         model._load_saved_parts(pretrained_model_name_or_path)
@@ -125,8 +131,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             )
 
     @classmethod
-    def from_config(cls, config, **kwargs) -> AdapterModel:
-        return cls._family(config)(AutoModel.from_config(config, **kwargs))
+    def from_config(cls, config, interface=None, **kwargs) -> AdapterModel:
+        return cls._family(config)(AutoModel.from_config(config, **kwargs), interface=interface)
 
     @classmethod
     def _family(cls, config) -> type[AdapterModel]:
@@ -185,6 +191,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         base_weights = self._base_weights(self.base_model.state_dict(), prefix=self._engine.base_prefix)
         PreTrainedModel.save_pretrained(self.base_model, folder, state_dict=base_weights, **kwargs)
         self._save_parts(folder)
+        self._save_interface(folder)
         for name in self.heads:
             self.save_head(folder / "heads" / name, name)
 
@@ -956,34 +963,49 @@ class _GenerateByRows:
             return super().generate(*args, **kwargs)
 
 
-def init(model: nn.Module, interface: AdapterModelInterface | None = None) -> nn.Module:
+def init(model: nn.Module, interface: AdapterModelInterface | str | None = None) -> nn.Module:
     """Add adapter support to an already loaded transformers model, in place, and return it.
 
     `interface` describes a model family the engine does not ship (AdapterHub's `AdapterModelInterface`); every
-    module it names is checked on the model first.
+    module it names is checked on the model first. `interface="auto"` uses the shipped spec when there is one and
+    otherwise describes a pre-LN decoder automatically (`autodescribe.describe_model`), refusing what it cannot
+    verify.
     """
     if isinstance(model, ModelAdaptersMixin):
         return model
-    base = model.base_model
-    spec = None
-    if interface is not None:
-        if interface.base_model:
-            try:
-                base = model.get_submodule(interface.base_model)
-            except AttributeError:
-                raise UnsupportedModelError(
-                    f"AdapterModelInterface: base_model={interface.base_model!r} is not a module of "
-                    f"{type(model).__name__}"
-                ) from None
-        spec = spec_from_interface(interface)
-        _check_interface_paths(base, spec, interface)
-        spec = replace(spec, pooling=_pooling_of(base, interface))
+    base, spec, interface = _spec_of(model, model.base_model, interface)
     model.__class__ = _adapter_class(type(model))
     model._init_adapters(base, spec)
     model._engine.interface = interface  # saved beside the model by save_pretrained (adapter_interface.json)
     if base is not model:
         _share_adapter_api(base, model._engine)
     return model
+
+
+def _spec_of(model: nn.Module, base: nn.Module, interface):
+    """(base model, spec or None for the shipped one, the AdapterModelInterface used or None) for `init()` and
+    `AdapterModel`; `interface="auto"` describes a model type without a shipped spec."""
+    if isinstance(interface, str):
+        if interface != "auto":
+            raise AdapterConfigError(f"interface must be an AdapterModelInterface or 'auto', not {interface!r}")
+        if getattr(base.config, "model_type", None) in ARCHITECTURES:
+            return base, None, None
+        interface = describe_model(model)
+    if interface is None:
+        return base, None, None
+    if not isinstance(interface, AdapterModelInterface):
+        kind = type(interface).__name__
+        raise AdapterConfigError(f"interface must be an AdapterModelInterface or 'auto', not a {kind}")
+    if interface.base_model:
+        try:
+            base = model.get_submodule(interface.base_model)
+        except AttributeError:
+            raise UnsupportedModelError(
+                f"AdapterModelInterface: base_model={interface.base_model!r} is not a module of {type(model).__name__}"
+            ) from None
+    spec = spec_from_interface(interface)
+    _check_interface_paths(base, spec, interface)
+    return base, replace(spec, pooling=_pooling_of(base, interface)), interface
 
 
 def _adapter_class(cls: type) -> type:
@@ -1013,19 +1035,26 @@ def load_model(model_name_or_path, model_class, interface: AdapterModelInterface
     """
     if isinstance(model_class, type) and issubclass(model_class, AdapterModel) or model_class is AutoAdapterModel:
         return model_class.from_pretrained(model_name_or_path, *args, **kwargs)
-    interface_file = Path(str(model_name_or_path)) / files.INTERFACE_CONFIG_NAME
-    if interface is None and interface_file.is_file():  # written by save_pretrained for an init(interface=...) model
-        data = files.read_json(interface_file)
-        try:
-            interface = AdapterModelInterface(**data["interface"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise AdapterLoadError(f"{interface_file}: not an AdapterModelInterface ({err})") from None
+    if interface is None:
+        interface = _saved_interface(model_name_or_path)
     kwargs.pop("trust_remote_code", None)
     loaded = model_class.from_pretrained(model_name_or_path, *args, trust_remote_code=False, **kwargs)
     model, info = loaded if kwargs.get("output_loading_info") else (loaded, None)
     init(model, interface=interface)
     model._load_saved_parts(model_name_or_path)
     return (model, info) if info is not None else model
+
+
+def _saved_interface(model_name_or_path) -> AdapterModelInterface | None:
+    """The interface `save_pretrained` wrote beside a model described by one (adapter_interface.json), if any."""
+    interface_file = Path(str(model_name_or_path)) / files.INTERFACE_CONFIG_NAME
+    if not interface_file.is_file():
+        return None
+    data = files.read_json(interface_file)
+    try:
+        return AdapterModelInterface(**data["interface"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise AdapterLoadError(f"{interface_file}: not an AdapterModelInterface ({err})") from None
 
 
 def _pooling_of(base: nn.Module, interface: AdapterModelInterface) -> str:

@@ -287,7 +287,9 @@ def arch_for(config) -> ArchSpec:
     except KeyError:
         supported = ", ".join(sorted(ARCHITECTURES))
         raise UnsupportedModelError(
-            f"model type {model_type!r} is not supported by the adapter engine (supported: {supported})"
+            f"model type {model_type!r} is not supported by the adapter engine (supported: {supported}); "
+            "describe it with init(model, interface=AdapterModelInterface(...)), or try interface='auto' (pre-LN "
+            "decoders)"
         ) from None
 
 

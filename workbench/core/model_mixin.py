@@ -471,8 +471,13 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
         kwargs.pop("state_dict", None)
         super().save_pretrained(folder, state_dict=self._base_weights(self.state_dict()), **kwargs)
         self._save_parts(folder)
+        self._save_interface(folder)
+
+    def _save_interface(self, folder: Path) -> None:
+        """A model described by an AdapterModelInterface (given or found by `interface="auto"`) saves it beside its
+        weights (AdapterHub's adapter_interface.json); `load_model`/`from_pretrained` rebuild the model with it."""
         interface = getattr(self._engine, "interface", None)
-        if interface is not None:  # `load_model` rebuilds the model with it (AdapterHub's adapter_interface.json)
+        if interface is not None:
             data = {"model_type": self.config.model_type, "interface": interface.to_dict(), "version": FORMAT_VERSION}
             files.write_json(folder / files.INTERFACE_CONFIG_NAME, data)
 
