@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lab test chromium quality conformance parity bench bench-hub bench-engine clean
+.PHONY: venv lab test chromium quality conformance parity bench bench-hub bench-engine support-table clean
 
 $(STAMP): pyproject.toml extension/pyproject.toml extension/package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,10 @@ chromium:
 
 quality: $(STAMP)
 	$(BIN)/ruff check workbench tests benchmarks extension/jupyterlab_adapter_workbench
+
+# The README's support table, from the spec registry (tests/test_support_table.py checks it is current).
+support-table: $(STAMP)
+	$(BIN)/python -m workbench.core.support
 
 # Regenerates tests/conformance/fixtures with the AdapterHub `adapters` library (own venv, transformers 4.57.6).
 conformance:
