@@ -14,6 +14,7 @@ from huggingface_hub.utils import hf_raise_for_status, http_backoff
 
 from ..core.configs import AdapterConfig
 from ..core.errors import AdapterLoadError
+from .families import model_type_of
 from .info import AdapterInfo
 from .methods import method_name
 
@@ -61,6 +62,7 @@ def _info(entry: dict) -> AdapterInfo:
         method=method_name(entry.get("adapter_config")),
         hf_repo=f"{HF_ORG}/{adapter_id.split('/')[-1]}" if adapter_id.startswith("@") else None,
         tags=[f"adapterhub:{entry.get('task')}/{entry.get('subtask')}"] if entry.get("task") else [],
+        model_type=model_type_of(entry.get("model_name"), entry.get("model_type")),
     )
 
 

@@ -12,6 +12,7 @@ import os
 
 from huggingface_hub import HfApi, hf_hub_download
 
+from .families import model_type_of
 from .info import AdapterInfo
 from .methods import method_name
 
@@ -44,6 +45,7 @@ def list_hf_adapters(
                 info = _adapterhub_info(model)
                 if model_name and info.model_name is None:
                     info.model_name = _model_name_from_files(api, model.id)
+                    info.model_type = info.model_type or model_type_of(info.model_name)
                 if not model_name or info.model_name == model_name:
                     if not search or search.lower() in info.adapter_id.lower():
                         results.append(info)
@@ -80,6 +82,7 @@ def hf_adapter_info(repo_id: str) -> AdapterInfo:
         info.adapter_config = config.get("config") if config else None
         info.method = method_name(info.adapter_config)
         info.model_name = info.model_name or (config or {}).get("model_name")
+        info.model_type = model_type_of(info.model_name, (config or {}).get("model_type") or info.model_type)
     return info
 
 
@@ -116,6 +119,7 @@ def _adapterhub_info(model) -> AdapterInfo:
         subtask=subtask,
         library="adapters",
         method=_method_from_name(model.id),
+        model_type=model_type_of(meta.get("model_name"), config.get("model_type")),
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+from .families import model_type_of
+
 
 @dataclass
 class AdapterInfo:
@@ -27,6 +29,11 @@ class AdapterInfo:
     size_bytes: int | None = None
     hf_repo: str | None = None  # where the files are downloaded from
     files: dict[str, int | None] = field(default_factory=dict)  # file name -> size in bytes (None: not listed)
+    model_type: str | None = None  # the base model's family (transformers model_type, e.g. "bert", "mbart")
+
+    def __post_init__(self):
+        if self.model_type is None:  # listings cached before the field existed, or sources that only name the model
+            self.model_type = model_type_of(self.model_name)
 
     def to_dict(self) -> dict:
         data = asdict(self)

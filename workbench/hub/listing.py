@@ -12,7 +12,7 @@ from .info import AdapterInfo
 
 SOURCES = (None, "ah", "hf")
 NUMERIC_SORT_KEYS = {"downloads", "likes", "last_modified", "recency", "size_bytes"}
-TEXT_SORT_KEYS = {"adapter_id", "model_name", "task", "method"}
+TEXT_SORT_KEYS = {"adapter_id", "model_name", "model_type", "task", "method"}
 SORT_KEYS = NUMERIC_SORT_KEYS | TEXT_SORT_KEYS
 
 
@@ -69,6 +69,7 @@ def _merge(hf: list[AdapterInfo], ah: list[AdapterInfo]) -> list[AdapterInfo]:
         twin.subtask = twin.subtask or info.subtask
         twin.adapter_config = twin.adapter_config or info.adapter_config
         twin.method = twin.method or info.method
+        twin.model_type = twin.model_type or info.model_type
     return merged
 
 
@@ -107,6 +108,7 @@ class SearchResults:
         columns = [
             "adapter_id",
             "model_name",
+            "model_type",
             "task",
             "subtask",
             "method",
@@ -133,8 +135,11 @@ def search_adapters(
     page_size: int = 20,
     refresh: bool = False,
     descending: bool | None = None,
+    model_type: str | None = None,
 ) -> SearchResults:
     """Free-text search with filters, sorted and paged, over the (cached) listings.
+
+    `model_type` keeps the adapters of one model family (transformers' model_type, e.g. "bert", "bart").
 
     `sort`: one of `SORT_KEYS`; `descending` defaults to True for numbers and dates, False for text. Adapters
     without a value for the sort key come last either way.
@@ -149,13 +154,22 @@ def search_adapters(
     def matches(info: AdapterInfo) -> bool:
         haystack = " ".join(
             str(v)
-            for v in (info.adapter_id, info.model_name, info.task, info.subtask, info.method, " ".join(info.tags))
+            for v in (
+                info.adapter_id,
+                info.model_name,
+                info.model_type,
+                info.task,
+                info.subtask,
+                info.method,
+                " ".join(info.tags),
+            )
             if v
         ).lower()
         return (
             all(w in haystack for w in words)
             and (task is None or info.task == task)
             and (method is None or info.method == method)
+            and (model_type is None or info.model_type == model_type)
             and (library in (None, "all") or info.library == library)
         )
 
@@ -170,6 +184,7 @@ def search_adapters(
     query = {
         "text": text,
         "model_name": model_name,
+        "model_type": model_type,
         "task": task,
         "method": method,
         "library": library,
