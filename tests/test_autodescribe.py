@@ -187,9 +187,21 @@ def test_unknown_module_names_are_refused_naming_layer_0s_children():
 
 
 def test_an_encoder_decoder_is_refused_as_several_stacks():
-    model = AutoModel.from_config(AutoConfig.for_model("marian", d_model=32, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100,
-        decoder_start_token_id=0, pad_token_id=0))  # fmt: skip
+    model = AutoModel.from_config(
+        AutoConfig.for_model(
+            "marian",
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            vocab_size=100,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+        )
+    )
     with pytest.raises(
         UnsupportedModelError, match=r"several layer stacks of 2 layers \(encoder.layers, decoder.layers"
     ):

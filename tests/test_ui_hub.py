@@ -222,3 +222,28 @@ def test_archive_adapter_loads_onto_a_local_model_and_a_new_model_resets_try_it(
     model, tokenizer = load_base_model(minilm_path())
     session.set_model(model, tokenizer, minilm_path())  # e.g. from the Model panel
     assert panel.loaded_name is None and panel.try_button.disabled
+
+
+def test_the_family_filter_offers_the_registrys_families_and_filters_by_them(hub, monkeypatch):
+    from workbench.core.archs import ARCHITECTURES
+
+    for repo, model_type in (("someone/roberta-adapter", "roberta"), ("someone/olmo-adapter", "olmo")):
+        hub.add_repo(
+            repo,
+            {"adapter_config.json": b"{}"},
+            library_name="adapter-transformers",
+            tags=["adapter-transformers"],
+            config={"model_type": model_type},
+        )
+    panel = HubPanel(Session())
+    offered = dict((value, label) for label, value in panel.family_filter.options)
+    assert offered.keys() == {None, *ARCHITECTURES} and offered["bert"] == "BERT (bert)"
+    assert sorted(search(panel, source="hf", family_filter="bert")) == ["nli-lora", "pf-sst-2"]
+    assert "<td>bert</td>" in panel.table.value  # the family column
+    assert search(panel, family_filter="roberta") == ["someone/roberta-adapter"]
+    search(panel, family_filter=None, search_text="olmo")
+    panel.result_list.value = 0
+    wait_all(panel)
+    assert "olmo: not supported by the engine yet" in panel.card.value
+    monkeypatch.setitem(ARCHITECTURES, "olmo2", ARCHITECTURES["llama"])  # a family merged later
+    assert ("OLMo 2 (olmo2)", "olmo2") in HubPanel(Session()).family_filter.options

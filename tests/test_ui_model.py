@@ -125,3 +125,49 @@ def test_hub_id_loads_through_the_hub_and_a_bad_folder_is_one_readable_error(fak
     wait(panel.worker)
     assert "missing" in panel.error.text and session.model is loaded  # the session keeps its model
     assert "Loading failed" in panel.status.value
+
+
+def test_the_family_choice_comes_from_the_registry_and_offers_a_checkpoint(monkeypatch):
+    from workbench.core.archs import ARCHITECTURES
+    from workbench.core.support import EXAMPLE_CHECKPOINTS
+
+    panel = ModelPanel(Session())
+    assert {value for _, value in panel.family.options} == {None, *ARCHITECTURES}
+    panel.family.value = "gpt2"
+    assert panel.hub_id.value == EXAMPLE_CHECKPOINTS["gpt2"] and "GPT-2" in panel.hub_id.placeholder
+    monkeypatch.setitem(ARCHITECTURES, "wb_new_family", ARCHITECTURES["llama"])  # merged later, no example yet
+    later = ModelPanel(Session())
+    later.family.value = "wb_new_family"
+    assert later.hub_id.value == "" and "wb_new_family" in later.hub_id.placeholder
+
+
+def test_a_decoder_without_a_spec_loads_when_automatic_description_is_ticked(tmp_path):
+    import shutil
+
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model(
+        "olmo",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        pad_token_id=0,
+    )
+    AutoModel.from_config(config).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(f"{minilm_path()}/{name}", tmp_path / name)
+    session = Session()
+    panel = ModelPanel(session)
+    panel.folder.value = str(tmp_path)
+    panel.folder_button.click()
+    wait(panel.worker)
+    assert "interface=&#x27;auto&#x27;" in panel.error.message.value or "interface='auto'" in panel.error.text
+    assert session.model is None
+    panel.auto_describe.value = True
+    panel.folder_button.click()
+    wait(panel.worker)
+    assert panel.error.text == "" and session.model._engine.interface.model_layers == "layers"
+    assert "olmo, described by an AdapterModelInterface" in panel.status.value

@@ -98,14 +98,25 @@ EXAMPLE_CHECKPOINTS = {
 }
 
 METHOD_ORDER = ("bottleneck", "invertible", "lora", "prefix_tuning", "prompt_tuning", "reft")
-HEAD_LABELS = {"multilabel_classification": "multilabel", "question_answering": "QA", "masked_lm": "masked LM",
-               "causal_lm": "causal LM", "seq2seq_lm": "seq2seq LM"}  # fmt: skip
+HEAD_LABELS = {
+    "multilabel_classification": "multilabel",
+    "question_answering": "QA",
+    "masked_lm": "masked LM",
+    "causal_lm": "causal LM",
+    "seq2seq_lm": "seq2seq LM",
+}
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
 
 
 def display_name(model_type: str) -> str:
     return DISPLAY_NAMES.get(model_type, model_type)
+
+
+def family_label(model_type: str) -> str:
+    """The label a person reads, e.g. "BERT (bert)"; a model type without a display name is shown as itself."""
+    name = display_name(model_type)
+    return f"{name} ({model_type})" if name != model_type else model_type
 
 
 def adapterhub_status(model_type: str) -> str:
@@ -115,7 +126,7 @@ def adapterhub_status(model_type: str) -> str:
 
 def model_families() -> list[tuple[str, str]]:
     """(label, model type) of every model type the engine has a spec for, sorted by label."""
-    return sorted(((f"{display_name(t)} ({t})", t) for t in ARCHITECTURES), key=lambda item: item[0].lower())
+    return sorted(((family_label(t), t) for t in ARCHITECTURES), key=lambda item: item[0].lower())
 
 
 def head_types(model_type: str) -> tuple[str, ...]:

@@ -9,12 +9,13 @@ import threading
 import ipywidgets as widgets
 
 from .common import ErrorBox, StaticSummary, Throttle, guarded, html_table, human_bytes, start_worker
-from .model_panel import base_model_source, load_base_model, model_label
+from .model_panel import base_model_source, family_label, load_base_model, model_label
 from .session import Session, default_session
 
 SORTS = (
     ("id", "adapter_id"),
     ("model", "model_name"),
+    ("family", "model_type"),
     ("task", "task"),
     ("method", "method"),
     ("downloads", "downloads"),
@@ -22,7 +23,7 @@ SORTS = (
     ("size", "size_bytes"),
 )
 NUMERIC_SORTS = ("downloads", "likes", "size_bytes")
-COLUMNS = ("adapter_id", "model_name", "task", "method", "library", "source", "downloads", "likes", "size")
+COLUMNS = ("adapter_id", "model_name", "family", "task", "method", "library", "source", "downloads", "likes", "size")
 PAGE_SIZE = 25
 
 
@@ -64,6 +65,8 @@ class HubPanel(widgets.VBox):
     # --- widgets -------------------------------------------------------------------------------------
 
     def _build(self) -> None:
+        from workbench.core.support import model_families
+
         self.search_text = widgets.Text(placeholder="search adapters, e.g. sst-2 or sentiment")
         self.search_button = widgets.Button(description="Search", icon="search", button_style="primary")
         self.search_text.add_class("wb-hub-search")
@@ -79,6 +82,10 @@ class HubPanel(widgets.VBox):
         self.library = widgets.Dropdown(options=["all", "adapters", "peft"], value="all", description="Library")
         self.library.layout = narrow
         self.model_filter = widgets.Text(placeholder="base model id", description="Model", layout=narrow)
+        # the families the engine has a spec for, from its registry: a family added there is offered here too
+        self.family_filter = widgets.Dropdown(
+            options=[("any", None), *model_families()], value=None, description="Family", layout=narrow
+        )
         self.task_filter = widgets.Text(placeholder="e.g. sentiment", description="Task", layout=narrow)
         self.method_filter = widgets.Text(placeholder="e.g. lora", description="Method", layout=narrow)
         self.sort = widgets.Dropdown(options=SORTS, value="downloads", description="Sort by", layout=narrow)
@@ -89,6 +96,7 @@ class HubPanel(widgets.VBox):
             ("source", self.source),
             ("library", self.library),
             ("model", self.model_filter),
+            ("family", self.family_filter),
             ("task", self.task_filter),
             ("method", self.method_filter),
             ("sort", self.sort),
@@ -150,7 +158,7 @@ class HubPanel(widgets.VBox):
     def _layout(self) -> list:
         return [
             widgets.HBox([self.search_text, self.search_button]),
-            widgets.HBox([self.source, self.library, self.model_filter]),
+            widgets.HBox([self.source, self.library, self.model_filter, self.family_filter]),
             widgets.HBox([self.task_filter, self.method_filter, self.sort, self.descending]),
             self.offline,
             self.error,
@@ -168,6 +176,7 @@ class HubPanel(widgets.VBox):
         query = {
             "text": self.search_text.value.strip() or None,
             "model_name": self.model_filter.value.strip() or None,
+            "model_type": self.family_filter.value,
             "task": self.task_filter.value.strip() or None,
             "method": self.method_filter.value.strip() or None,
             "library": self.library.value,
@@ -256,7 +265,7 @@ class HubPanel(widgets.VBox):
                 self.card.value += f"<p><i>Full details unavailable: {html.escape(str(err))}</i></p>"
                 return
             if self.selected is info:
-                for field in ("adapter_config", "files", "size_bytes", "tags", "method", "model_name"):
+                for field in ("adapter_config", "files", "size_bytes", "tags", "method", "model_name", "model_type"):
                     if getattr(full, field):  # the details know more (file sizes, the config)
                         setattr(info, field, getattr(full, field))
                 self._show_card(info)
@@ -267,6 +276,7 @@ class HubPanel(widgets.VBox):
         facts = {
             "id": info.adapter_id,
             "base model": info.model_name or "?",
+            "family": family_label(info.model_type),
             "task": "/".join(p for p in (info.task, info.subtask) if p) or "?",
             "method": info.method or "?",
             "library": info.library,
@@ -419,6 +429,7 @@ def _row(info) -> dict:
     return {
         "adapter_id": info.adapter_id,
         "model_name": info.model_name or "",
+        "family": info.model_type or "",
         "task": "/".join(p for p in (info.task, info.subtask) if p),
         "method": info.method or "",
         "library": info.library,

