@@ -51,7 +51,7 @@ def test_training_the_adapter_alone_lowers_the_loss_and_leaves_the_model_alone(c
     model.add_adapter("a", config=config)
     model.add_causal_lm_head("a")
     model.train_adapter("a")
-    trained = [p for _, p in model._adapter_parameters("a")]
+    trained = list({id(p): p for _, p in model._adapter_parameters("a")}.values())  # prefix: one pool, many keys
     others = [(p, p.detach().clone()) for p in model.parameters() if not any(p is t for t in trained)]
     optimizer = torch.optim.Adam(trained, lr=1e-2)  # no weight decay: it would move LoReFT's Householder diagonal
     labels = IDS.masked_fill(MASK == 0, -100)
