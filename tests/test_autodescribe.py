@@ -85,7 +85,7 @@ def test_the_description_names_the_layout_and_leaves_the_model_as_it_was(model_t
     before = state_of(model)
     interface = describe_model(model)
     _, (mlp_in, mlp_out), extra = FAMILIES[model_type]
-    methods = ["bottleneck", "lora", "reft", *extra]
+    methods = ["bottleneck", "reft", "lora", *extra]
     expected = AdapterModelInterface(
         adapter_methods=methods, layer_intermediate_proj=mlp_in, layer_output_proj=mlp_out, **LLAMA_LAYOUT
     )
@@ -138,8 +138,9 @@ def test_prefix_tuning_generates_the_same_with_and_without_the_kv_cache(model_ty
     assert torch.equal(cached, model.generate(**prompt, use_cache=False))
 
 
-def test_a_fused_qkv_family_without_the_attention_registry_gets_no_prefix_tuning():
-    """Sequential Falcon: fused `query_key_value`, its own attention code (prefix tuning would be ignored)."""
+def test_a_fused_qkv_family_without_the_attention_registry_gets_neither_lora_nor_prefix_tuning():
+    """Sequential Falcon: fused `query_key_value` with heads interleaved, its own attention code: the probe cannot
+    see how q|k|v are laid out (LoRA splits a fused projection in thirds) nor reach the attention function."""
     sequential = dict(parallel_attn=False, new_decoder_architecture=False)
     model = workbench.init(causal_lm("falcon", **sequential), interface="auto")
     interface = model._engine.interface
@@ -148,13 +149,43 @@ def test_a_fused_qkv_family_without_the_attention_registry_gets_no_prefix_tuning
         "dense",
         "mlp.dense_4h_to_h",
     )
-    assert "prefix_tuning" not in interface.adapter_methods
-    with pytest.raises(UnsupportedModelError, match="prefix_tuning"):
-        model.add_adapter("p", config="prefix_tuning")
-    model.add_adapter("l", config="lora", set_active=True)
-    perturb(model, "l")
+    assert interface.adapter_methods == ["bottleneck", "reft", "invertible"]
+    for refused in ("prefix_tuning", "lora"):
+        with pytest.raises(UnsupportedModelError, match=f"{refused} adapters are not available"):
+            model.add_adapter("x", config=refused)
+    model.add_adapter("b", config="seq_bn", set_active=True)
+    perturb(model, "b")
     assert (logits(model) - logits(causal_lm("falcon", **sequential))).abs().max() > 1e-3
-    assert model.adapters.keys() == {"l"}
+    assert model.adapters.keys() == {"b"}
+
+
+@pytest.mark.parametrize(
+    "model_type, overrides, lora",
+    [
+        ("phi3", {"num_key_value_heads": 4}, True),  # q|k|v in three equal parts, in order
+        ("phi3", {"num_key_value_heads": 2}, False),  # grouped-query: k and v narrower than q
+        ("persimmon", {}, False),  # q, k, v interleaved head by head
+    ],
+)
+def test_lora_on_a_fused_qkv_projection_only_where_its_thirds_are_q_k_v(model_type, overrides, lora):
+    model = causal_lm(model_type, **overrides)
+    interface = describe_model(model)
+    assert interface.attn_qkv_proj and ("lora" in interface.adapter_methods) == lora
+    model = workbench.init(model, interface=interface)
+    if not lora:
+        with pytest.raises(UnsupportedModelError, match="lora adapters are not available"):
+            model.add_adapter("l", config="lora")
+        return
+    fused = model.base_model.layers[0].get_submodule(interface.layer_self_attn).get_submodule(interface.attn_qkv_proj)
+    outputs = []
+    fused.register_forward_hook(lambda module, args, out: outputs.append(out.detach()))
+    logits(model)
+    model.add_adapter("l", config="lora", set_active=True)  # attn_matrices q and v
+    perturb(model, "l")
+    logits(model)
+    plain, adapted = (out.chunk(3, dim=-1) for out in outputs)
+    changed = [not torch.equal(a, b) for a, b in zip(plain, adapted, strict=True)]
+    assert changed == [True, False, True]  # q and v moved, k did not
 
 
 @pytest.mark.parametrize(

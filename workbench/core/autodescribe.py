@@ -9,8 +9,9 @@ computation: a norm feeds the attention, another feeds the MLP, and the layer co
 then `h + mlp(norm2(h))`. Parallel attention/MLP blocks, scaled residuals (Granite's `residual_multiplier`), norms
 after a sublayer (Gemma 2, OLMo 2) or several stacks are refused with an UnsupportedModelError saying what was found,
 because a wrong placement would train and run without any error. Prefix tuning is offered only when the probe saw
-the attention call transformers' attention function registry with the key/value heads the config declares, and
-invertible adapters only when the embedding output is what layer 0 reads.
+the attention call transformers' attention function registry with the key/value heads the config declares, LoRA on
+a fused qkv projection only when its last third is the value states that call received (the engine's LoRA splits
+it in thirds), and invertible adapters only when the embedding output is what layer 0 reads.
 """
 
 from __future__ import annotations
@@ -75,18 +76,12 @@ def describe_model(model: nn.Module) -> AdapterModelInterface:
     name = f"{type(base).__name__} (model type {getattr(base.config, 'model_type', None)!r})"
     found = _find_modules(base, name)
     layer = base.get_submodule(found.layers)[0]
-    methods = ["bottleneck", "lora", "reft"]
-    norms, prefix_ok, embeddings_ok = _probe(base, layer, found, name)
-    if prefix_ok:
-        methods.append("prefix_tuning")
-    if embeddings_ok:
-        methods.append("invertible")
-    attn = found.attention
+    norms, verified = _probe(base, layer, found, name)
     interface = AdapterModelInterface(
-        adapter_methods=methods,
+        adapter_methods=["bottleneck", "reft", *verified],
         model_embeddings=found.embeddings,
         model_layers=found.layers,
-        layer_self_attn=attn,
+        layer_self_attn=found.attention,
         layer_cross_attn=None,
         attn_q_proj=found.q,
         attn_k_proj=found.k,
@@ -206,24 +201,29 @@ def _embeddings_path(base: nn.Module, name: str) -> str:
 
 
 class _RecordingShim(nn.Module):
-    """Stands where prefix tuning's shim goes and records the key states the attention function was given."""
+    """Stands where prefix tuning's shim goes and records what the attention function was given."""
 
     def __init__(self):
         super().__init__()
+        self.query_shape: tuple | None = None
         self.key_shape: tuple | None = None
+        self.value: torch.Tensor | None = None
 
     def extend(self, module, query, key, value, attention_mask):
-        self.key_shape = tuple(key.shape)
+        if self.value is None:
+            self.query_shape, self.key_shape, self.value = tuple(query.shape), tuple(key.shape), value
         return key, value, attention_mask
 
 
 def _probe(base: nn.Module, layer: nn.Module, found: _Found, name: str):
-    """Run layer 0 once and check the pre-LN residual layout; returns ((norm1, norm2), prefix_ok, embeddings_ok)."""
+    """Run layer 0 once and check the pre-LN residual layout; returns ((norm1, norm2), methods beyond bottleneck
+    and ReFT that the probe could verify)."""
     attn = layer.get_submodule(found.attention)
     watched = {
         "layer": layer,
         "attn": attn,
         "o": attn.get_submodule(found.o),
+        **({"qkv": attn.get_submodule(found.qkv)} if found.qkv else {}),
         "mlp_in": layer.get_submodule(found.mlp_in),
         "mlp_out": layer.get_submodule(found.mlp_out),
         "embeddings": base.get_submodule(found.embeddings),
@@ -270,7 +270,16 @@ def _probe(base: nn.Module, layer: nn.Module, found: _Found, name: str):
             base.set_attn_implementation(switched)
         for module, mode in modes.items():
             module.training = mode
-    return _check(seen, norms, found, name), _prefix_ok(base, shim, found), _embeddings_ok(seen, found)
+    methods = [
+        method
+        for method, ok in (
+            ("lora", _lora_ok(seen, shim, found)),
+            ("prefix_tuning", _prefix_ok(base, shim, found)),
+            ("invertible", _embeddings_ok(seen, found)),
+        )
+        if ok
+    ]
+    return _check(seen, norms, found, name), methods
 
 
 def _switch_to_prefix_attention(base: nn.Module) -> str | None:
@@ -357,6 +366,28 @@ def _prefix_ok(base: nn.Module, shim: _RecordingShim, found: _Found) -> bool:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     if shim.key_shape[1] != kv_heads or shim.key_shape[-1] != head_dim:
         found.notes.append(f"no prefix tuning: keys of shape {shim.key_shape}, not {kv_heads} heads of {head_dim}")
+        return False
+    return True
+
+
+def _lora_ok(seen: dict, shim: _RecordingShim, found: _Found) -> bool:
+    """Separate q/k/v projections, or a fused one that the engine's LoRA may split into q|k|v thirds: its last
+    third must be the value states the attention received (GPT-NeoX, Persimmon and Falcon interleave heads instead;
+    grouped-query fused projections have unequal parts)."""
+    if found.qkv is None:
+        return True
+    value, fused = shim.value, seen.get("qkv", (None, None))[1]
+    if value is None or fused is None:
+        found.notes.append(f"no LoRA: the q|k|v layout of {found.qkv} could not be checked (no attention function)")
+        return False
+    rows, heads, tokens, dim = value.shape
+    width = fused.shape[-1]
+    third = fused[..., 2 * width // 3 :]
+    if width != 3 * heads * dim or shim.query_shape[1] != heads or third.numel() != value.numel():
+        found.notes.append(f"no LoRA: {found.qkv} is not three equal q|k|v parts")
+        return False
+    if not _close(third.reshape(rows, tokens, heads, dim).transpose(1, 2), value):
+        found.notes.append(f"no LoRA: the last third of {found.qkv} is not the value states (heads interleaved)")
         return False
     return True
 
