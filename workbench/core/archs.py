@@ -95,10 +95,15 @@ class ArchSpec(LayerStack):
         embeddings: module whose output is the token embedding stream (invertible adapters, prompts).
         methods: the adapter methods that apply; adding any other raises UnsupportedModelError.
         pooling: how a classification head reads a sequence: "first" token (encoders), "last" non-pad (decoders),
-            "eos" (the last `<eos>` of encoder-decoder models).
+            "eos" (the last `<eos>` of encoder-decoder models), "pooler": the base model's pooler output (BEiT).
         more_stacks: the layer stacks after the first one.
         encoder: the encoder module of an encoder-decoder model ("" for others). `generate()` calls it on its own,
             so a call into it starts a forward pass of the engine just as a call into the whole model does.
+        file_keys: (our module path, AdapterHub's) pairs for families whose transformers 5 modules are named
+            differently from the transformers 4 ones AdapterHub's files were written with (ViT's `layers` were
+            `encoder.layer`): adapter files are written and read with AdapterHub's names (`keys.to_file_keys`).
+        refuse_if: (method, config attribute, reason) triples: the method is refused on a model whose config sets
+            that attribute (e.g. BEiT's relative position bias has no entries for prompt tokens).
     """
 
     embeddings: str
@@ -106,6 +111,8 @@ class ArchSpec(LayerStack):
     pooling: str = "first"
     more_stacks: tuple[LayerStack, ...] = ()
     encoder: str = ""
+    file_keys: tuple[tuple[str, str], ...] = ()
+    refuse_if: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def stacks(self) -> tuple[LayerStack, ...]:
@@ -232,6 +239,59 @@ def _bart_like(pre_norm: bool, embeddings: str = "encoder.layernorm_embedding") 
 _BART = _bart_like(pre_norm=False)
 _MBART = _bart_like(pre_norm=True)
 
+# --- vision transformers (inputs: pixel_values) -------------------------------------------------------------------
+# transformers 5 renamed ViT's modules (`encoder.layer.N.attention.attention.query` is now `layers.N.attention.q_proj`,
+# `intermediate.dense`/`output.dense` are `mlp.fc1`/`mlp.fc2`); AdapterHub's files keep the old names. The layer
+# applies one `dropout` (ViT) or `drop_path` (BEiT, after the layer scale) to both sublayer outputs, so both
+# sites hook that module: each site acts only between its own residual capture and that module's next call.
+# Invertible adapters transform token embeddings (and invert before an LM head): no place in a vision model, and
+# AdapterHub refuses them on ViT and BEiT too.
+VISION_METHODS = ALL_METHODS - {"invertible"}
+_VIT_FILE_KEYS = (
+    ("layers", "encoder.layer"),
+    ("attention.q_proj", "attention.attention.query"),
+    ("attention.k_proj", "attention.attention.key"),
+    ("attention.v_proj", "attention.attention.value"),
+    ("attention.prefix_tuning", "attention.attention.prefix_tuning"),
+    ("mlp.fc1", "intermediate.dense"),
+    ("mlp.fc2", "output.dense"),
+)
+
+_VIT = ArchSpec(
+    layers="layers",
+    attention_site=Site("dropout", "layernorm_before", None, "attention_adapters"),
+    output_site=Site("dropout", "layernorm_after", None, "output_adapters"),
+    attention="attention",
+    lora={
+        "q": "attention.q_proj",
+        "k": "attention.k_proj",
+        "v": "attention.v_proj",
+        "intermediate": "mlp.fc1",
+        "output": "mlp.fc2",
+    },
+    embeddings="embeddings",
+    attention_output="attention.o_proj",
+    layer_output="",  # the layer returns its hidden states
+    methods=VISION_METHODS,
+    file_keys=(*_VIT_FILE_KEYS, ("output_adapters", "output.output_adapters")),  # AdapterHub: in ViTOutput
+)
+
+_NO_PROMPT_WITH_BIAS = (
+    "BEiT's relative position bias covers the patch grid and [CLS] only; prompt tokens in front of [CLS] have no "
+    "entry in it (the adapters library fails on this too)"
+)
+_BEIT = replace(
+    _VIT,
+    attention_site=Site("drop_path", "layernorm_before", None, "attention_adapters"),
+    output_site=Site("drop_path", "layernorm_after", None, "output_adapters"),
+    file_keys=_VIT_FILE_KEYS,
+    pooling="pooler",  # AdapterHub's BEiT heads read the pooler output (mean of the patch tokens, normed)
+    refuse_if=(
+        ("prompt_tuning", "use_relative_position_bias", _NO_PROMPT_WITH_BIAS),
+        ("prompt_tuning", "use_shared_relative_position_bias", _NO_PROMPT_WITH_BIAS),
+    ),
+)
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _BERT,
     "roberta": _BERT,
@@ -244,6 +304,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "bart": _BART,
     "plbart": _BART,
     "mbart": _MBART,
+    # vision
+    "vit": _VIT,
+    "beit": _BEIT,
 }
 
 

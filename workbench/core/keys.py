@@ -5,6 +5,8 @@ The patterns are AdapterHub's, so files round-trip with the `adapters` library.
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 ADAPTER_KEY_PARTS = (
@@ -76,3 +78,42 @@ def align_base_prefix(state: dict[str, torch.Tensor], prefix: str, root_is_base:
     if root_is_base:
         return {k[len(dotted) :] if k.startswith(dotted) else k: v for k, v in state.items()}
     return {k if k.startswith(dotted) or k.startswith("heads.") else dotted + k: v for k, v in state.items()}
+
+
+# Segments that start an adapter's own part of a key: renames of module paths (`ArchSpec.file_keys`) stop there, so
+# an adapter named like a module ("layers") is never renamed.
+_OWNED_SEGMENTS = frozenset(
+    {"adapters", "adapter_fusion_layer", "loras", "prefix_tunings", "prefix_gates", "refts", "prompt_tunings",
+     "shared_parameters", "modules_to_save", "invertible_adapters"}
+)  # fmt: skip
+
+
+def _renamer(pairs: tuple[tuple[str, str], ...]):
+    """A function renaming the module-path part of a key by `pairs` (whole dotted segments, one pass, no chaining)."""
+    table = dict(pairs)
+    alternatives = "|".join(re.escape(k) for k in sorted(table, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![^.])(?:{alternatives})(?![^.])")
+
+    def rename(key: str) -> str:
+        parts = key.split(".")
+        cut = next((i for i, part in enumerate(parts) if part in _OWNED_SEGMENTS), len(parts))
+        path = pattern.sub(lambda m: table[m.group(0)], ".".join(parts[:cut]))
+        return ".".join([path, *parts[cut:]]) if path else ".".join(parts[cut:])
+
+    return rename
+
+
+def to_file_keys(state: dict[str, torch.Tensor], pairs: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
+    """`state` (this model's keys) with the module names AdapterHub's files use (`ArchSpec.file_keys`)."""
+    if not pairs:
+        return state
+    rename = _renamer(pairs)
+    return {rename(k): v for k, v in state.items()}
+
+
+def from_file_keys(state: dict[str, torch.Tensor], pairs: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
+    """The inverse of `to_file_keys`: keys read from an AdapterHub file, with this model's module names."""
+    if not pairs:
+        return state
+    rename = _renamer(tuple((theirs, ours) for ours, theirs in pairs))
+    return {rename(k): v for k, v in state.items()}

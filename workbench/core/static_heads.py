@@ -86,6 +86,9 @@ STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
         layer_norm=True,
         bias=True,
     ),
+    # image models: ViT's classifier reads [CLS], BEiT's its pooler (the mean of the patch tokens)
+    "ViTForImageClassification": _head("image_classification", [None, "classifier"], **_LINEAR),
+    "BeitForImageClassification": _head("image_classification", [None, "classifier"], **_LINEAR, use_pooler=True),
     **_decoder("GPT2", "classifier"),
     **_decoder("Llama", "score"),
     **_decoder("Mistral", "score"),
