@@ -128,7 +128,11 @@ def restore_unwritten_settings(model, adapter: dict) -> None:
 
 def model_inputs(case: dict) -> dict:
     """The fixed batch in the case's layout, plus the case's forward kwargs (`head=`, ...) and `labels`."""
-    inputs = {k: torch.tensor(INPUTS[k]) for k in ("input_ids", "attention_mask")}
+    if case["input_layout"] == "image":  # the fixed uint8 images (hex), normalized as ViT's image processor does
+        image = torch.tensor(list(bytes.fromhex(INPUTS["image"])), dtype=torch.float32).view(INPUTS["image_shape"])
+        inputs = {"pixel_values": (image / 255 - 0.5) / 0.5}
+    else:
+        inputs = {k: torch.tensor(INPUTS[k]) for k in ("input_ids", "attention_mask")}
     if case["input_layout"] == "multiple_choice":
         inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
     if case["labels"] is not None:
