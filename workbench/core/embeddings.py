@@ -154,11 +154,15 @@ class EmbeddingsMixin:
     def _token_embeddings(self) -> EmbeddingStore:
         """The store, for the operations that need a token embedding (a vision model's patch embedding is none)."""
         base = self._engine.base
-        if not isinstance(base.get_input_embeddings(), nn.Embedding):
-            kind = type(base.get_input_embeddings()).__name__
+        try:
+            embedding = base.get_input_embeddings()
+        except NotImplementedError:  # several towers (CLIPModel): no one input embedding to switch
+            embedding = None
+        if not isinstance(embedding, nn.Embedding):
+            kind = f"through a {type(embedding).__name__}" if embedding is not None else "through no one embedding"
             raise UnsupportedModelError(
                 f"named embeddings replace a token embedding; this {base.config.model_type!r} model reads "
-                f"{getattr(base, 'main_input_name', 'its inputs')} through a {kind}"
+                f"{getattr(base, 'main_input_name', 'its inputs')} {kind}"
             )
         return self._embeddings
 

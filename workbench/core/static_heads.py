@@ -165,7 +165,7 @@ def static_state(model) -> dict[str, torch.Tensor]:
     """The static head's weights: every weight of the model outside the base model (and the engine)."""
     from .keys import is_engine_key
 
-    prefix = model._engine.base.base_model_prefix + "."
+    prefix = model._engine.base_prefix
     return {k: v for k, v in model.state_dict().items() if not k.startswith(prefix) and not is_engine_key(k)}
 
 
