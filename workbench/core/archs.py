@@ -54,6 +54,8 @@ class LayerStack:
         cross_attention: the cross-attention module (prefix tuning's "cross_prefix").
         cross_lora: LoRA places "q", "k", "v" of the cross-attention (AdapterHub's "selfattn" LoRA covers them).
         config: attribute of the model config that holds this stack's config ("" when it is the config itself).
+        whole_rows: the stack's sequence is not the token sequence of the call (CLIP's vision tower in a call with
+            text and images): ReFT takes every row whole instead of reading its positions from the attention mask.
     """
 
     layers: str
@@ -68,6 +70,7 @@ class LayerStack:
     cross_attention: str | None = None
     cross_lora: dict[str, str] = field(default_factory=dict)
     config: str = ""
+    whole_rows: bool = False
 
     def stack_config(self, config):
         """This stack's config: the model config itself, unless the stack names a sub-config."""
@@ -99,11 +102,16 @@ class ArchSpec(LayerStack):
         more_stacks: the layer stacks after the first one.
         encoder: the encoder module of an encoder-decoder model ("" for others). `generate()` calls it on its own,
             so a call into it starts a forward pass of the engine just as a call into the whole model does.
+        entries: further modules a caller may run on their own (CLIP's `get_image_features` runs the vision tower
+            alone): like a call into `encoder`, a call into one outside a whole-model call starts a forward pass.
         file_keys: (our module path, AdapterHub's) pairs for families whose transformers 5 modules are named
             differently from the transformers 4 ones AdapterHub's files were written with (ViT's `layers` were
-            `encoder.layer`): adapter files are written and read with AdapterHub's names (`keys.to_file_keys`).
+            `encoder.layer`): adapter files are written and read with AdapterHub's names (`keys.to_file_keys`). A
+            path starting with "^" is the root model's own, renamed only when the base model is used on its own.
         refuse_if: (method, config attribute, reason) triples: the method is refused on a model whose config sets
             that attribute (e.g. BEiT's relative position bias has no entries for prompt tokens).
+        parallel: whether `Parallel` setups apply. CLIPModel says no: its contrastive logits would pair every
+            channel's images with every channel's texts (AdapterHub refuses Parallel on CLIP too).
     """
 
     embeddings: str
@@ -111,8 +119,10 @@ class ArchSpec(LayerStack):
     pooling: str = "first"
     more_stacks: tuple[LayerStack, ...] = ()
     encoder: str = ""
+    entries: tuple[str, ...] = ()
     file_keys: tuple[tuple[str, str], ...] = ()
     refuse_if: tuple[tuple[str, str, str], ...] = ()
+    parallel: bool = True
 
     @property
     def stacks(self) -> tuple[LayerStack, ...]:
@@ -292,6 +302,67 @@ _BEIT = replace(
     ),
 )
 
+# --- CLIP: a text tower and a vision tower ------------------------------------------------------------------------
+# CLIPModel numbers the text layers first, then the vision layers (AdapterHub's ids); each tower's prefixes have their
+# own location key, named after its config's model type. AdapterHub's transformers 4 towers had a
+# `text_model`/`vision_model` transformer inside CLIPTextModel/CLIPVisionModel; transformers 5's towers are those
+# transformers, so a tower used on its own writes its keys under that name. Invertible adapters act on the text
+# embeddings and live on the text tower (`text_model.invertible_adapters`); AdapterHub has no prompt tuning for CLIP.
+_CLIP_LAYER = dict(
+    attention_site=Site("self_attn", "layer_norm1", None, "attention_adapters"),
+    output_site=Site("mlp", "layer_norm2", None, "output_adapters"),
+    attention="self_attn",
+    lora={
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "intermediate": "mlp.fc1",
+        "output": "mlp.fc2",
+    },
+    attention_output="self_attn.out_proj",
+    layer_output="",  # the layer returns its hidden states
+)
+CLIP_METHODS = ALL_METHODS - {"prompt_tuning"}
+_CLIP_TEXT = ArchSpec(
+    layers="encoder.layers",
+    prefix_key="clip_text_model_self_prefix",
+    embeddings="embeddings",
+    methods=CLIP_METHODS,
+    file_keys=(
+        ("^encoder.layers", "text_model.encoder.layers"),
+        ("^invertible_adapters", "text_model.invertible_adapters"),
+    ),
+    **_CLIP_LAYER,
+)
+_CLIP_VISION = ArchSpec(
+    layers="encoder.layers",
+    prefix_key="clip_vision_model_self_prefix",
+    embeddings="embeddings",
+    methods=VISION_METHODS - {"prompt_tuning"},
+    file_keys=(("^encoder.layers", "vision_model.encoder.layers"),),
+    **_CLIP_LAYER,
+)
+_CLIP = ArchSpec(
+    layers="text_model.encoder.layers",
+    config="text_config",
+    prefix_key="clip_text_model_self_prefix",
+    embeddings="text_model.embeddings",
+    methods=CLIP_METHODS,
+    more_stacks=(
+        LayerStack(
+            layers="vision_model.encoder.layers",
+            config="vision_config",
+            prefix_key="clip_vision_model_self_prefix",
+            whole_rows=True,  # the text's mask says nothing about the patches (AdapterHub applies it to them)
+            **_CLIP_LAYER,
+        ),
+    ),
+    encoder="text_model",  # holds the invertible adapters; get_text_features runs it alone
+    entries=("vision_model",),  # get_image_features runs it alone
+    parallel=False,
+    **_CLIP_LAYER,
+)
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _BERT,
     "roberta": _BERT,
@@ -307,6 +378,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # vision
     "vit": _VIT,
     "beit": _BEIT,
+    "clip": _CLIP,
+    "clip_text_model": _CLIP_TEXT,
+    "clip_vision_model": _CLIP_VISION,
 }
 
 

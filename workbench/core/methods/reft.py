@@ -6,8 +6,10 @@ orthogonal parametrization, so the weight keys match AdapterHub's), NoReFT leave
 It acts on the first `prefix_positions` and the last `suffix_positions` tokens of each row, found from the 2-D
 attention mask as AdapterHub does: a row starts at its first 1 and has as many tokens as 1s, so right and left
 padding both work; without a mask or tokens (a vision model's `pixel_values`), every row spans the layer's whole
-sequence, as in AdapterHub. The prefix and the suffix have a unit each unless `tied_weights` (where they overlap,
-the suffix wins). A batch whose rows are too short for the positions is refused (the library fails on an index).
+sequence, as in AdapterHub, and so it does in a stack whose sequence is not the call's tokens (CLIP's vision tower;
+AdapterHub applies the text's mask there too, so its suffix positions land on arbitrary patches). The prefix and the
+suffix have a unit each unless `tied_weights` (where they overlap, the suffix wins). A batch whose rows are too
+short for the positions is refused (the library fails on an index).
 
 Generation with a KV cache: the positions are those of the forward that fills the cache (the prompt); the
 forwards that extend it are not intervened, as in the paper, so cached decoding equals re-running the whole text
@@ -138,6 +140,7 @@ class ReftLayer(ComposableLayer):
     def __init__(self, engine, layer_idx: int):
         self.engine, self.layer_idx = engine, layer_idx
         ref = engine.layer_refs[layer_idx]
+        self.whole_rows = ref.stack.whole_rows
         layer = ref.module
         self.container = ReftContainer()
         layer.reft_layer = self.container
@@ -157,7 +160,7 @@ class ReftLayer(ComposableLayer):
         if positions is None or not any(name in self.refts for name in ctx.names):
             return None  # no ReFT adapter runs here, or a decoding step that extends a cache
         hidden = output[0] if isinstance(output, tuple) else output
-        if positions is WHOLE_ROWS:
+        if positions is WHOLE_ROWS or self.whole_rows:
             starts = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
             positions = (starts, starts + hidden.shape[1])
         out = compose(self, ctx.setup, ReftState(hidden, *positions), ctx).hidden
