@@ -171,6 +171,28 @@ VISION_ARCHS = {
 IMAGE_SHAPE = (len(LENGTHS), 3, IMAGE_SIZE, IMAGE_SIZE)
 
 
+# CLIP: a text tower (the text models' sizes and token ids), a vision tower (the vision models' sizes and images) and
+# both in CLIPModel. eos_token_id=2 selects CLIP's original pooling (the highest token id of each row).
+CLIP_TEXT = dict(
+    COMMON,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    intermediate_size=FFN,
+    max_position_embeddings=MAX_POS,
+)
+CLIP_VISION = {k: v for k, v in VISION.items() if k != "initializer_range"}
+CLIP_ARCHS = {
+    "clip_text": (transformers.CLIPTextConfig, CLIP_TEXT),
+    "clip_vision": (transformers.CLIPVisionConfig, CLIP_VISION),
+    "clip": (
+        lambda **kw: transformers.CLIPConfig(text_config=CLIP_TEXT, vision_config=CLIP_VISION, **kw),
+        {"initializer_range": 0.1},
+    ),
+}
+CLIP_LAYOUTS = {"clip_text": "default", "clip_vision": "image", "clip": "text_image"}
+
+
 def make_image() -> str:
     """A fixed batch of 3 RGB images, seeded: their uint8 values (as an image file holds them) as one hex string."""
     gen = torch.Generator().manual_seed(4321)
@@ -203,7 +225,7 @@ def make_inputs() -> dict:
 
 def build_base_models(out: Path) -> None:
     """Create and save one seeded base model (plain AutoModel class) per architecture."""
-    for i, (arch, (config_cls, kwargs)) in enumerate(VISION_ARCHS.items()):
+    for i, (arch, (config_cls, kwargs)) in enumerate({**VISION_ARCHS, **CLIP_ARCHS}.items()):
         torch.manual_seed(200 + i)
         model = transformers.AutoModel.from_config(config_cls(**kwargs), attn_implementation=attn_for(arch))
         model.save_pretrained(out / "models" / arch, safe_serialization=True)
@@ -699,6 +721,44 @@ def vision_cases() -> list:
     return cases
 
 
+CLIP_METHODS = {
+    m: VISION_METHODS.get(m, cfg)
+    for m, cfg in METHODS.items()
+    if m in ("seq_bn", "double_seq_bn", "par_bn", "compacter", "lora", "ia3", "prefix_tuning", "prompt_tuning",
+             "loreft", "seq_bn_inv")
+}  # fmt: skip
+
+
+def clip_cases() -> list:
+    """g) CLIP through `adapters.init`: CLIPTextModel (token ids), CLIPVisionModel (images) and CLIPModel (both; its
+    layers are numbered text first, then vision); compositions on CLIPModel; CLIPAdapterModel's `clip.` keys."""
+    cases = []
+    for arch, layout in CLIP_LAYOUTS.items():
+        cases.append(Case(f"{arch}-base", arch, [], None, layout=layout))
+        for m, cfg in CLIP_METHODS.items():
+            cases.append(Case(f"{arch}-{m}", arch, [("a", cfg)], "a", layout=layout))
+    # leave_out counts text layers 0-1, then vision layers 2-3: prefixes on the vision tower only; no adapter on vision
+    # layer 2
+    leave_text = "prefix_tuning[bottleneck_size=16,leave_out=[0,1]]"
+    cases.append(Case("clip-prefix_tuning-leave_out01", "clip", [("a", leave_text)], "a", layout="text_image"))
+    cases.append(Case("clip-seq_bn-leave_out2", "clip", [("a", "seq_bn[leave_out=[2]]")], "a", layout="text_image"))
+    bn2, lora2 = [("a", "seq_bn"), ("b", "seq_bn")], [("a", "lora"), ("b", "lora")]
+    prefix2 = [("a", PREFIX_SMALL), ("b", PREFIX_SMALL)]
+    compositions = {
+        "stack": (bn2, Stack("a", "b")),
+        "parallel": (bn2, Parallel("a", "b")),
+        "batchsplit": (bn2, BatchSplit("a", "b", batch_sizes=[1, 2])),
+        "lora-parallel": (lora2, Parallel("a", "b")),
+        "prefix-parallel": (prefix2, Parallel("a", "b")),
+        "madx": ([("lang", "seq_bn_inv"), ("task", "seq_bn")], Stack("lang", "task")),
+    }
+    for slug, (ads, active) in compositions.items():
+        cases.append(Case(f"clip-comp-{slug}", "clip", ads, active, layout="text_image"))
+    cases.append(Case("clip-adapter_model-seq_bn", "clip", [("a", "seq_bn")], "a", model_class="adapter_model",
+                      layout="text_image", head=None))  # fmt: skip
+    return cases
+
+
 # ---------------------------------------------------------------------------------------------
 # Building and running one case
 # ---------------------------------------------------------------------------------------------
@@ -741,6 +801,8 @@ def fusion_config(spec: str) -> dict:
 def model_inputs(inputs: dict, layout: str) -> dict:
     if layout == "image":
         return {"pixel_values": image_pixel_values(inputs)}
+    if layout == "text_image":  # CLIPModel: the token batch and the image batch
+        return {**model_inputs(inputs, "default"), "pixel_values": image_pixel_values(inputs)}
     ids, mask = torch.tensor(inputs["input_ids"]), torch.tensor(inputs["attention_mask"])
     if layout == "multiple_choice":
         ids, mask = ids.view(1, *ids.shape), mask.view(1, *mask.shape)
@@ -1046,7 +1108,8 @@ def main() -> None:
     build_base_models(out)
 
     entries, skipped = [], []
-    for case in method_cases() + head_cases() + composition_cases() + head_composition_cases() + vision_cases():
+    cases = method_cases() + head_cases() + composition_cases() + head_composition_cases()
+    for case in cases + vision_cases() + clip_cases():
         if args.only and args.only not in case.id:
             continue
         try:
