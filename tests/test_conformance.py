@@ -128,7 +128,12 @@ def restore_unwritten_settings(model, adapter: dict) -> None:
 
 def model_inputs(case: dict) -> dict:
     """The fixed batch in the case's layout, plus the case's forward kwargs (`head=`, ...) and `labels`."""
-    inputs = {k: torch.tensor(INPUTS[k]) for k in ("input_ids", "attention_mask")}
+    inputs = {}
+    if case["input_layout"] in ("image", "text_image"):  # the fixed uint8 images (hex), normalized as ViT's does
+        image = torch.tensor(list(bytes.fromhex(INPUTS["image"])), dtype=torch.float32).view(INPUTS["image_shape"])
+        inputs["pixel_values"] = (image / 255 - 0.5) / 0.5
+    if case["input_layout"] != "image":  # CLIPModel ("text_image") takes the token batch too
+        inputs.update({k: torch.tensor(INPUTS[k]) for k in ("input_ids", "attention_mask")})
     if case["input_layout"] == "multiple_choice":
         inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
     if case["labels"] is not None:

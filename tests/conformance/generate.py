@@ -148,6 +148,63 @@ ARCHS = {
 }
 
 
+# Vision families (inputs: pixel_values), kept out of ARCHS: the text matrices (classification heads, token-length
+# Split, ...) do not apply to them. `beit-relpos` has BEiT's relative position bias in every layer (the library cannot
+# run prefix or prompt tuning there).
+IMAGE_SIZE, PATCH = 32, 8
+VISION = dict(
+    image_size=IMAGE_SIZE,
+    patch_size=PATCH,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    intermediate_size=FFN,
+    initializer_range=0.1,
+)
+VISION_ARCHS = {
+    "vit": (transformers.ViTConfig, VISION),
+    "beit": (transformers.BeitConfig, VISION),
+    "beit-relpos": (transformers.BeitConfig, dict(VISION, use_relative_position_bias=True)),
+}
+
+
+IMAGE_SHAPE = (len(LENGTHS), 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+# CLIP: a text tower (the text models' sizes and token ids), a vision tower (the vision models' sizes and images) and
+# both in CLIPModel. eos_token_id=2 selects CLIP's original pooling (the highest token id of each row).
+CLIP_TEXT = dict(
+    COMMON,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    intermediate_size=FFN,
+    max_position_embeddings=MAX_POS,
+)
+CLIP_VISION = {k: v for k, v in VISION.items() if k != "initializer_range"}
+CLIP_ARCHS = {
+    "clip_text": (transformers.CLIPTextConfig, CLIP_TEXT),
+    "clip_vision": (transformers.CLIPVisionConfig, CLIP_VISION),
+    "clip": (
+        lambda **kw: transformers.CLIPConfig(text_config=CLIP_TEXT, vision_config=CLIP_VISION, **kw),
+        {"initializer_range": 0.1},
+    ),
+}
+CLIP_LAYOUTS = {"clip_text": "default", "clip_vision": "image", "clip": "text_image"}
+
+
+def make_image() -> str:
+    """A fixed batch of 3 RGB images, seeded: their uint8 values (as an image file holds them) as one hex string."""
+    gen = torch.Generator().manual_seed(4321)
+    return bytes(torch.randint(0, 256, IMAGE_SHAPE, generator=gen).flatten().tolist()).hex()
+
+
+def image_pixel_values(inputs: dict) -> torch.Tensor:
+    """`pixel_values` of the fixed images, normalized as ViT's image processor does (mean 0.5, std 0.5)."""
+    values = torch.tensor(list(bytes.fromhex(inputs["image"])), dtype=torch.float32).view(inputs["image_shape"])
+    return (values / 255 - 0.5) / 0.5
+
+
 def make_inputs() -> dict:
     """Fixed batch: token ids in [3, VOCAB), right padded with PAD."""
     gen = torch.Generator().manual_seed(1234)
@@ -160,11 +217,19 @@ def make_inputs() -> dict:
         "pad_token_id": PAD,
         "lengths": list(LENGTHS),
         "multiple_choice_layout": "input_ids/attention_mask viewed as (1, 3, 8): 1 example, 3 choices",
+        "image": make_image(),
+        "image_shape": list(IMAGE_SHAPE),
+        "image_layout": "image: uint8 values as hex, viewed as image_shape; pixel_values = (image / 255 - 0.5) / 0.5",
     }
 
 
 def build_base_models(out: Path) -> None:
     """Create and save one seeded base model (plain AutoModel class) per architecture."""
+    for i, (arch, (config_cls, kwargs)) in enumerate({**VISION_ARCHS, **CLIP_ARCHS}.items()):
+        torch.manual_seed(200 + i)
+        model = transformers.AutoModel.from_config(config_cls(**kwargs), attn_implementation=attn_for(arch))
+        model.save_pretrained(out / "models" / arch, safe_serialization=True)
+        write_json(out / "models" / arch / "keys.json", weight_keys(out / "models" / arch))
     for i, (arch, (config_cls, kwargs)) in enumerate(ARCHS.items()):
         torch.manual_seed(100 + i)
         model = transformers.AutoModel.from_config(config_cls(**kwargs), attn_implementation=attn_for(arch))
@@ -597,6 +662,104 @@ def head_composition_matrix(existing: list) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
+# Vision: ViT and BEiT (pixel_values)
+# ---------------------------------------------------------------------------------------------
+
+# Every method of the text matrix, with the small prefix bottleneck; `seq_bn_inv` records that the library refuses
+# invertible adapters on image models.
+VISION_METHODS = {m: PREFIX_SMALL if m == "prefix_tuning" else cfg for m, cfg in METHODS.items() if "inv" not in m}
+VISION_METHODS["seq_bn_inv"] = "seq_bn_inv"
+
+
+# With relative position bias, the methods whose weights or keys meet the attention (the rest act as on `beit`).
+RELPOS_METHODS = ("seq_bn", "lora", "ia3", "prefix_tuning", "prompt_tuning", "loreft")
+
+
+def image_head(name: str, num_labels: int, **kwargs) -> tuple:
+    return (name, "image_classification", dict(num_labels=num_labels, **kwargs))
+
+
+def vision_cases() -> list:
+    """f) ViT and BEiT: every method through `adapters.init`, image classification heads with labels (loss), and
+    Parallel / BatchSplit of two adapters with two heads."""
+    cases = []
+    for arch in VISION_ARCHS:
+        cases.append(Case(f"{arch}-base", arch, [], None, layout="image"))
+        for m, cfg in VISION_METHODS.items():
+            if arch == "beit-relpos" and m not in RELPOS_METHODS:
+                continue
+            cases.append(Case(f"{arch}-{m}", arch, [("a", cfg)], "a", layout="image"))
+        labelled = dict(model_class="adapter_model", layout="image", labels=LABELS)
+        three = image_head("a", 3, id2label={0: "cat", 1: "dog", 2: "bird"})
+        head_methods = {
+            "": "seq_bn",
+            "-lora": "lora",
+            "-prefix": PREFIX_SMALL,
+            "-prompt": "prompt_tuning",
+            "-loreft": "loreft[prefix_positions=1,suffix_positions=2]",
+        }
+        for slug, cfg in head_methods.items():
+            case_id = f"{arch}-head-image_classification{slug}"
+            cases.append(Case(case_id, arch, [("a", cfg)], "a", heads=[three], **labelled))
+        variants = {
+            "2layers-pooler": dict(layers=2, use_pooler=True),  # ViT: the pooler's output; BEiT reads it anyway
+            "multilabel": dict(multilabel=True),
+        }
+        for slug, kwargs in variants.items():
+            heads = [image_head("a", 3, **kwargs)]
+            case_id = f"{arch}-head-image_classification-{slug}"
+            cases.append(
+                Case(case_id, arch, [("a", "seq_bn")], "a", model_class="adapter_model", layout="image", heads=heads)
+            )
+        heads_ab = [image_head("a", 2), image_head("b", 3)]
+        split = BatchSplit("a", "b", batch_sizes=[1, 2])
+        for slug, cfg in (("", "seq_bn"), ("-lora", "lora"), ("-prefix", PREFIX_SMALL)):
+            two = [("a", cfg), ("b", cfg)]
+            for block_slug, block in (("parallel", Parallel("a", "b")), ("batchsplit", split)):
+                case_id = f"{arch}-heads-{block_slug}{slug}"
+                cases.append(Case(case_id, arch, two, block, heads=heads_ab, head=None, **labelled))
+    return cases
+
+
+CLIP_METHODS = {
+    m: VISION_METHODS.get(m, cfg)
+    for m, cfg in METHODS.items()
+    if m in ("seq_bn", "double_seq_bn", "par_bn", "compacter", "lora", "ia3", "prefix_tuning", "prompt_tuning",
+             "loreft", "seq_bn_inv")
+}  # fmt: skip
+
+
+def clip_cases() -> list:
+    """g) CLIP through `adapters.init`: CLIPTextModel (token ids), CLIPVisionModel (images) and CLIPModel (both; its
+    layers are numbered text first, then vision); compositions on CLIPModel; CLIPAdapterModel's `clip.` keys."""
+    cases = []
+    for arch, layout in CLIP_LAYOUTS.items():
+        cases.append(Case(f"{arch}-base", arch, [], None, layout=layout))
+        for m, cfg in CLIP_METHODS.items():
+            cases.append(Case(f"{arch}-{m}", arch, [("a", cfg)], "a", layout=layout))
+    # leave_out counts text layers 0-1, then vision layers 2-3: prefixes on the vision tower only; no adapter on vision
+    # layer 2
+    leave_text = "prefix_tuning[bottleneck_size=16,leave_out=[0,1]]"
+    cases.append(Case("clip-prefix_tuning-leave_out01", "clip", [("a", leave_text)], "a", layout="text_image"))
+    cases.append(Case("clip-seq_bn-leave_out2", "clip", [("a", "seq_bn[leave_out=[2]]")], "a", layout="text_image"))
+    bn2, lora2 = [("a", "seq_bn"), ("b", "seq_bn")], [("a", "lora"), ("b", "lora")]
+    prefix2 = [("a", PREFIX_SMALL), ("b", PREFIX_SMALL)]
+    compositions = {
+        "stack": (bn2, Stack("a", "b")),
+        "parallel": (bn2, Parallel("a", "b")),
+        "batchsplit": (bn2, BatchSplit("a", "b", batch_sizes=[1, 2])),
+        "lora-parallel": (lora2, Parallel("a", "b")),
+        "prefix-parallel": (prefix2, Parallel("a", "b")),
+        "madx": ([("lang", "seq_bn_inv"), ("task", "seq_bn")], Stack("lang", "task")),
+    }
+    for slug, (ads, active) in compositions.items():
+        cases.append(Case(f"clip-comp-{slug}", "clip", ads, active, layout="text_image"))
+    cases.append(Case("clip-adapter_model-seq_bn", "clip", [("a", "seq_bn")], "a", model_class="adapter_model",
+                      layout="text_image", head=None))  # fmt: skip
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
 # Building and running one case
 # ---------------------------------------------------------------------------------------------
 
@@ -636,6 +799,10 @@ def fusion_config(spec: str) -> dict:
 
 
 def model_inputs(inputs: dict, layout: str) -> dict:
+    if layout == "image":
+        return {"pixel_values": image_pixel_values(inputs)}
+    if layout == "text_image":  # CLIPModel: the token batch and the image batch
+        return {**model_inputs(inputs, "default"), "pixel_values": image_pixel_values(inputs)}
     ids, mask = torch.tensor(inputs["input_ids"]), torch.tensor(inputs["attention_mask"])
     if layout == "multiple_choice":
         ids, mask = ids.view(1, *ids.shape), mask.view(1, *mask.shape)
@@ -941,7 +1108,8 @@ def main() -> None:
     build_base_models(out)
 
     entries, skipped = [], []
-    for case in method_cases() + head_cases() + composition_cases() + head_composition_cases():
+    cases = method_cases() + head_cases() + composition_cases() + head_composition_cases()
+    for case in cases + vision_cases() + clip_cases():
         if args.only and args.only not in case.id:
             continue
         try:

@@ -366,6 +366,33 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             use_pooler=use_pooler,
         )
 
+    def add_image_classification_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: str = "tanh",
+        overwrite_ok: bool = False,
+        multilabel: bool = False,
+        id2label=None,
+        use_pooler: bool = False,
+        set_active: bool = True,
+    ) -> None:
+        """A classification head on an image model (ViT: the [CLS] token, or its pooler with `use_pooler`; BEiT:
+        always its pooler, the mean of the patch tokens). Called with `pixel_values` and `labels`."""
+        self._add_head(
+            "image_classification",
+            head_name,
+            overwrite_ok,
+            set_active,
+            num_labels=num_labels,
+            layers=layers,
+            activation_function=activation_function,
+            multilabel=multilabel,
+            id2label=id2label,
+            use_pooler=use_pooler,
+        )
+
     def add_tagging_head(
         self,
         head_name: str,
@@ -677,7 +704,14 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         **kwargs,
     ):
         """Run the base model, then the head(s): `head=`, else the enclosing `AdapterSetup`'s `head_setup`, else
-        `active_head`. Without a head, the base model's output."""
+        `active_head`. Without a head, the base model's output. The first positional argument is the base model's
+        main input: `input_ids`, or `pixel_values` for an image model (as AdapterHub's `ViTAdapterModel(pixel_values)`).
+        """
+        main_input = getattr(self.base_model, "main_input_name", "input_ids")
+        if main_input != "input_ids" and input_ids is not None:
+            if main_input in kwargs:
+                raise TypeError(f"{type(self).__name__}.forward got {main_input} twice (positionally and by name)")
+            kwargs[main_input], input_ids = input_ids, None
         scoped = scoped_setup()
         setup = scoped.adapter_setup if scoped is not None else self._engine.active_setup
         plan = current_plan()  # per-row adapters: `adapter_names` (taken from the call by the engine's hook)
@@ -832,7 +866,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             if getattr(call.outputs, "past_key_values", None) is not None:  # generate() continues from the cache
                 result["past_key_values"] = call.outputs.past_key_values
             return result
-        if head.config.get("use_pooler") and pooled is not None:
+        if pooled is not None and (head.config.get("use_pooler") or self._engine.spec.pooling == "pooler"):
             cls = pooled
         elif isinstance(head, (TaggingHead, QuestionAnsweringHead, BiaffineParsingHead)):
             cls = None  # token-level heads read the hidden states
@@ -843,7 +877,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     def _cls_token(self, hidden: torch.Tensor, input_ids) -> torch.Tensor:
         """The sequence representation a classification head reads, as the architecture spec says to pool."""
         pooling = self._engine.spec.pooling
-        if pooling == "first" and not getattr(self.config, "is_decoder", False):
+        # "pooler" without a pooler output (a base model built without one) reads [CLS], as AdapterHub's heads do
+        if pooling in ("first", "pooler") and not getattr(self.config, "is_decoder", False):
             return hidden[:, 0]
         if pooling == "eos":
             return self._last_eos(hidden, input_ids)

@@ -54,6 +54,8 @@ class LayerStack:
         cross_attention: the cross-attention module (prefix tuning's "cross_prefix").
         cross_lora: LoRA places "q", "k", "v" of the cross-attention (AdapterHub's "selfattn" LoRA covers them).
         config: attribute of the model config that holds this stack's config ("" when it is the config itself).
+        whole_rows: the stack's sequence is not the token sequence of the call (CLIP's vision tower in a call with
+            text and images): ReFT takes every row whole instead of reading its positions from the attention mask.
     """
 
     layers: str
@@ -68,6 +70,7 @@ class LayerStack:
     cross_attention: str | None = None
     cross_lora: dict[str, str] = field(default_factory=dict)
     config: str = ""
+    whole_rows: bool = False
 
     def stack_config(self, config):
         """This stack's config: the model config itself, unless the stack names a sub-config."""
@@ -95,10 +98,20 @@ class ArchSpec(LayerStack):
         embeddings: module whose output is the token embedding stream (invertible adapters, prompts).
         methods: the adapter methods that apply; adding any other raises UnsupportedModelError.
         pooling: how a classification head reads a sequence: "first" token (encoders), "last" non-pad (decoders),
-            "eos" (the last `<eos>` of encoder-decoder models).
+            "eos" (the last `<eos>` of encoder-decoder models), "pooler": the base model's pooler output (BEiT).
         more_stacks: the layer stacks after the first one.
         encoder: the encoder module of an encoder-decoder model ("" for others). `generate()` calls it on its own,
             so a call into it starts a forward pass of the engine just as a call into the whole model does.
+        entries: further modules a caller may run on their own (CLIP's `get_image_features` runs the vision tower
+            alone): like a call into `encoder`, a call into one outside a whole-model call starts a forward pass.
+        file_keys: (our module path, AdapterHub's) pairs for families whose transformers 5 modules are named
+            differently from the transformers 4 ones AdapterHub's files were written with (ViT's `layers` were
+            `encoder.layer`): adapter files are written and read with AdapterHub's names (`keys.to_file_keys`). A
+            path starting with "^" is the root model's own, renamed only when the base model is used on its own.
+        refuse_if: (method, config attribute, reason) triples: the method is refused on a model whose config sets
+            that attribute (e.g. BEiT's relative position bias has no entries for prompt tokens).
+        parallel: whether `Parallel` setups apply. CLIPModel says no: its contrastive logits would pair every
+            channel's images with every channel's texts (AdapterHub refuses Parallel on CLIP too).
     """
 
     embeddings: str
@@ -106,6 +119,10 @@ class ArchSpec(LayerStack):
     pooling: str = "first"
     more_stacks: tuple[LayerStack, ...] = ()
     encoder: str = ""
+    entries: tuple[str, ...] = ()
+    file_keys: tuple[tuple[str, str], ...] = ()
+    refuse_if: tuple[tuple[str, str, str], ...] = ()
+    parallel: bool = True
 
     @property
     def stacks(self) -> tuple[LayerStack, ...]:
@@ -232,6 +249,120 @@ def _bart_like(pre_norm: bool, embeddings: str = "encoder.layernorm_embedding") 
 _BART = _bart_like(pre_norm=False)
 _MBART = _bart_like(pre_norm=True)
 
+# --- vision transformers (inputs: pixel_values) -------------------------------------------------------------------
+# transformers 5 renamed ViT's modules (`encoder.layer.N.attention.attention.query` is now `layers.N.attention.q_proj`,
+# `intermediate.dense`/`output.dense` are `mlp.fc1`/`mlp.fc2`); AdapterHub's files keep the old names. The layer
+# applies one `dropout` (ViT) or `drop_path` (BEiT, after the layer scale) to both sublayer outputs, so both
+# sites hook that module: each site acts only between its own residual capture and that module's next call.
+# Invertible adapters transform token embeddings (and invert before an LM head): no place in a vision model, and
+# AdapterHub refuses them on ViT and BEiT too.
+VISION_METHODS = ALL_METHODS - {"invertible"}
+_VIT_FILE_KEYS = (
+    ("layers", "encoder.layer"),
+    ("attention.q_proj", "attention.attention.query"),
+    ("attention.k_proj", "attention.attention.key"),
+    ("attention.v_proj", "attention.attention.value"),
+    ("attention.prefix_tuning", "attention.attention.prefix_tuning"),
+    ("mlp.fc1", "intermediate.dense"),
+    ("mlp.fc2", "output.dense"),
+)
+
+_VIT = ArchSpec(
+    layers="layers",
+    attention_site=Site("dropout", "layernorm_before", None, "attention_adapters"),
+    output_site=Site("dropout", "layernorm_after", None, "output_adapters"),
+    attention="attention",
+    lora={
+        "q": "attention.q_proj",
+        "k": "attention.k_proj",
+        "v": "attention.v_proj",
+        "intermediate": "mlp.fc1",
+        "output": "mlp.fc2",
+    },
+    embeddings="embeddings",
+    attention_output="attention.o_proj",
+    layer_output="",  # the layer returns its hidden states
+    methods=VISION_METHODS,
+    file_keys=(*_VIT_FILE_KEYS, ("output_adapters", "output.output_adapters")),  # AdapterHub: in ViTOutput
+)
+
+_NO_PROMPT_WITH_BIAS = (
+    "BEiT's relative position bias covers the patch grid and [CLS] only; prompt tokens in front of [CLS] have no "
+    "entry in it (the adapters library fails on this too)"
+)
+_BEIT = replace(
+    _VIT,
+    attention_site=Site("drop_path", "layernorm_before", None, "attention_adapters"),
+    output_site=Site("drop_path", "layernorm_after", None, "output_adapters"),
+    file_keys=_VIT_FILE_KEYS,
+    pooling="pooler",  # AdapterHub's BEiT heads read the pooler output (mean of the patch tokens, normed)
+    refuse_if=(
+        ("prompt_tuning", "use_relative_position_bias", _NO_PROMPT_WITH_BIAS),
+        ("prompt_tuning", "use_shared_relative_position_bias", _NO_PROMPT_WITH_BIAS),
+    ),
+)
+
+# --- CLIP: a text tower and a vision tower ------------------------------------------------------------------------
+# CLIPModel numbers the text layers first, then the vision layers (AdapterHub's ids); each tower's prefixes have their
+# own location key, named after its config's model type. AdapterHub's transformers 4 towers had a
+# `text_model`/`vision_model` transformer inside CLIPTextModel/CLIPVisionModel; transformers 5's towers are those
+# transformers, so a tower used on its own writes its keys under that name. Invertible adapters act on the text
+# embeddings and live on the text tower (`text_model.invertible_adapters`); AdapterHub has no prompt tuning for CLIP.
+_CLIP_LAYER = dict(
+    attention_site=Site("self_attn", "layer_norm1", None, "attention_adapters"),
+    output_site=Site("mlp", "layer_norm2", None, "output_adapters"),
+    attention="self_attn",
+    lora={
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "intermediate": "mlp.fc1",
+        "output": "mlp.fc2",
+    },
+    attention_output="self_attn.out_proj",
+    layer_output="",  # the layer returns its hidden states
+)
+CLIP_METHODS = ALL_METHODS - {"prompt_tuning"}
+_CLIP_TEXT = ArchSpec(
+    layers="encoder.layers",
+    prefix_key="clip_text_model_self_prefix",
+    embeddings="embeddings",
+    methods=CLIP_METHODS,
+    file_keys=(
+        ("^encoder.layers", "text_model.encoder.layers"),
+        ("^invertible_adapters", "text_model.invertible_adapters"),
+    ),
+    **_CLIP_LAYER,
+)
+_CLIP_VISION = ArchSpec(
+    layers="encoder.layers",
+    prefix_key="clip_vision_model_self_prefix",
+    embeddings="embeddings",
+    methods=VISION_METHODS - {"prompt_tuning"},
+    file_keys=(("^encoder.layers", "vision_model.encoder.layers"),),
+    **_CLIP_LAYER,
+)
+_CLIP = ArchSpec(
+    layers="text_model.encoder.layers",
+    config="text_config",
+    prefix_key="clip_text_model_self_prefix",
+    embeddings="text_model.embeddings",
+    methods=CLIP_METHODS,
+    more_stacks=(
+        LayerStack(
+            layers="vision_model.encoder.layers",
+            config="vision_config",
+            prefix_key="clip_vision_model_self_prefix",
+            whole_rows=True,  # the text's mask says nothing about the patches (AdapterHub applies it to them)
+            **_CLIP_LAYER,
+        ),
+    ),
+    encoder="text_model",  # holds the invertible adapters; get_text_features runs it alone
+    entries=("vision_model",),  # get_image_features runs it alone
+    parallel=False,
+    **_CLIP_LAYER,
+)
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _BERT,
     "roberta": _BERT,
@@ -244,6 +375,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "bart": _BART,
     "plbart": _BART,
     "mbart": _MBART,
+    # vision
+    "vit": _VIT,
+    "beit": _BEIT,
+    "clip": _CLIP,
+    "clip_text_model": _CLIP_TEXT,
+    "clip_vision_model": _CLIP_VISION,
 }
 
 

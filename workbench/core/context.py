@@ -133,9 +133,13 @@ def keep_call_context(checkpoint_fn):
     return run
 
 
+# A model's main inputs, whatever its modality (text, images, audio features): each is batch-first.
+BATCH_INPUTS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
+
+
 def batch_size_of(args, kwargs) -> int | None:
     """The batch size of a model call, from its first batch-shaped input."""
-    for key in ("input_ids", "inputs_embeds", "attention_mask"):
+    for key in BATCH_INPUTS:
         value = kwargs.get(key)
         if isinstance(value, torch.Tensor):
             return value.shape[0]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import files
-from .errors import AdapterConfigError, AdapterLoadError
+from .errors import AdapterConfigError, AdapterLoadError, UnsupportedModelError
 from .names import check_name
 
 DEFAULT = "default"  # the name of the model's own embedding
@@ -151,6 +151,21 @@ class EmbeddingsMixin:
     def _embeddings(self) -> EmbeddingStore:
         return store_of(self._engine)
 
+    def _token_embeddings(self) -> EmbeddingStore:
+        """The store, for the operations that need a token embedding (a vision model's patch embedding is none)."""
+        base = self._engine.base
+        try:
+            embedding = base.get_input_embeddings()
+        except NotImplementedError:  # several towers (CLIPModel): no one input embedding to switch
+            embedding = None
+        if not isinstance(embedding, nn.Embedding):
+            kind = f"through a {type(embedding).__name__}" if embedding is not None else "through no one embedding"
+            raise UnsupportedModelError(
+                f"named embeddings replace a token embedding; this {base.config.model_type!r} model reads "
+                f"{getattr(base, 'main_input_name', 'its inputs')} {kind}"
+            )
+        return self._embeddings
+
     @property
     def active_embeddings(self) -> str:
         """The name of the embedding the model currently reads its input ids with."""
@@ -170,7 +185,7 @@ class EmbeddingsMixin:
             embedding_dim: the embedding size (default: `config.embedding_size`, else the current embedding's).
         """
         check_name(name, "embedding")
-        store = self._embeddings
+        store = self._token_embeddings()
         if name in store.loaded or name == store.active:
             raise AdapterConfigError(f"an embedding named {name!r} already exists")
         store.add(name, new_embedding(store, tokenizer, reference_embedding, reference_tokenizer, embedding_dim))
@@ -185,13 +200,13 @@ class EmbeddingsMixin:
 
     def save_embeddings(self, path, name: str, tokenizer=None) -> None:
         """Save embedding `name` to the folder `path` (AdapterHub's `embedding.pt`), with `tokenizer` if given."""
-        save(self._embeddings, path, name, tokenizer)
+        save(self._token_embeddings(), path, name, tokenizer)
 
     def load_embeddings(self, path, name: str):
         """Load an embedding saved by `save_embeddings` as `name` and make it active; returns the tokenizer saved
         with it, or None."""
         check_name(name, "embedding")
-        store = self._embeddings
+        store = self._token_embeddings()
         if name in store.loaded or name == store.active:
             raise AdapterConfigError(f"an embedding named {name!r} already exists")
         weight, tokenizer = read(path, self._engine.base.get_input_embeddings().embedding_dim)

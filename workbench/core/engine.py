@@ -50,7 +50,10 @@ class EngineState:
         self.spec = spec or arch_for(base.config)
         self._layer_refs: list[LayerRef] | None = None
         self._layer_paths: dict[str, LayerRef] | None = None
-        self.base_prefix = "" if root is base else base.base_model_prefix + "."
+        # where the root model holds the base: usually its `base_model_prefix` ("bert"); CLIPTextModelWithProjection
+        # holds its CLIPTextModel (whose own prefix is "clip") as `text_model`
+        self.base_path = "" if root is base else _path_of(root, base)
+        self.base_prefix = self.base_path + "." if self.base_path else ""
         self.configs: dict = {}
         self.fusions: dict[str, tuple[list[str], object]] = {}
         self.active_setup: Block | None = None
@@ -64,10 +67,12 @@ class EngineState:
         self._checked_rows: tuple | None = None
         base.register_forward_pre_hook(self._begin, with_kwargs=True)
         base.register_forward_hook(self._end, always_call=True)
-        if self.spec.encoder:  # generate() runs an encoder-decoder model's encoder on its own, before the decoder steps
-            encoder = get_module(base, self.spec.encoder)
-            encoder.register_forward_pre_hook(self._encoder_begin, with_kwargs=True)
-            encoder.register_forward_hook(self._encoder_end, always_call=True)
+        # generate() runs an encoder-decoder model's encoder on its own, before the decoder steps; CLIP's
+        # get_text_features/get_image_features run one tower
+        for path in filter(None, (self.spec.encoder, *self.spec.entries)):
+            entry = get_module(base, path)
+            entry.register_forward_pre_hook(self._encoder_begin, with_kwargs=True)
+            entry.register_forward_hook(self._encoder_end, always_call=True)
         if root is not base:  # `adapter_names` given to the task model holds for its head and head-side modules too
             root.register_forward_pre_hook(self._root_begin, with_kwargs=True)
             root.register_forward_hook(self._root_end, with_kwargs=True, always_call=True)
@@ -84,6 +89,12 @@ class EngineState:
                     refs.append(LayerRef(len(refs), f"{stack.layers}.{position}", module, stack))
             self._layer_refs = refs
         return self._layer_refs
+
+    @property
+    def saved_prefix(self) -> str:
+        """The base model's prefix in files saved from a model with heads (`bert`): where the root holds the base,
+        else (a bare base model) the base model's own `base_model_prefix`, which such files start with."""
+        return self.base_path or self.base.base_model_prefix
 
     @property
     def layers(self) -> list[nn.Module]:
@@ -106,7 +117,10 @@ class EngineState:
 
     def reference_weight(self) -> torch.Tensor | None:
         """A weight of the base model whose device and dtype new adapters take (found in O(1))."""
-        embeddings = self.base.get_input_embeddings() if hasattr(self.base, "get_input_embeddings") else None
+        try:
+            embeddings = self.base.get_input_embeddings() if hasattr(self.base, "get_input_embeddings") else None
+        except NotImplementedError:  # a model of several towers (CLIPModel) has no one input embedding
+            embeddings = None
         weight = getattr(embeddings, "weight", None)
         if weight is not None and weight.is_floating_point():
             return weight
@@ -317,3 +331,11 @@ def record_gating(
     score = score.unsqueeze(0) if score.dim() == 0 else score
     previous = per_layer.get(location)
     per_layer[location] = score if previous is None else torch.column_stack((previous, score))
+
+
+def _path_of(root: nn.Module, base: nn.Module) -> str:
+    """The module path of `base` inside `root`."""
+    prefix = getattr(root, "base_model_prefix", "")
+    if prefix and getattr(root, prefix, None) is base:
+        return prefix
+    return next(name for name, module in root.named_modules() if module is base)

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from transformers import PretrainedConfig
 from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
+    ImageClassifierOutput,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
     QuestionAnsweringModelOutput,
@@ -190,7 +191,7 @@ def check_head_options(config: dict) -> None:
     p = config.get("dropout_prob")
     if p is not None and (isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1):
         raise bad("dropout_prob", "None or a probability in [0, 1)")
-    for key in ("bias", "use_pooler", "layer_norm", "shift_labels"):
+    for key in ("bias", "use_pooler", "layer_norm", "shift_labels", "multilabel"):
         if key in config and not isinstance(config[key], bool):
             raise bad(key, "true or false")
     _check_label2id(config, bad)
@@ -259,6 +260,41 @@ class MultiLabelClassificationHead(ClassificationHead):
         labels = kwargs.get("labels")
         loss = F.binary_cross_entropy_with_logits(logits, labels.float()) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class ImageClassificationHead(BuiltinHead):
+    """AdapterHub's image classification head: one head type for single-label (cross-entropy), multi-label
+    (`multilabel`, binary cross-entropy) and regression (`num_labels=1`, mean squared error)."""
+
+    head_type = "image_classification"
+    defaults = {
+        "num_labels": 2,
+        "layers": 2,
+        "activation_function": "tanh",
+        "multilabel": False,
+        "label2id": None,
+        "use_pooler": False,
+        "bias": True,
+        "dropout_prob": None,
+    }
+    arg_order = (
+        "num_labels", "layers", "activation_function", "multilabel", "id2label", "use_pooler", "bias", "dropout_prob"
+    )  # fmt: skip
+
+    def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        logits = self.run(_cls(outputs, cls_output, self.config, kwargs))
+        labels = kwargs.get("labels")
+        loss = None
+        if labels is not None:
+            n = self.config["num_labels"]
+            if n == 1:
+                loss = F.mse_loss(logits.view(-1), labels.view(-1).to(logits.dtype))
+            elif self.config["multilabel"]:
+                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+            else:
+                loss = F.cross_entropy(logits.view(-1, n), labels.view(-1))
+        extras = {k: outputs.get(k) for k in ("hidden_states", "attentions")} if isinstance(outputs, Mapping) else {}
+        return ImageClassifierOutput(loss=loss, logits=logits, **extras)
 
 
 class TaggingHead(BuiltinHead):
@@ -423,6 +459,7 @@ HEAD_TYPES: dict[str, type[PredictionHead]] = {
     for cls in (
         ClassificationHead,
         MultiLabelClassificationHead,
+        ImageClassificationHead,
         TaggingHead,
         MultipleChoiceHead,
         QuestionAnsweringHead,

@@ -49,12 +49,14 @@ def adapter_locations(engine, name: str) -> dict[int, dict[str, nn.Module]]:
     in_layers = {path: engine.layer_at(path) for path in owned}
     # Every layer's prefix-tuning shim refers to the one shared prefix pool: AdapterHub reports it once, at the first
     # layer that uses it (gates, one per layer, are reported everywhere).
-    pools = [at[0].index for at in in_layers.values() if at and ".pool." in at[1]]
+    prefix = engine.methods.get("prefix_tuning")
+    acting = prefix.prefixed_layers(name) if prefix is not None else set()
+    pools = [at[0].index for at in in_layers.values() if at and ".pool." in at[1] and at[0].index in acting]
     for path, module in owned.items():
         at = in_layers[path]
         if at:
             ref, inner = at
-            if ".pool." in inner and ref.index != min(pools):
+            if ".pool." in inner and ref.index != min(pools, default=-1):
                 continue
             found[ref.index][location_key(ref.stack, inner)].append(module)
             continue

@@ -27,7 +27,15 @@ from .context import keep_call_context
 from .embeddings import EmbeddingsMixin, store_of
 from .engine import EngineState
 from .errors import AdapterConfigError, AdapterLoadError, CompositionError, HeadError
-from .keys import align_base_prefix, is_engine_key, rename_adapter_keys, rename_prefixed
+from .keys import (
+    align_base_prefix,
+    file_keys_of,
+    from_file_keys,
+    is_engine_key,
+    rename_adapter_keys,
+    rename_prefixed,
+    to_file_keys,
+)
 from .locations import adapter_locations
 from .methods import method_parts
 from .model_adapters_config import ModelAdaptersConfig
@@ -446,7 +454,7 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
         data = {"config": config.to_dict(), **self._file_meta(adapter_name)}
         for key, value in (meta_dict or {}).items():
             data.setdefault(key, value)
-        weights = self.adapter_state_dict(adapter_name)
+        weights = to_file_keys(self.adapter_state_dict(adapter_name), file_keys_of(self._engine))
         files.write_json(folder / files.CONFIG_NAME, data)
         name = files.SAFE_WEIGHTS_NAME if use_safetensors else files.WEIGHTS_NAME
         files.write_weights(folder / name, weights)
@@ -571,9 +579,9 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
         if name is None:
             name = check_name(folder.name, "adapter", f"{folder} (its folder name; pass load_as=)")
         replacing = name in self._engine.configs
-        state = files.read_weights(weights_path)
+        state = from_file_keys(files.read_weights(weights_path), file_keys_of(self._engine))
         state = rename_adapter_keys(state, saved_name or name, name)
-        state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self._engine.root)
+        state = align_base_prefix(state, self._engine.saved_prefix, self._engine.base is self._engine.root)
         try:  # keys and shapes checked against a meta-device build first: a hostile config allocates nothing
             expected = self._dry_run(adapter_config, name)
         except AdapterConfigError as err:
@@ -664,7 +672,7 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
         folder = Path(save_directory)
         data = {"adapter_names": list(names), "config": config.to_dict(), **self._file_meta(fusion_name)}
         files.write_json(folder / files.ADAPTERFUSION_CONFIG_NAME, data)
-        weights = self._engine.state_dict_of("fusion:" + fusion_name)
+        weights = to_file_keys(self._engine.state_dict_of("fusion:" + fusion_name), file_keys_of(self._engine))
         name = files.SAFE_ADAPTERFUSION_WEIGHTS_NAME if use_safetensors else files.ADAPTERFUSION_WEIGHTS_NAME
         files.write_weights(folder / name, weights)
         if with_head:
@@ -705,9 +713,9 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
         )
         if weights_path is None:
             raise AdapterLoadError(f"no fusion weights ({files.ADAPTERFUSION_WEIGHTS_NAME}) in {folder}")
-        state = files.read_weights(weights_path)
+        state = from_file_keys(files.read_weights(weights_path), file_keys_of(self._engine))
         state = rename_prefixed(state, "adapter_fusion_layer", saved_name or fusion_name, fusion_name)
-        state = align_base_prefix(state, self._engine.base.base_model_prefix, self._engine.base is self._engine.root)
+        state = align_base_prefix(state, self._engine.saved_prefix, self._engine.base is self._engine.root)
         try:
             config = AdapterFusionConfig.load(dict(data["config"]))
         except (AdapterConfigError, KeyError, TypeError) as err:

@@ -204,6 +204,12 @@ def check_setup(setup, engine) -> None:
         if name not in engine.configs:
             known = ", ".join(sorted(engine.configs)) or "none"
             raise CompositionError(f"composition {setup} names unknown adapter {name!r} (adapters: {known})")
+    if setup.parallel_channels > 1 and not engine.spec.parallel:
+        model_type = getattr(engine.base.config, "model_type", type(engine.base).__name__)
+        raise CompositionError(
+            f"{setup}: model type {model_type!r} does not take Parallel (each channel would see the other channels' "
+            "rows in its outputs); use BatchSplit, or run the setups one after the other"
+        )
     for block, names in blocks_with_names(setup):
         if isinstance(block, Fuse) and block.name not in engine.fusions:
             raise CompositionError(f"{block} needs an AdapterFusion {block.name!r}: call add_adapter_fusion first")

@@ -86,6 +86,9 @@ STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
         layer_norm=True,
         bias=True,
     ),
+    # image models: ViT's classifier reads [CLS], BEiT's its pooler (the mean of the patch tokens)
+    "ViTForImageClassification": _head("image_classification", [None, "classifier"], **_LINEAR),
+    "BeitForImageClassification": _head("image_classification", [None, "classifier"], **_LINEAR, use_pooler=True),
     **_decoder("GPT2", "classifier"),
     **_decoder("Llama", "score"),
     **_decoder("Mistral", "score"),
@@ -162,7 +165,7 @@ def static_state(model) -> dict[str, torch.Tensor]:
     """The static head's weights: every weight of the model outside the base model (and the engine)."""
     from .keys import is_engine_key
 
-    prefix = model._engine.base.base_model_prefix + "."
+    prefix = model._engine.base_prefix
     return {k: v for k, v in model.state_dict().items() if not k.startswith(prefix) and not is_engine_key(k)}
 
 

@@ -19,6 +19,7 @@ It takes the same arguments (plus `adapter_names`, the setup to activate, and `t
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -83,6 +84,19 @@ class AdapterTrainer(Trainer):
             )
         if self.args.label_names is None and getattr(self.model, "active_head", None) is not None:
             self.label_names = _head_label_names(self.model)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Trainer keeps only the data columns the model's forward names; an AdapterModel passes its base model's
+        inputs (`pixel_values`, `input_features`, ...) through `**kwargs`, so those columns are kept too."""
+        if self._signature_columns is not None:
+            return
+        super()._set_signature_columns_if_needed()
+        base = getattr(self.model, "base_model", None)
+        if isinstance(base, torch.nn.Module) and base is not self.model:
+            named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            params = inspect.signature(base.forward).parameters.values()
+            extra = [p.name for p in params if p.kind in named and p.name not in self._signature_columns]
+            self._signature_columns += extra
 
     def _trains_adapters(self) -> bool:
         """Whether this trainer trains adapters (WorkbenchTrainer's full fine-tuning runs do not)."""

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..core import files
-from ..core.keys import is_adapter_key, is_engine_key, is_fusion_key
+from ..core.keys import file_keys_of, from_file_keys, is_adapter_key, is_engine_key, is_fusion_key
 from .errors import CheckpointError, NonFiniteLossError, OutputDirError, TrainingError
 
 try:
@@ -123,7 +123,7 @@ def _read_adapter(model, sub: Path, state: dict, loads: list) -> None:
     weights = files.find_weights(sub, files.WEIGHTS_NAME, files.SAFE_WEIGHTS_NAME)
     config = _saved_config(sub / files.CONFIG_NAME, "adapter")
     if name in model.adapters and weights is not None and _same(config, model.adapters[name].to_dict()):
-        state.update(files.read_weights(weights))
+        state.update(from_file_keys(files.read_weights(weights), file_keys_of(model._engine)))
     else:  # a new adapter, another config or PEFT's format
         load = partial(model.load_adapter, str(sub), load_as=name, with_head=False)
         loads.append((partial(is_adapter_key, name=name), load))
@@ -136,7 +136,7 @@ def _read_fusion(model, sub: Path, state: dict, loads: list) -> None:
     config, names = model.adapters_config.get_fusion(name)
     same = config is not None and names == list(data.get("adapter_names") or [])
     if same and weights is not None and _same(json.loads(json.dumps(data.get("config"))), config.to_dict()):
-        state.update(files.read_weights(weights))
+        state.update(from_file_keys(files.read_weights(weights), file_keys_of(model._engine)))
     else:
 
         def load():

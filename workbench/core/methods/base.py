@@ -23,13 +23,25 @@ class AdapterMethod:
 
     def __init__(self, engine):
         spec = engine.spec
+        model_type = getattr(engine.base.config, "model_type", type(engine.base).__name__)
         if self.kind not in spec.methods:
-            model_type = getattr(engine.base.config, "model_type", type(engine.base).__name__)
             raise UnsupportedMethodError(
                 f"{self.kind} adapters are not available for model type {model_type!r} "
                 f"(its architecture spec supports: {', '.join(sorted(spec.methods)) or 'none'})"
+                + self.refusal_hint(engine)
             )
+        config = spec.model_config(engine.base.config)
+        for kind, attribute, reason in spec.refuse_if:
+            if kind == self.kind and getattr(config, attribute, False):
+                raise UnsupportedMethodError(
+                    f"{self.kind} adapters are not available for this {model_type!r} model ({attribute}=True): {reason}"
+                )
         self.engine = engine
+
+    @classmethod
+    def refusal_hint(cls, engine) -> str:
+        """Why the method does not apply to a model whose spec leaves it out, if the method can say (else "")."""
+        return ""
 
     def add(self, name: str, config: AdapterConfig) -> None:
         raise NotImplementedError

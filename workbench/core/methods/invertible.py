@@ -66,6 +66,13 @@ class InvertibleMethod(AdapterMethod):
         (AdapterHub's keys: `encoder.invertible_adapters.<name>`)."""
         return get_module(self.engine.base, self.engine.spec.encoder)
 
+    @classmethod
+    def refusal_hint(cls, engine) -> str:
+        main_input = getattr(engine.base, "main_input_name", "input_ids")
+        if main_input == "input_ids":
+            return ""
+        return f"; this model reads {main_input}, and invertible adapters transform token embeddings"
+
     def add(self, name: str, config: BnConfig) -> None:
         if config.inv_adapter != "nice":
             raise AdapterConfigError(f"inv_adapter={config.inv_adapter!r} is not supported; use 'nice'")

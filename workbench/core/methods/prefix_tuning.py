@@ -141,8 +141,9 @@ class PrefixTuningShim(nn.Module, ComposableLayer):
         if ctx is not None and ctx.setup is not None:
             ctx.scratch[self._key] = kwargs.get("hidden_states", args[0] if args else None)
 
-    def extend(self, module, query, key, value, mask):
-        """Prepend the active prefixes to key/value and widen the mask accordingly."""
+    def extend(self, module, query, key, value, mask, is_causal: bool | None = None):
+        """Prepend the active prefixes to key/value and widen the mask accordingly. `is_causal`: the caller's flag
+        (CLIP's text tower passes it to the attention function; its modules say False), else the module's."""
         engine = self.method.engine
         ctx = current_call(engine)
         if ctx is None or ctx.setup is None or self.layer_idx in engine.skip_layers:
@@ -150,7 +151,8 @@ class PrefixTuningShim(nn.Module, ComposableLayer):
         if not any(name in self.prefixes for name in ctx.names):
             return key, value, mask
         rows, queries = key.shape[0], query.shape[2]
-        if mask is None and getattr(module, "is_causal", False) and queries > 1:
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+        if mask is None and causal and queries > 1:
             mask = _causal_mask(rows, queries, key.shape[2], self.method.attention_dtype(query), key.device)
         elif mask is not None and mask.shape[0] != rows:
             mask = mask.expand(rows, *mask.shape[1:])
@@ -243,7 +245,7 @@ def _make_attention(base_impl: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         shim = module._modules.get("prefix_tuning")
         if shim is not None:
-            key, value, attention_mask = shim.extend(module, query, key, value, attention_mask)
+            key, value, attention_mask = shim.extend(module, query, key, value, attention_mask, kwargs.get("is_causal"))
         if base_impl != "eager":
             return ALL_ATTENTION_FUNCTIONS[base_impl](module, query, key, value, attention_mask, **kwargs)
         upcast = gpt2_upcast_attention(module)  # GPT-2's own eager variant, when its config asks for it
@@ -288,6 +290,10 @@ class PrefixTuningMethod(AdapterMethod):
                 places.append(("cross_prefix", ref, stack.cross_attention))
         return places
 
+    def prefixed_layers(self, name: str) -> set[int]:
+        """The layers where prefix `name` acts (its config's `leave_out` excluded)."""
+        return {index for (index, _), shim in self.shims.items() if name in shim.prefixes}
+
     def _shim(self, location_key: str, ref: LayerRef, attention_path: str) -> PrefixTuningShim:
         key = (ref.index, attention_path)
         if key not in self.shims:
@@ -318,12 +324,15 @@ class PrefixTuningMethod(AdapterMethod):
             entry.train(self.pool.training)
             self.pool.prefix_tunings[name] = entry
             engine.register(name, f"prefix_tuning.prefix_tunings.{name}", entry)
+            # AdapterHub's duplicates of the pool: under every attention its config could prefix, left-out layers too
+            # (its shims all hold the pool), so files match key for key
+            for _, ref, attention_path in self.places(config.replace(leave_out=[])):
+                engine.register(name, f"{ref.path}.{attention_path}.prefix_tuning.pool.prefix_tunings.{name}", entry)
             counts: dict[str, int] = {}
             for location_key, ref, attention_path in places:
                 shim = self._shim(location_key, ref, attention_path)
                 shim.prefixes[name] = counts[location_key] = counts.get(location_key, -1) + 1
                 shim_path = f"{ref.path}.{attention_path}.prefix_tuning"
-                engine.register(name, f"{shim_path}.pool.prefix_tunings.{name}", entry)  # AdapterHub's duplicates
                 if config.use_gating:
                     hidden = engine.hidden_size_of(ref.stack)
                     gate = nn.Linear(hidden, 1 if config.shared_gating else 2)

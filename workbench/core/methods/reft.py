@@ -5,8 +5,11 @@ An intervention rewrites a layer's output hidden states `h` at a few token posit
 orthogonal parametrization, so the weight keys match AdapterHub's), NoReFT leaves R free, DiReFT drops `- R h`.
 It acts on the first `prefix_positions` and the last `suffix_positions` tokens of each row, found from the 2-D
 attention mask as AdapterHub does: a row starts at its first 1 and has as many tokens as 1s, so right and left
-padding both work; the prefix and the suffix have a unit each unless `tied_weights` (where they overlap, the
-suffix wins). A batch whose rows are too short for the positions is refused (the library fails on an index).
+padding both work; without a mask or tokens (a vision model's `pixel_values`), every row spans the layer's whole
+sequence, as in AdapterHub, and so it does in a stack whose sequence is not the call's tokens (CLIP's vision tower;
+AdapterHub applies the text's mask there too, so its suffix positions land on arbitrary patches). The prefix and the
+suffix have a unit each unless `tied_weights` (where they overlap, the suffix wins). A batch whose rows are too
+short for the positions is refused (the library fails on an index).
 
 Generation with a KV cache: the positions are those of the forward that fills the cache (the prompt); the
 forwards that extend it are not intervened, as in the paper, so cached decoding equals re-running the whole text
@@ -121,6 +124,9 @@ class ReftContainer(nn.Module):
         self.refts = nn.ModuleDict()
 
 
+WHOLE_ROWS = "whole rows"  # positions of a call without tokens or mask: each row is the layer's whole sequence
+
+
 @dataclass
 class ReftState:
     hidden: torch.Tensor  # (rows, tokens, hidden) layer output
@@ -134,6 +140,7 @@ class ReftLayer(ComposableLayer):
     def __init__(self, engine, layer_idx: int):
         self.engine, self.layer_idx = engine, layer_idx
         ref = engine.layer_refs[layer_idx]
+        self.whole_rows = ref.stack.whole_rows
         layer = ref.module
         self.container = ReftContainer()
         layer.reft_layer = self.container
@@ -153,6 +160,9 @@ class ReftLayer(ComposableLayer):
         if positions is None or not any(name in self.refts for name in ctx.names):
             return None  # no ReFT adapter runs here, or a decoding step that extends a cache
         hidden = output[0] if isinstance(output, tuple) else output
+        if positions is WHOLE_ROWS or self.whole_rows:
+            starts = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
+            positions = (starts, starts + hidden.shape[1])
         out = compose(self, ctx.setup, ReftState(hidden, *positions), ctx).hidden
         if out is hidden:
             return None
@@ -258,7 +268,7 @@ class ReftMethod(AdapterMethod):
         position = self._params.index(name) if name in self._params else None
         return args[position] if position is not None and position < len(args) else None
 
-    def _positions(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _positions(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | str | None:
         if any(cache_length(self._argument(n, args, kwargs)) for n in CACHE_ARGUMENTS):
             return None  # extends a cache: the prompt's positions were adapted when it was filled
         tokens = self._argument("input_ids", args, kwargs)
@@ -266,10 +276,8 @@ class ReftMethod(AdapterMethod):
             tokens = self._argument("inputs_embeds", args, kwargs)
         mask = self._argument("attention_mask", args, kwargs)
         if mask is None:
-            if tokens is None:
-                raise UnsupportedModelError(
-                    "ReFT needs input_ids, inputs_embeds or an attention_mask to find positions"
-                )
+            if tokens is None:  # e.g. pixel_values: the layers' sequence (patches) has no padding
+                return WHOLE_ROWS
             rows, length = tokens.shape[0], tokens.shape[1]
             starts = torch.zeros(rows, dtype=torch.long, device=tokens.device)
             return starts, starts + length
