@@ -49,12 +49,14 @@ def adapter_locations(engine, name: str) -> dict[int, dict[str, nn.Module]]:
     in_layers = {path: engine.layer_at(path) for path in owned}
     # Every layer's prefix-tuning shim refers to the one shared prefix pool: AdapterHub reports it once, at the first
     # layer that uses it (gates, one per layer, are reported everywhere).
-    pools = [at[0].index for at in in_layers.values() if at and ".pool." in at[1]]
+    # Copies of the pool's keys under attentions without a prefix (AdapterHub's file layout) are not reported.
+    prefixed = {path for path, at in in_layers.items() if at and ".pool." in at[1] and _has_shim(engine, path, name)}
+    pools = [in_layers[path][0].index for path in prefixed]
     for path, module in owned.items():
         at = in_layers[path]
         if at:
             ref, inner = at
-            if ".pool." in inner and ref.index != min(pools):
+            if ".pool." in inner and (path not in prefixed or ref.index != min(pools)):
                 continue
             found[ref.index][location_key(ref.stack, inner)].append(module)
             continue
@@ -66,3 +68,13 @@ def adapter_locations(engine, name: str) -> dict[int, dict[str, nn.Module]]:
         layer: {key: mods[0] if len(mods) == 1 else nn.ModuleList(mods) for key, mods in by_key.items()}
         for layer, by_key in sorted(found.items())
     }
+
+
+def _has_shim(engine, pool_path: str, name: str) -> bool:
+    """Whether the attention of a `<attention>.prefix_tuning.pool...` path gives adapter `name` a prefix."""
+    attention = pool_path.split(".prefix_tuning.pool.", 1)[0]
+    try:
+        shim = engine.root.get_submodule(attention + ".prefix_tuning")
+    except AttributeError:
+        return False
+    return name in getattr(shim, "prefixes", {})

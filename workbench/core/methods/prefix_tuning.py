@@ -323,13 +323,19 @@ class PrefixTuningMethod(AdapterMethod):
                 shim = self._shim(location_key, ref, attention_path)
                 shim.prefixes[name] = counts[location_key] = counts.get(location_key, -1) + 1
                 shim_path = f"{ref.path}.{attention_path}.prefix_tuning"
-                engine.register(name, f"{shim_path}.pool.prefix_tunings.{name}", entry)  # AdapterHub's duplicates
                 if config.use_gating:
                     hidden = engine.hidden_size_of(ref.stack)
                     gate = nn.Linear(hidden, 1 if config.shared_gating else 2)
                     nn.init.normal_(gate.weight, mean=0.0, std=0.02)
                     shim.prefix_gates[name] = gate.train(self.pool.training)
                     engine.register(name, f"{shim_path}.prefix_gates.{name}", gate)
+            # AdapterHub gives every attention module a `prefix_tuning` layer that refers to the pool, so its files
+            # repeat the pool under each of them, whether or not that attention gets a prefix (leave_out,
+            # encoder_prefix/cross_prefix=False): the same keys here.
+            for ref in engine.layer_refs:
+                for attention_path in filter(None, (ref.stack.attention, ref.stack.cross_attention)):
+                    pool_path = f"{ref.path}.{attention_path}.prefix_tuning.pool.prefix_tunings.{name}"
+                    engine.register(name, pool_path, entry)
         except Exception:
             self.delete(name)
             raise
