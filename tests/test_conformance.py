@@ -129,6 +129,10 @@ def restore_unwritten_settings(model, adapter: dict) -> None:
 def model_inputs(case: dict) -> dict:
     """The fixed batch in the case's layout, plus the case's forward kwargs (`head=`, ...) and `labels`."""
     inputs = {k: torch.tensor(INPUTS[k]) for k in ("input_ids", "attention_mask")}
+    if case["input_layout"].startswith("seq2seq"):  # rows ending in one <eos>; "seq2seq_shifted": no decoder inputs
+        inputs["input_ids"] = torch.tensor(INPUTS["eos_input_ids"])
+        if case["input_layout"] == "seq2seq":
+            inputs["decoder_input_ids"] = torch.tensor(INPUTS["decoder_input_ids"])
     if case["input_layout"] == "multiple_choice":
         inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
     if case["labels"] is not None:
