@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_adapter_model
 from transformers import BartConfig, MBartConfig, PLBartConfig, Seq2SeqTrainingArguments
 
 import workbench
@@ -242,6 +243,11 @@ def test_labels_become_the_families_decoder_inputs(family):
         implicit = model(input_ids=INPUT_IDS, attention_mask=MASK, labels=LABELS)
         explicit = model(input_ids=INPUT_IDS, attention_mask=MASK, labels=LABELS, decoder_input_ids=shifted)
     torch.testing.assert_close(implicit.loss, explicit.loss)
+
+
+def test_only_encoder_decoder_models_offer_decoder_inputs_from_labels():
+    """transformers' DataCollatorForSeq2Seq asks `hasattr(model, "prepare_decoder_input_ids_from_labels")`."""
+    assert not hasattr(tiny_adapter_model("gpt2"), "prepare_decoder_input_ids_from_labels")
 
 
 # --- compositions -----------------------------------------------------------------------------------------------

@@ -732,9 +732,13 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         names = [heads] if isinstance(heads, str) else list(heads or [])
         return any(isinstance(self.heads[n], Seq2SeqLMHead) for n in names if n in self.heads)
 
-    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Decoder inputs for `labels` (transformers' seq2seq collator asks the model for them)."""
-        return self._shift_right(labels)
+    @property
+    def prepare_decoder_input_ids_from_labels(self):
+        """`labels -> decoder inputs` of an encoder-decoder model. transformers' `DataCollatorForSeq2Seq` calls it when
+        the model has it (`hasattr`), so other models do not have it."""
+        if not getattr(self.config, "is_encoder_decoder", False):
+            raise AttributeError(f"{type(self).__name__} of a {self.config.model_type!r} model has no decoder inputs")
+        return self._shift_right
 
     def _shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """Decoder inputs for `labels`, as the family's transformers seq2seq model makes them: its own
