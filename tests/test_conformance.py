@@ -134,6 +134,10 @@ def model_inputs(case: dict) -> dict:
         inputs["pixel_values"] = (image / 255 - 0.5) / 0.5
     if case["input_layout"] != "image":  # CLIPModel ("text_image") takes the token batch too
         inputs.update({k: torch.tensor(INPUTS[k]) for k in ("input_ids", "attention_mask")})
+    if case["input_layout"].startswith("seq2seq"):  # rows ending in one <eos>; "seq2seq_shifted": no decoder inputs
+        inputs["input_ids"] = torch.tensor(INPUTS["eos_input_ids"])
+        if case["input_layout"] == "seq2seq":
+            inputs["decoder_input_ids"] = torch.tensor(INPUTS["decoder_input_ids"])
     if case["input_layout"] == "multiple_choice":
         inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
     if case["labels"] is not None:

@@ -760,6 +760,124 @@ def clip_cases() -> list:
 
 
 # ---------------------------------------------------------------------------------------------
+# Encoder-decoder: BART, mBART, PLBart (AutoAdapterModel)
+# ---------------------------------------------------------------------------------------------
+
+# Tiny seq2seq models, kept out of ARCHS (the encoder matrices do not apply to them); their base models are seeded by
+# name, so adding other families does not change them. `decoder_start_token_id` is BART's (the <eos>).
+SEQ2SEQ = dict(
+    COMMON,
+    d_model=HIDDEN,
+    encoder_layers=LAYERS,
+    decoder_layers=LAYERS,
+    encoder_attention_heads=HEADS,
+    decoder_attention_heads=HEADS,
+    encoder_ffn_dim=FFN,
+    decoder_ffn_dim=FFN,
+    max_position_embeddings=MAX_POS,
+    decoder_start_token_id=EOS,
+    init_std=0.1,
+)
+SEQ2SEQ_ARCHS = {
+    "bart": (transformers.BartConfig, SEQ2SEQ),
+    "mbart": (transformers.MBartConfig, SEQ2SEQ),
+    "plbart": (transformers.PLBartConfig, SEQ2SEQ),
+}
+DECODER_LENGTH = 6  # the decoder reads fewer tokens than the encoder: cross-attention shapes are not square
+SEQ2SEQ_LABELS = [[5, 6, 7, 8, 2, -100], [9, 10, 11, 2, -100, -100], [12, 13, 2, -100, -100, -100]]
+
+
+def seq2seq_inputs(inputs: dict) -> dict:
+    """The encoder rows with their last real token replaced by <eos> (exactly one per row, as classification on the
+    last <eos> needs), and fixed decoder inputs: the decoder start token, then random tokens (no padding)."""
+    ids, mask = torch.tensor(inputs["input_ids"]), torch.tensor(inputs["attention_mask"])
+    eos_ids = ids.clone()
+    eos_ids[torch.arange(ids.shape[0]), mask.sum(1) - 1] = EOS
+    gen = torch.Generator().manual_seed(5678)
+    decoder = torch.randint(3, VOCAB, (ids.shape[0], DECODER_LENGTH), generator=gen)
+    decoder[:, 0] = EOS
+    return {
+        "eos_input_ids": eos_ids.tolist(),
+        "decoder_input_ids": decoder.tolist(),
+        "seq2seq_layout": "input_ids = eos_input_ids with attention_mask; layout 'seq2seq' adds decoder_input_ids, "
+        "'seq2seq_shifted' lets the model shift input_ids right as decoder inputs",
+    }
+
+
+def build_seq2seq_models(out: Path) -> None:
+    for arch, (config_cls, kwargs) in SEQ2SEQ_ARCHS.items():
+        torch.manual_seed(seed_of("model-" + arch))
+        model = transformers.AutoModel.from_config(config_cls(**kwargs), attn_implementation=attn_for(arch))
+        model.save_pretrained(out / "models" / arch, safe_serialization=True)
+        write_json(out / "models" / arch / "keys.json", weight_keys(out / "models" / arch))
+
+
+SEQ2SEQ_METHODS = {
+    "seq_bn": "seq_bn",
+    "double_seq_bn": "double_seq_bn",
+    "seq_bn-cross": "seq_bn[cross_adapter=True]",
+    "double_seq_bn-cross": "double_seq_bn[cross_adapter=True]",
+    "par_bn": "par_bn",
+    "compacter": METHODS["compacter"],
+    "lora": "lora",
+    "lora-r4-qkv-ffn": VARIANTS["lora-r4-qkv-ffn"],
+    "ia3": "ia3",
+    "prefix_tuning": PREFIX_SMALL,
+    "prefix_tuning-no_cross": "prefix_tuning[bottleneck_size=16,cross_prefix=False]",
+    "prefix_tuning-no_encoder": "prefix_tuning[bottleneck_size=16,encoder_prefix=False]",
+    "prefix_tuning-flat": "prefix_tuning[flat=True,prefix_length=5]",
+    "seq_bn_inv": "seq_bn_inv",
+    "loreft": "loreft",
+    "prompt_tuning": "prompt_tuning",  # records that the library has no prompt tuning for these models
+}
+SEQ2SEQ_HEADS = {  # head case suffix -> (add_<x>_head, kwargs, layout)
+    "seq2seq_lm": ("seq2seq_lm", dict(), "seq2seq"),
+    "classification": ("classification", dict(num_labels=3, id2label={0: "n", 1: "o", 2: "p"}), "seq2seq_shifted"),
+    "qa": ("qa", dict(), "seq2seq"),
+}
+
+
+def seq2seq_cases() -> list:
+    """g) BART, mBART, PLBart through AutoAdapterModel: every method under a seq2seq_lm head (the encoder output is
+    recorded too), the three heads (classification reads the last <eos>; its decoder inputs are input_ids shifted
+    right by the model), and on bart Parallel, BatchSplit, Stack and Fuse."""
+    cases = []
+    lm = lambda name: (name, "seq2seq_lm", {})  # noqa: E731
+    for arch in SEQ2SEQ_ARCHS:
+        model = dict(model_class="adapter_model")
+        cases.append(Case(f"{arch}-base", arch, [], None, layout="seq2seq", **model))
+        for slug, config in SEQ2SEQ_METHODS.items():
+            cases.append(Case(f"{arch}-{slug}", arch, [("a", config)], "a", heads=[lm("a")], layout="seq2seq", **model))
+        for slug, (kind, kwargs, layout) in SEQ2SEQ_HEADS.items():
+            for suffix, config in (("", "seq_bn"), ("-lora", "lora"), ("-prefix", PREFIX_SMALL)):
+                head = [("a", kind, kwargs)]
+                cases.append(Case(f"{arch}-head-{slug}{suffix}", arch, [("a", config)], "a", heads=head, layout=layout,
+                                  labels=LABELS if kind == "classification" else None, **model))  # fmt: skip
+        # labels: the loss over the given decoder inputs (no shift: the head's shift_labels is False)
+        cases.append(Case(f"{arch}-head-seq2seq_lm-labels", arch, [("a", "seq_bn")], "a", heads=[lm("a")],
+                          layout="seq2seq", labels=SEQ2SEQ_LABELS, **model))  # fmt: skip
+    bn2, bn3 = [("a", "seq_bn"), ("b", "seq_bn")], [("a", "seq_bn"), ("b", "seq_bn"), ("c", "seq_bn")]
+    cross2 = [("a", "seq_bn[cross_adapter=True]"), ("b", "seq_bn[cross_adapter=True]")]
+    lm2, fuse_out = [lm("a"), lm("b")], {"output_adapter_fusion_attentions": True}
+    fuse_ab = [(["a", "b"], "dynamic")]
+    comps = {
+        "stack": (bn2, Stack("a", "b"), dict(heads=[lm("b")])),
+        "parallel": (bn2, Parallel("a", "b"), dict(heads=lm2, head=None)),
+        "parallel-lora": ([("a", "lora"), ("b", "lora")], Parallel("a", "b"), dict(heads=lm2, head=None)),
+        "parallel-prefix": ([("a", PREFIX_SMALL), ("b", PREFIX_SMALL)], Parallel("a", "b"), dict(heads=lm2, head=None)),
+        "batchsplit": (bn2, BatchSplit("a", "b", batch_sizes=[1, 2]), dict(heads=lm2, head=None)),
+        "fuse": (bn2, Fuse("a", "b"), dict(heads=[lm("a")], fusions=fuse_ab, forward_kwargs=fuse_out)),
+        "fuse-cross": (cross2, Fuse("a", "b"), dict(heads=[lm("a")], fusions=fuse_ab, forward_kwargs=fuse_out)),
+        "stack-fuse": (bn3, Stack("a", Fuse("b", "c")), dict(heads=[lm("a")], fusions=[(["b", "c"], "dynamic")])),
+        "madx": ([("lang", "seq_bn_inv"), ("task", "seq_bn")], Stack("lang", "task"), dict(heads=[lm("task")])),
+    }
+    for slug, (ads, active, extra) in comps.items():
+        cases.append(Case(f"bart-comp-{slug}", "bart", ads, active, model_class="adapter_model", layout="seq2seq",
+                          **extra))  # fmt: skip
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
 # Building and running one case
 # ---------------------------------------------------------------------------------------------
 
@@ -803,6 +921,12 @@ def model_inputs(inputs: dict, layout: str) -> dict:
         return {"pixel_values": image_pixel_values(inputs)}
     if layout == "text_image":  # CLIPModel: the token batch and the image batch
         return {**model_inputs(inputs, "default"), "pixel_values": image_pixel_values(inputs)}
+    if layout.startswith("seq2seq"):  # encoder-decoder cases (seq2seq_inputs)
+        batch = {k: torch.tensor(inputs[k]) for k in ("attention_mask", "eos_input_ids")}
+        batch["input_ids"] = batch.pop("eos_input_ids")
+        if layout == "seq2seq":
+            batch["decoder_input_ids"] = torch.tensor(inputs["decoder_input_ids"])
+        return batch
     ids, mask = torch.tensor(inputs["input_ids"]), torch.tensor(inputs["attention_mask"])
     if layout == "multiple_choice":
         ids, mask = ids.view(1, *ids.shape), mask.view(1, *mask.shape)
@@ -1104,12 +1228,14 @@ def main() -> None:
     torch.set_num_threads(1)
 
     inputs = make_inputs()
+    inputs.update(seq2seq_inputs(inputs))
     write_json(out / "inputs.json", inputs)
     build_base_models(out)
+    build_seq2seq_models(out)
 
     entries, skipped = [], []
     cases = method_cases() + head_cases() + composition_cases() + head_composition_cases()
-    for case in cases + vision_cases() + clip_cases():
+    for case in cases + vision_cases() + clip_cases() + seq2seq_cases():
         if args.only and args.only not in case.id:
             continue
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import replace
@@ -28,6 +30,7 @@ from .heads import (
     TaggingHead,
     head_from_config,
     label2id_for,
+    seq2seq_output,
 )
 from .interface import AdapterModelInterface
 from .keys import rename_prefixed
@@ -770,10 +773,23 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         names = [heads] if isinstance(heads, str) else list(heads or [])
         return any(isinstance(self.heads[n], Seq2SeqLMHead) for n in names if n in self.heads)
 
+    @property
+    def prepare_decoder_input_ids_from_labels(self):
+        """`labels -> decoder inputs` of an encoder-decoder model. transformers' `DataCollatorForSeq2Seq` calls it when
+        the model has it (`hasattr`), so other models do not have it."""
+        if not getattr(self.config, "is_encoder_decoder", False):
+            raise AttributeError(f"{type(self).__name__} of a {self.config.model_type!r} model has no decoder inputs")
+        return self._shift_right
+
     def _shift_right(self, labels: torch.Tensor) -> torch.Tensor:
-        """Decoder inputs for `labels`: the decoder start token, then the labels without their last token (-100,
-        the loss's ignore marker, becomes padding)."""
-        start = self.config.decoder_start_token_id
+        """Decoder inputs for `labels`, as the family's transformers seq2seq model makes them: its own
+        `shift_tokens_right` where it has one (mBART and PLBart wrap each row's last token, the language id, to the
+        front), else the decoder start token, then the labels without their last token (-100, the loss's ignore
+        marker, becomes padding)."""
+        start, pad = self.config.decoder_start_token_id, self.config.pad_token_id
+        shift = getattr(sys.modules.get(type(self.base_model).__module__), "shift_tokens_right", None)
+        if shift is not None and len(inspect.signature(shift).parameters) == 2:
+            return shift(labels, pad)
         if start is None:
             raise HeadError(
                 f"{self.config.model_type!r}: config.decoder_start_token_id is not set; pass decoder_input_ids"
@@ -872,7 +888,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             cls = None  # token-level heads read the hidden states
         else:
             cls = self._cls_token(hidden, call.input_ids)
-        return head(call.outputs, cls, call.attention_mask, True, **kwargs)
+        return seq2seq_output(head(call.outputs, cls, call.attention_mask, True, **kwargs), call.outputs)
 
     def _cls_token(self, hidden: torch.Tensor, input_ids) -> torch.Tensor:
         """The sequence representation a classification head reads, as the architecture spec says to pool."""

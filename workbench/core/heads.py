@@ -15,6 +15,9 @@ from transformers.modeling_outputs import (
     MultipleChoiceModelOutput,
     QuestionAnsweringModelOutput,
     Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+    Seq2SeqQuestionAnsweringModelOutput,
+    Seq2SeqSequenceClassifierOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
@@ -128,7 +131,7 @@ class BuiltinHead(PredictionHead):
         if unknown:
             raise HeadError(f"{self.head_type} head: unknown option(s) {sorted(unknown)}")
         model_config = _model_config(model)
-        if self.head_type in ("masked_lm", "causal_lm") and options.get("vocab_size") is None:
+        if self.head_type in ("masked_lm", "causal_lm", "seq2seq_lm") and options.get("vocab_size") is None:
             options["vocab_size"] = model_config.vocab_size
         count_key = "num_choices" if "num_choices" in self.defaults else "num_labels"
         count = options.get(count_key, self.defaults.get(count_key))
@@ -375,7 +378,7 @@ class LMHead(BuiltinHead):
     def _build(self, model_config):
         cfg = self.config
         hidden = model_config.hidden_size
-        size = cfg["embedding_size"] or hidden
+        size = cfg.get("embedding_size") or hidden
         eps = getattr(model_config, "layer_norm_eps", None) or 1e-12
         modules: list[nn.Module] = []
         for i in range(cfg["layers"] - 1):
@@ -435,8 +438,8 @@ class Seq2SeqLMHead(LMHead):
     """The vocabulary projection over an encoder-decoder model's decoder output (AdapterHub's `seq2seq_lm`)."""
 
     head_type = "seq2seq_lm"
-    defaults = {
-        **LMHead.defaults,
+    defaults = {  # AdapterHub's seq2seq_lm config has no embedding_size (its files would not load with one)
+        **{k: v for k, v in LMHead.defaults.items() if k != "embedding_size"},
         "layers": 1,
         "activation_function": None,
         "bias": False,
@@ -445,13 +448,36 @@ class Seq2SeqLMHead(LMHead):
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, invert=None, **kwargs):
         lm = super().forward(outputs, cls_output, attention_mask, return_dict, invert, **kwargs)
-        get = outputs.get if isinstance(outputs, Mapping) else lambda key: None
-        return Seq2SeqLMOutput(
-            loss=lm.loss,
-            logits=lm.logits,
-            past_key_values=get("past_key_values"),
-            encoder_last_hidden_state=get("encoder_last_hidden_state"),
-        )
+        return seq2seq_output(Seq2SeqLMOutput(loss=lm.loss, logits=lm.logits), outputs)
+
+
+# A head over an encoder-decoder model returns the Seq2Seq variant of its output, carrying the model's encoder and
+# decoder states (as AdapterHub's heads do, and transformers' `...ForConditionalGeneration` models).
+_SEQ2SEQ_OUTPUTS = {
+    SequenceClassifierOutput: Seq2SeqSequenceClassifierOutput,
+    QuestionAnsweringModelOutput: Seq2SeqQuestionAnsweringModelOutput,
+    Seq2SeqLMOutput: Seq2SeqLMOutput,
+}
+_SEQ2SEQ_STATES = (
+    "past_key_values",
+    "decoder_hidden_states",
+    "decoder_attentions",
+    "cross_attentions",
+    "encoder_last_hidden_state",
+    "encoder_hidden_states",
+    "encoder_attentions",
+)
+
+
+def seq2seq_output(result, outputs):
+    """`result` as its Seq2Seq output class with `outputs`' encoder/decoder states, when `outputs` is an
+    encoder-decoder model's output; otherwise (and for custom heads' outputs) `result` unchanged."""
+    target = _SEQ2SEQ_OUTPUTS.get(type(result))
+    if target is None or not isinstance(outputs, Seq2SeqModelOutput):
+        return result
+    fields = {k: v for k, v in result.items()}
+    fields.update({k: outputs.get(k) for k in _SEQ2SEQ_STATES if outputs.get(k) is not None})
+    return target(**fields)
 
 
 HEAD_TYPES: dict[str, type[PredictionHead]] = {

@@ -47,16 +47,24 @@ def adapter_locations(engine, name: str) -> dict[int, dict[str, nn.Module]]:
     found: dict[int, dict[str, list[nn.Module]]] = defaultdict(lambda: defaultdict(list))
     owned = engine.owned.get(name, {})
     in_layers = {path: engine.layer_at(path) for path in owned}
-    # Every layer's prefix-tuning shim refers to the one shared prefix pool: AdapterHub reports it once, at the first
-    # layer that uses it (gates, one per layer, are reported everywhere).
-    prefix = engine.methods.get("prefix_tuning")
-    acting = prefix.prefixed_layers(name) if prefix is not None else set()
-    pools = [at[0].index for at in in_layers.values() if at and ".pool." in at[1] and at[0].index in acting]
+    # Every prefixed attention's shim refers to the one shared prefix pool: AdapterHub reports each location's prefix
+    # ("self_prefix"; "encoder_prefix", "self_prefix", "cross_prefix" in encoder-decoder models) once, at the first
+    # layer that uses it (gates, one per layer, are reported everywhere). Copies of the pool's keys under attentions
+    # without a prefix (AdapterHub's file layout) are not reported.
+    first_pool: dict[str, tuple[int, str]] = {}
+    for path, at in in_layers.items():
+        if at and ".pool." in at[1] and _has_shim(engine, path, name):
+            key = location_key(at[0].stack, at[1])
+            first_pool[key] = min(first_pool.get(key, (at[0].index, path)), (at[0].index, path))
+    reported = {path: key for key, (_, path) in first_pool.items()}
     for path, module in owned.items():
         at = in_layers[path]
         if at:
             ref, inner = at
-            if ".pool." in inner and ref.index != min(pools, default=-1):
+            if ".pool." in inner:
+                if path in reported:  # the pool entry holds one prefix module per location key
+                    key = reported[path]
+                    found[ref.index][key].append(module[key] if key in module else module)
                 continue
             found[ref.index][location_key(ref.stack, inner)].append(module)
             continue
@@ -68,3 +76,13 @@ def adapter_locations(engine, name: str) -> dict[int, dict[str, nn.Module]]:
         layer: {key: mods[0] if len(mods) == 1 else nn.ModuleList(mods) for key, mods in by_key.items()}
         for layer, by_key in sorted(found.items())
     }
+
+
+def _has_shim(engine, pool_path: str, name: str) -> bool:
+    """Whether the attention of a `<attention>.prefix_tuning.pool...` path gives adapter `name` a prefix."""
+    attention = pool_path.split(".prefix_tuning.pool.", 1)[0]
+    try:
+        shim = engine.root.get_submodule(attention + ".prefix_tuning")
+    except AttributeError:
+        return False
+    return name in getattr(shim, "prefixes", {})

@@ -290,10 +290,6 @@ class PrefixTuningMethod(AdapterMethod):
                 places.append(("cross_prefix", ref, stack.cross_attention))
         return places
 
-    def prefixed_layers(self, name: str) -> set[int]:
-        """The layers where prefix `name` acts (its config's `leave_out` excluded)."""
-        return {index for (index, _), shim in self.shims.items() if name in shim.prefixes}
-
     def _shim(self, location_key: str, ref: LayerRef, attention_path: str) -> PrefixTuningShim:
         key = (ref.index, attention_path)
         if key not in self.shims:
@@ -324,10 +320,6 @@ class PrefixTuningMethod(AdapterMethod):
             entry.train(self.pool.training)
             self.pool.prefix_tunings[name] = entry
             engine.register(name, f"prefix_tuning.prefix_tunings.{name}", entry)
-            # AdapterHub's duplicates of the pool: under every attention its config could prefix, left-out layers too
-            # (its shims all hold the pool), so files match key for key
-            for _, ref, attention_path in self.places(config.replace(leave_out=[])):
-                engine.register(name, f"{ref.path}.{attention_path}.prefix_tuning.pool.prefix_tunings.{name}", entry)
             counts: dict[str, int] = {}
             for location_key, ref, attention_path in places:
                 shim = self._shim(location_key, ref, attention_path)
@@ -339,6 +331,13 @@ class PrefixTuningMethod(AdapterMethod):
                     nn.init.normal_(gate.weight, mean=0.0, std=0.02)
                     shim.prefix_gates[name] = gate.train(self.pool.training)
                     engine.register(name, f"{shim_path}.prefix_gates.{name}", gate)
+            # AdapterHub gives every attention module a `prefix_tuning` layer that refers to the pool, so its files
+            # repeat the pool under each of them, whether or not that attention gets a prefix (leave_out,
+            # encoder_prefix/cross_prefix=False): the same keys here.
+            for ref in engine.layer_refs:
+                for attention_path in filter(None, (ref.stack.attention, ref.stack.cross_attention)):
+                    pool_path = f"{ref.path}.{attention_path}.prefix_tuning.pool.prefix_tunings.{name}"
+                    engine.register(name, pool_path, entry)
         except Exception:
             self.delete(name)
             raise

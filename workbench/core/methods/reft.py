@@ -11,10 +11,15 @@ AdapterHub applies the text's mask there too, so its suffix positions land on ar
 suffix have a unit each unless `tied_weights` (where they overlap, the suffix wins). A batch whose rows are too
 short for the positions is refused (the library fails on an index).
 
-Generation with a KV cache: the positions are those of the forward that fills the cache (the prompt); the
-forwards that extend it are not intervened, as in the paper, so cached decoding equals re-running the whole text
-when the prompt has at least `prefix_positions` tokens. (adapters 1.3 re-applies the prefix intervention to every
-generated token, which re-running the text would not do.)
+Generation with a KV cache: the positions are those of the forward that fills the cache (the prompt); a forward
+that extends it intervenes only on its tokens that are still among the first `prefix_positions` of the text (the
+suffix belongs to the prompt), so cached decoding equals re-running the whole text for prefix positions. (adapters
+1.3 re-applies the prefix intervention to every generated token, which re-running the text would not do.)
+
+Encoder-decoder models: encoder layers read the encoder's rows (`input_ids`, `attention_mask`), decoder layers the
+decoder's: `decoder_attention_mask`, else every decoder token is real; when the model derives its decoder inputs
+from `input_ids` (shifted right), the encoder's rows. (adapters 1.3 uses the encoder's mask in the decoder too,
+which agrees for right-padded rows and prefix positions; its suffix positions then fall on encoder positions.)
 
 Composition: in a Stack every ReFT adapter intervenes in turn (adapters 1.3 runs only the setup's first adapter,
 whatever the block); Parallel and BatchSplit give each row group its own adapters. Average, Fuse and Split are
@@ -91,7 +96,11 @@ class ReftModule(nn.Module):
         count = 1 if config.tied_weights else 2
         self.units = nn.ModuleList(ReftUnit(hidden, config, device, dtype) for _ in range(count))
 
-    def forward(self, hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, name: str) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, name: str, past: int = 0
+    ) -> torch.Tensor:
+        if past:
+            return self._extend(hidden, starts, past)
         length = hidden.shape[1]
         prefix = starts[:, None] + torch.arange(min(self.prefix_positions, length), device=hidden.device)
         suffix = ends[:, None] + torch.arange(-min(self.suffix_positions, length), 0, device=hidden.device)
@@ -115,6 +124,15 @@ class ReftModule(nn.Module):
                 hidden = hidden.scatter(1, wide(index), state.to(hidden.dtype))
         return hidden
 
+    def _extend(self, hidden: torch.Tensor, starts: torch.Tensor, past: int) -> torch.Tensor:
+        """A forward that extends a cache of `past` tokens: its tokens among each row's first `prefix_positions`
+        (a unit acts on each token alone, so adapting all and keeping those is the same as gathering them)."""
+        positions = past + torch.arange(hidden.shape[1], device=hidden.device)
+        chosen = (positions >= starts[:, None]) & (positions < starts[:, None] + self.prefix_positions)
+        if not chosen.any():
+            return hidden
+        return torch.where(chosen[..., None], self.units[0](hidden).to(hidden.dtype), hidden)
+
 
 class ReftContainer(nn.Module):
     """`<layer>.reft_layer`, holding `refts.<name>` (AdapterHub's key layout)."""
@@ -124,14 +142,21 @@ class ReftContainer(nn.Module):
         self.refts = nn.ModuleDict()
 
 
-WHOLE_ROWS = "whole rows"  # positions of a call without tokens or mask: each row is the layer's whole sequence
-
-
 @dataclass
 class ReftState:
     hidden: torch.Tensor  # (rows, tokens, hidden) layer output
     starts: torch.Tensor  # (rows,) position of each row's first token
     ends: torch.Tensor  # (rows,) one past each row's last token
+    past: int = 0  # tokens already in the key/value cache before this forward's first one
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Where one layer stack's rows start and end (from a 2-D mask, or every token), and the cache length."""
+
+    starts: torch.Tensor
+    ends: torch.Tensor
+    past: int = 0
 
 
 class ReftLayer(ComposableLayer):
@@ -142,6 +167,7 @@ class ReftLayer(ComposableLayer):
         ref = engine.layer_refs[layer_idx]
         self.whole_rows = ref.stack.whole_rows
         layer = ref.module
+        self.stack = next(i for i, stack in enumerate(engine.spec.stacks) if stack is ref.stack)
         self.container = ReftContainer()
         layer.reft_layer = self.container
         self.refts: nn.ModuleDict = self.container.refts
@@ -156,14 +182,15 @@ class ReftLayer(ComposableLayer):
         ctx = current_call(self.engine)
         if ctx is None or ctx.setup is None or self.layer_idx in self.engine.skip_layers:
             return None
-        positions = ctx.inputs.get(ReftMethod.kind)
-        if positions is None or not any(name in self.refts for name in ctx.names):
-            return None  # no ReFT adapter runs here, or a decoding step that extends a cache
+        stacks = ctx.inputs.get(ReftMethod.kind)
+        if stacks is None or not any(name in self.refts for name in ctx.names):
+            return None  # no ReFT adapter runs here
+        rows = stacks[self.stack]
         hidden = output[0] if isinstance(output, tuple) else output
-        if positions is WHOLE_ROWS or self.whole_rows:
+        if rows is None or self.whole_rows:  # e.g. pixel_values: the layer's sequence (patches) has no padding
             starts = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
-            positions = (starts, starts + hidden.shape[1])
-        out = compose(self, ctx.setup, ReftState(hidden, *positions), ctx).hidden
+            rows = Rows(starts, starts + hidden.shape[1], 0)
+        out = compose(self, ctx.setup, ReftState(hidden, rows.starts, rows.ends, rows.past), ctx).hidden
         if out is hidden:
             return None
         return (out, *output[1:]) if isinstance(output, tuple) else out
@@ -174,16 +201,17 @@ class ReftLayer(ComposableLayer):
         return name in self.refts
 
     def single(self, name: str, st: ReftState, ctx) -> ReftState:
-        return replace(st, hidden=self.refts[name](st.hidden, st.starts, st.ends, name))
+        return replace(st, hidden=self.refts[name](st.hidden, st.starts, st.ends, name, st.past))
 
     def batch_rows(self, st: ReftState) -> int:
         return st.hidden.shape[0]
 
     def rows(self, st: ReftState, start: int, stop: int) -> ReftState:
-        return ReftState(st.hidden[start:stop], st.starts[start:stop], st.ends[start:stop])
+        return ReftState(st.hidden[start:stop], st.starts[start:stop], st.ends[start:stop], st.past)
 
     def concat(self, parts: list[ReftState]) -> ReftState:
-        return ReftState(*(torch.cat([getattr(p, f) for p in parts]) for f in ("hidden", "starts", "ends")))
+        joined = (torch.cat([getattr(p, f) for p in parts]) for f in ("hidden", "starts", "ends"))
+        return ReftState(*joined, parts[0].past)
 
     def average(self, parts, weights):  # never reached: check_setup refuses Average (ReftMethod.supports)
         raise CompositionError("ReFT adapters do not take part in Average")
@@ -256,7 +284,7 @@ class ReftMethod(AdapterMethod):
             )
 
     def begin(self, ctx, args, kwargs):
-        """Record each row's first token and end (ctx.inputs["reft"]), or None for a decoding step."""
+        """Record, per layer stack, each row's first token and end (ctx.inputs["reft"])."""
         if ctx.setup is None or not any(name in layer.refts for layer in self.layers.values() for name in ctx.names):
             return None
         ctx.inputs[self.kind] = self._positions(args, kwargs)
@@ -268,24 +296,35 @@ class ReftMethod(AdapterMethod):
         position = self._params.index(name) if name in self._params else None
         return args[position] if position is not None and position < len(args) else None
 
-    def _positions(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | str | None:
-        if any(cache_length(self._argument(n, args, kwargs)) for n in CACHE_ARGUMENTS):
-            return None  # extends a cache: the prompt's positions were adapted when it was filled
-        tokens = self._argument("input_ids", args, kwargs)
+    def _positions(self, args: tuple, kwargs: dict) -> list[Rows | None]:
+        """The rows of every layer stack (None where the call says nothing about them)."""
+        get = lambda name: self._argument(name, args, kwargs)  # noqa: E731
+        past = max(cache_length(get(name)) for name in CACHE_ARGUMENTS)
+        if len(self.engine.spec.stacks) == 1:
+            return [_rows(get("input_ids"), get("inputs_embeds"), get("attention_mask"), past)]
+        encoder = _rows(get("input_ids"), get("inputs_embeds"), get("attention_mask"))
+        tokens, embeds, mask = get("decoder_input_ids"), get("decoder_inputs_embeds"), get("decoder_attention_mask")
+        if tokens is None and embeds is None and mask is None and encoder is not None:
+            decoder = Rows(encoder.starts, encoder.ends, past)  # decoder inputs: input_ids shifted right
+        else:
+            decoder = _rows(tokens, embeds, mask, past)
+        return [encoder, *[decoder] * (len(self.engine.spec.stacks) - 1)]
+
+
+def _rows(tokens, embeds, mask, past: int = 0) -> Rows | None:
+    """Rows from a 2-D attention mask (a row starts at its first 1 and has as many tokens as 1s), else every token
+    of `tokens`/`embeds` is real (after the `past` cached ones); None without any of them."""
+    tokens = tokens if tokens is not None else embeds
+    if mask is None:
         if tokens is None:
-            tokens = self._argument("inputs_embeds", args, kwargs)
-        mask = self._argument("attention_mask", args, kwargs)
-        if mask is None:
-            if tokens is None:  # e.g. pixel_values: the layers' sequence (patches) has no padding
-                return WHOLE_ROWS
-            rows, length = tokens.shape[0], tokens.shape[1]
-            starts = torch.zeros(rows, dtype=torch.long, device=tokens.device)
-            return starts, starts + length
-        if mask.dim() != 2 or (tokens is not None and mask.shape[1] != tokens.shape[1]):
-            raise UnsupportedModelError(
-                f"ReFT needs a 2-D attention_mask with one entry per token, not shape {tuple(mask.shape)}"
-                + (f" for {tokens.shape[1]} tokens" if tokens is not None else "")
-            )
-        real = (mask == 1).long()
-        starts = real.argmax(dim=1)  # the first 1 of each row
-        return starts, starts + real.sum(dim=1)
+            return None
+        starts = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        return Rows(starts, starts + past + tokens.shape[1], past)
+    if mask.dim() != 2 or (tokens is not None and mask.shape[1] != past + tokens.shape[1]):
+        raise UnsupportedModelError(
+            f"ReFT needs a 2-D attention_mask with one entry per token, not shape {tuple(mask.shape)}"
+            + (f" for {past + tokens.shape[1]} tokens" if tokens is not None else "")
+        )
+    real = (mask == 1).long()
+    starts = real.argmax(dim=1)  # the first 1 of each row
+    return Rows(starts, starts + real.sum(dim=1), past)
