@@ -5,11 +5,19 @@ from transformers import AutoConfig, AutoModel
 import workbench
 
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
+# the same sizes under the names of encoder-decoder configs (BART family, T5), where the config has them
+ENCODER_DECODER_SIZES = dict(
+    decoder_attention_heads=4, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64, d_ff=64,
+    d_kv=8, num_decoder_layers=2,
+)  # fmt: skip
 
 
 def tiny_config(model_type: str = "bert", **overrides):
     extra = {"num_key_value_heads": 2} if model_type in ("llama", "mistral", "qwen2") else {}
     config = AutoConfig.for_model(model_type, **{**SIZES, **extra, **overrides})
+    for key, value in ENCODER_DECODER_SIZES.items():
+        if hasattr(config, key) and key not in overrides:
+            setattr(config, key, value)
     if model_type == "gpt2":
         config.bos_token_id = config.eos_token_id = 1
     config.pad_token_id = 0
