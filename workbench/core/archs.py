@@ -19,15 +19,25 @@ class Site:
 
     Attributes:
         sublayer: module whose output (or first output) is the sublayer result `h`.
-        residual: module whose first input is the residual stream `r` at this point.
-        norm: post-norm module applied to `h + r` (post-LN models); None for pre-LN models.
+        residual: module whose first input is the residual stream `r` at this point; None when the site has no
+            residual (AdapterHub's plugin interface without `layer_pre_ffn`, e.g. Phi's FFN).
+        norm: post-norm module applied to `h + r` (post-LN models); None for pre-LN models. With `hooked`, the
+            norm the adapter's pre-processing applies to `h + r` (AdapterHub's `layer_ln_1`/`layer_ln_2`).
         host: module that holds the adapter weights (`<host>.adapters.<name>`); created when missing.
+        hooked: AdapterHub's layer-hooked mode (its plugin interface): the adapter's output replaces the
+            sublayer's output and the layer itself then adds the residual and applies its own norms (Gemma 2's
+            post-norm acts on the adapted output), so adapters never add the residual or norm after themselves.
+        residual_plus: module whose (first) output is added to `residual`'s input to give `r`: in parallel blocks
+            (GPT-J, GPT-NeoX) attention and FFN read the same input, and the FFN adapter reads the stream after
+            attention (its adapted output), as AdapterHub's GPT-J does.
     """
 
     sublayer: str
-    residual: str
+    residual: str | None
     norm: str | None
     host: str
+    hooked: bool = False
+    residual_plus: str | None = None
 
 
 ALL_METHODS = frozenset({"bottleneck", "invertible", "lora", "prefix_tuning", "prompt_tuning", "reft"})
@@ -178,12 +188,11 @@ def spec_from_interface(interface, pooling: str = "first") -> ArchSpec:
     lora.update(intermediate=interface.layer_intermediate_proj, output=interface.layer_output_proj)
     return ArchSpec(
         layers=interface.model_layers,
-        attention_site=Site(o_proj, interface.layer_pre_self_attn or attn, interface.layer_ln_1, "attention_adapters"),
+        attention_site=Site(
+            o_proj, interface.layer_pre_self_attn, interface.layer_ln_1, "attention_adapters", hooked=True
+        ),
         output_site=Site(
-            interface.layer_output_proj,
-            interface.layer_pre_ffn or interface.layer_intermediate_proj,
-            interface.layer_ln_2,
-            "output_adapters",
+            interface.layer_output_proj, interface.layer_pre_ffn, interface.layer_ln_2, "output_adapters", hooked=True
         ),
         attention=attn,
         lora=lora,
