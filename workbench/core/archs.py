@@ -62,6 +62,12 @@ class ArchSpec:
         pooling: how a classification head reads a sequence: "first" token (encoders), "last" non-pad (decoders).
         prefix_key: the key prefix tuning stores its prefixes under (AdapterHub's file layout).
         text_config: attribute of the model config that holds the text model's config ("" when it is the config).
+        qkv_layout: how a fused q|k|v projection (`lora["qkv"]`) orders its outputs: "blocks" (all q, then all k,
+            then all v, sized by the query and key/value head counts: GPT-2, Phi-3) or "heads" (q, k, v of head 0,
+            then of head 1, ...: GPT-NeoX). LoRA's `attn_matrices` select these parts.
+        invertible_unscaled: invertible adapters act on the token embeddings before the embedding module's own
+            `embed_scale` (Gemma 2: the `adapters` library ran on transformers 4, which scaled after the embedding
+            module; transformers 5 scales inside it), so AdapterHub's files give AdapterHub's outputs.
     """
 
     layers: str
@@ -76,6 +82,8 @@ class ArchSpec:
     pooling: str = "first"
     prefix_key: str = "self_prefix"
     text_config: str = ""
+    qkv_layout: str = "blocks"
+    invertible_unscaled: bool = False
 
     def model_config(self, config):
         """The config of the text model (itself, unless the spec names a sub-config)."""
