@@ -7,8 +7,24 @@ import workbench
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
 
 
+# Current decoders: grouped-query attention (2 key/value heads), explicit head dims (Qwen3's differs from
+# hidden/heads), rotary dims that fit the tiny heads.
+FAMILY_SIZES = {
+    "gptj": dict(rotary_dim=4),
+    "gpt_neox": dict(rotary_pct=0.5),
+    "gemma": dict(num_key_value_heads=2, head_dim=8),
+    "gemma2": dict(num_key_value_heads=2, head_dim=8),
+    "gemma3_text": dict(num_key_value_heads=2, head_dim=8),
+    "phi": dict(num_key_value_heads=2),
+    "phi3": dict(num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "qwen3": dict(num_key_value_heads=2, head_dim=16),
+    "olmo2": dict(num_key_value_heads=2),
+}
+
+
 def tiny_config(model_type: str = "bert", **overrides):
     extra = {"num_key_value_heads": 2} if model_type in ("llama", "mistral", "qwen2") else {}
+    extra.update(FAMILY_SIZES.get(model_type, {}))
     config = AutoConfig.for_model(model_type, **{**SIZES, **extra, **overrides})
     if model_type == "gpt2":
         config.bos_token_id = config.eos_token_id = 1

@@ -168,6 +168,112 @@ _LLAMA = ArchSpec(
 # Qwen2 (AdapterHub's plugin interface) maps the FFN LoRA the natural way round.
 _QWEN2 = replace(_LLAMA, lora={**_LLAMA.lora, "intermediate": "mlp.up_proj", "output": "mlp.down_proj"})
 
+# --- current decoders (issue 12, item 4) ----------------------------------------------------------------------
+# Llama 3.x (rope scaling "llama3") and SmolLM (tied embeddings) are model type "llama"; Qwen3 (q/k norms, explicit
+# head_dim) is Qwen2's layout, with AdapterHub's plugin-interface LoRA places. Key/value heads and head dim come from
+# the config (`ArchSpec.attention_shape`), so prefixes have one key/value per key/value head everywhere.
+
+# GPT-J (AdapterHub's GPTJAdapterModel): attention and FFN both read ln_1(x) and the block adds both outputs to x.
+# The FFN adapter reads the stream after attention, x + (adapted) attention output, as AdapterHub's GPT-J does.
+_GPTJ = ArchSpec(
+    layers="h",
+    attention_site=Site("attn", "ln_1", None, "attention_adapters"),
+    output_site=Site("mlp", "ln_1", None, "output_adapters", residual_plus="attn"),
+    attention="attn",
+    lora={
+        "q": "attn.q_proj",
+        "k": "attn.k_proj",
+        "v": "attn.v_proj",
+        "intermediate": "mlp.fc_in",
+        "output": "mlp.fc_out",
+    },
+    embeddings="drop",
+    attention_output="attn.out_proj",
+    methods=DECODER_METHODS,
+    pooling="last",
+)
+
+# GPT-NeoX (no AdapterHub support; GPT-J's placement): with `use_parallel_residual` (the default) attention and FFN
+# read the layer input, without it the FFN reads input + attention; either way the FFN adapter's residual is the
+# layer input plus the attention output. Sites sit on the dropouts so the adapters see what the layer adds. The fused
+# `query_key_value` holds q, k, v per head.
+_GPT_NEOX = ArchSpec(
+    layers="layers",
+    attention_site=Site("post_attention_dropout", "input_layernorm", None, "attention_adapters"),
+    output_site=Site(
+        "post_mlp_dropout", "input_layernorm", None, "output_adapters", residual_plus="post_attention_dropout"
+    ),
+    attention="attention",
+    lora={"qkv": "attention.query_key_value", "intermediate": "mlp.dense_h_to_4h", "output": "mlp.dense_4h_to_h"},
+    embeddings="emb_dropout",
+    attention_output="attention.dense",
+    methods=DECODER_METHODS,
+    pooling="last",
+    qkv_layout="heads",
+)
+
+# Gemma 2 and Gemma 3 text (AdapterHub's plugin interface, file- and output-compatible): sandwich norms, so the
+# adapters are hooked on o_proj/down_proj, before the post-norms; their pre-processing normalises `h + r` with the
+# post-norm, as the `adapters` library does (`layer_ln_1`/`layer_ln_2`).
+_GEMMA2 = ArchSpec(
+    layers="layers",
+    attention_site=Site(
+        "self_attn.o_proj", "input_layernorm", "post_attention_layernorm", "attention_adapters", hooked=True
+    ),
+    output_site=Site(
+        "mlp.down_proj", "pre_feedforward_layernorm", "post_feedforward_layernorm", "output_adapters", hooked=True
+    ),
+    attention="self_attn",
+    lora=_QWEN2.lora,
+    embeddings="embed_tokens",
+    attention_output="self_attn.o_proj",
+    methods=DECODER_METHODS,
+    pooling="last",
+)
+
+# Phi (AdapterHub's plugin interface): attention and FFN read input_layernorm(x); the attention adapter is hooked on
+# `dense` with residual x, the FFN adapter on `fc2` with no residual (the interface names no `layer_pre_ffn`), so a
+# parallel adapter there has nothing to read and is refused.
+_PHI = ArchSpec(
+    layers="layers",
+    attention_site=Site("self_attn.dense", "input_layernorm", None, "attention_adapters", hooked=True),
+    output_site=Site("mlp.fc2", None, None, "output_adapters", hooked=True),
+    attention="self_attn",
+    lora={
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "intermediate": "mlp.fc1",
+        "output": "mlp.fc2",
+    },
+    embeddings="embed_tokens",
+    attention_output="self_attn.dense",
+    methods=DECODER_METHODS,
+    pooling="last",
+)
+
+# Phi-3 (no AdapterHub support): Llama's layout with fused `qkv_proj` (q, k, v blocks; GQA sizes) and `gate_up_proj`
+# (LoRA adapts it whole, as PEFT does). Sites sit on the residual dropouts, which see what the layer adds.
+_PHI3 = ArchSpec(
+    layers="layers",
+    attention_site=Site("resid_attn_dropout", "input_layernorm", None, "attention_adapters"),
+    output_site=Site("resid_mlp_dropout", "post_attention_layernorm", None, "output_adapters"),
+    attention="self_attn",
+    lora={"qkv": "self_attn.qkv_proj", "intermediate": "mlp.gate_up_proj", "output": "mlp.down_proj"},
+    embeddings="embed_tokens",
+    attention_output="self_attn.o_proj",
+    methods=DECODER_METHODS,
+    pooling="last",
+)
+
+# OLMo 2 (no AdapterHub support): no pre-norms, a post-norm on each sublayer's output (`r + norm(f(r))`). The
+# adapters act on what the residual adds, the normalised branch, exactly as on Llama's `r + f(norm(r))`.
+_OLMO2 = replace(
+    _QWEN2,
+    attention_site=Site("post_attention_layernorm", "self_attn", None, "attention_adapters"),
+    output_site=Site("post_feedforward_layernorm", "mlp", None, "output_adapters"),
+)
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _BERT,
     "roberta": _BERT,
@@ -177,15 +283,26 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _QWEN2,
+    # current decoders
+    "gptj": _GPTJ,
+    "gpt_neox": _GPT_NEOX,
+    "gemma": _QWEN2,  # Llama's layout; no AdapterHub support: LoRA places as Gemma 2's plugin interface
+    "gemma2": replace(_GEMMA2, invertible_unscaled=True),
+    "gemma3_text": _GEMMA2,
+    "phi": _PHI,
+    "phi3": _PHI3,
+    "qwen3": _QWEN2,
+    "olmo2": _OLMO2,
 }
 
 
 def spec_from_interface(interface, pooling: str = "first") -> ArchSpec:
     """An `ArchSpec` from AdapterHub's `AdapterModelInterface` fields (a model family we do not ship).
 
-    Bottleneck adapters rewrite the attention output projection and the FFN output projection; the residual is
-    read at `layer_pre_self_attn`/`layer_pre_ffn` (pre-LN models) or at the block's input, and `layer_ln_1`/
-    `layer_ln_2` are the post-norms of post-LN models.
+    Bottleneck adapters are hooked on the attention output projection and the FFN output projection, as in
+    AdapterHub's plugin interface: their output replaces the projection's, the residual is the input of
+    `layer_pre_self_attn`/`layer_pre_ffn` (none when not given) and `layer_ln_1`/`layer_ln_2` are the norms the
+    adapters' pre-processing applies to `h + r`.
     """
     attn = interface.layer_self_attn
     o_proj = f"{attn}.{interface.attn_o_proj}" if interface.attn_o_proj else attn

@@ -1,0 +1,210 @@
+"""The current decoder families (issue 12, item 4) on tiny models with grouped-query attention.
+
+GPT-J, GPT-NeoX (parallel and sequential residual), Gemma, Gemma 2, Gemma 3 text, Phi, Phi-3, Qwen3, OLMo 2 and
+the Llama family as used today (Llama 3 rope scaling, SmolLM's tied embeddings). For every method a family's spec
+allows: a bottleneck adapter whose up-projection is zero leaves the model exactly as it was (the residual handling
+is right), the method changes the output, a few steps lower the loss, and save/load into a fresh model reproduces
+the outputs bit for bit; `generate()` with an adapter equals greedy decoding by hand without a cache; the
+classification head reads the last non-pad token; what a family cannot run is refused when added, model unchanged.
+Outputs against the `adapters` library (GPT-J, Gemma 2/3, Qwen3, Phi): tests/test_conformance.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_config
+
+import workbench
+from workbench.core.errors import UnsupportedModelError
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+FAMILIES = {  # test id -> (model type, config overrides); sizes in tests/tiny.py (2 key/value heads where GQA)
+    "gptj": ("gptj", {}),
+    "gpt_neox": ("gpt_neox", {}),
+    "gpt_neox-sequential": ("gpt_neox", {"use_parallel_residual": False}),
+    "gemma": ("gemma", {}),
+    "gemma2": ("gemma2", {}),
+    "gemma3_text": ("gemma3_text", {}),
+    "phi": ("phi", {}),
+    "phi3": ("phi3", {}),
+    "qwen3": ("qwen3", {}),
+    "olmo2": ("olmo2", {}),
+    "llama3": ("llama", {"rope_scaling": LLAMA3_ROPE, "rope_theta": 500000.0}),
+    "smollm": ("llama", {"tie_word_embeddings": True}),
+}
+FUSED_QKV = {"gpt_neox", "gpt_neox-sequential", "phi3"}  # DoRA/VeRA cannot split a fused q|k|v projection
+
+METHODS = {
+    "seq_bn": "seq_bn",
+    "par_bn": "par_bn",
+    "double_seq_bn": "double_seq_bn",
+    "compacter": "compacter[reduction_factor=8]",
+    "seq_bn_inv": "seq_bn_inv",
+    "lora": "lora[output_lora=True]",
+    "ia3": "ia3",
+    "dora": "dora[intermediate_lora=True]",
+    "vera": "vera[attn_matrices=['k','v']]",
+    "prefix_tuning": "prefix_tuning[prefix_length=3,bottleneck_size=16]",
+    "loreft": "loreft[prefix_positions=2,suffix_positions=1]",
+}
+FFN_ONLY = "[selfattn_lora=False,intermediate_lora=True,output_lora=True]"
+BOTTLENECK = {"seq_bn", "par_bn", "double_seq_bn", "compacter", "seq_bn_inv"}
+# The Llama variants share Llama's spec (covered everywhere else): what is new is the rope scaling and tied embeddings.
+LLAMA_METHODS = ("seq_bn", "lora", "prefix_tuning")
+REFUSED = {  # (family, method) -> why (the error names it)
+    ("phi", "par_bn"): "parallel bottleneck",  # Phi's FFN has no residual under AdapterHub's interface
+    ("gemma2", "adapterplus"): "original_ln_after=False",  # hooked sites: the layer adds residual and norms
+    ("gemma3_text", "adapterplus"): "original_ln_after=False",
+    ("phi", "adapterplus"): "original_ln_after=False",
+    ("phi3", "dora"): "fused q|k|v",
+    ("gpt_neox", "vera"): "fused q|k|v",
+    ("olmo2", "prompt_tuning"): "prompt_tuning",  # no prompt tuning on decoders (as AdapterHub)
+    ("gemma2", "prompt_tuning"): "prompt_tuning",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy machine the second thread only spins."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config_of(family: str, method: str) -> str:
+    if family in FUSED_QKV and method in ("dora", "vera"):
+        return method + FFN_ONLY
+    return METHODS.get(method, method)
+
+
+def build(family: str, head: bool = True) -> workbench.AdapterModel:
+    """The family's tiny model (the same weights on every call) with a causal LM head "a" (trained with adapter "a")."""
+    model_type, overrides = FAMILIES[family]
+    torch.manual_seed(0)
+    model = workbench.AutoAdapterModel.from_config(tiny_config(model_type, **overrides))
+    if head:
+        model.add_causal_lm_head("a")
+    return model.eval()
+
+
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 0, 0, 0]])
+MASK = (IDS != 0).long()
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK).logits * MASK[..., None]
+
+
+def loss(model) -> torch.Tensor:
+    labels = IDS.masked_fill(MASK == 0, -100)
+    return model(input_ids=IDS, attention_mask=MASK, labels=labels).loss
+
+
+def perturb(model, name: str) -> None:
+    with torch.no_grad():
+        for _, param in model._adapter_parameters(name):
+            param.add_(torch.randn_like(param) * 0.2)
+
+
+def zero_up_projections(model, name: str) -> None:
+    with torch.no_grad():
+        for key, param in model._adapter_parameters(name):
+            if ".adapter_up." in key:
+                param.zero_()
+
+
+def cases():
+    for family in FAMILIES:
+        methods = LLAMA_METHODS if family in ("llama3", "smollm") else METHODS
+        for method in methods:
+            if (family, method) not in REFUSED:
+                yield family, method
+
+
+@pytest.mark.parametrize(("family", "method"), list(cases()))
+def test_method_acts_trains_and_reloads_exactly(family, method, tmp_path):
+    model = build(family)
+    base = logits(model)
+    model.add_adapter("a", config=config_of(family, method), set_active=True)
+    if method in BOTTLENECK and method != "seq_bn_inv":  # (the invertible coupling acts whatever the bottleneck does)
+        zero_up_projections(model, "a")
+        assert torch.allclose(logits(model), base, atol=1e-5), "a zero bottleneck adapter must leave the model as is"
+    perturb(model, "a")
+    adapted = logits(model)
+    assert not torch.allclose(adapted, base, atol=1e-3), f"{method} does not change {family}'s output"
+
+    model.train_adapter("a")
+    with torch.no_grad():
+        before = loss(model.eval()).item()
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert params, "train_adapter left nothing to train"
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    model.train()
+    for _ in range(4):
+        optimizer.zero_grad()
+        loss(model).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = loss(model.eval()).item()
+    assert after < before, f"training {method} on {family} did not lower the loss ({before:.4f} -> {after:.4f})"
+
+    trained = logits(model)
+    model.save_adapter(str(tmp_path / "a"), "a")  # with its head
+    fresh = build(family, head=False)
+    fresh.load_adapter(str(tmp_path / "a"), load_as="a", set_active=True)
+    fresh.active_head = "a"
+    assert torch.equal(logits(fresh), trained), f"{method} on {family} does not reload bit for bit"
+
+
+@pytest.mark.parametrize("method", ["lora", "seq_bn", "prefix_tuning"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_generate_equals_greedy_decoding_without_cache(family, method):
+    model = build(family)
+    model.add_adapter("a", config=config_of(family, method), set_active=True)
+    perturb(model, "a")
+    prompt = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])  # left padded
+    mask = (prompt != 0).long()
+    generated = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(4):
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            ids = torch.cat([ids, out.logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    assert torch.equal(generated, ids), f"generate() with {method} on {family} differs from decoding by hand"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_classification_head_reads_the_last_non_pad_token(family):
+    model = build(family)
+    model.add_adapter("a", config="lora", set_active=True)
+    perturb(model, "a")
+    model.add_classification_head("c", num_labels=3)
+    with torch.no_grad():
+        batch = model(input_ids=IDS, attention_mask=MASK).logits
+        alone = model(input_ids=IDS[1:, :4]).logits
+    assert batch.shape == (2, 3)
+    assert torch.allclose(batch[1:], alone, atol=1e-5), "the padded row is not pooled on its last real token"
+
+
+@pytest.mark.parametrize(("family", "method"), sorted(REFUSED))
+def test_refused_methods_leave_the_model_unchanged(family, method):
+    model = build(family)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    base = logits(model)
+    with pytest.raises(UnsupportedModelError, match=REFUSED[family, method]):
+        model.add_adapter("a", config=METHODS.get(method, method))
+    assert "a" not in model.adapters_config.adapters
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
+    assert torch.equal(logits(model), base)
