@@ -5,7 +5,8 @@ the Llama family as used today (Llama 3 rope scaling, SmolLM's tied embeddings).
 allows: a bottleneck adapter whose up-projection is zero leaves the model exactly as it was (the residual handling
 is right), the method changes the output, a few steps lower the loss, and save/load into a fresh model reproduces
 the outputs bit for bit; `generate()` with an adapter equals greedy decoding by hand without a cache; the
-classification head reads the last non-pad token; what a family cannot run is refused when added, model unchanged.
+classification head reads the last non-pad token; what a family cannot run is refused when added, model unchanged;
+a transformers task checkpoint's head becomes an equal flex head in `AutoAdapterModel.from_pretrained`.
 Outputs against the `adapters` library (GPT-J, Gemma 2/3, Qwen3, Phi): tests/test_conformance.py.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny import tiny_config
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 import workbench
 from workbench.core.errors import UnsupportedModelError
@@ -208,3 +210,82 @@ def test_refused_methods_leave_the_model_unchanged(family, method):
     after = model.state_dict()
     assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
     assert torch.equal(logits(model), base)
+
+
+CHECKPOINTS = [  # (family, task model class): a transformers checkpoint's head becomes flex head "default"
+    ("gptj", AutoModelForCausalLM),  # lm_head with a bias, as AdapterHub's head_utils
+    ("gptj", AutoModelForSequenceClassification),
+    ("gpt_neox", AutoModelForCausalLM),
+    ("gemma", AutoModelForCausalLM),  # tied
+    ("gemma2", AutoModelForSequenceClassification),
+    ("gemma3_text", AutoModelForCausalLM),
+    ("phi", AutoModelForCausalLM),
+    ("phi3", AutoModelForTokenClassification),
+    ("qwen3", AutoModelForCausalLM),
+    ("olmo2", AutoModelForSequenceClassification),
+    ("smollm", AutoModelForCausalLM),
+]
+
+
+@pytest.mark.parametrize(("family", "task"), CHECKPOINTS, ids=lambda v: getattr(v, "__name__", v))
+def test_task_checkpoint_heads_convert_to_equal_flex_heads(family, task, tmp_path):
+    model_type, overrides = FAMILIES[family]
+    torch.manual_seed(0)
+    original = task.from_config(tiny_config(model_type, **overrides)).eval()
+    original.save_pretrained(tmp_path)
+    flex, info = workbench.AutoAdapterModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert flex.active_head == "default" and not info["unexpected_keys"] and not info["missing_keys"]
+    flex.eval()
+    ids = IDS[:, :4] + 1  # no padding
+    with torch.no_grad():
+        assert torch.allclose(flex(input_ids=ids).logits, original(input_ids=ids).logits, atol=1e-5)
+
+
+def test_soft_capped_causal_lm_heads_are_not_converted(tmp_path):
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config("gemma2")).save_pretrained(tmp_path)  # final_logit_softcapping=30
+    with pytest.warns(UserWarning, match="soft-caps its logits"):
+        flex = workbench.AutoAdapterModel.from_pretrained(tmp_path)
+    assert "default" not in flex.heads
+
+
+def _fused_parts(family: str, model) -> tuple[str, dict[str, torch.Tensor]]:
+    """The fused q|k|v projection of layer 0 and its q/k/v output features, written out from the modeling code:
+    Phi-3 stacks q (4 heads), k and v (2 key/value heads each); GPT-NeoX interleaves [q k v] per head."""
+    config = model.config
+    if family == "phi3":
+        q, kv = config.num_attention_heads * 8, config.num_key_value_heads * 8
+        features = torch.arange(q + 2 * kv)
+        return "model.layers.0.self_attn.qkv_proj", dict(q=features[:q], k=features[q : q + kv], v=features[q + kv :])
+    per_head = torch.arange(3 * 32).view(4, 3, 8)  # 4 heads of [q k v], 8 wide
+    parts = {m: per_head[:, i].flatten() for i, m in enumerate("qkv")}
+    return "gpt_neox.layers.0.attention.query_key_value", parts
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt_neox"])
+@pytest.mark.parametrize("matrices", [["v"], ["q", "k"]])
+def test_fused_qkv_lora_adapts_only_its_parts_and_merges_exactly(family, matrices, tmp_path):
+    model = build(family)
+    path, parts = _fused_parts(family, model)
+    projection = model.get_submodule(path)
+    seen = []
+    projection.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
+    logits(model)
+    model.add_adapter("a", config=f"lora[attn_matrices={matrices!r}]", set_active=True)
+    perturb(model, "a")
+    adapted = logits(model)
+    base_out, lora_out = seen[0], seen[-1]
+    for matrix, features in parts.items():
+        changed = not torch.allclose(base_out[..., features], lora_out[..., features])
+        assert changed == (matrix in matrices), f"LoRA on {matrices} {'changed' if changed else 'left'} {matrix}"
+
+    weight = projection.weight.detach().clone()
+    model.merge_adapter("a")
+    assert torch.allclose(logits(model), adapted, atol=1e-5)
+    model.reset_adapter()
+    assert torch.equal(projection.weight, weight)
+
+    model.save_adapter(str(tmp_path / "peft"), "a", format="peft")  # one block-diagonal B for the fused projection
+    fresh = build(family)
+    fresh.load_adapter(str(tmp_path / "peft"), load_as="a", set_active=True)
+    assert torch.allclose(logits(fresh), adapted, atol=1e-5)
