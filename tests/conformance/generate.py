@@ -212,6 +212,22 @@ def decoder_family_cases() -> list:
                 Case(f"{arch}-causal_lm-{m}", arch, [("a", METHODS[m])], "a", model_class=CAUSAL_LM)
                 for m in ("seq_bn", "lora", "double_seq_bn")
             ]
+    # Compositions at GPT-J's parallel-block sites and at the plugin interface's hooked sites (Gemma 2's sandwich
+    # norms, Phi's FFN without a residual). The library refuses Parallel on plugin-interface models, and a pair that
+    # leaves rows without an adapter at a site fails there (KeyError in its BottleneckLayer), so pairs are alike.
+    double = [("a", "double_seq_bn"), ("b", "double_seq_bn")]
+    fuse = dict(fusions=[(["a", "b"], "dynamic")], forward_kwargs={"output_adapter_fusion_attentions": True})
+    blocks = {
+        "stack": (double, Stack("a", "b"), {}),
+        "batchsplit": (double, BatchSplit("a", "b", batch_sizes=[1, 2]), {}),
+        "fuse": (double, Fuse("a", "b"), fuse),
+        "parallel": (double, Parallel("a", "b"), {}),
+        "lora-parallel": ([("a", "lora"), ("b", "lora")], Parallel("a", "b"), {}),
+    }
+    for arch in ("gptj", "gemma2", "phi"):
+        for slug, (ads, active, extra) in blocks.items():
+            if arch == "gptj" or "parallel" not in slug:
+                cases.append(Case(f"{arch}-comp-{slug}", arch, ads, active, **extra))
     return cases
 
 
