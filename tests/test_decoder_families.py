@@ -289,3 +289,24 @@ def test_fused_qkv_lora_adapts_only_its_parts_and_merges_exactly(family, matrice
     fresh = build(family)
     fresh.load_adapter(str(tmp_path / "peft"), load_as="a", set_active=True)
     assert torch.allclose(logits(fresh), adapted, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gptj", "gpt_neox", "gemma2", "phi"])
+def test_each_parallel_channel_and_batch_slice_equals_its_adapter_alone(family):
+    """At parallel-block and hooked sites too, also when one channel has no adapter at the attention site."""
+    model = build(family)
+    model.add_adapter("a", config="seq_bn")  # output site only
+    model.add_adapter("b", config="double_seq_bn")
+    perturb(model, "a")
+    perturb(model, "b")
+    alone = {}
+    for name in "ab":
+        model.set_active_adapters(name)
+        alone[name] = logits(model)
+    model.set_active_adapters(workbench.Parallel("a", "b"))
+    with torch.no_grad():
+        both = model(input_ids=IDS, attention_mask=MASK, head="a").logits * MASK.repeat(2, 1)[..., None]
+    assert torch.allclose(both[:2], alone["a"], atol=1e-5) and torch.allclose(both[2:], alone["b"], atol=1e-5)
+    model.set_active_adapters(workbench.BatchSplit("a", "b", batch_sizes=[1, 1]))
+    split = logits(model)
+    assert torch.allclose(split[:1], alone["a"][:1], atol=1e-5) and torch.allclose(split[1:], alone["b"][1:], atol=1e-5)

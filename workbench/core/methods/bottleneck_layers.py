@@ -127,9 +127,9 @@ class BottleneckLayer(ComposableLayer):
         return st.hidden.shape[0]
 
     def rows(self, st: BnState, a: int, b: int) -> BnState:
-        up = st.up[a:b] if st.up is not None else None
         cut = slice(a, b)
-        return BnState(st.hidden[cut], _cut(st.input_tensor, cut), st.residual[cut], st.norm, up, st.last, st.fusing)
+        inputs, residual = _cut(st.input_tensor, cut), _cut(st.residual, cut)  # None at a site without a residual
+        return BnState(st.hidden[cut], inputs, residual, st.norm, _cut(st.up, cut), st.last, st.fusing)
 
     def concat(self, parts: list[BnState]) -> BnState:
         cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
@@ -138,8 +138,9 @@ class BottleneckLayer(ComposableLayer):
             last = lasts[0]
         else:  # each row group keeps the adapter that finishes it
             last = tuple(run for p in parts for run in _runs(p.last, p.hidden.shape[0]))
-        inputs = cat("input_tensor") if parts[0].input_tensor is not None else None
-        return BnState(cat("hidden"), inputs, cat("residual"), parts[0].norm, None, last, parts[0].fusing)
+        maybe = lambda name: cat(name) if getattr(parts[0], name) is not None else None  # noqa: E731 (no residual)
+        inputs, residual = maybe("input_tensor"), maybe("residual")
+        return BnState(cat("hidden"), inputs, residual, parts[0].norm, None, last, parts[0].fusing)
 
     def average(self, parts: list[BnState], weights: list[float]) -> BnState:
         w = torch.tensor(weights, dtype=parts[0].hidden.dtype, device=parts[0].hidden.device)
@@ -159,7 +160,7 @@ class BottleneckLayer(ComposableLayer):
                 st,
                 hidden=st.hidden[:, cut],
                 input_tensor=_cut(st.input_tensor, (slice(None), cut)),
-                residual=st.residual[:, cut],
+                residual=_cut(st.residual, (slice(None), cut)),
                 up=None,
                 last=None,
             )
