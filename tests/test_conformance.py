@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel
+from transformers import AutoModel, AutoModelForCausalLM
 
 import workbench
 from workbench.core.composition import Block
@@ -66,6 +66,8 @@ def build(case: dict):
     kwargs = {"attn_implementation": case["attn_implementation"]}
     if case["model_class"] == "adapter_model":
         model = workbench.AutoAdapterModel.from_pretrained(path, **kwargs)
+    elif case["model_class"] == "causal_lm":  # a plugin-interface family on its task model (adapters.init)
+        model = workbench.init(AutoModelForCausalLM.from_pretrained(path, **kwargs))
     else:
         model = workbench.init(AutoModel.from_pretrained(path, **kwargs))
     for adapter in case["adapters"]:

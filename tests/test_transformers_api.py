@@ -346,9 +346,9 @@ def test_arch_paths(model_type):
     paths["layer_output"] = spec.layer_output
     for site_name, site in (("attention_site", spec.attention_site), ("output_site", spec.output_site)):
         paths[f"{site_name}.sublayer"] = site.sublayer
-        paths[f"{site_name}.residual"] = site.residual
-        if site.norm is not None:
-            paths[f"{site_name}.norm"] = site.norm
+        for field in ("residual", "norm", "residual_plus"):  # optional: None when the site has none
+            if getattr(site, field) is not None:
+                paths[f"{site_name}.{field}"] = getattr(site, field)
         paths[f"{site_name}.host (parent)"] = site.host.rpartition(".")[0]
     for item, path in paths.items():
         root, where = (model, spec.embeddings) if item == "embeddings" else (layer, path)

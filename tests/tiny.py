@@ -12,8 +12,24 @@ ENCODER_DECODER_SIZES = dict(
 )  # fmt: skip
 
 
+# Current decoders: grouped-query attention (2 key/value heads), explicit head dims (Qwen3's differs from
+# hidden/heads), rotary dims that fit the tiny heads.
+FAMILY_SIZES = {
+    "gptj": dict(rotary_dim=4),
+    "gpt_neox": dict(rotary_pct=0.5),
+    "gemma": dict(num_key_value_heads=2, head_dim=8),
+    "gemma2": dict(num_key_value_heads=2, head_dim=8),
+    "gemma3_text": dict(num_key_value_heads=2, head_dim=8),
+    "phi": dict(num_key_value_heads=2),
+    "phi3": dict(num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "qwen3": dict(num_key_value_heads=2, head_dim=16),
+    "olmo2": dict(num_key_value_heads=2),
+}
+
+
 def tiny_config(model_type: str = "bert", **overrides):
     extra = {"num_key_value_heads": 2} if model_type in ("llama", "mistral", "qwen2") else {}
+    extra.update(FAMILY_SIZES.get(model_type, {}))
     config = AutoConfig.for_model(model_type, **{**SIZES, **extra, **overrides})
     for key, value in ENCODER_DECODER_SIZES.items():
         if hasattr(config, key) and key not in overrides:

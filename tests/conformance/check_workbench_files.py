@@ -75,6 +75,9 @@ def load_model(case: dict, fixtures: Path):
     path, attn = fixtures / case["fixture_model"], case["attn_implementation"]
     if case["model_class"] == "adapter_model":
         model = AutoAdapterModel.from_pretrained(path, attn_implementation=attn)
+    elif case["model_class"] == "causal_lm":  # a plugin-interface family on its task model
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn)
+        adapters.init(model)
     else:
         model = transformers.AutoModel.from_pretrained(path, attn_implementation=attn)
         adapters.init(model)

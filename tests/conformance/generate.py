@@ -205,6 +205,89 @@ def image_pixel_values(inputs: dict) -> torch.Tensor:
     return (values / 255 - 0.5) / 0.5
 
 
+# --- current decoders (issue 12, item 4) --------------------------------------------------------------------------
+# GPT-J natively (GPTJAdapterModel / adapters.init(AutoModel)); Gemma 2, Gemma 3 text, Qwen3 and Phi through the
+# library's built-in plugin interfaces (`adapters.init` picks them by model type), on the base model and on the causal
+# LM task model. Grouped-query attention (2 key/value heads) and explicit head dims (Qwen3's 16 != 32 / 4).
+DECODER_FAMILIES = {
+    "gptj": (
+        transformers.GPTJConfig,
+        dict(COMMON, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN, n_positions=MAX_POS, rotary_dim=4),
+    ),
+    "gemma2": (transformers.Gemma2Config, dict(DECODER, head_dim=8)),
+    "gemma3_text": (transformers.Gemma3TextConfig, dict(DECODER, head_dim=8)),
+    "qwen3": (transformers.Qwen3Config, dict(DECODER, head_dim=16)),
+    "phi": (transformers.PhiConfig, DECODER),
+}
+DECODERS += tuple(DECODER_FAMILIES)
+CAUSAL_LM = "causal_lm"  # Case.model_class: adapters.init(AutoModelForCausalLM), saved as models/<arch>-causal_lm
+
+
+def model_folder(arch: str, model_class: str) -> str:
+    return f"models/{arch}-causal_lm" if model_class == CAUSAL_LM else f"models/{arch}"
+
+
+def build_decoder_family_models(out: Path) -> None:
+    """One seeded base model per family, and the causal LM task model of the plugin-interface families."""
+    for arch, (config_cls, kwargs) in DECODER_FAMILIES.items():
+        for model_class in ("base", CAUSAL_LM) if arch != "gptj" else ("base",):
+            torch.manual_seed(seed_of(model_folder(arch, model_class)))
+            auto = transformers.AutoModelForCausalLM if model_class == CAUSAL_LM else transformers.AutoModel
+            model = auto.from_config(config_cls(**kwargs), attn_implementation=attn_for(arch))
+            folder = out / model_folder(arch, model_class)
+            model.save_pretrained(folder, safe_serialization=True)
+            write_json(folder / "keys.json", weight_keys(folder))
+
+
+def decoder_family_cases() -> list:
+    """Every family: the base model, bottleneck, LoRA and the other methods its support allows (prefix tuning and heads
+    only natively: GPT-J); the plugin-interface families also on their causal LM task model."""
+    methods = ["seq_bn", "double_seq_bn", "par_bn", "seq_bn_inv", "lora", "ia3", "loreft"]
+    variants = {"lora-r4-qkv-ffn": VARIANTS["lora-r4-qkv-ffn"], "compacter": METHODS["compacter"]}
+    cases = []
+    for arch in DECODER_FAMILIES:
+        cases.append(Case(f"{arch}-base", arch, [], None))
+        cases += [Case(f"{arch}-{m}", arch, [("a", METHODS[m])], "a") for m in methods]
+        cases += [Case(f"{arch}-{slug}", arch, [("a", cfg)], "a") for slug, cfg in variants.items()]
+        if arch == "gptj":
+            cases += [Case(f"gptj-{m}", arch, [("a", m)], "a") for m in ("prefix_tuning", "adapterplus")]
+            for slug, (kind, kwargs) in HEADS_DEC.items():
+                heads = [("a", kind, kwargs)]
+                cases.append(Case(f"gptj-head-{slug}", arch, [("a", "seq_bn")], "a", "adapter_model", heads=heads))
+            cases.append(
+                Case(
+                    "gptj-head-causal_lm-lora",
+                    arch,
+                    [("a", "lora")],
+                    "a",
+                    "adapter_model",
+                    heads=[("a", "causal_lm", {})],
+                )
+            )
+        else:
+            cases += [
+                Case(f"{arch}-causal_lm-{m}", arch, [("a", METHODS[m])], "a", model_class=CAUSAL_LM)
+                for m in ("seq_bn", "lora", "double_seq_bn")
+            ]
+    # Compositions at GPT-J's parallel-block sites and at the plugin interface's hooked sites (Gemma 2's sandwich
+    # norms, Phi's FFN without a residual). The library refuses Parallel on plugin-interface models, and a pair that
+    # leaves rows without an adapter at a site fails there (KeyError in its BottleneckLayer), so pairs are alike.
+    double = [("a", "double_seq_bn"), ("b", "double_seq_bn")]
+    fuse = dict(fusions=[(["a", "b"], "dynamic")], forward_kwargs={"output_adapter_fusion_attentions": True})
+    blocks = {
+        "stack": (double, Stack("a", "b"), {}),
+        "batchsplit": (double, BatchSplit("a", "b", batch_sizes=[1, 2]), {}),
+        "fuse": (double, Fuse("a", "b"), fuse),
+        "parallel": (double, Parallel("a", "b"), {}),
+        "lora-parallel": ([("a", "lora"), ("b", "lora")], Parallel("a", "b"), {}),
+    }
+    for arch in ("gptj", "gemma2", "phi"):
+        for slug, (ads, active, extra) in blocks.items():
+            if arch == "gptj" or "parallel" not in slug:
+                cases.append(Case(f"{arch}-comp-{slug}", arch, ads, active, **extra))
+    return cases
+
+
 def make_inputs() -> dict:
     """Fixed batch: token ids in [3, VOCAB), right padded with PAD."""
     gen = torch.Generator().manual_seed(1234)
@@ -253,7 +336,7 @@ class Case:
     arch: str
     adapters: list  # [(name, config string)]
     active: Setup
-    model_class: str = "base"  # "base": adapters.init(AutoModel); "adapter_model": AutoAdapterModel
+    model_class: str = "base"  # "base": adapters.init(AutoModel); "adapter_model": AutoAdapterModel; CAUSAL_LM
     heads: list = field(default_factory=list)  # [(name, add_*_head method suffix, kwargs)]
     fusions: list = field(default_factory=list)  # [(adapter names, fusion config string[, with_head name])]
     layout: str = "default"  # or "multiple_choice"
@@ -888,9 +971,12 @@ def seed_of(text: str) -> int:
 
 def load_model(case: Case, out: Path, attn: str | None = None):
     """Load the saved base model: adapters.init(AutoModel) or AutoAdapterModel."""
-    path, attn = out / "models" / case.arch, attn or attn_for(case.arch, case.adapters)
+    path, attn = out / model_folder(case.arch, case.model_class), attn or attn_for(case.arch, case.adapters)
     if case.model_class == "adapter_model":
         model = AutoAdapterModel.from_pretrained(path, attn_implementation=attn)
+    elif case.model_class == CAUSAL_LM:  # a plugin-interface family on its task model
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn)
+        adapters.init(model)
     else:
         model = transformers.AutoModel.from_pretrained(path, attn_implementation=attn)
         adapters.init(model)
@@ -1031,7 +1117,7 @@ def run_case(case: Case, inputs: dict, out: Path) -> dict:
     return {
         "id": case.id,
         "arch": case.arch,
-        "model": f"models/{case.arch}",
+        "model": model_folder(case.arch, case.model_class),
         "model_class": case.model_class,
         "adapters": entry_adapters,
         "fusions": entry_fusions,
@@ -1232,9 +1318,10 @@ def main() -> None:
     write_json(out / "inputs.json", inputs)
     build_base_models(out)
     build_seq2seq_models(out)
+    build_decoder_family_models(out)
 
     entries, skipped = [], []
-    cases = method_cases() + head_cases() + composition_cases() + head_composition_cases()
+    cases = method_cases() + head_cases() + composition_cases() + head_composition_cases() + decoder_family_cases()
     for case in cases + vision_cases() + clip_cases() + seq2seq_cases():
         if args.only and args.only not in case.id:
             continue

@@ -111,7 +111,11 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         if not architectures or architectures[0] not in static_heads.STATIC_TO_FLEX:
             return
         static = static_heads.checkpoint_head_state(name_or_path, self.base_model_prefix, **hub_kwargs)
-        config, renames = static_heads.flex_config(architectures[0], self.config)
+        try:
+            config, renames = static_heads.flex_config(architectures[0], self.config)
+        except HeadError as err:  # a head no flex head equals (Gemma 2's soft-capped logits)
+            warnings.warn(f"the {architectures[0]} head of {name_or_path} was not converted: {err}", stacklevel=3)
+            return
         head = head_from_config(self.config, config)
         if not static and not (isinstance(head, LMHead) and self.config.tie_word_embeddings):
             return  # (a tied LM head has no weights of its own in the checkpoint)
@@ -130,7 +134,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         self._load_weights(state, own, name_or_path)
         if info is not None and "unexpected_keys" in info:
             info["unexpected_keys"] = type(info["unexpected_keys"])(
-                k for k in info["unexpected_keys"] if k not in static
+                k for k in info["unexpected_keys"] if static_heads.module_name(k) not in static
             )
 
     @classmethod

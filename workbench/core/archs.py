@@ -19,15 +19,25 @@ class Site:
 
     Attributes:
         sublayer: module whose output (or first output) is the sublayer result `h`.
-        residual: module whose first input is the residual stream `r` at this point.
-        norm: post-norm module applied to `h + r` (post-LN models); None for pre-LN models.
+        residual: module whose first input is the residual stream `r` at this point; None when the site has no
+            residual (AdapterHub's plugin interface without `layer_pre_ffn`, e.g. Phi's FFN).
+        norm: post-norm module applied to `h + r` (post-LN models); None for pre-LN models. With `hooked`, the
+            norm the adapter's pre-processing applies to `h + r` (AdapterHub's `layer_ln_1`/`layer_ln_2`).
         host: module that holds the adapter weights (`<host>.adapters.<name>`); created when missing.
+        hooked: AdapterHub's layer-hooked mode (its plugin interface): the adapter's output replaces the
+            sublayer's output and the layer itself then adds the residual and applies its own norms (Gemma 2's
+            post-norm acts on the adapted output), so adapters never add the residual or norm after themselves.
+        residual_plus: module whose (first) output is added to `residual`'s input to give `r`: in parallel blocks
+            (GPT-J, GPT-NeoX) attention and FFN read the same input, and the FFN adapter reads the stream after
+            attention (its adapted output), as AdapterHub's GPT-J does.
     """
 
     sublayer: str
-    residual: str
+    residual: str | None
     norm: str | None
     host: str
+    hooked: bool = False
+    residual_plus: str | None = None
 
 
 ALL_METHODS = frozenset({"bottleneck", "invertible", "lora", "prefix_tuning", "prompt_tuning", "reft"})
@@ -56,6 +66,9 @@ class LayerStack:
         config: attribute of the model config that holds this stack's config ("" when it is the config itself).
         whole_rows: the stack's sequence is not the token sequence of the call (CLIP's vision tower in a call with
             text and images): ReFT takes every row whole instead of reading its positions from the attention mask.
+        qkv_layout: how a fused q|k|v projection (`lora["qkv"]`) orders its outputs: "blocks" (all q, then all k,
+            then all v, sized by the query and key/value head counts: GPT-2, Phi-3) or "heads" (q, k, v of head 0,
+            then of head 1, ...: GPT-NeoX). LoRA's `attn_matrices` select these parts.
     """
 
     layers: str
@@ -71,6 +84,7 @@ class LayerStack:
     cross_lora: dict[str, str] = field(default_factory=dict)
     config: str = ""
     whole_rows: bool = False
+    qkv_layout: str = "blocks"
 
     def stack_config(self, config):
         """This stack's config: the model config itself, unless the stack names a sub-config."""
@@ -112,6 +126,9 @@ class ArchSpec(LayerStack):
             that attribute (e.g. BEiT's relative position bias has no entries for prompt tokens).
         parallel: whether `Parallel` setups apply. CLIPModel says no: its contrastive logits would pair every
             channel's images with every channel's texts (AdapterHub refuses Parallel on CLIP too).
+        invertible_unscaled: invertible adapters act on the token embeddings before the embedding module's own
+            `embed_scale` (Gemma 2: the `adapters` library ran on transformers 4, which scaled after the embedding
+            module; transformers 5 scales inside it), so AdapterHub's files give AdapterHub's outputs.
     """
 
     embeddings: str
@@ -122,6 +139,7 @@ class ArchSpec(LayerStack):
     entries: tuple[str, ...] = ()
     file_keys: tuple[tuple[str, str], ...] = ()
     refuse_if: tuple[tuple[str, str, str], ...] = ()
+    invertible_unscaled: bool = False
     parallel: bool = True
 
     @property
@@ -363,6 +381,112 @@ _CLIP = ArchSpec(
     **_CLIP_LAYER,
 )
 
+# --- current decoders (issue 12, item 4) ----------------------------------------------------------------------
+# Llama 3.x (rope scaling "llama3") and SmolLM (tied embeddings) are model type "llama"; Qwen3 (q/k norms, explicit
+# head_dim) is Qwen2's layout, with AdapterHub's plugin-interface LoRA places. Key/value heads and head dim come from
+# the config (`ArchSpec.attention_shape`), so prefixes have one key/value per key/value head everywhere.
+
+# GPT-J (AdapterHub's GPTJAdapterModel): attention and FFN both read ln_1(x) and the block adds both outputs to x.
+# The FFN adapter reads the stream after attention, x + (adapted) attention output, as AdapterHub's GPT-J does.
+_GPTJ = ArchSpec(
+    layers="h",
+    attention_site=Site("attn", "ln_1", None, "attention_adapters"),
+    output_site=Site("mlp", "ln_1", None, "output_adapters", residual_plus="attn"),
+    attention="attn",
+    lora={
+        "q": "attn.q_proj",
+        "k": "attn.k_proj",
+        "v": "attn.v_proj",
+        "intermediate": "mlp.fc_in",
+        "output": "mlp.fc_out",
+    },
+    embeddings="drop",
+    attention_output="attn.out_proj",
+    methods=DECODER_METHODS,
+    pooling="last",
+)
+
+# GPT-NeoX (no AdapterHub support; GPT-J's placement): with `use_parallel_residual` (the default) attention and FFN
+# read the layer input, without it the FFN reads input + attention; either way the FFN adapter's residual is the
+# layer input plus the attention output. Sites sit on the dropouts so the adapters see what the layer adds. The fused
+# `query_key_value` holds q, k, v per head.
+_GPT_NEOX = ArchSpec(
+    layers="layers",
+    attention_site=Site("post_attention_dropout", "input_layernorm", None, "attention_adapters"),
+    output_site=Site(
+        "post_mlp_dropout", "input_layernorm", None, "output_adapters", residual_plus="post_attention_dropout"
+    ),
+    attention="attention",
+    lora={"qkv": "attention.query_key_value", "intermediate": "mlp.dense_h_to_4h", "output": "mlp.dense_4h_to_h"},
+    embeddings="emb_dropout",
+    attention_output="attention.dense",
+    methods=DECODER_METHODS,
+    pooling="last",
+    qkv_layout="heads",
+)
+
+# Gemma 2 and Gemma 3 text (AdapterHub's plugin interface, file- and output-compatible): sandwich norms, so the
+# adapters are hooked on o_proj/down_proj, before the post-norms; their pre-processing normalises `h + r` with the
+# post-norm, as the `adapters` library does (`layer_ln_1`/`layer_ln_2`).
+_GEMMA2 = ArchSpec(
+    layers="layers",
+    attention_site=Site(
+        "self_attn.o_proj", "input_layernorm", "post_attention_layernorm", "attention_adapters", hooked=True
+    ),
+    output_site=Site(
+        "mlp.down_proj", "pre_feedforward_layernorm", "post_feedforward_layernorm", "output_adapters", hooked=True
+    ),
+    attention="self_attn",
+    lora=_QWEN2.lora,
+    embeddings="embed_tokens",
+    attention_output="self_attn.o_proj",
+    methods=DECODER_METHODS,
+    pooling="last",
+)
+
+# Phi (AdapterHub's plugin interface): attention and FFN read input_layernorm(x); the attention adapter is hooked on
+# `dense` with residual x, the FFN adapter on `fc2` with no residual (the interface names no `layer_pre_ffn`), so a
+# parallel adapter there has nothing to read and is refused.
+_PHI = ArchSpec(
+    layers="layers",
+    attention_site=Site("self_attn.dense", "input_layernorm", None, "attention_adapters", hooked=True),
+    output_site=Site("mlp.fc2", None, None, "output_adapters", hooked=True),
+    attention="self_attn",
+    lora={
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "intermediate": "mlp.fc1",
+        "output": "mlp.fc2",
+    },
+    embeddings="embed_tokens",
+    attention_output="self_attn.dense",
+    methods=DECODER_METHODS,
+    pooling="last",
+)
+
+# Phi-3 (no AdapterHub support): Llama's layout with fused `qkv_proj` (q, k, v blocks; GQA sizes) and `gate_up_proj`
+# (LoRA adapts it whole, as PEFT does). Sites sit on the residual dropouts, which see what the layer adds.
+_PHI3 = ArchSpec(
+    layers="layers",
+    attention_site=Site("resid_attn_dropout", "input_layernorm", None, "attention_adapters"),
+    output_site=Site("resid_mlp_dropout", "post_attention_layernorm", None, "output_adapters"),
+    attention="self_attn",
+    lora={"qkv": "self_attn.qkv_proj", "intermediate": "mlp.gate_up_proj", "output": "mlp.down_proj"},
+    embeddings="embed_tokens",
+    attention_output="self_attn.o_proj",
+    methods=DECODER_METHODS,
+    pooling="last",
+)
+
+# OLMo 2 (no AdapterHub support): no pre-norms, a post-norm on each sublayer's output (`r + norm(f(r))`). The
+# adapters act on what the residual adds, the normalised branch, exactly as on Llama's `r + f(norm(r))`.
+_OLMO2 = replace(
+    _QWEN2,
+    attention_site=Site("post_attention_layernorm", "self_attn", None, "attention_adapters"),
+    output_site=Site("post_feedforward_layernorm", "mlp", None, "output_adapters"),
+)
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _BERT,
     "roberta": _BERT,
@@ -381,15 +505,26 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "clip": _CLIP,
     "clip_text_model": _CLIP_TEXT,
     "clip_vision_model": _CLIP_VISION,
+    # current decoders
+    "gptj": _GPTJ,
+    "gpt_neox": _GPT_NEOX,
+    "gemma": _QWEN2,  # Llama's layout; no AdapterHub support: LoRA places as Gemma 2's plugin interface
+    "gemma2": replace(_GEMMA2, invertible_unscaled=True),
+    "gemma3_text": _GEMMA2,
+    "phi": _PHI,
+    "phi3": _PHI3,
+    "qwen3": _QWEN2,
+    "olmo2": _OLMO2,
 }
 
 
 def spec_from_interface(interface, pooling: str = "first") -> ArchSpec:
     """An `ArchSpec` from AdapterHub's `AdapterModelInterface` fields (a model family we do not ship).
 
-    Bottleneck adapters rewrite the attention output projection and the FFN output projection; the residual is
-    read at `layer_pre_self_attn`/`layer_pre_ffn` (pre-LN models) or at the block's input, and `layer_ln_1`/
-    `layer_ln_2` are the post-norms of post-LN models.
+    Bottleneck adapters are hooked on the attention output projection and the FFN output projection, as in
+    AdapterHub's plugin interface: their output replaces the projection's, the residual is the input of
+    `layer_pre_self_attn`/`layer_pre_ffn` (none when not given) and `layer_ln_1`/`layer_ln_2` are the norms the
+    adapters' pre-processing applies to `h + r`.
     """
     attn = interface.layer_self_attn
     o_proj = f"{attn}.{interface.attn_o_proj}" if interface.attn_o_proj else attn
@@ -400,12 +535,11 @@ def spec_from_interface(interface, pooling: str = "first") -> ArchSpec:
     lora.update(intermediate=interface.layer_intermediate_proj, output=interface.layer_output_proj)
     return ArchSpec(
         layers=interface.model_layers,
-        attention_site=Site(o_proj, interface.layer_pre_self_attn or attn, interface.layer_ln_1, "attention_adapters"),
+        attention_site=Site(
+            o_proj, interface.layer_pre_self_attn, interface.layer_ln_1, "attention_adapters", hooked=True
+        ),
         output_site=Site(
-            interface.layer_output_proj,
-            interface.layer_pre_ffn or interface.layer_intermediate_proj,
-            interface.layer_ln_2,
-            "output_adapters",
+            interface.layer_output_proj, interface.layer_pre_ffn, interface.layer_ln_2, "output_adapters", hooked=True
         ),
         attention=attn,
         lora=lora,

@@ -464,7 +464,7 @@ def save_peft(model, folder, name: str) -> None:
                 vector = lora.lora_B * lora.scaling
                 state[module + ".ia3_l"] = t._pad(vector.t(), lora.enabled, 1.0).t() if fused[id(t)] else vector
                 continue
-            lora_b = _block_diagonal(lora.lora_B, lora.enabled, config.r) if fused[id(t)] else lora.lora_B
+            lora_b = _block_diagonal(t, lora, config.r) if fused[id(t)] else lora.lora_B
             state[module + ".lora_A.weight"] = F.pad(lora.lora_A, (0, 0, 0, rank - lora.lora_A.shape[0]))
             state[module + ".lora_B.weight"] = F.pad(lora_b, (0, rank - lora_b.shape[1]))
     common = {
@@ -498,13 +498,13 @@ def save_peft(model, folder, name: str) -> None:
     files.write_weights(folder / PEFT_SAFETENSORS, state)
 
 
-def _block_diagonal(lora_b: torch.Tensor, enabled: list[bool], r: int) -> torch.Tensor:
-    """A fused q|k|v projection's per-matrix B factors as one `(3 * width, n * r)` block-diagonal B."""
-    n = sum(enabled)
-    width = lora_b.shape[0] // n
-    full = lora_b.new_zeros(3 * width, n * r)
-    for j, third in enumerate(i for i, on in enumerate(enabled) if on):
-        full[third * width : (third + 1) * width, j * r : (j + 1) * r] = lora_b[j * width : (j + 1) * width]
+def _block_diagonal(target, lora, r: int) -> torch.Tensor:
+    """A fused q|k|v projection's per-matrix B factors as one `(out_features, n * r)` block-diagonal B."""
+    full = lora.lora_B.new_zeros(target.out_features, sum(lora.enabled) * r)
+    blocks = lora.lora_B.split(target.widths(lora.enabled))
+    parts = [part for part, on in zip(target.parts, lora.enabled, strict=True) if on]
+    for j, (block, part) in enumerate(zip(blocks, parts, strict=True)):
+        full[part, j * r : (j + 1) * r] = block
     return full
 
 

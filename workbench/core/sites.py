@@ -5,6 +5,11 @@ sublayer's output and `r` the residual stream. A `ResidualSite` captures `h` and
 its `combine(h, r, norm, ctx)` callback for the result, which replaces the layer's own. `combine` returns None
 when no adapter acts here, and the model runs exactly as it would without us. The captured tensors live in the
 call's `ForwardContext`, so concurrent calls never see each other's.
+
+A `hooked` site (AdapterHub's plugin interface) hands `combine`'s result back as the sublayer's output: the layer
+adds the residual and applies its own norms afterwards, and `norm` is only what the adapter may apply to `h + r`.
+A site with `residual_plus` (parallel blocks: GPT-J, GPT-NeoX) reads `r` as the residual module's input plus that
+module's final output; a site whose sublayer is such a module publishes its replacement under the same key.
 """
 
 from __future__ import annotations
@@ -36,17 +41,23 @@ class ResidualSite:
     def __init__(self, engine, layer: nn.Module, site: Site, combine: Combine, active):
         self.engine = engine
         self.sublayer = get_module(layer, site.sublayer)
-        self.residual_module = get_module(layer, site.residual)
+        self.residual_module = get_module(layer, site.residual) if site.residual else None
+        self.plus_module = get_module(layer, site.residual_plus) if site.residual_plus else None
         self.norm = get_module(layer, site.norm) if site.norm else None
+        self.hooked = site.hooked
         self.host, self.created_host = ensure_host(layer, site.host)
         self.combine = combine
         self.active = active  # active(ctx) -> bool: does any adapter of the call act here?
         self._key = ("site", id(self))
-        self._handles = [
-            self.residual_module.register_forward_pre_hook(self._capture_residual, with_kwargs=True),
-            self.sublayer.register_forward_hook(self._on_sublayer),
-        ]
-        if self.norm is not None:
+        self._plus_key = ("output", id(self.plus_module))
+        self._own_key = ("output", id(self.sublayer))  # read by a parallel block's other site, if it captures it
+        self._handles = [self.sublayer.register_forward_hook(self._on_sublayer)]
+        if self.residual_module is not None:
+            hook = self.residual_module.register_forward_pre_hook(self._capture_residual, with_kwargs=True)
+            self._handles.append(hook)
+        if self.plus_module is not None:
+            self._handles.append(self.plus_module.register_forward_hook(self._capture_plus))
+        if self.norm is not None and not self.hooked:
             self._handles.append(self.norm.register_forward_hook(self._on_norm))
 
     def remove(self) -> None:
@@ -63,29 +74,56 @@ class ResidualSite:
         if ctx is not None:
             ctx.scratch[self._key] = [first_input(args, kwargs), None]
 
-    def _on_sublayer(self, module, args, output):
+    def _capture_plus(self, module, args, output):
         ctx = self._call()
-        captured = ctx.scratch.get(self._key) if ctx is not None else None
+        if ctx is not None:  # hooks run in registration order: a later replacement overwrites this (`_publish`)
+            ctx.scratch[self._plus_key] = output[0] if isinstance(output, tuple) else output
+
+    def _publish(self, ctx: ForwardContext, value: torch.Tensor) -> None:
+        if self._own_key in ctx.scratch:
+            ctx.scratch[self._own_key] = value
+
+    def _residual(self, ctx: ForwardContext, captured: list | None) -> torch.Tensor | None:
+        """The residual stream `r` from the captured residual input (None for a site without a residual)."""
         if captured is None:
             return None
+        residual = captured[0]
+        if self.plus_module is not None:
+            residual = residual + ctx.scratch.pop(self._plus_key)
+        return residual
+
+    def _on_sublayer(self, module, args, output):
+        ctx = self._call()
+        if ctx is None:
+            return None
         h = output[0] if isinstance(output, tuple) else output
-        if self.norm is not None:
-            captured[1] = h
+        if self.norm is not None and not self.hooked:
+            captured = ctx.scratch.get(self._key)
+            if captured is not None:
+                captured[1] = h  # combined when the norm runs
             return None
-        residual = ctx.scratch.pop(self._key)[0]
-        combined = self.combine(h, residual, None, ctx)
-        if combined is None:
+        captured = ctx.scratch.pop(self._key, None)
+        if captured is None and self.residual_module is not None:
+            return None  # the residual was captured outside this call (or not at all): leave the layer alone
+        residual = self._residual(ctx, captured)
+        if self.hooked:  # the layer adds the residual and applies its norms to what we return
+            norm = SiteNorm(self.norm, None, None, None) if self.norm is not None else None
+            new = self.combine(h, residual, norm, ctx)
+        else:
+            combined = self.combine(h, residual, None, ctx)
+            # The layer adds the residual itself after this hook, so hand back the difference.
+            new = None if combined is None else combined - residual
+        if new is None:
             return None
-        # The layer adds the residual itself after this hook, so hand back the difference.
-        delta = combined - residual
-        return (delta, *output[1:]) if isinstance(output, tuple) else delta
+        self._publish(ctx, new)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def _on_norm(self, module, args, output):
         ctx = self._call()
         captured = ctx.scratch.pop(self._key, None) if ctx is not None else None
         if captured is None or captured[1] is None:
             return None
-        residual, h = captured
+        h, residual = captured[1], self._residual(ctx, captured)
         return self.combine(h, residual, SiteNorm(module, h, residual, output), ctx)
 
 

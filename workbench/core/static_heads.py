@@ -49,14 +49,15 @@ def _encoder(cls: str, dense: str, norm: str, decoder: str, pooled: bool) -> dic
     }
 
 
-def _decoder(cls: str, tagger: str) -> dict[str, tuple]:
+def _decoder(cls: str, tagger: str, lm_bias: bool = False) -> dict[str, tuple]:
     """The heads of a decoder family; its sequence classifier (`score`) reads the last non-pad token."""
     heads = {
         f"{cls}ForSequenceClassification": _head("classification", [None, "score"], **_LINEAR, bias=False),
         f"{cls}ForTokenClassification": _head("tagging", [None, tagger], **_LINEAR),
         f"{cls}ForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
     }
-    heads[f"{cls}LMHeadModel" if cls == "GPT2" else f"{cls}ForCausalLM"] = _head("causal_lm", ["lm_head"])
+    lm = {"bias": True} if lm_bias else {}  # GPT-J's and Phi's lm_head have a bias
+    heads[f"{cls}LMHeadModel" if cls == "GPT2" else f"{cls}ForCausalLM"] = _head("causal_lm", ["lm_head"], **lm)
     return heads
 
 
@@ -93,6 +94,17 @@ STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     **_decoder("Llama", "score"),
     **_decoder("Mistral", "score"),
     **_decoder("Qwen2", "score"),
+    # current decoders (GPT-J's as AdapterHub's head_utils); Gemma 2/3's causal LM soft-caps its logits when its
+    # config says so, which no flex head does: `flex_config` refuses those
+    **_decoder("GPTJ", "classifier", lm_bias=True),
+    **_decoder("GPTNeoX", "classifier"),
+    **_decoder("Gemma", "score"),
+    **_decoder("Gemma2", "score"),
+    "Gemma3ForCausalLM": _head("causal_lm", ["lm_head"]),
+    **_decoder("Phi", "score", lm_bias=True),
+    **_decoder("Phi3", "score"),
+    **_decoder("Qwen3", "score"),
+    **_decoder("Olmo2", "score"),
 }
 _NO_LABELS = ("masked_lm", "causal_lm")
 
@@ -107,6 +119,12 @@ def flex_config(model_class: str, model_config, label2id=None, num_labels=None) 
             "(known: the ...For<Task> classes of the architectures workbench ships, see static_heads.STATIC_TO_FLEX)"
         )
     template, layers = STATIC_TO_FLEX[model_class]
+    softcap = getattr(model_config, "final_logit_softcapping", None)
+    if template["head_type"] == "causal_lm" and softcap:
+        raise HeadError(
+            f"{model_class} soft-caps its logits (final_logit_softcapping={softcap}), which no flex causal LM head "
+            "does: it cannot be converted"
+        )
     config = dict(template)
     if config["head_type"] in _NO_LABELS:
         config["vocab_size"] = model_config.vocab_size
@@ -231,9 +249,24 @@ def load_static(model, save_directory, id2label=None, loading_info: dict | None 
 # --- transformers checkpoints of static-head classes -------------------------------------------------------------
 
 
+# Head modules that checkpoints name differently from the model (transformers renames them when loading): GPT-NeoX
+# (Pythia) checkpoints keep the output embedding as `embed_out`, the module is `lm_head`.
+CHECKPOINT_NAMES = {"embed_out.": "lm_head."}
+
+
+def module_name(key: str) -> str:
+    """A checkpoint key under the model's module name."""
+    old = next((old for old in CHECKPOINT_NAMES if key.startswith(old)), None)
+    return CHECKPOINT_NAMES[old] + key[len(old) :] if old else key
+
+
 def checkpoint_head_state(name_or_path, base_prefix: str, **hub_kwargs) -> dict[str, torch.Tensor]:
     """The weights outside the base model in a transformers checkpoint (safetensors, sharded or not, or a
-    tensors-only .bin); {} if none is found."""
+    tensors-only .bin), under the model's module names; {} if none is found."""
+    return {module_name(k): v for k, v in _checkpoint_head_state(name_or_path, base_prefix, **hub_kwargs).items()}
+
+
+def _checkpoint_head_state(name_or_path, base_prefix: str, **hub_kwargs) -> dict[str, torch.Tensor]:
     folder = Path(str(name_or_path))
 
     def locate(filename: str) -> Path | None:

@@ -159,8 +159,10 @@ class Adapter(nn.Module):
         gate = torch.sigmoid(self.gate(x.to(self.gate.weight.dtype))).mean(dim=1).unsqueeze(-1).to(out.dtype)
         return out * gate, gate
 
-    def post_forward(self, h, sublayer_output, r, norm):
-        if not self.config.original_ln_after:
+    def post_forward(self, h, sublayer_output, r, norm, ln_after: bool = True):
+        """The layer's residual (and post-norm) after the adapter; `ln_after=False` at a hooked site, where the layer
+        adds them itself (AdapterHub's plugin interface sets `original_ln_after = False` there)."""
+        if not (ln_after and self.config.original_ln_after):
             return h
         total = _add(h, r, reuse=True)
         return norm(total) if norm is not None else total
@@ -192,9 +194,9 @@ class ParallelAdapter(Adapter):
             out = self.adapter_norm_after(out)
         return out, up, gate
 
-    def post_forward(self, h, sublayer_output, r, norm):
+    def post_forward(self, h, sublayer_output, r, norm, ln_after: bool = True):
         h = h + sublayer_output
-        return super().post_forward(h, sublayer_output, r, norm)
+        return super().post_forward(h, sublayer_output, r, norm, ln_after)
 
 
 def make_adapter(hidden: int, config: BnConfig, layer_idx: int, shared_phm=None) -> Adapter:

@@ -15,7 +15,7 @@ from torch import nn
 from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
 from ..configs import AdapterFusionConfig, BnConfig
 from ..engine import record_gating
-from ..errors import CompositionError
+from ..errors import CompositionError, UnsupportedMethodError
 from ..runtime import ComposableLayer, compose, row_bounds
 from ..sites import ResidualSite
 from .base import AdapterMethod
@@ -73,19 +73,21 @@ class BottleneckLayer(ComposableLayer):
         return self.layer_idx not in self.engine.skip_layers and any(n in self.adapters for n in ctx.names)
 
     def combine(self, h, r, norm, ctx):
-        r = _match_batch(r, h)
+        r = _match_batch(r, h) if r is not None else None
         out = compose(self, ctx.setup, BnState(h, r, r, norm), ctx)
         if out.last is None:
             return None
+        hooked = self.site_spec.hooked  # the layer adds the residual and norms: adapters never do (AdapterHub)
         if not isinstance(out.last, tuple):
-            return self.adapters[out.last].post_forward(out.hidden, h, out.input_tensor, norm)
+            return self.adapters[out.last].post_forward(out.hidden, h, out.input_tensor, norm, ln_after=not hooked)
         pieces, start = [], 0  # row groups finished by different adapters (or by none: the layer's own output)
         for rows, name in out.last:
             cut = slice(start, start + rows)
             if name is None:
-                pieces.append(norm(h[cut] + r[cut]) if norm is not None else h[cut] + r[cut])
+                pieces.append(h[cut] if hooked else norm(h[cut] + r[cut]) if norm is not None else h[cut] + r[cut])
             else:
-                pieces.append(self.adapters[name].post_forward(out.hidden[cut], h[cut], out.input_tensor[cut], norm))
+                inputs = _cut(out.input_tensor, cut)
+                pieces.append(self.adapters[name].post_forward(out.hidden[cut], h[cut], inputs, norm, not hooked))
             start += rows
         return torch.cat(pieces)
 
@@ -127,8 +129,9 @@ class BottleneckLayer(ComposableLayer):
         return st.hidden.shape[0]
 
     def rows(self, st: BnState, a: int, b: int) -> BnState:
-        up = st.up[a:b] if st.up is not None else None
-        return BnState(st.hidden[a:b], st.input_tensor[a:b], st.residual[a:b], st.norm, up, st.last, st.fusing)
+        cut = slice(a, b)
+        inputs, residual = _cut(st.input_tensor, cut), _cut(st.residual, cut)  # None at a site without a residual
+        return BnState(st.hidden[cut], inputs, residual, st.norm, _cut(st.up, cut), st.last, st.fusing)
 
     def concat(self, parts: list[BnState]) -> BnState:
         cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
@@ -137,7 +140,9 @@ class BottleneckLayer(ComposableLayer):
             last = lasts[0]
         else:  # each row group keeps the adapter that finishes it
             last = tuple(run for p in parts for run in _runs(p.last, p.hidden.shape[0]))
-        return BnState(cat("hidden"), cat("input_tensor"), cat("residual"), parts[0].norm, None, last, parts[0].fusing)
+        maybe = lambda name: cat(name) if getattr(parts[0], name) is not None else None  # noqa: E731 (no residual)
+        inputs, residual = maybe("input_tensor"), maybe("residual")
+        return BnState(cat("hidden"), inputs, residual, parts[0].norm, None, last, parts[0].fusing)
 
     def average(self, parts: list[BnState], weights: list[float]) -> BnState:
         w = torch.tensor(weights, dtype=parts[0].hidden.dtype, device=parts[0].hidden.device)
@@ -156,8 +161,8 @@ class BottleneckLayer(ComposableLayer):
             part = replace(
                 st,
                 hidden=st.hidden[:, cut],
-                input_tensor=st.input_tensor[:, cut],
-                residual=st.residual[:, cut],
+                input_tensor=_cut(st.input_tensor, (slice(None), cut)),
+                residual=_cut(st.residual, (slice(None), cut)),
                 up=None,
                 last=None,
             )
@@ -189,10 +194,30 @@ def _pre_kind(adapter) -> tuple:
     return type(adapter), config.original_ln_before, config.residual_before_ln
 
 
+def _cut(t: torch.Tensor | None, index) -> torch.Tensor | None:
+    """`t[index]`, or None for a site without a residual (Phi's FFN under AdapterHub's plugin interface)."""
+    return t[index] if t is not None else None
+
+
 def _match_batch(r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     if r.shape[0] < h.shape[0]:
         return r.repeat(h.shape[0] // r.shape[0], *([1] * (r.dim() - 1)))
     return r
+
+
+def _check_site(site, config: BnConfig, location: str, model_config) -> None:
+    """Refuse a config that a site cannot compute (before anything is added)."""
+    where = f"the {location} site of model type {getattr(model_config, 'model_type', '?')!r}"
+    if site.hooked and not config.original_ln_after:
+        raise UnsupportedMethodError(
+            f"original_ln_after=False cannot act at {where}: the layer itself adds the residual and applies its "
+            "norms after the adapter (AdapterHub's plugin interface refuses this config too)"
+        )
+    if site.residual is None and config.is_parallel:
+        raise UnsupportedMethodError(
+            f"a parallel bottleneck adapter (is_parallel=True) reads the residual stream, which {where} does not "
+            f"have (its sublayer reads the attention's input); use a sequential adapter or {location}=False"
+        )
 
 
 class BottleneckMethod(AdapterMethod):
@@ -214,6 +239,10 @@ class BottleneckMethod(AdapterMethod):
     def add(self, name: str, config: BnConfig) -> None:
         engine, hidden = self.engine, self.engine.hidden_size
         refs = engine.layer_refs
+        for location, site in LOCATIONS.items():
+            for stack in engine.spec.stacks:
+                if getattr(config, location, False) and getattr(stack, site) is not None:
+                    _check_site(getattr(stack, site), config, location, engine.base.config)
         sizes = {ref.index: bottleneck_size(config, engine.hidden_size_of(ref.stack), ref.index) for ref in refs}
         shared = None
         try:

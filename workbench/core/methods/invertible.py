@@ -104,11 +104,21 @@ class InvertibleMethod(AdapterMethod):
         return modules[setup.first()] if setup.first() in modules else None
 
     def _on_embeddings(self, module, args, output):
+        scale = self._unscale(module, output)
+        x = output if scale is None else output / scale
         ctx = current_call(self.engine)
         if ctx is not None and ctx.rows is not None:
-            return self._by_rows(output, ctx.rows, rev=False)
-        adapter = self.active(ctx.setup if ctx is not None else None)
-        return adapter(output) if adapter is not None else None
+            y = self._by_rows(x, ctx.rows, rev=False)
+        else:
+            adapter = self.active(ctx.setup if ctx is not None else None)
+            y = adapter(x) if adapter is not None else None
+        return y if y is None or scale is None else y * scale
+
+    def _unscale(self, module: nn.Module, output: torch.Tensor) -> torch.Tensor | None:
+        """The embedding module's own scale, when the spec has the coupling act before it (`invertible_unscaled`)."""
+        if not self.engine.spec.invertible_unscaled:
+            return None
+        return module.embed_scale.to(output.dtype)
 
     def invert(self, hidden: torch.Tensor, setup, rows=None) -> torch.Tensor:
         """The inverse transform, for an LM head's output of a call that ran `setup` (or per-row adapters `rows`)."""

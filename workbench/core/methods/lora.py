@@ -3,8 +3,10 @@ https://arxiv.org/abs/2205.05638) on unmodified transformers `nn.Linear`/`Conv1D
 
 Every wrapped projection gets a child `loras` ModuleDict, so weights are keyed like AdapterHub's
 (`...attention.self.query.loras.<name>.lora_A`), and one forward hook that adds (LoRA, "add") or multiplies
-(IA3, "scale") the active adapters' output. GPT-2's fused `c_attn` takes one adapter whose q|k|v thirds are
-enabled by `attn_matrices`. `merge`/`reset` fold an adapter into the base weight and back.
+(IA3, "scale") the active adapters' output. A fused q|k|v projection (GPT-2's `c_attn`, Phi-3's `qkv_proj`,
+GPT-NeoX's per-head `query_key_value`) takes one adapter whose q, k and v parts are enabled by `attn_matrices`; the
+parts' output features come from `spec.qkv_layout` and the head counts (grouped-query attention: smaller k and v).
+`merge`/`reset` fold an adapter into the base weight and back.
 
 AdapterHub's `LoRAConfig` names places (`spec.lora`); a `TargetedLoRAConfig` (PEFT adapters) names any
 nn.Linear/Conv1D module by its path, each with its own rank and scaling, (IA)^3 optionally on the module's input,
@@ -211,6 +213,24 @@ def _computing_with(lora, snapshot: dict[str, torch.Tensor]):
             live[key].data.copy_(value)
 
 
+def qkv_parts(spec, config, out_features: int, path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output-feature indices of the q, k and v parts of a fused projection (`spec.qkv_layout`)."""
+    heads = spec.model_config(config).num_attention_heads
+    kv_heads, dim = spec.attention_shape(config)
+    if spec.qkv_layout == "heads":  # [q k v] per head (GPT-NeoX): head h's q is features 3hD .. 3hD + D
+        if kv_heads != heads or 3 * heads * dim != out_features:
+            raise UnsupportedModelError(f"{path}: {out_features} outputs are not {heads} heads of q, k, v ({dim} wide)")
+        per_head = torch.arange(heads * dim).view(heads, dim)
+        return tuple((per_head + (torch.arange(heads) * 2 * dim)[:, None] + i * dim).flatten() for i in range(3))
+    widths = [heads * dim, kv_heads * dim, kv_heads * dim]
+    if sum(widths) != out_features:
+        raise UnsupportedModelError(
+            f"{path}: {out_features} outputs are not q, k, v of widths {widths} ({heads} query and {kv_heads} "
+            f"key/value heads of {dim})"
+        )
+    return tuple(torch.arange(out_features).split(widths))
+
+
 class LoRATarget(ComposableLayer):
     """One wrapped projection (`path` in the root model): its `loras` ModuleDict, forward hook and merge state."""
 
@@ -232,11 +252,14 @@ class LoRATarget(ComposableLayer):
             raise UnsupportedModelError(f"LoRA cannot wrap {path} ({kind}): it needs an nn.Linear or Conv1D")
         if hasattr(module, "loras"):
             raise UnsupportedModelError(f"{path} already has an attribute 'loras'; LoRA cannot wrap it")
+        self.parts = qkv_parts(engine.spec, engine.base.config, self.out_features, path) if self.fused else None
         module.loras = nn.ModuleDict()
         self.loras: nn.ModuleDict = module.loras
         self.merged: str | None = None
         self.restore: dict | None = None  # what reset needs to give back the exact weights (see merge)
-        self.handle = module.register_forward_hook(self._hook)
+        # First among the module's hooks: a bottleneck site hooked on the same projection (AdapterHub's plugin
+        # interface, e.g. Gemma 2's o_proj/down_proj) must see the adapted output, as with AdapterHub's LoRALinear.
+        self.handle = module.register_forward_hook(self._hook, prepend=True)
 
     def remove(self) -> None:
         self.reset()
@@ -286,9 +309,13 @@ class LoRATarget(ComposableLayer):
         if not self.fused:
             return cls(self.in_features, self.out_features, config)
         enabled = [m in config.attn_matrices for m in "qkv"]
-        module = cls(self.in_features, self.out_features // 3 * sum(enabled), config, heads=sum(enabled))
+        module = cls(self.in_features, sum(self.widths(enabled)), config, heads=sum(enabled))
         module.enabled = enabled
         return module
+
+    def widths(self, enabled: list[bool]) -> list[int]:
+        """The output widths of the enabled q|k|v parts of the fused projection, in q, k, v order."""
+        return [len(part) for part, on in zip(self.parts, enabled, strict=True) if on]
 
     # --- forward -----------------------------------------------------------------------------------------
 
@@ -375,21 +402,22 @@ class LoRATarget(ComposableLayer):
         return replace(first, h=h, last=present[-1][0].last)
 
     def _fused_delta(self, lora, st: _State):
-        """A fused q|k|v projection: the enabled thirds' scaled delta over the full width (others: no change)."""
+        """A fused q|k|v projection: the enabled parts' scaled delta over the full width (others: no change)."""
         n = sum(lora.enabled)
-        width = self.out_features // 3
+        widths = self.widths(lora.enabled)
         x = st.x
         if isinstance(lora, LoRA):
-            a = F.linear(lora.lora_dropout(x.to(lora.lora_A.dtype)), lora.lora_A)
-            a = a.view(*a.shape[:-1], n, lora.r)
-            delta = torch.einsum("...nr,ner->...ne", a, lora.lora_B.view(n, width, lora.r)).flatten(-2)
+            a = F.linear(lora.lora_dropout(x.to(lora.lora_A.dtype)), lora.lora_A).unflatten(-1, (n, lora.r))
+            blocks = lora.lora_B.split(widths)
+            delta = torch.cat([F.linear(a[..., j, :], b) for j, b in enumerate(blocks)], dim=-1)
             delta = self._pad(delta, lora.enabled, 0.0)
         else:
             delta = self._pad(lora.lora_B.view(1, 1, -1), lora.enabled, 1.0)
         gate = None
         if lora.use_gating:
             gate = torch.sigmoid(lora.gate(x.to(lora.gate.weight.dtype))).mean(dim=1)
-            scaling = self._pad(gate.repeat_interleave(width, dim=-1), lora.enabled, 1.0).unsqueeze(1)
+            repeats = torch.tensor(widths, device=gate.device)
+            scaling = self._pad(gate.repeat_interleave(repeats, dim=-1), lora.enabled, 1.0).unsqueeze(1)
         else:
             scaling = lora.scaling
         delta = delta * scaling
@@ -397,21 +425,20 @@ class LoRATarget(ComposableLayer):
             delta = st.h * delta
         return delta, gate
 
-    @staticmethod
-    def _pad(t, enabled, fill):
-        """Spread the enabled q|k|v thirds of the last dim over the full width, filling the others."""
-        chunks = iter(t.chunk(sum(enabled), dim=-1))
-        width = t.shape[-1] // sum(enabled)
-        parts = [next(chunks) if on else t.new_full((*t.shape[:-1], width), fill) for on in enabled]
-        return torch.cat(parts, dim=-1)
+    def _pad(self, t, enabled, fill):
+        """Spread the enabled q|k|v parts (concatenated in the last dim) over the projection's output features,
+        filling the others."""
+        index = torch.cat([part for part, on in zip(self.parts, enabled, strict=True) if on]).to(t.device)
+        full = t.new_full((*t.shape[:-1], self.out_features), fill)
+        return full.index_copy(-1, index, t.expand(*full.shape[:-1], t.shape[-1]))
 
     # --- merging -----------------------------------------------------------------------------------------
 
     def delta(self, lora) -> torch.Tensor:
         """The unscaled weight delta (LoRA) or row (column, on the input) factors (IA3) in the module's layout."""
         if _fused(lora) and isinstance(lora, LoRA):
-            n = sum(lora.enabled)
-            d = torch.bmm(lora.lora_B.view(n, -1, lora.r), lora.lora_A.view(n, lora.r, -1)).flatten(0, 1)
+            blocks, a = lora.lora_B.split(self.widths(lora.enabled)), lora.lora_A.split(lora.r)
+            d = torch.cat([b @ a_j for b, a_j in zip(blocks, a, strict=True)])
             d = self._pad(d.t(), lora.enabled, 0.0).t()
         elif _fused(lora):
             d = self._pad(lora.lora_B.t(), lora.enabled, 1.0).t()
