@@ -11,7 +11,13 @@ import warnings
 
 import pytest
 import torch
-from transformers import MT5Config, T5Config, T5ForConditionalGeneration
+from transformers import (
+    MT5Config,
+    MT5ForConditionalGeneration,
+    T5Config,
+    T5ForConditionalGeneration,
+    T5ForSequenceClassification,
+)
 
 import workbench
 from workbench import HeadError
@@ -219,6 +225,36 @@ def test_seq2seq_head_matches_t5_for_conditional_generation(family):
         want = reference(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
         got = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("family", "cls"),
+    [("t5", T5ForConditionalGeneration), ("mt5", MT5ForConditionalGeneration), ("t5", T5ForSequenceClassification)],
+)
+def test_task_checkpoints_load_with_their_head_as_default(family, cls, tmp_path):
+    """`from_pretrained` of a `...ForConditionalGeneration` / `...ForSequenceClassification` checkpoint brings its
+    head as flex head "default", computing what the task model computes (generate() included)."""
+    ids, mask, decoder = _batch()
+    torch.manual_seed(0)
+    # (transformers' own T5 task models need the start id in the config, as real checkpoints have it)
+    reference = cls(FAMILIES[family](num_labels=3, decoder_start_token_id=PAD)).eval()
+    with torch.no_grad():  # an untied lm_head of its own (mT5), or a classifier off its init
+        for name, param in reference.named_parameters():
+            if name.startswith(("lm_head", "classification_head")):
+                param.add_(0.1 * torch.randn(param.shape))
+    reference.save_pretrained(tmp_path)
+    model = workbench.AutoAdapterModel.from_pretrained(tmp_path).eval()
+    assert model.active_head == "default"
+    with torch.no_grad():
+        if cls is T5ForSequenceClassification:
+            want, got = reference(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask)
+        else:
+            want = reference(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder)
+            got = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder)
+    assert torch.allclose(got.logits, want.logits, atol=1e-5)
+    if cls is not T5ForSequenceClassification:
+        kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, num_beams=1)
+        assert torch.equal(model.generate(**kwargs), reference.generate(**kwargs, decoder_start_token_id=PAD))
 
 
 def test_mt5_heads_are_untied_and_unscaled():

@@ -111,16 +111,19 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         architectures = getattr(self.config, "architectures", None) or []
         if not architectures or architectures[0] not in static_heads.STATIC_TO_FLEX:
             return
-        static = static_heads.checkpoint_head_state(name_or_path, self.base_model_prefix, **hub_kwargs)
+        base_names = {name for name, _ in self.base_model.named_children()}
+        static = static_heads.checkpoint_head_state(name_or_path, self.base_model_prefix, base_names, **hub_kwargs)
         config, renames = static_heads.flex_config(architectures[0], self.config)
         head = head_from_config(self.config, config)
-        if not static and not (isinstance(head, LMHead) and self._ties_word_embeddings()):
+        # transformers 5 forces T5's and mT5's tie flag: their checkpoints tie the LM head exactly when it is absent
+        ties = isinstance(head, LMHead) and (self._ties_word_embeddings() or self._engine.spec.lm_tying != "config")
+        if not static and not ties:
             return  # (a tied LM head has no weights of its own in the checkpoint)
         try:
             state, _ = static_heads.rename_to_flex(static, renames, "default", name_or_path)
             own = head.state_dict(prefix="heads.default.", keep_vars=True)
             decoder = f"heads.default.{len(head) - 1}.weight"
-            if isinstance(head, LMHead) and decoder not in state and self._ties_word_embeddings():
+            if ties and decoder not in state:
                 head[-1].weight = self.get_input_embeddings().weight  # saved once, as the input embedding
                 del own[decoder]
             _check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, name_or_path, warn=False)
