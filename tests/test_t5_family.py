@@ -128,6 +128,7 @@ GENERATE_METHODS = {
     "bottleneck": "seq_bn[mh_adapter=True,cross_adapter=True]",
     "lora": "lora[attn_matrices=['q','k','v'],intermediate_lora=True]",
     "prefix": "prefix_tuning[prefix_length=3,bottleneck_size=16]",
+    "madx": "seq_bn_inv",  # the invertible adapter acts in the encoder-only call generate() makes
 }
 
 

@@ -631,7 +631,8 @@ def t5_inputs() -> dict:
 
 def t5_cases() -> list:
     """T5, FLAN-T5-style and mT5 on AutoAdapterModel: every method with a seq2seq_lm head (explicit decoder inputs),
-    bottleneck adapters after cross-attention too, and the classification (last <eos>) and QA heads."""
+    bottleneck adapters after cross-attention too, the classification (last <eos>) and QA heads, and Parallel /
+    BatchSplit heads on t5."""
     extra = t5_inputs()
     decoder = {"decoder_input_ids": extra["decoder_input_ids"]}
     lm_labels = [row[1:] + [EOS] for row in extra["decoder_input_ids"]]
@@ -671,6 +672,15 @@ def t5_cases() -> list:
             Case(f"{arch}-head-qa", arch, [("a", "lora")], "a", model_class="adapter_model", heads=[("a", "qa", {})],
                  forward_kwargs=decoder)  # fmt: skip
         )
+    # Parallel and BatchSplit with one seq2seq_lm head per adapter: the heads the composition picks, on t5.
+    lm2 = [("a", "seq2seq_lm", {}), ("b", "seq2seq_lm", {})]
+    blocks = (("parallel", Parallel("a", "b")), ("batchsplit", BatchSplit("a", "b", batch_sizes=[1, 2])))
+    for slug, config in (("", "seq_bn[cross_adapter=True]"), ("-prefix", PREFIX_SMALL), ("-lora", "lora")):
+        for block, active in blocks:
+            cases.append(
+                Case(f"t5-heads-{block}{slug}", "t5", [("a", config), ("b", config)], active,
+                     model_class="adapter_model", heads=lm2, head=None, forward_kwargs=decoder)  # fmt: skip
+            )
     return cases
 
 
