@@ -144,7 +144,12 @@ def model_inputs(case: dict) -> dict:
         inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
     if case["labels"] is not None:
         inputs["labels"] = torch.tensor(case["labels"])
-    return {**inputs, **case["forward_kwargs"]}
+    # a case's own input_ids or decoder inputs (encoder-decoder models) are lists in the manifest
+    extra = {k: torch.tensor(v) if k in TENSOR_KWARGS else v for k, v in case["forward_kwargs"].items()}
+    return {**inputs, **extra}
+
+
+TENSOR_KWARGS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
 
 
 def flatten_outputs(outputs, prefix="") -> dict[str, torch.Tensor]:

@@ -165,6 +165,23 @@ def test_eager_attention_forward():
     assert callable(api.eager_attention_of(attention)), "eager_attention_forward: gone from DistilBERT's module"
 
 
+def test_relative_position_bias():
+    model = tiny_base_model("t5")
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    assert callable(getattr(attention, api.RELATIVE_BIAS_METHOD, None)), (
+        f"T5Attention no longer has `{api.RELATIVE_BIAS_METHOD}`; prefix tuning recomputes T5's bias with it"
+    )
+    full = api.relative_position_bias(attention, 5, 5, 0)
+    tail = api.relative_position_bias(attention, 2, 5, 3)
+    heads = model.config.num_heads
+    assert full.shape == (1, heads, 5, 5) and tail.shape == (1, heads, 2, 5), (
+        f"{api.RELATIVE_BIAS_METHOD} now returns {tuple(full.shape)}; expected (1, heads, queries, keys)"
+    )
+    assert torch.equal(full[:, :, 3:], tail), (
+        f"{api.RELATIVE_BIAS_METHOD}(past_seen_tokens=...) no longer places the queries after the past tokens"
+    )
+
+
 def test_gpt2_upcast_and_reordered_attn():
     model = AutoModel.from_config(tiny_config("gpt2", reorder_and_upcast_attn=True))
     attention = model.h[0].attn

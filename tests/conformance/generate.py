@@ -99,7 +99,7 @@ EAGER_METHODS = ("prefix_tuning", "prompt_tuning", "mam", "unipelt")
 
 def attn_for(arch: str, adapters: list = ()) -> str:
     uses_prefix = any(m in config for _, config in adapters for m in EAGER_METHODS)
-    return "eager" if arch in DECODERS or uses_prefix else "sdpa"
+    return "eager" if arch in DECODERS or arch in T5_ARCHS or uses_prefix else "sdpa"
 
 
 COMMON = dict(vocab_size=VOCAB, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, initializer_range=0.1)
@@ -145,6 +145,26 @@ ARCHS = {
     "llama": (transformers.LlamaConfig, DECODER),
     "mistral": (transformers.MistralConfig, dict(DECODER, sliding_window=None)),
     "qwen2": (transformers.Qwen2Config, DECODER),
+}
+
+# T5 and mT5 (encoder-decoder): only their own cases (`t5_cases`), on AutoAdapterModel. The library's T5 has no sdpa
+# path (transformers 4.57 refuses it), so they run eager. T5 decodes from padding. "t5" ties its LM head (the 4.57
+# default, so the library scales the decoder output by d_model**-0.5), "flan-t5" does not (gated FFN, untied, as
+# FLAN-T5 and T5 v1.1 checkpoints), and mT5's default is untied with the gated FFN.
+T5_LIKE = dict(
+    COMMON,
+    d_model=HIDDEN,
+    d_kv=HIDDEN // HEADS,
+    num_heads=HEADS,
+    num_layers=LAYERS,
+    num_decoder_layers=LAYERS,
+    d_ff=FFN,
+    decoder_start_token_id=PAD,
+)
+T5_ARCHS = {
+    "t5": (transformers.T5Config, T5_LIKE),
+    "flan-t5": (transformers.T5Config, dict(T5_LIKE, feed_forward_proj="gated-gelu", tie_word_embeddings=False)),
+    "mt5": (transformers.MT5Config, T5_LIKE),
 }
 
 
@@ -313,7 +333,7 @@ def build_base_models(out: Path) -> None:
         model = transformers.AutoModel.from_config(config_cls(**kwargs), attn_implementation=attn_for(arch))
         model.save_pretrained(out / "models" / arch, safe_serialization=True)
         write_json(out / "models" / arch / "keys.json", weight_keys(out / "models" / arch))
-    for i, (arch, (config_cls, kwargs)) in enumerate(ARCHS.items()):
+    for i, (arch, (config_cls, kwargs)) in enumerate({**ARCHS, **T5_ARCHS}.items()):
         torch.manual_seed(100 + i)
         model = transformers.AutoModel.from_config(config_cls(**kwargs), attn_implementation=attn_for(arch))
         model.save_pretrained(out / "models" / arch, safe_serialization=True)
@@ -744,6 +764,74 @@ def head_composition_matrix(existing: list) -> list:
     return cases
 
 
+def t5_inputs() -> dict:
+    """Decoder inputs for the T5 cases (3 x 6: the start token PAD, then tokens), the same in both libraries; and the
+    batch with an <eos> closing every row, which classification heads pool on."""
+    gen = torch.Generator().manual_seed(4321)
+    decoder = torch.randint(3, VOCAB, (len(LENGTHS), 6), generator=gen)
+    decoder[:, 0] = PAD
+    inputs = make_inputs()
+    ids = torch.tensor(inputs["input_ids"])
+    for row, length in enumerate(LENGTHS):
+        ids[row, length - 1] = EOS
+    return {"decoder_input_ids": decoder.tolist(), "input_ids_eos": ids.tolist()}
+
+
+def t5_cases() -> list:
+    """T5, FLAN-T5-style and mT5 on AutoAdapterModel: every method with a seq2seq_lm head (explicit decoder inputs),
+    bottleneck adapters after cross-attention too, the classification (last <eos>) and QA heads, and Parallel /
+    BatchSplit heads on t5."""
+    extra = t5_inputs()
+    decoder = {"decoder_input_ids": extra["decoder_input_ids"]}
+    lm_labels = [row[1:] + [EOS] for row in extra["decoder_input_ids"]]
+    methods = {
+        "seq_bn": "seq_bn",
+        "seq_bn-cross": "seq_bn[cross_adapter=True]",
+        "double_seq_bn": "double_seq_bn",
+        "par_bn": "par_bn",
+        "seq_bn_inv": "seq_bn_inv",
+        "lora": "lora",
+        "lora-qkv-ffn": "lora[attn_matrices=['q','k','v'],intermediate_lora=True,output_lora=True]",
+        "ia3": "ia3",
+        "prefix_tuning": PREFIX_SMALL,
+        "prefix_tuning-flat": "prefix_tuning[flat=True,prefix_length=5]",
+        "loreft": "loreft",  # decoder rows (6) shorter than the encoder's (8): positions per stack
+    }
+    lm = ("a", "seq2seq_lm", {})
+    cases = []
+    for arch in T5_ARCHS:
+        for slug, config in methods.items():
+            if arch != "t5" and slug not in ("seq_bn", "seq_bn-cross", "lora-qkv-ffn", "ia3", "prefix_tuning"):
+                continue
+            labels = lm_labels if slug == "seq_bn" else None
+            cases.append(
+                Case(f"{arch}-seq2seq-{slug}", arch, [("a", config)], "a", model_class="adapter_model", heads=[lm],
+                     forward_kwargs=decoder, labels=labels)  # fmt: skip
+            )
+        for slug, config in (("classification", "seq_bn"), ("classification-prefix", PREFIX_SMALL)):
+            if arch != "t5" and slug != "classification":
+                continue
+            cases.append(
+                Case(f"{arch}-head-{slug}", arch, [("a", config)], "a", model_class="adapter_model",
+                     heads=[("a", "classification", dict(num_labels=3, layers=2))],
+                     forward_kwargs={"input_ids": extra["input_ids_eos"]}, labels=LABELS)  # fmt: skip
+            )
+        cases.append(
+            Case(f"{arch}-head-qa", arch, [("a", "lora")], "a", model_class="adapter_model", heads=[("a", "qa", {})],
+                 forward_kwargs=decoder)  # fmt: skip
+        )
+    # Parallel and BatchSplit with one seq2seq_lm head per adapter: the heads the composition picks, on t5.
+    lm2 = [("a", "seq2seq_lm", {}), ("b", "seq2seq_lm", {})]
+    blocks = (("parallel", Parallel("a", "b")), ("batchsplit", BatchSplit("a", "b", batch_sizes=[1, 2])))
+    for slug, config in (("", "seq_bn[cross_adapter=True]"), ("-prefix", PREFIX_SMALL), ("-lora", "lora")):
+        for block, active in blocks:
+            cases.append(
+                Case(f"t5-heads-{block}{slug}", "t5", [("a", config), ("b", config)], active,
+                     model_class="adapter_model", heads=lm2, head=None, forward_kwargs=decoder)  # fmt: skip
+            )
+    return cases
+
+
 # ---------------------------------------------------------------------------------------------
 # Vision: ViT and BEiT (pixel_values)
 # ---------------------------------------------------------------------------------------------
@@ -1163,13 +1251,22 @@ def forward(model, inputs: dict, layout: str, forward_kwargs: dict, merge: str |
         batch = model_inputs(inputs, layout)
         if labels is not None:
             batch["labels"] = torch.tensor(labels)
-        forward_kwargs = task_ids(forward_kwargs)
         if merge:
-            unmerged = collect_outputs(model(**batch, **forward_kwargs))
+            unmerged = collect_outputs(model(**call_kwargs(batch, forward_kwargs)))
             expected.update({f"unmerged.{k}": v for k, v in unmerged.items()})
             model.merge_adapter(merge)
-        expected.update(collect_outputs(model(**batch, **forward_kwargs)))
+        expected.update(collect_outputs(model(**call_kwargs(batch, forward_kwargs))))
     return expected
+
+
+TENSOR_KWARGS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
+
+
+def call_kwargs(batch: dict, forward_kwargs: dict) -> dict:
+    """The batch with the case's forward kwargs over it. The manifest keeps tensor kwargs (a case's own input_ids,
+    decoder_input_ids) as lists: they are tensors again here."""
+    kwargs = {k: torch.tensor(v) if k in TENSOR_KWARGS else v for k, v in task_ids(forward_kwargs).items()}
+    return {**batch, **kwargs}
 
 
 def task_ids(forward_kwargs: dict) -> dict:
@@ -1322,7 +1419,7 @@ def main() -> None:
 
     entries, skipped = [], []
     cases = method_cases() + head_cases() + composition_cases() + head_composition_cases() + decoder_family_cases()
-    for case in cases + vision_cases() + clip_cases() + seq2seq_cases():
+    for case in cases + vision_cases() + clip_cases() + seq2seq_cases() + t5_cases():
         if args.only and args.only not in case.id:
             continue
         try:

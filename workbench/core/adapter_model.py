@@ -74,6 +74,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         self._init_adapters(base, spec)
         self._engine.interface = interface  # saved by save_pretrained, read back by from_pretrained
         _share_adapter_api(base, self._engine)
+        self._set_decoder_start()
         self.train(base.training)  # from_pretrained gives an eval-mode base model; the wrapper follows it
         # AdapterHub keeps every head's config in `config.prediction_heads` (saved in config.json) and builds the
         # heads a config lists; their weights come from the checkpoint (or its heads/ folders)
@@ -86,6 +87,15 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
                 warnings.warn(f"config.prediction_heads: head {name!r} not rebuilt ({err})", stacklevel=2)
 
     # --- construction ------------------------------------------------------------------------------------
+
+    def _set_decoder_start(self) -> None:
+        """generate() starts decoding with the family's start token (T5: padding; its transformers 5 config has no
+        `decoder_start_token_id`)."""
+        generation = getattr(self, "generation_config", None)
+        start = getattr(self.config, self._engine.spec.decoder_start, None)
+        if getattr(self.config, "is_encoder_decoder", False) and generation is not None and start is not None:
+            if generation.decoder_start_token_id is None:
+                generation.decoder_start_token_id = start
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> AdapterModel:
@@ -110,20 +120,23 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         architectures = getattr(self.config, "architectures", None) or []
         if not architectures or architectures[0] not in static_heads.STATIC_TO_FLEX:
             return
-        static = static_heads.checkpoint_head_state(name_or_path, self.base_model_prefix, **hub_kwargs)
+        base_names = {name for name, _ in self.base_model.named_children()}
+        static = static_heads.checkpoint_head_state(name_or_path, self.base_model_prefix, base_names, **hub_kwargs)
         try:
             config, renames = static_heads.flex_config(architectures[0], self.config)
         except HeadError as err:  # a head no flex head equals (Gemma 2's soft-capped logits)
             warnings.warn(f"the {architectures[0]} head of {name_or_path} was not converted: {err}", stacklevel=3)
             return
         head = head_from_config(self.config, config)
-        if not static and not (isinstance(head, LMHead) and self.config.tie_word_embeddings):
+        # transformers 5 forces T5's and mT5's tie flag: their checkpoints tie the LM head exactly when it is absent
+        ties = isinstance(head, LMHead) and (self._ties_word_embeddings() or self._engine.spec.lm_tying != "config")
+        if not static and not ties:
             return  # (a tied LM head has no weights of its own in the checkpoint)
         try:
             state, _ = static_heads.rename_to_flex(static, renames, "default", name_or_path)
             own = head.state_dict(prefix="heads.default.", keep_vars=True)
             decoder = f"heads.default.{len(head) - 1}.weight"
-            if isinstance(head, LMHead) and decoder not in state and self.config.tie_word_embeddings:
+            if ties and decoder not in state:
                 head[-1].weight = self.get_input_embeddings().weight  # saved once, as the input embedding
                 del own[decoder]
             _check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, name_or_path, warn=False)
@@ -281,9 +294,24 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         """An LM head's output layer shares the input embeddings' weight when the config ties them."""
         output = self.heads[head_name].get_output_embeddings()
         embeddings = self.get_input_embeddings()
-        if output is not None and getattr(self.config, "tie_word_embeddings", False) and embeddings is not None:
+        if output is not None and self._ties_word_embeddings() and embeddings is not None:
             if output.weight.shape == embeddings.weight.shape:
                 output.weight = embeddings.weight
+
+    def _ties_word_embeddings(self) -> bool:
+        """Whether LM heads share the input embeddings, as the family's spec says (`ArchSpec.lm_tying`)."""
+        rule = self._engine.spec.lm_tying
+        if rule == "never":
+            return False
+        tied = getattr(self.config, "tie_word_embeddings", False)
+        return bool(getattr(self.config, "scale_decoder_outputs", tied) if rule == "t5" else tied)
+
+    def _output_scale(self) -> float | None:
+        """A tied T5 scales its decoder output by d_model**-0.5 before the vocabulary projection; AdapterHub's
+        T5AdapterModel does so before every head (classification excepted: it pools the unscaled states)."""
+        if self._engine.spec.lm_tying == "t5" and self._ties_word_embeddings():
+            return self.config.d_model**-0.5
+        return None
 
     def get_prediction_heads_config(self) -> dict[str, dict]:
         """Every head's config by name (what `config.prediction_heads` holds)."""
@@ -746,6 +774,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             )
         if labels is not None and self._runs_seq2seq_head(heads) and "decoder_input_ids" not in kwargs:
             kwargs["decoder_input_ids"] = self._shift_right(labels)  # teacher forcing, as transformers' seq2seq models
+        elif self._decodes_own_input(input_ids, kwargs):
+            kwargs["decoder_input_ids"] = self._shift_right(input_ids)  # as BART does itself (and AdapterHub for T5)
         model_inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -759,6 +789,10 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             model_inputs["output_adapter_fusion_attentions"] = True
         outputs = self.base_model(**{k: v for k, v in model_inputs.items() if v is not None})
         call = _HeadCall(outputs, input_ids, attention_mask, setup, head_kwargs)
+        scale = self._output_scale()
+        if scale is not None and isinstance(outputs, Mapping) and outputs.get("last_hidden_state") is not None:
+            call.sequence = outputs["last_hidden_state"]
+            outputs["last_hidden_state"] = call.sequence * scale
         if plan is not None and head is None:
             result = self._row_heads(plan, call, labels)
         elif not heads:
@@ -785,19 +819,24 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             raise AttributeError(f"{type(self).__name__} of a {self.config.model_type!r} model has no decoder inputs")
         return self._shift_right
 
+    def _decodes_own_input(self, input_ids, kwargs: dict) -> bool:
+        """An encoder-decoder model called without decoder inputs decodes its shifted input (a classification or
+        QA head reads the decoder's states)."""
+        given = kwargs.get("decoder_input_ids") is not None or kwargs.get("decoder_inputs_embeds") is not None
+        return bool(getattr(self.config, "is_encoder_decoder", False)) and input_ids is not None and not given
+
     def _shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """Decoder inputs for `labels`, as the family's transformers seq2seq model makes them: its own
         `shift_tokens_right` where it has one (mBART and PLBart wrap each row's last token, the language id, to the
-        front), else the decoder start token, then the labels without their last token (-100, the loss's ignore
-        marker, becomes padding)."""
-        start, pad = self.config.decoder_start_token_id, self.config.pad_token_id
+        front), else the decoder start token (`spec.decoder_start`: T5 starts with its pad token), then the labels
+        without their last token (-100, the loss's ignore marker, becomes padding)."""
+        attribute = self._engine.spec.decoder_start
+        start, pad = getattr(self.config, attribute, None), self.config.pad_token_id
         shift = getattr(sys.modules.get(type(self.base_model).__module__), "shift_tokens_right", None)
         if shift is not None and len(inspect.signature(shift).parameters) == 2:
             return shift(labels, pad)
         if start is None:
-            raise HeadError(
-                f"{self.config.model_type!r}: config.decoder_start_token_id is not set; pass decoder_input_ids"
-            )
+            raise HeadError(f"{self.config.model_type!r}: config.{attribute} is not set; pass decoder_input_ids")
         shifted = labels.new_full(labels.shape, start)
         shifted[:, 1:] = labels[:, :-1]
         return shifted.masked_fill(shifted == -100, self.config.pad_token_id)
@@ -890,8 +929,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             cls = pooled
         elif isinstance(head, (TaggingHead, QuestionAnsweringHead, BiaffineParsingHead)):
             cls = None  # token-level heads read the hidden states
-        else:
-            cls = self._cls_token(hidden, call.input_ids)
+        else:  # pooled from the unscaled states where the model scales its output (T5, as AdapterHub)
+            cls = self._cls_token(call.sequence if call.sequence is not None else hidden, call.input_ids)
         return seq2seq_output(head(call.outputs, cls, call.attention_mask, True, **kwargs), call.outputs)
 
     def _cls_token(self, hidden: torch.Tensor, input_ids) -> torch.Tensor:
@@ -929,9 +968,10 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
 class _HeadCall:
     """The base model's outputs and inputs of one call, sliceable by rows for per-head parts."""
 
-    def __init__(self, outputs, input_ids, attention_mask, setup, head_kwargs=None):
+    def __init__(self, outputs, input_ids, attention_mask, setup, head_kwargs=None, sequence=None):
         self.outputs, self.input_ids, self.attention_mask, self.setup = outputs, input_ids, attention_mask, setup
         self.head_kwargs = head_kwargs or {}
+        self.sequence = sequence  # the unscaled last hidden states, when the model scales its output (T5)
 
     def rows(self, a: int, b: int) -> _HeadCall:
         part = type(self.outputs)(
@@ -940,7 +980,8 @@ class _HeadCall:
         kwargs = {
             k: _cut(v, a, b) if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in self.head_kwargs.items()
         }
-        return _HeadCall(part, _cut(self.input_ids, a, b), _cut(self.attention_mask, a, b), self.setup, kwargs)
+        ids, mask, sequence = (_cut(t, a, b) for t in (self.input_ids, self.attention_mask, self.sequence))
+        return _HeadCall(part, ids, mask, self.setup, kwargs, sequence)
 
 
 # forward() arguments meant for a head, never for the base model (AdapterHub's parsing head, eos pooling)

@@ -6,6 +6,7 @@ places and check the spec when an adapter is added, so a new architecture is one
 for a model we do not ship, `workbench.init(model, interface=AdapterModelInterface(...))`).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from torch import nn
@@ -69,6 +70,9 @@ class LayerStack:
         qkv_layout: how a fused q|k|v projection (`lora["qkv"]`) orders its outputs: "blocks" (all q, then all k,
             then all v, sized by the query and key/value head counts: GPT-2, Phi-3) or "heads" (q, k, v of head 0,
             then of head 1, ...: GPT-NeoX). LoRA's `attn_matrices` select these parts.
+        position_bias: the self-attention, relative to the stack's FIRST layer, whose `compute_bias` makes the
+            relative position bias that every self-attention of the stack shares (T5). Prefix tuning recomputes it
+            over the prefixed keys, as AdapterHub does ("": no such bias).
     """
 
     layers: str
@@ -85,6 +89,7 @@ class LayerStack:
     config: str = ""
     whole_rows: bool = False
     qkv_layout: str = "blocks"
+    position_bias: str = ""
 
     def stack_config(self, config):
         """This stack's config: the model config itself, unless the stack names a sub-config."""
@@ -129,6 +134,16 @@ class ArchSpec(LayerStack):
         invertible_unscaled: invertible adapters act on the token embeddings before the embedding module's own
             `embed_scale` (Gemma 2: the `adapters` library ran on transformers 4, which scaled after the embedding
             module; transformers 5 scales inside it), so AdapterHub's files give AdapterHub's outputs.
+        embeddings_input: the embedding stream is the first *input* of `embeddings`, not its output (T5: the
+            encoder's first block; its embedding module is shared with the decoder, and its dropout module also
+            runs after the last block).
+        variant: the spec for one config, when a family's layout depends on its config (T5's gated FFN has
+            `wi_0`/`wi_1` instead of `wi`); `arch_for` applies it.
+        lm_tying: whether an LM head shares the input embeddings: "config" (`config.tie_word_embeddings`); "t5"
+            (T5 checkpoints' own flag, which transformers 5 keeps as `config.scale_decoder_outputs` while forcing
+            `tie_word_embeddings`; a tied T5 also scales the decoder output by d_model**-0.5 before its heads, as
+            AdapterHub's T5AdapterModel does); "never" (mT5, whose checkpoints have their own `lm_head`).
+        decoder_start: the config attribute holding the token decoder inputs start with (T5: "pad_token_id").
     """
 
     embeddings: str
@@ -141,6 +156,10 @@ class ArchSpec(LayerStack):
     refuse_if: tuple[tuple[str, str, str], ...] = ()
     invertible_unscaled: bool = False
     parallel: bool = True
+    embeddings_input: bool = False
+    variant: Callable[[object], "ArchSpec"] | None = None
+    lm_tying: str = "config"
+    decoder_start: str = "decoder_start_token_id"
 
     @property
     def stacks(self) -> tuple[LayerStack, ...]:
@@ -487,6 +506,72 @@ _OLMO2 = replace(
     output_site=Site("post_feedforward_layernorm", "mlp", None, "output_adapters"),
 )
 
+
+# --- T5 and mT5 (FLAN-T5 is T5) -------------------------------------------------------------------------------
+# A T5 block is a list of pre-LN (RMS norm) sublayers `layer.N`: self-attention, cross-attention (decoder only) and
+# the FFN, each `x + dropout(f(layer_norm(x)))`. AdapterHub hosts a sublayer's bottleneck adapters on the sublayer
+# itself (`layer.N.adapters.<name>`), wraps q/k/v of every attention (EncDecAttention too) with its "selfattn"
+# LoRA, and the FFN's `wi` (gated: `wi_1`) and `wo` with its "intermediate" and "output" LoRA. Invertible adapters
+# act on the encoder's embedding stream after its dropout, i.e. on the input of the first encoder block.
+
+
+def _t5_site(sublayer: int) -> Site:
+    """Sublayer `layer.N`: `h` is its dropout's output, the residual stream the input of its norm."""
+    return Site(f"layer.{sublayer}.dropout", f"layer.{sublayer}.layer_norm", None, f"layer.{sublayer}")
+
+
+def _t5_like(gated: bool, lm_tying: str) -> ArchSpec:
+    attention, cross = "layer.0.SelfAttention", "layer.1.EncDecAttention"
+    wi = "wi_1" if gated else "wi"
+
+    def lora(ffn: int) -> dict[str, str]:
+        return {
+            **{m: f"{attention}.{m}" for m in "qkv"},
+            "intermediate": f"layer.{ffn}.DenseReluDense.{wi}",
+            "output": f"layer.{ffn}.DenseReluDense.wo",
+        }
+
+    layer = dict(
+        attention_site=_t5_site(0),
+        attention=attention,
+        attention_output=f"{attention}.o",
+        position_bias=attention,  # the first block's self-attention computes the bias the others reuse
+    )
+    decoder = LayerStack(
+        layers="decoder.block",
+        output_site=_t5_site(2),
+        lora=lora(2),
+        cross_site=_t5_site(1),
+        cross_attention=cross,
+        cross_lora={m: f"{cross}.{m}" for m in "qkv"},
+        **layer,
+    )
+    return ArchSpec(
+        layers="encoder.block",
+        output_site=_t5_site(1),
+        lora=lora(1),
+        prefix_key="encoder_prefix",
+        embeddings="encoder.block.0",
+        embeddings_input=True,
+        methods=_ENCODER_DECODER_METHODS,
+        pooling="eos",
+        more_stacks=(decoder,),
+        encoder="encoder",
+        variant=_t5_variant,
+        lm_tying=lm_tying,
+        decoder_start="pad_token_id",  # T5 starts decoding from padding (transformers 5's T5Config has no start id)
+        **layer,
+    )
+
+
+def _t5_variant(config) -> ArchSpec:
+    specs = _MT5_SPECS if getattr(config, "model_type", None) == "mt5" else _T5_SPECS
+    return specs[bool(getattr(config, "is_gated_act", False))]
+
+
+_T5_SPECS = {gated: _t5_like(gated, lm_tying="t5") for gated in (False, True)}
+_MT5_SPECS = {gated: _t5_like(gated, lm_tying="never") for gated in (False, True)}
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _BERT,
     "roberta": _BERT,
@@ -515,6 +600,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "phi3": _PHI3,
     "qwen3": _QWEN2,
     "olmo2": _OLMO2,
+    "t5": _T5_SPECS[False],
+    "mt5": _MT5_SPECS[True],  # mT5 configs default to the gated-gelu FFN
 }
 
 
@@ -554,7 +641,7 @@ def arch_for(config) -> ArchSpec:
     """Return the spec for a transformers config, or raise a clear error for unsupported model types."""
     model_type = getattr(config, "model_type", None)
     try:
-        return ARCHITECTURES[model_type]
+        spec = ARCHITECTURES[model_type]
     except KeyError:
         supported = ", ".join(sorted(ARCHITECTURES))
         raise UnsupportedModelError(
@@ -562,6 +649,7 @@ def arch_for(config) -> ArchSpec:
             "describe it with init(model, interface=AdapterModelInterface(...)), or try interface='auto' (pre-LN "
             "decoders)"
         ) from None
+    return spec.variant(config) if spec.variant is not None else spec
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:

@@ -219,6 +219,24 @@ def _check_label2id(config: dict, bad) -> None:
         raise bad("label2id", f"a dict naming every one of the {count} labels ({count_key}={count})")
 
 
+_SEQ2SEQ_FIELDS = (
+    "decoder_hidden_states",
+    "decoder_attentions",
+    "cross_attentions",
+    "encoder_last_hidden_state",
+    "encoder_hidden_states",
+    "encoder_attentions",
+)
+
+
+def _output(outputs, plain: type, seq2seq: type, **fields):
+    """A head's output; for an encoder-decoder model's output AdapterHub's Seq2Seq type, carrying the encoder's and
+    decoder's states along."""
+    if isinstance(outputs, Seq2SeqModelOutput):
+        return seq2seq(**fields, **{key: outputs.get(key) for key in _SEQ2SEQ_FIELDS})
+    return plain(**fields)
+
+
 def _cls(outputs, cls_output, config: dict, kwargs: dict) -> torch.Tensor:
     """The sequence representation: the model's (it knows how its family pools), else the pooler's or token 0."""
     if cls_output is not None:
@@ -252,7 +270,7 @@ class ClassificationHead(BuiltinHead):
                 if n == 1
                 else F.cross_entropy(logits.view(-1, n), labels.view(-1))
             )
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return _output(outputs, SequenceClassifierOutput, Seq2SeqSequenceClassifierOutput, loss=loss, logits=logits)
 
 
 class MultiLabelClassificationHead(ClassificationHead):
@@ -262,7 +280,7 @@ class MultiLabelClassificationHead(ClassificationHead):
         logits = self.run(_cls(outputs, cls_output, self.config, kwargs))
         labels = kwargs.get("labels")
         loss = F.binary_cross_entropy_with_logits(logits, labels.float()) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return _output(outputs, SequenceClassifierOutput, Seq2SeqSequenceClassifierOutput, loss=loss, logits=logits)
 
 
 class ImageClassificationHead(BuiltinHead):
@@ -358,7 +376,14 @@ class QuestionAnsweringHead(BuiltinHead):
                 F.cross_entropy(start, start_positions, ignore_index=ignored)
                 + F.cross_entropy(end, end_positions, ignore_index=ignored)
             ) / 2
-        return QuestionAnsweringModelOutput(loss=loss, start_logits=start, end_logits=end)
+        return _output(
+            outputs,
+            QuestionAnsweringModelOutput,
+            Seq2SeqQuestionAnsweringModelOutput,
+            loss=loss,
+            start_logits=start,
+            end_logits=end,
+        )
 
 
 class LMHead(BuiltinHead):

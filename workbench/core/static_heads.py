@@ -61,6 +61,20 @@ def _decoder(cls: str, tagger: str, lm_bias: bool = False) -> dict[str, tuple]:
     return heads
 
 
+def _t5(cls: str) -> dict[str, tuple]:
+    """T5 and mT5: the LM head over the decoder (scaled and tied as the flex head is, see `ArchSpec.lm_tying`) and
+    the classifier on the decoder state at the last <eos> (`classification_head`: dense, tanh, out_proj)."""
+    return {
+        f"{cls}ForConditionalGeneration": _head("seq2seq_lm", ["lm_head"], **_LINEAR, bias=False),
+        f"{cls}ForSequenceClassification": _head(
+            "classification",
+            [None, "classification_head.dense", None, None, "classification_head.out_proj"],
+            layers=2,
+            activation_function="tanh",
+        ),
+    }
+
+
 STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     **_encoder(
         "Bert",
@@ -105,8 +119,10 @@ STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     **_decoder("Phi3", "score"),
     **_decoder("Qwen3", "score"),
     **_decoder("Olmo2", "score"),
+    **_t5("T5"),
+    **_t5("MT5"),
 }
-_NO_LABELS = ("masked_lm", "causal_lm")
+_NO_LABELS = ("masked_lm", "causal_lm", "seq2seq_lm")
 
 
 def flex_config(model_class: str, model_config, label2id=None, num_labels=None) -> tuple[dict, dict[str, str]]:
@@ -260,13 +276,18 @@ def module_name(key: str) -> str:
     return CHECKPOINT_NAMES[old] + key[len(old) :] if old else key
 
 
-def checkpoint_head_state(name_or_path, base_prefix: str, **hub_kwargs) -> dict[str, torch.Tensor]:
+def checkpoint_head_state(
+    name_or_path, base_prefix: str, base_names=frozenset(), **hub_kwargs
+) -> dict[str, torch.Tensor]:
     """The weights outside the base model in a transformers checkpoint (safetensors, sharded or not, or a
-    tensors-only .bin), under the model's module names; {} if none is found."""
-    return {module_name(k): v for k, v in _checkpoint_head_state(name_or_path, base_prefix, **hub_kwargs).items()}
+    tensors-only .bin), under the model's module names; {} if none is found. `base_names`: the base model's
+    top-level modules, for task models that hold them without the prefix (T5ForConditionalGeneration's `shared`,
+    `encoder`, `decoder`)."""
+    state = _checkpoint_head_state(name_or_path, base_prefix, base_names, **hub_kwargs)
+    return {module_name(k): v for k, v in state.items()}
 
 
-def _checkpoint_head_state(name_or_path, base_prefix: str, **hub_kwargs) -> dict[str, torch.Tensor]:
+def _checkpoint_head_state(name_or_path, base_prefix: str, base_names, **hub_kwargs) -> dict[str, torch.Tensor]:
     folder = Path(str(name_or_path))
 
     def locate(filename: str) -> Path | None:
@@ -280,7 +301,7 @@ def _checkpoint_head_state(name_or_path, base_prefix: str, **hub_kwargs) -> dict
             return None
         return Path(found) if found else None
 
-    outside = lambda key: not key.startswith(base_prefix + ".")  # noqa: E731
+    outside = lambda key: not key.startswith(base_prefix + ".") and key.split(".", 1)[0] not in base_names  # noqa: E731
     index = locate("model.safetensors.index.json")
     if index is not None:
         weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})

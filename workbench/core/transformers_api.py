@@ -42,6 +42,7 @@ __all__ = [  # plus the names in TRAINER_INTERNALS, imported on first use
     "GRADIENT_CHECKPOINTING_PARAMS",
     "GradientCheckpointingLayer",
     "MODEL_CLASS_FLAGS",
+    "RELATIVE_BIAS_METHOD",
     "ModelOutput",
     "SET_ATTN_IMPLEMENTATION",
     "TRAINER_INTERNALS",
@@ -52,6 +53,7 @@ __all__ = [  # plus the names in TRAINER_INTERNALS, imported on first use
     "eager_mask",
     "get_activation",
     "gpt2_upcast_attention",
+    "relative_position_bias",
     "sdpa_attention_forward",
     "sdpa_mask",
 ]
@@ -110,6 +112,18 @@ on modules whose `GPT2_UPCAST_FLAG` is set (methods/prefix_tuning.py)."""
 def gpt2_upcast_attention(module):
     """GPT-2's upcast-and-reorder eager attention bound to `module` when its flag is set, else None."""
     return getattr(module, GPT2_UPCAST_METHOD) if getattr(module, GPT2_UPCAST_FLAG, False) else None
+
+
+RELATIVE_BIAS_METHOD = "compute_bias"
+"""T5-style attentions with a relative position bias (`relative_attention_bias`, only in a stack's first block)
+compute it as `compute_bias(query_length, key_length, device=None, past_seen_tokens=0) -> (1, H, Q, K)`, with
+queries at positions past..past+Q-1 and keys at 0..K-1. Prefix tuning recomputes it over the prefixed keys
+(methods/prefix_tuning.py)."""
+
+
+def relative_position_bias(attention, queries: int, keys: int, past: int, device=None):
+    """`attention`'s relative position bias `(1, H, queries, keys)` for queries starting at position `past`."""
+    return getattr(attention, RELATIVE_BIAS_METHOD)(queries, keys, device=device, past_seen_tokens=past)
 
 
 ATTN_IMPLEMENTATION_ATTR = "_attn_implementation"

@@ -79,7 +79,11 @@ class InvertibleMethod(AdapterMethod):
         base, owner = self.engine.base, self.owner
         if self._handle is None:
             owner.invertible_adapters = nn.ModuleDict()
-            self._handle = get_module(base, self.engine.spec.embeddings).register_forward_hook(self._on_embeddings)
+            embeddings = get_module(base, self.engine.spec.embeddings)
+            if self.engine.spec.embeddings_input:  # the stream is that module's input (T5's first encoder block)
+                self._handle = embeddings.register_forward_pre_hook(self._on_embedding_input, with_kwargs=True)
+            else:
+                self._handle = embeddings.register_forward_hook(self._on_embeddings)
         dim = getattr(base.config, "embedding_size", None) or self.engine.hidden_size
         factor = config.inv_adapter_reduction_factor or 2
         module = NICECoupling(dim, factor, config.non_linearity).train(base.training)
@@ -119,6 +123,13 @@ class InvertibleMethod(AdapterMethod):
         if not self.engine.spec.invertible_unscaled:
             return None
         return module.embed_scale.to(output.dtype)
+
+    def _on_embedding_input(self, module, args, kwargs):
+        if args:
+            out = self._on_embeddings(module, args, args[0])
+            return None if out is None else ((out, *args[1:]), kwargs)
+        out = self._on_embeddings(module, args, kwargs["hidden_states"])
+        return None if out is None else (args, {**kwargs, "hidden_states": out})
 
     def invert(self, hidden: torch.Tensor, setup, rows=None) -> torch.Tensor:
         """The inverse transform, for an LM head's output of a call that ran `setup` (or per-row adapters `rows`)."""

@@ -7,11 +7,17 @@ The module layout (pool on the base model, a `prefix_tuning` shim holding the po
 reproduces AdapterHub's state-dict keys, including the per-layer duplicates of the pool. Each attention call
 computes its own layer's slice of the prefix from the parameters, so nothing is shared between layers within a
 call (gradient checkpointing can replay one layer on its own) and nothing is kept between calls.
+
+Attentions that take a `position_bias` (T5) get it widened to the prefixed keys as AdapterHub computes it: where
+the stack has a relative position bias, it is recomputed over prefix slots and keys as one sequence (the prefix at
+positions 0..P-1, the keys after it, queries at their own positions), so a file trained with the `adapters`
+library gives its outputs; elsewhere (T5's cross-attention, whose bias is zero) the prefix columns get bias 0.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -32,6 +38,7 @@ from ..transformers_api import (
     eager_attention_of,
     eager_mask,
     gpt2_upcast_attention,
+    relative_position_bias,
     sdpa_mask,
 )
 from .activations import activation
@@ -118,10 +125,18 @@ class _State:
 class PrefixTuningShim(nn.Module, ComposableLayer):
     """`prefix_tuning` on one attention module: the layer's prefix ids, optional gates and the pool."""
 
-    def __init__(self, method: PrefixTuningMethod, layer_idx: int, attention: nn.Module, location_key: str):
+    def __init__(
+        self,
+        method: PrefixTuningMethod,
+        layer_idx: int,
+        attention: nn.Module,
+        location_key: str,
+        bias_source: nn.Module | None = None,
+    ):
         super().__init__()
         object.__setattr__(self, "method", method)  # a plain reference, not a submodule
         object.__setattr__(self, "attention", attention)
+        object.__setattr__(self, "bias_source", bias_source)  # the attention computing the stack's relative bias
         self.layer_idx = layer_idx
         self.location_key = location_key
         self.prefixes: dict[str, int] = {}
@@ -159,6 +174,15 @@ class PrefixTuningShim(nn.Module, ComposableLayer):
         residual = ctx.scratch.get(self._key)
         out = compose(self, ctx.setup, _State(key, value, mask, residual), ctx)
         return out.key, out.value, out.mask
+
+    def position_bias(self, bias: torch.Tensor, queries: int, keys: int, added: int) -> torch.Tensor:
+        """`bias` (.., Q, keys) widened to the `added` prefix slots in front of the keys (see the module docstring):
+        the stack's relative bias over slots and keys as one sequence, or zero columns without one."""
+        if self.bias_source is None:
+            return torch.cat([bias.new_zeros(*bias.shape[:-1], added), bias], dim=-1)
+        # the keys include the cache: queries sit at the last `queries` of the `keys` positions
+        full = relative_position_bias(self.bias_source, queries, added + keys, keys - queries, device=bias.device)
+        return full.to(bias.dtype)
 
     # --- the composition contract --------------------------------------------------------------------------
 
@@ -245,7 +269,11 @@ def _make_attention(base_impl: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         shim = module._modules.get("prefix_tuning")
         if shim is not None:
+            keys = key.shape[2]
             key, value, attention_mask = shim.extend(module, query, key, value, attention_mask, kwargs.get("is_causal"))
+            if key.shape[2] != keys and kwargs.get("position_bias") is not None:  # T5
+                added = key.shape[2] - keys
+                kwargs["position_bias"] = shim.position_bias(kwargs["position_bias"], query.shape[2], keys, added)
         if base_impl != "eager":
             return ALL_ATTENTION_FUNCTIONS[base_impl](module, query, key, value, attention_mask, **kwargs)
         upcast = gpt2_upcast_attention(module)  # GPT-2's own eager variant, when its config asks for it
@@ -254,6 +282,25 @@ def _make_attention(base_impl: str):
         return eager_attention_of(module)(module, query, key, value, attention_mask, **kwargs)
 
     return attention
+
+
+def _warn_partial_relative_bias(engine, places) -> None:
+    """AdapterHub computes T5's relative position bias once, at a stack's first block, over that block's keys, and
+    drops it (zero bias) in every later block whose key count differs: with a prefix on only some self-attentions of
+    a stack (`leave_out`), those blocks lose their position information there. Workbench keeps the bias in every
+    block, so such adapters give other outputs than in the library: say so."""
+    for stack in engine.spec.stacks:
+        if not stack.position_bias:
+            continue
+        layers = [ref.index for ref in engine.layer_refs if ref.stack is stack]
+        prefixed = {ref.index for _, ref, path in places if ref.stack is stack and path == stack.attention}
+        if prefixed and len(prefixed) < len(layers):
+            warnings.warn(
+                f"prefix tuning on only some self-attentions of {stack.layers} (layers {sorted(prefixed)} of "
+                f"{layers}): the adapters library drops the relative position bias in the blocks whose prefix "
+                "differs from the first block's, workbench keeps it; outputs differ from the library's",
+                stacklevel=4,
+            )
 
 
 class PrefixTuningMethod(AdapterMethod):
@@ -294,7 +341,10 @@ class PrefixTuningMethod(AdapterMethod):
         key = (ref.index, attention_path)
         if key not in self.shims:
             attention = get_module(ref.module, attention_path)
-            self.shims[key] = PrefixTuningShim(self, ref.index, attention, location_key)
+            source = None
+            if ref.stack.position_bias and attention_path == ref.stack.attention:  # self-attention of a T5 stack
+                source = get_module(get_module(self.engine.base, ref.stack.layers)[0], ref.stack.position_bias)
+            self.shims[key] = PrefixTuningShim(self, ref.index, attention, location_key, source)
             attention.prefix_tuning = self.shims[key]
         return self.shims[key]
 
@@ -308,6 +358,7 @@ class PrefixTuningMethod(AdapterMethod):
             if not len(self.pool.prefix_tunings):
                 self._switch_attention()
             places = self.places(config)
+            _warn_partial_relative_bias(engine, places)
             if config.init_weights_seed:
                 torch.manual_seed(config.init_weights_seed)
             cls = FlatPrefixTuning if config.flat else PrefixTuning

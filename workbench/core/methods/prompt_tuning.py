@@ -79,6 +79,8 @@ class PromptTuningMethod(AdapterMethod):
 
     def _attach(self) -> None:
         base = self.engine.base
+        if self.engine.spec.embeddings_input:  # the mask is built before that module runs: no room for a prompt
+            raise UnsupportedModelError("prompt tuning needs an embedding module whose output it can extend")
         base.prompt_tuning = PromptTuningLayer()
         self._handle = get_module(base, self.engine.spec.embeddings).register_forward_hook(self._on_embeddings)
 
