@@ -192,7 +192,6 @@ def test_lora_on_a_fused_qkv_projection_only_where_its_thirds_are_q_k_v(model_ty
     "model_type, overrides, message",
     [
         ("cohere", {}, r"mlp.up_proj reads input_layernorm, as self_attn does: parallel attention/MLP"),
-        ("gpt_neox", {}, r"mlp.dense_h_to_4h reads input_layernorm, as attention does: parallel"),
         ("granite", {"residual_multiplier": 0.5}, r"post_attention_layernorm does not read the residual stream"),
         ("olmo3", {}, r"no norm feeds self_attn \(norms: post_attention_layernorm, post_feedforward_layernorm\)"),
     ],
