@@ -7,11 +7,11 @@
     python parity/run.py report                                           # writes parity/RESULTS.md
 
 The tests come in sets (TEST_SETS): `core`, the files the parity issue measured, and `architectures`, the other
-model families (issue 12). A run of a set runs its files one by one, each into `.parity/<kind>/<file>.xml`, so a
-stopped run keeps the files it finished; `--resume` skips files whose result is newer than the tests and the
-harness. A run of some tests or ids writes `.parity/<kind>-update-<n>.xml`. The report reads every result of a kind
-oldest first, so the newest outcome of each test counts (`.parity/<kind>.xml`, one file for the whole `core` set as
-earlier versions wrote it, is read too).
+model families (issue 12). A run of a set, or of some of its files, runs the files one by one, each into
+`.parity/<kind>/<file>.xml`, so a stopped run keeps the files it finished; `--resume` skips files whose result is
+newer than the tests and the harness. A run of other paths or test ids writes `.parity/<kind>-update-<n>.xml`.
+The report reads every result of a kind oldest first, so the newest outcome of each test counts
+(`.parity/<kind>.xml`, one file for the whole `core` set as earlier versions wrote it, is read too).
 
 The parity figure counts the tests that pass in the reference run and asks how many of them pass on workbench,
 per set and per file. Every one that does not is listed with its error, grouped by cause; parity/KNOWN.md gives the
@@ -69,12 +69,13 @@ def pytest(kind: str, python: str, tests: list[str], xml: Path) -> int:
 def run(kind: str, python: str, only: list[str], sets: list[str], resume: bool) -> int:
     if not (TESTS / ".commit").exists():
         sys.exit(f"no tests in {TESTS}: run parity/fetch_tests.sh first (make parity does)")
-    if only:
+    files = [p for s in TEST_SETS.values() for p in s]
+    if only and not set(only) <= set(files):  # some tests: their outcomes update the whole files' results
         return pytest(kind, python, only, RESULTS / f"{kind}-update-{len(list(RESULTS.glob(kind + '-update-*')))}.xml")
     (RESULTS / kind).mkdir(parents=True, exist_ok=True)
     newest_input = max(p.stat().st_mtime for p in INPUTS if p.exists())
     status = 0
-    for path in (p for s in sets for p in TEST_SETS[s]):
+    for path in only or [p for s in sets for p in TEST_SETS[s]]:
         xml = RESULTS / kind / (path.removesuffix(".py").replace("/", "__") + ".xml")
         if resume and xml.exists() and xml.stat().st_mtime > newest_input:
             print(f"{path}: kept {xml.relative_to(ROOT)}", flush=True)
