@@ -8,8 +8,8 @@
 
 The tests come in sets (TEST_SETS): `core`, the files the parity issue measured, and `architectures`, the other
 model families (issue 12). A run of a set, or of some of its files, runs the files one by one, each into
-`.parity/<kind>/<file>.xml`, so a stopped run keeps the files it finished; `--resume` skips files whose result is
-newer than the tests and the harness. A run of other paths or test ids writes `.parity/<kind>-update-<n>.xml`.
+`.parity/<kind>/<file>.xml`, so a stopped run keeps the files it finished; `--resume` skips files whose result was
+made with the same tests and harness. A run of other paths or test ids writes `.parity/<kind>-update-<n>.xml`.
 The report reads every result of a kind oldest first, so the newest outcome of each test counts
 (`.parity/<kind>.xml`, one file for the whole `core` set as earlier versions wrote it, is read too).
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import os
 import re
 import subprocess
@@ -51,12 +52,17 @@ TEST_SETS = {
         "tests/test_methods/test_all_custom_interfaces.py",
     ],
 }
-# when a whole-set result is older than any of these it is stale (--resume runs it again)
+# a test file's result is stale (--resume runs it again) when these differ from the ones it was made with
 INPUTS = [HERE / "adapters_offline.py", TESTS / ".commit"]
 
 
+def inputs_digest() -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in INPUTS if p.exists())).hexdigest()[:16]
+
+
 def pytest(kind: str, python: str, tests: list[str], xml: Path) -> int:
-    paths = [str(HERE)] + ([str(HERE / "alias")] if kind == "workbench" else [])
+    # workbench: this checkout's, not the one the venv's editable install points to (a git worktree shares the venv)
+    paths = [str(HERE)] + ([str(HERE / "alias"), str(ROOT)] if kind == "workbench" else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     cmd = [
         str(Path(python).absolute()), "-m", "pytest", "-p", "adapters_offline", "-q", "-p", "no:cacheprovider",
@@ -73,14 +79,17 @@ def run(kind: str, python: str, only: list[str], sets: list[str], resume: bool) 
     if only and not set(only) <= set(files):  # some tests: their outcomes update the whole files' results
         return pytest(kind, python, only, RESULTS / f"{kind}-update-{len(list(RESULTS.glob(kind + '-update-*')))}.xml")
     (RESULTS / kind).mkdir(parents=True, exist_ok=True)
-    newest_input = max(p.stat().st_mtime for p in INPUTS if p.exists())
+    digest = inputs_digest()
     status = 0
     for path in only or [p for s in sets for p in TEST_SETS[s]]:
         xml = RESULTS / kind / (path.removesuffix(".py").replace("/", "__") + ".xml")
-        if resume and xml.exists() and xml.stat().st_mtime > newest_input:
+        made_with = xml.with_suffix(".inputs")  # the digest of the inputs the result was made with
+        if resume and xml.exists() and made_with.exists() and made_with.read_text() == digest:
             print(f"{path}: kept {xml.relative_to(ROOT)}", flush=True)
             continue
+        made_with.unlink(missing_ok=True)
         status = max(status, pytest(kind, python, [path], xml))
+        made_with.write_text(digest)
     return status
 
 
