@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lab test chromium quality conformance parity bench bench-hub bench-engine support-table clean
+.PHONY: venv lab test chromium quality conformance parity parity-reference bench bench-hub bench-engine support-table clean
 
 $(STAMP): pyproject.toml extension/pyproject.toml extension/package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,29 +49,33 @@ conformance:
 	$(MAKE) -C tests/conformance fixtures
 
 # API parity: the `adapters` library's own tests against workbench (through parity/alias) and against the real library
-# (reference, own venv); writes parity/RESULTS.md. Not part of `make test` (about 30 minutes). See parity/README.md.
+# (reference, own venv); writes parity/RESULTS.md. Not part of `make test` (hours on 2 cores). See parity/README.md.
 # The tests come from the library's git repository: ADAPTERS_REPO may name a local clone or mirror instead.
+# PARITY_SET: core (the parity issue's test files), architectures (issue 12's) or all.
 ADAPTERS_REPO ?= https://github.com/adapter-hub/adapters.git
+PARITY_SET ?= all
 REF_VENV := .venv-parity-ref
-$(REF_VENV)/.installed:
+# pillow: the vision tests' image processors and CIFAR-10 sample (both venvs). The stamps follow this file, so a
+# package added here is installed on the next run.
+$(REF_VENV)/.installed: Makefile
 	test -x $(REF_VENV)/bin/python || $(PY) -m venv $(REF_VENV)
 	$(REF_VENV)/bin/python -m pip install -q --upgrade pip
 	$(REF_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(REF_VENV)/bin/python -m pip install -q torch==2.13.0 adapters==1.3.0 transformers==4.57.6 accelerate datasets \
-		safetensors pytest parameterized sentencepiece
+		safetensors pytest parameterized sentencepiece pillow
 	touch $@
 
-$(VENV)/.parity: $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[parity]"
+$(VENV)/.parity: $(STAMP) Makefile
+	$(BIN)/python -m pip install -q -e ".[parity]" pillow
 	touch $@
 
-.parity/reference.xml: $(REF_VENV)/.installed parity/fetch_tests.sh parity/adapters_offline.py
+# The reference results are kept per test file until the tests or parity/adapters_offline.py change (--resume).
+parity-reference: $(REF_VENV)/.installed
 	ADAPTERS_REPO=$(ADAPTERS_REPO) parity/fetch_tests.sh
-	$(BIN)/python parity/run.py reference --python $(REF_VENV)/bin/python
+	$(BIN)/python parity/run.py reference --set $(PARITY_SET) --resume --python $(REF_VENV)/bin/python
 
-parity: $(VENV)/.parity .parity/reference.xml
-	ADAPTERS_REPO=$(ADAPTERS_REPO) parity/fetch_tests.sh
-	$(BIN)/python parity/run.py workbench --python $(BIN)/python
+parity: $(VENV)/.parity parity-reference
+	$(BIN)/python parity/run.py workbench --set $(PARITY_SET) --python $(BIN)/python
 	$(BIN)/python parity/run.py report
 
 # PEFT is a peer in the benchmark (the `adapters` peer runs in .venv-adapters: make -C tests/conformance venv).

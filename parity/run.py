@@ -2,16 +2,27 @@
 
     python parity/run.py reference --python .venv-parity-ref/bin/python   # adapters 1.3.0 on transformers 4.57.6
     python parity/run.py workbench --python .venv/bin/python              # the same tests through parity/alias
+    python parity/run.py workbench --set architectures                    # one set of test files only
+    python parity/run.py workbench tests/test_methods/test_on_bart.py     # some test files or ids
     python parity/run.py report                                           # writes parity/RESULTS.md
 
-The parity figure counts the tests that pass in the reference run and asks how many of them pass on workbench.
-Every one that does not is listed with its error; parity/KNOWN.md gives the reason for those left on purpose.
+The tests come in sets (TEST_SETS): `core`, the files the parity issue measured, and `architectures`, the other
+model families (issue 12). A run of a set, or of some of its files, runs the files one by one, each into
+`.parity/<kind>/<file>.xml`, so a stopped run keeps the files it finished; `--resume` skips files whose result was
+made with the same tests and harness. A run of other paths or test ids writes `.parity/<kind>-update-<n>.xml`.
+The report reads every result of a kind oldest first, so the newest outcome of each test counts
+(`.parity/<kind>.xml`, one file for the whole `core` set as earlier versions wrote it, is read too).
+
+The parity figure counts the tests that pass in the reference run and asks how many of them pass on workbench,
+per set and per file. Every one that does not is listed with its error, grouped by cause; parity/KNOWN.md gives the
+reason for those left on purpose.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import os
 import re
 import subprocess
@@ -23,31 +34,64 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TESTS = ROOT / ".parity" / "adapters"
 RESULTS = ROOT / ".parity"
-# The seven architectures the issue measures, the custom-interface tests and the library-wide tests.
-TEST_PATHS = [
-    *(f"tests/test_methods/test_on_{arch}.py" for arch in
-      ("bert", "roberta", "xlm_roberta", "distilbert", "gpt2", "llama", "mistral")),
-    "tests/test_methods/test_on_custom_interface.py",
-    "tests/test_misc",
-]
+TEST_SETS = {
+    # the parity issue: seven architectures, the custom-interface tests and the library-wide tests
+    "core": [
+        *(f"tests/test_methods/test_on_{arch}.py" for arch in
+          ("bert", "roberta", "xlm_roberta", "distilbert", "gpt2", "llama", "mistral")),
+        "tests/test_methods/test_on_custom_interface.py",
+        "tests/test_misc",
+    ],
+    # issue 12: every other family the library supports, CLIP's five model classes and the plugin-interface models
+    "architectures": [
+        *(f"tests/test_methods/test_on_{arch}.py" for arch in
+          ("albert", "bart", "beit", "bert_generation", "deberta", "debertaV2", "electra", "encoder_decoder",
+           "mbart", "mt5", "plbart", "t5", "vit", "whisper", "xmod")),
+        *(f"tests/test_methods/test_on_clip/test_{name}.py" for name in
+          ("model", "textmodel", "textwithprojectionmodel", "visionmodel", "visionwithprojectionmodel")),
+        "tests/test_methods/test_all_custom_interfaces.py",
+    ],
+}
+# a test file's result is stale (--resume runs it again) when these differ from the ones it was made with
+INPUTS = [HERE / "adapters_offline.py", TESTS / ".commit"]
 
 
-def run(kind: str, python: str, only: list[str]) -> int:
-    if not (TESTS / ".commit").exists():
-        sys.exit(f"no tests in {TESTS}: run parity/fetch_tests.sh first (make parity does)")
-    paths = [str(HERE)] + ([str(HERE / "alias")] if kind == "workbench" else [])
+def inputs_digest() -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in INPUTS if p.exists())).hexdigest()[:16]
+
+
+def pytest(kind: str, python: str, tests: list[str], xml: Path) -> int:
+    # workbench: this checkout's, not the one the venv's editable install points to (a git worktree shares the venv)
+    paths = [str(HERE)] + ([str(HERE / "alias"), str(ROOT)] if kind == "workbench" else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    # a run of some tests only (`only`) is kept beside the whole run and overrides its outcomes in the report
-    xml = RESULTS / (f"{kind}.xml" if not only else f"{kind}-update-{len(list(RESULTS.glob(kind + '-update-*')))}.xml")
-    if not only:  # a whole run supersedes the partial ones
-        for old in RESULTS.glob(f"{kind}-update-*.xml"):
-            old.unlink()
     cmd = [
         str(Path(python).absolute()), "-m", "pytest", "-p", "adapters_offline", "-q", "-p", "no:cacheprovider",
-        "--continue-on-collection-errors", f"--junitxml={xml}", "-o", "junit_family=xunit1", *(only or TEST_PATHS),
+        "--continue-on-collection-errors", f"--junitxml={xml}", "-o", "junit_family=xunit1", *tests,
     ]
     print(" ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=TESTS, env=env)
+
+
+def run(kind: str, python: str, only: list[str], sets: list[str], resume: bool) -> int:
+    if not (TESTS / ".commit").exists():
+        sys.exit(f"no tests in {TESTS}: run parity/fetch_tests.sh first (make parity does)")
+    files = [p for s in TEST_SETS.values() for p in s]
+    if only and not set(only) <= set(files):  # some tests: their outcomes update the whole files' results
+        return pytest(kind, python, only, RESULTS / f"{kind}-update-{len(list(RESULTS.glob(kind + '-update-*')))}.xml")
+    (RESULTS / kind).mkdir(parents=True, exist_ok=True)
+    digest = inputs_digest()
+    status = 0
+    for path in only or [p for s in sets for p in TEST_SETS[s]]:
+        xml = RESULTS / kind / (path.removesuffix(".py").replace("/", "__") + ".xml")
+        made_with = xml.with_suffix(".inputs")  # the digest of the inputs the result was made with
+        if resume and xml.exists() and made_with.exists() and made_with.read_text() == digest:
+            print(f"{path}: kept {xml.relative_to(ROOT)}", flush=True)
+            continue
+        made_with.unlink(missing_ok=True)
+        status = max(status, pytest(kind, python, [path], xml))
+        if xml.exists():  # not when pytest was killed
+            made_with.write_text(digest)
+    return status
 
 
 def outcomes(xml: Path) -> dict[str, tuple[str, str]]:
@@ -56,6 +100,8 @@ def outcomes(xml: Path) -> dict[str, tuple[str, str]]:
     for case in ET.parse(xml).getroot().iter("testcase"):
         module, _, cls = case.get("classname", "").rpartition(".")  # e.g. tests.test_methods.test_on_bert, Dora
         test_id = f"{module.replace('.', '/')}.py::{cls}::{case.get('name')}"
+        if not case.get("classname"):  # a file that could not be collected
+            test_id = f"{case.get('name', '').replace('.', '/')}.py::(collection)"
         outcome, message = "passed", ""
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
@@ -78,47 +124,93 @@ def known_reasons() -> list[tuple[re.Pattern, str]]:
 
 
 def merged(kind: str) -> dict[str, tuple[str, str]]:
-    """The whole run's outcomes, updated by later runs of some of its tests (oldest first)."""
-    result = outcomes(RESULTS / f"{kind}.xml")
-    for update in sorted(RESULTS.glob(f"{kind}-update-*.xml"), key=lambda p: p.stat().st_mtime):
-        result.update(outcomes(update))
+    """Every result of a kind, oldest first: the newest outcome of each test counts."""
+    sources = [RESULTS / f"{kind}.xml", *(RESULTS / kind).glob("*.xml"), *RESULTS.glob(f"{kind}-update-*.xml")]
+    result = {}
+    for xml in sorted((p for p in sources if p.exists()), key=lambda p: p.stat().st_mtime):
+        result.update(outcomes(xml))
     return result
+
+
+def set_of(test_id: str) -> str | None:
+    file = test_id.split("::")[0]
+    return next((s for s, paths in TEST_SETS.items() if any(file == p or file.startswith(p + "/") for p in paths)),
+                None)
 
 
 def report() -> str:
     reference, workbench = merged("reference"), merged("workbench")
-    counted = sorted(t for t, (o, _) in reference.items() if o == "passed")
-    passing = [t for t in counted if workbench.get(t, ("missing", ""))[0] == "passed"]
-    failing = [t for t in counted if t not in set(passing)]
     rules = known_reasons()
-    by_file = collections.defaultdict(lambda: [0, 0])
-    for t in counted:
-        by_file[t.split("::")[0]][0] += 1
-        by_file[t.split("::")[0]][1] += t in set(passing)
-    lines = [
-        "# Parity with the adapters library's own tests",
+    lines = ["# Parity with the adapters library's own tests", ""]
+    totals = [0, 0]
+    sections = []
+    for name in TEST_SETS:
+        tests = sorted(t for t in reference if set_of(t) == name)
+        counted = [t for t in tests if reference[t][0] == "passed"]
+        passing = {t for t in counted if workbench.get(t, ("missing", ""))[0] == "passed"}
+        totals[0] += len(counted)
+        totals[1] += len(passing)
+        sections += _section(name, tests, counted, passing, reference, workbench, rules)
+    lines += [
+        "Reference: adapters 1.3.0 on transformers 4.57.6, offline. Parity: the share of the tests the reference "
+        "passes that also pass on workbench through the alias package.",
         "",
-        f"Reference: adapters 1.3.0 on transformers 4.57.6 passes **{len(counted)}** of {len(reference)} tests "
-        "collected in these files (the rest fail or skip offline for the library too).",
-        f"Workbench through the alias package passes **{len(passing)}** of those: "
+        f"**All sets: {totals[1]} of {totals[0]} ({100 * totals[1] / max(totals[0], 1):.1f}%).**",
+        "",
+        *sections,
+    ]
+    return "\n".join(lines)
+
+
+def _section(name, tests, counted, passing, reference, workbench, rules) -> list[str]:
+    def counts(results, ids):
+        c = collections.Counter(results[t][0] for t in ids if t in results)
+        if not c:
+            return "not run yet | | |"
+        return f"{sum(c.values())} | {c['passed']} | {c['failed']} | {c['skipped']}"
+
+    files = sorted({t.split("::")[0] for t in tests} | {p for p in TEST_SETS[name] if p.endswith(".py")})
+    in_file = {f: [t for t in tests if t.split("::")[0] == f] for f in files}
+    wb_ids = {f: [t for t in workbench if t.split("::")[0] == f] for f in files}
+    lines = [
+        f"## Set `{name}`",
+        "",
+        f"Reference passes **{len(counted)}** of {len(tests)} tests collected in these files (the rest fail or skip "
+        f"offline for the library too). Workbench passes **{len(passing)}** of those: "
         f"**{100 * len(passing) / max(len(counted), 1):.1f}%**.",
         "",
-        "| test file | reference passes | workbench passes |",
-        "|---|---|---|",
-        *(f"| {f} | {n} | {p} |" for f, (n, p) in sorted(by_file.items())),
-        "",
-        "## Remaining failures",
-        "",
+        "| test file | reference: collected | passed | failed | skipped | workbench: collected | passed | failed | "
+        "skipped | parity |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    for f in files:
+        if not in_file[f]:
+            lines.append(f"| {f} | not run yet |||||||| |")
+            continue
+        n = sum(reference[t][0] == "passed" for t in in_file[f])
+        p = sum(t in passing for t in in_file[f])
+        lines.append(f"| {f} | {counts(reference, in_file[f])} | {counts(workbench, wb_ids[f])} | "
+                     f"{p}/{n} |")
+    lines += ["", f"### Remaining failures in `{name}`", ""]
     groups = collections.defaultdict(list)
-    for t in failing:
-        outcome, message = workbench.get(t, ("missing", "not collected"))
+    for t in counted:
+        if t in passing:
+            continue
+        file = t.split("::")[0]
+        not_collected = workbench.get(f"{file}::(collection)", ("", "not collected"))[1] or "not collected"
+        outcome, message = workbench.get(t, ("missing", not_collected))
         reason = next((r for p, r in rules if p.search(t) or p.search(message)), None)
         groups[reason or f"unexplained: {_shape(message)}"].append(t)
-    for reason, tests in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"### {reason} ({len(tests)})")
-        lines += [f"- `{t}`" for t in tests] + [""]
-    return "\n".join(lines)
+    for reason, ids in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        lines.append(f"#### {reason} ({len(ids)})")
+        if len(ids) <= 20:
+            lines += [f"- `{t}`" for t in ids]
+        else:  # a large group: how many in each file, and a few of them
+            per_file = collections.Counter(t.split("::")[0] for t in ids)
+            lines.append("- " + ", ".join(f"{Path(f).stem}: {n}" for f, n in sorted(per_file.items())))
+            lines += [f"- e.g. `{t}`" for t in ids[:: max(len(ids) // 3, 1)][:3]]
+        lines.append("")
+    return lines
 
 
 def _shape(message: str) -> str:
@@ -130,14 +222,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=("reference", "workbench", "report"))
     parser.add_argument("--python", default=sys.executable)
-    parser.add_argument("only", nargs="*", help="test paths or ids instead of the whole set")
+    parser.add_argument("--set", choices=(*TEST_SETS, "all"), default="all", help="the set of test files to run")
+    parser.add_argument("--resume", action="store_true", help="skip files whose result is up to date")
+    parser.add_argument("only", nargs="*", help="test paths or ids instead of whole sets")
     args = parser.parse_intermixed_args()
     if args.kind == "report":
         (HERE / "RESULTS.md").write_text(report() + "\n")
-        print((HERE / "RESULTS.md").read_text().split("## Remaining")[0])
+        print(re.sub(r"### Remaining.*?(?=## Set|\Z)", "", (HERE / "RESULTS.md").read_text(), flags=re.S))
     else:
         RESULTS.mkdir(exist_ok=True)
-        run(args.kind, args.python, args.only)
+        sets = list(TEST_SETS) if args.set == "all" else [args.set]
+        sys.exit(run(args.kind, args.python, args.only, sets, args.resume))
 
 
 if __name__ == "__main__":
