@@ -26,7 +26,7 @@ from .configs import (
 from .context import keep_call_context
 from .embeddings import EmbeddingsMixin, store_of
 from .engine import EngineState
-from .errors import AdapterConfigError, AdapterLoadError, CompositionError, HeadError
+from .errors import AdapterConfigError, AdapterLoadError, CompositionError, HeadError, UnsupportedMethodError
 from .keys import (
     align_base_prefix,
     file_keys_of,
@@ -362,10 +362,19 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
     def supports_adapter(self, type_or_config) -> bool:
         """Whether this model can take adapters of a method ("lora", "bottleneck", ...) or a config."""
         if isinstance(type_or_config, str) and type_or_config not in ADAPTER_CONFIG_MAP:
-            kinds = [type_or_config]
-        else:
-            kinds = [kind for kind, _ in method_parts(AdapterConfig.load(type_or_config))]
-        return all(kind in self._engine.spec.methods for kind in kinds)
+            return type_or_config in self._engine.spec.methods
+        parts = method_parts(AdapterConfig.load(type_or_config))
+        if not all(kind in self._engine.spec.methods for kind, _ in parts):
+            return False
+        from .methods.bottleneck_layers import check_sites
+
+        try:  # a config the architecture's sites refuse (e.g. AdapterPlus where the layer adds residual and norms)
+            for kind, part in parts:
+                if kind == "bottleneck":
+                    check_sites(self._engine.spec, part, self._engine.base.config)
+        except UnsupportedMethodError:
+            return False
+        return True
 
     @property
     def support_lora_delta_w_svd(self) -> bool:

@@ -205,8 +205,15 @@ def _match_batch(r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return r
 
 
+def check_sites(spec, config: BnConfig, model_config) -> None:
+    """Raise UnsupportedMethodError if a site the config uses cannot compute it (checked before anything is added)."""
+    for location, site in LOCATIONS.items():
+        for stack in spec.stacks:
+            if getattr(config, location, False) and getattr(stack, site) is not None:
+                _check_site(getattr(stack, site), config, location, model_config)
+
+
 def _check_site(site, config: BnConfig, location: str, model_config) -> None:
-    """Refuse a config that a site cannot compute (before anything is added)."""
     where = f"the {location} site of model type {getattr(model_config, 'model_type', '?')!r}"
     if site.hooked and not config.original_ln_after:
         raise UnsupportedMethodError(
@@ -239,10 +246,7 @@ class BottleneckMethod(AdapterMethod):
     def add(self, name: str, config: BnConfig) -> None:
         engine, hidden = self.engine, self.engine.hidden_size
         refs = engine.layer_refs
-        for location, site in LOCATIONS.items():
-            for stack in engine.spec.stacks:
-                if getattr(config, location, False) and getattr(stack, site) is not None:
-                    _check_site(getattr(stack, site), config, location, engine.base.config)
+        check_sites(engine.spec, config, engine.base.config)
         sizes = {ref.index: bottleneck_size(config, engine.hidden_size_of(ref.stack), ref.index) for ref in refs}
         shared = None
         try:
