@@ -209,7 +209,7 @@ class _RecordingShim(nn.Module):
         self.key_shape: tuple | None = None
         self.value: torch.Tensor | None = None
 
-    def extend(self, module, query, key, value, attention_mask, is_causal=None):
+    def extend(self, module, query, key, value, attention_mask, *_, **__):  # the shim's call, whatever it adds
         if self.value is None:
             self.query_shape, self.key_shape, self.value = tuple(query.shape), tuple(key.shape), value
         return key, value, attention_mask
