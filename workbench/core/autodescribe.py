@@ -10,8 +10,9 @@ then `h + mlp(norm2(h))`. Parallel attention/MLP blocks, scaled residuals (Grani
 after a sublayer (Gemma 2, OLMo 2) or several stacks are refused with an UnsupportedModelError saying what was found,
 because a wrong placement would train and run without any error. Prefix tuning is offered only when the probe saw
 the attention call transformers' attention function registry with the key/value heads the config declares, LoRA on
-a fused qkv projection only when its last third is the value states that call received (the engine's LoRA splits
-it in thirds), and invertible adapters only when the embedding output is what layer 0 reads.
+a fused qkv projection only when its last (value) part is the value states that call received (the engine's LoRA
+reads an interface's fused projection as q, then k, then v), and invertible adapters only when the embedding output
+is what layer 0 reads.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ class _RecordingShim(nn.Module):
         self.key_shape: tuple | None = None
         self.value: torch.Tensor | None = None
 
-    def extend(self, module, query, key, value, attention_mask, is_causal=None):
+    def extend(self, module, query, key, value, attention_mask, *_, **__):  # the shim's call, whatever it adds
         if self.value is None:
             self.query_shape, self.key_shape, self.value = tuple(query.shape), tuple(key.shape), value
         return key, value, attention_mask
@@ -371,23 +372,23 @@ def _prefix_ok(base: nn.Module, shim: _RecordingShim, found: _Found) -> bool:
 
 
 def _lora_ok(seen: dict, shim: _RecordingShim, found: _Found) -> bool:
-    """Separate q/k/v projections, or a fused one that the engine's LoRA may split into q|k|v thirds: its last
-    third must be the value states the attention received (GPT-NeoX, Persimmon and Falcon interleave heads instead;
-    grouped-query fused projections have unequal parts)."""
+    """Separate q/k/v projections, or a fused one laid out as the engine's LoRA reads an interface's (all q, then all
+    k, then all v, sized by the query and key/value heads): its last part must be the value states the attention
+    received (GPT-NeoX and Persimmon interleave q, k, v head by head, GPT-BigCode too)."""
     if found.qkv is None:
         return True
     value, fused = shim.value, seen.get("qkv", (None, None))[1]
     if value is None or fused is None:
         found.notes.append(f"no LoRA: the q|k|v layout of {found.qkv} could not be checked (no attention function)")
         return False
-    rows, heads, tokens, dim = value.shape
-    width = fused.shape[-1]
-    third = fused[..., 2 * width // 3 :]
-    if width != 3 * heads * dim or shim.query_shape[1] != heads or third.numel() != value.numel():
-        found.notes.append(f"no LoRA: {found.qkv} is not three equal q|k|v parts")
+    rows, kv_heads, tokens, dim = value.shape
+    heads = shim.query_shape[1]
+    if fused.shape[-1] != (heads + 2 * kv_heads) * dim:
+        found.notes.append(f"no LoRA: {found.qkv} is not q, k, v of {heads}, {kv_heads}, {kv_heads} heads of {dim}")
         return False
-    if not _close(third.reshape(rows, tokens, heads, dim).transpose(1, 2), value):
-        found.notes.append(f"no LoRA: the last third of {found.qkv} is not the value states (heads interleaved)")
+    last = fused[..., (heads + kv_heads) * dim :]
+    if not _close(last.reshape(rows, tokens, kv_heads, dim).transpose(1, 2), value):
+        found.notes.append(f"no LoRA: the last part of {found.qkv} is not the value states (heads interleaved)")
         return False
     return True
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from .archs import ARCHITECTURES
 
-# adapters 1.3.0: ADAPTER_MODEL_MAPPING_NAMES (plus EncoderDecoderModel), and wrappers/interfaces.py
+# adapters 1.3.0: ADAPTER_MODEL_MAPPING_NAMES (plus EncoderDecoderModel and CLIP's towers, which `adapters.init`
+# takes as "clip"), and wrappers/interfaces.py
 ADAPTERHUB_NATIVE = frozenset(
-    "albert bart beit bert bert-generation clip deberta deberta-v2 distilbert electra encoder-decoder gpt2 gptj llama "
-    "mbart mistral mt5 plbart roberta t5 vit whisper xlm-roberta xmod".split()
+    "albert bart beit bert bert-generation clip clip_text_model clip_vision_model deberta deberta-v2 distilbert "
+    "electra encoder-decoder gpt2 gptj llama mbart mistral mt5 plbart roberta t5 vit whisper xlm-roberta xmod".split()
 )
 ADAPTERHUB_PLUGIN = frozenset("gemma2 gemma3_text modernbert phi qwen2 qwen3".split())
 
@@ -30,6 +31,8 @@ DISPLAY_NAMES = {
     "bert": "BERT",
     "bert-generation": "BERT-Generation",
     "clip": "CLIP",
+    "clip_text_model": "CLIP text tower",
+    "clip_vision_model": "CLIP vision tower",
     "deberta": "DeBERTa",
     "deberta-v2": "DeBERTa-v2/v3",
     "distilbert": "DistilBERT",
