@@ -463,14 +463,24 @@ _GPT_NEOX = ArchSpec(
 
 # Gemma 2 and Gemma 3 text (AdapterHub's plugin interface, file- and output-compatible): sandwich norms, so the
 # adapters are hooked on o_proj/down_proj, before the post-norms; their pre-processing normalises `h + r` with the
-# post-norm, as the `adapters` library does (`layer_ln_1`/`layer_ln_2`).
+# post-norm, as the `adapters` library does (`layer_ln_1`/`layer_ln_2`), and, as there, the LAST layer's post-norm.
 _GEMMA2 = ArchSpec(
     layers="layers",
     attention_site=Site(
-        "self_attn.o_proj", "input_layernorm", "post_attention_layernorm", "attention_adapters", hooked=True
+        "self_attn.o_proj",
+        "input_layernorm",
+        "post_attention_layernorm",
+        "attention_adapters",
+        hooked=True,
+        norm_layer=-1,  # the library's hooks read the norm late: the last layer's for every layer
     ),
     output_site=Site(
-        "mlp.down_proj", "pre_feedforward_layernorm", "post_feedforward_layernorm", "output_adapters", hooked=True
+        "mlp.down_proj",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+        "output_adapters",
+        hooked=True,
+        norm_layer=-1,
     ),
     attention="self_attn",
     lora=_QWEN2.lora,
@@ -710,7 +720,7 @@ def spec_from_interface(interface, pooling: str = "first") -> ArchSpec:
     Bottleneck adapters are hooked on the attention output projection and the FFN output projection, as in
     AdapterHub's plugin interface: their output replaces the projection's, the residual is the input of
     `layer_pre_self_attn`/`layer_pre_ffn` (none when not given) and `layer_ln_1`/`layer_ln_2` are the norms the
-    adapters' pre-processing applies to `h + r`.
+    adapters' pre-processing applies to `h + r`, read from the last layer as the library's late-bound hooks do.
     """
     attn = interface.layer_self_attn
     o_proj = f"{attn}.{interface.attn_o_proj}" if interface.attn_o_proj else attn
@@ -722,10 +732,20 @@ def spec_from_interface(interface, pooling: str = "first") -> ArchSpec:
     return ArchSpec(
         layers=interface.model_layers,
         attention_site=Site(
-            o_proj, interface.layer_pre_self_attn, interface.layer_ln_1, "attention_adapters", hooked=True
+            o_proj,
+            interface.layer_pre_self_attn,
+            interface.layer_ln_1,
+            "attention_adapters",
+            hooked=True,
+            norm_layer=-1 if interface.layer_ln_1 else None,
         ),
         output_site=Site(
-            interface.layer_output_proj, interface.layer_pre_ffn, interface.layer_ln_2, "output_adapters", hooked=True
+            interface.layer_output_proj,
+            interface.layer_pre_ffn,
+            interface.layer_ln_2,
+            "output_adapters",
+            hooked=True,
+            norm_layer=-1 if interface.layer_ln_2 else None,
         ),
         attention=attn,
         lora=lora,
