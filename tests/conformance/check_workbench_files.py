@@ -31,7 +31,6 @@ import traceback
 import warnings
 from pathlib import Path
 
-import adapters
 import torch
 import transformers
 from adapters import AutoAdapterModel
@@ -40,7 +39,7 @@ from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from generate import call_kwargs, collect_outputs, model_inputs, provide_stochastic_depth  # noqa: E402  (same venv and helpers)
+from generate import call_kwargs, collect_outputs, init_library, model_inputs, provide_stochastic_depth  # noqa: E402  (same venv and helpers)
 
 IGNORED_JSON_FIELDS = {"model_name"}  # path of the base model; differs by construction
 MAX_LINES = 8  # load problems printed per case
@@ -76,11 +75,9 @@ def load_model(case: dict, fixtures: Path):
     if case["model_class"] == "adapter_model":
         model = AutoAdapterModel.from_pretrained(path, attn_implementation=attn)
     elif case["model_class"] == "causal_lm":  # a plugin-interface family on its task model
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn)
-        adapters.init(model)
+        model = init_library(transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn))
     else:
-        model = transformers.AutoModel.from_pretrained(path, attn_implementation=attn)
-        adapters.init(model)
+        model = init_library(transformers.AutoModel.from_pretrained(path, attn_implementation=attn))
     return model
 
 

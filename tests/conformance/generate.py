@@ -99,7 +99,7 @@ EAGER_METHODS = ("prefix_tuning", "prompt_tuning", "mam", "unipelt")
 
 def attn_for(arch: str, adapters: list = ()) -> str:
     uses_prefix = any(m in config for _, config in adapters for m in EAGER_METHODS)
-    return "eager" if arch in DECODERS or arch in T5_ARCHS or uses_prefix else "sdpa"
+    return "eager" if arch in DECODERS or arch in T5_ARCHS or arch in EAGER_ONLY or uses_prefix else "sdpa"
 
 
 COMMON = dict(vocab_size=VOCAB, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, initializer_range=0.1)
@@ -805,20 +805,42 @@ def t5_cases() -> list:
                 continue
             labels = lm_labels if slug == "seq_bn" else None
             cases.append(
-                Case(f"{arch}-seq2seq-{slug}", arch, [("a", config)], "a", model_class="adapter_model", heads=[lm],
-                     forward_kwargs=decoder, labels=labels)  # fmt: skip
+                Case(
+                    f"{arch}-seq2seq-{slug}",
+                    arch,
+                    [("a", config)],
+                    "a",
+                    model_class="adapter_model",
+                    heads=[lm],
+                    forward_kwargs=decoder,
+                    labels=labels,
+                )  # fmt: skip
             )
         for slug, config in (("classification", "seq_bn"), ("classification-prefix", PREFIX_SMALL)):
             if arch != "t5" and slug != "classification":
                 continue
             cases.append(
-                Case(f"{arch}-head-{slug}", arch, [("a", config)], "a", model_class="adapter_model",
-                     heads=[("a", "classification", dict(num_labels=3, layers=2))],
-                     forward_kwargs={"input_ids": extra["input_ids_eos"]}, labels=LABELS)  # fmt: skip
+                Case(
+                    f"{arch}-head-{slug}",
+                    arch,
+                    [("a", config)],
+                    "a",
+                    model_class="adapter_model",
+                    heads=[("a", "classification", dict(num_labels=3, layers=2))],
+                    forward_kwargs={"input_ids": extra["input_ids_eos"]},
+                    labels=LABELS,
+                )  # fmt: skip
             )
         cases.append(
-            Case(f"{arch}-head-qa", arch, [("a", "lora")], "a", model_class="adapter_model", heads=[("a", "qa", {})],
-                 forward_kwargs=decoder)  # fmt: skip
+            Case(
+                f"{arch}-head-qa",
+                arch,
+                [("a", "lora")],
+                "a",
+                model_class="adapter_model",
+                heads=[("a", "qa", {})],
+                forward_kwargs=decoder,
+            )  # fmt: skip
         )
     # Parallel and BatchSplit with one seq2seq_lm head per adapter: the heads the composition picks, on t5.
     lm2 = [("a", "seq2seq_lm", {}), ("b", "seq2seq_lm", {})]
@@ -826,8 +848,16 @@ def t5_cases() -> list:
     for slug, config in (("", "seq_bn[cross_adapter=True]"), ("-prefix", PREFIX_SMALL), ("-lora", "lora")):
         for block, active in blocks:
             cases.append(
-                Case(f"t5-heads-{block}{slug}", "t5", [("a", config), ("b", config)], active,
-                     model_class="adapter_model", heads=lm2, head=None, forward_kwargs=decoder)  # fmt: skip
+                Case(
+                    f"t5-heads-{block}{slug}",
+                    "t5",
+                    [("a", config), ("b", config)],
+                    active,
+                    model_class="adapter_model",
+                    heads=lm2,
+                    head=None,
+                    forward_kwargs=decoder,
+                )  # fmt: skip
             )
     return cases
 
@@ -1049,6 +1079,133 @@ def seq2seq_cases() -> list:
 
 
 # ---------------------------------------------------------------------------------------------
+# More encoders (issue 12): ALBERT, ELECTRA, BERT-Generation, DeBERTa, DeBERTa-v2, X-MOD, ModernBERT
+# ---------------------------------------------------------------------------------------------
+
+# Eager attention: no sdpa implementation in transformers 4.57 (the library's own attention classes are eager ones);
+# ModernBERT: transformers 5's sdpa sliding-window mask leaves some padded query rows fully masked, which gives those
+# (meaningless) padded positions other values than eager does; real tokens agree, and under eager everything does.
+EAGER_ONLY = ("electra", "bert-generation", "deberta", "deberta-v2", "xmod", "modernbert")
+ENCODER_FAMILIES = {
+    # embedding_size != hidden_size: ALBERT and ELECTRA project the embeddings (invertible adapters, prompts and LM
+    # heads work in the embedding size)
+    "albert": (transformers.AlbertConfig, dict(BERT_LIKE, embedding_size=16)),
+    "electra": (transformers.ElectraConfig, dict(BERT_LIKE, embedding_size=16)),
+    "bert-generation": (
+        transformers.BertGenerationConfig,
+        {k: v for k, v in BERT_LIKE.items() if k != "type_vocab_size"},
+    ),
+    "deberta": (
+        transformers.DebertaConfig,
+        dict(BERT_LIKE, relative_attention=True, pos_att_type=["c2p", "p2c"], max_relative_positions=16),
+    ),
+    "deberta-v2": (  # DeBERTa-v3's layout: no absolute positions, log buckets, shared position keys
+        transformers.DebertaV2Config,
+        dict(
+            BERT_LIKE,
+            type_vocab_size=0,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            position_buckets=16,
+            max_relative_positions=-1,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+        ),
+    ),
+    "xmod": (transformers.XmodConfig, dict(BERT_LIKE, languages=["en_XX", "de_DE"], default_language="en_XX")),
+    # local attention of 4 tokens on the 8-token rows: layer 1 is a sliding-window layer that matters
+    "modernbert": (
+        transformers.ModernBertConfig,
+        dict(
+            {k: v for k, v in BERT_LIKE.items() if k != "type_vocab_size"},
+            cls_token_id=BOS,
+            sep_token_id=EOS,
+            local_attention=4,
+            global_attn_every_n_layers=2,
+        ),
+    ),
+}
+# Heads of each family's AdapterModel (ModernBERT has none in the library: it runs through `adapters.init`). The other
+# heads (tagging, qa, ...) are family-independent modules on the same hidden states; masked_lm uses `embedding_size`.
+FAMILY_HEADS = {
+    "albert": ("classification", "masked_lm"),
+    "electra": ("classification", "masked_lm"),
+    "bert-generation": ("masked_lm", "causal_lm"),
+    "deberta": ("classification", "masked_lm"),
+    "deberta-v2": ("classification", "masked_lm"),
+    "xmod": ("classification", "masked_lm"),
+    "modernbert": (),
+}
+# The library's methods per family: DeBERTa's attention has no prefix tuning in workbench (see archs.py), ModernBERT's
+# plugin interface lists bottleneck, lora, reft and invertible only.
+FAMILY_METHODS = {
+    "double_seq_bn": "double_seq_bn",
+    "par_bn": "par_bn",
+    "seq_bn_inv": "seq_bn_inv",
+    "lora-r4-qkv-ffn": VARIANTS["lora-r4-qkv-ffn"],
+    "noreft": "noreft[prefix_positions=2,suffix_positions=2]",
+    "prefix_tuning": PREFIX_SMALL,
+    "prompt_tuning": "prompt_tuning[prompt_length=3]",
+}
+FAMILY_SKIPS = {
+    "deberta": ("prefix_tuning",),
+    "deberta-v2": ("prefix_tuning",),
+    "modernbert": ("prefix_tuning", "prompt_tuning"),
+}
+
+
+# AdapterHub's plugin-interface hooks read `layer_ln_1`/`layer_ln_2` from the LAST layer (see README): a Gemma 2 whose
+# norms differ per layer shows it (the decoder families' own fixtures keep their initial norms, equal in every layer).
+LATE_NORM_MODELS = {"gemma2-norms": (transformers.Gemma2Config, dict(DECODER, head_dim=8))}
+EAGER_ONLY += tuple(LATE_NORM_MODELS)
+
+
+def build_encoder_family_models(out: Path) -> None:
+    """One seeded base model per family; its norms get seeded noise too (the library's plugin-interface adapters read
+    the last layer's norm: only norms that differ show which)."""
+    for i, (arch, (config_cls, kwargs)) in enumerate({**ENCODER_FAMILIES, **LATE_NORM_MODELS}.items()):
+        torch.manual_seed(200 + i)
+        model = transformers.AutoModel.from_config(config_cls(**kwargs), attn_implementation=attn_for(arch))
+        with torch.no_grad():
+            for name, param in sorted(model.named_parameters()):
+                if "norm" in name.lower():
+                    param.add_(torch.randn(param.shape) * NOISE_STD)
+        model.save_pretrained(out / "models" / arch, safe_serialization=True)
+        write_json(out / "models" / arch / "keys.json", weight_keys(out / "models" / arch))
+
+
+def family_head_case(case_id: str, arch: str, config: str, slug: str) -> Case:
+    kind, kwargs = HEADS_ENC.get(slug) or HEADS_DEC[slug]
+    return Case(case_id, arch, [("a", config)], "a", model_class="adapter_model", heads=[("a", kind, kwargs)])
+
+
+def encoder_family_cases() -> list:
+    """Per family: the base model; seq_bn and LoRA under the family's natural head (its AdapterModel; ModernBERT:
+    `adapters.init`); the family's other heads with seq_bn; and the methods of FAMILY_METHODS on the base model."""
+    cases = []
+    for arch in ENCODER_FAMILIES:
+        heads = FAMILY_HEADS[arch]
+        cases.append(Case(f"{arch}-base", arch, [], None))
+        if heads:
+            cases += [family_head_case(f"{arch}-{m}-head-{heads[0]}", arch, m, heads[0]) for m in ("seq_bn", "lora")]
+            cases += [family_head_case(f"{arch}-head-{slug}", arch, "seq_bn", slug) for slug in heads[1:]]
+        else:
+            cases += [Case(f"{arch}-{m}", arch, [("a", m)], "a") for m in ("seq_bn", "lora")]
+        for slug, config in FAMILY_METHODS.items():
+            if slug not in FAMILY_SKIPS.get(arch, ()):
+                cases.append(Case(f"{arch}-{slug}", arch, [("a", config)], "a"))
+    # ModernBERT's output adapters and output LoRA sit on one module (`mlp.Wo`): the bottleneck sees the LoRA'd output,
+    # whichever was added first (here the bottleneck, the union's first part). The library runs no Stack with its fused
+    # `Wqkv` LoRA, so both are one adapter.
+    union = "seq_bn|lora[selfattn_lora=False,output_lora=True]"
+    cases.append(Case("modernbert-union-seq_bn-lora", "modernbert", [("a", union)], "a"))
+    for slug, config in (("seq_bn", "seq_bn"), ("seq_bn-mh", "seq_bn[mh_adapter=True]")):  # ln_2, and ln_1 too
+        cases.append(Case(f"gemma2-norms-{slug}", "gemma2-norms", [("a", config)], "a"))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
 # Building and running one case
 # ---------------------------------------------------------------------------------------------
 
@@ -1063,12 +1220,24 @@ def load_model(case: Case, out: Path, attn: str | None = None):
     if case.model_class == "adapter_model":
         model = AutoAdapterModel.from_pretrained(path, attn_implementation=attn)
     elif case.model_class == CAUSAL_LM:  # a plugin-interface family on its task model
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn)
-        adapters.init(model)
+        model = init_library(transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn))
     else:
-        model = transformers.AutoModel.from_pretrained(path, attn_implementation=attn)
-        adapters.init(model)
+        model = init_library(transformers.AutoModel.from_pretrained(path, attn_implementation=attn))
     model.config.name_or_path = f"models/{case.arch}"  # written as "model_name" into the saved json files
+    return model
+
+
+def init_library(model):
+    """`adapters.init(model)`, with the biases it adds set to zero. Its LoRA wrapper of a fused projection without a
+    bias (DeBERTa's `in_proj`, ModernBERT's `Wqkv`) creates a randomly initialised bias, so on a loaded model the init
+    alone changes the outputs (by a seed-dependent amount no file records). An AdapterModel builds the wrapper before
+    loading, where the checkpoint's missing bias is initialised to zero: zero is the library's own value there."""
+    before = set(model.state_dict())
+    adapters.init(model)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name not in before and name.endswith(".bias"):
+                param.zero_()
     return model
 
 
@@ -1416,10 +1585,11 @@ def main() -> None:
     build_base_models(out)
     build_seq2seq_models(out)
     build_decoder_family_models(out)
+    build_encoder_family_models(out)
 
     entries, skipped = [], []
     cases = method_cases() + head_cases() + composition_cases() + head_composition_cases() + decoder_family_cases()
-    for case in cases + vision_cases() + clip_cases() + seq2seq_cases() + t5_cases():
+    for case in cases + vision_cases() + clip_cases() + seq2seq_cases() + t5_cases() + encoder_family_cases():
         if args.only and args.only not in case.id:
             continue
         try:

@@ -1070,8 +1070,13 @@ def init(model: nn.Module, interface: AdapterModelInterface | str | None = None)
     if isinstance(model, ModelAdaptersMixin):
         return model
     base, spec, interface = _spec_of(model, model.base_model, interface)
-    model.__class__ = _adapter_class(type(model))
-    model._init_adapters(base, spec)
+    original = type(model)
+    model.__class__ = _adapter_class(original)
+    try:
+        model._init_adapters(base, spec)
+    except Exception:  # an unsupported model type or configuration: the model stays as it was
+        model.__class__ = original
+        raise
     model._engine.interface = interface  # saved beside the model by save_pretrained (adapter_interface.json)
     if base is not model:
         _share_adapter_api(base, model._engine)

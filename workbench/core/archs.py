@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from torch import nn
 
 from .errors import UnsupportedModelError
+from .family_setup import check_albert, prepare_xmod
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class Site:
         residual_plus: module whose (first) output is added to `residual`'s input to give `r`: in parallel blocks
             (GPT-J, GPT-NeoX) attention and FFN read the same input, and the FFN adapter reads the stream after
             attention (its adapted output), as AdapterHub's GPT-J does.
+        norm_layer: read `norm` in this layer of the model instead of the site's own: AdapterHub's plugin-interface
+            hooks look the norm up late (a lambda over the loop's `layer`), so every layer uses the LAST layer's
+            (-1); adapters trained there expect it.
+        swapped: the adapters get the residual stream as their input and the sublayer output as the residual
+            (AdapterHub's ALBERT calls its attention adapters with the arguments in that order).
     """
 
     sublayer: str
@@ -39,6 +45,8 @@ class Site:
     host: str
     hooked: bool = False
     residual_plus: str | None = None
+    norm_layer: int | None = None
+    swapped: bool = False
 
 
 ALL_METHODS = frozenset({"bottleneck", "invertible", "lora", "prefix_tuning", "prompt_tuning", "reft"})
@@ -144,6 +152,13 @@ class ArchSpec(LayerStack):
             `tie_word_embeddings`; a tied T5 also scales the decoder output by d_model**-0.5 before its heads, as
             AdapterHub's T5AdapterModel does); "never" (mT5, whose checkpoints have their own `lm_head`).
         decoder_start: the config attribute holding the token decoder inputs start with (T5: "pad_token_id").
+        prepare: called with the base model when the engine attaches to it: refuses configurations the spec cannot
+            describe (UnsupportedModelError) before changing anything, then makes AdapterHub's own changes to the
+            model (X-MOD's language adapters; `family_setup.py`).
+        prompt_mask: module (relative to the base model) whose 2-D `attention_mask` argument prompt tuning widens
+            into the attention matrix itself, instead of widening the model's input mask ("": the input mask).
+            DeBERTa's embeddings read the input mask too (so it must keep the token count) and its encoder builds a
+            `(T, T)` matrix from it: prompt rows and columns attend everywhere there, as in AdapterHub.
     """
 
     embeddings: str
@@ -160,6 +175,8 @@ class ArchSpec(LayerStack):
     variant: Callable[[object], "ArchSpec"] | None = None
     lm_tying: str = "config"
     decoder_start: str = "decoder_start_token_id"
+    prepare: Callable[[nn.Module], None] | None = None
+    prompt_mask: str = ""
 
     @property
     def stacks(self) -> tuple[LayerStack, ...]:
@@ -446,14 +463,24 @@ _GPT_NEOX = ArchSpec(
 
 # Gemma 2 and Gemma 3 text (AdapterHub's plugin interface, file- and output-compatible): sandwich norms, so the
 # adapters are hooked on o_proj/down_proj, before the post-norms; their pre-processing normalises `h + r` with the
-# post-norm, as the `adapters` library does (`layer_ln_1`/`layer_ln_2`).
+# post-norm, as the `adapters` library does (`layer_ln_1`/`layer_ln_2`), and, as there, the LAST layer's post-norm.
 _GEMMA2 = ArchSpec(
     layers="layers",
     attention_site=Site(
-        "self_attn.o_proj", "input_layernorm", "post_attention_layernorm", "attention_adapters", hooked=True
+        "self_attn.o_proj",
+        "input_layernorm",
+        "post_attention_layernorm",
+        "attention_adapters",
+        hooked=True,
+        norm_layer=-1,  # the library's hooks read the norm late: the last layer's for every layer
     ),
     output_site=Site(
-        "mlp.down_proj", "pre_feedforward_layernorm", "post_feedforward_layernorm", "output_adapters", hooked=True
+        "mlp.down_proj",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+        "output_adapters",
+        hooked=True,
+        norm_layer=-1,
     ),
     attention="self_attn",
     lora=_QWEN2.lora,
@@ -572,6 +599,80 @@ def _t5_variant(config) -> ArchSpec:
 _T5_SPECS = {gated: _t5_like(gated, lm_tying="t5") for gated in (False, True)}
 _MT5_SPECS = {gated: _t5_like(gated, lm_tying="never") for gated in (False, True)}
 
+# --- more encoders (issue 12, item 2): ALBERT, DeBERTa, DeBERTa-v2/v3, X-MOD, ModernBERT; ELECTRA and BERT-Generation
+# are BERT-shaped. Each reproduces AdapterHub's placement and key layout (tests/conformance).
+
+# ALBERT's layers share one set of weights across depth: adapters sit on that one layer (AdapterHub's
+# `albert_layer_groups[*].albert_layers`) and act on every pass; several layer groups are refused (`check_albert`).
+# AdapterHub's ALBERT hands its attention adapters the layer input as their input (`swapped`).
+_ALBERT = ArchSpec(
+    layers="encoder.albert_layer_groups.0.albert_layers",
+    attention_site=Site(
+        "attention.output_dropout", "attention", "attention.LayerNorm", "attention.attention_adapters", swapped=True
+    ),
+    output_site=Site("ffn_output", "ffn", "full_layer_layer_norm", "output_adapters"),
+    attention="attention",
+    lora={
+        "q": "attention.query",
+        "k": "attention.key",
+        "v": "attention.value",
+        "intermediate": "ffn",
+        "output": "ffn_output",
+    },
+    embeddings="embeddings",
+    attention_output="attention.dense",
+    prepare=check_albert,
+)
+
+# DeBERTa's disentangled attention computes its scores itself (no transformers attention function to extend), so
+# prefix tuning does not apply; the BERT-shaped sites, LoRA, prompts (with AdapterHub's attention matrix), ReFT and
+# invertible adapters do. DeBERTa-v2's convolution (conv_kernel_size) reads the input mask: no prompts there.
+_DEBERTA_V2 = replace(
+    _BERT,
+    lora={
+        **_BERT.lora,
+        "q": "attention.self.query_proj",
+        "k": "attention.self.key_proj",
+        "v": "attention.self.value_proj",
+    },
+    methods=ALL_METHODS - {"prefix_tuning"},
+    prompt_mask="encoder",
+    refuse_if=(
+        ("prompt_tuning", "conv_kernel_size", "its convolution reads the input mask, which has no prompt positions"),
+    ),
+)
+# DeBERTa (v1) has one fused `in_proj` whose q, k, v parts are interleaved per head (AdapterHub's LoRAMergedLinear
+# splits it in thirds all the same: "blocks"), so no DoRA/VeRA on attention there.
+_DEBERTA = replace(
+    _DEBERTA_V2,
+    lora={"qkv": "attention.self.in_proj", "intermediate": "intermediate.dense", "output": "output.dense"},
+    refuse_if=(),
+)
+
+# X-MOD: AdapterHub removes the built-in language adapters and puts its own after the FFN, before the norm the
+# language adapter used (`prepare_xmod`); the attention output has no norm of its own (the layer applies it after).
+_XMOD = replace(
+    _BERT,
+    attention_site=Site("attention.output.dropout", "attention", None, "attention.output"),
+    prepare=prepare_xmod,
+)
+
+# ModernBERT: AdapterHub's plugin interface (`wrappers/interfaces.py`) with its hooked sites: adapters replace
+# `attn.Wo`/`mlp.Wo`'s output, read the residual at the input of `attn`/`mlp` (after the pre-norms), and the
+# attention adapters pre-normalise with the LAST layer's `mlp_norm` (the interface's `layer_ln_1`, bound late).
+# Prefix tuning goes through transformers' attention functions (local and global layers alike); prompts would
+# shift the rotary positions and are refused, as in AdapterHub.
+_MODERNBERT = ArchSpec(
+    layers="layers",
+    attention_site=Site("attn.Wo", "attn", "mlp_norm", "attention_adapters", hooked=True, norm_layer=-1),
+    output_site=Site("mlp.Wo", "mlp", None, "output_adapters", hooked=True),
+    attention="attn",
+    lora={"qkv": "attn.Wqkv", "intermediate": "mlp.Wi", "output": "mlp.Wo"},
+    embeddings="embeddings",
+    attention_output="attn.Wo",
+    methods=ALL_METHODS - {"prompt_tuning"},
+)
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _BERT,
     "roberta": _BERT,
@@ -602,6 +703,14 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "olmo2": _OLMO2,
     "t5": _T5_SPECS[False],
     "mt5": _MT5_SPECS[True],  # mT5 configs default to the gated-gelu FFN
+    # more encoders
+    "albert": _ALBERT,
+    "bert-generation": _BERT,
+    "deberta": _DEBERTA,
+    "deberta-v2": _DEBERTA_V2,
+    "electra": _BERT,
+    "modernbert": _MODERNBERT,
+    "xmod": _XMOD,
 }
 
 
@@ -611,7 +720,7 @@ def spec_from_interface(interface, pooling: str = "first") -> ArchSpec:
     Bottleneck adapters are hooked on the attention output projection and the FFN output projection, as in
     AdapterHub's plugin interface: their output replaces the projection's, the residual is the input of
     `layer_pre_self_attn`/`layer_pre_ffn` (none when not given) and `layer_ln_1`/`layer_ln_2` are the norms the
-    adapters' pre-processing applies to `h + r`.
+    adapters' pre-processing applies to `h + r`, read from the last layer as the library's late-bound hooks do.
     """
     attn = interface.layer_self_attn
     o_proj = f"{attn}.{interface.attn_o_proj}" if interface.attn_o_proj else attn
@@ -623,10 +732,20 @@ def spec_from_interface(interface, pooling: str = "first") -> ArchSpec:
     return ArchSpec(
         layers=interface.model_layers,
         attention_site=Site(
-            o_proj, interface.layer_pre_self_attn, interface.layer_ln_1, "attention_adapters", hooked=True
+            o_proj,
+            interface.layer_pre_self_attn,
+            interface.layer_ln_1,
+            "attention_adapters",
+            hooked=True,
+            norm_layer=-1 if interface.layer_ln_1 else None,
         ),
         output_site=Site(
-            interface.layer_output_proj, interface.layer_pre_ffn, interface.layer_ln_2, "output_adapters", hooked=True
+            interface.layer_output_proj,
+            interface.layer_pre_ffn,
+            interface.layer_ln_2,
+            "output_adapters",
+            hooked=True,
+            norm_layer=-1 if interface.layer_ln_2 else None,
         ),
         attention=attn,
         lora=lora,

@@ -48,6 +48,8 @@ class EngineState:
         self.root = root
         self.base = base
         self.spec = spec or arch_for(base.config)
+        if self.spec.prepare is not None:  # checks the configuration first, then makes the family's own changes
+            self.spec.prepare(base)
         self._layer_refs: list[LayerRef] | None = None
         self._layer_paths: dict[str, LayerRef] | None = None
         # where the root model holds the base: usually its `base_model_prefix` ("bert"); CLIPTextModelWithProjection

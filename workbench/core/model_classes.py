@@ -26,19 +26,21 @@ _ENCODER_HEADS = (
     "masked_lm",
     "causal_lm",
 )
+# ALBERT and DeBERTa: AdapterHub offers no dependency parsing or causal LM head there
+_ENCODER_HEADS_NO_LM = tuple(h for h in _ENCODER_HEADS if h not in ("dependency_parsing", "causal_lm"))
 _SEQ2SEQ_HEADS = ("classification", "multilabel_classification", "question_answering", "seq2seq_lm")
 _DECODER_HEADS = ("classification", "multilabel_classification", "tagging", "question_answering", "causal_lm")
 
 # model type -> (class name, head types), AdapterHub 1.3's families
 _FAMILIES = {
-    "albert": ("AlbertAdapterModel", _ENCODER_HEADS),
+    "albert": ("AlbertAdapterModel", _ENCODER_HEADS_NO_LM),
     "bart": ("BartAdapterModel", _SEQ2SEQ_HEADS),
     "beit": ("BeitAdapterModel", ("image_classification",)),
     "bert": ("BertAdapterModel", _ENCODER_HEADS),
     "bert-generation": ("BertGenerationAdapterModel", ("masked_lm", "causal_lm")),
     "clip": ("CLIPAdapterModel", ()),
-    "deberta": ("DebertaAdapterModel", _ENCODER_HEADS),
-    "deberta-v2": ("DebertaV2AdapterModel", _ENCODER_HEADS),
+    "deberta": ("DebertaAdapterModel", _ENCODER_HEADS_NO_LM),
+    "deberta-v2": ("DebertaV2AdapterModel", _ENCODER_HEADS_NO_LM),
     "distilbert": ("DistilBertAdapterModel", _ENCODER_HEADS),
     "electra": ("ElectraAdapterModel", _ENCODER_HEADS),
     "gpt2": ("GPT2AdapterModel", _DECODER_HEADS),

@@ -10,6 +10,8 @@ A `hooked` site (AdapterHub's plugin interface) hands `combine`'s result back as
 adds the residual and applies its own norms afterwards, and `norm` is only what the adapter may apply to `h + r`.
 A site with `residual_plus` (parallel blocks: GPT-J, GPT-NeoX) reads `r` as the residual module's input plus that
 module's final output; a site whose sublayer is such a module publishes its replacement under the same key.
+A `swapped` site hands `combine` the residual stream as the adapter input and the sublayer output as the residual
+(AdapterHub's ALBERT), and a `norm_layer` reads the norm from another layer (AdapterHub's late-bound hooks).
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ class ResidualSite:
         self.sublayer = get_module(layer, site.sublayer)
         self.residual_module = get_module(layer, site.residual) if site.residual else None
         self.plus_module = get_module(layer, site.residual_plus) if site.residual_plus else None
-        self.norm = get_module(layer, site.norm) if site.norm else None
-        self.hooked = site.hooked
+        norm_layer = layer if site.norm_layer is None else engine.layers[site.norm_layer]
+        self.norm = get_module(norm_layer, site.norm) if site.norm else None
+        self.hooked, self.swapped = site.hooked, site.swapped
         self.host, self.created_host = ensure_host(layer, site.host)
         self.combine = combine
         self.active = active  # active(ctx) -> bool: does any adapter of the call act here?
@@ -108,9 +111,9 @@ class ResidualSite:
         residual = self._residual(ctx, captured)
         if self.hooked:  # the layer adds the residual and applies its norms to what we return
             norm = SiteNorm(self.norm, None, None, None) if self.norm is not None else None
-            new = self.combine(h, residual, norm, ctx)
+            new = self.combine(*self._order(h, residual), norm, ctx)
         else:
-            combined = self.combine(h, residual, None, ctx)
+            combined = self.combine(*self._order(h, residual), None, ctx)
             # The layer adds the residual itself after this hook, so hand back the difference.
             new = None if combined is None else combined - residual
         if new is None:
@@ -123,8 +126,12 @@ class ResidualSite:
         captured = ctx.scratch.pop(self._key, None) if ctx is not None else None
         if captured is None or captured[1] is None:
             return None
-        h, residual = captured[1], self._residual(ctx, captured)
+        h, residual = self._order(captured[1], self._residual(ctx, captured))
         return self.combine(h, residual, SiteNorm(module, h, residual, output), ctx)
+
+    def _order(self, h: torch.Tensor, residual: torch.Tensor | None) -> tuple:
+        """(adapter input, residual): the sublayer output and the residual stream, or the other way round."""
+        return (residual, h) if self.swapped else (h, residual)
 
 
 class SiteNorm:

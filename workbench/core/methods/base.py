@@ -32,9 +32,11 @@ class AdapterMethod:
             )
         config = spec.model_config(engine.base.config)
         for kind, attribute, reason in spec.refuse_if:
-            if kind == self.kind and getattr(config, attribute, False):
+            value = getattr(config, attribute, False)
+            if kind == self.kind and value:
                 raise UnsupportedMethodError(
-                    f"{self.kind} adapters are not available for this {model_type!r} model ({attribute}=True): {reason}"
+                    f"{self.kind} adapters are not available for this {model_type!r} model ({attribute}={value!r}): "
+                    f"{reason}"
                 )
         self.engine = engine
 

@@ -3,7 +3,9 @@
 P trainable vectors are inserted into the output of the embeddings module (after position embeddings,
 LayerNorm and dropout), before [CLS], so the model's output has T+P positions. The 2-D attention mask is
 widened with P ones when the forward starts, so every token attends to the prompt and padding still holds.
-Only the first adapter of the active setup contributes a prompt, as in AdapterHub.
+Models whose spec names a `prompt_mask` module (DeBERTa) get the widened attention matrix there instead: their
+embeddings read the input mask too. Only the first adapter of the active setup contributes a prompt, as in
+AdapterHub.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class PromptTuningMethod(AdapterMethod):
         params = list(inspect.signature(engine.base.forward).parameters)
         self.mask_position = params.index("attention_mask") if "attention_mask" in params else None
         self._handle = None
+        self._mask_handle = None
 
     def _attach(self) -> None:
         base = self.engine.base
@@ -83,10 +86,16 @@ class PromptTuningMethod(AdapterMethod):
             raise UnsupportedModelError("prompt tuning needs an embedding module whose output it can extend")
         base.prompt_tuning = PromptTuningLayer()
         self._handle = get_module(base, self.engine.spec.embeddings).register_forward_hook(self._on_embeddings)
+        if self.engine.spec.prompt_mask:
+            module = get_module(base, self.engine.spec.prompt_mask)
+            self._mask_handle = module.register_forward_pre_hook(self._on_mask_module, with_kwargs=True)
 
     def _detach(self) -> None:
         self._handle.remove()
         self._handle = None
+        if self._mask_handle is not None:
+            self._mask_handle.remove()
+            self._mask_handle = None
         del self.engine.base.prompt_tuning
 
     def add(self, name: str, config: PromptTuningConfig) -> None:
@@ -138,10 +147,28 @@ class PromptTuningMethod(AdapterMethod):
         prompt = self.active(current_call(self.engine))
         return prompt(output) if prompt is not None else None
 
+    def _on_mask_module(self, module, args, kwargs):
+        """The `prompt_mask` module's `(N, T)` mask becomes the `(N, P+T, P+T)` attention matrix AdapterHub builds:
+        token rows and columns as the model would make them (`m_i * m_j`), prompt rows and columns all ones."""
+        prompt = self.active(current_call(self.engine))
+        in_args = "attention_mask" not in kwargs and len(args) > 1
+        mask = args[1] if in_args else kwargs.get("attention_mask")
+        if prompt is None or mask is None:
+            return None
+        if mask.dim() != 2:
+            raise UnsupportedModelError(f"prompt tuning needs a 2-D attention_mask, not {tuple(mask.shape)}")
+        length = prompt.length
+        rows, tokens = mask.shape
+        matrix = mask.new_ones(rows, length + tokens, length + tokens)
+        matrix[:, length:, length:] = mask[:, :, None] * mask[:, None, :]
+        if in_args:
+            return (args[0], matrix, *args[2:]), kwargs
+        return args, {**kwargs, "attention_mask": matrix}
+
     def begin(self, ctx, args, kwargs):
         """Prepend P ones to a 2-D attention mask (positional or keyword)."""
         prompt = self.active(ctx) if self._handle is not None else None
-        if prompt is None:
+        if prompt is None or self.engine.spec.prompt_mask:
             return None
         position = self.mask_position
         in_args = "attention_mask" not in kwargs and position is not None and len(args) > position
