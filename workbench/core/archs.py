@@ -6,6 +6,7 @@ places and check the spec when an adapter is added, so a new architecture is one
 for a model we do not ship, `workbench.init(model, interface=AdapterModelInterface(...))`).
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -602,11 +603,11 @@ _MT5_SPECS = {gated: _t5_like(gated, lm_tying="never") for gated in (False, True
 # --- more encoders (issue 12, item 2): ALBERT, DeBERTa, DeBERTa-v2/v3, X-MOD, ModernBERT; ELECTRA and BERT-Generation
 # are BERT-shaped. Each reproduces AdapterHub's placement and key layout (tests/conformance).
 
-# ALBERT's layers share one set of weights across depth: adapters sit on that one layer (AdapterHub's
-# `albert_layer_groups[*].albert_layers`) and act on every pass; several layer groups are refused (`check_albert`).
+# ALBERT's layers share weights across depth: each layer group (`albert_layer_groups.<g>.albert_layers`) runs again
+# and again, and adapters sit on its layers and act on every pass, as in AdapterHub. AdapterHub numbers the layers
+# of all groups in one sequence (group 0's first, ...): each group is one layer stack here, so the ids match.
 # AdapterHub's ALBERT hands its attention adapters the layer input as their input (`swapped`).
-_ALBERT = ArchSpec(
-    layers="encoder.albert_layer_groups.0.albert_layers",
+_ALBERT_LAYER = dict(
     attention_site=Site(
         "attention.output_dropout", "attention", "attention.LayerNorm", "attention.attention_adapters", swapped=True
     ),
@@ -619,10 +620,28 @@ _ALBERT = ArchSpec(
         "intermediate": "ffn",
         "output": "ffn_output",
     },
-    embeddings="embeddings",
     attention_output="attention.dense",
-    prepare=check_albert,
 )
+
+
+@functools.cache
+def _albert_groups(groups: int) -> ArchSpec:
+    group = "encoder.albert_layer_groups.{}.albert_layers".format
+    return ArchSpec(
+        layers=group(0),
+        embeddings="embeddings",
+        prepare=check_albert,
+        more_stacks=tuple(LayerStack(layers=group(g), **_ALBERT_LAYER) for g in range(1, groups)),
+        variant=_albert_variant,
+        **_ALBERT_LAYER,
+    )
+
+
+def _albert_variant(config) -> ArchSpec:
+    return _albert_groups(max(1, int(getattr(config, "num_hidden_groups", 1))))
+
+
+_ALBERT = _albert_groups(1)
 
 # DeBERTa's disentangled attention computes its scores itself (no transformers attention function to extend), so
 # prefix tuning does not apply; the BERT-shaped sites, LoRA, prompts (with AdapterHub's attention matrix), ReFT and
