@@ -8,7 +8,7 @@ for a model we do not ship, `workbench.init(model, interface=AdapterModelInterfa
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from torch import nn
 
@@ -788,6 +788,29 @@ def arch_for(config) -> ArchSpec:
             "decoders)"
         ) from None
     return spec.variant(config) if spec.variant is not None else spec
+
+
+def spec_for(base: nn.Module) -> ArchSpec:
+    """The spec of a base model: its family's; for the decoder of an encoder-decoder family on its own (the base
+    model of transformers' `BartForCausalLM` is a decoder wrapper whose `decoder` the task model calls), the decoder
+    stack alone, its layers numbered from 0 as AdapterHub does, without invertible adapters (they live on the
+    encoder)."""
+    spec = arch_for(base.config)
+    decoder = spec.more_stacks[0] if spec.encoder and spec.more_stacks else None
+    prefix = decoder.layers.rsplit(".", 1)[0] if decoder is not None else ""  # "decoder"
+    if decoder is None or hasattr(base, spec.encoder) or not hasattr(base, prefix):
+        return spec
+    return replace(
+        spec,
+        **{f.name: getattr(decoder, f.name) for f in fields(LayerStack)},
+        embeddings=prefix + spec.embeddings.removeprefix(spec.encoder),
+        methods=spec.methods - {"invertible"},
+        pooling="last",
+        more_stacks=(),
+        encoder="",
+        entries=(prefix,),
+        variant=None,
+    )
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:

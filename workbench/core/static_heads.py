@@ -75,6 +75,19 @@ def _t5(cls: str) -> dict[str, tuple]:
     }
 
 
+def _seq2seq(cls: str, qa: bool = True) -> dict[str, tuple]:
+    """The heads of a BART-like encoder-decoder family. Its LM head's `final_logits_bias` has no place in a flex
+    head: it is dropped when it is zero (as in the published checkpoints), see `rename_to_flex`."""
+    classifier = [None, "classification_head.dense", None, None, "classification_head.out_proj"]
+    heads = {
+        f"{cls}ForSequenceClassification": _head("classification", classifier, layers=2, activation_function="tanh"),
+        f"{cls}ForConditionalGeneration": _head("seq2seq_lm", ["lm_head"]),
+    }
+    if qa:
+        heads[f"{cls}ForQuestionAnswering"] = _head("question_answering", [None, "qa_outputs"], **_LINEAR)
+    return heads
+
+
 STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     **_encoder(
         "Bert",
@@ -121,8 +134,13 @@ STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     **_decoder("Olmo2", "score"),
     **_t5("T5"),
     **_t5("MT5"),
+    **_seq2seq("Bart"),
+    **_seq2seq("MBart"),
+    **_seq2seq("PLBart", qa=False),  # transformers has no PLBartForQuestionAnswering
 }
 _NO_LABELS = ("masked_lm", "causal_lm", "seq2seq_lm")
+# Static weights a flex head has no place for, which it may drop when they are zero (they then change nothing).
+_DROPPABLE_IF_ZERO = ("final_logits_bias",)
 
 
 def flex_config(model_class: str, model_config, label2id=None, num_labels=None) -> tuple[dict, dict[str, str]]:
@@ -168,7 +186,12 @@ def rename_to_flex(state: dict[str, torch.Tensor], renames: dict[str, str], head
             rest[key] = tensor
     dropped = []
     for key, tensor in rest.items():
-        if not any(t.shape == tensor.shape and torch.equal(t, tensor) for t in renamed.values()):
+        if key in _DROPPABLE_IF_ZERO:
+            if torch.count_nonzero(tensor):
+                raise AdapterLoadError(
+                    f"{source}: static head weight {key!r} is not zero, and a flex head has no place for it"
+                )
+        elif not any(t.shape == tensor.shape and torch.equal(t, tensor) for t in renamed.values()):
             raise AdapterLoadError(f"{source}: static head weight {key!r} has no place in the converted flex head")
         dropped.append(key)
     return renamed, dropped
@@ -247,6 +270,8 @@ def load_static(model, save_directory, id2label=None, loading_info: dict | None 
             raise HeadError(f"{config_path}: the flex head differs from {own_class}'s head in {sorted(differing)}")
         state = rename_to_static(state, renames, data.get("name") or "")
     own = static_state(model)
+    if data["config"] is not None:  # what a flex head has no place for is zero in the static head it equals
+        state.update({k: torch.zeros_like(v) for k, v in own.items() if k in _DROPPABLE_IF_ZERO and k not in state})
     _check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, weights_path)
     count = model.config.num_labels
     if id2label is not None:
