@@ -68,6 +68,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         super().__init__(base.config)
         self.base_model_prefix = base.base_model_prefix
         self.add_module(self.base_model_prefix, base)
+        # checkpointing runs through the base model's layers: a family whose layers cannot (ALBERT) says so
+        self.supports_gradient_checkpointing = base.supports_gradient_checkpointing
         self.heads = nn.ModuleDict()
         self._active_head: str | None = None
         self.custom_heads: dict[str, type] = {}  # AdapterHub's `register_custom_head` registry

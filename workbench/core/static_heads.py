@@ -49,6 +49,75 @@ def _encoder(cls: str, dense: str, norm: str, decoder: str, pooled: bool) -> dic
     }
 
 
+def _lm(head_type: str, modules: list[str], activation: str = "gelu") -> tuple[dict, tuple]:
+    """A masked/causal LM head: dense, activation, norm, decoder."""
+    return _head(head_type, modules, layers=2, activation_function=activation, layer_norm=True, bias=True)
+
+
+def _pooled_two_layer(head_type: str, dense: str, out: str, activation: str) -> tuple[dict, tuple]:
+    """A classifier over the first token: dropout, dense, activation, dropout, out (DeBERTa's pooler, ELECTRA's)."""
+    return _head(head_type, [None, dense, None, None, out], layers=2, activation_function=activation, use_pooler=False)
+
+
+def _more_encoders() -> dict[str, tuple]:
+    """ALBERT, ELECTRA, DeBERTa (v1, v2/v3), X-MOD and BERT-Generation, as AdapterHub's head_utils converts them.
+    An activation "config:<attribute>" is the model config's (ALBERT's MLM head, DeBERTa's pooler and MLM head
+    use theirs), so the flex head computes what the static one does whatever the config says."""
+    deberta = {}
+    for cls in ("Deberta", "DebertaV2"):
+        deberta |= {
+            f"{cls}ForSequenceClassification": _pooled_two_layer(
+                "classification", "pooler.dense", "classifier", "config:pooler_hidden_act"
+            ),
+            f"{cls}ForTokenClassification": _head("tagging", [None, "classifier"], **_LINEAR),
+            f"{cls}ForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
+            f"{cls}ForMaskedLM": _lm(
+                "masked_lm",
+                [
+                    "cls.predictions.transform.dense",
+                    None,
+                    "cls.predictions.transform.LayerNorm",
+                    "cls.predictions.decoder",
+                ],
+                "config:hidden_act",
+            ),
+        }
+    deberta["DebertaV2ForMultipleChoice"] = _pooled_two_layer(
+        "multiple_choice", "pooler.dense", "classifier", "config:pooler_hidden_act"
+    )
+    albert = {
+        "AlbertForSequenceClassification": _head("classification", [None, "classifier"], **_LINEAR, use_pooler=True),
+        "AlbertForMultipleChoice": _head("multiple_choice", [None, "classifier"], **_LINEAR, use_pooler=True),
+        "AlbertForTokenClassification": _head("tagging", [None, "classifier"], **_LINEAR),
+        "AlbertForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
+        "AlbertForMaskedLM": _lm(
+            "masked_lm",
+            ["predictions.dense", None, "predictions.LayerNorm", "predictions.decoder"],
+            "config:hidden_act",
+        ),
+    }
+    electra_lm = ["generator_predictions.dense", None, "generator_predictions.LayerNorm", "generator_lm_head"]
+    electra = {
+        "ElectraForSequenceClassification": _pooled_two_layer(
+            "classification", "classifier.dense", "classifier.out_proj", "gelu"
+        ),
+        "ElectraForMultipleChoice": _pooled_two_layer(
+            "multiple_choice", "sequence_summary.summary", "classifier", "config:summary_activation"
+        ),
+        "ElectraForTokenClassification": _head("tagging", [None, "classifier"], **_LINEAR),
+        "ElectraForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
+        "ElectraForMaskedLM": _lm("masked_lm", electra_lm),
+        "ElectraForCausalLM": _lm("causal_lm", electra_lm),
+    }
+    return {
+        **albert,
+        **electra,
+        **deberta,
+        **_encoder("Xmod", "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", pooled=False),
+        "BertGenerationDecoder": _head("causal_lm", ["lm_head.decoder"], **_LINEAR, bias=True),
+    }
+
+
 def _decoder(cls: str, tagger: str, lm_bias: bool = False) -> dict[str, tuple]:
     """The heads of a decoder family; its sequence classifier (`score`) reads the last non-pad token."""
     heads = {
@@ -98,6 +167,7 @@ STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     ),  # fmt: skip
     **_encoder("Roberta", "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", pooled=False),
     **_encoder("XLMRoberta", "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", pooled=False),
+    **_more_encoders(),
     "DistilBertForSequenceClassification": _head(
         "classification", [None, "pre_classifier", None, None, "classifier"], layers=2, activation_function="relu"
     ),
@@ -160,6 +230,9 @@ def flex_config(model_class: str, model_config, label2id=None, num_labels=None) 
             "does: it cannot be converted"
         )
     config = dict(template)
+    activation = config.get("activation_function") or ""
+    if activation.startswith("config:"):
+        config["activation_function"] = getattr(model_config, activation.removeprefix("config:"))
     if config["head_type"] in _NO_LABELS:
         config["vocab_size"] = model_config.vocab_size
         if getattr(model_config, "embedding_size", None):
