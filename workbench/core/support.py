@@ -134,10 +134,9 @@ def model_families() -> list[tuple[str, str]]:
 
 def head_types(model_type: str) -> tuple[str, ...]:
     """The head types `AutoAdapterModel` offers for the model type (its per-family class's list)."""
-    from .adapter_model import AdapterModel
-    from .model_classes import ADAPTER_MODEL_MAPPING
+    from .model_classes import family_head_types
 
-    return tuple(ADAPTER_MODEL_MAPPING.get(model_type, AdapterModel).head_types)
+    return tuple(family_head_types(model_type))
 
 
 def support_rows() -> list[dict]:
