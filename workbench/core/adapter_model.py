@@ -39,6 +39,7 @@ from .names import check_head_name
 from .outputs import MultiHeadOutput
 from .rows import BASE, current_plan, row_names, rows_scope, runs
 from .runtime import row_bounds
+from .transformers_api import cache_of
 
 _CONFIG_CLASS_TO_MODEL = {"XLMRobertaConfig": "XLMRoberta"}
 
@@ -932,8 +933,9 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             if invert:
                 kwargs["invert"] = lambda h: invert.invert(h, call.setup)
             result = head(call.outputs, None, call.attention_mask, True, **kwargs)
-            if getattr(call.outputs, "past_key_values", None) is not None:  # generate() continues from the cache
-                result["past_key_values"] = call.outputs.past_key_values
+            key, cache = cache_of(call.outputs)
+            if cache is not None:  # generate() continues from the cache
+                result[key] = cache
             return result
         if pooled is not None and (head.config.get("use_pooler") or self._engine.spec.pooling == "pooler"):
             cls = pooled
@@ -1015,8 +1017,9 @@ def _join_rows(results: list, sizes: list[int], outputs):
                     "have one output shape (use a BatchSplit setup for heads of different sizes)"
                 )
             joined[key] = torch.cat(values)
-    if getattr(outputs, "past_key_values", None) is not None and "logits" in joined:  # generate() continues
-        joined["past_key_values"] = outputs.past_key_values
+    key, cache = cache_of(outputs)
+    if cache is not None and "logits" in joined:  # generate() continues
+        joined[key] = cache
     return joined
 
 

@@ -36,9 +36,7 @@ _BIDIRECTIONAL_HEADS = tuple(h for h in _ENCODER_HEADS if h != "causal_lm")
 # or none): the heads that read their sequences the way the family's own task models do. CLIP's towers, like CLIP,
 # have none (their task models project to an embedding space; no flex head reads that).
 HEADS_WITHOUT_CLASS = {
-    **dict.fromkeys(
-        ("gpt_neox", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "qwen3", "olmo2"), _DECODER_HEADS
-    ),
+    **dict.fromkeys(("gpt_neox", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "qwen3", "olmo2"), _DECODER_HEADS),
     "modernbert": _BIDIRECTIONAL_HEADS,
     "clip_text_model": (),
     "clip_vision_model": (),
@@ -138,5 +136,6 @@ def family_head_types(model_type: str) -> tuple[str, ...]:
     if model_type in ADAPTER_MODEL_MAPPING:
         return ADAPTER_MODEL_MAPPING[model_type].head_types
     return HEADS_WITHOUT_CLASS.get(model_type, AdapterModel.head_types)
+
 
 __all__ = ["ADAPTER_MODEL_MAPPING", "ADAPTER_MODEL_CLASSES", *(c.__name__ for c in ADAPTER_MODEL_CLASSES.values())]
