@@ -17,7 +17,7 @@ from . import files, static_heads
 from .archs import ARCHITECTURES, spec_from_interface
 from .autodescribe import describe_model
 from .composition import BatchSplit, Parallel, Stack
-from .context import scoped_setup
+from .context import batch_size_of, replicate_batch, scoped_setup
 from .errors import AdapterConfigError, AdapterLoadError, CompositionError, HeadError, UnsupportedModelError
 from .heads import (
     HEAD_TYPES,
@@ -237,12 +237,32 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         scoped = scoped_setup()
         setup = scoped.adapter_setup if scoped is not None else self._engine.active_setup
         heads = self._scoped_heads(scoped) or self._active_head
-        if (setup is not None and setup.parallel_channels > 1) or not (heads is None or isinstance(heads, str)):
+        if setup is not None and setup.parallel_channels > 1:
+            return self._parallel_generate(setup, heads, args, kwargs)
+        if not (heads is None or isinstance(heads, str)):
             raise CompositionError(
-                f"generate() continues one batch with one LM head; the setup {setup} with heads {heads} runs several "
-                "(Parallel or several heads): generate with each adapter's setup in turn"
+                f"generate() continues one batch with one LM head; the heads {heads} are several: generate with each "
+                "head in turn"
             )
         return super().generate(*args, **kwargs)
+
+    def _parallel_generate(self, setup, heads, args, kwargs):
+        """`Parallel(a, b)` with heads [a, b]: the batch once per channel, each copy continued through its adapter and
+        head (as AdapterHub replicates the prompt before generating). Runs as per-row adapters on the replicated
+        batch, which is what each channel of the Parallel setup computes."""
+        names = list(setup.children) if isinstance(setup, Parallel) else []
+        if not names or not all(isinstance(n, str) for n in names) or list(heads or []) != names:
+            raise CompositionError(
+                f"generate() under {setup} with heads {heads}: only a Parallel of single adapters, each with its own "
+                "LM head of the same name, can generate (replicate the prompt and pass adapter_names for others)"
+            )
+        batch = batch_size_of(args, kwargs)
+        if batch is None:
+            raise CompositionError(f"generate() under {setup}: no batch-shaped input to replicate per channel")
+        args, kwargs = replicate_batch(args, kwargs, batch, len(names))
+        rows = [name for name in names for _ in range(batch)]
+        with rows_scope(rows, widen=True):
+            return super().generate(*args, **kwargs)
 
     # --- heads -------------------------------------------------------------------------------------------
 

@@ -243,7 +243,7 @@ def cache_of(outputs) -> tuple[str | None, object]:
     warning for `outputs.past_key_values`; (None, None) when it carries none."""
     if isinstance(outputs, Mapping):
         for key in CACHE_ARGUMENTS:
-            if outputs.get(key) is not None:
+            if key in outputs.keys() and outputs[key] is not None:  # keys(): no renaming, so no warning
                 return key, outputs[key]
     return None, None
 
