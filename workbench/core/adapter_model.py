@@ -733,7 +733,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             if set_active:
                 self.active_head = name
         if loading_info is not None:
-            loading_info.update(missing_keys=[], unexpected_keys=dropped)
+            ignored = self._keys_to_ignore_on_load_unexpected or ()
+            loading_info.update(missing_keys=[], unexpected_keys=[k for k in dropped if k not in ignored])
         return name
 
     def _save_matching_head(self, folder: Path, name: str, use_safetensors: bool) -> None:

@@ -71,6 +71,15 @@ _FAMILIES = {
 }
 
 
+# Static-head aliases the family's AdapterHub class does not report as unexpected when it converts a static head
+# (`load_head(..., loading_info=...)`): AdapterHub's `_keys_to_ignore_on_load_unexpected` of these classes.
+_IGNORED_UNEXPECTED = {
+    "deberta": ["cls.predictions.bias"],
+    "deberta-v2": ["cls.predictions.bias"],
+    "bert-generation": ["lm_head.bias"],
+}
+
+
 def _family_class(model_type: str, class_name: str, head_types: tuple) -> type[AdapterModel]:
     supported = model_type in ARCHITECTURES
 
@@ -89,7 +98,13 @@ def _family_class(model_type: str, class_name: str, head_types: tuple) -> type[A
     return type(
         class_name,
         (AdapterModel,),
-        {"__init__": __init__, "head_types": head_types, "model_type": model_type, "__module__": __name__},
+        {
+            "__init__": __init__,
+            "head_types": head_types,
+            "model_type": model_type,
+            "__module__": __name__,
+            "_keys_to_ignore_on_load_unexpected": _IGNORED_UNEXPECTED.get(model_type),
+        },
     )
 
 
