@@ -37,6 +37,7 @@ from .keys import rename_prefixed
 from .model_mixin import ModelAdaptersMixin, _check_weights
 from .names import check_head_name
 from .outputs import MultiHeadOutput
+from .plugin_interfaces import plugin_interface
 from .rows import BASE, current_plan, row_names, rows_scope, runs
 from .runtime import row_bounds
 from .transformers_api import cache_of
@@ -1112,6 +1113,9 @@ def init(model: nn.Module, interface: AdapterModelInterface | str | None = None)
         model.__class__ = original
         raise
     model._engine.interface = interface  # saved beside the model by save_pretrained (adapter_interface.json)
+    # as AdapterHub's init(): the interface the model was described with, or its plugin interface for the model type
+    model_type = getattr(base.config, "model_type", None)
+    base.adapter_interface = interface or plugin_interface(model_type, model._engine.spec.methods)
     if base is not model:
         _share_adapter_api(base, model._engine)
     return model
@@ -1126,6 +1130,9 @@ def _spec_of(model: nn.Module, base: nn.Module, interface):
         if getattr(base.config, "model_type", None) in ARCHITECTURES:
             return base, None, None
         interface = describe_model(model)
+    model_type = getattr(base.config, "model_type", None)
+    if interface is None and model_type not in ARCHITECTURES:
+        interface = plugin_interface(model_type)  # AdapterHub's init() knows these model types by an interface
     if interface is None:
         return base, None, None
     if not isinstance(interface, AdapterModelInterface):
