@@ -215,6 +215,21 @@ def test_xmod_language_adapters_are_removed_and_lang_ids_refused():
     assert not any(p.requires_grad for n, p in model.named_parameters() if "embeddings" in n or ".adapters.a." in n)
 
 
+def test_xmod_checkpoints_load_without_reporting_the_removed_language_adapters(tmp_path):
+    """The language adapters X-MOD's preparation removes are not missing keys; missing keys are the model's own."""
+    from transformers import XmodForSequenceClassification
+
+    torch.manual_seed(0)
+    task = workbench.init(XmodForSequenceClassification(config("xmod")).eval())
+    task.add_adapter("a", config="seq_bn")
+    task.save_pretrained(tmp_path / "task")
+    loaded, info = workbench.load_model(tmp_path / "task", XmodForSequenceClassification, output_loading_info=True)
+    assert not info["missing_keys"] and "a" in loaded.adapters_config
+    flex, info = AutoAdapterModel.from_pretrained(tmp_path / "task", output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["roberta.pooler.dense.bias", "roberta.pooler.dense.weight"]  # no pooler
+    assert flex.active_head == "default"
+
+
 def test_xmod_other_norm_layouts_are_refused():
     with pytest.raises(UnsupportedModelError, match="pre_norm=True"):
         model_of("xmod", pre_norm=True)

@@ -117,6 +117,10 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         if kwargs.get("output_loading_info"):
             base, info = base
         model = cls._family(base.config)(base, interface=interface)
+        if info is not None and "missing_keys" in info:  # this model's keys; what the engine removed is not missing
+            own = set(model.state_dict())
+            keys = (k if k in own else f"{model.base_model_prefix}.{k}" for k in info["missing_keys"])
+            info["missing_keys"] = type(info["missing_keys"])(k for k in keys if k in own)
         hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
         model._convert_static_head(pretrained_model_name_or_path, info, hub)
         model._load_saved_parts(pretrained_model_name_or_path)
@@ -1200,6 +1204,9 @@ def load_model(model_name_or_path, model_class, interface: AdapterModelInterface
     loaded = model_class.from_pretrained(model_name_or_path, *args, trust_remote_code=False, **kwargs)
     model, info = loaded if kwargs.get("output_loading_info") else (loaded, None)
     init(model, interface=interface)
+    if info is not None:  # weights the family's preparation removed (X-MOD's language adapters) are not missing
+        present = set(model.state_dict())
+        info["missing_keys"] = type(info["missing_keys"])(k for k in info["missing_keys"] if k in present)
     model._load_saved_parts(model_name_or_path)
     return (model, info) if info is not None else model
 
