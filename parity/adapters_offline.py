@@ -19,7 +19,11 @@ It changes the environment the tests run in, never what they assert, and it is t
 - `GlueDataset` / `GlueDataTrainingArguments`, which transformers 5 removed: a small MRPC reader with the same
   constructor and the same features (input_ids, attention_mask, token_type_ids, labels);
 - `tokenizer.as_target_tokenizer()`, which transformers 5 removed: a context in which the tokenizer tokenizes as it
-  does outside it, as transformers 4's did for tokenizers without a target mode (the BERT tokenizer the tests get).
+  does outside it, as transformers 4's did for tokenizers without a target mode (the BERT tokenizer the tests get);
+- `PretrainedConfig.from_text_vision_configs(text_config, vision_config, **kwargs)` (the CLIPModel tests build their
+  config with it), which transformers 5 removed: the config built from the two sub-configs' dicts, as 4.x did;
+  and `CLIPConfig.eos_token_id`, which every 4.x config had (None unless set) and 5's composite configs lack: the
+  tests' input sampling reads it from the CLIPModel config.
 """
 
 from __future__ import annotations
@@ -208,6 +212,10 @@ def _same_tokenizer(self):
     yield
 
 
+def _from_text_vision_configs(cls, text_config, vision_config, **kwargs):
+    return cls(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(), **kwargs)
+
+
 def pytest_configure(config):
     # the module as it is now: another plugin may have imported transformers afresh since this one was imported
     current = importlib.import_module("transformers")
@@ -221,3 +229,7 @@ def pytest_configure(config):
         current.GlueDataTrainingArguments = GlueDataTrainingArguments
     if not hasattr(current.PreTrainedTokenizerBase, "as_target_tokenizer"):
         current.PreTrainedTokenizerBase.as_target_tokenizer = _same_tokenizer
+    if not hasattr(current.PretrainedConfig, "from_text_vision_configs"):
+        current.PretrainedConfig.from_text_vision_configs = classmethod(_from_text_vision_configs)
+    if not hasattr(current.CLIPConfig(), "eos_token_id"):
+        current.CLIPConfig.eos_token_id = None
