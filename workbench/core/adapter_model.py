@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PretrainedConfig, PreTrainedModel
 
 from . import files, static_heads
-from .archs import spec_from_interface
+from .archs import spec_for, spec_from_interface
 from .composition import BatchSplit, Parallel, Stack
 from .context import scoped_setup
 from .errors import AdapterLoadError, CompositionError, HeadError, UnsupportedModelError
@@ -965,7 +965,7 @@ def init(model: nn.Module, interface: AdapterModelInterface | None = None) -> nn
     if isinstance(model, ModelAdaptersMixin):
         return model
     base = model.base_model
-    spec = None
+    spec = spec_for(base) if interface is None else None  # an unsupported model is refused before it is changed
     if interface is not None:
         if interface.base_model:
             try:

@@ -6,7 +6,7 @@ places and check the spec when an adapter is added, so a new architecture is one
 for a model we do not ship, `workbench.init(model, interface=AdapterModelInterface(...))`).
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from torch import nn
 
@@ -53,7 +53,14 @@ class LayerStack:
         cross_site: the residual connection after cross-attention ("cross_adapter"; decoder layers only).
         cross_attention: the cross-attention module (prefix tuning's "cross_prefix").
         cross_lora: LoRA places "q", "k", "v" of the cross-attention (AdapterHub's "selfattn" LoRA covers them).
+        cross_site_flag: the bottleneck config flag that puts adapters at `cross_site`: "cross_adapter" (BART-like
+            layers), or "mh_adapter" where AdapterHub treats the cross-attention output like the self-attention's
+            (BERT-style decoder layers).
         config: attribute of the model config that holds this stack's config ("" when it is the config itself).
+        submodel: for a model made of separately adapted models (transformers' `EncoderDecoderModel`), the path of
+            the sub-model this stack belongs to. AdapterHub adapts each sub-model on its own, so the stack's layer
+            ids start at 0 (`leave_out=[0]` means the first layer of each sub-model) and prefix tuning keeps a pool
+            per sub-model (`<submodel>.prefix_tuning`). None: layers are numbered across the stacks.
     """
 
     layers: str
@@ -67,7 +74,9 @@ class LayerStack:
     cross_site: Site | None = None
     cross_attention: str | None = None
     cross_lora: dict[str, str] = field(default_factory=dict)
+    cross_site_flag: str = "cross_adapter"
     config: str = ""
+    submodel: str | None = None
 
     def stack_config(self, config):
         """This stack's config: the model config itself, unless the stack names a sub-config."""
@@ -183,6 +192,18 @@ _LLAMA = ArchSpec(
     pooling="last",
 )
 
+# A BERT-style layer built with `add_cross_attention` (the decoder of an `EncoderDecoderModel`): AdapterHub adapts its
+# `crossattention` like the self-attention: "mh_adapter" bottlenecks on its output, "selfattn" LoRA on its
+# query/key/value, a "cross_prefix".
+_BERT_CROSS = dict(
+    cross_site=Site(
+        "crossattention.output.dropout", "crossattention", "crossattention.output.LayerNorm", "crossattention.output"
+    ),
+    cross_attention="crossattention.self",
+    cross_lora={"q": "crossattention.self.query", "k": "crossattention.self.key", "v": "crossattention.self.value"},
+    cross_site_flag="mh_adapter",
+)
+
 # Qwen2 (AdapterHub's plugin interface) maps the FFN LoRA the natural way round.
 _QWEN2 = replace(_LLAMA, lora={**_LLAMA.lora, "intermediate": "mlp.up_proj", "output": "mlp.down_proj"})
 
@@ -231,6 +252,9 @@ def _bart_like(pre_norm: bool, embeddings: str = "encoder.layernorm_embedding") 
 
 _BART = _bart_like(pre_norm=False)
 _MBART = _bart_like(pre_norm=True)
+# Whisper: mBART's layer layout behind a convolutional audio front end. It has no token embeddings in the encoder:
+# AdapterHub hooks invertible adapters on the encoder's final `layer_norm` (after its layers) and has no prompts.
+_WHISPER = _bart_like(pre_norm=True, embeddings="encoder.layer_norm")
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _BERT,
@@ -244,7 +268,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "bart": _BART,
     "plbart": _BART,
     "mbart": _MBART,
+    "whisper": _WHISPER,
 }
+
+# The cross-attention of a family's layers when its config sets `add_cross_attention` (model type -> LayerStack
+# fields); `arch_for` adds them to the family's spec.
+CROSS_ATTENTION: dict[str, dict] = {"bert": _BERT_CROSS, "roberta": _BERT_CROSS, "xlm-roberta": _BERT_CROSS}
 
 
 def spec_from_interface(interface, pooling: str = "first") -> ArchSpec:
@@ -283,12 +312,72 @@ def arch_for(config) -> ArchSpec:
     """Return the spec for a transformers config, or raise a clear error for unsupported model types."""
     model_type = getattr(config, "model_type", None)
     try:
-        return ARCHITECTURES[model_type]
+        spec = ARCHITECTURES[model_type]
     except KeyError:
-        supported = ", ".join(sorted(ARCHITECTURES))
+        supported = ", ".join(sorted([*ARCHITECTURES, *COMPOSED]))
         raise UnsupportedModelError(
             f"model type {model_type!r} is not supported by the adapter engine (supported: {supported})"
         ) from None
+    if getattr(config, "add_cross_attention", False) and model_type in CROSS_ATTENTION:
+        spec = replace(spec, **CROSS_ATTENTION[model_type])
+    return spec
+
+
+def spec_for(model: nn.Module) -> ArchSpec:
+    """The spec of a model instance: its family's, or one composed from its sub-models' specs (`COMPOSED`)."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in COMPOSED:
+        return COMPOSED[model_type](model)
+    return arch_for(model.config)
+
+
+def _stack_of(spec: ArchSpec) -> LayerStack:
+    """The spec's own (first) layer stack, without the model-wide fields."""
+    return LayerStack(**{f.name: getattr(spec, f.name) for f in fields(LayerStack)})
+
+
+def _base_path(model: nn.Module, path: str) -> str:
+    """The path of the base model inside the sub-model at `path` (`decoder.bert` for a `BertLMHeadModel`)."""
+    sub = get_module(model, path)
+    base = getattr(sub, "base_model", sub)
+    return path if base is sub else f"{path}.{sub.base_model_prefix}"
+
+
+def _encoder_decoder(model: nn.Module) -> ArchSpec:
+    """transformers' `EncoderDecoderModel`: the encoder family's spec and the decoder family's (with its
+    cross-attention), each under its sub-model's path; AdapterHub's keys follow (`encoder.encoder.layer.0...`,
+    `decoder.bert.encoder.layer.0.crossattention...`). Any pair of families with specs works."""
+    config = model.config
+    encoder, decoder = arch_for(config.encoder), arch_for(config.decoder)
+    for role, spec, sub in (("encoder", encoder, config.encoder), ("decoder", decoder, config.decoder)):
+        if spec.more_stacks:
+            raise UnsupportedModelError(
+                f"EncoderDecoderModel: a {sub.model_type!r} {role} has several layer stacks; use one-stack models"
+            )
+    if getattr(config.decoder, "add_cross_attention", False) and decoder.cross_attention is None:
+        raise UnsupportedModelError(
+            f"EncoderDecoderModel: the cross-attention of a {config.decoder.model_type!r} decoder is not described "
+            f"(archs.CROSS_ATTENTION has: {', '.join(sorted(CROSS_ATTENTION))})"
+        )
+    enc_path, dec_path = _base_path(model, "encoder"), _base_path(model, "decoder")
+    decoder_stack = replace(
+        _stack_of(decoder), layers=f"{dec_path}.{decoder.layers}", config="decoder", submodel=dec_path
+    )
+    return replace(
+        encoder,
+        layers=f"{enc_path}.{encoder.layers}",
+        config="encoder",
+        submodel=enc_path,
+        embeddings=f"{enc_path}.{encoder.embeddings}",
+        methods=(encoder.methods & decoder.methods) - {"prompt_tuning"},  # AdapterHub: no prompt tuning here
+        pooling="eos",
+        more_stacks=(decoder_stack,),
+        encoder="encoder",
+    )
+
+
+# Model types whose spec is composed per instance from the specs of their sub-models.
+COMPOSED = {"encoder-decoder": _encoder_decoder}
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:

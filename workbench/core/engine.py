@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import methods as method_registry
-from .archs import LayerStack, arch_for, get_module
+from .archs import LayerStack, get_module, spec_for
 from .composition import Block
 from .context import (
     ForwardContext,
@@ -33,12 +33,15 @@ from .runtime import check_batch, check_setup, task_rows
 
 @dataclass(frozen=True)
 class LayerRef:
-    """One transformer layer: its AdapterHub layer id, its path in the base model, the module, its stack's spec."""
+    """One transformer layer: its position in `layer_refs`, its path in the base model, the module, its stack's spec,
+    and its AdapterHub layer id (`leave_out`, `skip_layers`, per-layer options): the index, except in stacks of a
+    sub-model, numbered from 0 (`LayerStack.submodel`)."""
 
     index: int
     path: str
     module: nn.Module
     stack: LayerStack
+    layer_id: int
 
 
 class EngineState:
@@ -47,7 +50,7 @@ class EngineState:
     def __init__(self, root: nn.Module, base: nn.Module, spec=None):
         self.root = root
         self.base = base
-        self.spec = spec or arch_for(base.config)
+        self.spec = spec or spec_for(base)
         self._layer_refs: list[LayerRef] | None = None
         self._layer_paths: dict[str, LayerRef] | None = None
         self.base_prefix = "" if root is base else base.base_model_prefix + "."
@@ -81,7 +84,8 @@ class EngineState:
             refs = []
             for stack in self.spec.stacks:
                 for position, module in enumerate(get_module(self.base, stack.layers)):
-                    refs.append(LayerRef(len(refs), f"{stack.layers}.{position}", module, stack))
+                    layer_id = position if stack.submodel is not None else len(refs)
+                    refs.append(LayerRef(len(refs), f"{stack.layers}.{position}", module, stack, layer_id))
             self._layer_refs = refs
         return self._layer_refs
 

@@ -336,7 +336,7 @@ class LMHead(BuiltinHead):
     def _build(self, model_config):
         cfg = self.config
         hidden = model_config.hidden_size
-        size = cfg["embedding_size"] or hidden
+        size = cfg.get("embedding_size") or hidden
         eps = getattr(model_config, "layer_norm_eps", None) or 1e-12
         modules: list[nn.Module] = []
         for i in range(cfg["layers"] - 1):
@@ -396,8 +396,8 @@ class Seq2SeqLMHead(LMHead):
     """The vocabulary projection over an encoder-decoder model's decoder output (AdapterHub's `seq2seq_lm`)."""
 
     head_type = "seq2seq_lm"
-    defaults = {
-        **LMHead.defaults,
+    defaults = {  # AdapterHub's seq2seq_lm config has no `embedding_size` (its loader refuses one)
+        **{key: value for key, value in LMHead.defaults.items() if key != "embedding_size"},
         "layers": 1,
         "activation_function": None,
         "bias": False,

@@ -113,6 +113,12 @@ class ReftModule(nn.Module):
         return hidden
 
 
+# Inputs that are no tokens: a model called with these alone has no padding, so ReFT adapts each layer's
+# sequence as a whole (its first and last positions), whatever the length of that layer's sequence.
+NON_TOKEN_INPUTS = ("input_features",)
+WHOLE_SEQUENCE = "whole sequence"
+
+
 class ReftContainer(nn.Module):
     """`<layer>.reft_layer`, holding `refts.<name>` (AdapterHub's key layout)."""
 
@@ -134,6 +140,7 @@ class ReftLayer(ComposableLayer):
     def __init__(self, engine, layer_idx: int):
         self.engine, self.layer_idx = engine, layer_idx
         ref = engine.layer_refs[layer_idx]
+        self.layer_id = ref.layer_id  # AdapterHub's id, for `skip_layers`
         layer = ref.module
         self.container = ReftContainer()
         layer.reft_layer = self.container
@@ -147,12 +154,15 @@ class ReftLayer(ComposableLayer):
 
     def _on_output(self, module, args, output):
         ctx = current_call(self.engine)
-        if ctx is None or ctx.setup is None or self.layer_idx in self.engine.skip_layers:
+        if ctx is None or ctx.setup is None or self.layer_id in self.engine.skip_layers:
             return None
         positions = ctx.inputs.get(ReftMethod.kind)
         if positions is None or not any(name in self.refts for name in ctx.names):
             return None  # no ReFT adapter runs here, or a decoding step that extends a cache
         hidden = output[0] if isinstance(output, tuple) else output
+        if positions is WHOLE_SEQUENCE:  # inputs without tokens (audio features): every row is all positions
+            starts = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
+            positions = starts, starts + hidden.shape[1]
         out = compose(self, ctx.setup, ReftState(hidden, *positions), ctx).hidden
         if out is hidden:
             return None
@@ -192,10 +202,11 @@ class ReftMethod(AdapterMethod):
 
     def add(self, name: str, config: ReftConfig) -> None:
         engine, hidden = self.engine, self.engine.hidden_size
-        count = len(engine.layers)
-        indices = range(count) if config.layers == "all" else sorted(set(config.layers))
-        if any(i >= count for i in indices):
+        count = max(ref.layer_id for ref in engine.layer_refs) + 1  # AdapterHub's layer ids (per sub-model, if any)
+        if config.layers != "all" and any(i >= count for i in config.layers):
             raise AdapterConfigError(f"layers={config.layers!r}: the model has {count} layers (0 to {count - 1})")
+        wanted = lambda ref: config.layers == "all" or ref.layer_id in config.layers  # noqa: E731
+        indices = [ref.index for ref in engine.layer_refs if wanted(ref)]
         if config.r > hidden:
             raise AdapterConfigError(f"r={config.r} is larger than the hidden size {hidden}")
         device, dtype = self._placement(config)
@@ -267,6 +278,8 @@ class ReftMethod(AdapterMethod):
         mask = self._argument("attention_mask", args, kwargs)
         if mask is None:
             if tokens is None:
+                if any(self._argument(n, args, kwargs) is not None for n in NON_TOKEN_INPUTS):
+                    return WHOLE_SEQUENCE  # as AdapterHub without a mask: each layer's whole length
                 raise UnsupportedModelError(
                     "ReFT needs input_ids, inputs_embeds or an attention_mask to find positions"
                 )
