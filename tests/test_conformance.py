@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel
+from transformers import AutoModel, AutoModelForSeq2SeqLM
 
 import workbench
 from workbench.core.composition import Block
@@ -66,6 +66,8 @@ def build(case: dict):
     kwargs = {"attn_implementation": case["attn_implementation"]}
     if case["model_class"] == "adapter_model":
         model = workbench.AutoAdapterModel.from_pretrained(path, **kwargs)
+    elif case["model_class"] == "seq2seq_lm":  # transformers' EncoderDecoderModel (AutoModel has no mapping for it)
+        model = workbench.init(AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs))
     else:
         model = workbench.init(AutoModel.from_pretrained(path, **kwargs))
     for adapter in case["adapters"]:
@@ -126,9 +128,17 @@ def restore_unwritten_settings(model, adapter: dict) -> None:
     assert not model.load_state_dict(weights, strict=False).unexpected_keys
 
 
+# Encoder-decoder layouts: Whisper's audio features or token ids, each with decoder inputs (inputs.json).
+LAYOUT_INPUTS = {
+    "audio": ("input_features", "decoder_input_ids"),
+    "seq2seq": ("input_ids", "attention_mask", "decoder_input_ids"),
+}
+
+
 def model_inputs(case: dict) -> dict:
     """The fixed batch in the case's layout, plus the case's forward kwargs (`head=`, ...) and `labels`."""
-    inputs = {k: torch.tensor(INPUTS[k]) for k in ("input_ids", "attention_mask")}
+    names = LAYOUT_INPUTS.get(case["input_layout"], ("input_ids", "attention_mask"))
+    inputs = {k: torch.tensor(INPUTS[k]) for k in names}
     if case["input_layout"] == "multiple_choice":
         inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
     if case["labels"] is not None:
