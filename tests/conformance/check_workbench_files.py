@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from generate import collect_outputs, load_base, model_inputs, provide_stochastic_depth  # noqa: E402  (same venv and helpers)
+from generate import collect_outputs, load_base, model_inputs, provide_stochastic_depth, task_ids  # noqa: E402  (same venv and helpers)
 
 IGNORED_JSON_FIELDS = {"model_name"}  # path of the base model; differs by construction
 MAX_LINES = 8  # load problems printed per case
@@ -134,10 +134,10 @@ def check_case(case: dict, root: Path, fixtures: Path, inputs: dict, tol: float,
         if case["labels"] is not None:
             batch["labels"] = torch.tensor(case["labels"])
         if setup["merge"]:
-            unmerged = collect_outputs(model(**batch, **case["forward_kwargs"]))
+            unmerged = collect_outputs(model(**batch, **task_ids(case["forward_kwargs"])))
             got.update({f"unmerged.{k}": v for k, v in unmerged.items()})
             model.merge_adapter(setup["merge"])
-        got.update(collect_outputs(model(**batch, **case["forward_kwargs"])))
+        got.update(collect_outputs(model(**batch, **task_ids(case["forward_kwargs"]))))
 
     def max_diff(reference: dict) -> float:
         worst = 0.0
