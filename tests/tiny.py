@@ -24,6 +24,14 @@ FAMILY_SIZES = {
     "phi3": dict(num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
     "qwen3": dict(num_key_value_heads=2, head_dim=16),
     "olmo2": dict(num_key_value_heads=2),
+    # Whisper's audio front end (8 mel bins, 32 frames) and no suppressed ids of its real vocabulary
+    "whisper": dict(
+        num_mel_bins=8,
+        max_source_positions=16,
+        max_target_positions=32,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    ),
 }
 
 
