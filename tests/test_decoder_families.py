@@ -199,6 +199,18 @@ def test_classification_head_reads_the_last_non_pad_token(family):
     assert torch.allclose(batch[1:], alone, atol=1e-5), "the padded row is not pooled on its last real token"
 
 
+@pytest.mark.parametrize("family", ["gemma2", "phi3"])
+def test_heads_that_do_not_fit_a_decoder_are_refused(family):
+    """AdapterHub has no AdapterModel class for these families: they offer the decoder heads, not an image
+    classifier or a masked LM."""
+    model = build(family)
+    model.add_causal_lm_head("lm")
+    for add in (model.add_image_classification_head, model.add_masked_lm_head):
+        with pytest.raises(workbench.HeadError, match="its head types: classification, .*causal_lm"):
+            add("wrong")
+    assert "wrong" not in model.heads
+
+
 @pytest.mark.parametrize(("family", "method"), sorted(REFUSED))
 def test_refused_methods_leave_the_model_unchanged(family, method):
     model = build(family)

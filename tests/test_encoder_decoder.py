@@ -9,11 +9,20 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny import tiny_adapter_model
-from transformers import BartConfig, MBartConfig, PLBartConfig, Seq2SeqTrainingArguments
+from transformers import (
+    BartConfig,
+    BartForCausalLM,
+    BartForConditionalGeneration,
+    BartForQuestionAnswering,
+    MBartConfig,
+    MBartForSequenceClassification,
+    PLBartConfig,
+    Seq2SeqTrainingArguments,
+)
 
 import workbench
 from workbench import AdapterSetup, BatchSplit, Fuse, Parallel, Stack
-from workbench.core.errors import CompositionError, HeadError, UnsupportedMethodError
+from workbench.core.errors import AdapterLoadError, CompositionError, HeadError, UnsupportedMethodError
 from workbench.train import Seq2SeqAdapterTrainer
 
 FAMILIES = {"bart": BartConfig, "mbart": MBartConfig, "plbart": PLBartConfig}  # post-LN, pre-LN, post-LN
@@ -325,3 +334,65 @@ def test_seq2seq_adapter_trainer_trains_and_predicts_with_generate(tmp_path):
     got = torch.as_tensor(prediction.predictions)
     assert torch.equal(got[:, : expected.shape[1]], expected)
     assert "test_loss" in prediction.metrics
+
+
+# --- transformers' task classes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "family, task_class",
+    [
+        ("bart", BartForConditionalGeneration),
+        ("bart", BartForQuestionAnswering),
+        ("mbart", MBartForSequenceClassification),
+    ],
+)
+def test_static_heads_of_task_classes_convert_to_equal_flex_heads(family, task_class, tmp_path):
+    """As AdapterHub: a head saved from an init()-ed `...For<Task>` model loads into a flex model as that flex head."""
+    torch.manual_seed(0)
+    static = workbench.init(task_class(FAMILIES[family](**SIZES)).eval())
+    static.save_head(str(tmp_path))
+    flex = tiny(family)
+    flex.base_model.load_state_dict(static.base_model.state_dict())
+    flex.load_head(str(tmp_path), load_as="task")
+    with torch.no_grad():
+        want, got = static(input_ids=INPUT_IDS, attention_mask=MASK), flex(input_ids=INPUT_IDS, attention_mask=MASK)
+    for key in ("logits", "start_logits", "end_logits"):
+        if key in want:
+            torch.testing.assert_close(got[key], want[key])
+
+
+def test_a_non_zero_final_logits_bias_is_not_dropped_silently(tmp_path):
+    torch.manual_seed(0)
+    static = workbench.init(BartForConditionalGeneration(BartConfig(**SIZES)).eval())
+    static.final_logits_bias.fill_(0.5)  # a flex seq2seq_lm head has no logits bias
+    static.save_head(str(tmp_path))
+    flex = tiny("bart")
+    with pytest.raises(AdapterLoadError, match="final_logits_bias"):
+        flex.load_head(str(tmp_path), load_as="task")
+    assert "task" not in flex.heads
+
+
+def test_bart_for_causal_lm_takes_adapters_on_its_decoder():
+    """Its base model is a decoder wrapper whose decoder the task model calls: layers numbered from 0."""
+    torch.manual_seed(0)
+    model = workbench.init(BartForCausalLM(BartConfig(**SIZES)).eval())
+    with torch.no_grad():
+        plain = model(input_ids=INPUT_IDS, attention_mask=MASK).logits
+    model.add_adapter("a", config="seq_bn[mh_adapter=True]")
+    model.add_adapter("b", config="prefix_tuning[bottleneck_size=16]")
+    perturb(model, "a", std=0.5)
+    perturb(model, "b", std=0.5, seed=2)
+    assert sorted(model.get_adapter("a")) == [0, 1]
+    model.set_active_adapters(Stack("a", "b"))
+    with torch.no_grad():
+        adapted = model(input_ids=INPUT_IDS, attention_mask=MASK).logits
+        generated = model.generate(input_ids=INPUT_IDS[:1, :4], max_new_tokens=4, do_sample=False, eos_token_id=None)
+        decoded = INPUT_IDS[:1, :4]
+        for _ in range(4):
+            step = model(input_ids=decoded, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            decoded = torch.cat([decoded, step], dim=1)
+    assert not torch.allclose(adapted, plain, atol=1e-4)
+    assert torch.equal(generated, decoded)
+    with pytest.raises(UnsupportedMethodError, match="invertible"):  # they live on the encoder, which it lacks
+        model.add_adapter("inv", config="seq_bn_inv")

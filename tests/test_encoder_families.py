@@ -170,15 +170,29 @@ def test_albert_inner_groups_get_an_adapter_each():
     assert all("a" in layer.output_adapters.adapters for layer in layers)
 
 
-ALBERT_REFUSED = [({"num_hidden_groups": 2}, "num_hidden_groups=2"), ({"chunk_size_feed_forward": 4}, "chunk_size")]
+def test_albert_layer_groups_are_numbered_in_one_sequence():
+    """AdapterHub numbers the layers of all groups in one sequence: group 1's layer is layer 1 (leave_out, keys)."""
+    model = model_of("albert", num_hidden_layers=5, num_hidden_groups=2)
+    model.add_adapter("a", config="seq_bn[leave_out=[0]]")
+    groups = model.albert.encoder.albert_layer_groups
+    assert not any(
+        key.startswith("albert.encoder.albert_layer_groups.0.") for key in model.state_dict() if ".a." in key
+    )
+    assert "albert.encoder.albert_layer_groups.1.albert_layers.0.output_adapters.adapters.a.adapter_down.0.weight" in (
+        model.state_dict()
+    )
+    model.set_active_adapters("a")
+    calls = []
+    groups[1].albert_layers[0].output_adapters.adapters["a"].register_forward_hook(lambda *args: calls.append(1))
+    hidden(model)
+    assert len(calls) == 2  # passes 3 and 4 of 5 run group 1
 
 
-@pytest.mark.parametrize("overrides,match", ALBERT_REFUSED)
-def test_albert_layouts_one_spec_cannot_name_are_refused(overrides, match):
-    with pytest.raises(UnsupportedModelError, match=match):
-        model_of("albert", **overrides)
-    base = AutoModel.from_config(config("albert", **overrides))
-    with pytest.raises(UnsupportedModelError, match=match):
+def test_albert_chunked_ffn_is_refused():
+    with pytest.raises(UnsupportedModelError, match="chunk_size"):
+        model_of("albert", chunk_size_feed_forward=4)
+    base = AutoModel.from_config(config("albert", chunk_size_feed_forward=4))
+    with pytest.raises(UnsupportedModelError, match="chunk_size"):
         workbench.init(base)
     assert type(base).__name__ == "AlbertModel" and not hasattr(base, "_engine")
 

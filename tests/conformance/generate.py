@@ -1161,12 +1161,26 @@ FAMILY_SKIPS = {
 # norms differ per layer shows it (the decoder families' own fixtures keep their initial norms, equal in every layer).
 LATE_NORM_MODELS = {"gemma2-norms": (transformers.Gemma2Config, dict(DECODER, head_dim=8))}
 EAGER_ONLY += tuple(LATE_NORM_MODELS)
+# ALBERT with two layer groups (the library's own ALBERT tests use them): the library numbers the groups' layers in one
+# sequence; three passes over two groups run group 0 twice and group 1 once.
+ALBERT_GROUPS = {
+    "albert-groups": (
+        transformers.AlbertConfig,
+        dict(BERT_LIKE, embedding_size=16, num_hidden_layers=3, num_hidden_groups=2),
+    )
+}
+ALBERT_GROUP_METHODS = {
+    "seq_bn": "seq_bn",
+    "seq_bn-leave0": "seq_bn[leave_out=[0]]",
+    "lora": "lora",
+    "prefix_tuning": PREFIX_SMALL,
+}
 
 
 def build_encoder_family_models(out: Path) -> None:
     """One seeded base model per family; its norms get seeded noise too (the library's plugin-interface adapters read
     the last layer's norm: only norms that differ show which)."""
-    for i, (arch, (config_cls, kwargs)) in enumerate({**ENCODER_FAMILIES, **LATE_NORM_MODELS}.items()):
+    for i, (arch, (config_cls, kwargs)) in enumerate({**ENCODER_FAMILIES, **LATE_NORM_MODELS, **ALBERT_GROUPS}.items()):
         torch.manual_seed(200 + i)
         model = transformers.AutoModel.from_config(config_cls(**kwargs), attn_implementation=attn_for(arch))
         with torch.no_grad():
@@ -1204,6 +1218,10 @@ def encoder_family_cases() -> list:
     cases.append(Case("modernbert-union-seq_bn-lora", "modernbert", [("a", union)], "a"))
     for slug, config in (("seq_bn", "seq_bn"), ("seq_bn-mh", "seq_bn[mh_adapter=True]")):  # ln_2, and ln_1 too
         cases.append(Case(f"gemma2-norms-{slug}", "gemma2-norms", [("a", config)], "a"))
+    cases += [
+        Case(f"albert-groups-{slug}", "albert-groups", [("a", config)], "a")
+        for slug, config in ALBERT_GROUP_METHODS.items()
+    ]
     return cases
 
 

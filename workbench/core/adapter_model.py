@@ -68,6 +68,12 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         super().__init__(base.config)
         self.base_model_prefix = base.base_model_prefix
         self.add_module(self.base_model_prefix, base)
+        # checkpointing runs through the base model's layers: a family whose layers cannot (ALBERT) says so
+        self.supports_gradient_checkpointing = base.supports_gradient_checkpointing
+        if type(self) is AdapterModel:  # no per-family class (AdapterHub has none): the family's own head types
+            from .model_classes import family_head_types
+
+            self.head_types = tuple(family_head_types(base.config.model_type))
         self.heads = nn.ModuleDict()
         self._active_head: str | None = None
         self.custom_heads: dict[str, type] = {}  # AdapterHub's `register_custom_head` registry
@@ -369,7 +375,11 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
 
     def _add_head(self, head_type: str, head_name, overwrite_ok, set_active, id2label=None, **options):
         if head_type not in self.head_types:
-            raise HeadError(f"model type {self.config.model_type!r} does not support head type {head_type!r}")
+            offered = ", ".join(self.head_types) or "none"
+            raise HeadError(
+                f"model type {self.config.model_type!r} does not support head type {head_type!r} (its head types: "
+                f"{offered})"
+            )
         check_head_name(head_name)
         count = options.get("num_labels", options.get("num_choices"))
         if count is not None:

@@ -6,6 +6,7 @@ places and check the spec when an adapter is added, so a new architecture is one
 for a model we do not ship, `workbench.init(model, interface=AdapterModelInterface(...))`).
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
@@ -630,11 +631,11 @@ _MT5_SPECS = {gated: _t5_like(gated, lm_tying="never") for gated in (False, True
 # --- more encoders (issue 12, item 2): ALBERT, DeBERTa, DeBERTa-v2/v3, X-MOD, ModernBERT; ELECTRA and BERT-Generation
 # are BERT-shaped. Each reproduces AdapterHub's placement and key layout (tests/conformance).
 
-# ALBERT's layers share one set of weights across depth: adapters sit on that one layer (AdapterHub's
-# `albert_layer_groups[*].albert_layers`) and act on every pass; several layer groups are refused (`check_albert`).
+# ALBERT's layers share weights across depth: each layer group (`albert_layer_groups.<g>.albert_layers`) runs again
+# and again, and adapters sit on its layers and act on every pass, as in AdapterHub. AdapterHub numbers the layers
+# of all groups in one sequence (group 0's first, ...): each group is one layer stack here, so the ids match.
 # AdapterHub's ALBERT hands its attention adapters the layer input as their input (`swapped`).
-_ALBERT = ArchSpec(
-    layers="encoder.albert_layer_groups.0.albert_layers",
+_ALBERT_LAYER = dict(
     attention_site=Site(
         "attention.output_dropout", "attention", "attention.LayerNorm", "attention.attention_adapters", swapped=True
     ),
@@ -647,10 +648,28 @@ _ALBERT = ArchSpec(
         "intermediate": "ffn",
         "output": "ffn_output",
     },
-    embeddings="embeddings",
     attention_output="attention.dense",
-    prepare=check_albert,
 )
+
+
+@functools.cache
+def _albert_groups(groups: int) -> ArchSpec:
+    group = "encoder.albert_layer_groups.{}.albert_layers".format
+    return ArchSpec(
+        layers=group(0),
+        embeddings="embeddings",
+        prepare=check_albert,
+        more_stacks=tuple(LayerStack(layers=group(g), **_ALBERT_LAYER) for g in range(1, groups)),
+        variant=_albert_variant,
+        **_ALBERT_LAYER,
+    )
+
+
+def _albert_variant(config) -> ArchSpec:
+    return _albert_groups(max(1, int(getattr(config, "num_hidden_groups", 1))))
+
+
+_ALBERT = _albert_groups(1)
 
 # DeBERTa's disentangled attention computes its scores itself (no transformers attention function to extend), so
 # prefix tuning does not apply; the BERT-shaped sites, LoRA, prompts (with AdapterHub's attention matrix), ReFT and
@@ -877,6 +896,29 @@ def arch_for(config) -> ArchSpec:
             "decoders)"
         ) from None
     return spec.variant(config) if spec.variant is not None else spec
+
+
+def spec_for(base: nn.Module) -> ArchSpec:
+    """The spec of a base model: its family's; for the decoder of an encoder-decoder family on its own (the base
+    model of transformers' `BartForCausalLM` is a decoder wrapper whose `decoder` the task model calls), the decoder
+    stack alone, its layers numbered from 0 as AdapterHub does, without invertible adapters (they live on the
+    encoder)."""
+    spec = arch_for(base.config)
+    decoder = spec.more_stacks[0] if spec.encoder and spec.more_stacks else None
+    prefix = decoder.layers.rsplit(".", 1)[0] if decoder is not None else ""  # "decoder"
+    if decoder is None or hasattr(base, spec.encoder) or not hasattr(base, prefix):
+        return spec
+    return replace(
+        spec,
+        **{f.name: getattr(decoder, f.name) for f in fields(LayerStack)},
+        embeddings=prefix + spec.embeddings.removeprefix(spec.encoder),
+        methods=spec.methods - {"invertible"},
+        pooling="last",
+        more_stacks=(),
+        encoder="",
+        entries=(prefix,),
+        variant=None,
+    )
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:

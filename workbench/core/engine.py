@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import methods as method_registry
-from .archs import LayerStack, arch_for, get_module
+from .archs import LayerStack, get_module, spec_for
 from .composition import Block
 from .context import (
     ForwardContext,
@@ -50,7 +50,7 @@ class EngineState:
     def __init__(self, root: nn.Module, base: nn.Module, spec=None):
         self.root = root
         self.base = base
-        self.spec = spec or arch_for(base.config)
+        self.spec = spec or spec_for(base)
         if self.spec.prepare is not None:  # checks the configuration first, then makes the family's own changes
             self.spec.prepare(base)
         self._layer_refs: list[LayerRef] | None = None

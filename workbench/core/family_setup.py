@@ -14,18 +14,9 @@ from .errors import UnsupportedModelError
 
 
 def check_albert(base: nn.Module) -> None:
-    """ALBERT runs one layer group's layers again and again (weights shared across depth). With one group its
-    layers are one list (`albert_layer_groups.0.albert_layers`), numbered as AdapterHub numbers them, and adapters
-    there act on every pass, as in AdapterHub. Several groups are several lists, which one spec cannot name."""
-    config = base.config
-    groups = getattr(config, "num_hidden_groups", 1)
-    if groups != 1:
-        raise UnsupportedModelError(
-            f"ALBERT with num_hidden_groups={groups} is not supported: its layer groups are separate layer lists "
-            "(AdapterHub numbers their layers in one sequence), which the adapter engine cannot describe yet; "
-            "num_hidden_groups=1 (as in every released ALBERT checkpoint) is supported"
-        )
-    _check_no_chunking(config, "ALBERT")
+    """ALBERT runs its layer groups' layers again and again (weights shared across depth); adapters there act on
+    every pass, as in AdapterHub."""
+    _check_no_chunking(base.config, "ALBERT")
 
 
 def _check_no_chunking(config, family: str) -> None:

@@ -30,6 +30,20 @@ _ENCODER_HEADS = (
 _ENCODER_HEADS_NO_LM = tuple(h for h in _ENCODER_HEADS if h not in ("dependency_parsing", "causal_lm"))
 _SEQ2SEQ_HEADS = ("classification", "multilabel_classification", "question_answering", "seq2seq_lm")
 _DECODER_HEADS = ("classification", "multilabel_classification", "tagging", "question_answering", "causal_lm")
+_BIDIRECTIONAL_HEADS = tuple(h for h in _ENCODER_HEADS if h != "causal_lm")
+
+# The head types of families the engine supports but AdapterHub has no AdapterModel class for (its plugin interface,
+# or none): the heads that read their sequences the way the family's own task models do. CLIP's towers, like CLIP,
+# have none (their task models project to an embedding space; no flex head reads that).
+HEADS_WITHOUT_CLASS = {
+    **dict.fromkeys(
+        ("gpt_neox", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "qwen3", "olmo2"), _DECODER_HEADS
+    ),
+    "modernbert": _BIDIRECTIONAL_HEADS,
+    "clip_text_model": (),
+    "clip_vision_model": (),
+    "encoder-decoder": (),  # AdapterHub adapts EncoderDecoderModel through adapters.init only (its own LM head)
+}
 
 # model type -> (class name, head types), AdapterHub 1.3's families
 _FAMILIES = {
@@ -117,5 +131,13 @@ class _AdapterModelMapping(Mapping):
 
 
 ADAPTER_MODEL_MAPPING = _AdapterModelMapping()
+
+
+def family_head_types(model_type: str) -> tuple[str, ...]:
+    """The head types a model of this type offers: its AdapterHub class's list, else `HEADS_WITHOUT_CLASS`'s, else
+    (a model described by an interface) every head type."""
+    if model_type in ADAPTER_MODEL_MAPPING:
+        return ADAPTER_MODEL_MAPPING[model_type].head_types
+    return HEADS_WITHOUT_CLASS.get(model_type, AdapterModel.head_types)
 
 __all__ = ["ADAPTER_MODEL_MAPPING", "ADAPTER_MODEL_CLASSES", *(c.__name__ for c in ADAPTER_MODEL_CLASSES.values())]

@@ -49,6 +49,75 @@ def _encoder(cls: str, dense: str, norm: str, decoder: str, pooled: bool) -> dic
     }
 
 
+def _lm(head_type: str, modules: list[str], activation: str = "gelu") -> tuple[dict, tuple]:
+    """A masked/causal LM head: dense, activation, norm, decoder."""
+    return _head(head_type, modules, layers=2, activation_function=activation, layer_norm=True, bias=True)
+
+
+def _pooled_two_layer(head_type: str, dense: str, out: str, activation: str) -> tuple[dict, tuple]:
+    """A classifier over the first token: dropout, dense, activation, dropout, out (DeBERTa's pooler, ELECTRA's)."""
+    return _head(head_type, [None, dense, None, None, out], layers=2, activation_function=activation, use_pooler=False)
+
+
+def _more_encoders() -> dict[str, tuple]:
+    """ALBERT, ELECTRA, DeBERTa (v1, v2/v3), X-MOD and BERT-Generation, as AdapterHub's head_utils converts them.
+    An activation "config:<attribute>" is the model config's (ALBERT's MLM head, DeBERTa's pooler and MLM head
+    use theirs), so the flex head computes what the static one does whatever the config says."""
+    deberta = {}
+    for cls in ("Deberta", "DebertaV2"):
+        deberta |= {
+            f"{cls}ForSequenceClassification": _pooled_two_layer(
+                "classification", "pooler.dense", "classifier", "config:pooler_hidden_act"
+            ),
+            f"{cls}ForTokenClassification": _head("tagging", [None, "classifier"], **_LINEAR),
+            f"{cls}ForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
+            f"{cls}ForMaskedLM": _lm(
+                "masked_lm",
+                [
+                    "cls.predictions.transform.dense",
+                    None,
+                    "cls.predictions.transform.LayerNorm",
+                    "cls.predictions.decoder",
+                ],
+                "config:hidden_act",
+            ),
+        }
+    deberta["DebertaV2ForMultipleChoice"] = _pooled_two_layer(
+        "multiple_choice", "pooler.dense", "classifier", "config:pooler_hidden_act"
+    )
+    albert = {
+        "AlbertForSequenceClassification": _head("classification", [None, "classifier"], **_LINEAR, use_pooler=True),
+        "AlbertForMultipleChoice": _head("multiple_choice", [None, "classifier"], **_LINEAR, use_pooler=True),
+        "AlbertForTokenClassification": _head("tagging", [None, "classifier"], **_LINEAR),
+        "AlbertForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
+        "AlbertForMaskedLM": _lm(
+            "masked_lm",
+            ["predictions.dense", None, "predictions.LayerNorm", "predictions.decoder"],
+            "config:hidden_act",
+        ),
+    }
+    electra_lm = ["generator_predictions.dense", None, "generator_predictions.LayerNorm", "generator_lm_head"]
+    electra = {
+        "ElectraForSequenceClassification": _pooled_two_layer(
+            "classification", "classifier.dense", "classifier.out_proj", "gelu"
+        ),
+        "ElectraForMultipleChoice": _pooled_two_layer(
+            "multiple_choice", "sequence_summary.summary", "classifier", "config:summary_activation"
+        ),
+        "ElectraForTokenClassification": _head("tagging", [None, "classifier"], **_LINEAR),
+        "ElectraForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
+        "ElectraForMaskedLM": _lm("masked_lm", electra_lm),
+        "ElectraForCausalLM": _lm("causal_lm", electra_lm),
+    }
+    return {
+        **albert,
+        **electra,
+        **deberta,
+        **_encoder("Xmod", "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", pooled=False),
+        "BertGenerationDecoder": _head("causal_lm", ["lm_head.decoder"], **_LINEAR, bias=True),
+    }
+
+
 def _decoder(cls: str, tagger: str, lm_bias: bool = False) -> dict[str, tuple]:
     """The heads of a decoder family; its sequence classifier (`score`) reads the last non-pad token."""
     heads = {
@@ -75,6 +144,19 @@ def _t5(cls: str) -> dict[str, tuple]:
     }
 
 
+def _seq2seq(cls: str, qa: bool = True) -> dict[str, tuple]:
+    """The heads of a BART-like encoder-decoder family. Its LM head's `final_logits_bias` has no place in a flex
+    head: it is dropped when it is zero (as in the published checkpoints), see `rename_to_flex`."""
+    classifier = [None, "classification_head.dense", None, None, "classification_head.out_proj"]
+    heads = {
+        f"{cls}ForSequenceClassification": _head("classification", classifier, layers=2, activation_function="tanh"),
+        f"{cls}ForConditionalGeneration": _head("seq2seq_lm", ["lm_head"]),
+    }
+    if qa:
+        heads[f"{cls}ForQuestionAnswering"] = _head("question_answering", [None, "qa_outputs"], **_LINEAR)
+    return heads
+
+
 STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     **_encoder(
         "Bert",
@@ -85,6 +167,7 @@ STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     ),  # fmt: skip
     **_encoder("Roberta", "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", pooled=False),
     **_encoder("XLMRoberta", "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", pooled=False),
+    **_more_encoders(),
     "DistilBertForSequenceClassification": _head(
         "classification", [None, "pre_classifier", None, None, "classifier"], layers=2, activation_function="relu"
     ),
@@ -121,8 +204,13 @@ STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     **_decoder("Olmo2", "score"),
     **_t5("T5"),
     **_t5("MT5"),
+    **_seq2seq("Bart"),
+    **_seq2seq("MBart"),
+    **_seq2seq("PLBart", qa=False),  # transformers has no PLBartForQuestionAnswering
 }
 _NO_LABELS = ("masked_lm", "causal_lm", "seq2seq_lm")
+# Static weights a flex head has no place for, which it may drop when they are zero (they then change nothing).
+_DROPPABLE_IF_ZERO = ("final_logits_bias",)
 
 
 def flex_config(model_class: str, model_config, label2id=None, num_labels=None) -> tuple[dict, dict[str, str]]:
@@ -142,6 +230,9 @@ def flex_config(model_class: str, model_config, label2id=None, num_labels=None) 
             "does: it cannot be converted"
         )
     config = dict(template)
+    activation = config.get("activation_function") or ""
+    if activation.startswith("config:"):
+        config["activation_function"] = getattr(model_config, activation.removeprefix("config:"))
     if config["head_type"] in _NO_LABELS:
         config["vocab_size"] = model_config.vocab_size
         if getattr(model_config, "embedding_size", None):
@@ -168,7 +259,12 @@ def rename_to_flex(state: dict[str, torch.Tensor], renames: dict[str, str], head
             rest[key] = tensor
     dropped = []
     for key, tensor in rest.items():
-        if not any(t.shape == tensor.shape and torch.equal(t, tensor) for t in renamed.values()):
+        if key in _DROPPABLE_IF_ZERO:
+            if torch.count_nonzero(tensor):
+                raise AdapterLoadError(
+                    f"{source}: static head weight {key!r} is not zero, and a flex head has no place for it"
+                )
+        elif not any(t.shape == tensor.shape and torch.equal(t, tensor) for t in renamed.values()):
             raise AdapterLoadError(f"{source}: static head weight {key!r} has no place in the converted flex head")
         dropped.append(key)
     return renamed, dropped
@@ -247,6 +343,8 @@ def load_static(model, save_directory, id2label=None, loading_info: dict | None 
             raise HeadError(f"{config_path}: the flex head differs from {own_class}'s head in {sorted(differing)}")
         state = rename_to_static(state, renames, data.get("name") or "")
     own = static_state(model)
+    if data["config"] is not None:  # what a flex head has no place for is zero in the static head it equals
+        state.update({k: torch.zeros_like(v) for k, v in own.items() if k in _DROPPABLE_IF_ZERO and k not in state})
     _check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, weights_path)
     count = model.config.num_labels
     if id2label is not None:

@@ -132,18 +132,11 @@ def model_families() -> list[tuple[str, str]]:
     return sorted(((family_label(t), t) for t in ARCHITECTURES), key=lambda item: item[0].lower())
 
 
-# Model types adapted only through `init()` on the transformers model (its own head): no AdapterModel, no heads.
-INIT_ONLY = frozenset({"encoder-decoder"})
-
-
 def head_types(model_type: str) -> tuple[str, ...]:
     """The head types `AutoAdapterModel` offers for the model type (its per-family class's list)."""
-    if model_type in INIT_ONLY:
-        return ()
-    from .adapter_model import AdapterModel
-    from .model_classes import ADAPTER_MODEL_MAPPING
+    from .model_classes import family_head_types
 
-    return tuple(ADAPTER_MODEL_MAPPING.get(model_type, AdapterModel).head_types)
+    return tuple(family_head_types(model_type))
 
 
 def support_rows() -> list[dict]:
