@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, GPT2Config, WhisperConfig
+from transformers import BertConfig, BertModel, EncoderDecoderConfig, EncoderDecoderModel, GPT2Config, WhisperConfig
 
 import workbench
 from workbench import BatchSplit, CompositionError, Parallel, Stack, UnsupportedModelError
@@ -296,3 +296,31 @@ def test_encoder_decoder_without_described_cross_attention_is_refused():
     model = EncoderDecoderModel(bert2bert_config(decoder))
     with pytest.raises(UnsupportedModelError, match="'gpt2' decoder"):
         workbench.init(model)
+
+
+def test_encoder_decoder_with_a_decoder_of_another_class_is_refused_unchanged():
+    """The spec is composed from the configs (the decoder's base model at `decoder.<prefix>` of the causal-LM class
+    transformers builds); a model whose decoder is some other class is refused by name, and stays as it was."""
+    decoder = BertModel(BertConfig(**BERT, is_decoder=True, add_cross_attention=True))
+    model = EncoderDecoderModel(encoder=BertModel(BertConfig(**BERT)), decoder=decoder)
+    original = type(model)
+    with pytest.raises(UnsupportedModelError, match="'decoder.bert'.*BertModel"):
+        workbench.init(model)
+    assert type(model) is original and not hasattr(model, "_engine")
+
+
+@pytest.mark.parametrize("family", ["roberta", "electra", "bert-generation"])
+def test_bert_shaped_decoders_get_cross_attention_adapters(family):
+    """The BERT-shaped families share BERT's spec variant for `add_cross_attention` configs: as a decoder, each
+    layer's cross-attention gets the "mh_adapter" bottleneck and the "selfattn" LoRA."""
+    from transformers import AutoConfig
+
+    sizes = {k: v for k, v in BERT.items() if family != "bert-generation" or k != "pad_token_id"}
+    decoder = AutoConfig.for_model(family, **sizes, is_decoder=True, add_cross_attention=True)
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**BERT), decoder)
+    model = workbench.init(EncoderDecoderModel(config))
+    model.add_adapter("a", config="double_seq_bn")
+    model.add_adapter("l", config="lora")
+    keys = [k for k in model.state_dict() if ".crossattention." in k]
+    assert any(".adapters.a." in k for k in keys) and any("lora" in k for k in keys)
+    assert all(k.startswith(f"decoder.{model.decoder.base_model_prefix}.encoder.layer.") for k in keys)
