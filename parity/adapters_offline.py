@@ -17,11 +17,14 @@ It changes the environment the tests run in, never what they assert, and it is t
   synthetic audio and the test repository's sample sentences, with the stand-ins above for whisper-tiny's feature
   extractor and tokenizer;
 - `GlueDataset` / `GlueDataTrainingArguments`, which transformers 5 removed: a small MRPC reader with the same
-  constructor and the same features (input_ids, attention_mask, token_type_ids, labels).
+  constructor and the same features (input_ids, attention_mask, token_type_ids, labels);
+- `tokenizer.as_target_tokenizer()`, which transformers 5 removed: a context in which the tokenizer tokenizes as it
+  does outside it, as transformers 4's did for tokenizers without a target mode (the BERT tokenizer the tests get).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import importlib.util
@@ -200,6 +203,11 @@ class GlueDataset(torch.utils.data.Dataset):
         return self.features[i]
 
 
+@contextlib.contextmanager
+def _same_tokenizer(self):
+    yield
+
+
 def pytest_configure(config):
     # the module as it is now: another plugin may have imported transformers afresh since this one was imported
     current = importlib.import_module("transformers")
@@ -211,3 +219,5 @@ def pytest_configure(config):
     if not hasattr(current, "GlueDataset"):
         current.GlueDataset = GlueDataset
         current.GlueDataTrainingArguments = GlueDataTrainingArguments
+    if not hasattr(current.PreTrainedTokenizerBase, "as_target_tokenizer"):
+        current.PreTrainedTokenizerBase.as_target_tokenizer = _same_tokenizer

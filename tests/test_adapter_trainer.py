@@ -171,6 +171,26 @@ def test_fusion_training_saves_and_resumes_the_fusion(tmp_path):
         assert torch.equal(resumed.state_dict()[key], tensor), key
 
 
+def test_weight_decay_leaves_loreft_projections_orthogonal(tmp_path):
+    """A decay step would turn the +-1 diagonal of the Householder form into 0 (torch reads it with .int()): the
+    projection would become zeros and the intervention a silent no-op."""
+    torch.manual_seed(1)
+    model = tiny_adapter_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.add_adapter("r", config="loreft")
+    model.add_classification_head("r", num_labels=2)
+    model.train_adapter("r")
+    trainer = AdapterTrainer(model=model, args=args(tmp_path, weight_decay=0.1, save_steps=10), train_dataset=rows())
+    decayed = trainer.get_decay_parameter_names(model)
+    assert not [n for n in decayed if ".parametrizations." in n] and [n for n in decayed if ".refts.r." in n]
+    trainer.train()
+    projections = [m.weight for n, m in model.named_modules() if ".refts.r." in n and n.endswith(".projection")]
+    assert projections
+    for projection in projections:
+        eye = torch.eye(min(projection.shape))
+        gram = projection @ projection.T if projection.shape[0] <= projection.shape[1] else projection.T @ projection
+        torch.testing.assert_close(gram, eye, atol=1e-5, rtol=0)
+
+
 def test_fusion_regularization_is_added_to_the_training_loss_only(tmp_path):
     model = fusion_model()
     with torch.no_grad():  # move the value matrices away from identity so that the penalty is not 0

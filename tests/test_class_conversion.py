@@ -78,6 +78,8 @@ def test_static_head_converts_to_an_equal_flex_head(tmp_path, model_type, task):
     assert flex.load_head(tmp_path, load_as="test", loading_info=info) == "test"
     aliases = {"cls.predictions.bias", "lm_head.bias", "predictions.bias"}
     assert info["missing_keys"] == [] and set(info["unexpected_keys"]) <= aliases
+    if model_type in ("deberta", "deberta-v2", "bert-generation"):  # their AdapterHub classes ignore the alias
+        assert info["unexpected_keys"] == []
     data = {**inputs(), **TASKS[task][1](2, 6)}
     out_static, out_flex = static(**data), flex(**data)
     assert torch.allclose(out_static.loss, out_flex.loss, atol=1e-6)

@@ -197,13 +197,32 @@ def test_beam_search_returns_its_best_scored_sequence():
     torch.testing.assert_close(sequence_log_prob(model, beams.sequences), scores, atol=1e-4, rtol=1e-4)
 
 
-def test_generate_under_parallel_is_refused_clearly():
+@pytest.mark.parametrize("method", ["seq_bn", "lora", "prefix_tuning[prefix_length=3]"])
+def test_generate_under_parallel_continues_each_channel_as_its_adapter_alone(method):
+    """AdapterHub replicates the prompt per channel: the rows of channel i are what adapter i generates alone."""
     model = tiny("bart")
     for name in ("a", "b"):
+        model.add_adapter(name, config=method)
+        model.add_seq2seq_lm_head(name)
+        perturb(model, name, std=0.5, seed=len(name) + ord(name))
+    model.set_active_adapters(Parallel("a", "b"))
+    together = model.generate(input_ids=INPUT_IDS, **GENERATE)
+    alone = []
+    for name in ("a", "b"):
+        model.set_active_adapters(name)
+        model.active_head = name
+        alone.append(model.generate(input_ids=INPUT_IDS, **GENERATE))
+    assert not torch.equal(alone[0], alone[1])  # the channels differ, so a mix-up would show
+    assert torch.equal(together, torch.cat(alone))
+
+
+def test_generate_refuses_a_parallel_it_cannot_split_into_adapters():
+    model = tiny("bart")
+    for name in ("a", "b", "c"):
         model.add_adapter(name, config="seq_bn")
         model.add_seq2seq_lm_head(name)
-    model.set_active_adapters(Parallel("a", "b"))
-    with pytest.raises(CompositionError, match="Parallel"):
+    model.set_active_adapters(Parallel(Stack("a", "b"), "c"))
+    with pytest.raises(CompositionError, match="only a Parallel of single adapters"):
         model.generate(input_ids=INPUT_IDS, **GENERATE)
 
 

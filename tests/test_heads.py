@@ -106,17 +106,24 @@ def test_an_adapter_setup_without_head_setup_takes_the_heads_its_composition_imp
         assert run(model).logits.shape == (3, 2)
 
 
-def test_generate_refuses_setups_with_several_heads():
+def test_generate_under_parallel_gives_each_channel_its_adapter_and_head():
     torch.manual_seed(0)
     model = tiny_adapter_model("gpt2")
     for name in ("x", "y"):
-        model.add_adapter(name, config="seq_bn")
+        model.add_adapter(name, config="seq_bn[init_weights=bert]")
         model.add_causal_lm_head(name)
+    prompt = torch.tensor([[5, 6, 7], [9, 3, 4]])
     model.set_active_adapters(Parallel("x", "y"))
-    with pytest.raises(CompositionError, match="generate"):
-        model.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=2)
+    together = model.generate(input_ids=prompt, max_new_tokens=4, do_sample=False)
+    alone = []
+    for name in ("x", "y"):
+        with AdapterSetup(name, head_setup=name):
+            alone.append(model.generate(input_ids=prompt, max_new_tokens=4, do_sample=False))
+    assert together.shape == (4, 7) and torch.equal(together, torch.cat(alone))
     model.set_active_adapters("x")
-    assert model.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False).shape == (1, 5)
+    model.active_head = ["x", "y"]
+    with pytest.raises(CompositionError, match="heads"):
+        model.generate(input_ids=prompt, max_new_tokens=2)
 
 
 def test_save_pretrained_with_a_merged_lora_keeps_the_base_weights_clean(tmp_path):

@@ -17,7 +17,7 @@ from . import files, static_heads
 from .archs import ARCHITECTURES, spec_from_interface
 from .autodescribe import describe_model
 from .composition import BatchSplit, Parallel, Stack
-from .context import scoped_setup
+from .context import batch_size_of, replicate_batch, scoped_setup
 from .errors import AdapterConfigError, AdapterLoadError, CompositionError, HeadError, UnsupportedModelError
 from .heads import (
     HEAD_TYPES,
@@ -37,8 +37,10 @@ from .keys import rename_prefixed
 from .model_mixin import ModelAdaptersMixin, _check_weights
 from .names import check_head_name
 from .outputs import MultiHeadOutput
+from .plugin_interfaces import plugin_interface
 from .rows import BASE, current_plan, row_names, rows_scope, runs
 from .runtime import row_bounds
+from .transformers_api import cache_of
 
 _CONFIG_CLASS_TO_MODEL = {"XLMRobertaConfig": "XLMRoberta"}
 
@@ -236,12 +238,32 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         scoped = scoped_setup()
         setup = scoped.adapter_setup if scoped is not None else self._engine.active_setup
         heads = self._scoped_heads(scoped) or self._active_head
-        if (setup is not None and setup.parallel_channels > 1) or not (heads is None or isinstance(heads, str)):
+        if setup is not None and setup.parallel_channels > 1:
+            return self._parallel_generate(setup, heads, args, kwargs)
+        if not (heads is None or isinstance(heads, str)):
             raise CompositionError(
-                f"generate() continues one batch with one LM head; the setup {setup} with heads {heads} runs several "
-                "(Parallel or several heads): generate with each adapter's setup in turn"
+                f"generate() continues one batch with one LM head; the heads {heads} are several: generate with each "
+                "head in turn"
             )
         return super().generate(*args, **kwargs)
+
+    def _parallel_generate(self, setup, heads, args, kwargs):
+        """`Parallel(a, b)` with heads [a, b]: the batch once per channel, each copy continued through its adapter and
+        head (as AdapterHub replicates the prompt before generating). Runs as per-row adapters on the replicated
+        batch, which is what each channel of the Parallel setup computes."""
+        names = list(setup.children) if isinstance(setup, Parallel) else []
+        if not names or not all(isinstance(n, str) for n in names) or list(heads or []) != names:
+            raise CompositionError(
+                f"generate() under {setup} with heads {heads}: only a Parallel of single adapters, each with its own "
+                "LM head of the same name, can generate (replicate the prompt and pass adapter_names for others)"
+            )
+        batch = batch_size_of(args, kwargs)
+        if batch is None:
+            raise CompositionError(f"generate() under {setup}: no batch-shaped input to replicate per channel")
+        args, kwargs = replicate_batch(args, kwargs, batch, len(names))
+        rows = [name for name in names for _ in range(batch)]
+        with rows_scope(rows, widen=True):
+            return super().generate(*args, **kwargs)
 
     # --- heads -------------------------------------------------------------------------------------------
 
@@ -712,7 +734,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             if set_active:
                 self.active_head = name
         if loading_info is not None:
-            loading_info.update(missing_keys=[], unexpected_keys=dropped)
+            ignored = self._keys_to_ignore_on_load_unexpected or ()
+            loading_info.update(missing_keys=[], unexpected_keys=[k for k in dropped if k not in ignored])
         return name
 
     def _save_matching_head(self, folder: Path, name: str, use_safetensors: bool) -> None:
@@ -932,8 +955,9 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             if invert:
                 kwargs["invert"] = lambda h: invert.invert(h, call.setup)
             result = head(call.outputs, None, call.attention_mask, True, **kwargs)
-            if getattr(call.outputs, "past_key_values", None) is not None:  # generate() continues from the cache
-                result["past_key_values"] = call.outputs.past_key_values
+            key, cache = cache_of(call.outputs)
+            if cache is not None:  # generate() continues from the cache
+                result[key] = cache
             return result
         if pooled is not None and (head.config.get("use_pooler") or self._engine.spec.pooling == "pooler"):
             cls = pooled
@@ -1015,8 +1039,9 @@ def _join_rows(results: list, sizes: list[int], outputs):
                     "have one output shape (use a BatchSplit setup for heads of different sizes)"
                 )
             joined[key] = torch.cat(values)
-    if getattr(outputs, "past_key_values", None) is not None and "logits" in joined:  # generate() continues
-        joined["past_key_values"] = outputs.past_key_values
+    key, cache = cache_of(outputs)
+    if cache is not None and "logits" in joined:  # generate() continues
+        joined[key] = cache
     return joined
 
 
@@ -1088,6 +1113,9 @@ def init(model: nn.Module, interface: AdapterModelInterface | str | None = None)
         model.__class__ = original
         raise
     model._engine.interface = interface  # saved beside the model by save_pretrained (adapter_interface.json)
+    # as AdapterHub's init(): the interface the model was described with, or its plugin interface for the model type
+    model_type = getattr(base.config, "model_type", None)
+    base.adapter_interface = interface or plugin_interface(model_type, model._engine.spec.methods)
     if base is not model:
         _share_adapter_api(base, model._engine)
     return model
@@ -1102,6 +1130,9 @@ def _spec_of(model: nn.Module, base: nn.Module, interface):
         if getattr(base.config, "model_type", None) in ARCHITECTURES:
             return base, None, None
         interface = describe_model(model)
+    model_type = getattr(base.config, "model_type", None)
+    if interface is None and model_type not in ARCHITECTURES:
+        interface = plugin_interface(model_type)  # AdapterHub's init() knows these model types by an interface
     if interface is None:
         return base, None, None
     if not isinstance(interface, AdapterModelInterface):

@@ -388,9 +388,15 @@ class LoRAConfig(AdapterConfig):
             raise AdapterConfigError(f"composition_mode={self.composition_mode!r}: use 'add' or 'scale'")
         if self.init_weights not in ("lora", "bert", "ia3", "vera"):
             raise AdapterConfigError(f"init_weights={self.init_weights!r}: use 'lora', 'bert', 'ia3' or 'vera'")
-        bad = [m for m in self.attn_matrices if m not in ("q", "k", "v")]
+        bad = [m for m in self.attn_matrices if m not in ("q", "k", "v", "o")]
         if bad:
             raise AdapterConfigError(f"attn_matrices {bad}: use a list of 'q', 'k', 'v'")
+        if "o" in self.attn_matrices:  # the adapters library takes "o" and adapts no output projection for it
+            warnings.warn(
+                f"attn_matrices {list(self.attn_matrices)}: 'o' adds no LoRA (as in the adapters library, LoRA's "
+                "attention matrices are q, k and v); it is kept so that the config matches the library's",
+                stacklevel=3,
+            )
         if self.composition_mode == "scale" and self.r != 1:
             raise AdapterConfigError(f"composition_mode='scale' needs r=1, got r={self.r}")
         if self.is_vera and (self.vera_d is None or self.vera_b is None):

@@ -24,6 +24,7 @@ from transformers.modeling_outputs import (
 
 from .errors import HeadError
 from .methods.activations import KNOWN_ACTIVATIONS, activation
+from .transformers_api import cache_of
 
 
 def _dropout_prob(model_config, config: dict) -> float:
@@ -484,7 +485,6 @@ _SEQ2SEQ_OUTPUTS = {
     Seq2SeqLMOutput: Seq2SeqLMOutput,
 }
 _SEQ2SEQ_STATES = (
-    "past_key_values",
     "decoder_hidden_states",
     "decoder_attentions",
     "cross_attentions",
@@ -502,6 +502,9 @@ def seq2seq_output(result, outputs):
         return result
     fields = {k: v for k, v in result.items()}
     fields.update({k: outputs.get(k) for k in _SEQ2SEQ_STATES if outputs.get(k) is not None})
+    key, cache = cache_of(outputs)
+    if cache is not None:
+        fields[key] = cache
     return target(**fields)
 
 

@@ -36,9 +36,7 @@ _BIDIRECTIONAL_HEADS = tuple(h for h in _ENCODER_HEADS if h != "causal_lm")
 # or none): the heads that read their sequences the way the family's own task models do. CLIP's towers, like CLIP,
 # have none (their task models project to an embedding space; no flex head reads that).
 HEADS_WITHOUT_CLASS = {
-    **dict.fromkeys(
-        ("gpt_neox", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "qwen3", "olmo2"), _DECODER_HEADS
-    ),
+    **dict.fromkeys(("gpt_neox", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "qwen3", "olmo2"), _DECODER_HEADS),
     "modernbert": _BIDIRECTIONAL_HEADS,
     "clip_text_model": (),
     "clip_vision_model": (),
@@ -74,6 +72,15 @@ _FAMILIES = {
 }
 
 
+# Static-head aliases the family's AdapterHub class does not report as unexpected when it converts a static head
+# (`load_head(..., loading_info=...)`): AdapterHub's `_keys_to_ignore_on_load_unexpected` of these classes.
+_IGNORED_UNEXPECTED = {
+    "deberta": ["cls.predictions.bias"],
+    "deberta-v2": ["cls.predictions.bias"],
+    "bert-generation": ["lm_head.bias"],
+}
+
+
 def _family_class(model_type: str, class_name: str, head_types: tuple) -> type[AdapterModel]:
     supported = model_type in ARCHITECTURES
 
@@ -92,7 +99,13 @@ def _family_class(model_type: str, class_name: str, head_types: tuple) -> type[A
     return type(
         class_name,
         (AdapterModel,),
-        {"__init__": __init__, "head_types": head_types, "model_type": model_type, "__module__": __name__},
+        {
+            "__init__": __init__,
+            "head_types": head_types,
+            "model_type": model_type,
+            "__module__": __name__,
+            "_keys_to_ignore_on_load_unexpected": _IGNORED_UNEXPECTED.get(model_type),
+        },
     )
 
 
@@ -139,5 +152,6 @@ def family_head_types(model_type: str) -> tuple[str, ...]:
     if model_type in ADAPTER_MODEL_MAPPING:
         return ADAPTER_MODEL_MAPPING[model_type].head_types
     return HEADS_WITHOUT_CLASS.get(model_type, AdapterModel.head_types)
+
 
 __all__ = ["ADAPTER_MODEL_MAPPING", "ADAPTER_MODEL_CLASSES", *(c.__name__ for c in ADAPTER_MODEL_CLASSES.values())]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Mapping
 
 from transformers import AttentionInterface
 from transformers.activations import ACT2FN, get_activation
@@ -235,6 +236,16 @@ heads (train/adapter_trainer.py, train/runner.py)."""
 CACHE_ARGUMENTS = ("cache", "past_key_values")
 """The key/value cache argument of a base model's forward: `cache` in transformers 5, `past_key_values` before.
 Read by `cache_length` (ReFT tells a prompt forward from a decoding step by it, methods/reft.py)."""
+
+
+def cache_of(outputs) -> tuple[str | None, object]:
+    """(key, cache) of the key/value cache a model output carries, read without transformers 5's deprecation
+    warning for `outputs.past_key_values`; (None, None) when it carries none."""
+    if isinstance(outputs, Mapping):
+        for key in CACHE_ARGUMENTS:
+            if key in outputs.keys() and outputs[key] is not None:  # keys(): no renaming, so no warning
+                return key, outputs[key]
+    return None, None
 
 
 def cache_length(cache) -> int:

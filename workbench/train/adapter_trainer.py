@@ -114,9 +114,12 @@ class AdapterTrainer(Trainer):
     # --- optimization ------------------------------------------------------------------------------------
 
     def get_decay_parameter_names(self, model) -> list[str]:
-        """Trainer's, less the fusion value matrices (regularized towards identity, not towards zero)."""
+        """Trainer's, less the fusion value matrices (regularized towards identity, not towards zero) and the
+        factors of orthogonal parametrizations (LoReFT's projection): decaying them regularizes nothing (the matrix
+        stays orthogonal), but torch reads the signs of its Householder form as `diagonal.int()`, so the first decay
+        step turns the diagonal's +-1 into 0 and the projection into zeros."""
         names = super().get_decay_parameter_names(model)
-        return [name for name in names if not _is_fusion_value(name)]
+        return [name for name in names if not _is_fusion_value(name) and ".parametrizations." not in name]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Trainer's loss, plus the fusion regularization while training with a `Fuse` block active."""

@@ -215,6 +215,15 @@ def _computing_with(lora, snapshot: dict[str, torch.Tensor]):
 
 def qkv_parts(spec, config, out_features: int, path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Output-feature indices of the q, k and v parts of a fused projection (`spec.qkv_layout`)."""
+    if not hasattr(spec.model_config(config), "num_attention_heads"):
+        # a model described by an interface whose config names no head counts (EAT): q, k and v of equal width, as
+        # the adapters library splits every fused projection
+        if spec.qkv_layout != "blocks" or out_features % 3:
+            raise UnsupportedModelError(
+                f"{path}: the config has no num_attention_heads, and {out_features} outputs are not three equal "
+                "q, k, v blocks"
+            )
+        return tuple(torch.arange(out_features).split(out_features // 3))
     heads = spec.model_config(config).num_attention_heads
     kv_heads, dim = spec.attention_shape(config)
     if spec.qkv_layout == "heads":  # [q k v] per head (GPT-NeoX): head h's q is features 3hD .. 3hD + D
