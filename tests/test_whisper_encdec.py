@@ -208,7 +208,8 @@ def test_beam_search_and_whole_model_reload(family, tmp_path):
 
 def test_whisper_batch_from_input_features_parallel_and_batchsplit():
     """Whisper's calls carry no input_ids: the batch comes from `input_features` (or, in generate's decoder steps,
-    `decoder_input_ids`). Parallel replicates it per channel; BatchSplit gives each adapter its rows."""
+    `decoder_input_ids`). Parallel replicates it per channel (in generate() too); BatchSplit gives each adapter its
+    rows."""
     model, inputs = build("whisper"), batch("whisper")
     inputs.pop("labels")
     for name, config in (("a", "seq_bn"), ("b", "lora")):
@@ -224,8 +225,14 @@ def test_whisper_batch_from_input_features_parallel_and_batchsplit():
     assert [tuple(h.logits.shape) for h in out.head_outputs] == [(3, 5, VOCAB)] * 2
     for head_out, name in zip(out.head_outputs, "ab", strict=True):
         assert torch.allclose(head_out.logits, single[name], atol=1e-5), f"Parallel channel {name} differs"
-    with pytest.raises(CompositionError, match="Parallel"):
-        model.generate(input_features=inputs["input_features"], max_new_tokens=2)
+    together = model.generate(input_features=inputs["input_features"], max_new_tokens=3)
+    alone = []
+    for name in ("a", "b"):  # generate() under Parallel: each channel's rows are what its adapter generates alone
+        model.set_active_adapters(name)
+        model.active_head = name
+        alone.append(model.generate(input_features=inputs["input_features"], max_new_tokens=3))
+    assert not torch.equal(alone[0], alone[1])  # the channels differ, so a mix-up would show
+    assert torch.equal(together, torch.cat(alone))
 
     model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, 2]))
     with torch.no_grad():
