@@ -16,6 +16,7 @@ from transformers import (
     MT5ForConditionalGeneration,
     T5Config,
     T5ForConditionalGeneration,
+    T5ForQuestionAnswering,
     T5ForSequenceClassification,
 )
 
@@ -256,6 +257,41 @@ def test_task_checkpoints_load_with_their_head_as_default(family, cls, tmp_path)
     if cls is not T5ForSequenceClassification:
         kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, num_beams=1)
         assert torch.equal(model.generate(**kwargs), reference.generate(**kwargs, decoder_start_token_id=PAD))
+
+
+@pytest.mark.parametrize(
+    ("family", "cls", "tied"),
+    [("t5", T5ForConditionalGeneration, True), ("mt5", MT5ForConditionalGeneration, False),
+     ("t5", T5ForQuestionAnswering, False)],
+)  # fmt: skip
+def test_static_heads_of_init_ed_task_models_save_and_convert_exactly(family, cls, tied, tmp_path):
+    """A T5 task model is its own base model (encoder, decoder and head side by side): save_head writes only the head,
+    and a flex model given the task model's state (keys without the base prefix) computes what it computes."""
+    ids, mask, decoder = _batch()
+    torch.manual_seed(0)
+    static = workbench.init(cls(FAMILIES[family](decoder_start_token_id=PAD, tie_word_embeddings=tied)).eval())
+    static.save_head(tmp_path)
+    flex = workbench.AutoAdapterModel.from_config(static.config).eval()
+    result = flex.load_state_dict(static.state_dict(), strict=False)
+    assert not result.missing_keys
+    info = {}
+    flex.load_head(tmp_path, load_as="x", loading_info=info)
+    assert info == {"missing_keys": [], "unexpected_keys": []}
+    with torch.no_grad():
+        want = static(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder)
+        got = flex(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder)
+    key = "start_logits" if cls is T5ForQuestionAnswering else "logits"
+    torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5)
+
+
+def test_a_qa_head_of_a_tied_t5_is_not_converted(tmp_path):
+    """A tied T5AdapterModel scales the decoder output before every head; T5ForQuestionAnswering's does not."""
+    static = workbench.init(T5ForQuestionAnswering(FAMILIES["t5"](decoder_start_token_id=PAD)).eval())
+    static.save_head(tmp_path)
+    flex = workbench.AutoAdapterModel.from_config(static.config)
+    with pytest.raises(workbench.HeadError, match="scales them by d_model"):
+        flex.load_head(tmp_path, load_as="x")
+    assert "x" not in flex.heads
 
 
 def test_mt5_heads_are_untied_and_unscaled():

@@ -211,6 +211,16 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         name = type(self.config).__name__
         return _CONFIG_CLASS_TO_MODEL.get(name, name.removesuffix("Config")) + "AdapterModel"
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's, also taking the state of a task model that is its own base model (T5ForConditionalGeneration,
+        BartForConditionalGeneration's `model.`-less keys are not this): keys of the base model's own modules
+        (`encoder.`, `decoder.`, `shared.`) get the base model's prefix, as AdapterHub's flex models do."""
+        prefix = self.base_model_prefix + "."
+        own = {name for name, _ in self.base_model.named_children()}
+        if not any(k.startswith(prefix) for k in state_dict) and any(k.split(".", 1)[0] in own for k in state_dict):
+            state_dict = {(prefix + k if k.split(".", 1)[0] in own else k): v for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Save the base model (transformers format) plus every adapter, fusion and head in subfolders."""
         folder = Path(save_directory)
@@ -684,6 +694,13 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
                 config, renames = static_heads.flex_config(model_class, self.config, label2id, data.get("num_labels"))
             except HeadError as err:
                 raise HeadError(f"{config_path}: config=None marks a static head, but {err}") from None
+            scaled = config["head_type"] not in ("seq2seq_lm", "classification", "multilabel_classification")
+            if scaled and self._output_scale() is not None:  # the LM head scales itself; classifiers pool unscaled
+                raise HeadError(
+                    f"{config_path}: the head of {model_class} reads the decoder's states as they are, but this tied "
+                    "T5 model scales them by d_model**-0.5 before every head (as AdapterHub's T5AdapterModel): the "
+                    "converted head would compute something else"
+                )
         else:
             config = dict(data["config"])
             if config.get("head_type") in (None, ""):

@@ -135,6 +135,7 @@ def _t5(cls: str) -> dict[str, tuple]:
     the classifier on the decoder state at the last <eos> (`classification_head`: dense, tanh, out_proj)."""
     return {
         f"{cls}ForConditionalGeneration": _head("seq2seq_lm", ["lm_head"], **_LINEAR, bias=False),
+        f"{cls}ForQuestionAnswering": _head("question_answering", [None, "qa_outputs"], **_LINEAR),
         f"{cls}ForSequenceClassification": _head(
             "classification",
             [None, "classification_head.dense", None, None, "classification_head.out_proj"],
@@ -286,17 +287,29 @@ def rename_to_static(state: dict[str, torch.Tensor], renames: dict[str, str], he
 # --- the static head of an init()-ed transformers model --------------------------------------------------------
 
 
+def _own_head_modules(model) -> tuple[str, ...]:
+    """The head modules of a task model that is its own base model (T5ForConditionalGeneration holds `encoder`,
+    `decoder` and `lm_head` itself): the modules its conversion names, as AdapterHub saves them."""
+    entry = STATIC_TO_FLEX.get(type(model).__name__)
+    return tuple(module for module in entry[1] if module) if entry else ()
+
+
 def has_static_head(model) -> bool:
     """Whether `model` (an init()-ed transformers model) has task layers outside its base model."""
-    return model._engine.base is not model
+    return model._engine.base is not model or bool(_own_head_modules(model))
 
 
 def static_state(model) -> dict[str, torch.Tensor]:
-    """The static head's weights: every weight of the model outside the base model (and the engine)."""
+    """The static head's weights: every weight of the model outside the base model (and the engine); for a model
+    that is its own base model, the weights of its head modules."""
     from .keys import is_engine_key
 
+    state = model.state_dict()
+    if model._engine.base is model:
+        modules = _own_head_modules(model)
+        return {k: v for k, v in state.items() if k.rpartition(".")[0] in modules}
     prefix = model._engine.base_prefix
-    return {k: v for k, v in model.state_dict().items() if not k.startswith(prefix) and not is_engine_key(k)}
+    return {k: v for k, v in state.items() if not k.startswith(prefix) and not is_engine_key(k)}
 
 
 def save_static(model, save_directory, use_safetensors: bool = False) -> None:
