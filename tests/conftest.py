@@ -77,7 +77,8 @@ def demo_hub(tmp_path_factory, request):
     """The demo Hub (tests/demo_hub.py: adapters for the bundled MiniLM) on 127.0.0.1, for browser tests."""
     from demo_hub import start_demo_hub
 
-    cache = request.config.cache.mkdir("workbench-demo-hub") if request.config.cache else None
+    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
+    cache = cache.mkdir("workbench-demo-hub") if cache else None
     hub = start_demo_hub(cache or tmp_path_factory.mktemp("demo-hub"))
     yield hub
     hub.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import workbench
 from workbench.core.composition import Block
@@ -68,6 +68,8 @@ def build(case: dict):
         model = workbench.AutoAdapterModel.from_pretrained(path, **kwargs)
     elif case["model_class"] == "causal_lm":  # a plugin-interface family on its task model (adapters.init)
         model = workbench.init(AutoModelForCausalLM.from_pretrained(path, **kwargs))
+    elif case["model_class"] == "seq2seq_lm":  # transformers' EncoderDecoderModel (AutoModel has no mapping for it)
+        model = workbench.init(AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs))
     else:
         model = workbench.init(AutoModel.from_pretrained(path, **kwargs))
     for adapter in case["adapters"]:
@@ -134,12 +136,16 @@ def model_inputs(case: dict) -> dict:
     if case["input_layout"] in ("image", "text_image"):  # the fixed uint8 images (hex), normalized as ViT's does
         image = torch.tensor(list(bytes.fromhex(INPUTS["image"])), dtype=torch.float32).view(INPUTS["image_shape"])
         inputs["pixel_values"] = (image / 255 - 0.5) / 0.5
-    if case["input_layout"] != "image":  # CLIPModel ("text_image") takes the token batch too
+    if case["input_layout"] not in ("image", "audio"):  # CLIPModel ("text_image") takes the token batch too
         inputs.update({k: torch.tensor(INPUTS[k]) for k in ("input_ids", "attention_mask")})
     if case["input_layout"].startswith("seq2seq"):  # rows ending in one <eos>; "seq2seq_shifted": no decoder inputs
         inputs["input_ids"] = torch.tensor(INPUTS["eos_input_ids"])
         if case["input_layout"] == "seq2seq":
             inputs["decoder_input_ids"] = torch.tensor(INPUTS["decoder_input_ids"])
+    if case["input_layout"] == "audio":  # Whisper
+        inputs["input_features"] = torch.tensor(INPUTS["input_features"])
+    if case["input_layout"] in ("audio", "encdec"):  # Whisper and EncoderDecoderModel: their own decoder inputs
+        inputs["decoder_input_ids"] = torch.tensor(INPUTS["encdec_decoder_input_ids"])
     if case["input_layout"] == "multiple_choice":
         inputs = {k: v.unsqueeze(0) for k, v in inputs.items()}
     if case["labels"] is not None:

@@ -1,6 +1,6 @@
 """Tiny models built from configs, for fast tests that need no downloads."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, EncoderDecoderConfig
 
 import workbench
 
@@ -24,10 +24,21 @@ FAMILY_SIZES = {
     "phi3": dict(num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
     "qwen3": dict(num_key_value_heads=2, head_dim=16),
     "olmo2": dict(num_key_value_heads=2),
+    # Whisper's audio front end (8 mel bins, 32 frames) and no suppressed ids of its real vocabulary
+    "whisper": dict(
+        num_mel_bins=8,
+        max_source_positions=16,
+        max_target_positions=32,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    ),
 }
 
 
 def tiny_config(model_type: str = "bert", **overrides):
+    if model_type == "encoder-decoder":  # transformers' EncoderDecoderModel: two tiny BERTs (BERT2BERT)
+        decoder = tiny_config("bert", is_decoder=True, add_cross_attention=True)
+        return EncoderDecoderConfig.from_encoder_decoder_configs(tiny_config("bert"), decoder, **overrides)
     extra = {"num_key_value_heads": 2} if model_type in ("llama", "mistral", "qwen2") else {}
     extra.update(FAMILY_SIZES.get(model_type, {}))
     config = AutoConfig.for_model(model_type, **{**SIZES, **extra, **overrides})
@@ -45,4 +56,5 @@ def tiny_adapter_model(model_type: str = "bert", **overrides) -> workbench.Adapt
 
 
 def tiny_base_model(model_type: str = "bert", **overrides):
-    return AutoModel.from_config(tiny_config(model_type, **overrides)).eval()
+    auto = AutoModelForSeq2SeqLM if model_type == "encoder-decoder" else AutoModel  # (no AutoModel mapping)
+    return auto.from_config(tiny_config(model_type, **overrides)).eval()

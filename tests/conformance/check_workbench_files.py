@@ -33,13 +33,12 @@ from pathlib import Path
 
 import torch
 import transformers
-from adapters import AutoAdapterModel
 from adapters.composition import AdapterCompositionBlock
 from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from generate import call_kwargs, collect_outputs, init_library, model_inputs, provide_stochastic_depth  # noqa: E402  (same venv and helpers)
+from generate import call_kwargs, collect_outputs, load_base, model_inputs, provide_stochastic_depth  # noqa: E402  (same venv and helpers)
 
 IGNORED_JSON_FIELDS = {"model_name"}  # path of the base model; differs by construction
 MAX_LINES = 8  # load problems printed per case
@@ -71,14 +70,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def load_model(case: dict, fixtures: Path):
-    path, attn = fixtures / case["fixture_model"], case["attn_implementation"]
-    if case["model_class"] == "adapter_model":
-        model = AutoAdapterModel.from_pretrained(path, attn_implementation=attn)
-    elif case["model_class"] == "causal_lm":  # a plugin-interface family on its task model
-        model = init_library(transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn))
-    else:
-        model = init_library(transformers.AutoModel.from_pretrained(path, attn_implementation=attn))
-    return model
+    return load_base(case["model_class"], fixtures / case["fixture_model"], case["attn_implementation"])
 
 
 def model_key(key: str, own: dict, prefix: str) -> str | None:

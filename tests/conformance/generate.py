@@ -323,6 +323,7 @@ def make_inputs() -> dict:
         "image": make_image(),
         "image_shape": list(IMAGE_SHAPE),
         "image_layout": "image: uint8 values as hex, viewed as image_shape; pixel_values = (image / 255 - 0.5) / 0.5",
+        **make_encdec_inputs(),
     }
 
 
@@ -356,7 +357,8 @@ class Case:
     arch: str
     adapters: list  # [(name, config string)]
     active: Setup
-    model_class: str = "base"  # "base": adapters.init(AutoModel); "adapter_model": AutoAdapterModel; CAUSAL_LM
+    model_class: str = "base"  # "base": adapters.init(AutoModel); "adapter_model": AutoAdapterModel; CAUSAL_LM;
+    # "seq2seq_lm": adapters.init(AutoModelForSeq2SeqLM) (EncoderDecoderModel)
     heads: list = field(default_factory=list)  # [(name, add_*_head method suffix, kwargs)]
     fusions: list = field(default_factory=list)  # [(adapter names, fusion config string[, with_head name])]
     layout: str = "default"  # or "multiple_choice"
@@ -1224,6 +1226,106 @@ def encoder_family_cases() -> list:
 
 
 # ---------------------------------------------------------------------------------------------
+# Encoder-decoder models: Whisper (audio features) and transformers' EncoderDecoderModel (BERT2BERT)
+# ---------------------------------------------------------------------------------------------
+
+# Whisper's conv front end halves the frames: input_features (3, MEL_BINS, 2 * AUDIO_POSITIONS).
+MEL_BINS, AUDIO_POSITIONS, ENCDEC_DECODER_LENGTH = 8, 16, 5
+ENCDEC_ARCHS = {
+    "whisper": lambda: transformers.WhisperConfig(
+        vocab_size=VOCAB,
+        d_model=HIDDEN,
+        encoder_layers=LAYERS,
+        decoder_layers=LAYERS,
+        encoder_attention_heads=HEADS,
+        decoder_attention_heads=HEADS,
+        encoder_ffn_dim=FFN,
+        decoder_ffn_dim=FFN,
+        num_mel_bins=MEL_BINS,
+        max_source_positions=AUDIO_POSITIONS,
+        max_target_positions=MAX_POS,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=BOS,
+        init_std=0.1,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    ),
+    # Two BERTs (the decoder with cross-attention), loaded with AutoModelForSeq2SeqLM: AutoModel has no mapping.
+    "encoder-decoder": lambda: transformers.EncoderDecoderConfig.from_encoder_decoder_configs(
+        transformers.BertConfig(**BERT_LIKE),
+        transformers.BertConfig(**BERT_LIKE, is_decoder=True, add_cross_attention=True),
+    ),
+}
+ENCDEC_LAYOUTS = {"whisper": "audio", "encoder-decoder": "encdec"}
+
+
+def make_encdec_inputs() -> dict:
+    """Whisper's fixed `input_features` (seeded normal) and decoder inputs for both encoder-decoder models: the start
+    token (BOS) then tokens in [3, VOCAB), unpadded."""
+    gen = torch.Generator().manual_seed(4321)
+    features = torch.randn(len(LENGTHS), MEL_BINS, 2 * AUDIO_POSITIONS, generator=gen)
+    decoder_ids = torch.randint(3, VOCAB, (len(LENGTHS), ENCDEC_DECODER_LENGTH), generator=gen)
+    decoder_ids[:, 0] = BOS
+    return {
+        "input_features": features.tolist(),
+        "encdec_decoder_input_ids": decoder_ids.tolist(),
+        "encdec_layout": "layout 'encdec': input_ids/attention_mask + encdec_decoder_input_ids (3, 5); 'audio': "
+        "input_features (3, 8, 32) + encdec_decoder_input_ids",
+    }
+
+
+def encdec_decoder_inputs(inputs: dict) -> dict:
+    return {"decoder_input_ids": torch.tensor(inputs["encdec_decoder_input_ids"])}
+
+
+def build_encdec_models(out: Path) -> None:
+    for i, (arch, make_config) in enumerate(ENCDEC_ARCHS.items()):
+        torch.manual_seed(300 + i)
+        config = make_config()
+        if arch == "encoder-decoder":
+            model = transformers.EncoderDecoderModel(config)
+        else:
+            model = transformers.AutoModel.from_config(config, attn_implementation=attn_for(arch))
+        model.save_pretrained(out / "models" / arch, safe_serialization=True)
+        write_json(out / "models" / arch / "keys.json", weight_keys(out / "models" / arch))
+
+
+ENCDEC_METHODS = {
+    "seq_bn": "seq_bn",
+    "double_seq_bn": "double_seq_bn",  # BERT2BERT: also after each decoder layer's cross-attention ("mh_adapter")
+    "seq_bn-cross": "seq_bn[cross_adapter=True]",  # Whisper's "cross_adapter" site
+    "par_bn": "par_bn",
+    "seq_bn_inv": "seq_bn_inv",
+    "lora": "lora",
+    "lora-r4-qkv-ffn": VARIANTS["lora-r4-qkv-ffn"],
+    "lora-leave_out0": "lora[leave_out=[0]]",  # BERT2BERT: layer 0 of the encoder and of the decoder
+    "ia3": "ia3",
+    "prefix_tuning": "prefix_tuning[bottleneck_size=16]",  # (the default 512 makes 1 MB files)
+    "prefix_tuning-no-cross": "prefix_tuning[bottleneck_size=16,cross_prefix=False,encoder_prefix=False]",
+    "loreft": "loreft",
+}
+
+
+def encdec_cases() -> list:
+    """h) Whisper (AutoAdapterModel with a seq2seq_lm head, input_features) and EncoderDecoderModel (BERT2BERT,
+    adapters.init on AutoModelForSeq2SeqLM: its own LM head), each method with an active adapter "a"."""
+    cases = []
+    for arch, layout in ENCDEC_LAYOUTS.items():
+        if arch == "whisper":
+            options = dict(model_class="adapter_model", heads=[("a", "seq2seq_lm", {})])
+        else:
+            options = dict(model_class="seq2seq_lm")
+        cases.append(Case(f"{arch}-base", arch, [], None, layout=layout, model_class=options["model_class"]))
+        for slug, config in ENCDEC_METHODS.items():
+            cases.append(Case(f"{arch}-{slug}", arch, [("a", config)], "a", layout=layout, **options))
+        pair = [("a", "seq_bn"), ("b", "lora")]
+        cases.append(Case(f"{arch}-comp-stack", arch, pair, Stack("a", "b"), layout=layout, **options))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
 # Building and running one case
 # ---------------------------------------------------------------------------------------------
 
@@ -1234,14 +1336,26 @@ def seed_of(text: str) -> int:
 
 def load_model(case: Case, out: Path, attn: str | None = None):
     """Load the saved base model: adapters.init(AutoModel) or AutoAdapterModel."""
-    path, attn = out / model_folder(case.arch, case.model_class), attn or attn_for(case.arch, case.adapters)
-    if case.model_class == "adapter_model":
-        model = AutoAdapterModel.from_pretrained(path, attn_implementation=attn)
-    elif case.model_class == CAUSAL_LM:  # a plugin-interface family on its task model
-        model = init_library(transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn))
-    else:
-        model = init_library(transformers.AutoModel.from_pretrained(path, attn_implementation=attn))
+    attn = attn or attn_for(case.arch, case.adapters)
+    model = load_base(case.model_class, out / model_folder(case.arch, case.model_class), attn)
     model.config.name_or_path = f"models/{case.arch}"  # written as "model_name" into the saved json files
+    return model
+
+
+def load_base(model_class: str, path: Path, attn: str):
+    """A manifest's `model_class` loaded with the library (also used by check_workbench_files.py)."""
+    if model_class == "adapter_model":
+        return AutoAdapterModel.from_pretrained(path, attn_implementation=attn)
+    if model_class == CAUSAL_LM:  # a plugin-interface family on its task model
+        return init_library(transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn))
+    if model_class == "seq2seq_lm":  # EncoderDecoderModel (no AutoModel mapping)
+        # transformers 4.57 does not hand `attn_implementation` on to the sub-models: they would run sdpa, where the
+        # library's prefix tuning in the causal BERT decoder attends to prefix slots only (see README, quirks).
+        config = transformers.AutoConfig.from_pretrained(path)
+        config.encoder._attn_implementation = config.decoder._attn_implementation = attn
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(path, config=config, attn_implementation=attn)
+        return init_library(model)
+    return init_library(transformers.AutoModel.from_pretrained(path, attn_implementation=attn))
     return model
 
 
@@ -1278,6 +1392,11 @@ def fusion_config(spec: str) -> dict:
 
 
 def model_inputs(inputs: dict, layout: str) -> dict:
+    if layout == "audio":  # Whisper
+        return {"input_features": torch.tensor(inputs["input_features"]), **encdec_decoder_inputs(inputs)}
+    if layout == "encdec":  # EncoderDecoderModel
+        batch = {k: torch.tensor(inputs[k]) for k in ("input_ids", "attention_mask")}
+        return {**batch, **encdec_decoder_inputs(inputs)}
     if layout == "image":
         return {"pixel_values": image_pixel_values(inputs)}
     if layout == "text_image":  # CLIPModel: the token batch and the image batch
@@ -1602,12 +1721,14 @@ def main() -> None:
     write_json(out / "inputs.json", inputs)
     build_base_models(out)
     build_seq2seq_models(out)
+    build_encdec_models(out)
     build_decoder_family_models(out)
     build_encoder_family_models(out)
 
     entries, skipped = [], []
     cases = method_cases() + head_cases() + composition_cases() + head_composition_cases() + decoder_family_cases()
-    for case in cases + vision_cases() + clip_cases() + seq2seq_cases() + t5_cases() + encoder_family_cases():
+    cases += vision_cases() + clip_cases() + seq2seq_cases() + encdec_cases() + t5_cases() + encoder_family_cases()
+    for case in cases:
         if args.only and args.only not in case.id:
             continue
         try:

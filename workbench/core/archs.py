@@ -73,6 +73,9 @@ class LayerStack:
         cross_site: the residual connection after cross-attention ("cross_adapter"; decoder layers only).
         cross_attention: the cross-attention module (prefix tuning's "cross_prefix").
         cross_lora: LoRA places "q", "k", "v" of the cross-attention (AdapterHub's "selfattn" LoRA covers them).
+        cross_site_flag: the bottleneck config flag that puts adapters at `cross_site`: "cross_adapter" (BART-like
+            layers), or "mh_adapter" where AdapterHub treats the cross-attention output like the self-attention's
+            (BERT-style decoder layers).
         config: attribute of the model config that holds this stack's config ("" when it is the config itself).
         whole_rows: the stack's sequence is not the token sequence of the call (CLIP's vision tower in a call with
             text and images): ReFT takes every row whole instead of reading its positions from the attention mask.
@@ -82,6 +85,10 @@ class LayerStack:
         position_bias: the self-attention, relative to the stack's FIRST layer, whose `compute_bias` makes the
             relative position bias that every self-attention of the stack shares (T5). Prefix tuning recomputes it
             over the prefixed keys, as AdapterHub does ("": no such bias).
+        submodel: for a model made of separately adapted models (transformers' `EncoderDecoderModel`), the path of
+            the sub-model this stack belongs to. AdapterHub adapts each sub-model on its own, so the stack's layer
+            ids start at 0 (`leave_out=[0]` means the first layer of each sub-model) and prefix tuning keeps a pool
+            per sub-model (`<submodel>.prefix_tuning`). None: layers are numbered across the stacks.
     """
 
     layers: str
@@ -95,10 +102,12 @@ class LayerStack:
     cross_site: Site | None = None
     cross_attention: str | None = None
     cross_lora: dict[str, str] = field(default_factory=dict)
+    cross_site_flag: str = "cross_adapter"
     config: str = ""
     whole_rows: bool = False
     qkv_layout: str = "blocks"
     position_bias: str = ""
+    submodel: str | None = None
 
     def stack_config(self, config):
         """This stack's config: the model config itself, unless the stack names a sub-config."""
@@ -205,6 +214,22 @@ _BERT = ArchSpec(
     layer_output="",  # BertLayer returns the layer's hidden states
 )
 
+# A BERT-style layer built with `add_cross_attention` (the decoder of an `EncoderDecoderModel`): AdapterHub adapts its
+# `crossattention` like the self-attention: "mh_adapter" bottlenecks on its output, "selfattn" LoRA on its
+# query/key/value, a "cross_prefix". The BERT-shaped families get this spec for such configs (their `variant`).
+_BERT_CROSS = replace(
+    _BERT,
+    cross_site=Site(
+        "crossattention.output.dropout", "crossattention", "crossattention.output.LayerNorm", "crossattention.output"
+    ),
+    cross_attention="crossattention.self",
+    cross_lora={"q": "crossattention.self.query", "k": "crossattention.self.key", "v": "crossattention.self.value"},
+    cross_site_flag="mh_adapter",
+)
+_BERT_FAMILY = replace(
+    _BERT, variant=lambda config: _BERT_CROSS if getattr(config, "add_cross_attention", False) else _BERT
+)
+
 _DISTILBERT = ArchSpec(
     layers="transformer.layer",
     attention_site=Site("attention", "attention", "sa_layer_norm", "attention_adapters"),
@@ -303,6 +328,9 @@ def _bart_like(pre_norm: bool, embeddings: str = "encoder.layernorm_embedding") 
 
 _BART = _bart_like(pre_norm=False)
 _MBART = _bart_like(pre_norm=True)
+# Whisper: mBART's layer layout behind a convolutional audio front end. It has no token embeddings in the encoder:
+# AdapterHub hooks invertible adapters on the encoder's final `layer_norm` (after its layers) and has no prompts.
+_WHISPER = _bart_like(pre_norm=True, embeddings="encoder.layer_norm")
 
 # --- vision transformers (inputs: pixel_values) -------------------------------------------------------------------
 # transformers 5 renamed ViT's modules (`encoder.layer.N.attention.attention.query` is now `layers.N.attention.q_proj`,
@@ -692,10 +720,88 @@ _MODERNBERT = ArchSpec(
     methods=ALL_METHODS - {"prompt_tuning"},
 )
 
+# --- transformers' EncoderDecoderModel: two separately adapted models ------------------------------------------
+# The encoder family's spec and the decoder family's (with its cross-attention), each under its sub-model's path;
+# AdapterHub's keys follow (`encoder.encoder.layer.0...`, `decoder.bert.encoder.layer.0.crossattention...`). Any
+# pair of one-stack families with specs works; the spec is composed per config (`variant`).
+
+
+def _stack_of(spec: ArchSpec) -> LayerStack:
+    """The spec's own (first) layer stack, without the model-wide fields."""
+    return LayerStack(**{f.name: getattr(spec, f.name) for f in fields(LayerStack)})
+
+
+def _decoder_path(config) -> str:
+    """Where `EncoderDecoderModel` holds the decoder's base model: `decoder.<prefix>` of the causal-LM class
+    transformers builds for the decoder config (`decoder.bert` for a `BertLMHeadModel`)."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    return f"decoder.{cls.base_model_prefix}" if cls is not None else "decoder"
+
+
+def _compose(encoder: ArchSpec, decoder: ArchSpec, decoder_path: str) -> ArchSpec:
+    decoder_stack = replace(
+        _stack_of(decoder), layers=f"{decoder_path}.{decoder.layers}", config="decoder", submodel=decoder_path
+    )
+
+    def prepare(base: nn.Module) -> None:  # the sub-models' own checks and changes, on the sub-models
+        _check_submodel(base, "encoder", "encoder")
+        _check_submodel(base, "decoder", decoder_path)
+        for spec, path in ((encoder, "encoder"), (decoder, decoder_path)):
+            if spec.prepare is not None:
+                spec.prepare(get_module(base, path))
+
+    return replace(
+        encoder,
+        layers=f"encoder.{encoder.layers}",
+        config="encoder",
+        submodel="encoder",
+        embeddings=f"encoder.{encoder.embeddings}",
+        methods=(encoder.methods & decoder.methods) - {"prompt_tuning"},  # AdapterHub: no prompt tuning here
+        pooling="eos",
+        more_stacks=(decoder_stack,),
+        encoder="encoder",
+        variant=None,
+        prepare=prepare,
+    )
+
+
+def _check_submodel(base: nn.Module, role: str, path: str) -> None:
+    """Refuse an `EncoderDecoderModel` whose sub-model is not the class transformers builds for its config."""
+    try:
+        sub = get_module(base, path)
+    except AttributeError:
+        sub = None
+    if sub is None or getattr(sub, "base_model", sub) is not sub:
+        found = type(get_module(base, role)).__name__
+        raise UnsupportedModelError(
+            f"EncoderDecoderModel: expected the {role}'s base model at {path!r}, found a {found} at {role!r} (use "
+            "the model classes transformers builds from the configs: AutoModel, AutoModelForCausalLM)"
+        )
+
+
+def _encoder_decoder(config) -> ArchSpec:
+    encoder, decoder = arch_for(config.encoder), arch_for(config.decoder)
+    for role, spec, sub in (("encoder", encoder, config.encoder), ("decoder", decoder, config.decoder)):
+        if spec.more_stacks:
+            raise UnsupportedModelError(
+                f"EncoderDecoderModel: a {sub.model_type!r} {role} has several layer stacks; use one-stack models"
+            )
+    if getattr(config.decoder, "add_cross_attention", False) and decoder.cross_attention is None:
+        raise UnsupportedModelError(
+            f"EncoderDecoderModel: the cross-attention of a {config.decoder.model_type!r} decoder is not described "
+            "in its spec (BERT-shaped families have one)"
+        )
+    return _compose(encoder, decoder, _decoder_path(config.decoder))
+
+
+_ENCODER_DECODER = replace(_compose(_BERT, _BERT_CROSS, "decoder.bert"), variant=_encoder_decoder)  # e.g. BERT2BERT
+
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "bert": _BERT,
-    "roberta": _BERT,
-    "xlm-roberta": _BERT,
+    "bert": _BERT_FAMILY,
+    "roberta": _BERT_FAMILY,
+    "xlm-roberta": _BERT_FAMILY,
     "distilbert": _DISTILBERT,
     "gpt2": _GPT2,
     "llama": _LLAMA,
@@ -704,6 +810,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "bart": _BART,
     "plbart": _BART,
     "mbart": _MBART,
+    "whisper": _WHISPER,
+    "encoder-decoder": _ENCODER_DECODER,
     # vision
     "vit": _VIT,
     "beit": _BEIT,
@@ -724,10 +832,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mt5": _MT5_SPECS[True],  # mT5 configs default to the gated-gelu FFN
     # more encoders
     "albert": _ALBERT,
-    "bert-generation": _BERT,
+    "bert-generation": _BERT_FAMILY,
     "deberta": _DEBERTA,
     "deberta-v2": _DEBERTA_V2,
-    "electra": _BERT,
+    "electra": _BERT_FAMILY,
     "modernbert": _MODERNBERT,
     "xmod": _XMOD,
 }

@@ -135,11 +135,13 @@ def keep_call_context(checkpoint_fn):
 
 # A model's main inputs, whatever its modality (text, images, audio features): each is batch-first.
 BATCH_INPUTS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
+# An encoder-decoder model's decoder inputs: the only batch-shaped ones of a generate() step (encoder_outputs given).
+DECODER_INPUTS = ("decoder_input_ids", "decoder_inputs_embeds")
 
 
 def batch_size_of(args, kwargs) -> int | None:
     """The batch size of a model call, from its first batch-shaped input."""
-    for key in BATCH_INPUTS:
+    for key in (*BATCH_INPUTS, *DECODER_INPUTS):
         value = kwargs.get(key)
         if isinstance(value, torch.Tensor):
             return value.shape[0]

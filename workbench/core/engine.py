@@ -33,12 +33,15 @@ from .runtime import check_batch, check_setup, task_rows
 
 @dataclass(frozen=True)
 class LayerRef:
-    """One transformer layer: its AdapterHub layer id, its path in the base model, the module, its stack's spec."""
+    """One transformer layer: its position in `layer_refs`, its path in the base model, the module, its stack's spec,
+    and its AdapterHub layer id (`leave_out`, `skip_layers`, per-layer options): the index, except in stacks of a
+    sub-model, numbered from 0 (`LayerStack.submodel`)."""
 
     index: int
     path: str
     module: nn.Module
     stack: LayerStack
+    layer_id: int
 
 
 class EngineState:
@@ -88,7 +91,8 @@ class EngineState:
             refs = []
             for stack in self.spec.stacks:
                 for position, module in enumerate(get_module(self.base, stack.layers)):
-                    refs.append(LayerRef(len(refs), f"{stack.layers}.{position}", module, stack))
+                    layer_id = position if stack.submodel is not None else len(refs)
+                    refs.append(LayerRef(len(refs), f"{stack.layers}.{position}", module, stack, layer_id))
             self._layer_refs = refs
         return self._layer_refs
 

@@ -68,9 +68,10 @@ def adapter_locations(engine, name: str) -> dict[int, dict[str, nn.Module]]:
                 continue
             found[ref.index][location_key(ref.stack, inner)].append(module)
             continue
-        first = path.removeprefix(engine.base_prefix).removeprefix(engine.spec.encoder + ".").split(".", 1)[0]
+        parts = path.removeprefix(engine.base_prefix).split(".")
+        first = next((part for part in parts if part in _GLOBAL_KEYS), parts[0])  # (under an encoder/sub-model)
         key = _GLOBAL_KEYS.get(first, first)
-        if key is not None:
+        if key is not None and not any(m is module for m in found[-1][key]):  # shared by sub-models: once
             found[-1][key].append(module)
     return {
         layer: {key: mods[0] if len(mods) == 1 else nn.ModuleList(mods) for key, mods in by_key.items()}

@@ -40,6 +40,7 @@ HEADS_WITHOUT_CLASS = {
     "modernbert": _BIDIRECTIONAL_HEADS,
     "clip_text_model": (),
     "clip_vision_model": (),
+    "encoder-decoder": (),  # AdapterHub adapts EncoderDecoderModel through adapters.init only (its own LM head)
 }
 
 # model type -> (class name, head types), AdapterHub 1.3's families

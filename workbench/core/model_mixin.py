@@ -48,6 +48,8 @@ FORMAT_VERSION = f"adapters.{ADAPTERS_API_VERSION}"
 DRY_RUN = "workbench-dry-run"  # the scratch adapter name of `_dry_run` (never a valid user name: it is checked)
 _LEGACY = {"gelu": "gelu_new", "gelu_orig": "gelu"}  # activation names of unversioned (pre-3.0) adapter files
 _SCRATCH_KEY = re.compile(rf"(^|\.){re.escape(DRY_RUN)}\.")
+# The class names AdapterHub's `adapters.init` gives models it swaps to a class of its own (`model_class` in files).
+_INIT_CLASS_NAMES = {"EncoderDecoderModel": "EncoderDecoderModelWithAdapters"}
 
 # Turns a Hub id (or AdapterHub name) into a local folder; `workbench.hub` registers one, the engine never imports it.
 _ADAPTER_RESOLVER = None
@@ -430,7 +432,8 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
         }
 
     def _model_class_name(self) -> str:
-        return type(self).__name__
+        name = type(self).__name__
+        return _INIT_CLASS_NAMES.get(name, name)
 
     def save_adapter(
         self,

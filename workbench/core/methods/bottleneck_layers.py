@@ -49,6 +49,7 @@ class BottleneckLayer(ComposableLayer):
     def __init__(self, engine, layer_idx: int, location: str):
         self.engine, self.layer_idx, self.location = engine, layer_idx, location
         ref = engine.layer_refs[layer_idx]
+        self.layer_id = ref.layer_id  # AdapterHub's id: `skip_layers`, gating scores, fusion attentions
         self.site_spec = getattr(ref.stack, LOCATIONS[location])
         self.path = f"{ref.path}.{self.site_spec.host}"
         self.hidden_size = engine.hidden_size_of(ref.stack)
@@ -70,7 +71,7 @@ class BottleneckLayer(ComposableLayer):
             remove_host(self.engine.layer_refs[self.layer_idx].module, self.site_spec.host)
 
     def _acts(self, ctx) -> bool:
-        return self.layer_idx not in self.engine.skip_layers and any(n in self.adapters for n in ctx.names)
+        return self.layer_id not in self.engine.skip_layers and any(n in self.adapters for n in ctx.names)
 
     def combine(self, h, r, norm, ctx):
         r = _match_batch(r, h) if r is not None else None
@@ -122,7 +123,7 @@ class BottleneckLayer(ComposableLayer):
     def single(self, name: str, st: BnState, ctx) -> BnState:
         out, up, gate = self.adapters[name](st.hidden, st.residual, keep_up=st.fusing)
         if gate is not None:
-            record_gating(ctx, name, self.layer_idx, self.location, gate.reshape(gate.shape[0]), columns=False)
+            record_gating(ctx, name, self.layer_id, self.location, gate.reshape(gate.shape[0]), columns=False)
         return replace(st, hidden=out, up=up, last=name)
 
     def batch_rows(self, st: BnState) -> int:
@@ -183,7 +184,7 @@ class BottleneckLayer(ComposableLayer):
         ups = [run_child(child, inner).up for child in block]
         out, probs = fusion(query, torch.stack(ups, dim=2), residual, advance=ctx.recording)
         if ctx.output_fusion_attentions and ctx.recording:
-            per_layer = ctx.fusion_attentions.setdefault(name, {}).setdefault(self.layer_idx, {})
+            per_layer = ctx.fusion_attentions.setdefault(name, {}).setdefault(self.layer_id, {})
             per_layer[self.location] = probs.detach().cpu()
         return replace(st, hidden=out, last=last)
 
@@ -209,8 +210,15 @@ def check_sites(spec, config: BnConfig, model_config) -> None:
     """Raise UnsupportedMethodError if a site the config uses cannot compute it (checked before anything is added)."""
     for location, site in LOCATIONS.items():
         for stack in spec.stacks:
-            if getattr(config, location, False) and getattr(stack, site) is not None:
+            if uses_site(config, stack, location):
                 _check_site(getattr(stack, site), config, location, model_config)
+
+
+def uses_site(config: BnConfig, stack, location: str) -> bool:
+    """Whether the config puts adapters at the stack's site for `location`. The cross-attention site follows the
+    stack's `cross_site_flag` ("mh_adapter" in BERT-style decoder layers, as in AdapterHub)."""
+    flag = stack.cross_site_flag if location == "cross_adapter" else location
+    return bool(getattr(config, flag, False)) and getattr(stack, LOCATIONS[location]) is not None
 
 
 def _check_site(site, config: BnConfig, location: str, model_config) -> None:
@@ -247,7 +255,7 @@ class BottleneckMethod(AdapterMethod):
         engine, hidden = self.engine, self.engine.hidden_size
         refs = engine.layer_refs
         check_sites(engine.spec, config, engine.base.config)
-        sizes = {ref.index: bottleneck_size(config, engine.hidden_size_of(ref.stack), ref.index) for ref in refs}
+        sizes = {ref.index: bottleneck_size(config, engine.hidden_size_of(ref.stack), ref.layer_id) for ref in refs}
         shared = None
         try:
             if config.phm_layer and (config.shared_phm_rule or config.shared_W_phm):
@@ -259,12 +267,12 @@ class BottleneckMethod(AdapterMethod):
                 engine.base.shared_parameters[name] = shared
                 engine.register(name, f"shared_parameters.{name}", shared)
             for ref in refs:
-                if ref.index in config.leave_out:
+                if ref.layer_id in config.leave_out:
                     continue
-                for location, site in LOCATIONS.items():
-                    if getattr(config, location, False) and getattr(ref.stack, site) is not None:
+                for location in LOCATIONS:
+                    if uses_site(config, ref.stack, location):
                         layer = self._layer(ref.index, location)
-                        layer.adapters[name] = make_adapter(layer.hidden_size, config, ref.index, shared)
+                        layer.adapters[name] = make_adapter(layer.hidden_size, config, ref.layer_id, shared)
                         engine.register(name, f"{layer.path}.adapters.{name}", layer.adapters[name])
         except Exception:
             self.delete(name)

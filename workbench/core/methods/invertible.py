@@ -90,6 +90,17 @@ class InvertibleMethod(AdapterMethod):
         owner.invertible_adapters[name] = module
         prefix = f"{self.engine.spec.encoder}." if self.engine.spec.encoder else ""
         self.engine.register(name, f"{prefix}invertible_adapters.{name}", module)
+        for path in self._sharing():  # AdapterHub's model and decoder refer to the encoder's couplings
+            get_module(base, path).invertible_adapters = owner.invertible_adapters
+            self.engine.register(name, f"{path}.invertible_adapters.{name}".lstrip("."), module)
+
+    def _sharing(self) -> list[str]:
+        """For a model made of sub-models (`EncoderDecoderModel`): the model itself and its other sub-models (the
+        decoder) hold the encoder's `invertible_adapters` too, as AdapterHub's do, so their keys are in its files."""
+        spec = self.engine.spec
+        if not any(stack.submodel for stack in spec.stacks):
+            return []
+        return ["", *(stack.submodel for stack in spec.more_stacks if stack.submodel != spec.encoder)]
 
     def delete(self, name: str) -> None:
         modules = getattr(self.owner, "invertible_adapters", None)
@@ -99,6 +110,8 @@ class InvertibleMethod(AdapterMethod):
             self._handle.remove()
             self._handle = None
             del self.owner.invertible_adapters
+            for path in self._sharing():
+                del get_module(self.engine.base, path).invertible_adapters
         self.engine.unregister(name)
 
     def active(self, setup) -> NICECoupling | None:

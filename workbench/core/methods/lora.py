@@ -553,7 +553,7 @@ class LoRAMethod(AdapterMethod):
             paths = [
                 f"{prefix}{ref.path}.{path}"
                 for ref in self.engine.layer_refs
-                if ref.index not in config.leave_out
+                if ref.layer_id not in config.leave_out
                 for key, path in lora_places(ref.stack)
                 if self._wanted(config, key)
             ]

@@ -3,10 +3,11 @@
 Trainable key/value prefixes are prepended inside a registered transformers attention function that wraps the
 model's own eager or sdpa implementation: after RoPE and the cache update, before `repeat_kv` (so prefixes
 have the key/value head count). Every query attends to all prefix slots plus its usual causal/padding mask.
-The module layout (pool on the base model, a `prefix_tuning` shim holding the pool on every attention module)
-reproduces AdapterHub's state-dict keys, including the per-layer duplicates of the pool. Each attention call
-computes its own layer's slice of the prefix from the parameters, so nothing is shared between layers within a
-call (gradient checkpointing can replay one layer on its own) and nothing is kept between calls.
+The module layout (pool on the base model, or one per sub-model of an `EncoderDecoderModel`; a `prefix_tuning`
+shim holding its pool on every prefixed attention module) reproduces AdapterHub's state-dict keys, including the
+per-layer duplicates of the pool. Each attention call computes its own layer's slice of the prefix from the
+parameters, so nothing is shared between layers within a call (gradient checkpointing can replay one layer on its
+own) and nothing is kept between calls.
 
 Attentions that take a `position_bias` (T5) get it widened to the prefixed keys as AdapterHub computes it: where
 the stack has a relative position bias, it is recomputed over prefix slots and keys as one sequence (the prefix at
@@ -131,17 +132,18 @@ class PrefixTuningShim(nn.Module, ComposableLayer):
         layer_idx: int,
         attention: nn.Module,
         location_key: str,
+        pool: PrefixTuningPool,
         bias_source: nn.Module | None = None,
     ):
         super().__init__()
         object.__setattr__(self, "method", method)  # a plain reference, not a submodule
         object.__setattr__(self, "attention", attention)
         object.__setattr__(self, "bias_source", bias_source)  # the attention computing the stack's relative bias
-        self.layer_idx = layer_idx
+        self.layer_idx = layer_idx  # AdapterHub's layer id (`skip_layers`, gating scores)
         self.location_key = location_key
         self.prefixes: dict[str, int] = {}
         self.prefix_gates = nn.ModuleDict()
-        self.pool = method.pool
+        self.pool = pool
         self._key = ("prefix-residual", id(self))
         self._handle = attention.register_forward_pre_hook(self._capture, with_kwargs=True)
 
@@ -314,27 +316,43 @@ class PrefixTuningMethod(AdapterMethod):
         self.shims: dict[tuple[int, str], PrefixTuningShim] = {}
         self.original_impl: str | None = None
 
-    @property
-    def pool(self) -> PrefixTuningPool:
-        base = self.engine.base
-        if not hasattr(base, "prefix_tuning"):
-            base.prefix_tuning = PrefixTuningPool()
-        return base.prefix_tuning
+    def pool_at(self, path: str) -> PrefixTuningPool:
+        """The pool at `<path>.prefix_tuning` (created on first use): the base model's, or a sub-model's."""
+        owner = get_module(self.engine.base, path)
+        if not hasattr(owner, "prefix_tuning"):
+            owner.prefix_tuning = PrefixTuningPool()
+        return owner.prefix_tuning
+
+    def pool_paths(self) -> list[str]:
+        """Where the model's pools live: the base model (""), or each sub-model (`LayerStack.submodel`)."""
+        return list(dict.fromkeys(stack.submodel or "" for stack in self.engine.spec.stacks))
+
+    def existing_pools(self) -> list[PrefixTuningPool]:
+        owners = [get_module(self.engine.base, path) for path in self.pool_paths()]
+        return [owner.prefix_tuning for owner in owners if hasattr(owner, "prefix_tuning")]
+
+    @staticmethod
+    def attentions(ref: LayerRef) -> list[tuple[str, str]]:
+        """(location key, attention path) of each attention of a layer: its self-attention, its cross-attention."""
+        stack = ref.stack
+        found = [(stack.prefix_key, stack.attention)]
+        return found + [("cross_prefix", stack.cross_attention)] if stack.cross_attention else found
 
     def places(self, config: PrefixTuningConfig) -> list[tuple[str, LayerRef, str]]:
         """(location key, layer, attention path) of every attention that gets a prefix, in AdapterHub's order.
 
         Each location key ("self_prefix"; "encoder_prefix" and "cross_prefix" in encoder-decoder models) has its
-        own prefix module, whose layers are the prefixed attentions of that key in layer order."""
+        own prefix module per pool, whose layers are the prefixed attentions of that key in layer order."""
         places = []
         for ref in self.engine.layer_refs:
-            if ref.index in config.leave_out:
+            if ref.layer_id in config.leave_out:
                 continue
-            stack = ref.stack
-            if stack.prefix_key != "encoder_prefix" or config.encoder_prefix:
-                places.append((stack.prefix_key, ref, stack.attention))
-            if stack.cross_attention and config.cross_prefix:
-                places.append(("cross_prefix", ref, stack.cross_attention))
+            for location_key, attention_path in self.attentions(ref):
+                if location_key == "encoder_prefix" and not config.encoder_prefix:
+                    continue
+                if location_key == "cross_prefix" and not config.cross_prefix:
+                    continue
+                places.append((location_key, ref, attention_path))
         return places
 
     def _shim(self, location_key: str, ref: LayerRef, attention_path: str) -> PrefixTuningShim:
@@ -344,7 +362,8 @@ class PrefixTuningMethod(AdapterMethod):
             source = None
             if ref.stack.position_bias and attention_path == ref.stack.attention:  # self-attention of a T5 stack
                 source = get_module(get_module(self.engine.base, ref.stack.layers)[0], ref.stack.position_bias)
-            self.shims[key] = PrefixTuningShim(self, ref.index, attention, location_key, source)
+            pool = self.pool_at(ref.stack.submodel or "")
+            self.shims[key] = PrefixTuningShim(self, ref.layer_id, attention, location_key, pool, source)
             attention.prefix_tuning = self.shims[key]
         return self.shims[key]
 
@@ -355,50 +374,54 @@ class PrefixTuningMethod(AdapterMethod):
     def add(self, name: str, config: PrefixTuningConfig) -> None:
         engine = self.engine
         try:
-            if not len(self.pool.prefix_tunings):
+            if not any(len(pool.prefix_tunings) for pool in self.existing_pools()):
                 self._switch_attention()
             places = self.places(config)
             _warn_partial_relative_bias(engine, places)
             if config.init_weights_seed:
                 torch.manual_seed(config.init_weights_seed)
             cls = FlatPrefixTuning if config.flat else PrefixTuning
-            entry = nn.ModuleDict()
-            for location_key in dict.fromkeys(key for key, _, _ in places):
-                refs = [ref for key, ref, _ in places if key == location_key]
-                n_heads, head_dim = refs[0].stack.attention_shape(engine.base.config)
-                hidden = engine.hidden_size_of(refs[0].stack)
-                entry[location_key] = cls(len(refs), n_heads, head_dim, hidden, config)
-            entry.train(self.pool.training)
-            self.pool.prefix_tunings[name] = entry
-            engine.register(name, f"prefix_tuning.prefix_tunings.{name}", entry)
-            counts: dict[str, int] = {}
+            entries = {}
+            for path in self.pool_paths():  # each pool: a prefix module per location key, over its prefixed layers
+                pool, entry = self.pool_at(path), nn.ModuleDict()
+                mine = [(key, ref) for key, ref, _ in places if (ref.stack.submodel or "") == path]
+                for location_key in dict.fromkeys(key for key, _ in mine):
+                    refs = [ref for key, ref in mine if key == location_key]
+                    n_heads, head_dim = refs[0].stack.attention_shape(engine.base.config)
+                    hidden = engine.hidden_size_of(refs[0].stack)
+                    entry[location_key] = cls(len(refs), n_heads, head_dim, hidden, config)
+                pool.prefix_tunings[name] = entries[path] = entry.train(pool.training)
+                engine.register(name, f"{path}.prefix_tuning.prefix_tunings.{name}".lstrip("."), entry)
+            counts: dict[tuple, int] = {}
             for location_key, ref, attention_path in places:
                 shim = self._shim(location_key, ref, attention_path)
-                shim.prefixes[name] = counts[location_key] = counts.get(location_key, -1) + 1
+                count = (ref.stack.submodel, location_key)
+                shim.prefixes[name] = counts[count] = counts.get(count, -1) + 1
                 shim_path = f"{ref.path}.{attention_path}.prefix_tuning"
                 if config.use_gating:
                     hidden = engine.hidden_size_of(ref.stack)
                     gate = nn.Linear(hidden, 1 if config.shared_gating else 2)
                     nn.init.normal_(gate.weight, mean=0.0, std=0.02)
-                    shim.prefix_gates[name] = gate.train(self.pool.training)
+                    shim.prefix_gates[name] = gate.train(shim.pool.training)
                     engine.register(name, f"{shim_path}.prefix_gates.{name}", gate)
             # AdapterHub gives every attention module a `prefix_tuning` layer that refers to the pool, so its files
             # repeat the pool under each of them, whether or not that attention gets a prefix (leave_out,
             # encoder_prefix/cross_prefix=False): the same keys here.
             for ref in engine.layer_refs:
-                for attention_path in filter(None, (ref.stack.attention, ref.stack.cross_attention)):
+                for _, attention_path in self.attentions(ref):
                     pool_path = f"{ref.path}.{attention_path}.prefix_tuning.pool.prefix_tunings.{name}"
-                    engine.register(name, pool_path, entry)
+                    engine.register(name, pool_path, entries[ref.stack.submodel or ""])
         except Exception:
             self.delete(name)
             raise
 
     def eject(self, name: str, config: PrefixTuningConfig) -> PrefixTuningConfig:
         """Replace prefix `name`'s embedding and MLP by the prefix values they compute; returns its new config."""
-        entry = self.pool.prefix_tunings[name]
-        for location_key, prefix in list(entry.items()):
-            if not isinstance(prefix, FlatPrefixTuning):
-                entry[location_key] = flatten(prefix, config)
+        for pool in self.existing_pools():
+            entry = pool.prefix_tunings[name]
+            for location_key, prefix in list(entry.items()):
+                if not isinstance(prefix, FlatPrefixTuning):
+                    entry[location_key] = flatten(prefix, config)
         return config.replace(flat=True)
 
     def delete(self, name: str) -> None:
@@ -409,12 +432,14 @@ class PrefixTuningMethod(AdapterMethod):
             if not shim.prefixes:
                 shim.remove()
                 del self.shims[idx]
-        pool = getattr(self.engine.base, "prefix_tuning", None)
-        if pool is not None and name in pool.prefix_tunings:
-            del pool.prefix_tunings[name]
-        if pool is not None and not len(pool.prefix_tunings):
-            del self.engine.base.prefix_tuning
-        if pool is None or not len(pool.prefix_tunings):
+        for path in self.pool_paths():
+            owner = get_module(self.engine.base, path)
+            pool = getattr(owner, "prefix_tuning", None)
+            if pool is not None and name in pool.prefix_tunings:
+                del pool.prefix_tunings[name]
+            if pool is not None and not len(pool.prefix_tunings):
+                del owner.prefix_tuning
+        if not self.existing_pools():  # no prefix adapter left: restore the attention function
             self._restore_attention()
         self.engine.unregister(name)
 
@@ -439,8 +464,8 @@ class PrefixTuningMethod(AdapterMethod):
     # --- per forward -------------------------------------------------------------------------------------
 
     def begin(self, ctx, args, kwargs):
-        pool = getattr(self.engine.base, "prefix_tuning", None)
-        if ctx.setup is None or pool is None or not any(name in pool.prefix_tunings for name in ctx.names):
+        pools = self.existing_pools()
+        if ctx.setup is None or not any(name in pool.prefix_tunings for pool in pools for name in ctx.names):
             return None
         if wrapped_implementation(self.engine.base.config._attn_implementation) is None:
             self._switch_attention()  # the user switched implementations after adding the prefix

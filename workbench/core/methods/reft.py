@@ -166,6 +166,7 @@ class ReftLayer(ComposableLayer):
         self.engine, self.layer_idx = engine, layer_idx
         ref = engine.layer_refs[layer_idx]
         self.whole_rows = ref.stack.whole_rows
+        self.layer_id = ref.layer_id  # AdapterHub's id, for `skip_layers`
         layer = ref.module
         self.stack = next(i for i, stack in enumerate(engine.spec.stacks) if stack is ref.stack)
         self.container = ReftContainer()
@@ -180,7 +181,7 @@ class ReftLayer(ComposableLayer):
 
     def _on_output(self, module, args, output):
         ctx = current_call(self.engine)
-        if ctx is None or ctx.setup is None or self.layer_idx in self.engine.skip_layers:
+        if ctx is None or ctx.setup is None or self.layer_id in self.engine.skip_layers:
             return None
         stacks = ctx.inputs.get(ReftMethod.kind)
         if stacks is None or not any(name in self.refts for name in ctx.names):
@@ -230,10 +231,11 @@ class ReftMethod(AdapterMethod):
 
     def add(self, name: str, config: ReftConfig) -> None:
         engine, hidden = self.engine, self.engine.hidden_size
-        count = len(engine.layers)
-        indices = range(count) if config.layers == "all" else sorted(set(config.layers))
-        if any(i >= count for i in indices):
+        count = max(ref.layer_id for ref in engine.layer_refs) + 1  # AdapterHub's layer ids (per sub-model, if any)
+        if config.layers != "all" and any(i >= count for i in config.layers):
             raise AdapterConfigError(f"layers={config.layers!r}: the model has {count} layers (0 to {count - 1})")
+        wanted = lambda ref: config.layers == "all" or ref.layer_id in config.layers  # noqa: E731
+        indices = [ref.index for ref in engine.layer_refs if wanted(ref)]
         if config.r > hidden:
             raise AdapterConfigError(f"r={config.r} is larger than the hidden size {hidden}")
         device, dtype = self._placement(config)

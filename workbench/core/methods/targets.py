@@ -9,7 +9,7 @@ from ..context import current_call
 
 
 def locate(engine, path: str) -> tuple[int | None, str | None, bool]:
-    """For a module path in the root model: its layer index (None outside the layer stacks), its LoRA place key
+    """For a module path in the root model: its AdapterHub layer id (None outside the layer stacks), its LoRA place key
     ("q", "intermediate", ...; None for other modules), and whether it lies inside the base model (where the forward
     context is set)."""
     prefix = engine.base_prefix
@@ -20,7 +20,7 @@ def locate(engine, path: str) -> tuple[int | None, str | None, bool]:
         return None, None, True
     ref, place = at
     key = next((k for k, p in lora_places(ref.stack) if p == place), None)
-    return ref.index, key, True
+    return ref.layer_id, key, True
 
 
 def lora_places(stack) -> list[tuple[str, str]]:
