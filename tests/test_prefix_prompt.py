@@ -125,14 +125,16 @@ def test_prompt_tuning_unsupported_on_decoders(model_type):
         model.add_adapter("p", config="prompt_tuning")
 
 
+@pytest.mark.parametrize("safetensors", [False, True])
 @pytest.mark.parametrize("config", ["prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam", "unipelt"])
-def test_save_load_round_trip(tmp_path, config):
+def test_save_load_round_trip(tmp_path, config, safetensors):
+    """Also as safetensors, which holds no shared tensors: the pool copies under every attention are written apart."""
     model = tiny("bert")
     model.add_adapter("p", config=config, set_active=True)
     randomize(model)
     ids, mask = batch()
     expected = hidden(model, ids, mask)
-    model.save_adapter(tmp_path, "p")
+    model.save_adapter(tmp_path, "p", use_safetensors=safetensors)
     fresh = tiny("bert")
     fresh.load_adapter(str(tmp_path), set_active=True)
     torch.testing.assert_close(hidden(fresh, ids, mask), expected, atol=0, rtol=0)

@@ -145,7 +145,13 @@ def write_weights(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> No
     """Write tensors to `path` (.safetensors or .bin), atomically."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":  # safetensors stores no shared memory: tied copies (prefix pools) are copied
+        storages = set()
+        for key, tensor in tensors.items():
+            storage = tensor.untyped_storage().data_ptr()
+            if storage in storages:
+                tensors[key] = tensor.clone()
+            storages.add(storage)
         _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     else:
         _atomic_write(path, lambda tmp: torch.save(tensors, tmp))
