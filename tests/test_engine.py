@@ -132,6 +132,22 @@ def test_fusion_output_attentions_and_training():
     torch.testing.assert_close(attention.sum(-1), torch.ones(2, 4))
 
 
+def test_a_task_models_output_carries_fusion_attentions_and_gating_scores():
+    """init() on a `...For<Task>` model: the task model's own output gets what its base model's call collected."""
+    model = workbench.init(BertForSequenceClassification(tiny_config()).eval())
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+    model.add_adapter("g", config="unipelt")
+    model.add_adapter_fusion(["a", "b"])
+    model.set_active_adapters(Fuse("a", "b"))
+    out = model(input_ids=IDS, attention_mask=MASK, output_adapter_fusion_attentions=True)
+    assert out["adapter_fusion_attentions"]["a,b"][0]["output_adapter"].shape == (2, 4, 2)
+    model.set_active_adapters("g")
+    out = model(input_ids=IDS, attention_mask=MASK, output_adapter_gating_scores=True)
+    assert out["adapter_gating_scores"]["g"]
+    assert "adapter_gating_scores" not in model(input_ids=IDS, attention_mask=MASK)  # only when asked for
+
+
 def test_parallel_runs_each_adapter_on_a_copy_of_the_batch():
     model = tiny_adapter_model()
     model.add_adapter("a", config="seq_bn")

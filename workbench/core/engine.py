@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,11 @@ from .context import (
 from .rows import BASE, current_plan, enter_plan, leave_plan, row_names, setup_of
 from .rows import check_names as check_row_names
 from .runtime import check_batch, check_setup, task_rows
+
+# A task model's call (init()-ed `...For<Task>`, CLIPTextModelWithProjection) that asked for fusion attentions or
+# gating scores: the base model's call leaves them here, and the task model's output gets them (its own object).
+_ROOT_EXTRAS: ContextVar[dict | None] = ContextVar("root_extras", default=None)
+_EXTRA_FLAGS = ("output_adapter_fusion_attentions", "output_adapter_gating_scores")
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,9 @@ class EngineState:
         return setup
 
     def _root_begin(self, module, args, kwargs):
+        if any(kwargs.get(flag) for flag in _EXTRA_FLAGS) and _ROOT_EXTRAS.get() is None:
+            holder = {"owner": id(module), "extras": {}}
+            holder["token"] = _ROOT_EXTRAS.set(holder)
         names = kwargs.pop("adapter_names", None)
         if names is None:
             return None
@@ -251,6 +260,12 @@ class EngineState:
         plan = current_plan()
         if plan is not None and plan.owner == id(module):
             leave_plan(plan.token)
+        holder = _ROOT_EXTRAS.get()
+        if holder is not None and holder["owner"] == id(module):
+            _ROOT_EXTRAS.reset(holder["token"])
+            if output is not None and hasattr(output, "keys"):
+                for key, value in holder["extras"].items():
+                    output[key] = value
         return None
 
     def _encoder_begin(self, module, args, kwargs):
@@ -313,10 +328,16 @@ class EngineState:
         leave_call(ctx.scratch.pop("token"))
         if output is None or not hasattr(output, "keys"):
             return None
+        extras = {}
         if ctx.output_fusion_attentions:
-            output["adapter_fusion_attentions"] = ctx.fusion_attentions
+            extras["adapter_fusion_attentions"] = ctx.fusion_attentions
         if ctx.output_gating_scores:
-            output["adapter_gating_scores"] = ctx.gating_scores
+            extras["adapter_gating_scores"] = ctx.gating_scores
+        for key, value in extras.items():
+            output[key] = value
+        holder = _ROOT_EXTRAS.get()
+        if holder is not None:  # a task model's call: its own output gets them too
+            holder["extras"].update(extras)
         return None
 
 
