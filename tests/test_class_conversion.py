@@ -97,6 +97,25 @@ def test_multiple_choice_converts(tmp_path, model_type):
     assert torch.allclose(static(input_ids=ids, labels=labels).logits, flex(input_ids=ids, labels=labels).logits)
 
 
+@pytest.mark.parametrize(
+    ("model_type", "task", "overrides", "match"),
+    [
+        ("electra", AutoModelForMultipleChoice, dict(summary_type="last"), "summary_type='last'"),
+        ("electra", AutoModelForMultipleChoice, dict(summary_activation=""), "summary_activation=''"),
+        ("deberta", AutoModelForMaskedLM, dict(legacy=False), "legacy=False"),
+    ],
+)
+def test_heads_no_flex_head_equals_are_refused(tmp_path, model_type, task, overrides, match):
+    """A configuration under which the task class's head computes something else is refused, naming it."""
+    config = tiny_config(model_type, **FAMILY_OVERRIDES.get(model_type, {}), **overrides)
+    static = workbench.init(task.from_config(config).eval())
+    static.save_head(tmp_path)
+    flex = AutoAdapterModel.from_config(static.config)
+    with pytest.raises(HeadError, match=match):
+        flex.load_head(tmp_path, load_as="x")
+    assert "x" not in flex.heads
+
+
 def test_full_model_conversion_from_a_checkpoint(tmp_path):
     static = static_model("bert", "seq")
     static.config.id2label, static.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}

@@ -224,6 +224,12 @@ def test_generate_refuses_a_parallel_it_cannot_split_into_adapters():
     model.set_active_adapters(Parallel(Stack("a", "b"), "c"))
     with pytest.raises(CompositionError, match="only a Parallel of single adapters"):
         model.generate(input_ids=INPUT_IDS, **GENERATE)
+    model.set_active_adapters(Parallel("a", "b"))
+    model.active_head = ["a", "b"]
+    with torch.no_grad():
+        encoded = model.get_encoder()(input_ids=INPUT_IDS, attention_mask=MASK)
+    with pytest.raises(CompositionError, match="encoder_outputs would have to be replicated"):
+        model.generate(encoder_outputs=encoded, **GENERATE)
 
 
 # --- heads ------------------------------------------------------------------------------------------------------

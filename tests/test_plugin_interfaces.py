@@ -22,6 +22,14 @@ def test_init_exposes_the_plugin_interface_with_the_engines_methods(model_type):
         assert model.base_model.get_submodule(getattr(interface, name)) is not None
 
 
+def test_each_model_gets_its_own_interface():
+    first = workbench.init(tiny_base_model("qwen2")).base_model.adapter_interface
+    first.adapter_methods.append("prompt_tuning")
+    second = workbench.init(tiny_base_model("qwen2")).base_model.adapter_interface
+    assert "prompt_tuning" not in second.adapter_methods
+    assert "prompt_tuning" not in PLUGIN_INTERFACES["qwen2"].adapter_methods
+
+
 def test_a_family_without_a_plugin_interface_has_none():
     assert workbench.init(tiny_base_model("bert")).base_model.adapter_interface is None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import sys
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -216,13 +217,20 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         return _CONFIG_CLASS_TO_MODEL.get(name, name.removesuffix("Config")) + "AdapterModel"
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """torch's, also taking the state of a task model that is its own base model (T5ForConditionalGeneration,
-        BartForConditionalGeneration's `model.`-less keys are not this): keys of the base model's own modules
-        (`encoder.`, `decoder.`, `shared.`) get the base model's prefix, as AdapterHub's flex models do."""
+        """torch's, also taking the state of a task model that is its own base model (T5ForConditionalGeneration):
+        keys of the base model's own modules (`encoder.`, `decoder.`, `shared.`) get the base model's prefix, as
+        AdapterHub's flex models do. Its task head's keys (`lm_head.*`) stay unexpected: pass strict=False."""
         prefix = self.base_model_prefix + "."
         own = {name for name, _ in self.base_model.named_children()}
-        if not any(k.startswith(prefix) for k in state_dict) and any(k.split(".", 1)[0] in own for k in state_dict):
-            state_dict = {(prefix + k if k.split(".", 1)[0] in own else k): v for k, v in state_dict.items()}
+
+        def key(k: str) -> str:
+            return prefix + k if k.split(".", 1)[0] in own else k
+
+        if not any(k.startswith(prefix) for k in state_dict) and any(key(k) != k for k in state_dict):
+            metadata = getattr(state_dict, "_metadata", None)
+            state_dict = OrderedDict((key(k), v) for k, v in state_dict.items())
+            if metadata is not None:  # per-module versions, keyed by module path ("" is the root)
+                state_dict._metadata = {(key(k) if k else k): v for k, v in metadata.items()}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
@@ -266,10 +274,17 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         head (as AdapterHub replicates the prompt before generating). Runs as per-row adapters on the replicated
         batch, which is what each channel of the Parallel setup computes."""
         names = list(setup.children) if isinstance(setup, Parallel) else []
-        if not names or not all(isinstance(n, str) for n in names) or list(heads or []) != names:
+        head_list = list(heads) if isinstance(heads, (list, tuple)) else []
+        if not names or not all(isinstance(n, str) for n in names) or head_list != names:
             raise CompositionError(
                 f"generate() under {setup} with heads {heads}: only a Parallel of single adapters, each with its own "
                 "LM head of the same name, can generate (replicate the prompt and pass adapter_names for others)"
+            )
+        given = [k for k in ("encoder_outputs", "past_key_values", "cache") if kwargs.get(k) is not None]
+        if given:
+            raise CompositionError(
+                f"generate() under {setup}: {', '.join(given)} would have to be replicated per channel too; pass the "
+                "inputs instead"
             )
         batch = batch_size_of(args, kwargs)
         if batch is None:

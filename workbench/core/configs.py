@@ -390,7 +390,9 @@ class LoRAConfig(AdapterConfig):
             raise AdapterConfigError(f"init_weights={self.init_weights!r}: use 'lora', 'bert', 'ia3' or 'vera'")
         bad = [m for m in self.attn_matrices if m not in ("q", "k", "v", "o")]
         if bad:
-            raise AdapterConfigError(f"attn_matrices {bad}: use a list of 'q', 'k', 'v'")
+            raise AdapterConfigError(
+                f"attn_matrices {bad}: use a list of 'q', 'k', 'v' ('o' is taken, adapting nothing)"
+            )
         if "o" in self.attn_matrices:  # the adapters library takes "o" and adapts no output projection for it
             warnings.warn(
                 f"attn_matrices {list(self.attn_matrices)}: 'o' adds no LoRA (as in the adapters library, LoRA's "

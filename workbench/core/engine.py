@@ -247,7 +247,7 @@ class EngineState:
         return setup
 
     def _root_begin(self, module, args, kwargs):
-        if any(kwargs.get(flag) for flag in _EXTRA_FLAGS) and _ROOT_EXTRAS.get() is None:
+        if any(kwargs.get(flag) for flag in _EXTRA_FLAGS):  # this call's own holder (an older one is shadowed)
             holder = {"owner": id(module), "extras": {}}
             holder["token"] = _ROOT_EXTRAS.set(holder)
         names = kwargs.pop("adapter_names", None)

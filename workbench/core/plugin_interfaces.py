@@ -13,13 +13,13 @@ from dataclasses import replace
 
 from .interface import AdapterModelInterface
 
-_PLUGIN_METHODS = ["bottleneck", "lora", "reft", "invertible"]
+_PLUGIN_METHODS = ("bottleneck", "lora", "reft", "invertible")
 
 
 def _decoder(o_proj: str, up: str, down: str, pre_ffn: str | None, ln_1=None, ln_2=None, **extra):
     """The interface of a Llama-shaped decoder (`layers.N.self_attn.{q,k,v}_proj`, `embed_tokens`)."""
     return AdapterModelInterface(
-        adapter_methods=_PLUGIN_METHODS,
+        adapter_methods=list(_PLUGIN_METHODS),
         model_embeddings="embed_tokens",
         model_layers="layers",
         layer_self_attn="self_attn",
@@ -42,7 +42,7 @@ _GEMMA_NORMS = dict(ln_1="post_attention_layernorm", ln_2="post_feedforward_laye
 
 PLUGIN_INTERFACES: dict[str, AdapterModelInterface] = {
     "modernbert": AdapterModelInterface(
-        adapter_methods=_PLUGIN_METHODS,
+        adapter_methods=list(_PLUGIN_METHODS),
         model_embeddings="embeddings",
         model_layers="layers",
         layer_self_attn="attn",
@@ -84,6 +84,9 @@ def plugin_interface(model_type: str | None, methods=None) -> AdapterModelInterf
     """AdapterHub's plugin interface for the model type (None if it has none); `methods`: the methods the engine
     applies to the model, which replace the interface's list."""
     interface = PLUGIN_INTERFACES.get(model_type)
-    if interface is None or methods is None:
-        return interface
-    return replace(interface, adapter_methods=sorted(methods))
+    if interface is None:
+        return None
+    # a copy: the model's interface is its own, so changing it changes no other model's
+    return replace(
+        interface, adapter_methods=sorted(methods) if methods is not None else list(interface.adapter_methods)
+    )

@@ -210,6 +210,13 @@ STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     **_seq2seq("PLBart", qa=False),  # transformers has no PLBartForQuestionAnswering
 }
 _NO_LABELS = ("masked_lm", "causal_lm", "seq2seq_lm")
+# Config values a task class's head needs to equal its flex head: ELECTRA's multiple-choice summary must read the first
+# token through its projection; DeBERTa's MLM head has another layout unless `legacy`.
+_CONVERTIBLE_ONLY_WITH = {
+    "ElectraForMultipleChoice": {"summary_type": "first", "summary_use_proj": True},
+    "DebertaForMaskedLM": {"legacy": True},
+    "DebertaV2ForMaskedLM": {"legacy": True},
+}
 # Static weights a flex head has no place for, which it may drop when they are zero (they then change nothing).
 _DROPPABLE_IF_ZERO = ("final_logits_bias",)
 
@@ -230,10 +237,21 @@ def flex_config(model_class: str, model_config, label2id=None, num_labels=None) 
             f"{model_class} soft-caps its logits (final_logit_softcapping={softcap}), which no flex causal LM head "
             "does: it cannot be converted"
         )
+    for attribute, wanted in _CONVERTIBLE_ONLY_WITH.get(model_class, {}).items():
+        value = getattr(model_config, attribute, None)
+        if value != wanted:
+            raise HeadError(
+                f"{model_class} with {attribute}={value!r} has a head no flex head equals (it converts with "
+                f"{attribute}={wanted!r})"
+            )
     config = dict(template)
     activation = config.get("activation_function") or ""
     if activation.startswith("config:"):
-        config["activation_function"] = getattr(model_config, activation.removeprefix("config:"))
+        attribute = activation.removeprefix("config:")
+        value = getattr(model_config, attribute, None)
+        if not value:
+            raise HeadError(f"{model_class} with {attribute}={value!r}: its head has no activation a flex head takes")
+        config["activation_function"] = value
     if config["head_type"] in _NO_LABELS:
         config["vocab_size"] = model_config.vocab_size
         if getattr(model_config, "embedding_size", None):

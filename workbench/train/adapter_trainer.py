@@ -119,7 +119,8 @@ class AdapterTrainer(Trainer):
         stays orthogonal), but torch reads the signs of its Householder form as `diagonal.int()`, so the first decay
         step turns the diagonal's +-1 into 0 and the projection into zeros."""
         names = super().get_decay_parameter_names(model)
-        return [name for name in names if not _is_fusion_value(name) and ".parametrizations." not in name]
+        orthogonal = _orthogonal_factors(model)
+        return [name for name in names if not _is_fusion_value(name) and name not in orthogonal]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Trainer's loss, plus the fusion regularization while training with a `Fuse` block active."""
@@ -267,4 +268,21 @@ def _head_label_names(model) -> list[str]:
         for label in ["start_positions", "end_positions"] if kind == "question_answering" else ["labels"]:
             if label not in names:
                 names.append(label)
+    return names
+
+
+def _orthogonal_factors(model) -> set[str]:
+    """Names of the parameters behind `torch.nn.utils.parametrizations.orthogonal` weights."""
+    from torch.nn.utils import parametrize
+
+    names = set()
+    for path, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor_name, parametrizations in module.parametrizations.items():
+            if any(type(p).__name__ == "_Orthogonal" for p in parametrizations):
+                names.update(
+                    f"{path}.parametrizations.{tensor_name}.{n}".lstrip(".")
+                    for n, _ in parametrizations.named_parameters(recurse=False)
+                )
     return names
