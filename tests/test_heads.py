@@ -286,3 +286,16 @@ def test_a_static_task_head_loads_as_a_flex_head(tmp_path):
     with torch.no_grad():
         expected = static(input_ids=IDS, attention_mask=MASK).logits
     torch.testing.assert_close(run(model, head="static").logits, expected)
+
+
+def test_multiple_choice_logits_follow_the_batchs_choice_count():
+    """A head made for 2 choices scores each choice on its own: 3 choices give (batch, 3) logits, each the score of
+    that choice alone (not rows regrouped by the head's count)."""
+    torch.manual_seed(0)
+    model = tiny_adapter_model()
+    model.add_multiple_choice_head("mc", num_choices=2)
+    ids = torch.randint(3, 90, (2, 3, 5))
+    logits = model(input_ids=ids, labels=torch.tensor([0, 2])).logits
+    alone = torch.stack([model(input_ids=ids[:, c : c + 1]).logits[:, 0] for c in range(3)], dim=1)
+    assert logits.shape == (2, 3)
+    torch.testing.assert_close(logits, alone, atol=1e-6, rtol=1e-5)

@@ -838,6 +838,8 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         if end_positions is not None:
             head_kwargs["end_positions"] = end_positions
         if isinstance(heads, str) and isinstance(self.heads[heads], HEAD_TYPES["multiple_choice"]):
+            if input_ids is not None and input_ids.dim() == 3:  # (batch, choices, tokens)
+                head_kwargs["choices"] = input_ids.shape[1]
             input_ids, attention_mask, token_type_ids = (
                 t.view(-1, t.shape[-1]) if t is not None else None for t in (input_ids, attention_mask, token_type_ids)
             )

@@ -350,7 +350,9 @@ class MultipleChoiceHead(BuiltinHead):
     arg_order = ("num_choices", "layers", "activation_function", "id2label", "use_pooler", "dropout_prob")
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
-        logits = self.run(_cls(outputs, cls_output, self.config, kwargs)).view(-1, self.config["num_choices"])
+        # one score per choice: the batch's own choice count (the model passes it) shapes the logits
+        choices = kwargs.get("choices") or self.config["num_choices"]
+        logits = self.run(_cls(outputs, cls_output, self.config, kwargs)).view(-1, choices)
         labels = kwargs.get("labels")
         loss = F.cross_entropy(logits, labels.view(-1)) if labels is not None else None
         return MultipleChoiceModelOutput(loss=loss, logits=logits)
