@@ -22,8 +22,8 @@ It changes the environment the tests run in, never what they assert, and it is t
   does outside it, as transformers 4's did for tokenizers without a target mode (the BERT tokenizer the tests get);
 - `PretrainedConfig.from_text_vision_configs(text_config, vision_config, **kwargs)` (the CLIPModel tests build their
   config with it), which transformers 5 removed: the config built from the two sub-configs' dicts, as 4.x did;
-  and `CLIPConfig.eos_token_id`, which every 4.x config had (None unless set) and 5's composite configs lack: the
-  tests' input sampling reads it from the CLIPModel config; likewise `tie_word_embeddings` (True in 4.x) of the
+  and `eos_token_id` of the CLIP and EncoderDecoder configs, which every 4.x config had (None unless set) and 5's
+  composite configs lack: the tests' input sampling reads it; likewise `tie_word_embeddings` (True in 4.x) of the
   ViT and BEiT configs, which the head-averaging test reads.
 """
 
@@ -232,8 +232,9 @@ def pytest_configure(config):
         current.PreTrainedTokenizerBase.as_target_tokenizer = _same_tokenizer
     if not hasattr(current.PretrainedConfig, "from_text_vision_configs"):
         current.PretrainedConfig.from_text_vision_configs = classmethod(_from_text_vision_configs)
-    if not hasattr(current.CLIPConfig(), "eos_token_id"):
-        current.CLIPConfig.eos_token_id = None
+    for composite in (current.CLIPConfig, current.EncoderDecoderConfig):
+        if not hasattr(composite, "eos_token_id"):
+            composite.eos_token_id = None
     for vision_config in (current.ViTConfig, current.BeitConfig):
         if not hasattr(vision_config(), "tie_word_embeddings"):
             vision_config.tie_word_embeddings = True
