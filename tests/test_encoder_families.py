@@ -89,11 +89,7 @@ REFUSED = [(f, m) for f in FAMILIES for m in METHODS if m not in ARCHITECTURES[f
 
 
 def test_refusals_are_the_documented_ones():
-    assert sorted(REFUSED) == [
-        ("deberta", "prefix_tuning"),
-        ("deberta-v2", "prefix_tuning"),
-        ("modernbert", "prompt_tuning"),
-    ]
+    assert sorted(REFUSED) == [("modernbert", "prompt_tuning")]
 
 
 @pytest.mark.parametrize("family,method", ALLOWED)
@@ -144,6 +140,85 @@ def test_deberta_v2_convolution_refuses_prompt_tuning():
     with pytest.raises(UnsupportedMethodError, match="conv_kernel_size=3"):
         model.add_adapter("a", config="prompt_tuning")
     assert not model.adapters and not hasattr(model.base_model, "prompt_tuning")
+
+
+# --- DeBERTa: prefixes through hooks on the disentangled attention (methods/prefix_deberta.py) ---------------------
+
+DEBERTAS = ["deberta", "deberta-v2", "deberta-v3"]
+
+
+def deberta_of(name: str):
+    """DeBERTa, DeBERTa-v2, and v2 in DeBERTa-v3's layout (shared position keys: `key_proj` also projects the
+    relative position embeddings, which must get no prefix rows)."""
+    if name == "deberta-v3":
+        return model_of("deberta-v2", share_att_key=True, position_biased_input=False, type_vocab_size=0)
+    return model_of(name)
+
+
+@pytest.mark.parametrize("name", DEBERTAS)
+def test_deberta_prefix_pads_rows_and_deletes_cleanly(name):
+    """Each padded row equals that row alone (prefix columns attend, padding does not, relative positions are the
+    tokens' own); every query sees the prefix slots (attention over P + T keys); deleting restores the model."""
+    model = deberta_of(name)
+    attention = model.base_model.encoder.layer[0].attention.self
+    before = hidden(model)
+    model.add_adapter("p", config="prefix_tuning[prefix_length=3,bottleneck_size=16]")
+    model.set_active_adapters("p")
+    with torch.no_grad():
+        out = model.base_model(input_ids=IDS, attention_mask=MASK, output_attentions=True)
+        for row, length in enumerate(MASK.sum(dim=1).tolist()):
+            alone = model.base_model(input_ids=IDS[row : row + 1, :length]).last_hidden_state
+            assert torch.allclose(out.last_hidden_state[row, :length], alone[0], atol=1e-5), f"row {row}"
+    assert (out.last_hidden_state - before).abs().max() > 1e-3
+    assert out.attentions[0].shape == (3, 4, 8, 3 + 8)
+    assert out.attentions[0][:, :, :, :3].sum() > 0.1  # the prefix slots get attention
+    model.delete_adapter("p")
+    assert torch.equal(hidden(model), before)
+    assert not {"disentangled_att_bias", "disentangled_attention_bias"} & set(vars(attention))
+    assert not attention.in_proj._forward_hooks if name == "deberta" else not attention.key_proj._forward_hooks
+
+
+@pytest.mark.parametrize("name", DEBERTAS)
+def test_deberta_prefix_parallel_and_batch_split_match_single_adapters(name):
+    """Per-row prefixes of two lengths (the shorter one padded with masked slots)."""
+    model = deberta_of(name)
+    for adapter, length in (("a", 2), ("b", 5)):
+        model.add_adapter(adapter, config=f"prefix_tuning[prefix_length={length},bottleneck_size=16]")
+    singles = {}
+    for adapter in "ab":
+        model.set_active_adapters(adapter)
+        singles[adapter] = hidden(model)
+    model.set_active_adapters(workbench.Parallel("a", "b"))
+    both = hidden(model)
+    torch.testing.assert_close(both[:3], singles["a"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(both[3:], singles["b"], atol=1e-5, rtol=1e-4)
+    model.set_active_adapters(workbench.BatchSplit("a", "b", batch_sizes=[1, 2]))
+    split = hidden(model)
+    torch.testing.assert_close(split[:1], singles["a"][:1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(split[1:], singles["b"][1:], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", DEBERTAS)
+def test_deberta_prefix_sees_the_lora_adapted_keys_whichever_was_added_first(name):
+    """LoRA on the projections the prefix rows are added to runs first (the prefix rows are not LoRA'd), in either
+    order of adding; a gated prefix (UniPELT's) trains there too."""
+    outputs = []
+    for order in (("lora", "p"), ("p", "lora")):
+        model = deberta_of(name)
+        for adapter in order:
+            torch.manual_seed(1 if adapter == "p" else 2)
+            config = "lora[init_weights='bert']" if adapter == "lora" else "prefix_tuning[bottleneck_size=16]"
+            model.add_adapter(adapter, config=config)
+        model.set_active_adapters(workbench.Stack("lora", "p"))
+        outputs.append(hidden(model))
+    assert torch.equal(outputs[0], outputs[1])
+    model = deberta_of(name)
+    batch = add_task(model, "deberta" if name == "deberta" else "deberta-v2", "g", "prefix_tuning[use_gating=True]")
+    gate = model.base_model.encoder.layer[1].attention.self.prefix_tuning.prefix_gates["g"].weight
+    start = gate.detach().clone()
+    losses = train(model, batch)
+    assert losses[-1] < losses[0]
+    assert not torch.equal(gate, start)  # the gates get gradients through the prefix rows
 
 
 # --- ALBERT: one layer, shared across depth ---------------------------------------------------------------------

@@ -1139,8 +1139,7 @@ FAMILY_HEADS = {
     "xmod": ("classification", "masked_lm"),
     "modernbert": (),
 }
-# The library's methods per family: DeBERTa's attention has no prefix tuning in workbench (see archs.py), ModernBERT's
-# plugin interface lists bottleneck, lora, reft and invertible only.
+# The library's methods per family: ModernBERT's plugin interface lists bottleneck, lora, reft and invertible only.
 FAMILY_METHODS = {
     "double_seq_bn": "double_seq_bn",
     "par_bn": "par_bn",
@@ -1151,8 +1150,6 @@ FAMILY_METHODS = {
     "prompt_tuning": "prompt_tuning[prompt_length=3]",
 }
 FAMILY_SKIPS = {
-    "deberta": ("prefix_tuning",),
-    "deberta-v2": ("prefix_tuning",),
     "modernbert": ("prefix_tuning", "prompt_tuning"),
 }
 
@@ -1222,6 +1219,26 @@ def encoder_family_cases() -> list:
         Case(f"albert-groups-{slug}", "albert-groups", [("a", config)], "a")
         for slug, config in ALBERT_GROUP_METHODS.items()
     ]
+    return cases + deberta_prefix_cases()
+
+
+def deberta_prefix_cases() -> list:
+    """DeBERTa's disentangled attention with prefixes (on the padded batch; `<arch>-prefix_tuning` above is the plain
+    one): gated prefixes, the natural head, and Parallel/BatchSplit of two prefixes of different lengths (the shorter
+    one padded with masked slots)."""
+    heads_ab = [cls_head("a", 2), cls_head("b", 3)]
+    short = "prefix_tuning[bottleneck_size=16,prefix_length=5]"
+    cases = []
+    for arch in ("deberta", "deberta-v2"):
+        cases.append(Case(f"{arch}-prefix-gating", arch, [("a", PREFIX_SMALL[:-1] + ",use_gating=True]")], "a"))
+        cases.append(family_head_case(f"{arch}-prefix-head-classification", arch, PREFIX_SMALL, "classification"))
+        for slug, active in (
+            ("parallel", Parallel("a", "b")),
+            ("batchsplit", BatchSplit("a", "b", batch_sizes=[1, 2])),
+        ):
+            two = [("a", PREFIX_SMALL), ("b", short)]
+            options = dict(model_class="adapter_model", heads=heads_ab, head=None)
+            cases.append(Case(f"{arch}-heads-{slug}-prefix", arch, two, active, **options))
     return cases
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from .errors import UnsupportedModelError
 from .family_setup import check_albert, prepare_xmod
+from .methods.prefix_deberta import deberta_prefix, deberta_v2_prefix
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class LayerStack:
             the sub-model this stack belongs to. AdapterHub adapts each sub-model on its own, so the stack's layer
             ids start at 0 (`leave_out=[0]` means the first layer of each sub-model) and prefix tuning keeps a pool
             per sub-model (`<submodel>.prefix_tuning`). None: layers are numbered across the stacks.
+        prefix_glue: for a self-attention that computes its scores itself instead of through transformers'
+            attention functions (DeBERTa), a callable `(shim, attention) -> hooks` that carries the prefix tuning
+            shim's prefixes into it with hooks (`methods/prefix_deberta.py`); the returned object's `remove()` takes
+            them off. None: prefix tuning extends the attention function.
     """
 
     layers: str
@@ -108,6 +113,7 @@ class LayerStack:
     qkv_layout: str = "blocks"
     position_bias: str = ""
     submodel: str | None = None
+    prefix_glue: Callable | None = None
 
     def stack_config(self, config):
         """This stack's config: the model config itself, unless the stack names a sub-config."""
@@ -672,8 +678,9 @@ def _albert_variant(config) -> ArchSpec:
 _ALBERT = _albert_groups(1)
 
 # DeBERTa's disentangled attention computes its scores itself (no transformers attention function to extend), so
-# prefix tuning does not apply; the BERT-shaped sites, LoRA, prompts (with AdapterHub's attention matrix), ReFT and
-# invertible adapters do. DeBERTa-v2's convolution (conv_kernel_size) reads the input mask: no prompts there.
+# prefix tuning reaches it through hooks on its projections (`prefix_glue`, as AdapterHub places the prefixes); the
+# BERT-shaped sites, LoRA, prompts (with AdapterHub's attention matrix), ReFT and invertible adapters apply as for
+# BERT. DeBERTa-v2's convolution (conv_kernel_size) reads the input mask: no prompts there.
 _DEBERTA_V2 = replace(
     _BERT,
     lora={
@@ -682,7 +689,7 @@ _DEBERTA_V2 = replace(
         "k": "attention.self.key_proj",
         "v": "attention.self.value_proj",
     },
-    methods=ALL_METHODS - {"prefix_tuning"},
+    prefix_glue=deberta_v2_prefix,
     prompt_mask="encoder",
     refuse_if=(
         ("prompt_tuning", "conv_kernel_size", "its convolution reads the input mask, which has no prompt positions"),
@@ -693,6 +700,7 @@ _DEBERTA_V2 = replace(
 _DEBERTA = replace(
     _DEBERTA_V2,
     lora={"qkv": "attention.self.in_proj", "intermediate": "intermediate.dense", "output": "output.dense"},
+    prefix_glue=deberta_prefix,
     refuse_if=(),
 )
 

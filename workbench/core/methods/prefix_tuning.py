@@ -7,7 +7,9 @@ The module layout (pool on the base model, or one per sub-model of an `EncoderDe
 shim holding its pool on every prefixed attention module) reproduces AdapterHub's state-dict keys, including the
 per-layer duplicates of the pool. Each attention call computes its own layer's slice of the prefix from the
 parameters, so nothing is shared between layers within a call (gradient checkpointing can replay one layer on its
-own) and nothing is kept between calls.
+own) and nothing is kept between calls. An attention that computes its scores itself (DeBERTa) gets the same
+prefixes, compositions and gates through hooks instead (`LayerStack.prefix_glue`, `prefix_deberta.py`); the model's
+attention function is then left as it is.
 
 Attentions that take a `position_bias` (T5) get it widened to the prefixed keys as AdapterHub computes it: where
 the stack has a relative position bias, it is recomputed over prefix slots and keys as one sequence (the prefix at
@@ -134,6 +136,7 @@ class PrefixTuningShim(nn.Module, ComposableLayer):
         location_key: str,
         pool: PrefixTuningPool,
         bias_source: nn.Module | None = None,
+        glue=None,
     ):
         super().__init__()
         object.__setattr__(self, "method", method)  # a plain reference, not a submodule
@@ -146,9 +149,16 @@ class PrefixTuningShim(nn.Module, ComposableLayer):
         self.pool = pool
         self._key = ("prefix-residual", id(self))
         self._handle = attention.register_forward_pre_hook(self._capture, with_kwargs=True)
+        try:  # an attention computing its scores itself: hooks carry `extend`'s prefixes in (LayerStack.prefix_glue)
+            self._glue = glue(self, attention) if glue is not None else None
+        except Exception:
+            self._handle.remove()
+            raise
 
     def remove(self) -> None:
         self._handle.remove()
+        if self._glue is not None:
+            self._glue.remove()
         del self.attention.prefix_tuning
 
     def _capture(self, module, args, kwargs):
@@ -363,7 +373,8 @@ class PrefixTuningMethod(AdapterMethod):
             if ref.stack.position_bias and attention_path == ref.stack.attention:  # self-attention of a T5 stack
                 source = get_module(get_module(self.engine.base, ref.stack.layers)[0], ref.stack.position_bias)
             pool = self.pool_at(ref.stack.submodel or "")
-            self.shims[key] = PrefixTuningShim(self, ref.layer_id, attention, location_key, pool, source)
+            glue = ref.stack.prefix_glue if attention_path == ref.stack.attention else None
+            self.shims[key] = PrefixTuningShim(self, ref.layer_id, attention, location_key, pool, source, glue)
             attention.prefix_tuning = self.shims[key]
         return self.shims[key]
 
@@ -374,7 +385,7 @@ class PrefixTuningMethod(AdapterMethod):
     def add(self, name: str, config: PrefixTuningConfig) -> None:
         engine = self.engine
         try:
-            if not any(len(pool.prefix_tunings) for pool in self.existing_pools()):
+            if not any(len(pool.prefix_tunings) for pool in self.existing_pools()) and self._uses_attention_functions():
                 self._switch_attention()
             places = self.places(config)
             _warn_partial_relative_bias(engine, places)
@@ -445,6 +456,10 @@ class PrefixTuningMethod(AdapterMethod):
 
     # --- attention implementation ------------------------------------------------------------------------
 
+    def _uses_attention_functions(self) -> bool:
+        """Whether some prefixed attention runs through transformers' attention functions (DeBERTa's do not)."""
+        return any(stack.prefix_glue is None or stack.cross_attention for stack in self.engine.spec.stacks)
+
     def _switch_attention(self) -> None:
         base = self.engine.base
         impl = base.config._attn_implementation or "eager"
@@ -467,6 +482,7 @@ class PrefixTuningMethod(AdapterMethod):
         pools = self.existing_pools()
         if ctx.setup is None or not any(name in pool.prefix_tunings for pool in pools for name in ctx.names):
             return None
-        if wrapped_implementation(self.engine.base.config._attn_implementation) is None:
+        current = self.engine.base.config._attn_implementation
+        if wrapped_implementation(current) is None and self._uses_attention_functions():
             self._switch_attention()  # the user switched implementations after adding the prefix
         return None
