@@ -331,3 +331,27 @@ def test_bert_shaped_decoders_get_cross_attention_adapters(family):
     keys = [k for k in model.state_dict() if ".crossattention." in k]
     assert any(".adapters.a." in k for k in keys) and any("lora" in k for k in keys)
     assert all(k.startswith(f"decoder.{model.decoder.base_model_prefix}.encoder.layer.") for k in keys)
+
+
+def test_whisper_generates_from_positional_features_and_its_task_head_converts(tmp_path):
+    """generate(features) reads the base model's main input (input_features); WhisperForConditionalGeneration's
+    `proj_out` becomes a seq2seq LM head that computes what it computes."""
+    from transformers import WhisperForConditionalGeneration
+
+    features = batch("whisper")["input_features"]
+    model = build("whisper")
+    add(model, "a", "seq_bn")
+    settings = dict(max_new_tokens=3, do_sample=False, num_beams=1)
+    assert torch.equal(model.generate(features, **settings), model.generate(input_features=features, **settings))
+
+    torch.manual_seed(0)
+    static = workbench.init(WhisperForConditionalGeneration(whisper_config()).eval())
+    static.save_head(tmp_path)
+    flex = workbench.AutoAdapterModel.from_config(static.config).eval()
+    flex.load_state_dict(static.state_dict(), strict=False)
+    flex.load_head(tmp_path, load_as="lm")
+    decoder = batch("whisper")["decoder_input_ids"]
+    with torch.no_grad():
+        want = static(input_features=features, decoder_input_ids=decoder).logits
+        got = flex(input_features=features, decoder_input_ids=decoder).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

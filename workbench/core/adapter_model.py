@@ -73,6 +73,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         self.add_module(self.base_model_prefix, base)
         # checkpointing runs through the base model's layers: a family whose layers cannot (ALBERT) says so
         self.supports_gradient_checkpointing = base.supports_gradient_checkpointing
+        self.main_input_name = base.main_input_name  # generate(features) reads it (Whisper: input_features)
         if type(self) is AdapterModel:  # no per-family class (AdapterHub has none): the family's own head types
             from .model_classes import family_head_types
 

@@ -203,6 +203,7 @@ STATIC_TO_FLEX: dict[str, tuple[dict, tuple]] = {
     **_decoder("Phi3", "score"),
     **_decoder("Qwen3", "score"),
     **_decoder("Olmo2", "score"),
+    "WhisperForConditionalGeneration": _head("seq2seq_lm", ["proj_out"], **_LINEAR, bias=False),
     **_t5("T5"),
     **_t5("MT5"),
     **_seq2seq("Bart"),
