@@ -148,3 +148,18 @@ def test_prefix_survives_a_later_attention_switch():
     expected = hidden(model, ids, mask)
     model.set_attn_implementation("eager")
     torch.testing.assert_close(hidden(model, ids, mask), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["masked_lm", "tagging"])
+def test_prompt_positions_get_no_label(head):
+    """Token labels of the input's length work with a prompt in front: its positions are ignored in the loss, as in
+    AdapterHub (labels already padded for the prompt give the same loss)."""
+    torch.manual_seed(0)
+    model = workbench.AutoAdapterModel.from_config(AutoConfig.for_model("bert", **SIZES, pad_token_id=0)).eval()
+    model.add_adapter("p", config="prompt_tuning[prompt_length=3]", set_active=True)
+    getattr(model, f"add_{head}_head")("h")
+    ids, mask = batch()
+    labels = torch.where(mask.bool(), ids % 2 if head == "tagging" else ids, -100)
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    padded = torch.cat([torch.full((ids.shape[0], 3), -100), labels], dim=1)
+    torch.testing.assert_close(loss, model(input_ids=ids, attention_mask=mask, labels=padded).loss)

@@ -978,12 +978,28 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         loss = torch.stack(losses).sum() if losses and all(x is not None for x in losses) else None
         return MultiHeadOutput(head_outputs=results, loss=loss)
 
+    def _cover_prompt_positions(self, labels, mask, hidden, setup):
+        """Token-level labels and mask of a call whose prompt tuning put prompt positions in front of the tokens:
+        labels of the input's length get the ignore index there, the mask ones, as AdapterHub's LM and tagging heads
+        extend them (labels that already cover the prompt stay as they are)."""
+        names = setup.names() if setup is not None else ()
+        if not any("prompt_tuning" in self._engine.method_kinds(n) for n in names):
+            return labels, mask
+        if mask is not None and mask.dim() == 2 and mask.shape[1] < hidden.shape[1]:
+            mask = torch.cat([mask.new_ones((mask.shape[0], hidden.shape[1] - mask.shape[1])), mask], dim=1)
+        if labels is not None and labels.dim() == 2 and labels.shape[1] < hidden.shape[1]:
+            labels = torch.cat([labels.new_full((labels.shape[0], hidden.shape[1] - labels.shape[1]), -100), labels], 1)
+        return labels, mask
+
     def _run_head(self, name, call: _HeadCall, labels):
         """One head on the call's rows, called as AdapterHub calls heads:
         `head(outputs, cls_output, attention_mask, return_dict, labels=..., pooled_output=..., **head kwargs)`."""
         head = self.heads[name]
         hidden = call.outputs[0]
         kwargs = dict(call.head_kwargs)
+        mask = call.attention_mask
+        if isinstance(head, (LMHead, TaggingHead)):
+            labels, mask = self._cover_prompt_positions(labels, mask, hidden, call.setup)
         if labels is not None:
             kwargs["labels"] = labels
         pooled = call.outputs.get("pooler_output") if isinstance(call.outputs, Mapping) else None
@@ -993,7 +1009,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             invert = self._engine.methods.get("invertible")
             if invert:
                 kwargs["invert"] = lambda h: invert.invert(h, call.setup)
-            result = head(call.outputs, None, call.attention_mask, True, **kwargs)
+            result = head(call.outputs, None, mask, True, **kwargs)
             key, cache = cache_of(call.outputs)
             if cache is not None:  # generate() continues from the cache
                 result[key] = cache
@@ -1004,7 +1020,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             cls = None  # token-level heads read the hidden states
         else:  # pooled from the unscaled states where the model scales its output (T5, as AdapterHub)
             cls = self._cls_token(call.sequence if call.sequence is not None else hidden, call.input_ids)
-        return seq2seq_output(head(call.outputs, cls, call.attention_mask, True, **kwargs), call.outputs)
+        return seq2seq_output(head(call.outputs, cls, mask, True, **kwargs), call.outputs)
 
     def _cls_token(self, hidden: torch.Tensor, input_ids) -> torch.Tensor:
         """The sequence representation a classification head reads, as the architecture spec says to pool."""
