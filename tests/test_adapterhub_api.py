@@ -74,6 +74,10 @@ def test_supports_adapter_and_adapter_to():
     assert model.supports_adapter("lora") and model.supports_adapter(workbench.SeqBnConfig())
     assert not model.supports_adapter("prompt_tuning")
     assert not model.support_lora_delta_w_svd  # GPT-2's fused q|k|v
+    # DoRA and VeRA cannot adapt the fused q|k|v (add_adapter refuses them): supports_adapter says so
+    assert not model.supports_adapter("dora") and not model.supports_adapter(workbench.VeraConfig())
+    assert model.supports_adapter(workbench.DoRAConfig(selfattn_lora=False, output_lora=True))
+    assert tiny_adapter_model("bert").supports_adapter("dora")
     model.add_adapter("a", config="seq_bn")
     model.adapter_to("a", dtype=torch.float64)
     assert {p.dtype for _, p in model._adapter_parameters("a")} == {torch.float64}

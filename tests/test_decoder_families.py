@@ -217,7 +217,7 @@ def test_refused_methods_leave_the_model_unchanged(family, method):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     base = logits(model)
     config = METHODS.get(method, method)
-    assert not model.supports_adapter(config) or method in ("dora", "vera")  # (fused q|k|v: refused when added)
+    assert not model.supports_adapter(config)
     with pytest.raises(UnsupportedModelError, match=REFUSED[family, method]):
         model.add_adapter("a", config=config)
     assert "a" not in model.adapters_config.adapters

@@ -376,7 +376,12 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
                     check_sites(self._engine.spec, part, self._engine.base.config)
         except UnsupportedMethodError:
             return False
-        return True
+        fused = "qkv" in self._engine.spec.lora  # DoRA and VeRA cannot adapt a fused q|k|v projection (GPT-2, DeBERTa)
+        return not any(
+            kind == "lora" and fused and getattr(part, "selfattn_lora", False)
+            and (getattr(part, "use_dora", False) or getattr(part, "is_vera", False))
+            for kind, part in parts
+        )  # fmt: skip
 
     @property
     def support_lora_delta_w_svd(self) -> bool:
