@@ -7,7 +7,6 @@ import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,11 +14,10 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PretrainedConfig, PreTrainedModel
 
 from . import files, static_heads
-from .archs import ARCHITECTURES, spec_from_interface
-from .autodescribe import describe_model
+from .add_heads import AddHeadMethods
 from .composition import BatchSplit, Parallel, Stack
 from .context import batch_size_of, replicate_batch, scoped_setup
-from .errors import AdapterConfigError, AdapterLoadError, CompositionError, HeadError, UnsupportedModelError
+from .errors import AdapterLoadError, CompositionError, HeadError
 from .heads import (
     HEAD_TYPES,
     BiaffineParsingHead,
@@ -35,10 +33,10 @@ from .heads import (
 )
 from .interface import AdapterModelInterface
 from .keys import rename_prefixed
+from .model_init import init, saved_interface, share_adapter_api, spec_of
 from .model_mixin import ModelAdaptersMixin, _check_weights
 from .names import check_head_name
 from .outputs import MultiHeadOutput
-from .plugin_interfaces import plugin_interface
 from .rows import BASE, current_plan, row_names, rows_scope, runs
 from .runtime import row_bounds
 from .transformers_api import cache_of
@@ -46,7 +44,7 @@ from .transformers_api import cache_of
 _CONFIG_CLASS_TO_MODEL = {"XLMRobertaConfig": "XLMRoberta"}
 
 
-class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
+class AdapterModel(AddHeadMethods, ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
     """A base transformers model (stored under its usual prefix, e.g. `bert`) with flexible named heads.
 
     It is a `PreTrainedModel`, so `generate()` works with a causal LM head and Trainer treats it as any model.
@@ -67,7 +65,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         `BertAdapterModel(config)`). `interface`: as for `init()` (an AdapterModelInterface, or "auto")."""
         if isinstance(base, PretrainedConfig):
             base = AutoModel.from_config(base, **kwargs)
-        _, spec, interface = _spec_of(base, base, interface)
+        _, spec, interface = spec_of(base, base, interface)
         super().__init__(base.config)
         self.base_model_prefix = base.base_model_prefix
         self.add_module(self.base_model_prefix, base)
@@ -83,7 +81,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         self.custom_heads: dict[str, type] = {}  # AdapterHub's `register_custom_head` registry
         self._init_adapters(base, spec)
         self._engine.interface = interface  # saved by save_pretrained, read back by from_pretrained
-        _share_adapter_api(base, self._engine)
+        share_adapter_api(base, self._engine)
         self._set_decoder_start()
         self.train(base.training)  # from_pretrained gives an eval-mode base model; the wrapper follows it
         # AdapterHub keeps every head's config in `config.prediction_heads` (saved in config.json) and builds the
@@ -113,7 +111,7 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
         kwargs.pop("trust_remote_code", None)
         interface = kwargs.pop("interface", None)
         if interface is None:
-            interface = _saved_interface(pretrained_model_name_or_path)
+            interface = saved_interface(pretrained_model_name_or_path)
         base = AutoModel.from_pretrained(pretrained_model_name_or_path, trust_remote_code=False, **kwargs)
         info = None
         if kwargs.get("output_loading_info"):
@@ -438,177 +436,6 @@ class AdapterModel(ModelAdaptersMixin, PreTrainedModel, GenerationMixin):
             options["label2id"] = label2id_for(id2label, count, head_name)
         head = HEAD_TYPES[head_type](self, head_name, **options)
         self.add_prediction_head(head_name, head, overwrite_ok, set_active)
-
-    def add_classification_head(
-        self,
-        head_name: str,
-        num_labels: int = 2,
-        layers: int = 2,
-        activation_function: str = "tanh",
-        overwrite_ok: bool = False,
-        multilabel: bool = False,
-        id2label=None,
-        use_pooler: bool = False,
-        set_active: bool = True,
-    ) -> None:
-        self._add_head(
-            "multilabel_classification" if multilabel else "classification",
-            head_name,
-            overwrite_ok,
-            set_active,
-            num_labels=num_labels,
-            layers=layers,
-            activation_function=activation_function,
-            id2label=id2label,
-            use_pooler=use_pooler,
-        )
-
-    def add_image_classification_head(
-        self,
-        head_name: str,
-        num_labels: int = 2,
-        layers: int = 1,
-        activation_function: str = "tanh",
-        overwrite_ok: bool = False,
-        multilabel: bool = False,
-        id2label=None,
-        use_pooler: bool = False,
-        set_active: bool = True,
-    ) -> None:
-        """A classification head on an image model (ViT: the [CLS] token, or its pooler with `use_pooler`; BEiT:
-        always its pooler, the mean of the patch tokens). Called with `pixel_values` and `labels`."""
-        self._add_head(
-            "image_classification",
-            head_name,
-            overwrite_ok,
-            set_active,
-            num_labels=num_labels,
-            layers=layers,
-            activation_function=activation_function,
-            multilabel=multilabel,
-            id2label=id2label,
-            use_pooler=use_pooler,
-        )
-
-    def add_tagging_head(
-        self,
-        head_name: str,
-        num_labels: int = 2,
-        layers: int = 1,
-        activation_function: str = "tanh",
-        overwrite_ok: bool = False,
-        id2label=None,
-        set_active: bool = True,
-    ) -> None:
-        self._add_head(
-            "tagging",
-            head_name,
-            overwrite_ok,
-            set_active,
-            num_labels=num_labels,
-            layers=layers,
-            activation_function=activation_function,
-            id2label=id2label,
-        )
-
-    def add_multiple_choice_head(
-        self,
-        head_name: str,
-        num_choices: int = 2,
-        layers: int = 2,
-        activation_function: str = "tanh",
-        overwrite_ok: bool = False,
-        id2label=None,
-        use_pooler: bool = False,
-        set_active: bool = True,
-    ) -> None:
-        self._add_head(
-            "multiple_choice",
-            head_name,
-            overwrite_ok,
-            set_active,
-            num_choices=num_choices,
-            layers=layers,
-            activation_function=activation_function,
-            id2label=id2label,
-            use_pooler=use_pooler,
-        )
-
-    def add_qa_head(
-        self,
-        head_name: str,
-        num_labels: int = 2,
-        layers: int = 1,
-        activation_function: str = "tanh",
-        overwrite_ok: bool = False,
-        id2label=None,
-        set_active: bool = True,
-    ) -> None:
-        self._add_head(
-            "question_answering",
-            head_name,
-            overwrite_ok,
-            set_active,
-            num_labels=num_labels,
-            layers=layers,
-            activation_function=activation_function,
-            id2label=id2label,
-        )
-
-    def add_dependency_parsing_head(
-        self, head_name: str, num_labels: int = 2, overwrite_ok: bool = False, id2label=None, set_active: bool = True
-    ) -> None:
-        """A biaffine dependency parsing head (Glavaš & Vulić 2021; `workbench.core.dependency_parsing`)."""
-        self._add_head(
-            "dependency_parsing", head_name, overwrite_ok, set_active, num_labels=num_labels, id2label=id2label
-        )
-
-    def add_masked_lm_head(
-        self,
-        head_name: str,
-        activation_function: str = "gelu",
-        layers: int = 2,
-        overwrite_ok: bool = False,
-        set_active: bool = True,
-    ) -> None:
-        self._add_lm_head(
-            "masked_lm", head_name, activation_function, layers, overwrite_ok, set_active, layer_norm=True, bias=True
-        )
-
-    def add_causal_lm_head(
-        self,
-        head_name: str,
-        activation_function: str = "gelu",
-        layers: int = 2,
-        overwrite_ok: bool = False,
-        set_active: bool = True,
-    ) -> None:
-        self._add_lm_head(
-            "causal_lm", head_name, activation_function, layers, overwrite_ok, set_active, layer_norm=True, bias=True
-        )
-
-    def add_seq2seq_lm_head(
-        self, head_name: str, layers: int = 1, overwrite_ok: bool = False, set_active: bool = True
-    ) -> None:
-        """A language-model head over the decoder of an encoder-decoder model (`generate()` continues with it)."""
-        if not self.config.is_encoder_decoder:
-            raise HeadError(f"add_seq2seq_lm_head: {self.config.model_type!r} is not an encoder-decoder model")
-        self._add_head(
-            "seq2seq_lm", head_name, overwrite_ok, set_active, vocab_size=self.config.vocab_size, layers=layers
-        )
-
-    def _add_lm_head(self, kind, head_name, activation_function, layers, overwrite_ok, set_active, **options):
-        self._add_head(
-            kind,
-            head_name,
-            overwrite_ok,
-            set_active,
-            vocab_size=self.config.vocab_size,
-            embedding_size=getattr(self.config, "embedding_size", None),
-            layers=layers,
-            activation_function=activation_function,
-            **options,
-        )
 
     def delete_head(self, head_name: str) -> None:
         if head_name not in self.heads:
@@ -1138,90 +965,6 @@ class AutoAdapterModel:
 
 AutoModelWithHeads = AutoAdapterModel
 
-_ADAPTER_CLASSES: dict[type, type] = {}
-
-
-class _GenerateByRows:
-    """`generate(..., adapter_names=[...])` for a transformers model given adapters by `init()`."""
-
-    def generate(self, *args, adapter_names=None, **kwargs):
-        with rows_scope(adapter_names, widen=True):
-            return super().generate(*args, **kwargs)
-
-
-def init(model: nn.Module, interface: AdapterModelInterface | str | None = None) -> nn.Module:
-    """Add adapter support to an already loaded transformers model, in place, and return it.
-
-    `interface` describes a model family the engine does not ship (AdapterHub's `AdapterModelInterface`); every
-    module it names is checked on the model first. `interface="auto"` uses the shipped spec when there is one and
-    otherwise describes a pre-LN decoder automatically (`autodescribe.describe_model`), refusing what it cannot
-    verify.
-    """
-    if isinstance(model, ModelAdaptersMixin):
-        return model
-    base, spec, interface = _spec_of(model, model.base_model, interface)
-    original = type(model)
-    model.__class__ = _adapter_class(original)
-    try:
-        model._init_adapters(base, spec)
-    except Exception:  # an unsupported model type or configuration: the model stays as it was
-        model.__class__ = original
-        raise
-    model._engine.interface = interface  # saved beside the model by save_pretrained (adapter_interface.json)
-    # as AdapterHub's init(): the interface the model was described with, or its plugin interface for the model type
-    model_type = getattr(base.config, "model_type", None)
-    base.adapter_interface = interface or plugin_interface(model_type, model._engine.spec.methods)
-    if base is not model:
-        _share_adapter_api(base, model._engine)
-    return model
-
-
-def _spec_of(model: nn.Module, base: nn.Module, interface):
-    """(base model, spec or None for the shipped one, the AdapterModelInterface used or None) for `init()` and
-    `AdapterModel`; `interface="auto"` describes a model type without a shipped spec."""
-    if isinstance(interface, str):
-        if interface != "auto":
-            raise AdapterConfigError(f"interface must be an AdapterModelInterface or 'auto', not {interface!r}")
-        if getattr(base.config, "model_type", None) in ARCHITECTURES:
-            return base, None, None
-        interface = describe_model(model)
-    model_type = getattr(base.config, "model_type", None)
-    if interface is None and model_type not in ARCHITECTURES:
-        interface = plugin_interface(model_type)  # AdapterHub's init() knows these model types by an interface
-    if interface is None:
-        return base, None, None
-    if not isinstance(interface, AdapterModelInterface):
-        kind = type(interface).__name__
-        raise AdapterConfigError(f"interface must be an AdapterModelInterface or 'auto', not a {kind}")
-    if interface.base_model:
-        try:
-            base = model.get_submodule(interface.base_model)
-        except AttributeError:
-            raise UnsupportedModelError(
-                f"AdapterModelInterface: base_model={interface.base_model!r} is not a module of {type(model).__name__}"
-            ) from None
-    spec = spec_from_interface(interface)
-    _check_interface_paths(base, spec, interface)
-    return base, replace(spec, pooling=_pooling_of(base, interface)), interface
-
-
-def _adapter_class(cls: type) -> type:
-    """`cls` with the adapter API (one class per model class, so isinstance and pickling keep working); models that
-    generate also take `adapter_names=` in `generate`."""
-    if cls not in _ADAPTER_CLASSES:
-        mixins = (_GenerateByRows, ModelAdaptersMixin) if issubclass(cls, GenerationMixin) else (ModelAdaptersMixin,)
-        _ADAPTER_CLASSES[cls] = type(cls.__name__, (*mixins, cls), {"__module__": cls.__module__})
-    return _ADAPTER_CLASSES[cls]
-
-
-def _share_adapter_api(base: nn.Module, engine) -> None:
-    """AdapterHub code also calls the adapter API on `model.base_model` (`model.base_model.add_adapter(...)`): the
-    wrapped base model gets the same API over the same engine, instead of transformers' own PEFT methods."""
-    if isinstance(base, ModelAdaptersMixin):
-        return
-    base.__class__ = _adapter_class(type(base))
-    base._engine = engine
-
 
 def load_model(model_name_or_path, model_class, interface: AdapterModelInterface | None = None, *args, **kwargs):
     """Load a model saved with `save_pretrained` after `init()` (or an AdapterModel), with its adapters and fusions.
@@ -1233,7 +976,7 @@ def load_model(model_name_or_path, model_class, interface: AdapterModelInterface
     if isinstance(model_class, type) and issubclass(model_class, AdapterModel) or model_class is AutoAdapterModel:
         return model_class.from_pretrained(model_name_or_path, *args, **kwargs)
     if interface is None:
-        interface = _saved_interface(model_name_or_path)
+        interface = saved_interface(model_name_or_path)
     kwargs.pop("trust_remote_code", None)
     loaded = model_class.from_pretrained(model_name_or_path, *args, trust_remote_code=False, **kwargs)
     model, info = loaded if kwargs.get("output_loading_info") else (loaded, None)
@@ -1243,44 +986,6 @@ def load_model(model_name_or_path, model_class, interface: AdapterModelInterface
         info["missing_keys"] = type(info["missing_keys"])(k for k in info["missing_keys"] if k in present)
     model._load_saved_parts(model_name_or_path)
     return (model, info) if info is not None else model
-
-
-def _saved_interface(model_name_or_path) -> AdapterModelInterface | None:
-    """The interface `save_pretrained` wrote beside a model described by one (adapter_interface.json), if any."""
-    interface_file = Path(str(model_name_or_path)) / files.INTERFACE_CONFIG_NAME
-    if not interface_file.is_file():
-        return None
-    data = files.read_json(interface_file)
-    try:
-        return AdapterModelInterface(**data["interface"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise AdapterLoadError(f"{interface_file}: not an AdapterModelInterface ({err})") from None
-
-
-def _pooling_of(base: nn.Module, interface: AdapterModelInterface) -> str:
-    layers = base.get_submodule(interface.model_layers)
-    attention = layers[0].get_submodule(interface.layer_self_attn) if len(layers) else None
-    causal = getattr(attention, "is_causal", False) or getattr(base.config, "is_decoder", False)
-    return "last" if causal else "first"
-
-
-def _check_interface_paths(base: nn.Module, spec, interface: AdapterModelInterface) -> None:
-    """Every module the interface names must exist (host modules are created by the engine)."""
-    try:
-        layers = base.get_submodule(spec.layers)
-        base.get_submodule(spec.embeddings)
-    except AttributeError as err:
-        raise UnsupportedModelError(f"AdapterModelInterface: {err}") from None
-    if not isinstance(layers, nn.ModuleList) or not len(layers):
-        raise UnsupportedModelError(f"AdapterModelInterface: model_layers={spec.layers!r} is not a non-empty list")
-    site_paths = [p for s in (spec.attention_site, spec.output_site) for p in (s.sublayer, s.residual, s.norm) if p]
-    for path in [spec.attention, *spec.lora.values(), *site_paths]:
-        try:
-            layers[0].get_submodule(path)
-        except AttributeError:
-            raise UnsupportedModelError(
-                f"AdapterModelInterface names {path!r}, which layer 0 ({type(layers[0]).__name__}) does not have"
-            ) from None
 
 
 __all__ = ["AdapterModel", "AutoAdapterModel", "AutoModelWithHeads", "init", "load_model", "ClassificationHead"]
