@@ -355,3 +355,24 @@ def test_whisper_generates_from_positional_features_and_its_task_head_converts(t
         want = static(input_features=features, decoder_input_ids=decoder).logits
         got = flex(input_features=features, decoder_input_ids=decoder).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_trainer_keeps_the_audio_column(tmp_path):
+    """Trainer drops the dataset columns the forward signature does not name: `input_features` must be one of them
+    (an image model's `pixel_values` too), or training runs the encoder without its input."""
+    import inspect
+
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = build("whisper")
+    assert {"input_features", "pixel_values"} <= set(inspect.signature(model.forward).parameters)
+    add(model, "a", "seq_bn")
+    model.train_adapter("a")
+    data = batch("whisper")
+    rows = Dataset.from_dict({k: v.tolist() for k, v in data.items() if k != "decoder_input_ids"}).with_format("torch")
+    before = {k: v.clone() for k, v in model._engine.named_parameters_of("a")}
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=3, report_to=[],
+                             use_cpu=True, learning_rate=1e-2, save_strategy="no")  # fmt: skip
+    Trainer(model=model, args=args, train_dataset=rows).train()
+    assert any(not torch.equal(v, before[k]) for k, v in model._engine.named_parameters_of("a"))

@@ -633,12 +633,18 @@ class AdapterModel(AddHeadMethods, ModelAdaptersMixin, PreTrainedModel, Generati
         labels=None,
         start_positions=None,
         end_positions=None,
+        pixel_values=None,
+        input_features=None,
         **kwargs,
     ):
         """Run the base model, then the head(s): `head=`, else the enclosing `AdapterSetup`'s `head_setup`, else
         `active_head`. Without a head, the base model's output. The first positional argument is the base model's
         main input: `input_ids`, or `pixel_values` for an image model (as AdapterHub's `ViTAdapterModel(pixel_values)`).
-        """
+        `pixel_values` and `input_features` are named so that Trainer keeps those dataset columns (it drops the
+        columns the forward signature does not name)."""
+        for name, value in (("pixel_values", pixel_values), ("input_features", input_features)):
+            if value is not None:
+                kwargs[name] = value
         main_input = getattr(self.base_model, "main_input_name", "input_ids")
         if main_input != "input_ids" and input_ids is not None:
             if main_input in kwargs:
