@@ -163,3 +163,22 @@ def test_prompt_positions_get_no_label(head):
     loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     padded = torch.cat([torch.full((ids.shape[0], 3), -100), labels], dim=1)
     torch.testing.assert_close(loss, model(input_ids=ids, attention_mask=mask, labels=padded).loss)
+
+
+def test_files_without_the_pool_copies_of_left_out_layers_load(tmp_path):
+    """Workbench wrote the pool's copies only under the prefixed attentions before it wrote them under every one (as
+    AdapterHub does): such a file still loads, and gives the saved outputs."""
+    model = tiny("bert")
+    model.add_adapter("p", config="prefix_tuning[leave_out=[0]]", set_active=True)
+    randomize(model)
+    ids, mask = batch()
+    expected = hidden(model, ids, mask)
+    model.save_adapter(tmp_path, "p")
+    weights = tmp_path / "pytorch_adapter.bin"
+    state = torch.load(weights, weights_only=True)
+    older = {k: v for k, v in state.items() if not k.startswith("encoder.layer.0.")}
+    assert len(older) < len(state)
+    torch.save(older, weights)
+    fresh = tiny("bert")
+    fresh.load_adapter(str(tmp_path), set_active=True)
+    torch.testing.assert_close(hidden(fresh, ids, mask), expected, atol=0, rtol=0)

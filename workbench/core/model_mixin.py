@@ -603,6 +603,7 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
             expected = self._dry_run(adapter_config, name)
         except AdapterConfigError as err:
             raise type(err)(f"{config_path}: {err}") from None
+        state = _fill_pool_copies(state, expected)
         _check_weights(state, expected, weights_path, warn=False)
         with self._engine.transaction(self):
             if replacing:  # as AdapterHub does; the old adapter comes back if this load fails
@@ -866,6 +867,27 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
 def _replace_part(union: ConfigUnion, part: AdapterConfig) -> ConfigUnion:
     """`union` with its config of `part`'s method replaced by `part`."""
     return ConfigUnion(*[part if type(c) is type(part) else c for c in union.configs])
+
+
+_POOL_COPY = re.compile(r"\.prefix_tuning\.pool\.(prefix_tunings\..+)$")
+
+
+def _fill_pool_copies(state: dict[str, torch.Tensor], shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    """Prefix tuning's pool is one module that files repeat under every attention module (AdapterHub's layout);
+    files written by workbench before it repeated them everywhere (with `leave_out`) lack some copies: they are the
+    pool's own tensors, so they are taken from a copy the file has."""
+    present: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        match = _POOL_COPY.search(key)
+        suffix = match.group(1) if match else key[key.find("prefix_tunings.") :] if ".prefix_tuning." in key else None
+        if suffix:
+            present.setdefault(suffix, tensor)
+    filled = dict(state)
+    for key in shapes:
+        match = _POOL_COPY.search(key)
+        if key not in state and match and match.group(1) in present:
+            filled[key] = present[match.group(1)]
+    return filled
 
 
 def _check_weights(state: dict[str, torch.Tensor], shapes: dict[str, tuple], source, warn: bool = True) -> None:
