@@ -236,9 +236,15 @@ def test_costs_count_parameters_and_measure_the_saved_files(model, tmp_path):
 
 
 def test_costs_of_a_full_checkpoint_are_its_weight_files(model, tmp_path):
+    """A Trainer output folder holds `training_args.bin` (a pickle of settings) beside the weights: not weights, and
+    never unpickled."""
+    from transformers import TrainingArguments
+
     model.save_pretrained(tmp_path / "full")
+    torch.save(TrainingArguments(output_dir=str(tmp_path), report_to=[]), tmp_path / "full" / "training_args.bin")
     table = costs(model, ["sst"], full_checkpoint=tmp_path / "full").set_index("setup")
-    weights = [p for p in (tmp_path / "full").rglob("*") if p.suffix in (".safetensors", ".bin")]
+    weights = [p for p in (tmp_path / "full").rglob("*") if p.suffix == ".safetensors" or p.name.startswith("pytorch_")]
+    assert not any(p.name == "training_args.bin" for p in weights)
     assert table.loc["full fine-tuned", "bytes_on_disk"] == sum(p.stat().st_size for p in weights)
     assert table.loc["full fine-tuned", "trainable_params"] >= table.loc["full model", "trainable_params"]
     with pytest.raises(ValueError, match="base model adds nothing"):

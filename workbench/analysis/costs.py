@@ -132,9 +132,9 @@ def _saved_bytes(model, adapters: list[str], fusions: list[str], heads: list[str
 def _checkpoint_row(folder: Path) -> dict:
     if not folder.is_dir():
         raise FileNotFoundError(f"full checkpoint folder {folder} does not exist")
-    weight_files = [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin")]
+    weight_files = [p for p in folder.rglob("*") if p.is_file() and _is_weight_file(p)]
     if not weight_files:
-        raise ValueError(f"{folder} holds no weight files (*.safetensors, *.bin)")
+        raise ValueError(f"{folder} holds no weight files (*.safetensors, pytorch_*.bin)")
     return {
         "setup": "full fine-tuned",
         "kind": "full checkpoint",
@@ -144,6 +144,12 @@ def _checkpoint_row(folder: Path) -> dict:
         "bytes_on_disk": sum(p.stat().st_size for p in weight_files),
         "measured": "saved files",
     }
+
+
+def _is_weight_file(path: Path) -> bool:
+    """Weights as transformers and AdapterHub name them: any `.safetensors`, and `pytorch_*.bin` (`pytorch_model.bin`,
+    `pytorch_adapter.bin`, ...). Trainer's `training_args.bin` beside them is a pickle of settings, not weights."""
+    return path.suffix == ".safetensors" or (path.suffix == ".bin" and path.name.startswith("pytorch_"))
 
 
 def _checkpoint_params(weight_files: list[Path]) -> int:
@@ -158,6 +164,9 @@ def _checkpoint_params(weight_files: list[Path]) -> int:
                     shape = handle.get_slice(key).get_shape()
                     total += int(torch.Size(shape).numel())
         else:
-            state = torch.load(path, map_location="meta", weights_only=True)
+            try:
+                state = torch.load(path, map_location="meta", weights_only=True)
+            except Exception as err:  # not a plain tensor file: never unpickled beyond tensors
+                raise ValueError(f"{path} is not a weights file that loads safely ({type(err).__name__})") from None
             total += sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
     return total
