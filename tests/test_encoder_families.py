@@ -16,6 +16,7 @@ import workbench
 from workbench import AutoAdapterModel, UnsupportedModelError
 from workbench.core.archs import ARCHITECTURES
 from workbench.core.errors import UnsupportedMethodError
+from workbench.core.plugin_interfaces import PLUGIN_INTERFACES
 
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -340,23 +341,9 @@ def test_modernbert_lora_runs_before_a_bottleneck_on_the_same_projection():
 
 
 def test_modernbert_spec_is_adapterhubs_plugin_interface():
-    """`init` with AdapterHub's ModernBERT interface (its `wrappers/interfaces.py` entry) builds the same adapters as
-    the shipped spec: same keys, same outputs (the conformance cases compare the spec with the library)."""
-    interface = workbench.AdapterModelInterface(
-        adapter_methods=["bottleneck", "lora", "reft", "invertible"],
-        model_embeddings="embeddings",
-        model_layers="layers",
-        layer_self_attn="attn",
-        layer_cross_attn=None,
-        attn_qkv_proj="Wqkv",
-        attn_o_proj="Wo",
-        layer_intermediate_proj="mlp.Wi",
-        layer_output_proj="mlp.Wo",
-        layer_pre_self_attn="attn",
-        layer_pre_ffn="mlp",
-        layer_ln_1="mlp_norm",
-        layer_ln_2=None,
-    )
+    """`init` with AdapterHub's ModernBERT plugin interface builds the same adapters as the shipped spec: same keys,
+    same outputs (the conformance cases compare the spec with the library)."""
+    interface = PLUGIN_INTERFACES["modernbert"]  # AdapterHub's (its `wrappers/interfaces.py` entry)
     outputs, keys = [], []
     for kwargs in ({}, {"interface": interface}):
         torch.manual_seed(0)

@@ -869,7 +869,8 @@ def _replace_part(union: ConfigUnion, part: AdapterConfig) -> ConfigUnion:
     return ConfigUnion(*[part if type(c) is type(part) else c for c in union.configs])
 
 
-_POOL_COPY = re.compile(r"\.prefix_tuning\.pool\.(prefix_tunings\..+)$")
+_POOL_COPY = re.compile(r"\.prefix_tuning\.pool\.(prefix_tunings\..+)$")  # a copy under an attention module
+_POOL_TENSOR = re.compile(r"(?:^|\.)prefix_tuning\.(?:pool\.)?(prefix_tunings\..+)$")  # the pool or a copy
 
 
 def _fill_pool_copies(state: dict[str, torch.Tensor], shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
@@ -878,10 +879,9 @@ def _fill_pool_copies(state: dict[str, torch.Tensor], shapes: dict[str, tuple]) 
     pool's own tensors, so they are taken from a copy the file has."""
     present: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
-        match = _POOL_COPY.search(key)
-        suffix = match.group(1) if match else key[key.find("prefix_tunings.") :] if ".prefix_tuning." in key else None
-        if suffix:
-            present.setdefault(suffix, tensor)
+        match = _POOL_TENSOR.search(key)
+        if match:
+            present.setdefault(match.group(1), tensor)
     filled = dict(state)
     for key in shapes:
         match = _POOL_COPY.search(key)
