@@ -198,7 +198,7 @@ def test_failed_download_is_one_message_and_leaves_the_model_alone(hub):
     hub.fail("/resolve/", "status", code=500)
     panel.load_button.click()
     wait_all(panel)
-    assert "AdapterLoadError" in panel.error.text and "cannot be reached" in panel.error.text
+    assert "cannot be reached" in panel.error.text and "AdapterLoadError" in panel.error.details.value
     assert "Traceback" not in panel.error.message.value and "Loading failed" in panel.status.value
     assert panel.progress.bar_style == "danger" and panel.loaded_name is None
     assert model.adapters == {} and session.model is model

@@ -130,7 +130,7 @@ def test_bad_settings_show_a_message_and_start_nothing(tmp_path):
         good = panel.params.fields[field].value
         panel.params.fields[field].value = value
         panel.view.start.click()
-        assert message in panel.error.text and "ValueError" in panel.error.text
+        assert message in panel.error.text and "ValueError" in panel.error.details.value
         assert "Traceback" in panel.error.details.value  # details on demand
         panel.params.fields[field].value = good
     panel.method_config.value = "reduction_fator=8"
@@ -149,7 +149,7 @@ def test_errors_from_the_run_show_in_the_error_box(tmp_path):
     set_up(panel, tmp_path, max_steps=2, eval_every=2)
     panel.view.start.click()
     wait_until(lambda: finished(panel))
-    assert "UnknownLabelError" in panel.error.text and panel.record is None and session.runs == []
+    assert "UnknownLabelError" in panel.error.details.value and "not in the head" in panel.error.text and panel.record is None and session.runs == []
     assert not panel.view.start.disabled
 
 

@@ -55,7 +55,7 @@ def test_a_missing_or_failing_panel_is_a_message_in_its_tab(monkeypatch):
     missing = bench.show("Compare")
     assert isinstance(missing, widgets.HTML) and "not available" in missing.value
     failing = bench.show("Train")
-    assert "RuntimeError" in failing.text and "cannot open" in failing.text
+    assert "RuntimeError" in failing.details.value and "cannot open" in failing.text
     assert isinstance(bench.show("Hub"), HubPanel)  # the others still work
 
 

@@ -1,7 +1,9 @@
-"""Pieces every panel uses: the error box, throttled updates, worker threads and the static summary."""
+"""Pieces every panel uses: inline errors, busy buttons, confirmations, throttled updates, worker threads and the
+static summary."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import threading
@@ -14,7 +16,10 @@ from IPython.display import HTML, display
 
 
 class ErrorBox(widgets.VBox):
-    """One readable line for an error, its traceback on demand (never a raw traceback in the panel)."""
+    """Plain-language feedback placed right under the control that caused it: one line (or the list of every
+    problem found), the exception and its traceback on demand, never a raw traceback in the panel.
+
+    Give each control row its own box, so the message appears where the user just clicked."""
 
     def __init__(self):
         self.message = widgets.HTML()
@@ -25,13 +30,27 @@ class ErrorBox(widgets.VBox):
         self.add_class("wb-error")
 
     def show(self, error: BaseException, context: str = "") -> None:
-        prefix = f"{html.escape(context)}: " if context else ""
-        self.message.value = (
-            f'<div style="color:#b00020"><b>{type(error).__name__}</b>: {prefix}{html.escape(str(error))}</div>'
+        """`error` as one readable sentence ("Loading the model failed: ..."), its type and traceback in Details."""
+        prefix = f"{context[:1].upper()}{context[1:]} failed: " if context else ""
+        self._show(
+            f"{html.escape(prefix)}{html.escape(plain_message(error))}",
+            "".join(traceback.format_exception(error)),
         )
-        self.details.value = "".join(traceback.format_exception(error))
+
+    def show_problems(self, problems: list[str], context: str = "") -> None:
+        """Every problem found at once (invalid fields, data checks), one bullet each."""
+        if not problems:
+            self.clear()
+            return
+        intro = f"<div>{html.escape(context)}:</div>" if context else ""
+        items = "".join(f"<li>{html.escape(problem)}</li>" for problem in problems)
+        self._show(f'{intro}<ul style="margin:0.2em 0">{items}</ul>', "\n".join(problems), details_button=False)
+
+    def _show(self, markup: str, details: str, details_button: bool = True) -> None:
+        self.message.value = f'<div style="color:#b00020">{markup}</div>'
+        self.details.value = details
         self.toggle.value = False
-        self.children = [widgets.HBox([self.message, self.toggle])]
+        self.children = [widgets.HBox([self.message, self.toggle] if details_button else [self.message])]
         self.layout.display = "flex"
 
     def clear(self) -> None:
@@ -46,6 +65,16 @@ class ErrorBox(widgets.VBox):
     def _toggled(self, change) -> None:
         if self.children:
             self.children = [self.children[0], self.details] if change["new"] else [self.children[0]]
+
+
+def plain_message(error: BaseException) -> str:
+    """What a person reads for `error`: its own message without the exception's class name (that goes to the
+    details); the first line of a multi-line message; the class name only when the message is empty."""
+    text = str(error).strip()
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        text = str(error.args[0])
+    first = text.splitlines()[0] if text else ""
+    return first or type(error).__name__
 
 
 def _strip_tags(markup: str) -> str:
@@ -76,6 +105,78 @@ def guarded(error_box: ErrorBox, context: str = ""):
         return run
 
     return wrap
+
+
+def set_busy(button: widgets.Button, busy: bool, label: str | None = None) -> None:
+    """Show `button` as working (disabled, a spinning icon, `label` as its text) or restore it."""
+    if busy:
+        if not hasattr(button, "_wb_idle"):
+            button._wb_idle = (button.description, button.icon, button.disabled)
+        button.disabled, button.icon = True, "spinner spin"
+        button.description = label or button.description
+        button.add_class("wb-busy")
+    elif hasattr(button, "_wb_idle"):
+        button.description, button.icon, button.disabled = button._wb_idle
+        del button._wb_idle
+        button.remove_class("wb-busy")
+
+
+@contextlib.contextmanager
+def busy(button: widgets.Button, label: str | None = None):
+    """`with busy(button, "Loading..."):` shows the button as working for the block's duration."""
+    set_busy(button, True, label)
+    try:
+        yield
+    finally:
+        set_busy(button, False)
+
+
+def explain_disabled(button: widgets.Button, reason: str | None, hint: widgets.HTML | None = None) -> None:
+    """Disable `button` while `reason` says why it cannot act (as its tooltip and in `hint`, a line beside it);
+    enable it when `reason` is None."""
+    button.disabled = reason is not None
+    button.tooltip = reason or ""
+    if hint is not None:
+        hint.value = f'<span class="wb-hint" style="color:#666">{html.escape(reason)}</span>' if reason else ""
+
+
+class Confirm(widgets.HBox):
+    """An inline "are you sure?" beside the control: the consequence, a confirm button and Cancel.
+
+    `confirm.ask("Replace the model? 3 adapters will be lost.", on_yes, "Replace")` shows it; a click on the
+    confirm button hides it and runs `on_yes`, Cancel only hides it."""
+
+    def __init__(self):
+        self.message = widgets.HTML()
+        self.yes = widgets.Button(description="Confirm", button_style="warning")
+        self.no = widgets.Button(description="Cancel")
+        self._action: Callable[[], None] | None = None
+        self.yes.on_click(self._confirmed)
+        self.no.on_click(lambda _: self.dismiss())
+        self.yes.add_class("wb-confirm-yes")
+        self.no.add_class("wb-confirm-no")
+        super().__init__([self.message, self.yes, self.no], layout=widgets.Layout(display="none"))
+        self.add_class("wb-confirm")
+
+    def ask(self, message: str, on_yes: Callable[[], None], confirm_label: str = "Confirm") -> None:
+        self.message.value = f'<span style="color:#8a4b00">{html.escape(message)}</span>'
+        self.yes.description = confirm_label
+        self._action = on_yes
+        self.layout.display = "flex"
+
+    @property
+    def asking(self) -> bool:
+        return self.layout.display != "none"
+
+    def dismiss(self) -> None:
+        self._action = None
+        self.layout.display = "none"
+
+    def _confirmed(self, _=None) -> None:
+        action = self._action
+        self.dismiss()
+        if action is not None:
+            action()
 
 
 class Throttle:

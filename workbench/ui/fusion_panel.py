@@ -19,8 +19,9 @@ from workbench.analysis import fusion_attention
 
 from .code import RunSpec
 from .common import ErrorBox, StaticSummary, figure_output, guarded, show_figure
+from .run_view import RunView
 from .session import Session, default_session
-from .train_panel import DataPicker, HyperParams, RunView, TaskColumns, device_name
+from .train_inputs import DataPicker, HyperParams, TaskColumns, device_name
 
 SAMPLE_TEXTS = 4  # texts taken from the data for the heatmap when none are typed in
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CHANGES = ("model", "adapters", "runs", "active_run")
+# plotly's default qualitative palette, so a run keeps its colour across the panels' plots
+RUN_COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff")
 
 
 @dataclass
@@ -26,6 +28,11 @@ class ActiveRun:
     def running(self) -> bool:
         return self.thread.is_alive()
 
+    @property
+    def in_progress(self) -> bool:
+        """Whether the run is still training (its worker may live on briefly after the record is in)."""
+        return self.running and self.record is None and self.error is None
+
 
 class Session:
     """The state shared by the panels of one workbench.
@@ -42,6 +49,7 @@ class Session:
         self.run_curves: dict[str, list] = {}  # run name -> its events, for overlaying earlier runs
         self.full_checkpoint: str | None = None  # folder of a full fine-tuned model, for Compare
         self.active_run: ActiveRun | None = None
+        self._colours: dict[str, str] = {}
         self._listeners: list[Callable[[str], None]] = []
 
     def on_change(self, callback: Callable[[str], None]) -> None:
@@ -52,6 +60,17 @@ class Session:
             raise ValueError(f"unknown change {what!r}: use one of {', '.join(CHANGES)}")
         for callback in list(self._listeners):
             callback(what)
+
+    def run_in_progress(self) -> ActiveRun | None:
+        """The run training now, or None: the model must not be replaced or its adapters deleted under it."""
+        run = self.active_run
+        return run if run is not None and run.in_progress else None
+
+    def colour(self, run_name: str) -> str:
+        """The colour of run `run_name` in every plot of every panel: given on first use, kept for the session."""
+        if run_name not in self._colours:
+            self._colours[run_name] = RUN_COLOURS[len(self._colours) % len(RUN_COLOURS)]
+        return self._colours[run_name]
 
     def set_model(self, model, tokenizer, source: str | None = None) -> None:
         self.model, self.tokenizer, self.source = model, tokenizer, source

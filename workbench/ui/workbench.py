@@ -95,8 +95,8 @@ class Workbench(widgets.VBox):
 
         model = html.escape(model_label(self.session))
         adapters = list(getattr(self.session.model, "adapters", {}) or {}) if self.session.model is not None else []
-        run = self.session.active_run
-        running = f" &middot; {run.kind} run in progress" if run is not None and run.running else ""
+        run = self.session.run_in_progress()
+        running = f" &middot; {run.kind} run in progress" if run is not None else ""
         self.title.value = (
             f'<div style="font-size:1.2em"><b>Adapter Workbench</b></div>'
             f'<div style="color:#555">Model: {model} &middot; adapters: {len(adapters)}'
