@@ -346,7 +346,7 @@ def test_the_family_choice_comes_from_the_registry_and_offers_a_checkpoint(monke
     from workbench.core.support import EXAMPLE_CHECKPOINTS
 
     panel = ModelPanel(Session())
-    assert {value for _, value in panel.family.options} == {None, *ARCHITECTURES}
+    assert {value for _, value in panel.family.options} == {"", *ARCHITECTURES}
     panel.family.value = "gpt2"
     assert panel.hub_id.value == EXAMPLE_CHECKPOINTS["gpt2"] and "GPT-2" in panel.hub_id.placeholder
     monkeypatch.setitem(ARCHITECTURES, "wb_new_family", ARCHITECTURES["llama"])  # merged later, no example yet
@@ -401,11 +401,15 @@ def test_replacing_a_model_with_adapters_asks_first_and_cancel_keeps_everything(
     panel.confirm.no.click()
     assert not panel.confirm.asking and tiny_session.model is model and list(model.adapters) == ["a", "b", "lora1"]
     assert heard == []
+    panel.composer.pick("a")
+    panel.composer.activate_button.click()
+    assert "Active" in panel.composer.row.result.value
     panel.default_button.click()
     panel.confirm.yes.click()
     wait(panel.worker)
     assert panel.error.text == "" and tiny_session.model is not model and tiny_session.source == minilm_path()
-    assert heard == ["model"] and panel.adapters.options == ()
+    assert heard[-1] == "model" and panel.adapters.options == ()
+    assert panel.composer.row.result.value == "" and panel.composer.order == []  # nothing said about the old model
     assert not panel.default_button.disabled and panel.default_button.description == "Offline default MiniLM"
 
 

@@ -21,7 +21,9 @@ class ControlRow(widgets.VBox):
     """One row of controls with, right beside it, a grey line saying why a button cannot act, and right under it
     its own ErrorBox (so feedback appears where the user clicked)."""
 
-    def __init__(self, controls: list, css: str, below: list | None = None):
+    def __init__(self, controls: list, css: str, below: list | None = None, label: str = ""):
+        if label:  # a short name for the row, so rows of bare text fields read as what they do
+            controls = [widgets.HTML(f"<b>{html.escape(label)}</b>", layout=widgets.Layout(width="5em")), *controls]
         self.hint = widgets.HTML()
         self.result = widgets.HTML()
         self.error = ErrorBox()
@@ -100,17 +102,19 @@ class AdapterActions(widgets.VBox):
         self.new_config = widgets.Text(value="seq_bn", placeholder="config, e.g. lora or seq_bn[reduction_factor=8]")
         self.new_config.layout = wide
         self.add_button = widgets.Button(description="Add adapter", icon="plus")
-        self.add_row = ControlRow([self.new_name, self.new_config, self.add_button], "wb-model-add-row")
+        self.add_row = ControlRow([self.new_name, self.new_config, self.add_button], "wb-model-add-row", label="Add")
         self.add_button.on_click(guarded(self.add_row.error, "adding the adapter")(lambda _: self.add()))
 
         self.delete_button = widgets.Button(description="Delete adapter", icon="trash")
         self.delete_confirm = Confirm()
-        self.delete_row = ControlRow([self.delete_button], "wb-model-delete-row", below=[self.delete_confirm])
+        self.delete_row = ControlRow(
+            [self.delete_button], "wb-model-delete-row", below=[self.delete_confirm], label="Delete"
+        )
         self.delete_button.on_click(guarded(self.delete_row.error, "deleting the adapter")(lambda _: self.delete()))
 
         self.merge_button = widgets.Button(description="Merge LoRA", icon="compress")
         self.unmerge_button = widgets.Button(description="Unmerge", icon="expand")
-        self.merge_row = ControlRow([self.merge_button, self.unmerge_button], "wb-model-merge-row")
+        self.merge_row = ControlRow([self.merge_button, self.unmerge_button], "wb-model-merge-row", label="LoRA")
         self.merge_button.on_click(guarded(self.merge_row.error, "merging")(lambda _: self.merge()))
         self.unmerge_button.on_click(guarded(self.merge_row.error, "unmerging")(lambda _: self.unmerge()))
 
@@ -121,13 +125,15 @@ class AdapterActions(widgets.VBox):
         )
         self.average_button = widgets.Button(description="Average", icon="balance-scale")
         self.average_row = ControlRow(
-            [self.average_of, self.average_strategy, self.average_name, self.average_button], "wb-model-average-row"
+            [self.average_of, self.average_strategy, self.average_name, self.average_button],
+            "wb-model-average-row",
+            label="Average",
         )
         self.average_button.on_click(guarded(self.average_row.error, "averaging")(lambda _: self.average()))
 
         self.save_folder = widgets.Text(placeholder="folder to save the selected adapter to", layout=wide)
         self.save_button = widgets.Button(description="Save adapter", icon="save")
-        self.save_row = ControlRow([self.save_folder, self.save_button], "wb-model-save-row")
+        self.save_row = ControlRow([self.save_folder, self.save_button], "wb-model-save-row", label="Save")
         self.save_button.on_click(guarded(self.save_row.error, "saving")(lambda _: self.save()))
 
         self.repo_id = widgets.Text(placeholder="Hub repo, e.g. your-name/bert-sst2", layout=wide)
@@ -136,7 +142,9 @@ class AdapterActions(widgets.VBox):
         self.token = widgets.Password(placeholder="token (default: HF_TOKEN or hf auth login)")
         self.token.layout = wide
         self.push_button = widgets.Button(description="Push to Hub", icon="cloud-upload")
-        self.push_row = ControlRow([self.repo_id, self.private, self.token, self.push_button], "wb-model-push-row")
+        self.push_row = ControlRow(
+            [self.repo_id, self.private, self.token, self.push_button], "wb-model-push-row", label="Push"
+        )
         self.push_button.on_click(guarded(self.push_row.error, "pushing to the Hub")(lambda _: self.push()))
 
         for widget, name in (
@@ -157,6 +165,7 @@ class AdapterActions(widgets.VBox):
         ):
             widget.add_class(f"wb-model-{name}")
         self.delete_confirm.add_class("wb-model-delete-confirm")
+        self.rows = (self.add_row, self.delete_row, self.merge_row, self.average_row, self.save_row, self.push_row)
         super().__init__(
             [
                 widgets.HTML("<b>Manage adapters</b> (the selected adapter above)"),

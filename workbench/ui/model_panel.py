@@ -89,12 +89,15 @@ class ModelPanel(widgets.VBox):
         wide = widgets.Layout(width="28em")
         # the families the engine has a spec for, from its registry: a family added there is offered here too
         self.family = widgets.Dropdown(
-            options=[("any family", None), *model_families()], value=None, description="Family", layout=wide
+            options=[("any family", ""), *model_families()], value="", description="Family", layout=wide
         )
         self.family.add_class("wb-model-family")
         self.family.observe(self._family_chosen, "value")
         self.auto_describe = widgets.Checkbox(
-            value=False, description='describe other decoders automatically (interface="auto")', indent=False
+            value=False,
+            description='describe other decoders automatically (interface="auto")',
+            indent=False,
+            layout=widgets.Layout(width="auto"),
         )
         self.auto_describe.add_class("wb-model-auto")
         self.hub_id = widgets.Text(placeholder="Hub id, e.g. bert-base-uncased", layout=wide)
@@ -222,7 +225,7 @@ class ModelPanel(widgets.VBox):
         from workbench.core.support import EXAMPLE_CHECKPOINTS, display_name
 
         model_type = change["new"]
-        if model_type is None:
+        if not model_type:  # "any family" (an empty value: a None value shows as a blank dropdown)
             return
         self.hub_id.value = EXAMPLE_CHECKPOINTS.get(model_type, "")
         self.hub_id.placeholder = f"Hub id of a {display_name(model_type)} model"
@@ -261,6 +264,10 @@ class ModelPanel(widgets.VBox):
     # --- showing the model ----------------------------------------------------------------------------
 
     def _session_changed(self, what: str) -> None:
+        if what == "model":  # what the rows said was about the model that is gone
+            for row in (self.activate_row, *self.actions.rows, self.composer.row):
+                row.say("")
+                row.error.clear()
         if what in ("model", "adapters", "runs"):
             self.refresh()
         elif what == "active_run":
