@@ -309,6 +309,19 @@ def test_push_to_the_fake_hub_and_a_refused_token_is_shown_inline(fake_hub, tmp_
     assert "repo: give a Hub repo id" in actions.push_row.error.text
 
 
+def test_push_uses_the_environment_token_when_none_is_typed(fake_hub, monkeypatch):
+    fake_hub.add_user("alice", "hf_alice_write")
+    monkeypatch.setenv("HF_TOKEN", "hf_alice_write")
+    model = tiny_adapter_model("bert")
+    model.add_adapter("lora1", config="lora")
+    panel = ModelPanel(Session(model=model))
+    panel.adapters.value = "lora1"
+    panel.actions.repo_id.value = "alice/lora1"
+    wait(panel.actions.push())
+    assert panel.actions.push_row.error.text == "" and "adapter_config.json" in fake_hub.files("alice/lora1")
+    assert fake_hub.info("alice/lora1")["private"] is False
+
+
 def test_offline_default_minilm_loads_in_a_worker_and_other_panels_hear_of_it():
     session = Session()
     heard = []
@@ -489,3 +502,53 @@ def test_a_run_started_while_the_model_loads_keeps_its_model(tiny_session, monke
     wait(panel.load_default(replace=True))
     assert tiny_session.model is model and "training on this model" in panel.error.text
     runs[0].end()
+
+
+def test_a_load_shows_a_spinner_on_the_clicked_button_and_the_error_under_it(monkeypatch, tmp_path):
+    from workbench.ui import model_panel
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_failing_load(source, interface=None):
+        started.set()
+        release.wait(30)
+        raise OSError(f"cannot reach the Hub for {source}")  # whatever the engine raises is shown as it is
+
+    monkeypatch.setattr(model_panel, "load_base_model", slow_failing_load)
+    panel = ModelPanel(Session())
+    panel.hub_id.value = "org/some-model"
+    panel.hub_button.click()
+    assert started.wait(30)
+    assert panel.hub_button.icon == "spinner spin" and panel.hub_button.description == "Loading..."
+    assert panel.hub_button.disabled and panel.folder_button.disabled and panel.default_button.disabled
+    release.set()
+    wait(panel.worker)
+    assert panel.hub_button.icon == "cloud-download" and panel.hub_button.description == "Load from Hub"
+    assert not panel.hub_button.disabled and not panel.default_button.disabled
+    assert panel.error.text == "Loading org/some-model failed: cannot reach the Hub for org/some-model"
+    assert "OSError" in panel.error.details.value
+
+
+def test_percentages_are_of_the_base_model_and_do_not_move_when_adapters_are_added():
+    from workbench.ui.model_panel import adapter_percentages
+
+    model = tiny_adapter_model("bert")
+    base = sum(p.numel() for p in model.parameters())
+    model.add_adapter("a", config="seq_bn")
+    first = adapter_percentages(model)["a"]
+    assert first[1] == pytest.approx(first[0] / base * 100)
+    model.add_adapter("b", config="lora")
+    model.add_classification_head("b", num_labels=2)
+    assert adapter_percentages(model)["a"] == first
+    panel = ModelPanel(Session(model=model))
+    assert f"<td>{first[1]:.3f}</td>" in panel.summary.value and "base model" in panel.children[-2].value
+
+
+def test_a_click_on_the_pickers_replaces_a_typed_setup_and_a_refresh_keeps_it(tiny_session):
+    panel = ModelPanel(tiny_session)
+    composer = panel.composer
+    composer.text.value = "Parallel(a, b)"
+    tiny_session.notify("adapters")  # other panels' changes do not wipe what was typed
+    assert composer.text.value == "Parallel(a, b)"
+    composer.pick("b")
+    assert composer.text.value == 'Stack("b")' and "Stack(&quot;b&quot;)" in composer.preview.value

@@ -21,7 +21,7 @@ from workbench.analysis import fusion_attention
 
 from .code import RunSpec
 from .common import ErrorBox, StaticSummary, explain_disabled, figure_output, guarded, show_figure
-from .model_adapters import ControlRow, change_refused, check_change_allowed
+from .controls import ControlRow, change_refused, check_change_allowed
 from .run_view import RunView
 from .session import Session, default_session
 from .train_inputs import DataPicker, HyperParams, TaskColumns, device_name

@@ -12,7 +12,7 @@ import json
 import ipywidgets as widgets
 
 from .common import guarded
-from .model_adapters import ControlRow, change_refused, check_change_allowed
+from .controls import ControlRow, change_refused, check_change_allowed
 from .session import Session
 
 # block kind -> (its parameter, the field's placeholder, required); None: the block takes no parameter
@@ -128,7 +128,7 @@ class ComposeRow(widgets.VBox):
             button.observe(lambda change, name=name: self._toggled(name, change["new"]), "value")
             buttons.append(button)
         self.picks.children = buttons
-        self._changed()
+        self._changed(rewrite=False)  # a typed setup stays
 
     def pick(self, *names: str) -> None:
         """Click the adapters `names` in this order (as the toggle buttons do)."""
@@ -158,7 +158,8 @@ class ComposeRow(widgets.VBox):
         self.option.value = ""  # weights, batch sizes and split positions mean different things
         self._changed()
 
-    def _changed(self, _change=None) -> None:
+    def _changed(self, _change=None, rewrite: bool = True) -> None:
+        """The pickers changed: the text shows their expression (a click on them replaces a typed setup)."""
         spec = KINDS[self.kind.value]
         self.option.layout.display = "none" if spec is None else "flex"
         self.option.placeholder = spec[1] if spec else ""
@@ -166,7 +167,7 @@ class ComposeRow(widgets.VBox):
             built = expression(self.picked_block()) if self.order else ""
         except ValueError:
             built = self._auto_text  # keep the text; refresh() says what is wrong
-        if self.text.value in ("", self._auto_text):
+        if rewrite or self.text.value in ("", self._auto_text):
             self._auto_text = built
             self.text.value = built
         self.refresh()

@@ -9,7 +9,8 @@ import threading
 import ipywidgets as widgets
 
 from .common import Confirm, StaticSummary, explain_disabled, guarded, html_table, set_busy, start_worker
-from .model_adapters import AdapterActions, ControlRow, change_refused, check_change_allowed
+from .controls import ControlRow, change_refused, check_change_allowed
+from .model_adapters import AdapterActions
 from .model_compose import ComposeRow, expression
 from .session import Session, default_session
 
