@@ -54,6 +54,17 @@ def _replace_flow(page, lab) -> None:
     page.locator(".wb-model-compose").first.click()
     _wait_for_text(page, ".wb-model-active", 'Stack("en", "sst-2")', 30)
 
+    page.locator(".wb-model-compose-kind select").first.select_option("Fuse")  # no fusion layer is made for it
+    _wait_for_text(page, ".wb-model-compose-preview", 'Fuse("en", "sst-2")', 30)
+    add_fusion = page.locator(".wb-model-add-fusion").first
+    add_fusion.wait_for(state="visible", timeout=30_000)
+    assert page.locator(".wb-model-compose").first.is_disabled()
+    assert "no fusion layer 'en,sst-2'" in page.locator(".wb-model-compose-row-hint").first.inner_text()
+    screenshot(page, "browser-model-fuse-needs-a-layer")
+    add_fusion.click()
+    _wait_for_text(page, ".wb-model-compose-row-result", "untrained fusion layer 'en,sst-2'", 30)
+    _wait_for_text(page, ".wb-model-active", 'Stack("en", "sst-2")', 30)  # added, not activated
+
     page.locator(".wb-model-default").first.click()
     confirm = page.locator(".wb-model-replace-confirm").first
     confirm.wait_for(state="visible", timeout=30_000)

@@ -501,7 +501,10 @@ def test_a_run_started_while_the_model_loads_keeps_its_model(tiny_session, monke
     monkeypatch.setattr(model_panel, "load_base_model", slow_load)
     wait(panel.load_default(replace=True))
     assert tiny_session.model is model and "training on this model" in panel.error.text
+    assert panel.default_button.disabled and "training on this model" in panel.default_button.tooltip
+    assert panel.default_button.description == "Offline default MiniLM"  # no longer busy
     runs[0].end()
+    assert not panel.default_button.disabled
 
 
 def test_a_load_shows_a_spinner_on_the_clicked_button_and_the_error_under_it(monkeypatch, tmp_path):

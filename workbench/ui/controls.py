@@ -17,6 +17,10 @@ class ControlRow(widgets.VBox):
     def __init__(self, controls: list, css: str, below: list | None = None, label: str = ""):
         if label:  # a short name for the row, so rows of bare text fields read as what they do
             controls = [widgets.HTML(f"<b>{html.escape(label)}</b>", layout=widgets.Layout(width="5em")), *controls]
+        for control in controls:  # buttons keep their label whole however long the hint beside them
+            if isinstance(control, widgets.Button):
+                control.layout.width = control.layout.width or "auto"
+                control.layout.flex = "0 0 auto"
         self.hint = widgets.HTML()
         self.result = widgets.HTML()
         self.error = ErrorBox()

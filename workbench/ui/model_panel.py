@@ -75,6 +75,7 @@ class ModelPanel(widgets.VBox):
         if model is not None:
             self.session.set_model(model, tokenizer, getattr(model.config, "name_or_path", None) or None)
         self.worker: threading.Thread | None = None
+        self.loading = False  # a load is running (its buttons are busy)
         self.static = StaticSummary()
         self._build()
         super().__init__(self._layout())
@@ -185,7 +186,7 @@ class ModelPanel(widgets.VBox):
 
     def _load_or_ask(self, source: str, label: str, replace: bool, button) -> threading.Thread | None:
         check_change_allowed(self.session)
-        if self.worker is not None and self.worker.is_alive():
+        if self.loading:
             raise RuntimeError("a model is still loading; wait for it to finish")
         names = list(getattr(self.session.model, "adapters", {}) or {}) if self.session.model is not None else []
         if names and not replace:
@@ -233,6 +234,7 @@ class ModelPanel(widgets.VBox):
 
     def _set_loading(self, loading: bool, button) -> None:
         """The clicked button spins; the other load buttons wait."""
+        self.loading = loading
         for other in (self.hub_button, self.folder_button, self.default_button):
             if other is button:
                 set_busy(other, loading, "Loading...")
@@ -305,8 +307,7 @@ class ModelPanel(widgets.VBox):
         """Every button that cannot act now is disabled and says why."""
         model = self.session.model
         refused = change_refused(self.session)
-        loading = self.worker is not None and self.worker.is_alive()
-        if not loading:
+        if not self.loading:
             for button in (self.hub_button, self.folder_button):
                 explain_disabled(button, refused)
             self.load_row.explain({self.default_button: refused})
