@@ -555,3 +555,40 @@ def test_a_click_on_the_pickers_replaces_a_typed_setup_and_a_refresh_keeps_it(ti
     assert composer.text.value == "Parallel(a, b)"
     composer.pick("b")
     assert composer.text.value == 'Stack("b")' and "Stack(&quot;b&quot;)" in composer.preview.value
+
+
+def test_a_real_run_blocks_model_replacement_until_it_ends(tmp_path):
+    """A real (tiny) fusion run, held at its first step: the Model panel refuses to replace or change the model it
+    trains, the header says a run is in progress; once it ends, both are back to normal."""
+    from test_train import keyword_frame
+    from test_ui_fusion import session_with_adapters
+    from test_ui_train import gate_at, set_up, wait_until
+
+    from workbench.ui import Workbench
+    from workbench.ui.fusion_panel import FusionPanel
+
+    session = session_with_adapters("a", "b")
+    model = session.model
+    bench = Workbench(session, tab="Model")
+    panel = bench.panels["Model"]
+    gate, reached, release = gate_at(1)
+    fusion = FusionPanel(session, data=keyword_frame(24), callbacks=[gate])
+    fusion.adapters.value = ("a", "b")
+    set_up(fusion, tmp_path, max_steps=2, eval_every=2)
+    fusion.view.start.click()
+    try:
+        assert reached.wait(60)
+        assert "fusion run in progress" in bench.title.value
+        assert panel.default_button.disabled and "fusion run is training" in panel.default_button.tooltip
+        panel.default_button.click()
+        panel.adapters.value = "a"
+        panel.actions.delete_button.click()
+        assert not panel.confirm.asking and not panel.actions.delete_confirm.asking
+        assert "fusion run is training" in panel.error.text and panel.worker is None
+        assert "fusion run is training" in panel.actions.delete_row.error.text
+    finally:
+        release.set()
+    wait_until(lambda: session.run_in_progress() is None and session.runs)
+    assert session.model is model and list(model.adapters) == ["a", "b"]
+    assert "run in progress" not in bench.title.value and "runs: 1" in bench.title.value
+    assert not panel.default_button.disabled and not panel.actions.delete_button.disabled
