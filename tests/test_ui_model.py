@@ -112,6 +112,12 @@ def test_compositions_are_built_in_click_order_and_shown_as_the_expression(tiny_
     assert composer.text.value == 'BatchSplit("b", "a", batch_sizes=[1, 2])'
     composer.activate_button.click()
     assert composer.row.error.text == "" and model.active_adapters == BatchSplit("b", "a", batch_sizes=[1, 2])
+    composer.kind.value = "Split"
+    assert composer.option.value == "" and "tokens per adapter" in composer.option.placeholder
+    composer.option.value = "3"  # one number: the same for each adapter
+    assert composer.text.value == 'Split("b", "a", splits=[3, 3])'
+    composer.option.value = "1, 2, 3"
+    assert "Split has 2 children but splits=[1, 2, 3] has 3" in hint(composer.row)
 
 
 def test_a_typed_setup_and_its_errors_show_next_to_the_row(tiny_session):
@@ -230,6 +236,7 @@ def test_merge_only_for_lora_and_unmerge_restores_the_weights(tiny_session):
     assert actions.merge_row.error.text == "" and "Merged" in actions.merge_row.result.value
     assert torch.allclose(model(input_ids=inputs).logits, with_lora, atol=1e-5)
     actions.unmerge_button.click()
+    assert "Unmerged 'lora1'" in html.unescape(actions.merge_row.result.value)
     assert torch.equal(model(input_ids=inputs).logits, base)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items() if k in weights)
 

@@ -52,6 +52,7 @@ class AdapterActions(widgets.VBox):
         from workbench.core.merging import STRATEGIES
 
         self.session, self.selected = session, selected
+        self.merged: str | None = None  # the adapter merged from this panel (code may merge others)
         self.pusher: threading.Thread | None = None
         wide = widgets.Layout(width="16em")
 
@@ -179,12 +180,15 @@ class AdapterActions(widgets.VBox):
         if reason:
             raise ValueError(reason)
         model.merge_adapter(name)
+        self.merged = name
         self._done(self.merge_row, f"Merged {_q(name)} into the base weights (Unmerge restores them)")
 
     def unmerge(self) -> None:
         """Restore the base weights of a merged LoRA adapter (`reset_adapter`)."""
         self._model_to_change().reset_adapter()
-        self._done(self.merge_row, "Unmerged: the base weights are as before the merge")
+        what = f"Unmerged {_q(self.merged)}" if self.merged else "Reset (reset_adapter)"
+        self.merged = None
+        self._done(self.merge_row, f"{what}: the base weights are exactly as before any merge")
 
     def average(self, name: str | None = None, adapters: str | None = None, strategy: str | None = None) -> str:
         """Add adapter `name` averaging the weights of `adapters` ("a, b" or "a=0.7, b=0.3")."""

@@ -21,8 +21,8 @@ KINDS = {
     "Parallel": None,
     "Fuse": None,
     "Average": ("weights", "weights, e.g. 0.7, 0.3 (default: equal)", False),
-    "BatchSplit": ("batch_sizes", "rows per adapter, e.g. 2, 2", True),
-    "Split": ("splits", "split position(s), e.g. 64", True),
+    "BatchSplit": ("batch_sizes", "batch rows per adapter, e.g. 2 (each) or 2, 6", True),
+    "Split": ("splits", "tokens per adapter, e.g. 64 (each) or 32, 96", True),
 }
 
 

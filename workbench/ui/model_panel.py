@@ -268,6 +268,7 @@ class ModelPanel(widgets.VBox):
 
     def _session_changed(self, what: str) -> None:
         if what == "model":  # what the rows said was about the model that is gone
+            self.actions.merged = None
             for row in (self.activate_row, *self.actions.rows, self.composer.row):
                 row.say("")
                 row.error.clear()
