@@ -341,3 +341,30 @@ def test_nothing_chosen_disables_with_a_reason(run_session):
     assert panel.run_button.disabled and "nothing chosen" in panel.run_hint.value
     panel.runs.value = ("full:kw",)
     assert not panel.run_button.disabled
+
+
+def test_train_panel_baseline_then_compare(tmp_path):
+    """The Train panel's "also run a full fine-tuning baseline", then Compare in the same session: both runs, the
+    full one through its own classification head, with label names."""
+    from test_train import keyword_frame
+    from test_ui_train import finished, new_session, set_up, wait_until
+
+    from workbench.ui.train_panel import TrainPanel
+
+    session = new_session()
+    compare = ComparePanel(session)
+    assert compare.run_button.disabled  # no runs, nothing chosen
+    train = TrainPanel(session, data=keyword_frame(32))
+    set_up(train, tmp_path, max_steps=3, eval_every=3)
+    train.baseline.value = True
+    train.view.start.click()
+    wait_until(lambda: len(session.runs) == 2 and finished(train), timeout=120)
+    wait_until(lambda: not compare.run_button.disabled)
+    assert compare.runs.value == ("adapter:my_adapter", "full:my_adapter")
+    compare.texts.value = "w5 w6 w7"
+    compare.run_button.click()
+    assert compare.error.text == ""
+    for name in ("adapter:my_adapter", "full:my_adapter"):
+        [prediction] = compare.predictions[name]
+        assert prediction.kind == "classification" and prediction.label in {"no", "yes"}
+    assert len(compare.plot.outputs) == 1

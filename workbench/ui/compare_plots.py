@@ -45,10 +45,8 @@ def accuracy_cost_figure(table: pd.DataFrame, colour: Callable[[str], str]):
         fig.add_scatter(
             x=[row.bytes_on_disk],
             y=[row.score],
-            mode="markers+text",
+            mode="markers",
             name=row.run,
-            text=[row.run],
-            textposition="top center",
             marker={"size": 14, "color": colour(row.run)},
             hovertemplate=(
                 f"<b>{row.run}</b><br>{row.metric} %{{y:.1%}}<br>{si_bytes(row.bytes_on_disk)} on disk<br>"
