@@ -368,3 +368,27 @@ def test_train_panel_baseline_then_compare(tmp_path):
         [prediction] = compare.predictions[name]
         assert prediction.kind == "classification" and prediction.label in {"no", "yes"}
     assert len(compare.plot.outputs) == 1
+
+
+def test_a_run_for_another_model_is_named_and_the_others_still_compared(trained, tmp_path):
+    import json
+    import shutil
+
+    model, tokenizer, adapter_run, full_run = trained
+    folder = tmp_path / "final"
+    shutil.copytree(adapter_run.saved_path, folder)
+    config_path = folder / "kw" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(hidden_size=64, model_name="")
+    config_path.write_text(json.dumps(config))
+    other = _renamed(adapter_run, "adapter:other")
+    other.saved_path = str(folder)
+    session = Session(model=model, tokenizer=tokenizer)
+    for record in (adapter_run, other, full_run):
+        session.add_run(record)
+    panel = ComparePanel(session)
+    panel.run_button.click()
+    assert "adapter:other" in panel.error.text and "hidden size 64" in panel.error.text
+    assert list(panel.outputs.columns) == ["adapter:kw", "full:kw"]
+    assert list(panel.results["name"]) == ["adapter:kw", "full:kw"]
+    assert list(model.adapters) == ["kw"]  # nothing was loaded for the refused run

@@ -151,6 +151,7 @@ def run_model(model, tokenizer, record, cache: CheckpointCache | None = None) ->
     if model is None:
         raise ValueError(f"run {record.name!r}: no model to put its adapter on (load the run's base model)")
     [adapter] = plan["adapters"]
+    _check_same_model(model, folder / adapter, record.name)
     if _holds_saved_adapter(model, folder / adapter, adapter, plan["head"]):
         yield TrainedModel(model, tokenizer, adapter, plan["head"])
         return
@@ -162,6 +163,21 @@ def run_model(model, tokenizer, record, cache: CheckpointCache | None = None) ->
         if temporary in getattr(model, "heads", {}):
             model.delete_head(temporary)
         model.delete_adapter(temporary)
+
+
+def _check_same_model(model, folder: Path, run: str) -> None:
+    """Refuse an adapter saved for another base model (its config names the model and its hidden size)."""
+    path = folder / files.CONFIG_NAME
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    config = getattr(model, "config", None)
+    ours = getattr(config, "name_or_path", "") or ""
+    if saved.get("model_name") and ours and saved["model_name"] != ours:
+        raise ValueError(f"run {run!r} trained an adapter for {saved['model_name']}; the model is {ours}")
+    hidden = getattr(config, "hidden_size", None)
+    if saved.get("hidden_size") and hidden and saved["hidden_size"] != hidden:
+        raise ValueError(
+            f"run {run!r} trained an adapter for a model of hidden size {saved['hidden_size']}; the model has {hidden}"
+        )
 
 
 def _holds_saved_adapter(model, folder: Path, adapter: str, head: str) -> bool:

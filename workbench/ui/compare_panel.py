@@ -37,6 +37,7 @@ from .common import (
     figure_output,
     guarded,
     html_table,
+    plain_message,
     set_busy,
     show_figure,
     start_worker,
@@ -310,7 +311,13 @@ class ComparePanel(widgets.VBox):
         model, tokenizer = self._model() if setups else (self.session.model, self.session.tokenizer)
         with busy(self.run_button, "Comparing..."):
             self.status.value = "Running the texts through each run and setup..."
-            predictions = run_predictions(model, tokenizer, runs, texts, self.checkpoints)
+            predictions, problems = {}, []
+            for record in runs:  # one run that cannot be compared does not hide the others
+                try:
+                    predictions.update(run_predictions(model, tokenizer, [record], texts, self.checkpoints))
+                except Exception as err:
+                    problems.append(f"{record.name}: {plain_message(err)}")
+            runs = [r for r in runs if r.name in predictions]
             for setup in setups:
                 predictions[setup_label(setup)] = predict(model, tokenizer, texts, setup=setup)
             if full is not None:
@@ -328,6 +335,7 @@ class ComparePanel(widgets.VBox):
         self._basis = {**self._current_basis(), "shown": list(predictions)}
         self._show_results(runs)
         self.status.value = f"Compared {len(predictions)} runs and setups on {len(texts)} texts."
+        self.error.show_problems(problems, "Some runs could not be compared")
         self.stale.value = ""
         self.static.update(self.summary_html())
 
