@@ -78,18 +78,18 @@ def _compare_flow(page, lab) -> None:
     panel.locator(".wb-compare-run").first.click()
     table = panel.locator(".wb-compare-table table")
     table.wait_for(timeout=60_000)
+    headers = [h.strip() for h in table.locator("thead th").all_inner_texts()]
+    assert headers == ["", "adapter:sentiment", "full:sentiment"]  # a column per run
     rows = {}
     for row in table.locator("tbody tr").all():
         cells = row.locator("td").all_inner_texts()
-        rows[cells[0]] = cells
-    assert set(rows) == {"adapter:sentiment", "full:sentiment"}
-    for name, cells in rows.items():
-        predictions = cells[2:4]  # the two typed texts
-        assert all(p.split(" ")[0] in ("positive", "negative") for p in predictions), (name, cells)
-        assert not any("no head" in c for c in cells)
-    headers = table.locator("thead th").all_inner_texts()
-    for header in ("accuracy", "trainable params", "bytes on disk", "training time", "samples/s", "peak memory"):
-        assert header in headers
+        rows[cells[0].strip()] = cells[1:]
+    for text in ("a wonderful film", "a boring film"):
+        predictions = rows[f"on “{text}”"]
+        assert all(p.split(" ")[0] in ("positive", "negative") for p in predictions), (text, predictions)
+    assert not any("no head" in c for cells in rows.values() for c in cells)
+    for field in ("accuracy", "trainable params", "bytes on disk", "training time", "samples/s", "peak memory"):
+        assert field in rows and all(c.strip() not in ("", "–") for c in rows[field]), (field, rows.get(field))
     page.wait_for_function(
         "() => document.querySelector('.wb-compare-status')?.innerText.includes('Compared 2 runs')", timeout=30_000
     )

@@ -228,7 +228,7 @@ def test_compare_runs_one_table_with_label_names_metrics_and_costs(run_session, 
     table = panel.table.value
     for header in ("accuracy", "trainable params", "bytes on disk", "training time", "samples/s", "peak memory"):
         assert header in table
-    assert f"{full_run.best_metrics['eval_accuracy']:.1%}" in table and "process RSS" in table
+    assert f"{full_run.best_metrics['eval_accuracy']:.1%}" in table and " RSS" in table
     assert f"{adapter_run.trainable_params:,}" in table
     assert panel.table.value.count("<table") == 1  # one table for everything
 

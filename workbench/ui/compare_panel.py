@@ -341,7 +341,7 @@ class ComparePanel(widgets.VBox):
 
     def _show_results(self, runs) -> None:
         self.results = self._results_frame()
-        self.table.value = html_table(_display_rows(self.results, list(self.outputs.index)))
+        self.table.value = _results_html(self.results, list(self.outputs.index))
         if runs:
             show_figure(self.plot, accuracy_cost_figure(self.runs_table, self.session.colour))
         else:
@@ -469,7 +469,7 @@ class ComparePanel(widgets.VBox):
 
     def _show_speed_in_results(self) -> None:
         self.results = self._results_frame()
-        self.table.value = html_table(_display_rows(self.results, list(self.outputs.index)))
+        self.table.value = _results_html(self.results, list(self.outputs.index))
 
     def _colour(self, name: str) -> str:
         return self.session.colour(name) if name in {r.name for r in self.session.runs} else GREY
@@ -522,7 +522,25 @@ class ComparePanel(widgets.VBox):
         return "\n".join(parts)
 
 
-def _short(text: str, width: int = 32) -> str:
+RESULTS_STYLE = (
+    "<style>.wb-compare-results{overflow-x:auto}.wb-compare-results th,.wb-compare-results td"
+    "{padding:2px 6px;text-align:left;vertical-align:bottom}.wb-compare-results td{white-space:nowrap}"
+    ".wb-compare-results tbody tr:nth-child(odd){background:rgba(0,0,0,0.04)}"
+    ".wb-compare-results td:first-child{font-weight:600}</style>"
+)
+
+
+def _results_html(results: pd.DataFrame, texts: list[str]) -> str:
+    """The one results table with a column per run or setup (a few) and a row per prediction, metric and cost
+    (many), so it fits the panel's width."""
+    per_run = _display_rows(results, texts)
+    names = [row.pop("run / setup") for row in per_run]
+    fields = list(per_run[0]) if per_run else []
+    rows = [{"": field, **{name: row[field] for name, row in zip(names, per_run, strict=True)}} for field in fields]
+    return f'{RESULTS_STYLE}<div class="wb-compare-results">{html_table(rows, ["", *names])}</div>'
+
+
+def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -531,7 +549,7 @@ def _display_rows(results: pd.DataFrame, texts: list[str]) -> list[dict]:
     rows = []
     for row in results.to_dict("records"):
         shown = {"run / setup": row["name"], "kind": row["kind"]}
-        shown.update({f"“{_short(t)}”": row[t] for t in texts})
+        shown.update({f"on “{_short(t)}”": row[t] for t in texts})
         metrics = row["metrics"] or {}
         shown["accuracy"] = f"{metrics['accuracy']:.1%}" if "accuracy" in metrics else "–"
         others = {k: v for k, v in metrics.items() if k != "accuracy"}
@@ -541,8 +559,8 @@ def _display_rows(results: pd.DataFrame, texts: list[str]) -> list[dict]:
         shown["training time"] = _num(row["train_time_s"], "{:.1f} s")
         shown["samples/s"] = _num(row["train_samples_per_s"], "{:.1f}")
         peak = row["peak_memory_bytes"]
-        kind = {"rss": "process RSS", "cuda": "GPU"}.get(row["memory_kind"], row["memory_kind"])
-        shown["peak memory"] = f"{si_bytes(peak)} ({kind})" if _present(peak) else "–"
+        kind = {"rss": "RSS", "cuda": "GPU"}.get(row["memory_kind"], row["memory_kind"])
+        shown["peak memory"] = f"{si_bytes(peak)} {kind}" if _present(peak) else "–"
         shown["ms / batch"] = _num(row["ms_per_batch"], "{:.2f}")
         shown["texts/s"] = _num(row["texts_per_s"], "{:.1f}")
         rows.append(shown)
