@@ -72,13 +72,14 @@ def test_costs_table_and_charts(session):
     assert list(panel.cost_table["setup"]) == list(expected["setup"])
     assert list(panel.cost_table["trainable_params"]) == list(expected["trainable_params"])
     assert list(panel.cost_table["bytes_on_disk"]) == list(expected["bytes_on_disk"])
-    assert f"{expected.loc[0, 'trainable_params']:,}" in panel.costs_html.value
+    assert f"{expected.loc[0, 'trainable_params']:,}" in panel.table.value  # in the one results table
+    assert f"{expected.loc[0, 'pct_params']:.3g}%" in panel.table.value
     [figure] = panel.costs_figure.outputs
     bars = figure["data"][PLOTLY]["data"]
     assert [b["name"] for b in bars] == ["trainable params", "bytes on disk"]
     assert list(bars[0]["x"]) == ["sst", "lang", "Stack('lang', 'sst')", "full model"]
     summary = panel.summary_html()
-    assert "Results" in summary and "Costs" in summary and "full model" in summary
+    assert "Results" in summary and "Stack(&#x27;lang&#x27;, &#x27;sst&#x27;)" in summary
 
 
 def test_full_checkpoint_column_when_the_session_has_one(session, tokenizer, tmp_path):

@@ -347,9 +347,7 @@ class ComparePanel(widgets.VBox):
         else:
             self.plot.outputs = ()
         if self.cost_table is not None:
-            self.costs_html.value = "<b>Costs of the adapters and setups</b> (saved files)" + html_table(
-                _cost_rows(self.cost_table)
-            )
+            self.costs_html.value = "<b>Costs of the adapters and setups</b> (their saved files; the model for scale)"
             show_figure(self.costs_figure, costs_figure(self.cost_table))
         else:
             self.costs_html.value, self.costs_figure.outputs = "", ()
@@ -368,6 +366,7 @@ class ComparePanel(widgets.VBox):
             row["kind"] = run.kind if run else (cost.kind if cost else "base model")
             row["metrics"] = run.metrics if run else {}
             row["trainable_params"] = run.trainable_params if run else (cost.trainable_params if cost else None)
+            row["pct_params"] = run.pct_params if run else (cost.pct_params if cost else None)
             row["bytes_on_disk"] = run.bytes_on_disk if run else (cost.bytes_on_disk if cost else None)
             row["train_time_s"] = run.train_time_s if run else None
             row["train_samples_per_s"] = run.train_samples_per_s if run else None
@@ -511,8 +510,6 @@ class ComparePanel(widgets.VBox):
                         include_plotlyjs="cdn", full_html=False
                     )
                 )
-        if self.cost_table is not None:
-            parts += [self.costs_html.value]
         if self.speed_table is not None:
             parts += [self.speed_html.value]
         if self.evaluation is not None:
@@ -555,6 +552,7 @@ def _display_rows(results: pd.DataFrame, texts: list[str]) -> list[dict]:
         others = {k: v for k, v in metrics.items() if k != "accuracy"}
         shown["eval metrics"] = ", ".join(f"{k} {v:.3g}" for k, v in others.items()) or "–"
         shown["trainable params"] = _num(row["trainable_params"], "{:,.0f}")
+        shown["% of the model's params"] = _num(row["pct_params"], "{:.3g}%")
         shown["bytes on disk"] = si_bytes(row["bytes_on_disk"]) if _present(row["bytes_on_disk"]) else "–"
         shown["training time"] = _num(row["train_time_s"], "{:.1f} s")
         shown["samples/s"] = _num(row["train_samples_per_s"], "{:.1f}")
@@ -573,20 +571,6 @@ def _present(value) -> bool:
 
 def _num(value, fmt: str) -> str:
     return fmt.format(value) if _present(value) else "–"
-
-
-def _cost_rows(table: pd.DataFrame) -> list[dict]:
-    return [
-        {
-            "setup": r.setup,
-            "kind": r.kind,
-            "trainable params": f"{r.trainable_params:,}",
-            "bytes on disk": si_bytes(r.bytes_on_disk),
-            "% of full params": f"{r.pct_params:.3g}%",
-            "% of full bytes": f"{r.pct_bytes:.3g}%",
-        }
-        for r in table.itertuples()
-    ]
 
 
 def _speed_rows(table: pd.DataFrame) -> list[dict]:
