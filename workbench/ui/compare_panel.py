@@ -492,8 +492,10 @@ class ComparePanel(widgets.VBox):
             f"{evaluation.examples} validation examples; {len(wrong)} misclassified"
             + (" (first 50 shown)" if len(wrong) > 50 else "")
             + "</p>"
+            + "<b>Confusion matrix</b> (rows: true label, columns: predicted)"
             + html_table([{"true \\ predicted": i, **row} for i, row in evaluation.confusion.iterrows()])
-            + (html_table(shown.to_dict("records")) if len(wrong) else "<p><i>no misclassified examples</i></p>")
+            + "<b>Misclassified examples</b>"
+            + (html_table(shown.to_dict("records")) if len(wrong) else "<p><i>none</i></p>")
         )
         show_figure(self.eval_figure, confusion_figure(evaluation.confusion, f"Confusion matrix: {evaluation.run}"))
         self.static.update(self.summary_html())
