@@ -49,9 +49,12 @@ def resolve_adapter(
         check_hub(endpoint)
     except HubUnreachable as unreachable:  # fail in seconds; a copy downloaded earlier still loads
         try:
-            return Path(snapshot_download(adapter_id, revision=version, endpoint=endpoint, local_files_only=True))
+            folder = Path(snapshot_download(adapter_id, revision=version, endpoint=endpoint, local_files_only=True))
         except (LocalEntryNotFoundError, OSError, ValueError):
             raise unreachable from None
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise unreachable from None  # only its config was fetched (for a listing or a card), not the weights
+        return folder
     try:
         folder = snapshot_download(
             adapter_id,
