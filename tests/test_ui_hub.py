@@ -189,6 +189,8 @@ def test_methods_come_from_the_configs_for_adapterhub_and_peft(hub, minilm_adapt
         "someone/minilm-ia3": "ia3",
         "someone/minilm-prefix": "prefix_tuning",
     }
+    origins = dict(zip(shown(panel), column(panel, "from"), strict=True))
+    assert origins["someone/minilm-ia3"] == "Hub (peft)" and origins["nli-lora"] == "Hub"
 
 
 def test_cache_notice_shows_only_when_the_hub_failed_or_offline_mode_is_on(hub, monkeypatch):

@@ -19,6 +19,7 @@ SELECTED, STRIPE, PLAIN = "#cfe3fb", "#f6f7f9", "#ffffff"
 # <style> tag the grid still works, only centred.
 CSS = """<style>
 .wb-grid .wb-grid-cell, .wb-grid .wb-grid-head { text-align: left; margin: 0; border-radius: 0; padding: 0 6px; }
+.wb-grid .wb-grid-head { font-weight: bold; }
 .wb-grid .wb-grid-cell { box-shadow: none; border-bottom: 1px solid #e5e5e5; }
 .wb-grid .wb-grid-row-selected .wb-grid-cell { font-weight: bold; }
 </style>"""
@@ -65,7 +66,7 @@ class ResultsGrid(widgets.VBox):
     def _head(self, column: Column) -> widgets.Widget:
         layout = widgets.Layout(width=column.width, flex="0 0 auto")
         if column.sort is None:
-            return widgets.HTML(f"<b>{column.title}</b>", layout=layout)
+            return widgets.HTML(f'<span style="padding:0 6px;font-weight:bold">{column.title}</span>', layout=layout)
         button = widgets.Button(description=column.title, layout=layout, tooltip=f"sort by {column.title}")
         button.add_class("wb-grid-head")
         button.add_class(f"wb-grid-sort-{column.sort}")

@@ -40,17 +40,22 @@ def _number(value) -> str:
     return "" if value is None else f"{value:,}"
 
 
+def _origin(info) -> str:
+    """Where it is listed, and its file format when not AdapterHub's: "Hub", "Hub (peft)", "archive"."""
+    where = {"hf": "Hub", "ah": "archive"}.get(info.source, info.source)
+    return where if info.library == "adapters" else f"{where} ({info.library})"
+
+
 COLUMNS = (
-    Column("adapter", "19em", lambda i: i.adapter_id, "adapter_id"),
-    Column("base model", "13em", lambda i: i.model_name or "", "model_name"),
-    Column("family", "6em", lambda i: i.model_type or "", "model_type"),
-    Column("task", "9em", _task, "task"),
-    Column("method", "7.5em", lambda i: i.method or "?", "method"),
-    Column("library", "5.5em", lambda i: i.library),
-    Column("source", "4em", lambda i: i.source),
+    Column("adapter", "18em", lambda i: i.adapter_id, "adapter_id"),
+    Column("base model", "11em", lambda i: i.model_name or "", "model_name"),
+    Column("family", "5em", lambda i: i.model_type or "", "model_type"),
+    Column("task", "8.5em", _task, "task"),
+    Column("method", "7em", lambda i: i.method or "?", "method"),
+    Column("from", "6.5em", _origin),
     Column("downloads", "7em", lambda i: _number(i.downloads), "downloads"),
-    Column("likes", "5em", lambda i: _number(i.likes), "likes"),
-    Column("size", "6.5em", lambda i: human_bytes(i.size_bytes) if i.size_bytes else SIZE_UNKNOWN, "size_bytes"),
+    Column("likes", "4.5em", lambda i: _number(i.likes), "likes"),
+    Column("size", "6em", lambda i: human_bytes(i.size_bytes) if i.size_bytes else SIZE_UNKNOWN, "size_bytes"),
 )
 
 
