@@ -421,3 +421,25 @@ def test_offline_search_and_load_fail_fast_with_the_message_under_the_control(hu
     assert_helpful(panel.load_error.text, silent)
     assert panel.load_button.description == "Load" and not panel.load_button.disabled
     forget_checks()
+
+
+def test_a_base_model_from_the_hub_fails_fast_offline_or_loads_the_copy_from_before(hub, monkeypatch):
+    from test_hub_reach import GENEROUS_S, assert_helpful, closed_port
+
+    from workbench.hub import HubUnreachable
+    from workbench.hub.reach import forget_checks
+    from workbench.ui.hub_panel import _load_from_hub
+
+    hub.add_folder(MINILM_HUB_ID, minilm_path(), tags=["bert"], config={"model_type": "bert"})
+    online, _ = _load_from_hub(MINILM_HUB_ID)  # downloaded into the Hugging Face cache
+    forget_checks()
+    url = closed_port()
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    started = time.monotonic()
+    with pytest.raises(HubUnreachable) as caught:
+        _load_from_hub("someone/never-downloaded")
+    assert time.monotonic() - started < GENEROUS_S
+    assert_helpful(str(caught.value), url)
+    offline, tokenizer = _load_from_hub(MINILM_HUB_ID)  # the Hub is away: the copy from before
+    assert tokenizer is not None and type(offline) is type(online)
+    forget_checks()

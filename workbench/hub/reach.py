@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx2
@@ -22,7 +23,7 @@ from ..core.errors import AdapterError, AdapterLoadError
 from .cache import HubUnavailableError
 
 DEFAULT_TIMEOUT_S = 4.0  # `WORKBENCH_HUB_TIMEOUT` overrides it
-REACHABLE_FOR_S = 60.0  # a positive answer is trusted this long, so a session asks about once a minute
+REACHABLE_FOR_S = 30.0  # a positive answer is trusted this long: one HEAD per half minute at most
 UNREACHABLE_FOR_S = 10.0  # a negative one this long: the next call (e.g. the other source) fails at once
 ADVICE = (
     "Check the network connection, or work without the Hub: set HF_HUB_OFFLINE=1 to use what is already "
@@ -115,6 +116,18 @@ def hub_unreachable(error: BaseException, url: str | None = None) -> HubUnreacha
             return HubUnreachable(url or endpoint(), _reason(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def local_copy(repo_id: str, revision: str | None = None) -> Path | None:
+    """The folder of `repo_id` as downloaded earlier into huggingface_hub's cache (None when it never was), for
+    loading without the Hub after `check_hub` failed. It may hold only the files fetched so far."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, endpoint=endpoint(), local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
 
 
 def _reason(error: BaseException) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..core.errors import AdapterLoadError
 from .ah import is_ah_id, resolve_ah_id
-from .reach import HubUnreachable, check_hub, hub_unreachable
+from .reach import HubUnreachable, check_hub, hub_unreachable, local_copy
 
 
 def resolve_adapter(
@@ -48,12 +48,9 @@ def resolve_adapter(
     try:
         check_hub(endpoint)
     except HubUnreachable as unreachable:  # fail in seconds; a copy downloaded earlier still loads
-        try:
-            folder = Path(snapshot_download(adapter_id, revision=version, endpoint=endpoint, local_files_only=True))
-        except (LocalEntryNotFoundError, OSError, ValueError):
-            raise unreachable from None
-        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-            raise unreachable from None  # only its config was fetched (for a listing or a card), not the weights
+        folder = local_copy(adapter_id, version)
+        if folder is None or not (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+            raise unreachable from None  # never downloaded, or only its config (read for a listing or a card)
         return folder
     try:
         folder = snapshot_download(

@@ -513,12 +513,19 @@ def _row(info) -> dict:
 
 
 def _load_from_hub(source: str):
-    """`load_base_model`, failing within seconds, with what to do, when `source` is a Hub id and the Hub is away."""
-    from workbench.hub import check_hub, hub_unreachable
+    """`load_base_model` for a folder or a Hub id; when the Hub cannot be reached, the copy downloaded earlier,
+    else `HubUnreachable` within seconds (it says what to do) instead of retrying for most of a minute."""
+    from workbench.hub import HubUnreachable, check_hub, hub_unreachable, local_copy
 
     if os.path.isdir(source):
         return load_base_model(source)
-    check_hub()
+    try:
+        check_hub()
+    except HubUnreachable:
+        folder = local_copy(source)
+        if folder is None or not (folder / "config.json").is_file():
+            raise
+        return load_base_model(str(folder))
     try:
         return load_base_model(source)
     except Exception as err:
