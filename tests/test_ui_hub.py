@@ -263,6 +263,12 @@ def test_click_on_a_row_selects_it_and_load_acts_on_it(hub):
     assert "wb-grid-row-selected" not in panel.grid.rows[0]._dom_classes
     assert {c.style.button_color for c in second.children} == {SELECTED}
     assert "nli/multinli" in panel.card.value and not panel.load_button.disabled and panel.load_hint.value == ""
+    assert "reading the details" not in panel.card.value  # the details arrived
+    panel.grid.sort_buttons["adapter_id"].click()  # re-sorted: the chosen adapter stays highlighted where it went
+    wait_all(panel)
+    assert shown(panel) == ["nli-lora", "pf-sst-2"] and panel.grid.selected == 0
+    assert "wb-grid-row-selected" in panel.grid.rows[0]._dom_classes
+    assert "wb-grid-row-selected" not in second._dom_classes
     panel.load_button.click()
     wait_all(panel)
     assert panel.error.text == "" and panel.loaded_name == "nli-lora"

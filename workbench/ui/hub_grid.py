@@ -87,10 +87,18 @@ class ResultsGrid(widgets.VBox):
 
     # --- filling -----------------------------------------------------------------------------------------
 
-    def show(self, items: list, sort_key: str, descending: bool, unsortable: dict[str, str] | None = None) -> None:
-        """Show `items` (one page), sorted by `sort_key`; `unsortable` maps sort keys to why they cannot be used."""
+    def show(
+        self,
+        items: list,
+        sort_key: str,
+        descending: bool,
+        unsortable: dict[str, str] | None = None,
+        selected: int | None = None,
+    ) -> None:
+        """Show `items` (one page), sorted by `sort_key`; `unsortable` maps sort keys to why they cannot be used;
+        `selected`: the row to highlight (the adapter chosen before, when this page still shows it)."""
         self.sort_key, self.descending = sort_key, descending
-        self.selected, self.count = None, len(items)
+        self.selected, self.count = selected, len(items)
         for index, row in enumerate(self.rows):
             if index >= len(items):
                 row.layout.display = "none"

@@ -287,7 +287,9 @@ class HubPanel(widgets.VBox):
         shown = f"{first + 1}-{first + len(results)}" if len(results) else "0"
         self.count.value = f"{shown} of {results.total} adapters, page {results.page} of {results.pages}"
         unsortable = {} if results.has_sizes else {"size_bytes": "sizes are unknown for these results"}
-        self.grid.show(results.items, self.sort_key, self.descending, unsortable)
+        chosen = self.selected.adapter_id if self.selected is not None else None
+        on_page = next((i for i, info in enumerate(results.items) if info.adapter_id == chosen), None)
+        self.grid.show(results.items, self.sort_key, self.descending, unsortable, selected=on_page)
         self.prev_button.disabled = results.page <= 1
         self.next_button.disabled = results.page >= results.pages
         self.static.update(self.summary_html())
@@ -311,9 +313,7 @@ class HubPanel(widgets.VBox):
         """Show `info`'s card now, then its full details (config, files with sizes) from the Hub."""
         self.selected = info
         self._show_card(info)
-        self.card.value += (
-            '<p class="wb-hub-card-fetching"><i class="fa fa-spinner fa-spin"></i> reading the details ...</p>'
-        )
+        self.card.value += FETCHING
         if not self.load_button.description.startswith("Loading"):
             explain_disabled(self.load_button, None, self.load_hint)
         self.progress.value = 0.0
