@@ -16,6 +16,8 @@ from workbench import search_adapters
 from workbench.hub import HubUnavailableError, HubUnreachable, check_hub, hub_unreachable, list_adapters
 from workbench.hub.reach import forget_checks
 
+pytest_plugins = ["pytest_jupyter.jupyter_server"]  # the extension's routes, for the last test
+
 GENEROUS_S = 15  # the bound; the check itself gives up after WORKBENCH_HUB_TIMEOUT (4 s)
 
 
@@ -43,6 +45,11 @@ def assert_helpful(message: str, url: str) -> None:
     assert "cannot be reached" in message and url in message
     assert "HF_HUB_OFFLINE=1" in message and "HF_ENDPOINT" in message and "local folder" in message
     assert "Errno" not in message and "[" not in message
+
+
+@pytest.fixture
+def jp_server_config():
+    return {"ServerApp": {"jpserver_extensions": {"jupyterlab_adapter_workbench": True}}}
 
 
 @pytest.fixture
@@ -124,3 +131,13 @@ def test_offline_mode_never_asks_the_network(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_ENDPOINT", closed_port())
     check_hub()  # no check, no error: offline mode uses the caches
+
+
+async def test_the_extensions_search_says_the_same_within_seconds(jp_fetch, away):
+    from test_extension_server import get_error
+
+    url = away(closed_port())
+    started = time.monotonic()
+    error = await get_error(jp_fetch, "search", 502, q="sst")
+    assert time.monotonic() - started < GENEROUS_S
+    assert_helpful(error["error"], url)
