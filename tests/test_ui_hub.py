@@ -191,6 +191,21 @@ def test_methods_come_from_the_configs_for_adapterhub_and_peft(hub, minilm_adapt
     }
     origins = dict(zip(shown(panel), column(panel, "from"), strict=True))
     assert origins["someone/minilm-ia3"] == "Hub (peft)" and origins["nli-lora"] == "Hub"
+    entries = [  # the archive's entries carry their config: every method is named from it
+        {"adapter_id": f"@ukp/minilm-{name}", "model_name": MINILM_HUB_ID, "adapter_config": config}
+        for name, config in (
+            ("lora", lora["config"]),
+            ("houlsby", AdapterConfig.load("double_seq_bn").to_dict()),
+            ("compacter", AdapterConfig.load("compacter").to_dict()),
+        )
+    ]
+    hub.add_ah_file("all.json", entries)
+    search(panel, source="ah", model_filter="")
+    assert dict(zip(shown(panel), column(panel, "method"), strict=True)) == {
+        "@ukp/minilm-compacter": "compacter",
+        "@ukp/minilm-houlsby": "double_seq_bn",
+        "@ukp/minilm-lora": "lora",
+    }
 
 
 def test_cache_notice_shows_only_when_the_hub_failed_or_offline_mode_is_on(hub, monkeypatch):
