@@ -20,6 +20,8 @@ SELECTED, STRIPE, PLAIN = "#cfe3fb", "#f6f7f9", "#ffffff"
 CSS = """<style>
 .wb-grid .wb-grid-cell, .wb-grid .wb-grid-head { text-align: left; margin: 0; border-radius: 0; padding: 0 6px; }
 .wb-grid .wb-grid-head { font-weight: bold; }
+.wb-grid .wb-grid-label { margin: 0; padding: 0 6px; display: flex; align-items: center;
+  background: var(--jp-layout-color2, #eee); }
 .wb-grid .wb-grid-cell { box-shadow: none; border-bottom: 1px solid #e5e5e5; }
 .wb-grid .wb-grid-row-selected .wb-grid-cell { font-weight: bold; }
 </style>"""
@@ -66,7 +68,9 @@ class ResultsGrid(widgets.VBox):
     def _head(self, column: Column) -> widgets.Widget:
         layout = widgets.Layout(width=column.width, flex="0 0 auto")
         if column.sort is None:
-            return widgets.HTML(f'<span style="padding:0 6px;font-weight:bold">{column.title}</span>', layout=layout)
+            label = widgets.HTML(f"<b>{column.title}</b>", layout=layout)
+            label.add_class("wb-grid-label")
+            return label
         button = widgets.Button(description=column.title, layout=layout, tooltip=f"sort by {column.title}")
         button.add_class("wb-grid-head")
         button.add_class(f"wb-grid-sort-{column.sort}")

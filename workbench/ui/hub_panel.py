@@ -47,13 +47,13 @@ def _origin(info) -> str:
 
 
 COLUMNS = (
-    Column("adapter", "18em", lambda i: i.adapter_id, "adapter_id"),
+    Column("adapter", "16.5em", lambda i: i.adapter_id, "adapter_id"),
     Column("base model", "11em", lambda i: i.model_name or "", "model_name"),
     Column("family", "5em", lambda i: i.model_type or "", "model_type"),
     Column("task", "8.5em", _task, "task"),
     Column("method", "7em", lambda i: i.method or "?", "method"),
     Column("from", "6.5em", _origin),
-    Column("downloads", "7em", lambda i: _number(i.downloads), "downloads"),
+    Column("downloads", "8.5em", lambda i: _number(i.downloads), "downloads"),
     Column("likes", "4.5em", lambda i: _number(i.likes), "likes"),
     Column("size", "6em", lambda i: human_bytes(i.size_bytes) if i.size_bytes else SIZE_UNKNOWN, "size_bytes"),
 )
