@@ -75,7 +75,7 @@ def test_load_from_the_hub_tab_shows_in_the_model_tab(hub):  # noqa: F811  (the 
     bench.static.listeners.append(summaries.append)  # what a saved notebook keeps below the widgets
     hub_panel = bench.panels["Hub"]
     search(hub_panel, search_text="sst-2", source="hf")
-    hub_panel.result_list.value = 0
+    hub_panel.grid.select(0)
     wait_all(hub_panel)
     hub_panel.load_button.click()
     wait_all(hub_panel)
