@@ -449,18 +449,42 @@ def test_a_base_model_from_the_hub_fails_fast_offline_or_loads_the_copy_from_bef
 
     from workbench.hub import HubUnreachable
     from workbench.hub.reach import forget_checks
-    from workbench.ui.hub_panel import _load_from_hub
 
     hub.add_folder(MINILM_HUB_ID, minilm_path(), tags=["bert"], config={"model_type": "bert"})
-    online, _ = _load_from_hub(MINILM_HUB_ID)  # downloaded into the Hugging Face cache
+    online, _ = load_base_model(MINILM_HUB_ID)  # downloaded into the Hugging Face cache
     forget_checks()
     url = closed_port()
     monkeypatch.setenv("HF_ENDPOINT", url)
     started = time.monotonic()
     with pytest.raises(HubUnreachable) as caught:
-        _load_from_hub("someone/never-downloaded")
+        load_base_model("someone/never-downloaded")
     assert time.monotonic() - started < GENEROUS_S
     assert_helpful(str(caught.value), url)
-    offline, tokenizer = _load_from_hub(MINILM_HUB_ID)  # the Hub is away: the copy from before
+    offline, tokenizer = load_base_model(MINILM_HUB_ID)  # the Hub is away: the copy from before
     assert tokenizer is not None and type(offline) is type(online)
     forget_checks()
+
+
+def test_load_is_refused_while_a_run_trains_on_the_model(hub):
+    import threading
+
+    from workbench.ui.session import ActiveRun
+
+    session = Session()
+    panel = HubPanel(session)
+    search(panel, model_filter=MINILM_HUB_ID, source="hf")
+    panel.grid.rows[0].children[0].click()
+    wait_all(panel)
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, daemon=True)
+    thread.start()
+    session.active_run = ActiveRun("train", control=None, thread=thread)
+    try:
+        panel.load_button.click()
+        assert "training on this model" in panel.load_error.text and session.model is None
+    finally:
+        release.set()
+        thread.join(10)
+    panel.load_button.click()
+    wait_all(panel)
+    assert panel.load_error.text == "" and panel.loaded_name in session.model.adapters

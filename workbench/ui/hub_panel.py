@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import threading
 
 import ipywidgets as widgets
@@ -21,6 +20,7 @@ from .common import (
     set_busy,
     start_worker,
 )
+from .controls import check_change_allowed
 from .hub_grid import Column, ResultsGrid
 from .model_panel import base_model_source, family_label, load_base_model, model_label
 from .session import Session, default_session
@@ -374,6 +374,7 @@ class HubPanel(widgets.VBox):
         info = self.selected
         if info is None:
             raise ValueError("select an adapter in the results first")
+        check_change_allowed(self.session)  # loading onto a model a run trains on would change that run
         set_busy(self.load_button, True, "Loading...")
         explain_disabled(self.try_button, "wait until the adapter is loaded", self.try_hint)
         self.progress.value = 0.0
@@ -390,7 +391,7 @@ class HubPanel(widgets.VBox):
                 if self.session.model is None:
                     source = base_model_source(info.model_name)
                     self.status.value = f"No model in the session: loading its base model {_text(source)} ..."
-                    model, tokenizer = _load_from_hub(source)
+                    model, tokenizer = load_base_model(source)
                     self.session.set_model(model, tokenizer, source)
                 model, target = self.session.model, model_label(self.session)
                 earlier = self.loaded_ids.get(info.adapter_id)
@@ -510,26 +511,6 @@ def _text(value: str) -> str:
 
 def _row(info) -> dict:
     return {column.title: column.text(info) for column in COLUMNS}
-
-
-def _load_from_hub(source: str):
-    """`load_base_model` for a folder or a Hub id; when the Hub cannot be reached, the copy downloaded earlier,
-    else `HubUnreachable` within seconds (it says what to do) instead of retrying for most of a minute."""
-    from workbench.hub import HubUnreachable, check_hub, hub_unreachable, local_copy
-
-    if os.path.isdir(source):
-        return load_base_model(source)
-    try:
-        check_hub()
-    except HubUnreachable:
-        folder = local_copy(source)
-        if folder is None or not (folder / "config.json").is_file():
-            raise
-        return load_base_model(str(folder))
-    try:
-        return load_base_model(source)
-    except Exception as err:
-        raise (hub_unreachable(err) or err) from err
 
 
 def _label_mapping(model, name: str) -> dict:

@@ -4,6 +4,7 @@ order, `model_compose.py`), and manage adapters: add, delete, merge, average, sa
 from __future__ import annotations
 
 import html
+import os
 import threading
 
 import ipywidgets as widgets
@@ -26,8 +27,28 @@ def minilm_path() -> str:
 
 
 def load_base_model(source: str, interface=None):
-    """An `AutoAdapterModel` (eval mode) and its tokenizer from a Hub id or a local folder (`interface="auto"`:
-    describe a decoder family without a shipped spec automatically)."""
+    """An `AutoAdapterModel` (eval mode) and its tokenizer from a local folder or a Hub id (`interface="auto"`:
+    describe a decoder family without a shipped spec automatically). When the Hub cannot be reached, the copy
+    downloaded earlier; else `HubUnreachable` within seconds (it says what to do) instead of retrying for most of a
+    minute."""
+    from workbench.hub import HubUnreachable, check_hub, hub_unreachable, local_copy
+
+    if os.path.isdir(source):
+        return _from_folder_or_id(source, interface)
+    try:
+        check_hub()
+    except HubUnreachable:
+        folder = local_copy(source)
+        if folder is None or not (folder / "config.json").is_file():
+            raise
+        return _from_folder_or_id(str(folder), interface)
+    try:
+        return _from_folder_or_id(source, interface)
+    except Exception as err:
+        raise (hub_unreachable(err) or err) from err
+
+
+def _from_folder_or_id(source: str, interface):
     from transformers import AutoTokenizer
 
     from workbench import AutoAdapterModel
