@@ -8,6 +8,7 @@ Checkpoints of adapter and fusion runs hold only the trained parts (AdapterHub f
 """
 
 from .adapter_trainer import AdapterTrainer, Seq2SeqAdapterTrainer
+from .checkpoints import RunFolder, free_folder, run_in_folder
 from .config import TrainConfig
 from .data import TASKS, load_splits
 from .errors import (
@@ -17,6 +18,7 @@ from .errors import (
     MissingColumnError,
     NonFiniteLossError,
     OutputDirError,
+    RunFolderInUseError,
     TrainingError,
     UnknownLabelError,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "NonFiniteLossError",
     "OutputDirError",
     "RunControl",
+    "RunFolder",
+    "RunFolderInUseError",
     "RunRecord",
     "Seq2SeqAdapterTrainer",
     "StepEvent",
@@ -44,6 +48,8 @@ __all__ = [
     "TrainingError",
     "UnknownLabelError",
     "compare_runs",
+    "free_folder",
     "load_splits",
+    "run_in_folder",
     "train",
 ]
