@@ -8,7 +8,7 @@ Checkpoints of adapter and fusion runs hold only the trained parts (AdapterHub f
 """
 
 from .adapter_trainer import AdapterTrainer, Seq2SeqAdapterTrainer
-from .checkpoints import RunFolder, free_folder, run_in_folder
+from .checkpoints import RunFolder, clear_run, free_folder, run_in_folder
 from .config import TrainConfig
 from .data import TASKS, load_splits
 from .errors import (
@@ -47,6 +47,7 @@ __all__ = [
     "TrainingCallback",
     "TrainingError",
     "UnknownLabelError",
+    "clear_run",
     "compare_runs",
     "free_folder",
     "load_splits",
