@@ -204,7 +204,8 @@ class RunView(widgets.VBox):
             "wb-train",
         )
         self.session.active_run = run
-        self.session.notify("active_run")  # this view (and any other of its kind) attaches to it
+        self.attach(run)  # even if it fails at once (before other views would see it in progress)
+        self.session.notify("active_run")  # other views of its kind attach to it
 
     def _stop_clicked(self, _=None) -> None:
         run = self.session.active_run
