@@ -135,7 +135,10 @@ class LiveCurves(widgets.VBox):
         log = self.log_scale.value
         metric_axis = {"title": {"text": "metric"}, "overlaying": "y", "side": "right", "rangemode": "tozero"}
         if fractions:  # accuracy, F1, ... as percent on a fixed 0-100% axis
-            metric_axis.update(title={"text": "metric (%)"}, tickformat=".0%", range=[0, 1.02], rangemode=None)
+            metric_axis.update(
+                title={"text": "metric (%)"}, tickformat=".0%", range=[0, 1.02], autorange=False, dtick=0.25
+            )
+            metric_axis.pop("rangemode")
         fig.update_layout(
             title={"text": self.title},
             height=340,

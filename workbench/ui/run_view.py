@@ -58,10 +58,12 @@ class RunView(widgets.VBox):
         self.finished_listeners: list[Callable[[], None]] = []
         self.start = widgets.Button(description="Start", icon="play", button_style="success")
         self.stop = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
-        self.resume = widgets.Button(description="Resume", icon="forward", disabled=True)
+        self.resume = widgets.Button(description="Resume", icon="forward", disabled=True, layout={"width": "auto"})
         self.hint = widgets.HTML()
         self.conflict = widgets.HTML()
-        self.resume_run = widgets.Button(description="Resume", icon="forward", button_style="info")
+        self.resume_run = widgets.Button(
+            description="Resume", icon="forward", button_style="info", layout={"width": "auto"}
+        )
         self.overwrite = widgets.Button(description="Overwrite", icon="trash", button_style="warning")
         self.use_free = widgets.Button(description="Use a new name", icon="plus", layout={"width": "auto"})
         self.choices = widgets.VBox(
