@@ -80,6 +80,11 @@ def test_stop_then_resume_from_the_page_completes_the_run(lab):
             assert (lab.root_dir / "runs" / "my_adapter" / "checkpoint-24").is_dir()
             page.locator(".wb-train-runs-grid").first.scroll_into_view_if_needed()
             screenshot(page, "browser-runs-resumed")
+
+            page.locator(".wb-train-runs-open").first.click()  # the folder's path, to copy
+            page.locator(".wb-train-runs-link code").first.wait_for(timeout=30_000)
+            shown = page.locator(".wb-train-runs-link").first.inner_text()
+            assert str((lab.root_dir / "runs" / "my_adapter").resolve()) in shown and "runs/my_adapter/" in shown
         except Exception:
             screenshot(page, "browser-runs-failure")
             raise

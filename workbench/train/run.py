@@ -213,10 +213,10 @@ def _claim(output: Path, resume: bool, overwrite: bool, checkpoint) -> str | Pat
         return checkpoint  # continuing this folder's own run
     suggestion = free_folder(output)
     last = existing.last_checkpoint
-    resume_hint = f"resume=True to continue it from {last.name}, " if last is not None else ""
+    resume_hint = f"resume=True to continue it from {last.name}, or " if last is not None else ""
     raise RunFolderInUseError(
         f"the output folder {output} already holds a run ({existing.describe()}): use a free folder such as "
-        f"{suggestion}, or pass {resume_hint}or overwrite=True to delete its checkpoints first",
+        f"{suggestion}, or pass {resume_hint}overwrite=True to delete its checkpoints first",
         folder=output,
         suggestion=suggestion,
         last_checkpoint=last,

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import ipywidgets as widgets
 import pandas as pd
-from IPython.display import HTML
 
 from workbench.train import clear_run, compare_runs, run_in_folder
 
@@ -84,7 +83,7 @@ class RunsTable(widgets.VBox):
         self.error = ErrorBox()
         self.confirm = Confirm()
         self.message = widgets.HTML()
-        self.link = widgets.Output()  # rendered by JupyterLab: a relative link opens the folder in its file browser
+        self.link = widgets.HTML()  # the folder's path, to copy or to find in the file browser
         for widget, name in (
             (self.choice, "choice"),
             (self.new_name, "new-name"),
@@ -245,14 +244,14 @@ class RunsTable(widgets.VBox):
         if not folder.is_dir():
             raise FileNotFoundError(f"the folder {folder} no longer exists")
         try:
-            relative = Path(os.path.relpath(folder, Path.cwd()))
+            relative = Path(os.path.relpath(folder, Path.cwd())).as_posix()
         except ValueError:  # another drive
-            relative = None
-        link = ""
-        if relative is not None and not relative.as_posix().startswith(".."):
-            link = f'<a href="{html.escape(relative.as_posix())}/">open {html.escape(relative.as_posix())}/</a> '
-        self.link.outputs = ()
-        self.link.append_display_data(HTML(f'{link}<code style="user-select:all">{html.escape(str(folder))}</code>'))
+            relative = ".."
+        # a path to copy (a click selects it all); JupyterLab cannot open a folder from a link in an output
+        beside = (
+            f" (from this notebook: <code>{html.escape(relative)}/</code>)" if not relative.startswith("..") else ""
+        )
+        self.link.value = f'folder: <code style="user-select:all">{html.escape(str(folder))}</code>{beside}'
         held = run_in_folder(folder)
         self.message.value = f"{html.escape(record.name)}: {html.escape(held.describe()) if held else 'no checkpoints'}"
 
