@@ -199,7 +199,8 @@ def test_resume_continues_a_stopped_run_to_the_planned_total(tokenizer, tmp_path
     steps = []
     resumed = adapter_model(adapter_seed=99)  # another initialisation: the checkpoint must override it
     record = train(resumed, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=folder, config=config,
-                   resume=True, callbacks=[lambda e: steps.append(e.step) if isinstance(e, StepEvent) else None])  # fmt: skip
+                   resume=True, callbacks=[lambda e: steps.append(e.step) if isinstance(e, StepEvent) else None],
+                   )  # fmt: skip
     assert steps == [3, 4, 5, 6] and record.global_step == 6 and record.stop_reason == "completed"
     assert (folder / "checkpoint-6").is_dir() and (folder / "final" / "kw").is_dir()
     expected, got = trained_state(straight, "kw"), trained_state(resumed, "kw")

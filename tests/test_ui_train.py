@@ -149,7 +149,8 @@ def test_errors_from_the_run_show_in_the_error_box(tmp_path):
     set_up(panel, tmp_path, max_steps=2, eval_every=2)
     panel.view.start.click()
     wait_until(lambda: finished(panel))
-    assert "UnknownLabelError" in panel.view.error.details.value and "not in the head" in panel.view.error.text and panel.record is None and session.runs == []
+    assert "UnknownLabelError" in panel.view.error.details.value and "not in the head" in panel.view.error.text
+    assert panel.record is None and session.runs == []
     assert not panel.view.start.disabled
 
 
