@@ -57,7 +57,7 @@ def test_fewer_than_two_adapters_or_no_fusion_is_a_message(tmp_path):
     set_up(panel, tmp_path / "out")
     panel.adapters.value = ("a",)
     panel.view.start.click()
-    assert "pick at least two loaded adapters" in panel.view.error.text
+    assert "pick at least two loaded adapters" in panel.error.text
     assert session.active_run is None and not (tmp_path / "out").exists()
     panel.adapters.value = ("a", "b")
     assert panel.attention_button.disabled and "no fusion layer 'a,b' yet" in panel.attention_button.tooltip

@@ -32,7 +32,8 @@ class RunView(widgets.VBox):
     """Start / Stop / Resume, progress, live curves, the runs table and "show as code" for one kind of run
     ("train" or "fusion"), following `session.active_run` from a worker thread.
 
-    Errors of starting and of the run show in `self.error`, directly under the Start row. `rename(name)`, when
+    Errors of starting and of the run show in `self.error`: the panel's `error` box (which the panel places by
+    Start) or, when `error` is None, the view's own box, directly under the Start row. `rename(name)`, when
     given, renames what the panel trains (e.g. its adapter name field) for "Use <free name>"; without it that
     choice only changes the output folder.
     """
@@ -47,9 +48,8 @@ class RunView(widgets.VBox):
         callbacks: list | None = None,
         rename: Callable[[str], None] | None = None,
     ):
-        # `error` (the panel's box) is no longer used: the view's messages go right under its Start row
         self.session, self.make_spec, self.kind, self.rename = session, make_spec, kind, rename
-        self.error = ErrorBox()
+        self.error = error if error is not None else ErrorBox()
         self.callbacks = list(callbacks or [])
         self.record = None  # the RunRecord of the last run this view followed
         self.spec: RunSpec | None = None
@@ -59,7 +59,6 @@ class RunView(widgets.VBox):
         self.start = widgets.Button(description="Start", icon="play", button_style="success")
         self.stop = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
         self.resume = widgets.Button(description="Resume", icon="forward", disabled=True, layout={"width": "auto"})
-        self.hint = widgets.HTML()
         self.conflict = widgets.HTML()
         self.resume_run = widgets.Button(
             description="Resume", icon="forward", button_style="info", layout={"width": "auto"}
@@ -83,7 +82,6 @@ class RunView(widgets.VBox):
             (self.start, "start"),
             (self.stop, "stop"),
             (self.resume, "resume"),
-            (self.error, "start-error"),
             (self.choices, "conflict"),
             (self.resume_run, "conflict-resume"),
             (self.overwrite, "conflict-overwrite"),
@@ -94,6 +92,8 @@ class RunView(widgets.VBox):
             (self.code, "code"),
         ):
             widget.add_class(f"{prefix}-{name}")
+        if error is None:
+            self.error.add_class(f"{prefix}-start-error")
         self.start.on_click(guarded(self.error, "starting the run")(self._start_clicked))
         self.stop.on_click(guarded(self.error, "stopping the run")(self._stop_clicked))
         self.resume.on_click(guarded(self.error, "resuming the run")(self._resume_clicked))
@@ -107,8 +107,8 @@ class RunView(widgets.VBox):
         self._last_step: StepEvent | None = None
         super().__init__(
             [
-                widgets.HBox([self.start, self.stop, self.resume, self.code_button, self.hint]),
-                self.error,
+                widgets.HBox([self.start, self.stop, self.resume, self.code_button]),
+                *([] if error is not None else [self.error]),  # the panel's own box is placed by the panel
                 self.choices,
                 self.progress,
                 self.curves,

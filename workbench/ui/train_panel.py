@@ -85,9 +85,8 @@ class TrainPanel(widgets.VBox):
             (self.device, "device"),
         ):
             widget.add_class(f"wb-train-{name}")
-        self.view = RunView(
-            self.session, self.error, self.spec, kind="train", callbacks=callbacks, rename=self._use_name
-        )
+        # error None: the view's own box, right under Start, takes the run's errors (self.error: the data's)
+        self.view = RunView(self.session, None, self.spec, kind="train", callbacks=callbacks, rename=self._use_name)
         self.summary = StaticSummary()
         self.view.finished_listeners.append(lambda: self.summary.update(self.summary_html()))
         settings = widgets.VBox(
