@@ -36,7 +36,8 @@ def test_resume_after_stop_continues_to_the_planned_total(tmp_path):
     session, panel = stopped_run(tmp_path)
     assert "stopped at step 2 of 8" in panel.view.line.value
     assert not panel.view.resume.disabled and panel.view.resume.description == "Resume from step 2"
-    assert tuple(panel.curves.figure().layout.xaxis.range) == (0, 2)  # the stopped run fills the plot
+    figure = panel.curves.figure()
+    assert tuple(figure.layout.xaxis.range) == (0, 2) and figure.layout.xaxis.dtick == 1  # fills the plot
     panel.view.resume.click()
     wait_until(lambda: finished(panel))
     record = panel.record

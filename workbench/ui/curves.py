@@ -143,7 +143,8 @@ class LiveCurves(widgets.VBox):
             title={"text": self.title},
             height=340,
             margin={"l": 55, "r": 55, "t": 40, "b": 40},
-            xaxis={"title": {"text": "step"}, "range": [0, upper], "tickformat": "d"},
+            xaxis={"title": {"text": "step"}, "range": [0, upper]}
+            | ({"dtick": 1} if upper <= 10 else {}),  # whole steps
             # plain numbers (0.69, not 690m); on a log axis labels at 1, 2 and 5 of each decade only
             yaxis={"title": {"text": "loss"}, "type": "log" if log else "linear", "tickformat": ".3~g"}
             | ({"dtick": "D2"} if log else {}),

@@ -30,7 +30,7 @@ COLUMNS: dict[str, Callable] = {
     "steps": lambda r: _steps(r),
     "status": lambda r: STATUS.get(r.stop_reason, r.stop_reason),
     "trainable parameters": lambda r: f"{r.trainable_params:,}",
-    "% of base model": lambda r: f"{r.adapter_percent:.3f}%",
+    "% of base model": lambda r: f"{r.adapter_percent:.3f}%" if r.base_params or r.kind == "full" else "unknown",
     "size on disk": lambda r: human_bytes(r.saved_bytes),
     "training time": lambda r: f"{r.wall_time_s:.1f} s",
     "samples/s": lambda r: f"{r.train_samples_per_second:.1f}",
