@@ -18,6 +18,7 @@ from workbench.train import (
     NonFiniteLossError,
     OutputDirError,
     RunControl,
+    RunFolderInUseError,
     StepEvent,
     TrainConfig,
     TrainingCallback,
@@ -155,6 +156,92 @@ def test_resume_continues_from_the_same_state(tokenizer, tmp_path):
     assert expected.keys() == got.keys()
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], msg=key)
+
+
+def _stopped_run(tokenizer, folder, stop_at=2, max_steps=6):
+    """A run stopped by a request after step `stop_at` (a checkpoint there and `final/`), and its model."""
+    control, model = RunControl(), adapter_model()
+
+    def stop(event):
+        if isinstance(event, StepEvent) and event.step == stop_at:
+            control.stop("test")
+
+    config = fast(eval_strategy="no", save_steps=100, max_steps=max_steps)
+    record = train(model, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=folder, config=config,
+                   callbacks=[stop], control=control)  # fmt: skip
+    assert record.stop_reason == "stop_request" and record.global_step == stop_at
+    return model, config
+
+
+def test_a_folder_holding_a_run_is_refused_with_a_free_name(tokenizer, tmp_path):
+    folder = tmp_path / "kw"
+    _stopped_run(tokenizer, folder)
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    with pytest.raises(RunFolderInUseError) as caught:
+        train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=folder, config=fast())
+    message = str(caught.value)
+    assert f"the output folder {folder} already holds a run (checkpoint-2 and final/)" in message
+    assert str(tmp_path / "kw-2") in message and "resume=True" in message and "overwrite=True" in message
+    assert caught.value.suggestion == tmp_path / "kw-2" and caught.value.last_checkpoint == folder / "checkpoint-2"
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before  # nothing written
+    with pytest.raises(ValueError, match="choose one"):
+        train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=folder,
+              resume=True, overwrite=True)  # fmt: skip
+
+
+def test_resume_continues_a_stopped_run_to_the_planned_total(tokenizer, tmp_path):
+    folder = tmp_path / "kw"
+    _, config = _stopped_run(tokenizer, folder, stop_at=2, max_steps=6)
+    straight = adapter_model()  # the same run without the stop, for the weights it should end with
+    train(straight, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / "straight",
+          config=config)  # fmt: skip
+
+    steps = []
+    resumed = adapter_model(adapter_seed=99)  # another initialisation: the checkpoint must override it
+    record = train(resumed, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=folder, config=config,
+                   resume=True, callbacks=[lambda e: steps.append(e.step) if isinstance(e, StepEvent) else None],
+                   )  # fmt: skip
+    assert steps == [3, 4, 5, 6] and record.global_step == 6 and record.stop_reason == "completed"
+    assert (folder / "checkpoint-6").is_dir() and (folder / "final" / "kw").is_dir()
+    expected, got = trained_state(straight, "kw"), trained_state(resumed, "kw")
+    for key in expected:  # optimizer, scheduler and data order restored too: the same weights as straight through
+        torch.testing.assert_close(got[key], expected[key], msg=key)
+
+
+def test_resume_without_a_checkpoint_says_so(tokenizer, tmp_path):
+    with pytest.raises(workbench.train.CheckpointError, match="nothing to resume in .*empty"):
+        train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / "empty",
+              resume=True)  # fmt: skip
+
+
+def test_overwrite_deletes_only_the_old_run(tokenizer, tmp_path):
+    folder = tmp_path / "kw"
+    _stopped_run(tokenizer, folder, stop_at=4)
+    (folder / "notes.txt").write_text("mine")
+    (tmp_path / "beside.txt").write_text("also mine")
+    record = train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=folder,
+                   config=fast(eval_strategy="no", save_steps=3, max_steps=3), overwrite=True)  # fmt: skip
+    assert record.global_step == 3
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-3", "final", "notes.txt"]  # checkpoint-4 gone
+    assert (tmp_path / "beside.txt").read_text() == "also mine"
+
+
+def test_overwrite_with_bad_data_deletes_nothing(tokenizer, tmp_path):
+    folder = tmp_path / "kw"
+    _stopped_run(tokenizer, folder)
+    with pytest.raises(MissingColumnError):
+        train(adapter_model(), keyword_frame().rename(columns={"label": "y"}), adapter="kw", tokenizer=tokenizer,
+              output_dir=folder, overwrite=True)  # fmt: skip
+    assert (folder / "checkpoint-2").is_dir() and (folder / "final").is_dir()
+
+
+def test_record_share_equals_the_model_summary(tokenizer, tmp_path):
+    model = adapter_model()
+    model.add_adapter("other", config="seq_bn")  # a second adapter must not count in the denominator
+    record = train(model, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path, config=fast())
+    row = next(r for r in model.adapter_summary(as_dict=True) if r["name"] == "kw")
+    assert record.adapter_params == row["#param"] and record.adapter_percent == pytest.approx(row["%param"])
+    assert compare_runs([record]).loc[record.name, "adapter_percent"] == pytest.approx(row["%param"])
 
 
 def test_early_stopping_stops(tokenizer, tmp_path):

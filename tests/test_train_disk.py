@@ -153,8 +153,10 @@ def test_final_weights_are_staged_too(tmp_path):
     train(model, keyword_frame(), adapter="kw", tokenizer=make_tokenizer(), output_dir=tmp_path, config=config)
     first = trained_state(model, "kw")
     (tmp_path / "final" / "stale.txt").write_text("from an earlier run")
-    model = adapter_model(adapter_seed=3)
-    train(model, keyword_frame(), adapter="kw", tokenizer=make_tokenizer(), output_dir=tmp_path, config=config)
+    model = adapter_model(adapter_seed=3)  # the same folder again: a resumed run (a new one would be refused)
+    config = fast(eval_strategy="no", save_steps=2, max_steps=4)
+    train(model, keyword_frame(), adapter="kw", tokenizer=make_tokenizer(), output_dir=tmp_path, config=config,
+          resume=True)  # fmt: skip
     assert not (tmp_path / "final" / "stale.txt").exists()  # replaced as a whole, not merged
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
     fresh = tiny_adapter_model()

@@ -64,7 +64,7 @@ def test_start_runs_to_the_end_with_record_curves_and_summary(tmp_path):
     wait_until(lambda: finished(panel))
 
     record = panel.record
-    assert panel.error.text == ""
+    assert panel.error.text == "" and panel.view.error.text == ""
     assert record is not None and record.kind == "adapter" and record.method == "seq_bn"
     assert record.global_step == 6 and record.stop_reason == "completed"
     assert session.runs == [record] and session.active_run.record is record
@@ -78,7 +78,7 @@ def test_start_runs_to_the_end_with_record_curves_and_summary(tmp_path):
     eval_trace = next(t for t in figure.data if t.name == "eval accuracy")
     assert list(eval_trace.x) == [3, 6]
     assert panel.view.curves.out.outputs[0]["data"]["application/vnd.plotly.v1+json"]["data"]
-    assert record.name in panel.view.records.value and "stop_reason" in panel.view.records.value
+    assert record.name in panel.view.records.value and "<th>status</th>" in panel.view.records.value
     assert "completed at step 6" in panel.summary_html()
     assert "my_adapter" in session.model.adapters
 
@@ -91,7 +91,7 @@ def test_stop_ends_the_run_within_a_step_and_start_is_refused_meanwhile(tmp_path
     panel.view.start.click()
     assert reached.wait(60)
     panel.view.start.click()  # a second Start while running: refused with a message
-    assert "a run is in progress" in panel.error.text
+    assert "a run is in progress" in panel.view.error.text
     panel.view.stop.click()
     release.set()
     wait_until(lambda: finished(panel))
@@ -119,7 +119,7 @@ def test_bad_settings_show_a_message_and_start_nothing(tmp_path):
     session = new_session()
     panel = TrainPanel(session)
     panel.view.start.click()
-    assert "no data" in panel.error.text
+    assert "no data" in panel.view.error.text
     panel = TrainPanel(session, data=keyword_frame(16))
     set_up(panel, tmp_path / "out")
     for field, value, message in (
@@ -130,12 +130,12 @@ def test_bad_settings_show_a_message_and_start_nothing(tmp_path):
         good = panel.params.fields[field].value
         panel.params.fields[field].value = value
         panel.view.start.click()
-        assert message in panel.error.text and "ValueError" in panel.error.details.value
-        assert "Traceback" in panel.error.details.value  # details on demand
+        assert message in panel.view.error.text and "ValueError" in panel.view.error.details.value
+        assert "Traceback" in panel.view.error.details.value  # details on demand
         panel.params.fields[field].value = good
     panel.method_config.value = "reduction_fator=8"
     panel.view.start.click()
-    assert "unknown key(s) ['reduction_fator']" in panel.error.text
+    assert "unknown key(s) ['reduction_fator']" in panel.view.error.text
     assert session.active_run is None and not (tmp_path / "out").exists()
 
 
@@ -149,7 +149,8 @@ def test_errors_from_the_run_show_in_the_error_box(tmp_path):
     set_up(panel, tmp_path, max_steps=2, eval_every=2)
     panel.view.start.click()
     wait_until(lambda: finished(panel))
-    assert "UnknownLabelError" in panel.error.details.value and "not in the head" in panel.error.text and panel.record is None and session.runs == []
+    assert "UnknownLabelError" in panel.view.error.details.value and "not in the head" in panel.view.error.text
+    assert panel.record is None and session.runs == []
     assert not panel.view.start.disabled
 
 

@@ -8,6 +8,7 @@ Checkpoints of adapter and fusion runs hold only the trained parts (AdapterHub f
 """
 
 from .adapter_trainer import AdapterTrainer, Seq2SeqAdapterTrainer
+from .checkpoints import RunFolder, clear_run, free_folder, run_in_folder
 from .config import TrainConfig
 from .data import TASKS, load_splits
 from .errors import (
@@ -17,6 +18,7 @@ from .errors import (
     MissingColumnError,
     NonFiniteLossError,
     OutputDirError,
+    RunFolderInUseError,
     TrainingError,
     UnknownLabelError,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "NonFiniteLossError",
     "OutputDirError",
     "RunControl",
+    "RunFolder",
+    "RunFolderInUseError",
     "RunRecord",
     "Seq2SeqAdapterTrainer",
     "StepEvent",
@@ -43,7 +47,10 @@ __all__ = [
     "TrainingCallback",
     "TrainingError",
     "UnknownLabelError",
+    "clear_run",
     "compare_runs",
+    "free_folder",
     "load_splits",
+    "run_in_folder",
     "train",
 ]

@@ -336,3 +336,74 @@ def _diagnose(parent: Path) -> str:
         if limit != resource.RLIM_INFINITY:
             return f"a file would exceed the file size limit of {limit} bytes (ulimit -f)"
     return ""
+
+
+# --- what an output folder holds of earlier runs -----------------------------------------------------------------
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class RunFolder:
+    """An output folder that holds a run: its `checkpoint-<step>` folders (oldest first) and whether `final/` is
+    there. `planned_steps` is the run's total from the last checkpoint's trainer state (0 when unknown)."""
+
+    folder: Path
+    checkpoints: list[Path]
+    final: bool
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    @property
+    def last_step(self) -> int:
+        return int(_CHECKPOINT.match(self.last_checkpoint.name)[1]) if self.checkpoints else 0
+
+    @property
+    def planned_steps(self) -> int:
+        state = self.last_checkpoint / "trainer_state.json" if self.checkpoints else None
+        try:
+            return int(json.loads(state.read_text()).get("max_steps") or 0) if state else 0
+        except (OSError, ValueError):
+            return 0
+
+    def describe(self) -> str:
+        """E.g. "checkpoint-4, checkpoint-8 and final/"."""
+        names = [p.name for p in self.checkpoints] + (["final/"] if self.final else [])
+        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def run_in_folder(folder: str | Path) -> RunFolder | None:
+    """What `folder` holds of a run (checkpoints, `final/`), or None when it holds none (or does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = [(int(m[1]), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    final = (folder / "final").is_dir()
+    if not found and not final:
+        return None
+    return RunFolder(folder, [p for _, p in sorted(found)], final)
+
+
+def free_folder(folder: str | Path) -> Path:
+    """The first of `folder-2`, `folder-3`, ... that holds no run: a name to suggest instead of `folder`."""
+    folder = Path(folder)
+    stem = re.sub(r"-\d+$", "", folder.name) or folder.name
+    number = 2
+    while (candidate := folder.with_name(f"{stem}-{number}")).exists() and run_in_folder(candidate) is not None:
+        number += 1
+    return candidate
+
+
+def clear_run(folder: str | Path) -> None:
+    """Delete a run's checkpoints, `final/` and half-written folders from `folder`; nothing else in it, and
+    nothing outside it."""
+    folder = Path(folder)
+    run = run_in_folder(folder)
+    doomed = list(run.checkpoints) + ([folder / "final"] if run and run.final else []) if run else []
+    doomed += [p for p in folder.glob(STAGING_PREFIX + "*") if p.is_dir()] if folder.is_dir() else []
+    for path in doomed:
+        if path.parent.resolve() != folder.resolve() or path.is_symlink():
+            continue  # only real sub-folders of `folder`
+        shutil.rmtree(path)

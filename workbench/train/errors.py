@@ -38,3 +38,12 @@ class OutputDirError(TrainingError, OSError):
 
 class CheckpointError(TrainingError, OSError):
     """A checkpoint folder that is missing or does not fit the model being trained."""
+
+
+class RunFolderInUseError(OutputDirError):
+    """The output folder already holds another run's checkpoints or `final/` (pass resume=True or overwrite=True,
+    or choose `suggestion`, a free folder)."""
+
+    def __init__(self, message: str, folder=None, suggestion=None, last_checkpoint=None):
+        super().__init__(message)
+        self.folder, self.suggestion, self.last_checkpoint = folder, suggestion, last_checkpoint

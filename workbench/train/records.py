@@ -36,10 +36,20 @@ class RunRecord:
     # classification runs: the validation texts and their label names (at most VALIDATION_KEPT rows), so the
     # confusion matrix and the misclassified examples can be shown later without the data at hand
     validation: dict[str, list] = field(default_factory=dict, repr=False)
+    base_params: int = 0  # the base model alone, no adapters or heads: `adapter_summary()`'s "Full model" row
+    adapter_params: int = 0  # the trained adapter's (or fusion's) own parameters, no head: its summary row
 
     @property
     def trainable_percent(self) -> float:
         return 100.0 * self.trainable_params / max(self.total_params, 1)
+
+    @property
+    def adapter_percent(self) -> float:
+        """The trained adapter's share of the base model, as the Model panel (`adapter_summary`) shows it; other
+        adapters the model holds do not count. A full fine-tuning run trains 100%; 0 when not recorded."""
+        if self.kind == "full":
+            return 100.0
+        return 100.0 * self.adapter_params / self.base_params if self.base_params else 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +58,7 @@ class RunRecord:
         """One flat row: the scalar fields plus `final_<metric>` and `best_<metric>` columns."""
         row = {k: v for k, v in self.to_dict().items() if not isinstance(v, (dict, list))}
         row["trainable_percent"] = self.trainable_percent
+        row["adapter_percent"] = self.adapter_percent
         for prefix, metrics in (("final", self.final_metrics), ("best", self.best_metrics)):
             for key, value in metrics.items():
                 row[f"{prefix}_{key.removeprefix('eval_')}"] = value

@@ -17,9 +17,9 @@ from transformers import (
 from ..core.composition import Fuse
 from . import data as data_mod
 from . import qa
-from .checkpoints import folder_bytes, staged_folder
+from .checkpoints import clear_run, folder_bytes, free_folder, run_in_folder, staged_folder
 from .config import TrainConfig
-from .errors import CheckpointError, OutputDirError
+from .errors import CheckpointError, OutputDirError, RunFolderInUseError
 from .events import EndEvent, EventBridge, RunControl, dispatch
 from .metrics import metrics_for
 from .records import VALIDATION_KEPT, RunRecord
@@ -51,6 +51,8 @@ def train(
     control: RunControl | None = None,
     resume_from_checkpoint: str | Path | bool | None = None,
     name: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> RunRecord:
     """Train `model` (an `AdapterModel`) on `data` and return the run's record.
 
@@ -80,7 +82,16 @@ def train(
             unwritable) raises `OutputDirError` naming the folder and keeps the checkpoints written before.
         callbacks: `TrainingCallback`s or callables receiving `StepEvent`, `EvalEvent` and `EndEvent`.
         control: a `RunControl` whose `stop()` ends the run after the current optimizer step, with a checkpoint.
-        resume_from_checkpoint: a checkpoint folder of an earlier run of the same setup, or True for the last one.
+        resume_from_checkpoint: a checkpoint folder of an earlier run of the same setup, or True for the last one
+            in `output_dir` (as `resume=True`).
+        resume: continue the run in `output_dir` from its last `checkpoint-<step>` to the planned total. The
+            checkpoint restores everything the run had: the trained weights (for adapter and fusion runs, the
+            adapter or fusion and the head; the whole model for "full"), the optimizer and learning-rate scheduler
+            state, the random number generators and Trainer's state (step, epoch, best checkpoint, log history).
+        overwrite: delete the `checkpoint-*` and `final/` folders `output_dir` holds (nothing else, nothing
+            outside it) before training. Without `resume` or `overwrite`, an `output_dir` that already holds a
+            run's checkpoints or `final/` raises `RunFolderInUseError` naming a free folder, before anything is
+            written: two runs never mix their checkpoints.
 
     Launched with `torchrun` or `accelerate launch`, every process calls `train()` with the same arguments and
     gets the record; the main process alone writes checkpoints and `final/` and sends events to `callbacks`, and a
@@ -92,9 +103,12 @@ def train(
         raise ValueError(f"kind={kind!r}: use one of {', '.join(KINDS)}")
     if task not in data_mod.TASKS:
         raise ValueError(f"task={task!r}: use one of {', '.join(data_mod.TASKS)}")
-    output = _writable(Path(output_dir))
     if isinstance(resume_from_checkpoint, (str, Path)) and not Path(resume_from_checkpoint).is_dir():
         raise CheckpointError(f"no checkpoint folder {resume_from_checkpoint}")
+    resume_from_checkpoint = _claim(
+        Path(output_dir), resume or resume_from_checkpoint is True, overwrite, resume_from_checkpoint
+    )
+    output = _writable(Path(output_dir))
     args = config.training_args(output)  # sets up the process group when launched on several processes
 
     columns = data_mod.Columns(
@@ -142,6 +156,9 @@ def train(
     )
 
     trainer.remove_callback(PrinterCallback)  # the run reports through its own events
+    if overwrite and args.should_save:  # only now: a bad setting or bad data above has deleted nothing
+        clear_run(output)
+    trainer.accelerator.wait_for_everyone()
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     wall = time.perf_counter() - start
@@ -175,6 +192,7 @@ def train(
         train_losses=list(bridge.step_losses),
         config=config.to_dict(),
         validation=_validation_examples(splits["validation"], columns, labels, task),
+        **_shares(model, plan),
     )
     if trainer.is_world_process_zero():
         dispatch(bridge.callbacks, EndEvent(record))
@@ -191,6 +209,31 @@ def _validation_examples(split, columns, labels, task: str) -> dict[str, list]:
     if columns.text_pair:
         kept["text_pair"] = [str(t) for t in rows[columns.text_pair]]
     return kept
+
+
+def _claim(output: Path, resume: bool, overwrite: bool, checkpoint) -> str | Path | None:
+    """The checkpoint to resume from (None: a fresh run); raises unless `output` may take this run."""
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True: choose one (continue the run, or replace it)")
+    existing = run_in_folder(output)
+    if resume and not isinstance(checkpoint, (str, Path)):
+        if existing is None or existing.last_checkpoint is None:
+            raise CheckpointError(f"nothing to resume in {output}: it holds no checkpoint-<step> folder")
+        return existing.last_checkpoint
+    if existing is None or overwrite:
+        return checkpoint or None
+    if checkpoint and Path(checkpoint).resolve().parent == output.resolve():
+        return checkpoint  # continuing this folder's own run
+    suggestion = free_folder(output)
+    last = existing.last_checkpoint
+    resume_hint = f"resume=True to continue it from {last.name}, or " if last is not None else ""
+    raise RunFolderInUseError(
+        f"the output folder {output} already holds a run ({existing.describe()}): use a free folder such as "
+        f"{suggestion}, or pass {resume_hint}overwrite=True to delete its checkpoints first",
+        folder=output,
+        suggestion=suggestion,
+        last_checkpoint=last,
+    )
 
 
 def _writable(folder: Path) -> Path:
@@ -217,6 +260,20 @@ def _tokenizer_of(model):
 def _count(model, trainable: bool) -> int:
     params = {id(p): p for p in model.parameters() if p.requires_grad or not trainable}
     return sum(p.numel() for p in params.values())
+
+
+def _shares(model, plan) -> dict[str, int]:
+    """`base_params` and `adapter_params` by `adapter_summary()`'s definition, so the run's share equals the
+    Model panel's (base = the base model without any adapter; the adapter's own parameters, no head)."""
+    if not hasattr(model, "adapter_summary"):
+        return {}
+    rows = model.adapter_summary(as_dict=True)
+    base = rows[-1]["#param"]
+    if plan.kind == "fusion":
+        own = {id(p): p for _, p in model._fusion_parameters(plan.fusion)}
+        return {"base_params": base, "adapter_params": sum(p.numel() for p in own.values())}
+    counts = {row["name"]: row["#param"] for row in rows[:-1]}
+    return {"base_params": base, "adapter_params": counts.get(plan.adapters[0], 0) if plan.adapters else 0}
 
 
 def _stop_reason(trainer, bridge: EventBridge, extra) -> str:

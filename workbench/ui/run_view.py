@@ -1,5 +1,10 @@
-"""`RunView`: Start / Stop, progress, live curves and run records for one kind of run, following
-`session.active_run` from a worker thread (shared by the Train and Fusion panels)."""
+"""`RunView`: Start / Stop / Resume, progress, live curves and the runs table for one kind of run, following
+`session.active_run` from a worker thread (shared by the Train and Fusion panels).
+
+A run never writes into a folder that holds another run: Start on such a folder shows, right under Start, what
+the folder holds and three explicit choices (resume it from its last checkpoint, overwrite it, or use a free
+name). Resume continues the last run (also one ended with Stop) from its last checkpoint to the planned total.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +13,43 @@ import html
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import ipywidgets as widgets
 
-from workbench.train import RunControl, StepEvent, compare_runs, train
+from workbench.train import RunControl, StepEvent, compare_runs, free_folder, run_in_folder, train
 
 from .code import RunSpec, as_code
-from .common import ErrorBox, Throttle, guarded, html_table, start_worker
+from .common import ErrorBox, Throttle, explain_disabled, guarded, start_worker
 from .curves import LiveCurves
+from .runs_table import RunsTable
 from .session import ActiveRun, Session
 
 OVERLAID_RUNS = 3  # earlier runs drawn under the current one
 
 
 class RunView(widgets.VBox):
-    """Start / Stop, progress, live curves, run records and "show as code" for one kind of run ("train" or
-    "fusion"), following `session.active_run` from a worker thread."""
+    """Start / Stop / Resume, progress, live curves, the runs table and "show as code" for one kind of run
+    ("train" or "fusion"), following `session.active_run` from a worker thread.
+
+    Errors of starting and of the run show in `self.error`: the panel's `error` box (which the panel places by
+    Start) or, when `error` is None, the view's own box, directly under the Start row. `rename(name)`, when
+    given, renames what the panel trains (e.g. its adapter name field) for "Use <free name>"; without it that
+    choice only changes the output folder.
+    """
 
     def __init__(
         self,
         session: Session,
-        error: ErrorBox,
+        error: ErrorBox | None,
         make_spec: Callable[[], RunSpec],
         kind: str = "train",
         prefix: str = "wb-train",
         callbacks: list | None = None,
+        rename: Callable[[str], None] | None = None,
     ):
-        self.session, self.error, self.make_spec, self.kind = session, error, make_spec, kind
+        self.session, self.make_spec, self.kind, self.rename = session, make_spec, kind, rename
+        self.error = error if error is not None else ErrorBox()
         self.callbacks = list(callbacks or [])
         self.record = None  # the RunRecord of the last run this view followed
         self.spec: RunSpec | None = None
@@ -43,32 +58,61 @@ class RunView(widgets.VBox):
         self.finished_listeners: list[Callable[[], None]] = []
         self.start = widgets.Button(description="Start", icon="play", button_style="success")
         self.stop = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
+        self.resume = widgets.Button(description="Resume", icon="forward", disabled=True, layout={"width": "auto"})
+        self.conflict = widgets.HTML()
+        self.resume_run = widgets.Button(
+            description="Resume", icon="forward", button_style="info", layout={"width": "auto"}
+        )
+        self.overwrite = widgets.Button(description="Overwrite", icon="trash", button_style="warning")
+        self.use_free = widgets.Button(description="Use a new name", icon="plus", layout={"width": "auto"})
+        self.choices = widgets.VBox(
+            [self.conflict, widgets.HBox([self.resume_run, self.overwrite, self.use_free])],
+            layout=widgets.Layout(display="none", border="1px solid #e0b000", padding="4px"),
+        )
         self.bar = widgets.IntProgress(value=0, min=0, max=1)
         self.line = widgets.HTML("not started")
-        self.curves = LiveCurves()
-        self.records = widgets.HTML()
+        self.curves = LiveCurves(colour=session.colour)
+        self.table = RunsTable(session, prefix=f"{prefix}-runs")
+        self.table.overlay_listeners.append(self._overlays_picked)
+        self.records = widgets.HTML(layout=widgets.Layout(display="none"))  # the static copy, for summary_html
         self.code_button = widgets.Button(description="show as code", icon="code")
         self.code = widgets.Textarea(layout=widgets.Layout(width="100%", height="14em", display="none"))
         self.progress = widgets.HBox([self.bar, self.line])
         for widget, name in (
             (self.start, "start"),
             (self.stop, "stop"),
+            (self.resume, "resume"),
+            (self.choices, "conflict"),
+            (self.resume_run, "conflict-resume"),
+            (self.overwrite, "conflict-overwrite"),
+            (self.use_free, "conflict-new"),
             (self.progress, "progress"),
             (self.records, "records"),
             (self.code_button, "code-button"),
             (self.code, "code"),
         ):
             widget.add_class(f"{prefix}-{name}")
-        self.start.on_click(guarded(error, "starting the run")(self._start_clicked))
-        self.stop.on_click(guarded(error, "stopping the run")(self._stop_clicked))
-        self.code_button.on_click(guarded(error, "show as code")(self._code_clicked))
+        if error is None:
+            self.error.add_class(f"{prefix}-start-error")
+        self.start.on_click(guarded(self.error, "starting the run")(self._start_clicked))
+        self.stop.on_click(guarded(self.error, "stopping the run")(self._stop_clicked))
+        self.resume.on_click(guarded(self.error, "resuming the run")(self._resume_clicked))
+        self.resume_run.on_click(guarded(self.error, "resuming the run")(lambda _: self._choose("resume")))
+        self.overwrite.on_click(guarded(self.error, "overwriting the run")(lambda _: self._choose("overwrite")))
+        self.use_free.on_click(guarded(self.error, "starting the run")(lambda _: self._choose("new")))
+        self.code_button.on_click(guarded(self.error, "show as code")(self._code_clicked))
+        self._pending: RunSpec | None = None  # the spec waiting for a choice on its folder
+        self._suggestion = None
         self._progress = Throttle(self._show_progress, 0.5)
         self._last_step: StepEvent | None = None
         super().__init__(
             [
-                widgets.HBox([self.start, self.stop, self.code_button]),
+                widgets.HBox([self.start, self.stop, self.resume, self.code_button]),
+                *([] if error is not None else [self.error]),  # the panel's own box is placed by the panel
+                self.choices,
                 self.progress,
                 self.curves,
+                self.table,
                 self.records,
                 self.code,
             ]
@@ -80,20 +124,90 @@ class RunView(widgets.VBox):
     # --- starting and stopping ---------------------------------------------------------------------------
 
     def _start_clicked(self, _=None) -> None:
+        self._hide_choices()
         if self.session.run_in_progress() is not None:
             raise RuntimeError("a run is in progress: stop it or wait for it to finish")
         spec = self.make_spec()  # raises on bad settings: nothing is started
+        if self.session.model is None:
+            raise ValueError("no model: load one in the Model panel, or pass model=... and tokenizer=...")
+        held = [run_in_folder(folder) for folder in _folders(spec)]
+        held = [h for h in held if h is not None]
+        if held:  # never mix two runs' checkpoints: ask what to do, next to Start
+            self._ask(spec, held)
+            return
+        self._launch(spec)
+
+    def _ask(self, spec: RunSpec, held: list) -> None:
+        self._pending = spec
+        self._suggestion = free_folder(spec.output_dir)
+        last = held[0].last_checkpoint if held[0].folder == Path(spec.output_dir) else None
+        lines = [
+            f"<b>{html.escape(str(h.folder))}</b> already holds a run ({html.escape(h.describe())})." for h in held
+        ]
+        lines.append("Starting here would mix two runs' checkpoints. Choose:")
+        self.conflict.value = "<br>".join(lines)
+        self.resume_run.description = f"Resume from {last.name}" if last is not None else "Resume"
+        explain_disabled(self.resume_run, None if last is not None else "no checkpoint to resume from")
+        self.overwrite.tooltip = "delete the old run's checkpoints and final/ (only those), then start"
+        self.use_free.description = f"Use {self._suggestion.name}"
+        self.choices.layout.display = "flex"
+
+    def _hide_choices(self) -> None:
+        self._pending = None
+        self.choices.layout.display = "none"
+
+    def _choose(self, choice: str) -> None:
+        spec = self._pending
+        if spec is None:
+            raise RuntimeError("nothing to choose for: click Start again")
+        self._hide_choices()
+        if self.session.run_in_progress() is not None:
+            raise RuntimeError("a run is in progress: stop it or wait for it to finish")
+        if choice == "new":
+            if self.rename is not None:  # a new adapter under the new name, in its own folder
+                self.rename(self._suggestion.name)
+                spec = self.make_spec()
+                if any(run_in_folder(f) is not None for f in _folders(spec)):
+                    self._ask(spec, [h for h in map(run_in_folder, _folders(spec)) if h is not None])
+                    return
+                self._launch(spec)
+            else:
+                self._launch(spec, folder=str(self._suggestion))
+        else:
+            self._launch(spec, mode=choice)
+
+    def _resume_clicked(self, _=None) -> None:
+        if self.session.run_in_progress() is not None:
+            raise RuntimeError("a run is in progress: stop it or wait for it to finish")
+        spec = self.spec
+        if spec is None or run_in_folder(spec.output_dir) is None:
+            raise ValueError("no run to resume: Start one first")
+        self._hide_choices()
+        self._launch(spec, mode="resume")
+
+    def _launch(self, spec: RunSpec, mode: str | None = None, folder: str | None = None) -> None:
+        """Start `spec` in a worker: `mode` "resume" continues its folder's last checkpoint, "overwrite" replaces
+        its folder's run; `folder` runs it in another output folder."""
         model = self.session.model
         if model is None:
             raise ValueError("no model: load one in the Model panel, or pass model=... and tokenizer=...")
+        if folder is not None:
+            spec = copy.copy(spec)
+            spec.output_dir = folder
         self.spec = spec
-        run = ActiveRun(self.kind, RunControl(), thread=None)
-        run.planned_steps = max(spec.config.max_steps, 0)
+        run = ActiveRun(self.kind, RunControl(), thread=None, name=_run_name(spec, folder))
+        held = run_in_folder(spec.output_dir)
+        run.planned_steps = max(spec.config.max_steps, 0) or (held.planned_steps if held else 0)
+        if mode == "resume" and held is not None and held.last_checkpoint is not None:
+            earlier = self.session.run_curves.get(run.name, [])
+            run.events.extend(e for e in earlier if getattr(e, "step", 0) <= held.last_step)
         run.thread = start_worker(
-            lambda: _run_jobs(self.session, run, spec, model, self.session.tokenizer, self.callbacks), "wb-train"
+            lambda: _run_jobs(self.session, run, spec, model, self.session.tokenizer, self.callbacks, mode),
+            "wb-train",
         )
         self.session.active_run = run
-        self.session.notify("active_run")  # this view (and any other of its kind) attaches to it
+        self.attach(run)  # even if it fails at once (before other views would see it in progress)
+        self.session.notify("active_run")  # other views of its kind attach to it
 
     def _stop_clicked(self, _=None) -> None:
         run = self.session.active_run
@@ -109,11 +223,12 @@ class RunView(widgets.VBox):
         if self.following is run:
             return
         self.following = run
-        self.start.disabled, self.stop.disabled = True, False
+        self.start.disabled, self.stop.disabled, self.resume.disabled = True, False, True
         self._last_step = None
         self.bar.value, self.bar.max = 0, max(run.planned_steps, 1)
-        earlier = dict(list(self.session.run_curves.items())[-OVERLAID_RUNS:])
-        self.curves.reset(run.planned_steps, overlays=earlier, title=title or _run_title(run, self.spec))
+        self.curves.reset(
+            run.planned_steps, overlays=self._overlays(), title=title or _run_title(run, self.spec), run_name=run.name
+        )
         self.line.value = "starting ..."
         self.follower = start_worker(lambda: self._follow_shown(run), "wb-train-follow")
 
@@ -146,6 +261,7 @@ class RunView(widgets.VBox):
             time.sleep(0.2)
         self.curves.flush()
         self._progress.flush()
+        self.curves.finish()  # the x-axis ends at the run's last step
         self._finish(run)
         following = self.session.active_run
         if following is not run and following is not None and following.in_progress and following.kind == self.kind:
@@ -159,12 +275,17 @@ class RunView(widgets.VBox):
         elif run.record is not None:
             self.record = record = run.record
             metrics = ", ".join(f"{k.removeprefix('eval_')} {v:.4g}" for k, v in record.final_metrics.items())
+            held = run_in_folder(record.output_dir)
+            planned = held.planned_steps if held is not None else 0
+            of = f" of {planned}" if record.stop_reason != "completed" and planned > record.global_step else ""
+            status = {"stop_request": "stopped", "early_stopping": "stopped early"}.get(record.stop_reason, "completed")
             self.line.value = html.escape(
-                f"{record.name}: {record.stop_reason} at step {record.global_step}, {record.wall_time_s:.1f} s"
+                f"{record.name}: {status} at step {record.global_step}{of}, {record.wall_time_s:.1f} s"
                 + (f"; eval {metrics}" if metrics else "")
             )
         self.stop.disabled = True
         self.start.disabled = self.session.run_in_progress() is not None
+        self._explain_resume()
         for listener in self.finished_listeners:
             listener()
 
@@ -179,6 +300,33 @@ class RunView(widgets.VBox):
             f"&middot; ETA {_clock(event.eta_seconds)}"
             + (f" &middot; loss {event.loss:.4f}" if event.loss is not None else "")
         )
+
+    def _explain_resume(self) -> None:
+        """Resume is on when the last run's folder has a checkpoint it did not finish from."""
+        spec, record = self.spec, self.record
+        held = run_in_folder(spec.output_dir) if spec is not None else None
+        reason = None
+        if self.session.run_in_progress() is not None:
+            reason = "a run is in progress"
+        elif held is None or held.last_checkpoint is None:
+            reason = "no stopped run with a checkpoint to resume"
+        elif record is not None and record.stop_reason == "completed" and record.output_dir == spec.output_dir:
+            reason = "the last run completed"
+        explain_disabled(self.resume, reason)
+        if reason is None:
+            self.resume.description = f"Resume from step {held.last_step}"
+            self.resume.tooltip = f"continue {held.folder} from {held.last_checkpoint.name} to the planned total"
+        else:
+            self.resume.description = "Resume"
+
+    def _overlays(self) -> dict[str, list]:
+        """The runs ticked in the runs table (by default the last few), name -> events."""
+        curves = self.session.run_curves
+        names = self.table.overlaid() or list(curves)[-OVERLAID_RUNS:]
+        return {name: curves[name] for name in names if name in curves}
+
+    def _overlays_picked(self, names: list[str]) -> None:
+        self.curves.set_overlays({n: self.session.run_curves[n] for n in names if n in self.session.run_curves})
 
     def _attach_or_wait(self) -> None:
         run = self.session.active_run
@@ -199,6 +347,7 @@ class RunView(widgets.VBox):
                 self.attach(active)
             else:
                 self.start.disabled = active is not None and active.in_progress
+                self._explain_resume()
 
     # --- results -----------------------------------------------------------------------------------------
 
@@ -207,14 +356,7 @@ class RunView(widgets.VBox):
         return compare_runs(self.session.runs) if self.session.runs else None
 
     def _show_records(self) -> None:
-        frame = self.records_frame()
-        if frame is None:
-            self.records.value = "<p><i>no runs yet</i></p>"
-            return
-        columns = [c for c in _RECORD_COLUMNS if c in frame.columns]
-        columns += [c for c in frame.columns if c.startswith("final_") and c not in columns]
-        rows = [{"name": name, **{c: _cell(row[c]) for c in columns}} for name, row in frame.iterrows()]
-        self.records.value = "<b>runs</b>" + html_table(rows, ["name", *columns])
+        self.records.value = "<b>runs</b>" + self.table.summary_html()
 
     def _code_clicked(self, _=None) -> None:
         self.code.value = as_code(self.make_spec())
@@ -226,25 +368,6 @@ class RunView(widgets.VBox):
         if self.curves.point_count:
             parts.append(self.curves.figure().to_html(include_plotlyjs="cdn", full_html=False))
         return "\n".join(parts)
-
-
-_RECORD_COLUMNS = (
-    "kind",
-    "method",
-    "global_step",
-    "stop_reason",
-    "trainable_params",
-    "trainable_percent",
-    "saved_bytes",
-    "wall_time_s",
-    "train_samples_per_second",
-)
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def _clock(seconds: float) -> str:
@@ -260,24 +383,51 @@ def _run_title(run: ActiveRun, spec: RunSpec | None) -> str:
     return f"{run.kind} run" + (f": {spec.name}" if spec is not None else "")
 
 
-def _run_jobs(session: Session, run: ActiveRun, spec: RunSpec, model, tokenizer, callbacks: list) -> None:
+def _folders(spec: RunSpec) -> list[Path]:
+    """The output folders a Start of `spec` writes: the run's, and its baseline's."""
+    return [Path(spec.output_dir)] + ([Path(spec.baseline_kwargs()["output_dir"])] if spec.baseline else [])
+
+
+def _run_name(spec: RunSpec, folder: str | None) -> str:
+    name = spec.train_kwargs()["name"]
+    return f"{name} ({Path(folder).name})" if folder is not None else name
+
+
+def _folder_options(folder, mode: str | None) -> dict:
+    """train()'s resume / overwrite for one folder: resume what has a checkpoint, replace what holds a run."""
+    held = run_in_folder(folder)
+    if held is None or mode is None:
+        return {}
+    if mode == "resume" and held.last_checkpoint is not None:
+        return {"resume": True}
+    return {"overwrite": True}  # "overwrite", or a resume whose baseline folder holds only final/
+
+
+def _run_jobs(session: Session, run: ActiveRun, spec: RunSpec, model, tokenizer, callbacks: list, mode=None) -> None:
     """The worker: the run, then (if asked and not stopped) the full fine-tuning baseline on a copy of the model.
 
-    Each run's events go to its `ActiveRun` (panels follow them), its record to `session.add_run`.
+    Each run's events go to its `ActiveRun` (panels follow them), its record to `session.add_run`. Whatever
+    happens, the session hears "active_run" at the end, so the header never says "run in progress" after it.
     """
-    record = _run_one(session, run, model, spec.data, spec.train_kwargs(), tokenizer, callbacks)
-    if record is None or not spec.baseline or record.stop_reason == "stop_request":
-        return
-    baseline = ActiveRun(run.kind, RunControl(), thread=threading.current_thread())
-    baseline.planned_steps = run.planned_steps
-    session.active_run = baseline
-    session.notify("active_run")
     try:
+        kwargs = {**spec.train_kwargs(), "output_dir": spec.output_dir, "name": run.name}
+        record = _run_one(session, run, model, spec.data, kwargs | _folder_options(spec.output_dir, mode), tokenizer,
+                          callbacks)  # fmt: skip
+        if record is None or not spec.baseline or record.stop_reason == "stop_request":
+            return
+        baseline = ActiveRun(run.kind, RunControl(), thread=threading.current_thread())
+        base_kwargs = {**spec.baseline_kwargs(), "output_dir": f"{spec.output_dir}-full"}
+        baseline.planned_steps, baseline.name = run.planned_steps, base_kwargs["name"]
+        session.active_run = run = baseline
+        session.notify("active_run")
         copied = copy.deepcopy(model)  # full fine-tuning changes every weight: keep the adapters' base model
-    except Exception as err:  # shown by the panel that follows the baseline
-        baseline.error = err
-        return
-    _run_one(session, baseline, copied, spec.data, spec.baseline_kwargs(), tokenizer, callbacks)
+        options = _folder_options(base_kwargs["output_dir"], mode)
+        _run_one(session, baseline, copied, spec.data, base_kwargs | options, tokenizer, callbacks)
+    except BaseException as err:  # shown by the panel that follows the run
+        if run.record is None and run.error is None:
+            run.error = err
+    finally:
+        session.notify("active_run")
 
 
 def _run_one(session: Session, run: ActiveRun, model, data, kwargs: dict, tokenizer, callbacks: list):
@@ -296,6 +446,7 @@ def _run_one(session: Session, run: ActiveRun, model, data, kwargs: dict, tokeni
         return None
     following = session.active_run is not run
     run.record = record
+    session.runs[:] = [r for r in session.runs if r.output_dir != record.output_dir]  # resumed or replaced
     session.add_run(record, run.events)
     if not following:
         session.notify("active_run")

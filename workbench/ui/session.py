@@ -23,6 +23,7 @@ class ActiveRun:
     planned_steps: int = 0
     record: Any = None  # the RunRecord once finished
     error: BaseException | None = None
+    name: str = ""  # the run's record name ("adapter:sst"), for its colour and legend
 
     @property
     def running(self) -> bool:

@@ -85,7 +85,8 @@ class TrainPanel(widgets.VBox):
             (self.device, "device"),
         ):
             widget.add_class(f"wb-train-{name}")
-        self.view = RunView(self.session, self.error, self.spec, kind="train", callbacks=callbacks)
+        # error None: the view's own box, right under Start, takes the run's errors (self.error: the data's)
+        self.view = RunView(self.session, None, self.spec, kind="train", callbacks=callbacks, rename=self._use_name)
         self.summary = StaticSummary()
         self.view.finished_listeners.append(lambda: self.summary.update(self.summary_html()))
         settings = widgets.VBox(
@@ -141,6 +142,10 @@ class TrainPanel(widgets.VBox):
 
     def summary_html(self) -> str:
         return self.view.summary_html()
+
+    def _use_name(self, name: str) -> None:
+        """The run view's "Use <free name>": a new adapter under that name (its folder follows)."""
+        self.adapter.value = name
 
     def _ipython_display_(self) -> None:
         display(self._repr_mimebundle_(), raw=True)
