@@ -8,10 +8,12 @@ Checkpoints of adapter and fusion runs hold only the trained parts (AdapterHub f
 """
 
 from .adapter_trainer import AdapterTrainer, Seq2SeqAdapterTrainer
+from .checks import Problem, check_data
 from .config import TrainConfig
 from .data import TASKS, load_splits
 from .errors import (
     CheckpointError,
+    DataCheckError,
     DataError,
     EmptyDatasetError,
     MissingColumnError,
@@ -28,6 +30,7 @@ __all__ = [
     "TASKS",
     "AdapterTrainer",
     "CheckpointError",
+    "DataCheckError",
     "DataError",
     "EmptyDatasetError",
     "EndEvent",
@@ -35,6 +38,7 @@ __all__ = [
     "MissingColumnError",
     "NonFiniteLossError",
     "OutputDirError",
+    "Problem",
     "RunControl",
     "RunRecord",
     "Seq2SeqAdapterTrainer",
@@ -43,6 +47,7 @@ __all__ = [
     "TrainingCallback",
     "TrainingError",
     "UnknownLabelError",
+    "check_data",
     "compare_runs",
     "load_splits",
     "train",
