@@ -10,7 +10,7 @@ Checkpoints of adapter and fusion runs hold only the trained parts (AdapterHub f
 from .adapter_trainer import AdapterTrainer, Seq2SeqAdapterTrainer
 from .checks import Problem, check_data
 from .config import TrainConfig
-from .data import TASKS, load_splits
+from .data import LABELLED_TASKS, TASKS, load_splits
 from .errors import (
     CheckpointError,
     DataCheckError,
@@ -27,6 +27,7 @@ from .records import RunRecord, compare_runs
 from .run import train
 
 __all__ = [
+    "LABELLED_TASKS",
     "TASKS",
     "AdapterTrainer",
     "CheckpointError",

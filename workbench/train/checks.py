@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from datasets import DatasetDict
 
-from .data import LABELLED_TASKS, Columns, load_splits
+from .data import LABELLED_TASKS, Columns, load_splits, rename_labels
 from .errors import DataCheckError, MissingColumnError, UnknownLabelError
 
 logger = logging.getLogger(__name__)
@@ -50,22 +50,33 @@ class Problem:
 def check_data(
     data,
     task: str = "classification",
-    columns: Columns | None = None,
     *,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    question_column: str = "question",
+    context_column: str = "context",
+    answers_column: str = "answers",
+    label_names: dict | None = None,
     head_labels: list[str] | None = None,
     validation_fraction: float = 0.1,
     seed: int = 42,
 ) -> list[Problem]:
-    """Every problem of `data` for a run of `task`, errors first.
+    """Every problem `train()` would find in `data` for a run of `task` (same column arguments), errors first.
 
     Args:
         data: anything `train()` takes, or the `DatasetDict` of `load_splits` (then the split is not redone).
-        columns: the column names `train()` gets (default: "text" and "label").
-        head_labels: the label names of the head the run would train, when it exists already.
+        label_names: as in `train()`: {value: name}.
+        head_labels: the label names of the head the run would train, when the model has it already.
         validation_fraction, seed: as in `TrainConfig`, for the validation split held out of train.
     """
-    columns = columns or Columns()
+    columns = Columns(text_column, text_pair_column, label_column, question_column, context_column, answers_column)
     splits = data if _is_split(data) else load_splits(data, validation_fraction, seed)
+    return problems_of(rename_labels(splits, columns, task, label_names or {}), columns, task, head_labels)
+
+
+def problems_of(splits: DatasetDict, columns: Columns, task: str, head_labels: list | None = None) -> list[Problem]:
+    """`check_data` on the splits of a run (labels already renamed)."""
     problems = _missing_columns(splits, columns, task)
     missing = {p.column for p in problems}
     if task in LABELLED_TASKS and columns.label in _text_columns(columns, task):
@@ -83,7 +94,7 @@ def check_data_before_training(
     splits: DatasetDict, columns: Columns, task: str, head_labels: list[str] | None = None
 ) -> None:
     """Raise one error that lists every error `check_data` finds; log the warnings (`train()` calls this)."""
-    problems = check_data(splits, task, columns, head_labels=head_labels)
+    problems = problems_of(splits, columns, task, head_labels)
     for warning in (p for p in problems if not p.is_error):
         logger.warning("workbench.train: %s", warning.message)
     errors = [p for p in problems if p.is_error]
@@ -252,6 +263,15 @@ def _label_problems(splits: DatasetDict, column: str, task: str, head_labels: li
             )
         )
     return problems
+
+
+def labels_found(splits: DatasetDict, column: str, task: str = "classification") -> list:
+    """The label values of every split, in the order a new head numbers them (numbers first, then text)."""
+    found = Counter()
+    for split in splits.values():
+        if column in split.column_names:
+            found.update(_label_counts(split[column], task))
+    return sorted(found, key=lambda v: (isinstance(v, str), v if isinstance(v, (int, float)) else 0, str(v)))
 
 
 def _label_counts(values: list, task: str) -> Counter:

@@ -33,6 +33,7 @@ class RunView(widgets.VBox):
         kind: str = "train",
         prefix: str = "wb-train",
         callbacks: list | None = None,
+        below_start: list | None = None,
     ):
         self.session, self.error, self.make_spec, self.kind = session, error, make_spec, kind
         self.callbacks = list(callbacks or [])
@@ -67,6 +68,7 @@ class RunView(widgets.VBox):
         super().__init__(
             [
                 widgets.HBox([self.start, self.stop, self.code_button]),
+                *(below_start or []),  # the panel's messages about Start, where the eye is after the click
                 self.progress,
                 self.curves,
                 self.records,
