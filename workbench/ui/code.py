@@ -72,50 +72,58 @@ class RunSpec:
 def as_code(spec: RunSpec) -> str:
     """A Python script that runs `spec` with the public API, as the panel does; it holds no path of this Python
     installation (a model installed as a package is found through the package), so it runs where it is pasted."""
-    lines = ["import workbench", "from workbench.train import TrainConfig, compare_runs, train", ""]
+    stdlib, body = [], []
     if spec.model_source:
-        lines += [
-            "from transformers import AutoTokenizer",
-            "",
-            *_source_code(spec.model_source),
+        source, package = _source_code(spec.model_source)
+        stdlib += ["from importlib.resources import files"] if package else []
+        body += [
+            source,
             "model = workbench.AutoAdapterModel.from_pretrained(model_source)",
             "tokenizer = AutoTokenizer.from_pretrained(model_source)",
         ]
     else:
-        lines.append("# model, tokenizer: the model and tokenizer the panel trained (e.g. from the Model panel)")
-    lines += _data_code(spec.data)
-    lines += [f"config = {_config_code(spec.config)}", ""]
-    lines.append(f"record = train(model, data, {_kwargs_code(spec.train_kwargs())}, tokenizer=tokenizer)")
+        body.append("# model, tokenizer: the model and tokenizer the panel trained (e.g. from the Model panel)")
+    body += [*_data_code(spec.data), f"config = {_config_code(spec.config)}", ""]
+    body.append(_call("record = train", ["model", "data", *_kwargs_code(spec.train_kwargs()), "tokenizer=tokenizer"]))
     records = "[record]"
     if spec.baseline:
-        lines += [
+        stdlib.insert(0, "import copy")
+        body += [
             "",
-            "# the baseline trains every weight: a copy of the model (the adapters' base model stays as it is) and",
+            "# the baseline trains every weight: a copy of the model (the adapters' base model stays as it is), with",
             "# its own settings (a smaller learning rate)",
-            "import copy",
-            "",
             f"baseline_config = {_config_code(spec.full_config)}",
-            f"baseline = train(copy.deepcopy(model), data, {_kwargs_code(spec.baseline_kwargs(), 'baseline_config')}, "
-            "tokenizer=tokenizer)",
+            _call(
+                "baseline = train",
+                [
+                    "copy.deepcopy(model)",
+                    "data",
+                    *_kwargs_code(spec.baseline_kwargs(), "baseline_config"),
+                    "tokenizer=tokenizer",
+                ],
+            ),
         ]
         records = "[record, baseline]"
-    lines += [f"compare_runs({records})", ""]
-    return "\n".join(lines)
+    third_party = ["from transformers import AutoTokenizer", ""] if spec.model_source else []
+    imports = [*stdlib, *([""] if stdlib else []), *third_party]
+    ours = ["import workbench", "from workbench.train import TrainConfig, compare_runs, train", ""]
+    return "\n".join([*imports, *ours, *body, f"compare_runs({records})", ""])
 
 
-def _source_code(source: str) -> list[str]:
-    """`model_source = ...`: a folder inside an installed package (e.g. the offline MiniLM) through the package."""
+def _call(head: str, arguments: list[str]) -> str:
+    return f"{head}(\n" + "".join(f"    {argument},\n" for argument in arguments) + ")"
+
+
+def _source_code(source: str) -> tuple[str, str | None]:
+    """`model_source = ...` and the package it is found through: a folder inside an installed package (e.g. the
+    offline MiniLM) is named through the package, never by this installation's path."""
     parts = Path(source).parts
     inside = next((i for i, part in enumerate(parts) if part in ("site-packages", "dist-packages")), None)
     if inside is None or inside + 1 >= len(parts):
-        return [f"model_source = {source!r}"]
+        return f"model_source = {source!r}", None
     package, rest = parts[inside + 1], "/".join(parts[inside + 2 :])
     where = f"files({package!r})" + (f" / {rest!r}" if rest else "")
-    return [
-        "from importlib.resources import files",
-        "",
-        f"model_source = str({where})  # installed with the {package} package",
-    ]
+    return f"model_source = str({where})  # installed with the {package} package", package
 
 
 def _data_code(data) -> list[str]:
@@ -139,7 +147,7 @@ def _config_code(config: TrainConfig) -> str:
     return f"TrainConfig({', '.join(changed)})"
 
 
-def _kwargs_code(kwargs: dict, config: str = "config") -> str:
+def _kwargs_code(kwargs: dict, config: str = "config") -> list[str]:
     parts = []
     for key, value in kwargs.items():
         if key == "config":
@@ -149,4 +157,4 @@ def _kwargs_code(kwargs: dict, config: str = "config") -> str:
             parts.append(f"{key}=workbench.Fuse({names})")
         else:
             parts.append(f"{key}={value!r}")
-    return ", ".join(parts)
+    return parts

@@ -34,7 +34,9 @@ class ErrorBox(widgets.VBox):
         an error that carries `problems` (every invalid field, every data check) lists them all."""
         problems = getattr(error, "problems", None)
         if problems:
-            self.show_problems([str(p) for p in problems], f"{context[:1].upper()}{context[1:]}" if context else "")
+            self.show_problems(
+                [str(p) for p in problems], f"{context[:1].upper()}{context[1:]} failed" if context else ""
+            )
             return
         prefix = f"{context[:1].upper()}{context[1:]} failed: " if context else ""
         self._show(

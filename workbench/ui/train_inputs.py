@@ -21,8 +21,12 @@ from .common import ErrorBox, guarded, html_table, start_worker
 
 NONE = "(none)"
 PREVIEW_ROWS = 5
-WIDE = {"description_width": "initial"}  # descriptions readable in full ("learning rate", "output folder")
-FIELD = widgets.Layout(width="22em")
+# descriptions readable in full ("learning r…" and "output fol…" were cut at ipywidgets' default width): as wide as
+# their text, or one width for a column of fields so that their boxes line up
+WIDE = {"description_width": "initial"}
+ALIGNED = {"description_width": "13em"}  # fits "baseline learning rate"
+COLUMNS = {"description_width": "9em"}  # fits "text pair column"
+FIELD_WIDTH = "25em"
 _ROLES = {  # column dropdown -> (train() argument, the tasks that use it)
     "text": ("text_column", ("classification", "multilabel", "tagging", "causal_lm")),
     "text pair": ("text_pair_column", ("classification", "multilabel")),
@@ -80,7 +84,7 @@ class DataPicker(widgets.VBox):
         self.validation_file = text_field(
             "validation file", placeholder="(optional) CSV / TSV / JSON(L) path", width="32em"
         )
-        self.holdout = text_field("else hold out", "0.1", width="12em")
+        self.holdout = text_field("or hold out", "0.1", width="12em")
         self.holdout.tooltip = "the share of the training rows held out for validation"
         self.status = widgets.HTML()
         self.preview = widgets.HTML()
@@ -149,10 +153,12 @@ class TaskColumns(widgets.VBox):
     """The task and which columns hold the text, label, ... (taken from the data's columns by name only)."""
 
     def __init__(self, prefix: str = "wb-train"):
-        self.task = widgets.Dropdown(options=TASKS, value="classification", description="task", style=WIDE)
+        self.task = widgets.Dropdown(
+            options=TASKS, value="classification", description="task", style=COLUMNS, layout=field_layout()
+        )
         self.task.add_class(f"{prefix}-task")
         self.role = {
-            role: widgets.Dropdown(options=[NONE], description=f"{role} column", style=WIDE, layout=FIELD)
+            role: widgets.Dropdown(options=[NONE], description=f"{role} column", style=COLUMNS, layout=field_layout())
             for role in _ROLES
         }
         for role, dropdown in self.role.items():
@@ -272,10 +278,12 @@ class HyperParams(widgets.VBox):
         if baseline:
             self.fields["baseline learning rate"] = text_field("baseline learning rate", _rate("full"))
             self.fields["learning rate"].description = "adapter learning rate"
-        self.scheduler = widgets.Dropdown(options=SCHEDULERS, value="linear", description="schedule", style=WIDE)
+        self.scheduler = widgets.Dropdown(
+            options=SCHEDULERS, value="linear", description="schedule", style=ALIGNED, layout=field_layout()
+        )
         for name, field in self.fields.items():
             field.add_class(f"{prefix}-{name.replace(' ', '-')}")
-            field.layout = FIELD
+            field.layout, field.style = field_layout(), ALIGNED
         self.scheduler.add_class(f"{prefix}-scheduler")
         super().__init__([*self.fields.values(), self.scheduler])
 
@@ -340,6 +348,11 @@ class HyperParams(widgets.VBox):
         if kind is float and "warm-up" in name and value >= 1 and not float(value).is_integer():
             raise ValueError(f"{name}: {text!r}: give whole steps (e.g. 100) or a share below 1 (e.g. 0.06)")
         return value
+
+
+def field_layout(width: str = FIELD_WIDTH) -> widgets.Layout:
+    """A layout of its own for each field (a shared one would hide them all when one is hidden)."""
+    return widgets.Layout(width=width)
 
 
 def _rate(kind: str) -> str:

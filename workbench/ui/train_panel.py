@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+from pathlib import Path
 
 import ipywidgets as widgets
 from IPython.display import display
@@ -28,7 +29,17 @@ from .common import ErrorBox, StaticSummary, explain_disabled, plain_message
 from .curves import LiveCurves
 from .run_view import RunView
 from .session import Session, default_session
-from .train_inputs import NONE, WIDE, DataPicker, HyperParams, LabelNames, SettingsError, TaskColumns, device_name
+from .train_inputs import (
+    ALIGNED,
+    NONE,
+    DataPicker,
+    HyperParams,
+    LabelNames,
+    SettingsError,
+    TaskColumns,
+    device_name,
+    field_layout,
+)
 
 METHODS = (
     "seq_bn",
@@ -78,10 +89,14 @@ class TrainPanel(widgets.VBox):
         self.data = DataPicker(self.data_error, data, validation=True)
         self.columns = TaskColumns()
         self.labels = LabelNames()
-        self.adapter = widgets.Text(value="my_adapter", description="adapter", style=WIDE)
-        self.method = widgets.Dropdown(options=METHODS, value="seq_bn", description="method", style=WIDE)
-        self.method_config = widgets.Text(placeholder="e.g. reduction_factor=8", description="config", style=WIDE)
-        self.output_dir = widgets.Text(value="runs", description="output folder", style=WIDE)
+        self.adapter = widgets.Text(value="my_adapter", description="adapter", style=ALIGNED, layout=field_layout())
+        self.method = widgets.Dropdown(
+            options=METHODS, value="seq_bn", description="method", style=ALIGNED, layout=field_layout()
+        )
+        self.method_config = widgets.Text(
+            placeholder="e.g. reduction_factor=8", description="method config", style=ALIGNED, layout=field_layout()
+        )
+        self.output_dir = widgets.Text(value="runs", description="output folder", style=ALIGNED, layout=field_layout())
         self.params = HyperParams(baseline=True)
         self.baseline = widgets.Checkbox(description="also run a full fine-tuning baseline", indent=False)
         self.device = widgets.HTML(f"device: <b>{html.escape(device_name())}</b>")
@@ -254,6 +269,8 @@ class TrainPanel(widgets.VBox):
             workbench.AdapterConfig.load(adapter_config)  # an unknown key or bad value is named here
         except Exception as err:
             problems.append(f"method config {options!r}: {plain_message(err)}")
+        output = self.output_dir.value.strip() or "runs"
+        problems += _folder_problems(output)
         problems += self.params.problems()
         try:
             fraction = self.data.validation_fraction()
@@ -275,7 +292,7 @@ class TrainPanel(widgets.VBox):
             columns=self.columns.column_kwargs(),
             adapter_config=adapter_config,
             config=config,
-            output_dir=f"{self.output_dir.value.strip() or 'runs'}/{name}",
+            output_dir=f"{output}/{name}",
             baseline=self.baseline.value,
             model_source=self.session.source,
             baseline_config=self.params.baseline_config(config),
@@ -288,3 +305,12 @@ class TrainPanel(widgets.VBox):
     def _ipython_display_(self) -> None:
         display(self._repr_mimebundle_(), raw=True)
         self.summary.display()
+
+
+def _folder_problems(folder: str) -> list[str]:
+    """A file where the output folder (or a folder above it) would be: a run could write nothing."""
+    path = Path(folder).expanduser()
+    for part in (path, *path.parents):
+        if part.exists():
+            return [] if part.is_dir() else [f"output folder: {part} is a file, not a folder"]
+    return []
