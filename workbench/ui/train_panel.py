@@ -86,6 +86,7 @@ class TrainPanel(widgets.VBox):
         self.warnings = widgets.HTML()
         self.start_hint = widgets.HTML()  # why Start is disabled
         self._splits_cache: tuple | None = None
+        self._loads = 0  # data loads so far: a new load (even of the same file) is checked afresh
         self.data = DataPicker(self.data_error, data, validation=True)
         self.columns = TaskColumns()
         self.labels = LabelNames()
@@ -197,7 +198,7 @@ class TrainPanel(widgets.VBox):
     def _splits(self):
         """The run's train/validation splits as `train()` will make them (one cached copy per setting)."""
         seed = self._seed()
-        key = (id(self.data.data), self.data.validation_file.value.strip(), self.data.holdout.value.strip(), seed)
+        key = (self._loads, self.data.validation_file.value.strip(), self.data.holdout.value.strip(), seed)
         if self._splits_cache is None or self._splits_cache[0] != key:
             splits = load_splits(self.data.run_data(), self.data.validation_fraction(), seed)
             self._splits_cache = (key, splits)
@@ -230,6 +231,7 @@ class TrainPanel(widgets.VBox):
         self.labels.set_labels(values, fixed=self._head_labels())
 
     def _data_loaded(self, columns: list[str]) -> None:
+        self._loads += 1
         self.columns.set_columns(columns)
         if self.columns.task.value in LABELLED_TASKS and self.columns.role["label"].value == NONE and columns:
             self.data.status.value += "<br><b>no label column found by name</b>: pick the column that holds the labels"
