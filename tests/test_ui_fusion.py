@@ -82,7 +82,7 @@ def test_a_fusion_run_blocks_training_elsewhere_and_code_repeats_it(tmp_path):
     set_up(panel, tmp_path / "panel", max_steps=2, eval_every=2)
     panel.view.start.click()
     assert reached.wait(60)
-    train_panel = TrainPanel(session)
+    train_panel = TrainPanel(session, data=keyword_frame(16))  # (without data its Start stays disabled)
     assert train_panel.view.start.disabled and "fusion run is in progress" in train_panel.view.line.value
     release.set()
     wait_until(lambda: finished(panel) and not train_panel.view.start.disabled)

@@ -165,10 +165,11 @@ def test_header_is_true_during_and_after_runs_and_after_a_failed_start(tmp_path)
     wait_until(lambda: finished(panel))
     assert "run in progress" not in workbench.title.value and "runs: 1" in workbench.title.value
 
-    bad = TrainPanel(session, data=keyword_frame(16).rename(columns={"label": "target"}))
+    def fail_at_once(_event):
+        raise RuntimeError("a callback failed as the run started")
+
+    bad = TrainPanel(session, data=keyword_frame(16), callbacks=[fail_at_once])
     set_up(bad, tmp_path / "bad", max_steps=2, eval_every=2)
-    bad.columns.role["label"].value = "text"
-    bad.columns.task.value = "tagging"  # the run fails as it starts
     bad.view.start.click()
     wait_until(lambda: finished(bad))
     assert bad.view.error.text and "run in progress" not in workbench.title.value

@@ -1,8 +1,10 @@
 """The Train panel from Python: set widget values, click, and watch real runs on a tiny model."""
 
+import html
 import threading
 import time
 
+import pandas as pd
 import pytest
 import torch
 from test_train import keyword_frame, make_tokenizer
@@ -59,6 +61,8 @@ def test_start_runs_to_the_end_with_record_curves_and_summary(tmp_path):
     assert panel.columns.role["text"].value == "text" and panel.columns.role["label"].value == "label"
     assert "<td>" in panel.data.preview.value and panel.device.value.endswith(("CPU</b>", "</b>"))
     set_up(panel, tmp_path)
+    assert [field.description for field in panel.labels.names] == ["0: no →", "1: yes →"]
+    panel.labels.names[0].value, panel.labels.names[1].value = "negative", "positive"  # the head's label names
     panel.view.start.click()
     assert panel.view.start.disabled and not panel.view.stop.disabled  # Start is off while the run is active
     wait_until(lambda: finished(panel))
@@ -81,6 +85,7 @@ def test_start_runs_to_the_end_with_record_curves_and_summary(tmp_path):
     assert record.name in panel.view.records.value and "<th>status</th>" in panel.view.records.value
     assert "completed at step 6" in panel.summary_html()
     assert "my_adapter" in session.model.adapters
+    assert session.model.heads["my_adapter"].id2label == {0: "negative", 1: "positive"}
 
 
 def test_stop_ends_the_run_within_a_step_and_start_is_refused_meanwhile(tmp_path):
@@ -115,43 +120,117 @@ def test_a_new_panel_reattaches_to_the_run_in_progress(tmp_path):
     assert second.curves.planned_steps == 6
 
 
-def test_bad_settings_show_a_message_and_start_nothing(tmp_path):
+def test_start_is_disabled_with_the_reason_without_model_or_data():
+    empty = TrainPanel(Session())
+    assert empty.view.start.disabled and "no model yet" in empty.start_hint.value
+    assert "no model yet" in empty.view.start.tooltip
     session = new_session()
     panel = TrainPanel(session)
-    panel.view.start.click()
-    assert "no data" in panel.view.error.text
+    assert panel.view.start.disabled and "no data yet" in panel.start_hint.value
+    panel.data._load(keyword_frame(16))  # as the Load button's worker does
+    assert not panel.view.start.disabled and panel.start_hint.value == ""
+
+
+def test_every_bad_setting_is_listed_at_once_under_start_and_nothing_starts(tmp_path):
+    session = new_session()
     panel = TrainPanel(session, data=keyword_frame(16))
     set_up(panel, tmp_path / "out")
-    for field, value, message in (
-        ("learning rate", "abc", "learning rate: 'abc' is not a number"),
-        ("batch size", "0", "batch size: '0' must be greater than 0"),
-        ("max steps", "2.5", "max steps: '2.5' is not a whole number"),
-    ):
-        good = panel.params.fields[field].value
+    bad = {
+        "learning rate": "abc",
+        "batch size": "0",
+        "max steps": "2.5",
+        "warm-up": "-1",
+        "weight decay": "x",
+        "baseline learning rate": "0",
+    }
+    for field, value in bad.items():
         panel.params.fields[field].value = value
-        panel.view.start.click()
-        assert message in panel.view.error.text and "ValueError" in panel.view.error.details.value
-        assert "Traceback" in panel.view.error.details.value  # details on demand
-        panel.params.fields[field].value = good
+    panel.data.holdout.value = "2"
     panel.method_config.value = "reduction_fator=8"
     panel.view.start.click()
-    assert "unknown key(s) ['reduction_fator']" in panel.view.error.text
+    problems = panel.error.text
+    for message in (
+        "adapter learning rate: 'abc' is not a number",
+        "batch size: '0' must be greater than 0",
+        "max steps: '2.5' is not a whole number",
+        "warm-up: '-1' must be 0 or more",
+        "weight decay: 'x' is not a number",
+        "baseline learning rate: '0' must be greater than 0",
+        "hold out: '2' must be between 0 and 1",
+        "unknown key(s) ['reduction_fator']",
+    ):
+        assert message in problems
+    assert "Error" not in problems  # plain words, no exception names
+    assert session.active_run is None and not (tmp_path / "out").exists()
+    # the messages sit right under Start, in the run view
+    start_row, hint, box = panel.view.children[:3]
+    assert panel.view.start in start_row.children and box is panel.error and hint is panel.start_hint
+
+
+def test_a_csv_without_a_label_column_is_refused_before_start(tmp_path):
+    """The issue's bug: a CSV without a label column trained on a guessed constant column (accuracy 1.0)."""
+    path = tmp_path / "reviews.csv"
+    keyword_frame(40).drop(columns="label").assign(source="web").to_csv(path, index=False)
+    session = new_session()
+    panel = TrainPanel(session, data=str(path))
+    set_up(panel, tmp_path / "out")
+    assert panel.columns.role["label"].value == "(none)"  # no column is taken for the label by position
+    assert "no label column found by name" in panel.data.status.value
+    assert "pick the label column for task 'classification'" in panel.checks.text
+    panel.view.start.click()
+    assert "pick the label column" in panel.error.text and session.active_run is None
+    panel.columns.role["label"].value = "source"
+    assert "'source' holds one value only ('web')" in panel.checks.text
+    panel.view.start.click()
+    assert "'source' holds one value only ('web')" in panel.error.text
     assert session.active_run is None and not (tmp_path / "out").exists()
 
 
-def test_errors_from_the_run_show_in_the_error_box(tmp_path):
+def test_data_checks_follow_the_columns_and_the_validation_file(tmp_path):
     session = new_session()
-    frame = keyword_frame(16).rename(columns={"label": "target"})
+    frame = keyword_frame(40).rename(columns={"label": "target"}).assign(n=range(40))
     panel = TrainPanel(session, data=frame)
-    assert panel.columns.role["label"].value == "target"  # guessed from the data
-    panel.columns.role["label"].value = "text"  # 16 different "labels"
-    panel.columns.task.value = "tagging"  # text is not a list of words: the run fails
-    set_up(panel, tmp_path, max_steps=2, eval_every=2)
+    assert panel.columns.role["label"].value == "target"  # taken by its name
+    assert panel.checks.text == ""
+    panel.columns.role["text"].value = "n"
+    assert "text column 'n' holds numbers, not text" in panel.checks.text
+    panel.columns.role["text"].value = "text"
+    assert panel.checks.text == ""
+    validation = keyword_frame(10, seed=1).rename(columns={"label": "target"}).assign(n=0)
+    validation.loc[[0, 1], "target"] = "maybe"
+    validation.to_csv(tmp_path / "dev.csv", index=False)
+    panel.data.validation_file.value = str(tmp_path / "dev.csv")
+    assert "'maybe' (2 rows) of the validation split in column 'target' are never seen in training" in (
+        panel.checks.text
+    )
+    panel.data.validation_file.value = str(tmp_path / "absent.csv")
+    assert "absent.csv: no such file" in panel.checks.text
+    panel.data.validation_file.value = ""
+    few = pd.concat([frame, pd.DataFrame({"text": ["w6 w7"] * 3, "target": ["rare"] * 3, "n": 0})])
+    panel.data._load(few)
+    assert panel.checks.text == "" and "few training rows for label(s) 'rare'" in html.unescape(panel.warnings.value)
+
+
+def test_errors_from_the_run_show_under_start(tmp_path):
+    session = new_session()
+    panel = TrainPanel(session, data=keyword_frame(16))
+    set_up(panel, tmp_path, max_steps=5, eval_every=5)
+    panel.params.fields["learning rate"].value = "1e30"  # a valid number; the loss diverges in the run
     panel.view.start.click()
     wait_until(lambda: finished(panel))
-    assert "UnknownLabelError" in panel.view.error.details.value and "not in the head" in panel.view.error.text
-    assert panel.record is None and session.runs == []
+    assert "Training failed: the training loss became" in panel.error.text
+    assert "NonFiniteLossError" in panel.error.details.value and panel.record is None and session.runs == []
     assert not panel.view.start.disabled
+
+
+def test_an_output_folder_blocked_by_a_file_is_refused_before_start(tmp_path):
+    session = new_session()
+    panel = TrainPanel(session, data=keyword_frame(16))
+    (tmp_path / "blocked").write_text("a file where the output folder would go")
+    panel.output_dir.value = str(tmp_path / "blocked")
+    panel.view.start.click()
+    assert f"output folder: {tmp_path / 'blocked'} is a file, not a folder" in panel.error.text
+    assert session.active_run is None
 
 
 def test_data_from_a_file_typed_in(tmp_path):
@@ -161,12 +240,29 @@ def test_data_from_a_file_typed_in(tmp_path):
     panel.data.source.value = str(tmp_path / "missing.csv")
     panel.data.load_button.click()
     wait_until(lambda: not panel.data.loader.is_alive())
-    assert "missing.csv" in panel.error.text and panel.data.data is None
+    assert "missing.csv" in panel.data_error.text and panel.data.data is None
     panel.data.source.value = str(tmp_path / "train.csv")
     panel.data.load_button.click()
     wait_until(lambda: not panel.data.loader.is_alive())
     assert panel.data.data == str(tmp_path / "train.csv") and panel.data.columns == ["sentence", "label"]
     assert panel.columns.role["text"].value == "sentence" and panel.data.preview.value.count("<tr>") == 6
+
+
+def readable(widget) -> bool:
+    """The description is shown in full: as wide as its text, or a width in em that fits it."""
+    width = widget.style.description_width
+    return width == "initial" or (width.endswith("em") and float(width[:-2]) >= 0.55 * len(widget.description))
+
+
+def test_labels_are_readable_in_full():
+    panel = TrainPanel(new_session(), data=keyword_frame(16))
+    fields = [*panel.params.fields.values(), panel.params.scheduler, panel.output_dir, panel.method_config]
+    fields += [panel.data.source, panel.data.validation_file, panel.data.holdout, *panel.columns.role.values()]
+    fields += panel.labels.names
+    assert all(readable(widget) for widget in fields), [w.description for w in fields if not readable(w)]
+    shown = [panel.columns.role["text"], panel.columns.role["label"], *panel.params.fields.values()]
+    assert all(widget.layout.display != "none" for widget in shown)  # hiding the QA columns hides only those
+    assert panel.columns.role["question"].layout.display == "none"
 
 
 def test_baseline_runs_after_the_adapter_on_a_copy(tmp_path):
@@ -175,9 +271,17 @@ def test_baseline_runs_after_the_adapter_on_a_copy(tmp_path):
     panel = TrainPanel(session, data=keyword_frame(32))
     set_up(panel, tmp_path, max_steps=3, eval_every=3)
     panel.baseline.value = True
+    fields = panel.params.fields
+    fields["baseline learning rate"].value, fields["seed"].value = "3e-5", "7"
+    fields["warm-up"].value, fields["weight decay"].value = "0.1", "0.01"
+    panel.params.scheduler.value = "cosine"
     panel.view.start.click()
     wait_until(lambda: len(session.runs) == 2 and finished(panel), timeout=120)
     adapter, full = session.runs
+    assert adapter.config["learning_rate"] == 1e-3 and full.config["learning_rate"] == 3e-5
+    for record in (adapter, full):
+        settings = {k: record.config[k] for k in ("seed", "warmup_steps", "weight_decay", "lr_scheduler_type")}
+        assert settings == {"seed": 7, "warmup_steps": 0.1, "weight_decay": 0.01, "lr_scheduler_type": "cosine"}
     assert adapter.kind == "adapter" and full.kind == "full" and full.global_step == 3
     assert full.trainable_params == full.total_params and session.full_checkpoint == full.saved_path
     assert panel.record is full and "full:my_adapter" in panel.view.records.value
@@ -193,16 +297,53 @@ def test_show_as_code_repeats_the_run(tmp_path):
     set_up(panel, tmp_path / "panel", max_steps=2, eval_every=2)
     panel.method.value = "lora"
     panel.method_config.value = "r=4"
+    panel.params.fields["seed"].value = "5"
+    panel.params.scheduler.value = "constant"
+    panel.baseline.value = True
     panel.view.code_button.click()
     code = panel.view.code.value
     assert "adapter_config='lora[r=4]'" in code and "max_steps=2" in code
+    assert "seed=5" in code and "lr_scheduler_type='constant'" in code
+    assert "baseline_config = TrainConfig(learning_rate=2e-05" in code and "config=baseline_config" in code
     spec = panel.spec()
     spec.output_dir = str(tmp_path / "code")
     namespace = {"model": tiny_adapter_model(), "tokenizer": make_tokenizer(), "data": data}
     exec(compile(as_code(spec), "show-as-code", "exec"), namespace)
-    record = namespace["record"]
+    record, baseline = namespace["record"], namespace["baseline"]
     assert record.method == "lora" and record.global_step == 2 and record.kind == "adapter"
-    assert (tmp_path / "code" / "final").is_dir()
+    assert baseline.kind == "full" and baseline.config["learning_rate"] == 2e-5 and record.config["seed"] == 5
+    assert (tmp_path / "code" / "final").is_dir() and (tmp_path / "code-full" / "final").is_dir()
+
+
+def test_show_as_code_has_no_installation_path_and_runs(tmp_path, monkeypatch):
+    """A model installed inside a package (the offline MiniLM is one) is found through the package, so the script
+    runs where it is pasted; the data with a validation file and the label names come along."""
+    packages = tmp_path / "env" / "lib" / "python3.11" / "site-packages"
+    model_dir = packages / "tiny_model_pkg" / "model"
+    tiny_adapter_model().save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    (packages / "tiny_model_pkg" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(packages))
+    session = new_session()
+    session.source = str(model_dir)
+    keyword_frame(24).to_csv(tmp_path / "train.csv", index=False)
+    keyword_frame(8, seed=1).to_csv(tmp_path / "dev.csv", index=False)
+    panel = TrainPanel(session, data=str(tmp_path / "train.csv"))
+    set_up(panel, tmp_path / "panel", max_steps=1, eval_every=1)
+    panel.data.validation_file.value = str(tmp_path / "dev.csv")
+    panel.labels.names[1].value = "keyword"
+    panel.view.code_button.click()
+    code = panel.view.code.value
+    assert "site-packages" not in code and str(packages) not in code
+    assert "model_source = str(files('tiny_model_pkg') / 'model')" in code
+    assert (
+        f"'validation': {str(tmp_path / 'dev.csv')!r}" in code and "label_names={'no': 'no', 'yes': 'keyword'}" in code
+    )
+    code = code.replace(repr(f"{tmp_path}/panel/my_adapter"), repr(str(tmp_path / "pasted")))
+    namespace = {}
+    exec(compile(code, "show-as-code", "exec"), namespace)
+    assert namespace["record"].global_step == 1 and (tmp_path / "pasted" / "final").is_dir()
+    assert namespace["model"].heads["my_adapter"].id2label == {0: "no", 1: "keyword"}
 
 
 def test_curves_log_scale_smoothing_and_overlays():

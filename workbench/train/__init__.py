@@ -9,10 +9,12 @@ Checkpoints of adapter and fusion runs hold only the trained parts (AdapterHub f
 
 from .adapter_trainer import AdapterTrainer, Seq2SeqAdapterTrainer
 from .checkpoints import RunFolder, clear_run, free_folder, run_in_folder
+from .checks import Problem, check_data
 from .config import TrainConfig
-from .data import TASKS, load_splits
+from .data import LABELLED_TASKS, TASKS, load_splits
 from .errors import (
     CheckpointError,
+    DataCheckError,
     DataError,
     EmptyDatasetError,
     MissingColumnError,
@@ -27,9 +29,11 @@ from .records import RunRecord, compare_runs
 from .run import train
 
 __all__ = [
+    "LABELLED_TASKS",
     "TASKS",
     "AdapterTrainer",
     "CheckpointError",
+    "DataCheckError",
     "DataError",
     "EmptyDatasetError",
     "EndEvent",
@@ -37,6 +41,7 @@ __all__ = [
     "MissingColumnError",
     "NonFiniteLossError",
     "OutputDirError",
+    "Problem",
     "RunControl",
     "RunFolder",
     "RunFolderInUseError",
@@ -48,6 +53,7 @@ __all__ = [
     "TrainingError",
     "UnknownLabelError",
     "clear_run",
+    "check_data",
     "compare_runs",
     "free_folder",
     "load_splits",

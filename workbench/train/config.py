@@ -7,7 +7,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import SchedulerType, TrainingArguments
+
+# peak learning rates when TrainConfig leaves it open: an adapter's few new weights take a large step (AdapterHub's
+# examples train adapters at 1e-4), AdapterFusion layers 5e-5 (as in the AdapterFusion paper), and the full
+# fine-tuning baseline, which moves every pre-trained weight, 2e-5 (BERT's usual fine-tuning range)
+DEFAULT_LEARNING_RATES = {"adapter": 1e-4, "fusion": 5e-5, "full": 2e-5}
+SCHEDULERS = (  # the schedules that need no extra arguments (the Train panel offers these)
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
 
 
 @dataclass
@@ -18,7 +32,9 @@ class TrainConfig:
     saved, so the best checkpoint can be selected (by `metric_for_best_model`) and restored at the end.
     """
 
-    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)"})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "peak learning rate (AdamW); None: the run kind's DEFAULT_LEARNING_RATES"}
+    )
     num_train_epochs: float = 3.0
     max_steps: int = field(default=-1, metadata={"help": "if > 0, overrides num_train_epochs"})
     batch_size: int = 16
@@ -72,6 +88,33 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.validation_fraction={self.validation_fraction}: must be in (0, 1)")
         if self.early_stopping_patience is not None and self.eval_strategy == "no":
             raise ValueError("TrainConfig.early_stopping_patience needs an eval_strategy other than 'no'")
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every out-of-range number, one plain sentence each (the Train panel lists them all at once)."""
+        found = []
+        for name in ("learning_rate", "num_train_epochs", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                found.append(f"TrainConfig.{name}={value}: must be 0 or more")
+        for name in ("batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                found.append(f"TrainConfig.{name}={getattr(self, name)}: must be 1 or more")
+        if self.warmup_steps < 0:
+            found.append(f"TrainConfig.warmup_steps={self.warmup_steps}: use steps (1 or more) or a fraction below 1")
+        if self.lr_scheduler_type not in {s.value for s in SchedulerType}:
+            schedules = ", ".join(SCHEDULERS)
+            found.append(f"TrainConfig.lr_scheduler_type={self.lr_scheduler_type!r}: use one of {schedules}")
+        return found
+
+    def for_kind(self, kind: str) -> TrainConfig:
+        """This config with the learning rate filled in for a run of `kind` when it was left open (None)."""
+        if self.learning_rate is not None:
+            return self
+        default = DEFAULT_LEARNING_RATES.get(kind, DEFAULT_LEARNING_RATES["adapter"])
+        return dataclasses.replace(self, learning_rate=default)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -87,7 +130,7 @@ class TrainConfig:
             output_dir=str(output_dir),
             fast_dropout=self.fast_dropout,
             attention_dropout=self.attention_dropout,
-            learning_rate=self.learning_rate,
+            learning_rate=self.for_kind("adapter").learning_rate,
             num_train_epochs=self.num_train_epochs,
             max_steps=self.max_steps,
             per_device_train_batch_size=self.batch_size,

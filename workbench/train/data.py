@@ -8,6 +8,7 @@ label names live in the head (and in its saved `head_config.json`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ import pandas as pd
 from datasets import Dataset, DatasetDict
 
 from . import qa
-from .errors import DataError, EmptyDatasetError, MissingColumnError, UnknownLabelError
+from .errors import DataError, EmptyDatasetError, UnknownLabelError
 
 TASKS = ("classification", "multilabel", "tagging", "qa", "causal_lm")
 LABELLED_TASKS = ("classification", "multilabel", "tagging")  # the tasks whose head has a label set
@@ -147,14 +148,41 @@ def _read_file(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read it ({err})") from None
 
 
-def check_columns(splits: DatasetDict, columns: Columns, task: str = "classification") -> None:
-    """Raise `MissingColumnError` naming the first missing column and the split it is missing from."""
-    for split, dataset in splits.items():
-        for column in columns.needed(task):
-            if column not in dataset.column_names:
-                raise MissingColumnError(
-                    f"column {column!r} is not in the {split!r} split (columns: {', '.join(dataset.column_names)})"
-                )
+def rename_labels(splits: DatasetDict, columns: Columns, task: str, names: Mapping) -> DatasetDict:
+    """The splits with label values replaced by their names ({value: name}, values compared as text), so the head
+    built from the data carries the names; labels become text, and values without a name keep their own."""
+    by_text = {str(value): str(name) for value, name in names.items()}
+
+    def rename(value):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if isinstance(value, (list, tuple)):
+            return [rename(item) for item in value]
+        if isinstance(value, str) and task == "multilabel":
+            return ",".join(by_text.get(item.strip(), item.strip()) for item in value.split(",") if item.strip())
+        if isinstance(value, str) and task == "tagging":
+            return " ".join(by_text.get(item, item) for item in value.split())
+        return by_text.get(str(value), str(value))
+
+    def batch(rows):
+        return {columns.label: [rename(value) for value in rows[columns.label]]}
+
+    if not names or any(columns.label not in split.column_names for split in splits.values()):
+        return splits  # nothing to rename; a missing column is named by the checks
+    with _quiet():
+        return DatasetDict({name: split.map(batch, batched=True) for name, split in splits.items()})
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No `datasets` progress bars inside: these steps are quick, the run's own events report progress."""
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def label_values(dataset: Dataset, columns: Columns, task: str) -> list:
@@ -226,18 +254,13 @@ def tokenize(
         def batch(rows, indices):
             return encode[task](rows, tokenizer, columns, labels, max_length)
 
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # tokenizing is quick; the run's own events report progress
-    try:
+    with _quiet():
         return DatasetDict(
             {
                 name: ds.map(batch, batched=True, with_indices=True, remove_columns=ds.column_names)
                 for name, ds in splits.items()
             }
         )
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
 
 
 def _texts(rows, tokenizer, columns: Columns, max_length: int, **kwargs):

@@ -10,7 +10,11 @@ class TrainingError(AdapterError):
 
 
 class DataError(TrainingError, ValueError):
-    """The data cannot be used for the task (base class of the data errors below)."""
+    """The data cannot be used for the task (base class of the data errors below).
+
+    Raised by the checks before training (`workbench.train.checks`), `problems` holds every finding."""
+
+    problems: tuple = ()
 
 
 class MissingColumnError(DataError, KeyError):
@@ -22,6 +26,10 @@ class MissingColumnError(DataError, KeyError):
 
 class UnknownLabelError(DataError):
     """A label value outside the head's label set."""
+
+
+class DataCheckError(DataError):
+    """The checks before training found problems of several kinds (each listed in the message)."""
 
 
 class EmptyDatasetError(DataError):

@@ -18,13 +18,14 @@ from ..core.composition import Fuse
 from . import data as data_mod
 from . import qa
 from .checkpoints import clear_run, folder_bytes, free_folder, run_in_folder, staged_folder
+from .checks import check_data_before_training
 from .config import TrainConfig
 from .errors import CheckpointError, OutputDirError, RunFolderInUseError
 from .events import EndEvent, EventBridge, RunControl, dispatch
 from .metrics import metrics_for
 from .records import VALIDATION_KEPT, RunRecord
 from .runner import WorkbenchTrainer
-from .setup import ensure_head, prepare_model, set_trainable
+from .setup import ensure_head, head_labels, planned_head, prepare_model, set_trainable
 
 KINDS = ("adapter", "fusion", "full")
 
@@ -53,6 +54,7 @@ def train(
     name: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    label_names: dict | None = None,
 ) -> RunRecord:
     """Train `model` (an `AdapterModel`) on `data` and return the run's record.
 
@@ -75,6 +77,8 @@ def train(
         head: the head's name (default: the adapter or fusion name, or the task for "full"). A missing head is
             added with the labels found in the data (a QA or causal LM head for those tasks); an existing one keeps
             its labels, which the data must use.
+        label_names: names for the label values, {value: name} (e.g. {0: "negative", 1: "positive"}): a new
+            head's id2label holds the names, in this order.
         data: a Hub dataset id ("owner/name"), a CSV/TSV/JSON(L) path, a folder (of data files, or saved with
             `save_to_disk`), a DataFrame, a Dataset/DatasetDict, or a dict of splits.
         output_dir: checkpoints go to `checkpoint-<step>/`, the final (best) weights to `final/`. Each folder is
@@ -97,7 +101,7 @@ def train(
     gets the record; the main process alone writes checkpoints and `final/` and sends events to `callbacks`, and a
     `control.stop()` there stops every process.
     """
-    config = config or TrainConfig()
+    config = (config or TrainConfig()).for_kind(kind)  # a learning rate left open: the default for the kind
     control = control or RunControl()
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: use one of {', '.join(KINDS)}")
@@ -116,11 +120,13 @@ def train(
     )
     with args.main_process_first(desc="loading and tokenizing the data"):  # others then reuse datasets' cache
         splits = data_mod.load_splits(data, config.validation_fraction, config.seed)
-        data_mod.check_columns(splits, columns, task)
+        splits = data_mod.rename_labels(splits, columns, task, label_names or {})
+        existing = head_labels(model, planned_head(kind, adapter, head, task), task)
+        check_data_before_training(splits, columns, task, existing)  # every problem at once, nothing trained yet
         tokenizer = tokenizer or _tokenizer_of(model)
 
         plan, method = prepare_model(model, kind, adapter, adapter_config, head, task)
-        label2id = ensure_head(model, plan.head, task, splits, columns)
+        label2id = ensure_head(model, plan.head, task, splits, columns, [str(n) for n in (label_names or {}).values()])
         set_trainable(model, plan)
         labels = data_mod.LabelMap(label2id, label_column)
         encoded = data_mod.tokenize(splits, tokenizer, columns, task, labels, config.max_length, config.doc_stride)

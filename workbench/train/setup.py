@@ -17,6 +17,24 @@ _HEAD_TYPES = {
 }
 
 
+def planned_head(kind, adapter, head, task) -> str | None:
+    """The name of the head a run trains: `head`, else the adapter's or the fusion's name (the task for "full")."""
+    if head or kind == "full":
+        return head or task
+    if kind == "adapter":
+        return adapter if isinstance(adapter, str) else None
+    return ",".join(adapter.names() if isinstance(adapter, Fuse) else list(adapter or []))
+
+
+def head_labels(model, head: str | None, task: str) -> list[str] | None:
+    """The labels (in id order) of the model's head `head` when it exists and has a label set, else None."""
+    heads = getattr(model, "heads", {})
+    if task not in data_mod.LABELLED_TASKS or head is None or head not in heads:
+        return None
+    label2id = heads[head].config.get("label2id") or {}
+    return [name for name, _ in sorted(label2id.items(), key=lambda item: item[1])] or None
+
+
 def prepare_model(model, kind, adapter, adapter_config, head, task) -> tuple[SavePlan, str]:
     """The run's `SavePlan` and method name, adding the adapter or the fusion when the model lacks it."""
     if kind == "full":
@@ -39,8 +57,11 @@ def prepare_model(model, kind, adapter, adapter_config, head, task) -> tuple[Sav
     return SavePlan("fusion", head or fusion, adapters=names, fusion=fusion), "fusion"
 
 
-def ensure_head(model, head: str, task: str, splits, columns) -> dict[str, int]:
+def ensure_head(model, head: str, task: str, splits, columns, order=()) -> dict[str, int]:
     """The head's label2id, adding the head (labels found in the data) if the model has none of that name.
+
+    A new head's ids follow `order` (label names, e.g. those given to `train(label_names=...)`), then the other
+    labels sorted.
 
     "qa" and "causal_lm" heads have no label set: their label2id is empty.
     """
@@ -59,6 +80,8 @@ def ensure_head(model, head: str, task: str, splits, columns) -> dict[str, int]:
     for split in splits.values():
         values += [v for v in data_mod.label_values(split, columns, task) if v not in values]
     values = sorted(values, key=lambda v: (isinstance(v, str), v))
+    first = [name for name in order if name in values]
+    values = first + [v for v in values if v not in first]
     id2label = {i: str(v) for i, v in enumerate(values)}
     if task == "tagging":
         model.add_tagging_head(head, num_labels=len(values), id2label=id2label)

@@ -30,7 +30,14 @@ class ErrorBox(widgets.VBox):
         self.add_class("wb-error")
 
     def show(self, error: BaseException, context: str = "") -> None:
-        """`error` as one readable sentence ("Loading the model failed: ..."), its type and traceback in Details."""
+        """`error` as one readable sentence ("Loading the model failed: ..."), its type and traceback in Details;
+        an error that carries `problems` (every invalid field, every data check) lists them all."""
+        problems = getattr(error, "problems", None)
+        if problems:
+            self.show_problems(
+                [str(p) for p in problems], f"{context[:1].upper()}{context[1:]} failed" if context else ""
+            )
+            return
         prefix = f"{context[:1].upper()}{context[1:]} failed: " if context else ""
         self._show(
             f"{html.escape(prefix)}{html.escape(plain_message(error))}",

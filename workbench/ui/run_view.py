@@ -47,6 +47,7 @@ class RunView(widgets.VBox):
         prefix: str = "wb-train",
         callbacks: list | None = None,
         rename: Callable[[str], None] | None = None,
+        below_start: list | None = None,
     ):
         self.session, self.make_spec, self.kind, self.rename = session, make_spec, kind, rename
         self.error = error if error is not None else ErrorBox()
@@ -108,7 +109,8 @@ class RunView(widgets.VBox):
         super().__init__(
             [
                 widgets.HBox([self.start, self.stop, self.resume, self.code_button]),
-                *([] if error is not None else [self.error]),  # the panel's own box is placed by the panel
+                *(below_start or []),  # the panel's messages about Start, where the eye is after the click
+                *([] if error is not None else [self.error]),  # else the panel placed its box (below_start)
                 self.choices,
                 self.progress,
                 self.curves,
