@@ -374,7 +374,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", type=Path, default=default_workdir(), help="adapters and HF_HOME (kept)")
     parser.add_argument("--run", nargs=argparse.REMAINDER, help="run this command with the demo Hub's environment")
     args = parser.parse_args(argv)
-    print(f"Building the demo adapters in {args.workdir} (once, about a minute)...", flush=True)
+    print(f"Demo adapters in {args.workdir}/adapters (built on first use: about a minute)...", flush=True)
     hub = start_demo_hub(args.workdir)
     env = demo_environment(hub, args.workdir)
     print(f"Demo Hub at {hub.url} (AdapterHub index at {hub.ah_url}).", flush=True)
