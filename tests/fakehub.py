@@ -367,6 +367,11 @@ class FakeHub:
             "disabled": False,
             **meta,
             "siblings": siblings,
+            # bytes the repo takes on the Hub, every branch's files counted once: the Hub answers it to `expand`
+            "usedStorage": sum(
+                len(d)
+                for d in {git_blob_sha(d): d for r in repo["revs"].values() for d in r["files"].values()}.values()
+            ),
         }
 
     @staticmethod
@@ -378,6 +383,8 @@ class FakeHub:
         item = self._full_item(repo, rev)
         if query.get("expand"):
             item = self._expanded(item, query["expand"])
+        else:
+            item.pop("usedStorage")  # only when asked for, as on the Hub
         return 200, {"Content-Type": "application/json"}, json.dumps(item).encode()
 
     def _list_models(self, raw_path: str, raw_query: str, query: dict, auth=None):

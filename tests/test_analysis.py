@@ -272,3 +272,146 @@ def test_inference_speed_times_each_setup_and_leaves_the_model_alone(model, toke
 def test_engine_analysis_does_not_import_the_ui():
     code = "import sys, workbench.analysis; assert 'ipywidgets' not in sys.modules and 'IPython' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- training runs side by side (an adapter run and its full fine-tuning baseline) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from trained_runs import train_pair
+
+    return train_pair(tmp_path_factory.mktemp("runs"))
+
+
+def test_run_table_has_what_each_run_recorded(runs):
+    from workbench.analysis import run_table
+
+    _, _, adapter_run, full_run = runs
+    table = run_table([adapter_run, full_run]).set_index("run")
+    assert list(table.index) == ["adapter:kw", "full:kw"]
+    for record in (adapter_run, full_run):
+        row = table.loc[record.name]
+        assert row["kind"] == record.kind and row["metric"] == "accuracy"
+        assert row["score"] == record.best_metrics["eval_accuracy"]
+        assert row["metrics"]["loss"] == record.best_metrics["eval_loss"]
+        assert row["trainable_params"] == record.trainable_params and row["bytes_on_disk"] == record.saved_bytes
+        assert row["train_time_s"] == record.wall_time_s > 0
+        assert row["train_samples_per_s"] == record.train_samples_per_second > 0
+        assert row["peak_memory_bytes"] == record.peak_memory_bytes > 0
+    assert table.loc["adapter:kw", "bytes_on_disk"] < table.loc["full:kw", "bytes_on_disk"] / 5
+
+
+def test_runs_predict_with_their_own_heads_and_label_names(runs):
+    """The full run's folder loads as its own model and predicts with the head it trained (label names, not the
+    base model's "no head"); the adapter run uses the adapter and head on the model."""
+    from trained_runs import LABELS
+
+    from workbench.analysis import load_checkpoint, run_predictions
+
+    model, tokenizer, adapter_run, full_run = runs
+    texts = ["w5 w6 w7", "w8 w9 w10"]
+    results = run_predictions(model, tokenizer, [adapter_run, full_run], texts)
+    for name in ("adapter:kw", "full:kw"):
+        assert [p.kind for p in results[name]] == ["classification"] * 2
+        assert all(set(p.scores) == LABELS and p.label in LABELS for p in results[name])
+    assert results["adapter:kw"][0].scores == predict(model, tokenizer, texts, setup="kw")[0].scores
+    full, full_tokenizer = load_checkpoint(full_run.saved_path, tokenizer=tokenizer)
+    expected = predict(full, full_tokenizer, texts, head="classification")
+    assert [p.scores for p in results["full:kw"]] == [p.scores for p in expected]
+
+
+def test_full_run_loads_without_unpickling_training_args(runs, tmp_path):
+    """Trainer writes `training_args.bin` (a pickle) into `final/`: comparing the run never unpickles it."""
+    import pickle
+    import shutil
+
+    from workbench.analysis import run_predictions
+
+    model, tokenizer, _, full_run = runs
+    folder = tmp_path / "final"
+    shutil.copytree(full_run.saved_path, folder)
+    marker = tmp_path / "unpickled"
+    (folder / "training_args.bin").write_bytes(pickle.dumps(_Touch(marker)))
+    record = _with(full_run, saved_path=str(folder))
+    [prediction] = run_predictions(model, tokenizer, [record], ["w5 w6"])[record.name]
+    assert prediction.label in {"no", "yes"} and not marker.exists()
+    assert costs(model, [], full_checkpoint=folder).iloc[-1]["bytes_on_disk"] > 0 and not marker.exists()
+
+
+class _Touch:
+    """Unpickling this creates `path`: proof that a file was unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def _with(record, **changes):
+    import dataclasses
+
+    return dataclasses.replace(record, **changes)
+
+
+def test_a_retrained_adapter_is_compared_with_the_weights_its_run_saved(runs):
+    """A later change to the adapter on the model (another run, a reload) does not change what the earlier run's
+    column shows: its saved adapter is loaded under a temporary name for the call and removed after."""
+    from workbench.analysis import run_predictions
+
+    model, tokenizer, adapter_run, _ = runs
+    before = run_predictions(model, tokenizer, [adapter_run], ["w5 w6 w7"])["adapter:kw"][0].scores
+    saved = {k: v.detach().clone() for k, v in model.named_parameters() if ".kw." in k}
+    try:
+        with torch.no_grad():
+            for key, param in model.named_parameters():
+                if ".kw." in key:
+                    param.add_(0.5)
+        assert predict(model, tokenizer, ["w5 w6 w7"], setup="kw")[0].scores != before
+        after = run_predictions(model, tokenizer, [adapter_run], ["w5 w6 w7"])["adapter:kw"][0].scores
+        assert after == pytest.approx(before)
+        assert list(model.adapters) == ["kw"] and list(model.heads) == ["kw"]
+    finally:
+        with torch.no_grad():
+            for key, param in model.named_parameters():
+                if key in saved:
+                    param.copy_(saved[key])
+
+
+def test_evaluate_run_gives_confusion_matrix_and_misclassified_examples(runs):
+    from workbench.analysis import evaluate_run
+
+    model, tokenizer, adapter_run, full_run = runs
+    for record in (adapter_run, full_run):
+        evaluation = evaluate_run(model, tokenizer, record)
+        validation = record.validation
+        assert evaluation.examples == len(validation["text"]) > 0
+        assert set(evaluation.confusion.index) == {"no", "yes"} == set(validation["label"])
+        assert int(evaluation.confusion.values.sum()) == evaluation.examples
+        correct = sum(evaluation.confusion.loc[label, label] for label in evaluation.confusion.index)
+        assert evaluation.accuracy == pytest.approx(correct / evaluation.examples)
+        assert evaluation.accuracy == pytest.approx(record.best_metrics["eval_accuracy"])  # the saved weights
+        assert len(evaluation.misclassified) == evaluation.examples - correct
+        for row in evaluation.misclassified.itertuples():
+            assert row.true != row.predicted
+            assert validation["label"][validation["text"].index(row.text)] == row.true
+    with pytest.raises(ValueError, match="kept no validation examples"):
+        evaluate_run(model, tokenizer, _with(adapter_run, validation={}))
+
+
+def test_run_speed_times_each_run(runs):
+    from workbench.analysis import run_speed
+
+    model, tokenizer, adapter_run, full_run = runs
+    table = run_speed(model, tokenizer, [adapter_run, full_run], ["w5 w6", "w7"], repeats=2)
+    assert list(table["setup"]) == ["adapter:kw", "full:kw"]
+    assert (table["median_s"] > 0).all() and table.loc[1, "slowdown"] == pytest.approx(1.0)
+
+
+def test_a_moved_run_folder_is_named(runs, tmp_path):
+    from workbench.analysis import run_predictions
+
+    model, tokenizer, adapter_run, _ = runs
+    with pytest.raises(FileNotFoundError, match="moved or deleted"):
+        run_predictions(model, tokenizer, [_with(adapter_run, saved_path=str(tmp_path / "gone"))], ["w5"])

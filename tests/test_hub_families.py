@@ -104,13 +104,14 @@ def test_the_hf_listing_shows_each_adapters_family(fake_hub):
     infos = {i.adapter_id: i for i in list_adapters(source="hf", library="all")}
     assert {k: i.model_type for k, i in infos.items()} == {
         "AdapterHub/roberta-base-pf-sick": "roberta",
-        "someone/old-adapter": None,  # the listing does not say; the adapter's own file does
+        "someone/old-adapter": "bart",  # the listing does not say: its adapter_config.json, read for the method, does
         "someone/qwen3-lora": "qwen3",
     }
+    assert infos["someone/old-adapter"].method == "lora" and infos["someone/qwen3-lora"].method == "lora"
     assert get_adapter_info("someone/old-adapter").model_type == "bart"
     assert [i.adapter_id for i in search_adapters(model_type="qwen3", source="hf")] == ["someone/qwen3-lora"]
     table = search_adapters(source="hf", sort="model_type").to_dataframe()
-    assert list(table["model_type"])[:2] == ["qwen3", "roberta"]
+    assert list(table["model_type"]) == ["bart", "qwen3", "roberta"]
 
 
 def test_listings_cached_before_the_field_existed_get_it_from_the_model_name():

@@ -37,8 +37,16 @@ def test_search_sorts_on_every_column_both_ways(fake_hub, adapter_files):  # noq
     assert ids(search_adapters(source="hf", model_name=MODEL, sort="downloads")) == ["a", "b", "c"]
     ascending = search_adapters(source="hf", model_name=MODEL, sort="downloads", descending=False)
     assert ids(ascending) == ["c", "b", "a"]
-    unsized = search_adapters(source="hf", model_name=MODEL, sort="size_bytes")  # listings carry no file sizes
-    assert len(unsized) == 3 and all(i.size_bytes is None for i in unsized)
+    fake_hub.add_repo(  # a bigger one: the listing's size is the repo's storage on the Hub (`usedStorage`)
+        "AdapterHub/bert-base-uncased-pf-d",
+        {**files, "extra.bin": b"x" * 5000},
+        library_name="adapter-transformers",
+        tags=["adapter-transformers"],
+        config={"adapter_transformers": {"model_name": MODEL}},
+    )
+    sized = search_adapters(source="hf", model_name=MODEL, sort="size_bytes", refresh=True)
+    assert ids(sized)[0] == "d" and sized.items[0].size_bytes == sum(map(len, files.values())) + 5000
+    assert {i.size_bytes for i in sized.items[1:]} == {sum(map(len, files.values()))}
 
 
 def test_listings_say_when_they_come_from_the_cache_or_a_stale_copy(fake_hub, adapter_files, monkeypatch):  # noqa: F811

@@ -31,7 +31,8 @@ def test_fusion_run_then_heatmap_that_sums_to_one(tmp_path):
     wait_until(lambda: finished(panel) and panel.attention is not None)
 
     record = panel.record
-    assert panel.error.text == ""
+    assert panel.error.text == "" and panel.attention_error.text == ""
+    assert "Fusion layer 'a,c' is on the model" in panel.fusion_state.value and not panel.attention_button.disabled
     assert record.kind == "fusion" and record.name == "fusion:a,c" and record.global_step == 4
     assert "a,c" in session.model.adapter_fusions and session.runs == [record]
     assert panel.curves.point_count == 4
@@ -45,7 +46,7 @@ def test_fusion_run_then_heatmap_that_sums_to_one(tmp_path):
 
     panel.texts.value = "w5 w6 w7\nw8 w9"  # typed texts
     panel.attention_button.click()
-    assert panel.error.text == "" and panel.attention is not frame
+    assert panel.attention_error.text == "" and panel.attention is not frame
     assert panel.attention.sum(axis=1).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
     assert "fusion attention" in panel.summary_html() and "fusion:a,c" in panel.summary_html()
 
@@ -59,8 +60,10 @@ def test_fewer_than_two_adapters_or_no_fusion_is_a_message(tmp_path):
     assert "pick at least two loaded adapters" in panel.error.text
     assert session.active_run is None and not (tmp_path / "out").exists()
     panel.adapters.value = ("a", "b")
-    panel.attention_button.click()  # no fusion trained or loaded yet
-    assert "no AdapterFusion 'a,b'" in panel.error.text and panel.attention is None
+    assert panel.attention_button.disabled and "no fusion layer 'a,b' yet" in panel.attention_button.tooltip
+    panel.attention_button.click()  # no fusion trained or loaded yet: the message is under the button
+    assert "no AdapterFusion 'a,b'" in panel.attention_error.text and panel.attention is None
+    assert "AdapterFusion" not in panel.error.text  # the run's box, by Start, keeps its own message
 
 
 def test_adapter_list_follows_the_session():
@@ -94,3 +97,26 @@ def test_a_fusion_run_blocks_training_elsewhere_and_code_repeats_it(tmp_path):
     namespace = {"model": model, "tokenizer": make_tokenizer(), "data": keyword_frame(24)}
     exec(compile(as_code(spec), "show-as-code", "exec"), namespace)
     assert namespace["record"].kind == "fusion" and "a,b" in model.adapter_fusions
+
+
+def test_creating_a_fusion_layer_is_explicit_and_refused_while_a_run_trains():
+    from test_ui_model import FakeRun
+
+    session = session_with_adapters("a", "b")
+    panel = FusionPanel(session)
+    model = session.model
+    assert panel.add_fusion_button.disabled and "pick at least two adapters" in panel.add_fusion_button.tooltip
+    panel.adapters.value = ("a", "b")
+    assert "No fusion layer 'a,b' on the model yet" in panel.fusion_state.value and model.adapter_fusions == {}
+    assert not panel.add_fusion_button.disabled
+    run = FakeRun(session)
+    assert panel.add_fusion_button.disabled and "train run is training" in panel.add_fusion_button.tooltip
+    panel.add_fusion_button.click()
+    assert "training on this model" in panel.fusion_row.error.text and model.adapter_fusions == {}
+    run.end()
+    panel.add_fusion_button.click()
+    assert panel.fusion_row.error.text == "" and list(model.adapter_fusions) == ["a,b"]
+    assert model.active_adapters is None  # added, not activated
+    assert "untrained fusion layer 'a,b'" in panel.fusion_row.result.value
+    assert panel.add_fusion_button.disabled and "already on the model" in panel.add_fusion_button.tooltip
+    assert not panel.attention_button.disabled

@@ -75,7 +75,7 @@ def test_load_from_the_hub_tab_shows_in_the_model_tab(hub):  # noqa: F811  (the 
     bench.static.listeners.append(summaries.append)  # what a saved notebook keeps below the widgets
     hub_panel = bench.panels["Hub"]
     search(hub_panel, search_text="sst-2", source="hf")
-    hub_panel.result_list.value = 0
+    hub_panel.grid.select(0)
     wait_all(hub_panel)
     hub_panel.load_button.click()
     wait_all(hub_panel)
@@ -86,3 +86,35 @@ def test_load_from_the_hub_tab_shows_in_the_model_tab(hub):  # noqa: F811  (the 
     assert "adapters: 1" in bench.title.value
     assert "Loaded adapter" in summaries[-1] and "<h4>Hub</h4>" in summaries[-1]
     assert "<h4>Model</h4>" in bench.summary_html() and "sst-2" in bench.summary_html()
+
+
+def test_the_header_says_model_adapters_active_setup_and_a_run_only_while_it_trains():
+    import threading
+
+    from workbench import Stack
+    from workbench.ui.session import ActiveRun
+
+    model = tiny_adapter_model("bert")
+    session = Session()
+    bench = Workbench(session, model=model)
+    assert "adapters: 0" in bench.title.value and "active:" not in bench.title.value
+    for name in ("en", "sst-2"):
+        model.add_adapter(name, config="seq_bn")
+    model.set_active_adapters(Stack("en", "sst-2"))
+    session.notify("adapters")
+    assert "adapters: 2 (en, sst-2)" in bench.title.value
+    assert "active: <code>Stack(&quot;en&quot;, &quot;sst-2&quot;)</code>" in bench.title.value
+    assert "run in progress" not in bench.title.value
+
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, daemon=True)
+    thread.start()
+    run = ActiveRun("train", control=None, thread=thread)
+    session.active_run = run
+    session.notify("active_run")
+    assert "train run in progress" in bench.title.value
+    run.error = RuntimeError("failed to start")  # a run that fails is over, though its thread lives on a moment
+    session.notify("active_run")
+    assert "run in progress" not in bench.title.value
+    release.set()
+    thread.join(10)

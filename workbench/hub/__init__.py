@@ -9,6 +9,7 @@ from .cache import HubUnavailableError, Listing
 from .info import AdapterInfo
 from .listing import SearchResults, get_adapter_info, list_adapters, search_adapters
 from .push import HubPushError, adapter_card, push_to_hub
+from .reach import HubUnreachable, check_hub, hub_unreachable, local_copy
 from .resolve import DownloadProgress, resolve_adapter
 
 # `model.load_adapter("<hub id>")` resolves through the hub; the engine itself never imports this package.
@@ -20,6 +21,10 @@ __all__ = [
     "DownloadProgress",
     "HubPushError",
     "HubUnavailableError",
+    "HubUnreachable",
+    "check_hub",
+    "hub_unreachable",
+    "local_copy",
     "Listing",
     "adapter_card",
     "SearchResults",

@@ -17,6 +17,7 @@ from ..core.errors import AdapterLoadError
 from .families import model_type_of
 from .info import AdapterInfo
 from .methods import method_name
+from .reach import check_hub
 
 DEFAULT_INDEX_URL = "https://raw.githubusercontent.com/Adapter-Hub/Hub/master/dist/v2"
 HF_ORG = "AdapterHub"
@@ -31,6 +32,7 @@ def fetch_json(path: str):
     """GET `<index>/<path>` as JSON; the path is checked so no caller input can leave the index."""
     if not _SAFE_PATH.match(path) or ".." in path.split("/"):
         raise AdapterLoadError(f"refusing AdapterHub index path {path!r}")
+    check_hub(index_url())
     response = http_backoff("GET", f"{index_url()}/{path}", max_retries=2, base_wait_time=0.5, timeout=20)
     hf_raise_for_status(response)
     try:

@@ -67,7 +67,13 @@ def cached_listing(key: dict, fetch: Callable[[], list[AdapterInfo]], refresh: b
     try:
         items = fetch()
     except (OSError, ValueError, httpx2.HTTPError) as err:  # network, malformed page, broken transfer
-        return _fallback(stored, f"could not list adapters ({what}): {err}")
+        from .reach import hub_unreachable  # reach builds on this module's error
+
+        unreachable = hub_unreachable(err)
+        if unreachable is not None and stored is None:
+            raise unreachable from err  # its message says what to do
+        why = unreachable.short if unreachable is not None else f"could not list adapters ({what}): {err}"
+        return _fallback(stored, why)
     write_json(path, {"time": time.time(), "key": key, "items": [info.to_dict() for info in items]})
     return Listing(items)
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx2
 from huggingface_hub import HfApi, hf_hub_download
 
 from .families import model_type_of
 from .info import AdapterInfo
 from .methods import method_name
+from .reach import check_hub
 
 ADAPTERHUB_LIBRARY = "adapter-transformers"
 PEFT_LIBRARY = "peft"
@@ -25,6 +28,24 @@ def hub_api() -> HfApi:
     return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
 
 
+# What a listing asks for: `expand` returns these fields for every repo in the same request; `usedStorage` (bytes
+# the repo takes on the Hub) is the one size the listing endpoint gives (file sizes need a request per repo).
+LISTING_FIELDS = [
+    "author",
+    "cardData",
+    "config",
+    "downloads",
+    "lastModified",
+    "library_name",
+    "likes",
+    "sha",
+    "siblings",
+    "tags",
+    "usedStorage",
+]
+CONFIG_READS = 200  # at most this many adapter_config.json reads per listing, for methods the listing lacks
+
+
 def list_hf_adapters(
     model_name: str | None = None,
     search: str | None = None,
@@ -32,13 +53,17 @@ def list_hf_adapters(
     sort: str | None = "downloads",
     limit: int | None = None,
 ) -> list[AdapterInfo]:
-    """AdapterHub-format (and PEFT) adapter repos, optionally for one base model."""
+    """AdapterHub-format (and PEFT) adapter repos, optionally for one base model.
+
+    The Hub's listing says nothing of an adapter's method: where neither the tags nor AdapterHub's naming tell it,
+    the repo's adapter_config.json is read (a few KB, in parallel, then from huggingface_hub's cache)."""
     api = hub_api()
+    check_hub(api.endpoint)
     results: list[AdapterInfo] = []
     if "adapters" in libraries:
         seen: set[str] = set()
         for query in _adapterhub_queries(model_name, search):
-            for model in api.list_models(sort=sort, limit=limit, full=True, fetch_config=True, **query):
+            for model in api.list_models(sort=sort, limit=limit, expand=LISTING_FIELDS, **query):
                 if model.id in seen:
                     continue
                 seen.add(model.id)
@@ -51,9 +76,28 @@ def list_hf_adapters(
                         results.append(info)
     if "peft" in libraries:
         tags = [PEFT_LIBRARY] + ([f"base_model:adapter:{model_name}"] if model_name else [])
-        for model in api.list_models(filter=tags, search=search, sort=sort, limit=limit, full=True, cardData=True):
+        for model in api.list_models(filter=tags, search=search, sort=sort, limit=limit, expand=LISTING_FIELDS):
             results.append(_peft_info(model))
+    _read_methods(api, [info for info in results if info.method is None][:CONFIG_READS])
     return results
+
+
+def _read_methods(api: HfApi, infos: list[AdapterInfo]) -> None:
+    """Fill `method` (and the config, and a missing base model) from each repo's adapter_config.json."""
+    if not infos:
+        return
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="workbench-config") as pool:
+        configs = list(pool.map(lambda info: _adapter_config(api, info.adapter_id), infos))
+    for info, config in zip(infos, configs, strict=True):
+        if not isinstance(config, dict):
+            continue
+        inner = config if info.library == "peft" else config.get("config")
+        info.method = method_name(inner if isinstance(inner, dict) else None)
+        if info.library == "adapters" and isinstance(inner, dict):
+            info.adapter_config = inner
+        base = config.get("base_model_name_or_path") if info.library == "peft" else config.get("model_name")
+        info.model_name = info.model_name or (base if isinstance(base, str) else None)
+        info.model_type = info.model_type or model_type_of(info.model_name, config.get("model_type"))
 
 
 def _adapterhub_queries(model_name: str | None, search: str | None) -> list[dict]:
@@ -74,6 +118,7 @@ def _adapterhub_queries(model_name: str | None, search: str | None) -> list[dict
 def hf_adapter_info(repo_id: str) -> AdapterInfo:
     """Details of one Hub repo (AdapterHub or PEFT format)."""
     api = hub_api()
+    check_hub(api.endpoint)
     model = api.model_info(repo_id, files_metadata=True)
     tags = model.tags or []
     info = _peft_info(model) if PEFT_LIBRARY in tags and ADAPTERHUB_LIBRARY not in tags else _adapterhub_info(model)
@@ -83,12 +128,15 @@ def hf_adapter_info(repo_id: str) -> AdapterInfo:
         info.method = method_name(info.adapter_config)
         info.model_name = info.model_name or (config or {}).get("model_name")
         info.model_type = model_type_of(info.model_name, (config or {}).get("model_type") or info.model_type)
+    elif info.method is None:  # a PEFT repo without a method tag: its adapter_config.json has peft_type
+        _read_methods(api, [info])
     return info
 
 
 def _common(model, **fields) -> AdapterInfo:
     siblings = model.siblings or []
     sizes = [s.size for s in siblings if getattr(s, "size", None)]
+    stored = getattr(model, "used_storage", None)  # listings give the repo's storage, not file sizes
     return AdapterInfo(
         source="hf",
         adapter_id=model.id,
@@ -98,7 +146,7 @@ def _common(model, **fields) -> AdapterInfo:
         likes=model.likes,
         last_modified=model.last_modified,
         tags=list(model.tags or []),
-        size_bytes=sum(sizes) if sizes else None,
+        size_bytes=sum(sizes) if sizes else (stored or None),
         hf_repo=model.id,
         files={s.rfilename: getattr(s, "size", None) for s in siblings},
         **fields,
@@ -133,6 +181,9 @@ def _method_from_name(repo_id: str) -> str | None:
     return None
 
 
+PEFT_METHOD_TAGS = ("lora", "ia3", "prefix-tuning", "prompt-tuning", "p-tuning", "adalora", "loha", "lokr", "vera")
+
+
 def _peft_info(model) -> AdapterInfo:
     base = None
     for tag in model.tags or []:
@@ -141,7 +192,7 @@ def _peft_info(model) -> AdapterInfo:
     card = model.card_data.to_dict() if getattr(model, "card_data", None) else {}
     peft_meta = (model.config or {}).get("peft") or {}
     base = base or card.get("base_model") or peft_meta.get("base_model_name_or_path")
-    method = "lora" if "lora" in (model.tags or []) else ("ia3" if "ia3" in (model.tags or []) else None)
+    method = next((t.replace("-", "_") for t in PEFT_METHOD_TAGS if t in (model.tags or [])), None)
     return _common(model, model_name=base if isinstance(base, str) else None, library="peft", method=method)
 
 
@@ -150,7 +201,7 @@ def _adapter_config(api: HfApi, repo_id: str) -> dict | None:
         path = hf_hub_download(repo_id, "adapter_config.json", endpoint=api.endpoint)
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
-    except (OSError, ValueError):
+    except (OSError, ValueError, httpx2.HTTPError):
         return None
 
 

@@ -91,6 +91,7 @@ class SearchResults:
     query: dict = field(default_factory=dict)
     from_cache: bool = False
     notice: str | None = None
+    has_sizes: bool = False  # some result (on any page) has a known size: sorting by size means something
 
     def __iter__(self):
         return iter(self.items)
@@ -193,4 +194,5 @@ def search_adapters(
         "descending": descending,
     }
     page_items = found[start : start + page_size]
-    return SearchResults(page_items, len(found), page, page_size, query, items.from_cache, items.notice)
+    has_sizes = any(i.size_bytes for i in found)
+    return SearchResults(page_items, len(found), page, page_size, query, items.from_cache, items.notice, has_sizes)

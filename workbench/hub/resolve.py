@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..core.errors import AdapterLoadError
 from .ah import is_ah_id, resolve_ah_id
+from .reach import HubUnreachable, check_hub, hub_unreachable, local_copy
 
 
 def resolve_adapter(
@@ -43,12 +44,20 @@ def resolve_adapter(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        check_hub(endpoint)
+    except HubUnreachable as unreachable:  # fail in seconds; a copy downloaded earlier still loads
+        folder = local_copy(adapter_id, version)
+        if folder is None or not (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+            raise unreachable from None  # never downloaded, or only its config (read for a listing or a card)
+        return folder
     try:
         folder = snapshot_download(
             adapter_id,
             revision=version,
             token=kwargs.get("token"),
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
+            endpoint=endpoint,
             tqdm_class=progress_bar_class(progress) if progress else None,
         )
     except LocalEntryNotFoundError as err:
@@ -56,6 +65,9 @@ def resolve_adapter(
         raise AdapterLoadError(f"{reason}: {err}") from None
     except (HfHubHTTPError, OSError, ValueError, httpx2.HTTPError) as err:
         _drop_partial_downloads(adapter_id)
+        unreachable = hub_unreachable(err, endpoint)
+        if unreachable is not None:
+            raise unreachable from None
         raise AdapterLoadError(f"could not download adapter {adapter_id!r}: {err}") from None
     return Path(folder)
 

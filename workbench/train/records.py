@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
+VALIDATION_KEPT = 2000
+
 
 @dataclass
 class RunRecord:
@@ -31,6 +33,9 @@ class RunRecord:
     best_checkpoint: str | None = None
     train_losses: list[float] = field(default_factory=list, repr=False)
     config: dict = field(default_factory=dict, repr=False)
+    # classification runs: the validation texts and their label names (at most VALIDATION_KEPT rows), so the
+    # confusion matrix and the misclassified examples can be shown later without the data at hand
+    validation: dict[str, list] = field(default_factory=dict, repr=False)
 
     @property
     def trainable_percent(self) -> float:

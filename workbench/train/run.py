@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .errors import CheckpointError, OutputDirError
 from .events import EndEvent, EventBridge, RunControl, dispatch
 from .metrics import metrics_for
-from .records import RunRecord
+from .records import VALIDATION_KEPT, RunRecord
 from .runner import WorkbenchTrainer
 from .setup import ensure_head, prepare_model, set_trainable
 
@@ -174,10 +174,23 @@ def train(
         best_checkpoint=trainer.state.best_model_checkpoint,
         train_losses=list(bridge.step_losses),
         config=config.to_dict(),
+        validation=_validation_examples(splits["validation"], columns, labels, task),
     )
     if trainer.is_world_process_zero():
         dispatch(bridge.callbacks, EndEvent(record))
     return record
+
+
+def _validation_examples(split, columns, labels, task: str) -> dict[str, list]:
+    """The first validation rows of a classification run as texts (and pairs) with their label names."""
+    if task != "classification" or len(split) == 0:
+        return {}
+    rows = split.select(range(min(len(split), VALIDATION_KEPT)))
+    names = {i: name for name, i in labels.label2id.items()}
+    kept = {"text": [str(t) for t in rows[columns.text]], "label": [names[labels(v)] for v in rows[columns.label]]}
+    if columns.text_pair:
+        kept["text_pair"] = [str(t) for t in rows[columns.text_pair]]
+    return kept
 
 
 def _writable(folder: Path) -> Path:

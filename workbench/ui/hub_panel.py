@@ -8,23 +8,55 @@ import threading
 
 import ipywidgets as widgets
 
-from .common import ErrorBox, StaticSummary, Throttle, guarded, html_table, human_bytes, start_worker
+from .common import (
+    ErrorBox,
+    StaticSummary,
+    Throttle,
+    explain_disabled,
+    guarded,
+    html_table,
+    human_bytes,
+    plain_message,
+    set_busy,
+    start_worker,
+)
+from .controls import check_change_allowed
+from .hub_grid import Column, ResultsGrid
 from .model_panel import base_model_source, family_label, load_base_model, model_label
 from .session import Session, default_session
 
-SORTS = (
-    ("id", "adapter_id"),
-    ("model", "model_name"),
-    ("family", "model_type"),
-    ("task", "task"),
-    ("method", "method"),
-    ("downloads", "downloads"),
-    ("likes", "likes"),
-    ("size", "size_bytes"),
-)
 NUMERIC_SORTS = ("downloads", "likes", "size_bytes")
-COLUMNS = ("adapter_id", "model_name", "family", "task", "method", "library", "source", "downloads", "likes", "size")
 PAGE_SIZE = 25
+BOTH, ANY = "both", "any"  # the dropdowns' "no filter" values (a None value would show as a blank dropdown)
+SIZE_UNKNOWN = "unknown"
+FETCHING = '<p class="wb-hub-fetching"><i class="fa fa-spinner fa-spin"></i> reading the details from the Hub ...</p>'
+
+
+def _task(info) -> str:
+    return "/".join(p for p in (info.task, info.subtask) if p)
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:,}"
+
+
+def _origin(info) -> str:
+    """Where it is listed, and its file format when not AdapterHub's: "Hub", "Hub (peft)", "archive"."""
+    where = {"hf": "Hub", "ah": "archive"}.get(info.source, info.source)
+    return where if info.library == "adapters" else f"{where} ({info.library})"
+
+
+COLUMNS = (
+    Column("adapter", "16.5em", lambda i: i.adapter_id, "adapter_id"),
+    Column("base model", "11em", lambda i: i.model_name or "", "model_name"),
+    Column("family", "5em", lambda i: i.model_type or "", "model_type"),
+    Column("task", "8.5em", _task, "task"),
+    Column("method", "7em", lambda i: i.method or "?", "method"),
+    Column("from", "6.5em", _origin),
+    Column("downloads", "8.5em", lambda i: _number(i.downloads), "downloads"),
+    Column("likes", "4.5em", lambda i: _number(i.likes), "likes"),
+    Column("size", "6em", lambda i: human_bytes(i.size_bytes) if i.size_bytes else SIZE_UNKNOWN, "size_bytes"),
+)
 
 
 def load_code(info, base: str | None = None) -> str:
@@ -39,8 +71,20 @@ def load_code(info, base: str | None = None) -> str:
     )
 
 
+def on_enter(text: widgets.Text, action) -> None:
+    """Run `action()` when Enter is pressed in `text` (the frontend's "submit" event; ipywidgets 8 deprecated
+    `on_submit` but still sends the event, and a value observer would also fire on every blur)."""
+
+    def handle(_widget, content, _buffers):
+        if isinstance(content, dict) and content.get("event") == "submit":
+            action()
+
+    text.on_msg(handle)
+
+
 class HubPanel(widgets.VBox):
-    """Search, sort and filter adapters; the selected adapter's card; Load (with progress) and "Try it".
+    """Search, sort and filter adapters in one clickable grid; the selected adapter's card; Load (with progress)
+    and "Try it". Each action row has its own error line right below it.
 
     After a load, `panel.loaded_name` is the adapter's name on `panel.session.model`.
     """
@@ -49,33 +93,42 @@ class HubPanel(widgets.VBox):
         self.session = session or default_session()
         if model is not None:
             self.session.set_model(model, tokenizer, getattr(model.config, "name_or_path", None) or None)
-        self.error = ErrorBox()
+        self.search_error, self.load_error, self.try_error = ErrorBox(), ErrorBox(), ErrorBox()
         self.results = None  # the last `SearchResults`
         self.selected = None  # the `AdapterInfo` shown in the card
         self.loaded_name: str | None = None
         self.prediction = None  # the last "Try it" `Prediction`
         self.workers: list[threading.Thread] = []
         self.loaded_ids: dict[str, tuple[int, str]] = {}  # adapter id -> (id of the model, adapter name)
+        self.sort_key, self.descending = "downloads", True
         self.static = StaticSummary()
         self._build()
         super().__init__(self._layout())
         self.add_class("wb-hub")
         self.session.on_change(self._session_changed)
 
+    @property
+    def error(self) -> ErrorBox:
+        """The error line that shows a message now (the search's when none does)."""
+        shown = [box for box in (self.search_error, self.load_error, self.try_error) if box.text]
+        return shown[0] if shown else self.search_error
+
     # --- widgets -------------------------------------------------------------------------------------
 
     def _build(self) -> None:
         from workbench.core.support import model_families
 
-        self.search_text = widgets.Text(placeholder="search adapters, e.g. sst-2 or sentiment")
+        self.search_text = widgets.Text(placeholder="search adapters, e.g. sst-2 or sentiment; Enter searches")
+        self.search_text.layout = widgets.Layout(width="30em")
         self.search_button = widgets.Button(description="Search", icon="search", button_style="primary")
         self.search_text.add_class("wb-hub-search")
         self.search_button.add_class("wb-hub-search-button")
-        self.search_button.on_click(guarded(self.error, "search")(lambda _: self.search()))
+        self.search_button.on_click(lambda _: self._search_clicked())
 
         narrow = widgets.Layout(width="15em")
         self.source = widgets.Dropdown(
-            options=[("both", None), ("Hugging Face Hub", "hf"), ("AdapterHub archive", "ah")],
+            options=[("both sources", BOTH), ("Hugging Face Hub", "hf"), ("AdapterHub archive", "ah")],
+            value=BOTH,
             description="Source",
             layout=narrow,
         )
@@ -84,14 +137,10 @@ class HubPanel(widgets.VBox):
         self.model_filter = widgets.Text(placeholder="base model id", description="Model", layout=narrow)
         # the families the engine has a spec for, from its registry: a family added there is offered here too
         self.family_filter = widgets.Dropdown(
-            options=[("any", None), *model_families()], value=None, description="Family", layout=narrow
+            options=[("any family", ANY), *model_families()], value=ANY, description="Family", layout=narrow
         )
         self.task_filter = widgets.Text(placeholder="e.g. sentiment", description="Task", layout=narrow)
         self.method_filter = widgets.Text(placeholder="e.g. lora", description="Method", layout=narrow)
-        self.sort = widgets.Dropdown(options=SORTS, value="downloads", description="Sort by", layout=narrow)
-        self.descending = widgets.Dropdown(
-            options=[("descending", True), ("ascending", False)], value=True, layout=widgets.Layout(width="9em")
-        )
         for name, widget in (
             ("source", self.source),
             ("library", self.library),
@@ -99,56 +148,61 @@ class HubPanel(widgets.VBox):
             ("family", self.family_filter),
             ("task", self.task_filter),
             ("method", self.method_filter),
-            ("sort", self.sort),
-            ("direction", self.descending),
         ):
             widget.add_class(f"wb-hub-{name}")
-        self.sort.observe(guarded(self.error, "sorting")(self._sort_changed), "value")
-        self.descending.observe(guarded(self.error, "sorting")(self._resort), "value")
+        for text in (self.search_text, self.model_filter, self.task_filter, self.method_filter):
+            on_enter(text, self._search_clicked)
 
         self.offline = widgets.HTML(layout=widgets.Layout(display="none"))
         self.offline.add_class("wb-hub-offline")
         self.count = widgets.HTML()
         self.count.add_class("wb-hub-count")
-        self.table = widgets.HTML()
-        self.table.add_class("wb-hub-table")
-        self.result_list = widgets.Select(options=[], rows=8, layout=widgets.Layout(width="100%"))
-        self.result_list.add_class("wb-hub-results")
-        self.result_list.observe(self._result_selected, "value")
+        self.grid = ResultsGrid(list(COLUMNS), PAGE_SIZE, self._row_selected, self._sort_chosen, NUMERIC_SORTS)
+        self.grid.add_class("wb-hub-results")
+        self.grid.layout = widgets.Layout(overflow="auto", width="100%")
         self.prev_button = widgets.Button(description="Previous", icon="chevron-left", disabled=True)
         self.next_button = widgets.Button(description="Next", icon="chevron-right", disabled=True)
-        self.prev_button.on_click(guarded(self.error, "search")(lambda _: self.search(page=self._page() - 1)))
-        self.next_button.on_click(guarded(self.error, "search")(lambda _: self.search(page=self._page() + 1)))
+        self.page_error = ErrorBox()
+        self.prev_button.on_click(lambda _: self._search_clicked(self._page() - 1, self.page_error, self.prev_button))
+        self.next_button.on_click(lambda _: self._search_clicked(self._page() + 1, self.page_error, self.next_button))
 
-        self.card = widgets.HTML()
+        self.card = widgets.HTML("<i>Select an adapter in the results to see its card.</i>")
+        self.card.add_class("wb-hub-card")
         self.code = widgets.Textarea(layout=widgets.Layout(width="100%", height="6em"))
         self.code.add_class("wb-hub-code")
-        self.load_button = widgets.Button(description="Load", icon="download", button_style="success", disabled=True)
+        self.load_button = widgets.Button(description="Load", icon="download", button_style="success")
         self.load_button.add_class("wb-hub-load")
-        self.load_button.on_click(guarded(self.error, "loading the adapter")(lambda _: self.load()))
+        self.load_hint = widgets.HTML()
+        self.load_button.on_click(guarded(self.load_error, "loading the adapter")(lambda _: self.load()))
+        explain_disabled(self.load_button, "select an adapter in the results first", self.load_hint)
         self.progress = widgets.FloatProgress(
             value=0.0, min=0.0, max=1.0, description="Download", style={"description_width": "initial"}
         )
         self.progress.add_class("wb-hub-progress")
         self.status = widgets.HTML()
         self.status.add_class("wb-hub-status")
-        self.try_text = widgets.Text(placeholder="type a sentence to try the loaded adapter on")
+        self.try_text = widgets.Text(placeholder="type a sentence to try the loaded adapter on; Enter runs it")
         self.try_text.layout = widgets.Layout(width="30em")
-        self.try_button = widgets.Button(description="Try it", icon="play", disabled=True)
+        self.try_button = widgets.Button(description="Try it", icon="play")
+        self.try_hint = widgets.HTML()
         self.try_output = widgets.HTML()
         self.try_text.add_class("wb-hub-try-text")
         self.try_button.add_class("wb-hub-try-button")
         self.try_output.add_class("wb-hub-try-output")
-        self.try_button.on_click(guarded(self.error, "trying the adapter")(lambda _: self.try_it(self.try_text.value)))
+        self.try_button.on_click(lambda _: self._try_clicked())
+        on_enter(self.try_text, self._try_clicked)
+        explain_disabled(self.try_button, "load an adapter first", self.try_hint)
         self.details = widgets.VBox(
             [
                 self.card,
                 widgets.HTML("<b>Load it from code</b>"),
                 self.code,
-                widgets.HBox([self.load_button, self.progress]),
+                widgets.HBox([self.load_button, self.progress, self.load_hint]),
+                self.load_error,
                 self.status,
                 widgets.HTML("<b>Try it</b>"),
-                widgets.HBox([self.try_text, self.try_button]),
+                widgets.HBox([self.try_text, self.try_button, self.try_hint]),
+                self.try_error,
                 self.try_output,
             ],
             layout=widgets.Layout(border="1px solid #ddd", padding="6px"),
@@ -158,35 +212,47 @@ class HubPanel(widgets.VBox):
     def _layout(self) -> list:
         return [
             widgets.HBox([self.search_text, self.search_button]),
-            widgets.HBox([self.source, self.library, self.model_filter, self.family_filter]),
-            widgets.HBox([self.task_filter, self.method_filter, self.sort, self.descending]),
+            self.search_error,
+            widgets.HBox([self.source, self.library, self.model_filter]),
+            widgets.HBox([self.family_filter, self.task_filter, self.method_filter]),
             self.offline,
-            self.error,
             self.count,
-            self.table,
-            self.result_list,
+            self.grid,
             widgets.HBox([self.prev_button, self.next_button]),
+            self.page_error,
             self.details,
         ]
 
     # --- searching -----------------------------------------------------------------------------------
 
-    def search(self, page: int = 1) -> threading.Thread:
-        """Search with the current text, filters and sort, in a worker thread; fills the table and the list."""
+    def _search_clicked(self, page: int = 1, box: ErrorBox | None = None, button=None) -> threading.Thread | None:
+        box = box or self.search_error
+        box.clear()
+        try:
+            return self.search(page, box, button)
+        except Exception as err:
+            box.show(err, "search")
+            return None
+
+    def search(self, page: int = 1, box: ErrorBox | None = None, button=None) -> threading.Thread:
+        """Search with the current text, filters and sort, in a worker thread; fills the grid. Errors go to `box`
+        (the line under the control that asked), the button that asked spins meanwhile."""
+        box = box or self.search_error
+        button = button or self.search_button
         query = {
             "text": self.search_text.value.strip() or None,
             "model_name": self.model_filter.value.strip() or None,
-            "model_type": self.family_filter.value,
+            "model_type": None if self.family_filter.value == ANY else self.family_filter.value,
             "task": self.task_filter.value.strip() or None,
             "method": self.method_filter.value.strip() or None,
             "library": self.library.value,
-            "source": self.source.value,
-            "sort": self.sort.value,
-            "descending": self.descending.value,
+            "source": None if self.source.value == BOTH else self.source.value,
+            "sort": self.sort_key,
+            "descending": self.descending,
             "page": max(1, page),
             "page_size": PAGE_SIZE,
         }
-        self.search_button.disabled = True
+        set_busy(button, True, "Searching...")
         self.count.value = "<i>Searching ...</i>"
 
         def work():
@@ -201,29 +267,29 @@ class HubPanel(widgets.VBox):
                 self._show_results(results)
             except Exception as err:
                 self.count.value = ""
-                self.error.show(err, "search")
+                box.show(err, "search")
             finally:
-                self.search_button.disabled = False
+                set_busy(button, False)
 
         return self._start(work, "workbench-hub-search")
 
     def _show_results(self, results) -> None:
         self.results = results
-        notice = results.notice
+        notice = results.notice  # set only when the Hub failed or offline mode is on: the cache answered instead
         self.offline.value = (
             f'<div style="background:#fff4ce;padding:4px 8px;border-left:4px solid #f0ad00">'
-            f"<b>Offline / cached results</b>: {html.escape(notice)}</div>"
+            f"<b>Showing cached results</b>: {html.escape(notice)}</div>"
             if notice
             else ""
         )
         self.offline.layout.display = "block" if notice else "none"
-        cached = " (from the listing cache)" if results.from_cache and not notice else ""
         first = (results.page - 1) * results.page_size
         shown = f"{first + 1}-{first + len(results)}" if len(results) else "0"
-        self.count.value = f"{shown} of {results.total} adapters, page {results.page} of {results.pages}{cached}"
-        self.table.value = html_table([_row(info) for info in results.items], list(COLUMNS))
-        self.result_list.options = [(_option(info), i) for i, info in enumerate(results.items)]
-        self.result_list.value = None
+        self.count.value = f"{shown} of {results.total} adapters, page {results.page} of {results.pages}"
+        unsortable = {} if results.has_sizes else {"size_bytes": "sizes are unknown for these results"}
+        chosen = self.selected.adapter_id if self.selected is not None else None
+        on_page = next((i for i, info in enumerate(results.items) if info.adapter_id == chosen), None)
+        self.grid.show(results.items, self.sort_key, self.descending, unsortable, selected=on_page)
         self.prev_button.disabled = results.page <= 1
         self.next_button.disabled = results.page >= results.pages
         self.static.update(self.summary_html())
@@ -231,29 +297,25 @@ class HubPanel(widgets.VBox):
     def _page(self) -> int:
         return self.results.page if self.results is not None else 1
 
-    def _sort_changed(self, change) -> None:
-        wanted = change["new"] in NUMERIC_SORTS  # numbers largest first, names A to Z (the engine's defaults)
-        if self.descending.value != wanted:
-            self.descending.value = wanted  # its observer searches again
-        else:
-            self._resort()
-
-    def _resort(self, _change=None) -> None:
+    def _sort_chosen(self, key: str, descending: bool) -> None:
+        """A header was clicked: sort by it (the engine sorts every page, not only the one shown)."""
+        self.sort_key, self.descending = key, descending
         if self.results is not None:
-            self.search(page=1)
+            self._search_clicked(1, self.search_error)  # Search spins (the header's arrow is redrawn after)
+
+    def _row_selected(self, index: int) -> None:
+        if self.results is not None and index < len(self.results.items):
+            self.select(self.results.items[index])
 
     # --- the card ------------------------------------------------------------------------------------
-
-    def _result_selected(self, change) -> None:
-        if change["new"] is None or self.results is None:
-            return
-        self.select(self.results.items[change["new"]])
 
     def select(self, info) -> threading.Thread | None:
         """Show `info`'s card now, then its full details (config, files with sizes) from the Hub."""
         self.selected = info
         self._show_card(info)
-        self.load_button.disabled = False
+        self.card.value += FETCHING
+        if not self.load_button.description.startswith("Loading"):
+            explain_disabled(self.load_button, None, self.load_hint)
         self.progress.value = 0.0
 
         def work():
@@ -262,7 +324,9 @@ class HubPanel(widgets.VBox):
             try:
                 full = get_adapter_info(info.adapter_id, source=info.source)
             except Exception as err:  # the listing's card stays; say what is missing
-                self.card.value += f"<p><i>Full details unavailable: {html.escape(str(err))}</i></p>"
+                if self.selected is info:
+                    self._show_card(info)
+                    self.card.value += f"<p><i>Full details unavailable: {html.escape(plain_message(err))}</i></p>"
                 return
             if self.selected is info:
                 for field in ("adapter_config", "files", "size_bytes", "tags", "method", "model_name", "model_type"):
@@ -278,12 +342,12 @@ class HubPanel(widgets.VBox):
             "base model": info.model_name or "?",
             "family": family_label(info.model_type),
             "task": "/".join(p for p in (info.task, info.subtask) if p) or "?",
-            "method": info.method or "?",
+            "method": info.method or "? (not in the listing)",
             "library": info.library,
             "source": {"ah": "AdapterHub archive", "hf": "Hugging Face Hub"}.get(info.source, info.source),
             "downloads": info.downloads if info.downloads is not None else "?",
             "likes": info.likes if info.likes is not None else "?",
-            "size": human_bytes(info.size_bytes) if info.size_bytes else "?",
+            "size": human_bytes(info.size_bytes) if info.size_bytes else SIZE_UNKNOWN,
         }
         if info.hf_repo and info.hf_repo != info.adapter_id:
             facts["files from"] = info.hf_repo
@@ -310,8 +374,9 @@ class HubPanel(widgets.VBox):
         info = self.selected
         if info is None:
             raise ValueError("select an adapter in the results first")
-        self.load_button.disabled = True
-        self.try_button.disabled = True
+        check_change_allowed(self.session)  # loading onto a model a run trains on would change that run
+        set_busy(self.load_button, True, "Loading...")
+        explain_disabled(self.try_button, "wait until the adapter is loaded", self.try_hint)
         self.progress.value = 0.0
         self.progress.bar_style = ""
         latest = {}
@@ -350,14 +415,14 @@ class HubPanel(widgets.VBox):
                 self.session.notify("adapters")
                 where = f"{how} {_text(target)}" if how == "onto" else f"({how} {_text(target)})"
                 self.status.value = f"Loaded adapter {_text(repr(name))} {where}, now active."
-                self.try_button.disabled = False
                 self.static.update(self.summary_html())
             except Exception as err:
                 self.progress.bar_style = "danger"
                 self.status.value = "Loading failed."
-                self.error.show(err, f"loading {info.adapter_id}")
+                self.load_error.show(err, f"loading {info.adapter_id}")
             finally:
-                self.load_button.disabled = False
+                set_busy(self.load_button, False)
+                explain_disabled(self.try_button, None if self.loaded_name else "load an adapter first", self.try_hint)
 
         return self._start(work, "workbench-hub-load")
 
@@ -365,7 +430,7 @@ class HubPanel(widgets.VBox):
         model = self.session.model
         if self.loaded_name and self.loaded_name not in getattr(model, "adapters", {}):
             self.loaded_name = None  # that adapter went with the model it was loaded onto
-            self.try_button.disabled = True
+            explain_disabled(self.try_button, "load an adapter first", self.try_hint)
         if what == "model" and self.selected is not None:
             self.code.value = load_code(self.selected, self.session.source if model is not None else None)
 
@@ -395,6 +460,25 @@ class HubPanel(widgets.VBox):
         self.static.update(self.summary_html())
         return prediction
 
+    def _try_clicked(self) -> threading.Thread | None:
+        """The button (or Enter): run `try_it` in a worker, the button spinning, errors on the line below."""
+        self.try_error.clear()
+        if self.try_button.disabled and not self.loaded_name:
+            self.try_error.show(ValueError("load an adapter first"), "trying the adapter")
+            return None
+        text = self.try_text.value
+        set_busy(self.try_button, True, "Running...")
+
+        def work():
+            try:
+                self.try_it(text)
+            except Exception as err:
+                self.try_error.show(err, "trying the adapter")
+            finally:
+                set_busy(self.try_button, False)
+
+        return self._start(work, "workbench-hub-try")
+
     def _start(self, work, name: str) -> threading.Thread:
         thread = start_worker(work, name)
         self.workers = [t for t in self.workers if t.is_alive()] + [thread]
@@ -410,9 +494,9 @@ class HubPanel(widgets.VBox):
     def summary_html(self) -> str:
         """A static summary: the last search and the loaded adapter (for a saved notebook)."""
         parts = ["<h4>Hub</h4>"]
-        if self.results is not None:
-            parts.append(f"<p>{self.count.value}</p>")
-            parts.append(html_table([_row(i) for i in self.results.items], list(COLUMNS)))
+        if self.results is not None:  # folded: below the live grid it would show every result twice
+            table = html_table([_row(i) for i in self.results.items])
+            parts.append(f"<details><summary>Search results: {self.count.value}</summary>{table}</details>")
         if self.loaded_name:
             parts.append(f"<p>{self.status.value}</p>")
         if self.prediction is not None:
@@ -426,24 +510,7 @@ def _text(value: str) -> str:
 
 
 def _row(info) -> dict:
-    return {
-        "adapter_id": info.adapter_id,
-        "model_name": info.model_name or "",
-        "family": info.model_type or "",
-        "task": "/".join(p for p in (info.task, info.subtask) if p),
-        "method": info.method or "",
-        "library": info.library,
-        "source": info.source,
-        "downloads": "" if info.downloads is None else info.downloads,
-        "likes": "" if info.likes is None else info.likes,
-        "size": human_bytes(info.size_bytes) if info.size_bytes else "",
-    }
-
-
-def _option(info) -> str:
-    task = "/".join(p for p in (info.task, info.subtask) if p) or "?"
-    downloads = f"{info.downloads} downloads" if info.downloads is not None else info.source
-    return f"{info.adapter_id}  [{task}, {info.method or '?'}, {downloads}]"
+    return {column.title: column.text(info) for column in COLUMNS}
 
 
 def _label_mapping(model, name: str) -> dict:

