@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lab test chromium quality conformance parity parity-reference bench bench-hub bench-engine support-table clean
+.PHONY: venv lab demo-lab test chromium quality conformance parity parity-reference bench bench-hub bench-engine support-table clean
 
 $(STAMP): pyproject.toml extension/pyproject.toml extension/package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,12 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 lab: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
+
+# `make lab` without network: a demo Hub on 127.0.0.1 (tests/demo_hub.py) serves a small MiniLM and demo adapters under
+# the tutorials' own Hub ids; JupyterLab and its kernels use it (HF_ENDPOINT, WORKBENCH_AH_INDEX_URL, their own HF_HOME,
+# so the real Hugging Face cache is untouched). The demo Hub stops with JupyterLab.
+demo-lab: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/demo_hub.py --run $(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
 
 test: $(STAMP) chromium
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests --nbval-lax notebooks

@@ -1,10 +1,14 @@
-"""Run the tutorial notebooks offline (`pytest --nbval-lax notebooks`): their kernels talk to the demo Hub.
+"""Run the tutorial notebooks offline (`pytest --nbval-lax notebooks`) the way the README's `make demo-lab` runs them.
 
-`pytest_configure` starts `tests/demo_hub.py` (real adapters for the bundled MiniLM on a local fake Hub) and
-installs, in a temporary JUPYTER_PATH, a `python3` kernelspec whose environment points huggingface_hub at it
-(HF_ENDPOINT, WORKBENCH_AH_INDEX_URL, a fresh HF_HOME, no telemetry, no Xet, HF_HUB_OFFLINE=0) and sets the
-notebooks' parameters (WORKBENCH_NB_*) to the demo Hub's ids and a few training steps. The pytest process's own
-environment keeps its Hub settings, so the other tests are not affected.
+`make demo-lab` starts the demo Hub (`tests/demo_hub.py`: the MiniLM and demo adapters, served on 127.0.0.1 under
+the notebooks' own Hub ids) and JupyterLab with `demo_environment` (HF_ENDPOINT, WORKBENCH_AH_INDEX_URL, its own
+HF_HOME, ...), which its kernels inherit. Here `pytest_configure` starts the same demo Hub and gives the notebook
+kernels the same environment through a `python3` kernelspec in a temporary JUPYTER_PATH; the notebooks get nothing
+else (no test-only variables). The pytest process's own environment keeps its Hub settings, so other tests are not
+affected.
+
+The kernels run in a temporary copy of this folder (its `data/`), not here: the notebooks' `runs/` outputs stay out
+of the repository and every test run starts from none.
 """
 
 from __future__ import annotations
@@ -16,20 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-
-
-def notebook_parameters(model_id: str, output_dir: Path) -> dict[str, str]:
-    """The WORKBENCH_NB_* values the notebooks' parameters cells read (see each notebook's first code cell)."""
-    short = model_id.split("/")[-1]
-    return {
-        "WORKBENCH_NB_MODEL": model_id,
-        "WORKBENCH_NB_LANG_MODEL": model_id,
-        "WORKBENCH_NB_HF_ADAPTER": f"AdapterHub/{short}-sst-2_pfeiffer",
-        "WORKBENCH_NB_PARALLEL_ADAPTERS": f"AdapterHub/{short}-sst-2_pfeiffer,AdapterHub/{short}-pf-imdb",
-        "WORKBENCH_NB_STEPS": "6",
-        "WORKBENCH_NB_OUTPUT": str(output_dir),
-    }
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent / "tests"
 
 
 def _kernelspec(folder: Path, env: dict[str, str]) -> None:
@@ -44,25 +36,40 @@ def _kernelspec(folder: Path, env: dict[str, str]) -> None:
     (folder / "kernels" / "python3" / "kernel.json").write_text(json.dumps(spec, indent=1))
 
 
+def _run_kernels_in(folder: Path):
+    """nbval starts each notebook's kernel in the notebook's folder; start it in `folder` (a copy) instead.
+
+    Returns nbval's own class, put back by `pytest_unconfigure`."""
+    from nbval import plugin
+
+    started = plugin.RunningKernel
+
+    class KernelInCopy(started):
+        def __init__(self, kernel_name, cwd=None, **kwargs):
+            super().__init__(kernel_name, cwd=str(folder), **kwargs)
+
+    plugin.RunningKernel = KernelInCopy
+    return started
+
+
 def pytest_configure(config):
     if not (config.getoption("nbval", False) or config.getoption("nbval_lax", False)):
         return
     sys.path.insert(0, str(TESTS))
-    from demo_hub import MODEL_ID, kernel_env, start_demo_hub
+    from demo_hub import demo_environment, start_demo_hub
 
     temp = Path(tempfile.mkdtemp(prefix="workbench-notebooks-"))
     cache = getattr(config, "cache", None)  # adapters are built once and kept in pytest's cache folder
     hub = start_demo_hub(cache.mkdir("workbench-demo-hub") if cache else temp / "demo-hub")
     env = {
-        **kernel_env(hub, temp / "hf_home"),
-        **notebook_parameters(MODEL_ID, temp / "runs"),
+        **demo_environment(hub, temp),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRANSFORMERS_VERBOSITY": "error",
         "MPLBACKEND": "agg",
     }
     _kernelspec(temp / "jupyter", env)
-    config._workbench_notebooks = (hub, temp, os.environ.get("JUPYTER_PATH"))
+    shutil.copytree(HERE / "data", temp / "notebooks" / "data")
+    started = _run_kernels_in(temp / "notebooks")
+    config._workbench_notebooks = (hub, temp, os.environ.get("JUPYTER_PATH"), started)
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(temp / "jupyter"), os.environ.get("JUPYTER_PATH")]))
 
 
@@ -70,7 +77,10 @@ def pytest_unconfigure(config):
     state = getattr(config, "_workbench_notebooks", None)
     if state is None:
         return
-    hub, temp, jupyter_path = state
+    hub, temp, jupyter_path, started = state
+    from nbval import plugin
+
+    plugin.RunningKernel = started
     hub.close()
     if jupyter_path is None:
         os.environ.pop("JUPYTER_PATH", None)

@@ -80,7 +80,13 @@ async function newWorkbench(app: JupyterFrontEnd, cwd: string): Promise<Notebook
   return panel;
 }
 
-/** Open every tutorial notebook found; say where they are expected when there are none. */
+/**
+ * Open the tutorials with no kernel (`shouldStart: false`): five kernels at once would take about 2 GB. Running a cell
+ * then starts the notebook's preferred kernel for that notebook alone, without asking (`autoStartDefault`).
+ */
+const NO_KERNEL = { shouldStart: false, autoStartDefault: true };
+
+/** Open every tutorial notebook found, the first one in front; say where they are expected when there are none. */
 async function openTutorials(app: JupyterFrontEnd): Promise<void> {
   const found: string[] = [];
   for (const folder of TUTORIAL_FOLDERS) {
@@ -108,8 +114,10 @@ async function openTutorials(app: JupyterFrontEnd): Promise<void> {
     });
     return;
   }
-  for (const path of found.sort()) {
-    await app.commands.execute('docmanager:open', { path });
+  found.sort();
+  for (const path of [...found, found[0]]) {
+    // The first one again at the end: it becomes the active tab.
+    await app.commands.execute('docmanager:open', { path, factory: 'Notebook', kernelPreference: NO_KERNEL });
   }
 }
 
