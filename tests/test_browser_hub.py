@@ -58,7 +58,7 @@ def test_grid_click_selects_a_row_then_load_and_try_it_with_enter(lab):
             row = page.locator(ROWS, has_text=LORA).first
             cells = row.locator(".wb-grid-cell")
             assert cells.nth(4).inner_text().strip() == "lora"  # the method, read from its adapter_config.json
-            assert "unknown" not in cells.last.inner_text() and "KB" in cells.last.inner_text()  # its size
+            assert "unknown" not in cells.last.inner_text() and "kB" in cells.last.inner_text()  # its size
             assert page.locator(".wb-hub-load").first.is_disabled()  # nothing selected yet
             assert page.locator(".wb-hub .widget-select").count() == 0  # one grid; no list box under it
             cells.nth(3).click()  # any cell selects the row: here its task

@@ -20,3 +20,21 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch):
 def test_readme_names_the_two_setup_commands():
     text = README.read_text()
     assert "make lab" in text and "make test" in text
+
+
+def test_readme_names_the_one_demo_hub_command_the_tutorials_need_offline():
+    """The Makefile target exists and is the command the Notebooks section gives (tests/test_tutorials.py checks
+    what it starts)."""
+    text = README.read_text()
+    notebooks = text[text.index("## Notebooks") :]
+    notebooks = notebooks[: notebooks.index("\n## ")]
+    assert "make demo-lab" in notebooks
+    makefile = (README.parent / "Makefile").read_text()
+    assert "\ndemo-lab:" in makefile
+
+
+def test_readme_screenshots_exist():
+    images = re.findall(r"\]\((docs/screenshots/[^)]+\.png)\)", README.read_text())
+    assert images, "the workbench section shows screenshots"
+    missing = [image for image in images if not (README.parent / image).is_file()]
+    assert missing == []

@@ -299,7 +299,7 @@ def test_card_shows_details_and_its_code_loads_the_adapter(hub):
     assert "AdapterHub/all-MiniLM-L6-v2-pf-sst-2" in card and MINILM_HUB_ID in card and "sentiment/sst-2" in card
     assert "adapter_config.json" in card and "pytorch_model_head.bin" in card  # files, with sizes from the Hub
     assert "reduction_factor" in card and "adapterhub:sentiment/sst-2" in card  # config and tags
-    assert "KB" in card
+    assert "kB" in card
     assert not panel.load_button.disabled
     hub.add_folder(MINILM_HUB_ID, minilm_path(), tags=["bert"], config={"model_type": "bert"})
     scope = {}

@@ -173,3 +173,58 @@ def test_header_is_true_during_and_after_runs_and_after_a_failed_start(tmp_path)
     bad.view.start.click()
     wait_until(lambda: finished(bad))
     assert bad.view.error.text and "run in progress" not in workbench.title.value
+
+
+def test_rename_never_moves_a_folder_holding_other_files_and_delete_is_refused_once_a_run_trains(tmp_path):
+    from test_ui_model import FakeRun
+
+    session, panel = stopped_run(tmp_path / "runs")
+    table, record = panel.view.table, session.runs[0]
+    folder = tmp_path / "runs" / "my_adapter"
+    (folder / "notes.txt").write_text("the user's")
+    table.new_name.value = "second"
+    table.rename.click()
+    assert table.error.text == "" and record.name == "second" and "keeps its name" in table.message.value
+    assert record.output_dir == str(folder) and (folder / "notes.txt").read_text() == "the user's"
+
+    table.delete.click()
+    assert table.confirm.asking
+    run = FakeRun(session)  # a run starts while the question is open: it is withdrawn
+    assert not table.confirm.asking and table.delete.disabled
+    table._delete(record)  # a confirmation that arrives anyway is refused
+    assert "a run is training" in table.error.text and session.runs == [record]
+    assert (folder / "checkpoint-2").is_dir()
+    run.end()
+
+
+def test_a_second_run_of_the_same_name_from_another_folder_gets_its_own_name(tmp_path):
+    session, panel = stopped_run(tmp_path / "one")
+    panel.output_dir.value = str(tmp_path / "two")
+    panel.view.start.click()
+    wait_until(lambda: finished(panel))
+    first, second = session.runs
+    assert first.name != second.name and second.name == f"{first.name} (2)"
+    assert set(session.run_curves) == {first.name, second.name}
+
+
+def test_resume_is_refused_after_the_model_was_replaced(tmp_path):
+    from tiny import tiny_adapter_model
+
+    session, panel = stopped_run(tmp_path)
+    session.set_model(tiny_adapter_model(), session.tokenizer)
+    panel.view.resume.click()
+    assert "the model was replaced" in panel.view.error.text and session.run_in_progress() is None
+
+
+def test_the_baseline_is_in_progress_before_the_adapter_runs_record_is_in(tmp_path):
+    """No moment between the adapter run and its baseline without a run in progress (Start, model changes)."""
+    seen = []
+    session = new_session()
+    session.on_change(lambda what: seen.append(session.run_in_progress() is not None) if what == "runs" else None)
+    panel = TrainPanel(session, data=keyword_frame(32))
+    set_up(panel, tmp_path, max_steps=2, eval_every=2)
+    panel.baseline.value = True
+    panel.view.start.click()
+    wait_until(lambda: len(session.runs) == 2 and finished(panel), timeout=240)
+    assert seen[0] is True  # the adapter run's record arrived while the baseline was in progress
+    assert [r.kind for r in session.runs] == ["adapter", "full"] and panel.record is session.runs[1]

@@ -363,3 +363,14 @@ def test_curves_log_scale_smoothing_and_overlays():
     assert thin(list(range(10)), list(range(10)), limit=20) == (list(range(10)), list(range(10)))
     xs, ys = thin(list(range(10_001)), list(range(10_001)), limit=1000)
     assert len(xs) <= 1001 and xs[0] == 0 and xs[-1] == 10_000 and xs == ys
+
+
+def test_an_adapter_name_that_is_a_path_is_refused_before_anything_is_written(tmp_path):
+    session = new_session()
+    panel = TrainPanel(session, data=keyword_frame(16))
+    set_up(panel, tmp_path / "out")
+    for name in ("../escape", "a/b"):
+        panel.adapter.value = name
+        panel.view.start.click()
+        assert f"adapter name {name!r}" in panel.error.text and "'/'" in panel.error.text
+    assert session.active_run is None and not (tmp_path / "escape").exists() and not (tmp_path / "out").exists()

@@ -74,7 +74,7 @@ def run_table(records) -> pd.DataFrame:
                 "score": score[1] if score else float("nan"),
                 "metrics": {k.removeprefix("eval_"): float(v) for k, v in metrics.items()},
                 "trainable_params": record.trainable_params,
-                "pct_params": record.trainable_percent,
+                "pct_params": record.adapter_percent or record.trainable_percent,  # as the Model panel and runs table
                 "bytes_on_disk": record.saved_bytes,
                 "train_time_s": record.wall_time_s,
                 "train_samples_per_s": record.train_samples_per_second,

@@ -249,12 +249,18 @@ def html_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return f'<table class="wb-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+SI_PREFIXES = ("", "k", "M", "G", "T")
+
+
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+    """`n` bytes with an SI prefix, as every panel shows sizes: 950 B, 20 kB, 1.5 MB, 2.1 GB."""
+    n = float(n)
+    power = 0
+    while abs(n) >= 1000 and power < len(SI_PREFIXES) - 1:
+        n /= 1000
+        power += 1
+    text = f"{n:.0f}" if power == 0 or abs(n) >= 100 else f"{n:.3g}"
+    return f"{text} {SI_PREFIXES[power]}B"
 
 
 def figure_output() -> widgets.Output:

@@ -37,12 +37,13 @@ from .common import (
     figure_output,
     guarded,
     html_table,
+    human_bytes,
     plain_message,
     set_busy,
     show_figure,
     start_worker,
 )
-from .compare_plots import accuracy_cost_figure, confusion_figure, costs_figure, si_bytes, speed_figure
+from .compare_plots import accuracy_cost_figure, confusion_figure, costs_figure, speed_figure
 from .session import Session, default_session
 
 FULL = "full fine-tuned"
@@ -554,13 +555,13 @@ def _display_rows(results: pd.DataFrame, texts: list[str]) -> list[dict]:
         others = {k: v for k, v in metrics.items() if k != "accuracy"}
         shown["eval metrics"] = ", ".join(f"{k} {v:.3g}" for k, v in others.items()) or "–"
         shown["trainable params"] = _num(row["trainable_params"], "{:,.0f}")
-        shown["% of the model's params"] = _num(row["pct_params"], "{:.3g}%")
-        shown["bytes on disk"] = si_bytes(row["bytes_on_disk"]) if _present(row["bytes_on_disk"]) else "–"
+        shown["% of base model"] = _num(row["pct_params"], "{:.3g}%")
+        shown["bytes on disk"] = human_bytes(row["bytes_on_disk"]) if _present(row["bytes_on_disk"]) else "–"
         shown["training time"] = _num(row["train_time_s"], "{:.1f} s")
         shown["samples/s"] = _num(row["train_samples_per_s"], "{:.1f}")
         peak = row["peak_memory_bytes"]
         kind = {"rss": "RSS", "cuda": "GPU"}.get(row["memory_kind"], row["memory_kind"])
-        shown["peak memory"] = f"{si_bytes(peak)} {kind}" if _present(peak) else "–"
+        shown["peak memory"] = f"{human_bytes(peak)} {kind}" if _present(peak) else "–"
         shown["ms / batch"] = _num(row["ms_per_batch"], "{:.2f}")
         shown["texts/s"] = _num(row["texts_per_s"], "{:.1f}")
         rows.append(shown)

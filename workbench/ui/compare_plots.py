@@ -11,18 +11,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-SI_PREFIXES = ("", "k", "M", "G", "T")
-
-
-def si_bytes(n: float) -> str:
-    """`n` bytes with an SI prefix: 950 B, 20 kB, 1.5 MB, 2.1 GB."""
-    n = float(n)
-    power = 0
-    while abs(n) >= 1000 and power < len(SI_PREFIXES) - 1:
-        n /= 1000
-        power += 1
-    text = f"{n:.0f}" if power == 0 or abs(n) >= 100 else f"{n:.3g}"
-    return f"{text} {SI_PREFIXES[power]}B"
+from .common import human_bytes
 
 
 def log_ticks(low: float, high: float) -> list[float]:
@@ -49,14 +38,14 @@ def accuracy_cost_figure(table: pd.DataFrame, colour: Callable[[str], str]):
             name=row.run,
             marker={"size": 14, "color": colour(row.run)},
             hovertemplate=(
-                f"<b>{row.run}</b><br>{row.metric} %{{y:.1%}}<br>{si_bytes(row.bytes_on_disk)} on disk<br>"
+                f"<b>{row.run}</b><br>{row.metric} %{{y:.1%}}<br>{human_bytes(row.bytes_on_disk)} on disk<br>"
                 f"{row.trainable_params:,} trainable parameters<extra></extra>"
             ),
         )
     metric = scored["metric"].iloc[0] if len(scored) and scored["metric"].nunique() == 1 else "score"
     ticks = log_ticks(scored["bytes_on_disk"].min(), scored["bytes_on_disk"].max()) if len(scored) else [1]
     fig.update_xaxes(
-        type="log", title="bytes on disk (log scale)", tickvals=ticks, ticktext=[si_bytes(t) for t in ticks]
+        type="log", title="bytes on disk (log scale)", tickvals=ticks, ticktext=[human_bytes(t) for t in ticks]
     )
     fig.update_yaxes(title=f"validation {metric}", tickformat=".0%", range=[0, 1.05])
     fig.update_layout(
@@ -99,7 +88,7 @@ def costs_figure(table: pd.DataFrame):
     fig.add_bar(x=table["setup"], y=table["bytes_on_disk"], name="bytes on disk", row=1, col=2)
     fig.update_yaxes(type="log", tickformat="~s", row=1, col=1)
     ticks = log_ticks(table["bytes_on_disk"].min(), table["bytes_on_disk"].max())
-    fig.update_yaxes(type="log", tickvals=ticks, ticktext=[si_bytes(t) for t in ticks], row=1, col=2)
+    fig.update_yaxes(type="log", tickvals=ticks, ticktext=[human_bytes(t) for t in ticks], row=1, col=2)
     fig.update_layout(title="Costs of each setup", height=360, showlegend=False)
     return fig
 

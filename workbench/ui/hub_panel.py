@@ -95,6 +95,7 @@ class HubPanel(widgets.VBox):
             self.session.set_model(model, tokenizer, getattr(model.config, "name_or_path", None) or None)
         self.search_error, self.load_error, self.try_error = ErrorBox(), ErrorBox(), ErrorBox()
         self.results = None  # the last `SearchResults`
+        self._searches = 0  # searches started: a slower earlier one must not overwrite a later one's results
         self.selected = None  # the `AdapterInfo` shown in the card
         self.loaded_name: str | None = None
         self.prediction = None  # the last "Try it" `Prediction`
@@ -254,6 +255,8 @@ class HubPanel(widgets.VBox):
         }
         set_busy(button, True, "Searching...")
         self.count.value = "<i>Searching ...</i>"
+        self._searches += 1
+        generation = self._searches  # only the latest search fills the grid, whichever answers last
 
         def work():
             import warnings
@@ -264,10 +267,12 @@ class HubPanel(widgets.VBox):
                 with warnings.catch_warnings():  # the notice says it in the panel instead
                     warnings.simplefilter("ignore")
                     results = search_adapters(**query)
-                self._show_results(results)
+                if generation == self._searches:
+                    self._show_results(results)
             except Exception as err:
-                self.count.value = ""
-                box.show(err, "search")
+                if generation == self._searches:
+                    self.count.value = ""
+                    box.show(err, "search")
             finally:
                 set_busy(button, False)
 
@@ -388,6 +393,7 @@ class HubPanel(widgets.VBox):
 
         def work():
             try:
+                check_change_allowed(self.session)  # again in the worker: a run may have started since the click
                 if self.session.model is None:
                     source = base_model_source(info.model_name)
                     self.status.value = f"No model in the session: loading its base model {_text(source)} ..."
@@ -400,6 +406,7 @@ class HubPanel(widgets.VBox):
                     model.set_active_adapters(name)
                 else:
                     self.status.value = f"Downloading {_text(info.adapter_id)} ..."
+                    check_change_allowed(self.session)
                     name = model.load_adapter(
                         info.adapter_id,
                         source=info.source,

@@ -392,17 +392,6 @@ def _size(model) -> str:
     return f"{type(model).__name__}, {full / 1e6:.1f}M parameters"
 
 
-def adapter_percentages(model) -> dict[str, tuple[int, float]]:
-    """Adapter name -> (its parameters, percent of the base model), the reference for every panel.
-
-    The percentage is AdapterHub's `adapter_summary` definition: the adapter's OWN parameters divided by the base
-    model's parameters without any adapter (other adapters, fusions and heads are in neither count), x 100. So an
-    adapter's percentage does not change when other adapters are added; a run's table uses the same numbers.
-    """
-    rows = model.adapter_summary(as_dict=True)[:-1]  # the last row is the full model
-    return {row["name"]: (row["#param"], row["%param"]) for row in rows}
-
-
 def _summary_table(rows: list[dict]) -> str:
     shown = [
         {

@@ -54,6 +54,7 @@ class RunView(widgets.VBox):
         self.callbacks = list(callbacks or [])
         self.record = None  # the RunRecord of the last run this view followed
         self.spec: RunSpec | None = None
+        self._model_of_spec = None  # the model the last run started here trained (Resume must find the same)
         self.follower: threading.Thread | None = None
         self.following: ActiveRun | None = None
         self.finished_listeners: list[Callable[[], None]] = []
@@ -184,6 +185,11 @@ class RunView(widgets.VBox):
         spec = self.spec
         if spec is None or run_in_folder(spec.output_dir) is None:
             raise ValueError("no run to resume: Start one first")
+        if self._model_of_spec is not None and self.session.model is not self._model_of_spec:
+            raise ValueError(
+                f"the model was replaced since {spec.name} ran: its checkpoint belongs to the earlier model; "
+                "load that model again, or Start a new run"
+            )
         self._hide_choices()
         self._launch(spec, mode="resume")
 
@@ -203,11 +209,14 @@ class RunView(widgets.VBox):
         if mode == "resume" and held is not None and held.last_checkpoint is not None:
             earlier = self.session.run_curves.get(run.name, [])
             run.events.extend(e for e in earlier if getattr(e, "step", 0) <= held.last_step)
-        run.thread = start_worker(
-            lambda: _run_jobs(self.session, run, spec, model, self.session.tokenizer, self.callbacks, mode),
-            "wb-train",
+        run.thread = threading.Thread(
+            target=lambda: _run_jobs(self.session, run, spec, model, self.session.tokenizer, self.callbacks, mode),
+            name="wb-train",
+            daemon=True,
         )
-        self.session.active_run = run
+        self.session.active_run = run  # before the worker starts: its notices must find this run
+        self._model_of_spec = model
+        run.thread.start()
         self.attach(run)  # even if it fails at once (before other views would see it in progress)
         self.session.notify("active_run")  # other views of its kind attach to it
 
@@ -412,16 +421,17 @@ def _run_jobs(session: Session, run: ActiveRun, spec: RunSpec, model, tokenizer,
     happens, the session hears "active_run" at the end, so the header never says "run in progress" after it.
     """
     try:
+        baseline = base_kwargs = None
+        if spec.baseline:  # made now, so it is in progress before the adapter run's record is in (no gap)
+            baseline = ActiveRun(run.kind, RunControl(), thread=threading.current_thread())
+            base_kwargs = {**spec.baseline_kwargs(), "output_dir": f"{spec.output_dir}-full"}
+            baseline.planned_steps, baseline.name = run.planned_steps, base_kwargs["name"]
         kwargs = {**spec.train_kwargs(), "output_dir": spec.output_dir, "name": run.name}
         record = _run_one(session, run, model, spec.data, kwargs | _folder_options(spec.output_dir, mode), tokenizer,
-                          callbacks)  # fmt: skip
-        if record is None or not spec.baseline or record.stop_reason == "stop_request":
+                          callbacks, then=baseline)  # fmt: skip
+        if record is None or baseline is None or session.active_run is not baseline:
             return
-        baseline = ActiveRun(run.kind, RunControl(), thread=threading.current_thread())
-        base_kwargs = {**spec.baseline_kwargs(), "output_dir": f"{spec.output_dir}-full"}
-        baseline.planned_steps, baseline.name = run.planned_steps, base_kwargs["name"]
-        session.active_run = run = baseline
-        session.notify("active_run")
+        run = baseline
         copied = copy.deepcopy(model)  # full fine-tuning changes every weight: keep the adapters' base model
         options = _folder_options(base_kwargs["output_dir"], mode)
         _run_one(session, baseline, copied, spec.data, base_kwargs | options, tokenizer, callbacks)
@@ -432,7 +442,10 @@ def _run_jobs(session: Session, run: ActiveRun, spec: RunSpec, model, tokenizer,
         session.notify("active_run")
 
 
-def _run_one(session: Session, run: ActiveRun, model, data, kwargs: dict, tokenizer, callbacks: list):
+def _run_one(session: Session, run: ActiveRun, model, data, kwargs: dict, tokenizer, callbacks: list, then=None):
+    """One `train()` call for `run`; `then`, the run that follows it (the baseline), becomes the session's active
+    run before this one's record is in, unless this one was stopped."""
+
     def keep(event) -> None:
         if isinstance(event, StepEvent):
             run.planned_steps = event.max_steps
@@ -446,10 +459,11 @@ def _run_one(session: Session, run: ActiveRun, model, data, kwargs: dict, tokeni
         run.error = err
         session.notify("active_run")
         return None
-    following = session.active_run is not run
+    if then is not None and record.stop_reason != "stop_request":
+        then.planned_steps = then.planned_steps or run.planned_steps
+        session.active_run = then
     run.record = record
     session.runs[:] = [r for r in session.runs if r.output_dir != record.output_dir]  # resumed or replaced
     session.add_run(record, run.events)
-    if not following:
-        session.notify("active_run")
+    session.notify("active_run")
     return record

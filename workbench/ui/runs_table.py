@@ -17,6 +17,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from workbench.train import clear_run, compare_runs, run_in_folder
+from workbench.train.checkpoints import STAGING_PREFIX
 
 from .common import Confirm, ErrorBox, explain_disabled, guarded, html_table, human_bytes
 from .session import Session
@@ -168,6 +169,8 @@ class RunsTable(widgets.VBox):
         self.export.disabled = not self.session.runs
 
     def _session_changed(self, what: str) -> None:
+        if what == "active_run" and self.session.run_in_progress() is not None:
+            self.confirm.dismiss()  # the question no longer applies while a run trains
         if what in ("runs", "active_run"):
             self.refresh()
 
@@ -189,24 +192,19 @@ class RunsTable(widgets.VBox):
             raise ValueError(f"there is already a run named {new!r}")
         old_folder = Path(record.output_dir)
         new_folder = old_folder.with_name(re.sub(r"[^\w.,+-]", "-", new))
-        if new_folder != old_folder and new_folder.exists():
+        moved = old_folder.is_dir() and new_folder != old_folder and _holds_only_the_run(old_folder)
+        if moved and new_folder.exists():
             raise FileExistsError(f"the folder {new_folder} exists already: choose another name")
-        if old_folder.is_dir() and new_folder != old_folder:
+        if moved:
             old_folder.rename(new_folder)
             _move_paths(record, self.session, old_folder, new_folder)
         old = record.name
-        record.name = new
-        colours = getattr(self.session, "_colours", None)
-        if colours is not None and old in colours:  # the run keeps its colour under its new name
-            colours[new] = colours.pop(old)
-        if old in self.session.run_curves:
-            self.session.run_curves[new] = self.session.run_curves.pop(old)
+        self.session.rename_run(old, new)
         if old in self._picked:
             self._picked = (self._picked - {old}) | {new}
         self.new_name.value = ""
-        self.message.value = f"renamed {html.escape(old)} to {html.escape(new)} (folder {html.escape(str(new_folder))})"
-        self.choice.value = None
-        self.session.notify("runs")
+        where = f"folder {new_folder}" if moved else f"its folder {old_folder} holds other files too and keeps its name"
+        self.message.value = f"renamed {html.escape(old)} to {html.escape(new)} ({html.escape(where)})"
         self.choice.value = new
 
     def _delete_clicked(self, _=None) -> None:
@@ -220,6 +218,8 @@ class RunsTable(widgets.VBox):
 
     def _delete(self, record) -> None:
         try:
+            if self.session.run_in_progress() is not None:  # a run may have started since the question was asked
+                raise RuntimeError("a run is training: wait for it to end or stop it first")
             folder = Path(record.output_dir)
             clear_run(folder)  # the run's checkpoints and final/ only: other files in the folder stay
             kept = folder.is_dir() and any(folder.iterdir())
@@ -318,3 +318,10 @@ def _number(value) -> str:
 
 def _cell(markup: str) -> widgets.HTML:
     return widgets.HTML(f'<span style="white-space:nowrap">{markup}</span>')
+
+
+def _holds_only_the_run(folder: Path) -> bool:
+    """Whether `folder` holds nothing but a run's checkpoints, `final/` and half-written folders: only then does
+    renaming the run move the folder (a folder the user keeps other files in is never moved)."""
+    run_parts = ("checkpoint-", STAGING_PREFIX)
+    return all(p.is_dir() and (p.name == "final" or p.name.startswith(run_parts)) for p in folder.iterdir())

@@ -78,11 +78,32 @@ class Session:
         self.notify("model")
 
     def add_run(self, record, events: list | None = None) -> None:
+        """Add a finished run. Run names are unique in a session (the runs table, the curves, the colours and
+        Compare pick runs by name): a second run named like an earlier one, from another folder, gets " (2)"."""
+        taken = {r.name for r in self.runs}
+        if record.name in taken:
+            number = 2
+            while f"{record.name} ({number})" in taken:
+                number += 1
+            record.name = f"{record.name} ({number})"
         self.runs.append(record)
         if events is not None:
             self.run_curves[record.name] = list(events)
         if record.kind == "full":
             self.full_checkpoint = record.saved_path
+        self.notify("runs")
+
+    def rename_run(self, old: str, new: str) -> None:
+        """Rename run `old` to `new` everywhere the session keeps it: record, curves and colour."""
+        if any(r.name == new for r in self.runs):
+            raise ValueError(f"there is already a run named {new!r}")
+        for record in self.runs:
+            if record.name == old:
+                record.name = new
+        if old in self.run_curves:
+            self.run_curves[new] = self.run_curves.pop(old)
+        if old in self._colours:
+            self._colours[new] = self._colours.pop(old)
         self.notify("runs")
 
 

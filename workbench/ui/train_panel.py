@@ -21,6 +21,7 @@ import ipywidgets as widgets
 from IPython.display import display
 
 import workbench
+from workbench.core.names import check_name
 from workbench.train import LABELLED_TASKS, Problem, check_data, load_splits
 from workbench.train.checks import labels_found
 
@@ -266,6 +267,11 @@ class TrainPanel(widgets.VBox):
         name = self.adapter.value.strip()
         if not name or "," in name:
             problems.append(f"adapter name {name!r}: give a name without commas")
+        else:
+            try:  # the engine's rule: the name becomes a folder under the output folder, never a path
+                check_name(name)
+            except workbench.AdapterError as err:
+                problems.append(f"adapter name {name!r}: {plain_message(err).split(': ', 1)[-1]}")
         options = self.method_config.value.strip().strip("[]")
         adapter_config = f"{self.method.value}[{options}]" if options else self.method.value
         try:
