@@ -78,6 +78,8 @@ def test_costs_table_and_charts(session):
     bars = figure["data"][PLOTLY]["data"]
     assert [b["name"] for b in bars] == ["trainable params", "bytes on disk"]
     assert list(bars[0]["x"]) == ["sst", "lang", "Stack('lang', 'sst')", "full model"]
+    session.notify("adapters")  # e.g. an adapter replaced under its name: the adapter columns may be out of date
+    assert "the model&#x27;s adapters changed" in panel.stale.value
     summary = panel.summary_html()
     assert "Results" in summary and "Stack(&#x27;lang&#x27;, &#x27;sst&#x27;)" in summary
 
@@ -301,6 +303,12 @@ def test_stale_results_are_marked_and_cleared(trained, tmp_path):
     assert "new runs not compared yet: adapter:again" in panel.stale.value
     panel.run_button.click()
     assert panel.stale.value == "" and list(panel.outputs.columns) == ["adapter:kw", "adapter:again"]
+    again = session.runs[-1]
+    session.runs.remove(again)  # the run trained again into its folder: a new record under the same name
+    session.add_run(_renamed(again, "adapter:again"))
+    assert "trained again since: adapter:again" in panel.stale.value
+    session.notify("adapters")  # no adapter column is shown: adapter changes do not make run columns stale
+    assert "adapters changed" not in panel.stale.value
     session.set_model(tiny_adapter_model(), tokenizer)
     assert panel.outputs is None and panel.table.value == "" and panel.plot.outputs == ()
     assert "model changed" in panel.status.value

@@ -34,9 +34,8 @@ class ErrorBox(widgets.VBox):
         an error that carries `problems` (every invalid field, every data check) lists them all."""
         problems = getattr(error, "problems", None)
         if problems:
-            self.show_problems(
-                [str(p) for p in problems], f"{context[:1].upper()}{context[1:]} failed" if context else ""
-            )
+            intro = f"{context[:1].upper()}{context[1:]} needs these fixed first" if context else "Fix these first"
+            self.show_problems([str(p) for p in problems], intro)
             return
         prefix = f"{context[:1].upper()}{context[1:]} failed: " if context else ""
         self._show(

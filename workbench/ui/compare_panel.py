@@ -78,6 +78,7 @@ class ComparePanel(widgets.VBox):
         self.checkpoints = CheckpointCache()
         self.static = StaticSummary()
         self._basis: dict | None = None  # what the shown results were computed for (see `_current_basis`)
+        self._adapter_changes = 0  # "adapters" notices heard: results of adapters computed before one are stale
         self._build()
         super().__init__(self._layout())
         self.add_class("wb-compare")
@@ -205,6 +206,7 @@ class ComparePanel(widgets.VBox):
         if what == "model" and self._basis is not None:
             self._clear_results("The model changed: results for the previous model were cleared.")
         elif what in ("adapters", "runs"):
+            self._adapter_changes += what == "adapters"  # an adapter may be re-trained or replaced under its name
             self._mark_stale()
 
     def refresh(self) -> None:
@@ -292,7 +294,9 @@ class ComparePanel(widgets.VBox):
         return {
             "model": id(self.session.model),
             "runs": [r.name for r in self.session.runs],
+            "records": {r.name: id(r) for r in self.session.runs},  # a resumed or re-run run is a new record
             "adapters": list(getattr(self.session.model, "adapters", {}) or []),
+            "adapter_changes": self._adapter_changes,
         }
 
     def _check_can_act(self, verb: str) -> None:
@@ -404,6 +408,13 @@ class ComparePanel(widgets.VBox):
             notes.append(f"no longer in the session: {', '.join(gone)}")
         if new_runs:
             notes.append(f"new runs not compared yet: {', '.join(new_runs)}")
+        redone = [n for n in self._basis["shown"] if self._basis["records"].get(n, id(None)) != now["records"].get(n)]
+        redone = [n for n in redone if n in now["records"]]
+        if redone:
+            notes.append(f"trained again since: {', '.join(redone)}")
+        shown_adapters = [n for n in self._basis["shown"] if n not in self._basis["records"]]
+        if now["adapter_changes"] != self._basis["adapter_changes"] and shown_adapters:
+            notes.append("the model's adapters changed")
         if self.evaluation is not None and self.evaluation.run not in now["runs"]:
             self.evaluation, self.eval_html.value, self.eval_figure.outputs = None, "", ()
         self.stale.value = (
