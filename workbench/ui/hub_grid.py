@@ -58,6 +58,7 @@ class ResultsGrid(widgets.VBox):
         self.count = 0
         self.sort_buttons: dict[str, widgets.Button] = {}
         heads = [self._head(column) for column in columns]
+        self._cell_layouts = [widgets.Layout(width=column.width, flex="0 0 auto") for column in columns]
         self.rows = [self._row(index) for index in range(page_size)]
         self.empty = widgets.HTML("<i>No adapters match; change the search or the filters.</i>")
         self.empty.layout.display = "none"
@@ -80,8 +81,8 @@ class ResultsGrid(widgets.VBox):
 
     def _row(self, index: int) -> widgets.HBox:
         cells = []
-        for column in self.columns:
-            cell = widgets.Button(layout=widgets.Layout(width=column.width, flex="0 0 auto"))
+        for column, layout in zip(self.columns, self._cell_layouts, strict=True):
+            cell = widgets.Button(layout=layout)  # one shared Layout per column: fewer widgets for the page to make
             cell.add_class("wb-grid-cell")
             cell.on_click(lambda _b, i=index: self.select(i))
             cells.append(cell)

@@ -26,7 +26,7 @@ from .model_panel import base_model_source, family_label, load_base_model, model
 from .session import Session, default_session
 
 NUMERIC_SORTS = ("downloads", "likes", "size_bytes")
-PAGE_SIZE = 25
+PAGE_SIZE = 12  # rows are made once (a widget per cell): more rows render slowly in a busy browser
 BOTH, ANY = "both", "any"  # the dropdowns' "no filter" values (a None value would show as a blank dropdown)
 SIZE_UNKNOWN = "unknown"
 FETCHING = '<p class="wb-hub-fetching"><i class="fa fa-spinner fa-spin"></i> reading the details from the Hub ...</p>'
