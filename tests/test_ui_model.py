@@ -600,3 +600,13 @@ def test_a_real_run_blocks_model_replacement_until_it_ends(tmp_path):
     assert session.model is model and list(model.adapters) == ["a", "b"]
     assert "run in progress" not in bench.title.value and "runs: 1" in bench.title.value
     assert not panel.default_button.disabled and not panel.actions.delete_button.disabled
+
+
+def test_a_new_error_replaces_the_rows_last_success_message(tiny_session):
+    panel = ModelPanel(tiny_session)
+    actions = panel.actions
+    actions.new_name.value, actions.new_config.value = "fresh", "lora"
+    actions.add_button.click()
+    assert "Added adapter 'fresh'" in actions.add_row.result.value
+    actions.add_button.click()  # the same name again: an error, and the old "Added" line goes
+    assert actions.add_row.error.text and actions.add_row.result.value == ""

@@ -83,7 +83,7 @@ def test_runs_table_rename_delete_export_and_open(tmp_path, monkeypatch):
     record = session.runs[0]
     colour = session.colour(record.name)
     headings = [re.sub("<[^>]+>", "", c.value) for c in table.grid.children[:13]]  # the heading row
-    assert headings[:5] == ["plot", "run", "type", "method", "steps"] and "% of base model" in headings
+    assert headings[:6] == ["plot", "run", "type", "method", "status", "accuracy"] and "% of base model" in headings
     assert not any("_" in h for h in headings)  # no raw field names
     assert table.frame.layout.overflow == "auto"  # a wide table scrolls inside its box
 
@@ -228,3 +228,6 @@ def test_the_baseline_is_in_progress_before_the_adapter_runs_record_is_in(tmp_pa
     wait_until(lambda: len(session.runs) == 2 and finished(panel), timeout=240)
     assert seen[0] is True  # the adapter run's record arrived while the baseline was in progress
     assert [r.kind for r in session.runs] == ["adapter", "full"] and panel.record is session.runs[1]
+    assert panel.view.resume.disabled and "completed" in panel.view.resume.tooltip  # nothing left to resume
+    panel.view.start.click()  # the same folder again: resume is not offered for a completed run
+    assert panel.view.choices.layout.display == "flex" and panel.view.resume_run.disabled

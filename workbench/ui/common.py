@@ -24,10 +24,13 @@ class ErrorBox(widgets.VBox):
     def __init__(self):
         self.message = widgets.HTML()
         self.details = widgets.Textarea(disabled=True, layout=widgets.Layout(width="100%", height="12em"))
-        self.toggle = widgets.ToggleButton(description="Details", icon="info", layout=widgets.Layout(width="auto"))
+        self.toggle = widgets.ToggleButton(  # never squeezed by a long message beside it
+            description="Details", icon="info", layout=widgets.Layout(width="auto", flex="0 0 auto")
+        )
         self.toggle.observe(self._toggled, "value")
         super().__init__([], layout=widgets.Layout(display="none"))
         self.add_class("wb-error")
+        self.shown_listeners: list[Callable[[], None]] = []  # e.g. a row clearing its last success message
 
     def show(self, error: BaseException, context: str = "") -> None:
         """`error` as one readable sentence ("Loading the model failed: ..."), its type and traceback in Details;
@@ -58,6 +61,8 @@ class ErrorBox(widgets.VBox):
         self.toggle.value = False
         self.children = [widgets.HBox([self.message, self.toggle] if details_button else [self.message])]
         self.layout.display = "flex"
+        for listener in list(self.shown_listeners):
+            listener()
 
     def clear(self) -> None:
         self.children = []

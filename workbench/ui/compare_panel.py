@@ -97,7 +97,9 @@ class ComparePanel(widgets.VBox):
         )
         self.runs = widgets.SelectMultiple(options=[], rows=4, description="Runs")
         self.adapters = widgets.SelectMultiple(options=[], rows=4, description="Adapters")
-        self.composition = widgets.Text(placeholder="e.g. Stack(lang, task)", description="Composition")
+        self.composition = widgets.Text(
+            placeholder="e.g. Stack(lang, task)", description="Composition", style={"description_width": "initial"}
+        )
         self.include_base = widgets.Checkbox(value=False, description="base model", indent=False)
         self.include_full = widgets.Checkbox(value=True, description=FULL, indent=False)
         self.run_button = widgets.Button(description="Compare", icon="play", button_style="primary")
@@ -573,8 +575,9 @@ def _display_rows(results: pd.DataFrame, texts: list[str]) -> list[dict]:
         peak = row["peak_memory_bytes"]
         kind = {"rss": "RSS", "cuda": "GPU"}.get(row["memory_kind"], row["memory_kind"])
         shown["peak memory"] = f"{human_bytes(peak)} {kind}" if _present(peak) else "–"
-        shown["ms / batch"] = _num(row["ms_per_batch"], "{:.2f}")
-        shown["texts/s"] = _num(row["texts_per_s"], "{:.1f}")
+        not_yet = "press Measure speed"
+        shown["ms / batch"] = _num(row["ms_per_batch"], "{:.2f}") if _present(row["ms_per_batch"]) else not_yet
+        shown["texts/s"] = _num(row["texts_per_s"], "{:.1f}") if _present(row["texts_per_s"]) else not_yet
         rows.append(shown)
     return rows
 

@@ -24,6 +24,7 @@ class ControlRow(widgets.VBox):
         self.hint = widgets.HTML()
         self.result = widgets.HTML()
         self.error = ErrorBox()
+        self.error.shown_listeners.append(lambda: self.say(""))  # an old success must not sit above a new error
         self.hint.add_class(f"{css}-hint")
         self.result.add_class(f"{css}-result")
         self.error.add_class(f"{css}-error")

@@ -141,7 +141,7 @@ class LiveCurves(widgets.VBox):
             metric_axis.pop("rangemode")
         fig.update_layout(
             title={"text": self.title},
-            height=340,
+            height=400,
             margin={"l": 55, "r": 55, "t": 40, "b": 40},
             xaxis={"title": {"text": "step"}, "range": [0, upper]}
             | ({"dtick": 1} if upper <= 10 else {}),  # whole steps
@@ -149,7 +149,8 @@ class LiveCurves(widgets.VBox):
             yaxis={"title": {"text": "loss"}, "type": "log" if log else "linear", "tickformat": ".3~g"}
             | ({"dtick": "D2"} if log else {}),
             yaxis2=metric_axis,
-            legend={"orientation": "h", "y": -0.2},
+            # below the axis title ("step"), clear of it: the plot keeps its height and the legend takes its own
+            legend={"orientation": "h", "y": -0.3, "yanchor": "top"},
         )
         return fig
 

@@ -62,7 +62,9 @@ class FusionPanel(widgets.VBox):
             self.columns.set_columns(self.data.columns)
         self.params = HyperParams(prefix="wb-fusion")
         self.params.fields["learning rate"].value = "5e-5"  # AdapterFusion's usual rate
-        self.output_dir = widgets.Text(value="runs", description="output folder")
+        self.output_dir = widgets.Text(
+            value="runs", description="output folder", style={"description_width": "initial"}
+        )
         self.output_dir.add_class("wb-fusion-output")
         self.device = widgets.HTML(f"device: <b>{html.escape(device_name())}</b>")
         self.error = ErrorBox()  # the run's errors, right above its Start button

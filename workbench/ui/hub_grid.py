@@ -35,6 +35,7 @@ class Column:
     width: str
     text: Callable[[object], str]
     sort: str | None = None
+    full: Callable[[object], str] | None = None  # the whole value, as the cell's tooltip, when `text` shortens it
 
 
 class ResultsGrid(widgets.VBox):
@@ -81,7 +82,7 @@ class ResultsGrid(widgets.VBox):
 
     def _row(self, index: int) -> widgets.HBox:
         cells = []
-        for column, layout in zip(self.columns, self._cell_layouts, strict=True):
+        for layout in self._cell_layouts:
             cell = widgets.Button(layout=layout)  # one shared Layout per column: fewer widgets for the page to make
             cell.add_class("wb-grid-cell")
             cell.on_click(lambda _b, i=index: self.select(i))
@@ -110,7 +111,7 @@ class ResultsGrid(widgets.VBox):
                 continue
             for column, cell in zip(self.columns, row.children, strict=True):
                 text = column.text(items[index])
-                cell.description, cell.tooltip = text, text
+                cell.description, cell.tooltip = text, column.full(items[index]) if column.full else text
             row.layout.display = "flex"
         self.empty.layout.display = "block" if not items else "none"
         self._paint()
@@ -149,5 +150,5 @@ class ResultsGrid(widgets.VBox):
                 row.remove_class("wb-grid-row-selected")
 
     def texts(self) -> list[list[str]]:
-        """What the visible rows show, cell by cell (for summaries and tests)."""
-        return [[cell.description for cell in row.children] for row in self.rows[: self.count]]
+        """What the visible rows hold, cell by cell, unshortened (for summaries and tests)."""
+        return [[cell.tooltip for cell in row.children] for row in self.rows[: self.count]]

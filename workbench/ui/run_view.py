@@ -144,13 +144,15 @@ class RunView(widgets.VBox):
         self._pending = spec
         self._suggestion = free_folder(spec.output_dir)
         last = held[0].last_checkpoint if held[0].folder == Path(spec.output_dir) else None
+        if last is not None and _completed(held[0], self.session.runs):
+            last = None  # a completed run has nothing left to resume: Overwrite or a new name
         lines = [
             f"<b>{html.escape(str(h.folder))}</b> already holds a run ({html.escape(h.describe())})." for h in held
         ]
         lines.append("Starting here would mix two runs' checkpoints. Choose:")
         self.conflict.value = "<br>".join(lines)
         self.resume_run.description = f"Resume from {last.name}" if last is not None else "Resume"
-        explain_disabled(self.resume_run, None if last is not None else "no checkpoint to resume from")
+        explain_disabled(self.resume_run, None if last is not None else "nothing to resume: no unfinished run here")
         self.overwrite.tooltip = "delete the old run's checkpoints and final/ (only those), then start"
         self.use_free.description = f"Use {self._suggestion.name}"
         self.choices.layout.display = "flex"
@@ -285,7 +287,7 @@ class RunView(widgets.VBox):
             self.line.value = "failed"
         elif run.record is not None:
             self.record = record = run.record
-            metrics = ", ".join(f"{k.removeprefix('eval_')} {v:.4g}" for k, v in record.final_metrics.items())
+            metrics = ", ".join(_metric_text(k.removeprefix("eval_"), v) for k, v in record.final_metrics.items())
             held = run_in_folder(record.output_dir)
             planned = held.planned_steps if held is not None else 0
             of = f" of {planned}" if record.stop_reason != "completed" and planned > record.global_step else ""
@@ -314,14 +316,14 @@ class RunView(widgets.VBox):
 
     def _explain_resume(self) -> None:
         """Resume is on when the last run's folder has a checkpoint it did not finish from."""
-        spec, record = self.spec, self.record
+        spec = self.spec
         held = run_in_folder(spec.output_dir) if spec is not None else None
         reason = None
         if self.session.run_in_progress() is not None:
             reason = "a run is in progress"
         elif held is None or held.last_checkpoint is None:
             reason = "no stopped run with a checkpoint to resume"
-        elif record is not None and record.stop_reason == "completed" and record.output_dir == spec.output_dir:
+        elif _completed(held, self.session.runs):
             reason = "the last run completed"
         explain_disabled(self.resume, reason)
         if reason is None:
@@ -467,3 +469,19 @@ def _run_one(session: Session, run: ActiveRun, model, data, kwargs: dict, tokeni
     session.add_run(record, run.events)
     session.notify("active_run")
     return record
+
+
+def _completed(held, runs) -> bool:
+    """Whether the run in folder `held` reached its planned steps (nothing left to resume)."""
+    record = next((r for r in reversed(runs) if r.output_dir == str(held.folder)), None)
+    if record is not None:
+        return record.stop_reason == "completed"
+    return bool(held.planned_steps) and held.last_step >= held.planned_steps
+
+
+SHARES = ("accuracy", "f1", "exact_match", "precision", "recall")  # metrics between 0 and 1, read as percent
+
+
+def _metric_text(name: str, value: float) -> str:
+    """A metric as Compare and the runs table show it: shares in percent, others with 4 significant digits."""
+    return f"{name} {value:.1%}" if name in SHARES else f"{name} {value:.4g}"

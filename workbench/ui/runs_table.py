@@ -25,18 +25,18 @@ from .session import Session
 STATUS = {"completed": "completed", "stop_request": "stopped", "early_stopping": "stopped early"}
 KINDS = {"adapter": "adapter", "fusion": "fusion", "full": "full fine-tuning"}
 # the table's columns: heading and how a record's cell reads
-COLUMNS: dict[str, Callable] = {
+COLUMNS: dict[str, Callable] = {  # what people compare first comes first: the table scrolls for the rest
     "type": lambda r: KINDS.get(r.kind, r.kind),
     "method": lambda r: r.method,
-    "steps": lambda r: _steps(r),
     "status": lambda r: STATUS.get(r.stop_reason, r.stop_reason),
-    "trainable parameters": lambda r: f"{r.trainable_params:,}",
+    "accuracy": lambda r: _percent(r.final_metrics.get("eval_accuracy")),
     "% of base model": lambda r: f"{r.adapter_percent:.3f}%" if r.base_params or r.kind == "full" else "unknown",
     "size on disk": lambda r: human_bytes(r.saved_bytes),
     "training time": lambda r: f"{r.wall_time_s:.1f} s",
+    "steps": lambda r: _steps(r),
     "samples/s": lambda r: f"{r.train_samples_per_second:.1f}",
-    "accuracy": lambda r: _percent(r.final_metrics.get("eval_accuracy")),
     "eval loss": lambda r: _number(r.final_metrics.get("eval_loss")),
+    "trainable parameters": lambda r: f"{r.trainable_params:,}",
 }
 # readable names for the exported CSV (compare_runs' columns)
 CSV_NAMES = {
