@@ -24,6 +24,7 @@ CSS = """<style>
   background: var(--jp-layout-color2, #eee); }
 .wb-grid .wb-grid-cell { box-shadow: none; border-bottom: 1px solid #e5e5e5; }
 .wb-grid .wb-grid-row-selected .wb-grid-cell { font-weight: bold; }
+.wb-grid .wb-grid-tail { direction: rtl; }  /* the ellipsis cuts the start; the end of the id stays visible */
 </style>"""
 
 
@@ -35,7 +36,7 @@ class Column:
     width: str
     text: Callable[[object], str]
     sort: str | None = None
-    full: Callable[[object], str] | None = None  # the whole value, as the cell's tooltip, when `text` shortens it
+    tail: bool = False  # too long for the column: cut at the start, since ids of one organisation differ at the end
 
 
 class ResultsGrid(widgets.VBox):
@@ -82,9 +83,11 @@ class ResultsGrid(widgets.VBox):
 
     def _row(self, index: int) -> widgets.HBox:
         cells = []
-        for layout in self._cell_layouts:
+        for column, layout in zip(self.columns, self._cell_layouts, strict=True):
             cell = widgets.Button(layout=layout)  # one shared Layout per column: fewer widgets for the page to make
             cell.add_class("wb-grid-cell")
+            if column.tail:
+                cell.add_class("wb-grid-tail")
             cell.on_click(lambda _b, i=index: self.select(i))
             cells.append(cell)
         row = widgets.HBox(cells, layout=widgets.Layout(display="none"))
@@ -111,7 +114,7 @@ class ResultsGrid(widgets.VBox):
                 continue
             for column, cell in zip(self.columns, row.children, strict=True):
                 text = column.text(items[index])
-                cell.description, cell.tooltip = text, column.full(items[index]) if column.full else text
+                cell.description, cell.tooltip = text, text
             row.layout.display = "flex"
         self.empty.layout.display = "block" if not items else "none"
         self._paint()
@@ -150,5 +153,5 @@ class ResultsGrid(widgets.VBox):
                 row.remove_class("wb-grid-row-selected")
 
     def texts(self) -> list[list[str]]:
-        """What the visible rows hold, cell by cell, unshortened (for summaries and tests)."""
-        return [[cell.tooltip for cell in row.children] for row in self.rows[: self.count]]
+        """What the visible rows show, cell by cell (for summaries and tests)."""
+        return [[cell.description for cell in row.children] for row in self.rows[: self.count]]

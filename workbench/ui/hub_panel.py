@@ -32,14 +32,6 @@ SIZE_UNKNOWN = "unknown"
 FETCHING = '<p class="wb-hub-fetching"><i class="fa fa-spinner fa-spin"></i> reading the details from the Hub ...</p>'
 
 
-def _middle(text: str, limit: int) -> str:
-    """`text` shortened in the middle: ids of one organisation differ at their end, which must stay visible."""
-    if len(text) <= limit:
-        return text
-    keep = limit - 1
-    return text[: keep // 3] + "\u2026" + text[-(keep - keep // 3) :]
-
-
 def _task(info) -> str:
     return "/".join(p for p in (info.task, info.subtask) if p)
 
@@ -55,13 +47,13 @@ def _origin(info) -> str:
 
 
 COLUMNS = (
-    Column("adapter", "19em", lambda i: _middle(i.adapter_id, 34), "adapter_id", lambda i: i.adapter_id),
-    Column("base model", "9em", lambda i: _middle(i.model_name or "", 16), "model_name", lambda i: i.model_name or ""),
+    Column("adapter", "19em", lambda i: i.adapter_id, "adapter_id", tail=True),
+    Column("base model", "9em", lambda i: i.model_name or "", "model_name", tail=True),
     Column("family", "4.5em", lambda i: i.model_type or "", "model_type"),
     Column("task", "7.5em", _task, "task"),
     Column("method", "6.5em", lambda i: i.method or "?", "method"),
-    Column("from", "6em", _origin),
-    Column("downloads", "7.5em", lambda i: _number(i.downloads), "downloads"),
+    Column("from", "6.5em", _origin),
+    Column("downloads", "8.5em", lambda i: _number(i.downloads), "downloads"),
     Column("likes", "4em", lambda i: _number(i.likes), "likes"),
     Column("size", "5.5em", lambda i: human_bytes(i.size_bytes) if i.size_bytes else SIZE_UNKNOWN, "size_bytes"),
 )
@@ -525,7 +517,7 @@ def _text(value: str) -> str:
 
 
 def _row(info) -> dict:
-    return {column.title: (column.full or column.text)(info) for column in COLUMNS}
+    return {column.title: column.text(info) for column in COLUMNS}
 
 
 def _label_mapping(model, name: str) -> dict:
