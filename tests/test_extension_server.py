@@ -126,6 +126,16 @@ async def test_info_gives_load_code_that_loads_the_adapter(jp_fetch, hub):
     assert archived["source"] == "ah" and f"load_adapter({ARCHIVE_ID!r}, source='ah')" in archived["load_code"]
 
 
+async def test_a_malformed_repo_is_skipped_by_search_and_named_by_info(jp_fetch, hub):
+    bad = "someone/config-is-a-list"
+    hub.add_repo(bad, {"adapter_config.json": b"{}"}, library_name="adapter-transformers", config=["imdb"])
+    with pytest.warns(UserWarning, match=bad):
+        found = await get_json(jp_fetch, "search", q="imdb", limit="10")
+    assert {item["adapter_id"] for item in found["items"]} == {SEQ_BN_REPO, ARCHIVE_ID}
+    error = await get_error(jp_fetch, "info", 502, id=bad)
+    assert bad in error["error"] and "config" in error["error"]
+
+
 async def test_unknown_adapter_is_404(jp_fetch, hub):
     error = await get_error(jp_fetch, "info", 404, id="nobody/no-such-adapter")
     assert "not on the Hub" in error["error"]
@@ -155,6 +165,7 @@ async def test_unknown_adapter_is_404(jp_fetch, hub):
         ("info", {"id": "no-slash"}, "id"),
         ("info", {"id": "@ukp/..", "source": "ah"}, "id"),
         ("info", {"id": SEQ_BN_REPO, "source": "file"}, "source"),
+        ("info", {"id": "a--b/c"}, "a--b/c"),  # passes the route's pattern, not the Hub's rules
     ],
 )
 async def test_bad_queries_are_400_naming_the_parameter(jp_fetch, hub, route, params, named):

@@ -10,7 +10,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
 
-from workbench.hub import HubUnavailableError
+from workbench.hub import HubUnavailableError, InvalidRepoIdError
 
 from . import hub_api
 
@@ -28,7 +28,7 @@ class _HubHandler(APIHandler):
         args = {key: [v.decode("utf-8", "replace") for v in values] for key, values in self.request.arguments.items()}
         try:
             answer = await IOLoop.current().run_in_executor(None, self.call, args)
-        except hub_api.BadQuery as err:
+        except (hub_api.BadQuery, InvalidRepoIdError) as err:  # the id passed the pattern, not the Hub's rules
             return self._error(400, str(err))
         except HubUnavailableError as err:
             return self._error(502, str(err))

@@ -6,6 +6,7 @@ Every request goes through `huggingface_hub`; listings are cached on disk (see `
 from ..core.model_mixin import register_adapter_resolver
 from ..core.setups import register_hub_pusher
 from .cache import HubUnavailableError, Listing
+from .entries import HubEntryError, InvalidRepoIdError
 from .info import AdapterInfo
 from .listing import SearchResults, get_adapter_info, list_adapters, search_adapters
 from .push import HubPushError, adapter_card, push_to_hub
@@ -19,9 +20,11 @@ register_hub_pusher(push_to_hub)  # `model.push_adapter_to_hub(...)` / `push_ada
 __all__ = [
     "AdapterInfo",
     "DownloadProgress",
+    "HubEntryError",
     "HubPushError",
     "HubUnavailableError",
     "HubUnreachable",
+    "InvalidRepoIdError",
     "check_hub",
     "hub_unreachable",
     "local_copy",

@@ -14,6 +14,7 @@ from huggingface_hub.utils import hf_raise_for_status, http_backoff
 
 from ..core.configs import AdapterConfig
 from ..core.errors import AdapterLoadError
+from .entries import HubEntryError, check_ah_id, mapping, skip, text
 from .families import model_type_of
 from .info import AdapterInfo
 from .methods import method_name
@@ -46,12 +47,25 @@ def list_ah_adapters(model_name: str | None = None) -> list[AdapterInfo]:
     entries = fetch_json("all.json")
     if not isinstance(entries, list):
         raise ValueError(f"{index_url()}/all.json must hold a list of adapters")
-    infos = [_info(entry) for entry in entries if isinstance(entry, dict) and entry.get("adapter_id")]
+    infos = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not entry.get("adapter_id"):
+            continue
+        try:
+            infos.append(_info(entry))
+        except HubEntryError as err:  # one malformed entry must not hide the others
+            skip(err, "AdapterHub archive listing")
     return [i for i in infos if model_name is None or i.model_name == model_name]
 
 
 def _info(entry: dict) -> AdapterInfo:
+    """The archive entry as an `AdapterInfo`; `HubEntryError` names a field of the wrong type."""
     adapter_id = entry["adapter_id"]
+    if not isinstance(adapter_id, str):
+        raise HubEntryError(repr(adapter_id), "adapter_id", "a string", adapter_id)
+    for key in ("model_name", "task", "subtask", "username", "sha1_checksum", "model_type"):
+        text(entry.get(key), adapter_id, key)
+    mapping(entry.get("adapter_config"), adapter_id, "adapter_config")
     return AdapterInfo(
         source="ah",
         adapter_id=adapter_id,
@@ -76,28 +90,26 @@ def is_ah_id(adapter_id: str) -> bool:
 def resolve_ah_id(adapter_id: str, model_name: str | None = None, config=None) -> str:
     """The Hub repo (`AdapterHub/<name>`) serving an archived adapter id."""
     if adapter_id.startswith("@"):
-        org, _, name = adapter_id[1:].partition("/")
-        if not org or not name:
-            raise AdapterLoadError(f"AdapterHub id {adapter_id!r} must look like '@org/name'")
-        return f"{HF_ORG}/{name}"
+        return f"{HF_ORG}/{check_ah_id(adapter_id)[1]}"
     task, _, rest = adapter_id.partition("/")
     subtask, _, org = rest.partition("@")
     if not task or not subtask:
         raise AdapterLoadError(f"AdapterHub id {adapter_id!r} must look like '@org/name' or 'task/subtask@org'")
     if not model_name:
         raise AdapterLoadError(f"resolving {adapter_id!r} needs the model's name (model_name / the loaded model)")
-    index = fetch_json(f"index/{model_name}.json")
-    try:
-        options = index[task][subtask]
-    except (KeyError, TypeError):
-        raise AdapterLoadError(f"the AdapterHub index has no adapter {task}/{subtask} for {model_name!r}") from None
+    where = f"{index_url()}/index/{model_name}.json"
+    index = mapping(fetch_json(f"index/{model_name}.json"), where, "the index")
+    options = mapping(mapping(index.get(task), where, repr(task)).get(subtask), where, f"{task!r}: {subtask!r}")
+    if not options:
+        raise AdapterLoadError(f"the AdapterHub index has no adapter {task}/{subtask} for {model_name!r}")
     entry = _pick(options, config, org, adapter_id)
+    text(entry, where, f"the file of {task}/{subtask}")
     return f"{HF_ORG}/{entry.rsplit('/', 1)[-1].split('.')[0]}"
 
 
 def _pick(options: dict, config, org: str, adapter_id: str) -> str:
     """Choose the index entry by config (name or hash) and organisation, else the default."""
-    hashes = {k: v for k, v in options.items() if isinstance(v, dict)}
+    hashes = {k: v for k, v in options.items() if isinstance(v, dict) and isinstance(v.get("versions", {}), dict)}
     if config is not None:
         wanted = method_name(AdapterConfig.load(config).to_dict())
         hashes = {k: v for k, v in hashes.items() if _entry_method(v) in (wanted, None)} or hashes
@@ -117,13 +129,15 @@ def _pick(options: dict, config, org: str, adapter_id: str) -> str:
 
 def _entry_method(entry: dict) -> str | None:
     path = entry.get("default") or next(iter(entry.get("versions", {}).values()), "")
+    if not isinstance(path, str):
+        return None
     name = path.rsplit("/", 1)[-1].split(".")[0]
     return "double_seq_bn" if name.endswith("_houlsby") else "seq_bn" if name.endswith("_pfeiffer") else None
 
 
 def ah_adapter_info(adapter_id: str) -> AdapterInfo:
     """Details of one `@org/name` adapter from `adapters/<org>/<name>.json`."""
-    org, _, name = adapter_id.removeprefix("@").partition("/")
+    org, name = check_ah_id(adapter_id)
     data = fetch_json(f"adapters/{org}/{name}.json")
     info = data.get("info") if isinstance(data, dict) else None
     if not isinstance(info, dict):

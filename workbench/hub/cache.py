@@ -55,41 +55,53 @@ def cached_listing(key: dict, fetch: Callable[[], list[AdapterInfo]], refresh: b
     """A fresh cached listing for `key`, else `fetch()` (and cache it); on failure, a stale copy with a warning
     (and the reason in the result's `notice`)."""
     path = cache_dir() / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".json")
-    stored = _read(path)
+    stored, damage = _read(path)
     if stored is not None and not refresh and time.time() - stored["time"] < ttl_seconds():
         age_min = (time.time() - stored["time"]) / 60
         notice = f"offline mode (HF_HUB_OFFLINE) is on; the cached listing is from {age_min:.0f} min ago"
-        items = (AdapterInfo.from_dict(item) for item in stored["items"])
-        return Listing(items, from_cache=True, notice=notice if is_offline() else None)
+        return Listing(stored["items"], from_cache=True, notice=notice if is_offline() else None)
     what = ", ".join(f"{k}={v!r}" for k, v in key.items() if v is not None)
     if is_offline():
-        return _fallback(stored, f"offline mode (HF_HUB_OFFLINE) is on; listing {what}")
+        return _fallback(stored, f"offline mode (HF_HUB_OFFLINE) is on; listing {what}", damage)
     try:
         items = fetch()
     except (OSError, ValueError, httpx2.HTTPError) as err:  # network, malformed page, broken transfer
         from .reach import hub_unreachable  # reach builds on this module's error
 
         unreachable = hub_unreachable(err)
-        if unreachable is not None and stored is None:
+        if unreachable is not None and stored is None and damage is None:
             raise unreachable from err  # its message says what to do
         why = unreachable.short if unreachable is not None else f"could not list adapters ({what}): {err}"
-        return _fallback(stored, why)
+        return _fallback(stored, why, damage)
     write_json(path, {"time": time.time(), "key": key, "items": [info.to_dict() for info in items]})
     return Listing(items)
 
 
-def _read(path: Path) -> dict | None:
+def _read(path: Path) -> tuple[dict | None, str | None]:
+    """The cached `{"time", "items"}` (items as `AdapterInfo`), else None; and why the file was discarded, if it
+    was there but damaged (a damaged cache is removed with a warning, so the next fetch rewrites it)."""
     try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) and "items" in data and "time" in data else None
-    except (OSError, ValueError):
-        return None
+        raw = path.read_text(encoding="utf-8")
+    except OSError:
+        return None, None
+    try:
+        data = json.loads(raw)
+        stamp, items = data["time"], data["items"]
+        if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not isinstance(items, list):
+            raise TypeError("'time' must be a number and 'items' a list")
+        return {"time": float(stamp), "items": [AdapterInfo.from_dict(item) for item in items]}, None
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # AttributeError: a non-dict item
+        damage = f"the cached listing {path} was damaged ({type(err).__name__}: {err}) and was removed"
+    path.unlink(missing_ok=True)
+    warnings.warn(damage, stacklevel=3)
+    return None, damage
 
 
-def _fallback(stored: dict | None, reason: str) -> Listing:
+def _fallback(stored: dict | None, reason: str, damage: str | None = None) -> Listing:
     if stored is None:
-        raise HubUnavailableError(f"{reason}, and there is no cached listing to fall back on")
+        missing = damage or "there is no cached listing to fall back on"
+        raise HubUnavailableError(f"{reason}, and {missing}")
     age_min = (time.time() - stored["time"]) / 60
     notice = f"{reason}; showing the cached listing from {age_min:.0f} min ago"
     warnings.warn(notice, stacklevel=4)
-    return Listing((AdapterInfo.from_dict(item) for item in stored["items"]), from_cache=True, notice=notice)
+    return Listing(stored["items"], from_cache=True, notice=notice)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2
 from huggingface_hub import HfApi, hf_hub_download
 
+from .entries import HubEntryError, check_repo_id, mapping, skip, text
 from .families import model_type_of
 from .info import AdapterInfo
 from .methods import method_name
@@ -67,29 +68,43 @@ def list_hf_adapters(
                 if model.id in seen:
                     continue
                 seen.add(model.id)
-                info = _adapterhub_info(model)
-                if model_name and info.model_name is None:
-                    info.model_name = _model_name_from_files(api, model.id)
-                    info.model_type = info.model_type or model_type_of(info.model_name)
+                try:
+                    info = _adapterhub_info(model)
+                    if model_name and info.model_name is None:
+                        info.model_name = _model_name_from_files(api, model.id)
+                        info.model_type = info.model_type or model_type_of(info.model_name)
+                except HubEntryError as err:  # one malformed repo must not hide the others
+                    skip(err)
+                    continue
                 if not model_name or info.model_name == model_name:
                     if not search or search.lower() in info.adapter_id.lower():
                         results.append(info)
     if "peft" in libraries:
         tags = [PEFT_LIBRARY] + ([f"base_model:adapter:{model_name}"] if model_name else [])
         for model in api.list_models(filter=tags, search=search, sort=sort, limit=limit, expand=LISTING_FIELDS):
-            results.append(_peft_info(model))
-    _read_methods(api, [info for info in results if info.method is None][:CONFIG_READS])
-    return results
+            try:
+                results.append(_peft_info(model))
+            except HubEntryError as err:
+                skip(err)
+    malformed = _read_methods(api, [info for info in results if info.method is None][:CONFIG_READS])
+    return [info for info in results if info.adapter_id not in malformed]
 
 
-def _read_methods(api: HfApi, infos: list[AdapterInfo]) -> None:
-    """Fill `method` (and the config, and a missing base model) from each repo's adapter_config.json."""
+def _read_methods(api: HfApi, infos: list[AdapterInfo]) -> set[str]:
+    """Fill `method` (and the config, and a missing base model) from each repo's adapter_config.json.
+
+    Returns the ids of the repos whose adapter_config.json is malformed (each warned about once)."""
     if not infos:
-        return
+        return set()
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="workbench-config") as pool:
-        configs = list(pool.map(lambda info: _adapter_config(api, info.adapter_id), infos))
+        configs = list(pool.map(lambda info: _config_or_error(api, info.adapter_id), infos))
+    malformed = set()
     for info, config in zip(infos, configs, strict=True):
-        if not isinstance(config, dict):
+        if isinstance(config, HubEntryError):
+            skip(config)
+            malformed.add(info.adapter_id)
+            continue
+        if config is None:
             continue
         inner = config if info.library == "peft" else config.get("config")
         info.method = method_name(inner if isinstance(inner, dict) else None)
@@ -98,6 +113,7 @@ def _read_methods(api: HfApi, infos: list[AdapterInfo]) -> None:
         base = config.get("base_model_name_or_path") if info.library == "peft" else config.get("model_name")
         info.model_name = info.model_name or (base if isinstance(base, str) else None)
         info.model_type = info.model_type or model_type_of(info.model_name, config.get("model_type"))
+    return malformed
 
 
 def _adapterhub_queries(model_name: str | None, search: str | None) -> list[dict]:
@@ -116,19 +132,21 @@ def _adapterhub_queries(model_name: str | None, search: str | None) -> list[dict
 
 
 def hf_adapter_info(repo_id: str) -> AdapterInfo:
-    """Details of one Hub repo (AdapterHub or PEFT format)."""
+    """Details of one Hub repo (AdapterHub or PEFT format); `HubEntryError` names a malformed field."""
+    check_repo_id(repo_id)
     api = hub_api()
     check_hub(api.endpoint)
     model = api.model_info(repo_id, files_metadata=True)
     tags = model.tags or []
     info = _peft_info(model) if PEFT_LIBRARY in tags and ADAPTERHUB_LIBRARY not in tags else _adapterhub_info(model)
     if info.library == "adapters" and info.adapter_config is None:
-        config = _adapter_config(api, repo_id)
-        info.adapter_config = config.get("config") if config else None
+        config = _adapter_config(api, repo_id) or {}
+        info.adapter_config = mapping(config.get("config"), repo_id, "adapter_config.json 'config'") or None
         info.method = method_name(info.adapter_config)
-        info.model_name = info.model_name or (config or {}).get("model_name")
-        info.model_type = model_type_of(info.model_name, (config or {}).get("model_type") or info.model_type)
+        info.model_name = info.model_name or text(config.get("model_name"), repo_id, "adapter_config.json 'model_name'")
+        info.model_type = model_type_of(info.model_name, config.get("model_type") or info.model_type)
     elif info.method is None:  # a PEFT repo without a method tag: its adapter_config.json has peft_type
+        _adapter_config(api, repo_id)  # a malformed file raises here, naming the repo, instead of being skipped
         _read_methods(api, [info])
     return info
 
@@ -154,8 +172,10 @@ def _common(model, **fields) -> AdapterInfo:
 
 
 def _adapterhub_info(model) -> AdapterInfo:
-    config = model.config or {}
-    meta = config.get("adapter_transformers") or config.get("adapters") or {}
+    config = mapping(model.config, model.id, "config")
+    key = "adapter_transformers" if config.get("adapter_transformers") else "adapters"
+    meta = mapping(config.get(key), model.id, f"config.{key}")
+    text(meta.get("model_name"), model.id, f"config.{key}.model_name")
     task = subtask = None
     for tag in model.tags or []:
         if tag.startswith("adapterhub:") and "/" in tag:
@@ -190,22 +210,31 @@ def _peft_info(model) -> AdapterInfo:
         if tag.startswith("base_model:adapter:"):
             base = tag.removeprefix("base_model:adapter:")
     card = model.card_data.to_dict() if getattr(model, "card_data", None) else {}
-    peft_meta = (model.config or {}).get("peft") or {}
+    peft_meta = mapping(mapping(model.config, model.id, "config").get("peft"), model.id, "config.peft")
     base = base or card.get("base_model") or peft_meta.get("base_model_name_or_path")
     method = next((t.replace("-", "_") for t in PEFT_METHOD_TAGS if t in (model.tags or [])), None)
     return _common(model, model_name=base if isinstance(base, str) else None, library="peft", method=method)
 
 
 def _adapter_config(api: HfApi, repo_id: str) -> dict | None:
+    """The repo's adapter_config.json; None when it is missing or unreadable, `HubEntryError` when not an object."""
     try:
         path = hf_hub_download(repo_id, "adapter_config.json", endpoint=api.endpoint)
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            config = json.load(handle)
     except (OSError, ValueError, httpx2.HTTPError):
         return None
+    return mapping(config, repo_id, "adapter_config.json")
+
+
+def _config_or_error(api: HfApi, repo_id: str) -> dict | HubEntryError | None:
+    try:
+        return _adapter_config(api, repo_id)
+    except HubEntryError as err:
+        return err
 
 
 def _model_name_from_files(api: HfApi, repo_id: str) -> str | None:
     """Older repos have no `config.adapter_transformers`: read the model name from adapter_config.json."""
-    config = _adapter_config(api, repo_id)
-    return config.get("model_name") if config else None
+    config = _adapter_config(api, repo_id) or {}
+    return text(config.get("model_name"), repo_id, "adapter_config.json 'model_name'")

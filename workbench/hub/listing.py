@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .ah import ah_adapter_info, list_ah_adapters
 from .cache import HubUnavailableError, Listing, cached_listing
+from .entries import check_repo_id
 from .hf import hf_adapter_info, list_hf_adapters
 from .info import AdapterInfo
 
@@ -74,7 +75,12 @@ def _merge(hf: list[AdapterInfo], ah: list[AdapterInfo]) -> list[AdapterInfo]:
 
 
 def get_adapter_info(adapter_id: str, source: str | None = None) -> AdapterInfo:
-    """Details of one adapter: `@org/name` (archive) or a Hub repo id."""
+    """Details of one adapter: `@org/name` (archive) or a Hub repo id.
+
+    An id that is neither raises `InvalidRepoIdError` before any request; a repo whose listing or
+    adapter_config.json has a field of the wrong shape raises `HubEntryError` naming the repo and the field."""
+    if not isinstance(adapter_id, str):
+        check_repo_id(adapter_id)
     if source == "ah" or adapter_id.startswith("@"):
         return ah_adapter_info(adapter_id)
     return hf_adapter_info(adapter_id)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..core.errors import AdapterLoadError
 from .ah import is_ah_id, resolve_ah_id
+from .entries import check_repo_id
 from .reach import HubUnreachable, check_hub, hub_unreachable, local_copy
 
 
@@ -40,6 +41,7 @@ def resolve_adapter(
     looks_like_path = adapter_id.startswith(("/", ".", "~")) or adapter_id.count("/") != 1
     if looks_like_path:
         raise AdapterLoadError(f"{adapter_id!r} is neither a local folder nor a Hub repo id like 'org/name'")
+    check_repo_id(adapter_id)  # before any request: huggingface_hub's own check fails deep inside
     import httpx2
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
