@@ -11,7 +11,7 @@ import torch
 from test_errors import assert_unchanged, snapshot
 from tiny import tiny_adapter_model
 
-from workbench import AdapterLoadError
+from workbench import AdapterError, AdapterLoadError
 from workbench.core import files
 from workbench.core.model_mixin import ALLOW_NON_FINITE_ENV
 
@@ -171,4 +171,81 @@ def test_integer_weights_are_named_not_cast(model, saved, dtype):
     message = str(caught.value)
     assert str(path) in message and str(dtype) in message and "torch.float32 expected" in message
     assert key.rsplit(".a.", 1)[-1] in message
+    assert_unchanged(model, before)
+
+
+# --- fusion and head config files are type-checked like adapter configs ---------------------------------
+
+
+def fusion_model_and_folder(tmp_path):
+    model = tiny_adapter_model()
+    for name in ("x", "y"):
+        model.add_adapter(name, config="seq_bn")
+    model.add_adapter_fusion(["x", "y"])
+    model.save_adapter_fusion(tmp_path / "f", ["x", "y"])
+    model.delete_adapter_fusion(["x", "y"])
+    return model, tmp_path / "f"
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("config.temperature", "very"),
+        ("config.key", 1),
+        ("config.dropout_prob", "x"),
+        ("adapter_names", ["x", "x"]),
+        ("adapter_names", {"x": 1, "y": 2}),
+        ("adapter_names", "x,y"),
+        ("adapter_names", []),
+    ],
+)
+def test_bad_fusion_config_files_name_the_key(tmp_path, key, value):
+    model, folder = fusion_model_and_folder(tmp_path)
+    path = folder / files.ADAPTERFUSION_CONFIG_NAME
+    data = files.read_json(path)
+    *parents, last = key.split(".")
+    target = data
+    for part in parents:
+        target = target[part]
+    target[last] = value
+    files.write_json(path, data)
+    before = snapshot(model)
+    with pytest.raises(AdapterLoadError) as caught:
+        model.load_adapter_fusion(str(folder))
+    assert str(path) in str(caught.value) and last in str(caught.value) and repr(value) in str(caught.value)
+    assert_unchanged(model, before)
+    assert not model.adapter_fusions
+
+
+@pytest.mark.parametrize("key, value", [("num_labels", 0), ("num_labels", "2"), ("layers", 0)])
+def test_bad_head_config_files_name_the_key(tmp_path, model, key, value):
+    source = tiny_adapter_model()
+    source.add_adapter("a", config="seq_bn")
+    source.add_classification_head("a", num_labels=2)
+    source.save_adapter(tmp_path / "a", "a")
+    path = tmp_path / "a" / files.HEAD_CONFIG_NAME
+    data = files.read_json(path)
+    data["config"][key] = value
+    files.write_json(path, data)
+    before = snapshot(model)
+    with pytest.raises(AdapterError) as caught:
+        model.load_adapter(str(tmp_path / "a"), load_as="fresh")
+    assert str(path) in str(caught.value) and key in str(caught.value) and repr(value) in str(caught.value)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("damage", ["KeyError", "IndexError", "link"])
+def test_damaged_or_linked_embedding_files_are_load_errors(tmp_path, model, damage):
+    model.save_embeddings(tmp_path / "emb", "default")
+    path = tmp_path / "emb" / files.EMBEDDING_FILE
+    if damage == "link":
+        outside = tmp_path / files.EMBEDDING_FILE
+        path.rename(outside)
+        path.symlink_to(outside)
+    else:
+        path.write_bytes(with_pickle(b"\x80\x02h\x06." if damage == "KeyError" else b"\x80\x02."))
+    before = snapshot(model)
+    with pytest.raises(AdapterLoadError, match="outside its folder" if damage == "link" else damage) as caught:
+        model.load_embeddings(tmp_path / "emb", "copy")
+    assert str(path) in str(caught.value)
     assert_unchanged(model, before)

@@ -121,30 +121,35 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Any failure of the readers is an AdapterLoadError naming the file: a damaged file can make the weights-only
     unpickler or the zip reader fail in many ways (IndexError, KeyError, struct errors, ...), all of them "corrupt".
-    A weights file that is a link to somewhere outside its folder is refused (see `_check_inside`).
+    A weights file that is a link to somewhere outside its folder is refused (see `check_inside`).
     """
     path = Path(path)
     if not path.is_file():
         raise AdapterLoadError(f"missing weights file: {path}")
-    _check_inside(path)
+    check_inside(path)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
         except Exception as err:  # noqa: BLE001 - whatever the reader trips on, the file is corrupt
             raise AdapterLoadError(f"corrupt safetensors file {path}: {_first_line(err)}") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise AdapterLoadError(
-            f"{path} holds something other than tensors and was not loaded ({_refusal(err)})"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - IndexError, KeyError, ... from a damaged pickle or zip
-        raise AdapterLoadError(f"corrupt weights file {path}: {_first_line(err)}") from None
+    state = load_torch_file(path)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise AdapterLoadError(f"{path} must hold a flat dict of named tensors")
     return state
+
+
+def load_torch_file(path: Path, what: str = "weights file"):
+    """`torch.load` with `weights_only=True` (tensors and plain containers only), every failure an
+    AdapterLoadError naming the file: a damaged pickle or zip fails in many ways (IndexError, KeyError, ...)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = _refusal(err)
+        raise AdapterLoadError(f"{path} holds something other than tensors and was not loaded ({reason})") from None
+    except Exception as err:  # noqa: BLE001 - whatever the reader trips on, the file is corrupt
+        raise AdapterLoadError(f"corrupt {what} {path}: {_first_line(err)}") from None
 
 
 def _refusal(err: pickle.UnpicklingError) -> str:
@@ -160,7 +165,7 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _check_inside(path: Path) -> None:
+def check_inside(path: Path) -> None:
     """Refuse a weights file that is a link to outside its (resolved) folder: an adapter folder from elsewhere
     must not make us read arbitrary files. The one exception is the Hugging Face cache, whose snapshot files are
     links into the repo's `blobs/` folder."""
