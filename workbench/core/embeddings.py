@@ -10,7 +10,6 @@ folder.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -118,15 +117,8 @@ def read(path, hidden: int) -> tuple[torch.Tensor, object]:
     weight_path = folder / files.EMBEDDING_FILE
     if not weight_path.is_file():
         raise AdapterLoadError(f"no embedding ({files.EMBEDDING_FILE}) in {folder}")
-    try:
-        weight = torch.load(weight_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0] if str(err) else "unpickling refused"
-        raise AdapterLoadError(
-            f"{weight_path} holds something other than tensors and was not loaded ({first})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise AdapterLoadError(f"corrupt embedding file {weight_path}: {err}") from None
+    files.check_inside(weight_path)
+    weight = files.load_torch_file(weight_path, "embedding file")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
         raise AdapterLoadError(f"{weight_path} must hold one 2-D floating-point tensor (vocabulary x dimension)")
     if weight.shape[0] < 1 or weight.shape[1] != hidden:

@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import AdapterConfigError, AdapterLoadError, AdapterNameError
@@ -118,27 +117,68 @@ def find_weights(folder: Path, bin_name: str, safetensors_name: str) -> Path | N
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a flat {key: tensor} dict from a .safetensors or a tensors-only .bin file."""
+    """Load a flat {key: tensor} dict from a .safetensors or a tensors-only .bin file.
+
+    Any failure of the readers is an AdapterLoadError naming the file: a damaged file can make the weights-only
+    unpickler or the zip reader fail in many ways (IndexError, KeyError, struct errors, ...), all of them "corrupt".
+    A weights file that is a link to somewhere outside its folder is refused (see `check_inside`).
+    """
     path = Path(path)
     if not path.is_file():
         raise AdapterLoadError(f"missing weights file: {path}")
+    check_inside(path)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise AdapterLoadError(f"corrupt safetensors file {path}: {err}") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first_line = str(err).splitlines()[0] if str(err) else "unpickling refused"
-        raise AdapterLoadError(f"{path} holds something other than tensors and was not loaded ({first_line})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise AdapterLoadError(f"corrupt weights file {path}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - whatever the reader trips on, the file is corrupt
+            raise AdapterLoadError(f"corrupt safetensors file {path}: {_first_line(err)}") from None
+    state = load_torch_file(path)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise AdapterLoadError(f"{path} must hold a flat dict of named tensors")
     return state
+
+
+def load_torch_file(path: Path, what: str = "weights file"):
+    """`torch.load` with `weights_only=True` (tensors and plain containers only), every failure an
+    AdapterLoadError naming the file: a damaged pickle or zip fails in many ways (IndexError, KeyError, ...)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = _refusal(err)
+        raise AdapterLoadError(f"{path} holds something other than tensors and was not loaded ({reason})") from None
+    except Exception as err:  # noqa: BLE001 - whatever the reader trips on, the file is corrupt
+        raise AdapterLoadError(f"corrupt {what} {path}: {_first_line(err)}") from None
+
+
+def _refusal(err: pickle.UnpicklingError) -> str:
+    """The reason in the weights-only unpickler's message (its first lines are generic advice)."""
+    text = str(err)
+    _, marker, reason = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (reason if marker else text).splitlines() if line.strip()]
+    return lines[0] if lines else "unpickling refused"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def check_inside(path: Path) -> None:
+    """Refuse a weights file that is a link to outside its (resolved) folder: an adapter folder from elsewhere
+    must not make us read arbitrary files. The one exception is the Hugging Face cache, whose snapshot files are
+    links into the repo's `blobs/` folder."""
+    target = path.resolve()
+    folder = path.parent.resolve()
+    if target.is_relative_to(folder):
+        return
+    for ancestor in path.absolute().parents:
+        if ancestor.name == "snapshots" and (ancestor.parent / "blobs").is_dir():
+            if target.is_relative_to((ancestor.parent / "blobs").resolve()):
+                return
+            break
+    raise AdapterLoadError(f"{path} is a link to {target}, outside its folder {folder}: not loaded")
 
 
 def write_weights(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> None:

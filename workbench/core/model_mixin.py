@@ -5,6 +5,7 @@ Methods are thin: they validate, then delegate to the method layers in `methods/
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -46,6 +47,7 @@ from .setups import AdapterSetupMixin
 ADAPTERS_API_VERSION = "1.3.0"  # the `adapters` release whose API and file format workbench implements
 FORMAT_VERSION = f"adapters.{ADAPTERS_API_VERSION}"
 DRY_RUN = "workbench-dry-run"  # the scratch adapter name of `_dry_run` (never a valid user name: it is checked)
+ALLOW_NON_FINITE_ENV = "WORKBENCH_ALLOW_NON_FINITE"  # "1": load weights holding NaN or inf (see _load_weights)
 _LEGACY = {"gelu": "gelu_new", "gelu_orig": "gelu"}  # activation names of unversioned (pre-3.0) adapter files
 _SCRATCH_KEY = re.compile(rf"(^|\.){re.escape(DRY_RUN)}\.")
 # The class names AdapterHub's `adapters.init` gives models it swaps to a class of its own (`model_class` in files).
@@ -563,7 +565,9 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
 
         An adapter already loaded under the same name is replaced (with a warning), as AdapterHub does.
         `loading_info`, if given, receives AdapterHub's `missing_keys`/`unexpected_keys` (always empty: files
-        whose keys do not match are refused with an error that lists them).
+        whose keys do not match are refused with an error that lists them). A corrupt or hostile weights file, a
+        weights file linking outside its folder, integer weights and NaN/inf values are refused with an
+        AdapterLoadError naming the file (and key); WORKBENCH_ALLOW_NON_FINITE=1 in the environment lets NaN/inf in.
         """
         if load_as is not None:
             check_name(load_as)
@@ -667,13 +671,23 @@ class ModelAdaptersMixin(EmbeddingsMixin, AdapterSetupMixin):
         static_heads.load_static(self, folder, id2label)
 
     def _load_weights(self, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: Path) -> None:
-        """Copy `state` into the tensors `own` (key -> tensor) after checking keys, shapes and values."""
+        """Copy `state` into the tensors `own` (key -> tensor) after checking keys, shapes and values.
+
+        Weights with NaN or infinite values are refused (naming the key) unless the environment variable
+        WORKBENCH_ALLOW_NON_FINITE=1 is set, for files that hold such values on purpose (e.g. masks of -inf).
+        Integer or bool weights where the model has floats are refused rather than cast.
+        """
         _check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, source)
+        allow_non_finite = os.environ.get(ALLOW_NON_FINITE_ENV, "") == "1"
         for key, tensor in state.items():
             if own[key].is_floating_point() and not tensor.is_floating_point():
-                raise AdapterLoadError(f"{source}: weight {key!r} has dtype {tensor.dtype}, not floating point")
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise AdapterLoadError(f"{source}: weight {key!r} holds NaN or infinite values")
+                raise AdapterLoadError(
+                    f"{source}: weight {key!r} has dtype {tensor.dtype}, not floating point ({own[key].dtype} expected)"
+                )
+            if not allow_non_finite and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise AdapterLoadError(
+                    f"{source}: weight {key!r} holds NaN or infinite values (set {ALLOW_NON_FINITE_ENV}=1 to allow)"
+                )
         with torch.no_grad():
             for key, tensor in state.items():
                 own[key].copy_(tensor.to(own[key].dtype))

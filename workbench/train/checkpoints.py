@@ -23,7 +23,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..core import files
 from ..core.keys import file_keys_of, from_file_keys, is_adapter_key, is_engine_key, is_fusion_key
@@ -205,7 +204,7 @@ def _load_full(model, folder: Path) -> None:
         raise CheckpointError(f"{folder} has no model weights (model.safetensors)")
     state = {}
     for shard in shards:
-        state.update(load_file(shard))
+        state.update(files.read_weights(shard))
     result = model.base_model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not is_engine_key(k)]
     if result.unexpected_keys or missing:
