@@ -81,8 +81,8 @@ def test_every_bad_field_is_listed_at_once():
         "metric_for_best_model='acc'",
         "weight_decay=inf",
         "lr_scheduler_type='sometimes'",
-        "eval_batch_size='8': must be an int",
-        "fast_dropout=1: must be a bool",
+        "eval_batch_size='8': must be a whole number",
+        "fast_dropout=1: must be True or False",
     ):
         assert part in text
     assert len(caught.value.problems) == 9 and isinstance(caught.value, ValueError)
@@ -178,3 +178,13 @@ def test_a_failure_with_gradient_checkpointing_turns_it_off_again(tmp_path):
 
 def test_a_config_that_is_not_a_train_config(tmp_path):
     fails_unchanged(tmp_path, ConfigError, "pass a TrainConfig", config={"batch_size": 8})
+
+
+def test_numpy_numbers_are_numbers_and_bools_are_not():
+    import numpy as np
+
+    assert TrainConfig(batch_size=np.int64(8), learning_rate=np.float32(1e-4)).batch_size == 8
+    with pytest.raises(ConfigError, match="batch_size=True: must be a whole number"):
+        TrainConfig(batch_size=True)
+    with pytest.raises(ConfigError, match="save_total_limit='2': must be a whole number or None"):
+        TrainConfig(save_total_limit="2")

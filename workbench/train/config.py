@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,21 +103,20 @@ class TrainConfig:
             value = getattr(self, name)
             if name not in bad_type and value is not None and not ok(value):
                 found.append(f"TrainConfig.{name}={value!r}: {rule}")
+                bad_type.add(name)  # one sentence per field
 
-        finite = math.isfinite
-        check("learning_rate", lambda v: finite(v) and v > 0, "must be a finite number above 0")
-        check("num_train_epochs", lambda v: finite(v) and v > 0, "must be a finite number above 0")
+        for name in _REAL_FIELDS:  # nan and inf first: they compare False with every bound below
+            check(name, math.isfinite, "must be a finite number")
+        for name in ("learning_rate", "weight_decay", "early_stopping_threshold"):
+            check(name, lambda v: v >= 0, "must be 0 or more")
+        check("num_train_epochs", lambda v: v > 0, "must be above 0")
+        check("max_grad_norm", lambda v: v > 0, "must be above 0")
+        check("warmup_steps", lambda v: v >= 0, "use steps (1 or more) or a fraction below 1")
         check("max_steps", lambda v: v == -1 or v > 0, "must be 1 or more (or -1: from num_train_epochs)")
-        for name in ("batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps", "logging_steps"):
-            check(name, lambda v: v >= 1, "must be 1 or more")
-        for name in ("save_steps", "max_answer_length"):
+        for name in ("batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps", *_STEP_FIELDS):
             check(name, lambda v: v >= 1, "must be 1 or more")
         for name in ("eval_steps", "save_total_limit", "early_stopping_patience"):
             check(name, lambda v: v >= 1, "must be 1 or more, or None")
-        for name in ("weight_decay", "early_stopping_threshold"):
-            check(name, lambda v: finite(v) and v >= 0, "must be 0 or more (and finite)")
-        check("max_grad_norm", lambda v: finite(v) and v > 0, "must be a finite number above 0")
-        check("warmup_steps", lambda v: finite(v) and v >= 0, "use steps (1 or more) or a fraction below 1")
         check("validation_fraction", lambda v: 0 < v < 1, "must be in (0, 1)")
         check("seed", lambda v: 0 <= v < 2**32, "must be in [0, 2**32)")
         check("dataloader_num_workers", lambda v: v >= 0, "must be 0 or more")
@@ -127,7 +127,7 @@ class TrainConfig:
         )
         known = sorted(set().union(*TASK_METRICS.values()))
         check("metric_for_best_model", lambda v: _metric(v) in known, f"use one of {', '.join(known)}")
-        if "max_length" not in bad_type | {"doc_stride"} and self.max_length >= 1:
+        if "max_length" not in bad_type:
             check("doc_stride", lambda v: 0 <= v < self.max_length, f"must be in [0, max_length={self.max_length})")
         if self.eval_strategy == "steps" and self.eval_steps is None:
             found.append("TrainConfig.eval_strategy='steps' needs eval_steps")
@@ -199,30 +199,40 @@ class TrainConfig:
         )
 
 
+_REAL_FIELDS = (
+    "learning_rate",
+    "num_train_epochs",
+    "weight_decay",
+    "early_stopping_threshold",
+    "max_grad_norm",
+    "warmup_steps",
+    "validation_fraction",
+)
+_STEP_FIELDS = ("logging_steps", "save_steps", "max_answer_length")
+
+
 def _metric(name) -> str:
     return name.removeprefix("eval_") if isinstance(name, str) else name
 
 
 def _type_problem(config: TrainConfig, f: dataclasses.Field) -> str | None:
-    """A sentence when the field's value is not of its declared type (a bool is no number here)."""
-    value, kinds = getattr(config, f.name), _FIELD_TYPES.get(str(f.type))
-    if kinds is None or (value is None and "None" in str(f.type)):
+    """A sentence when the field's value is not of its declared type (a bool is no number here; numpy numbers
+    are)."""
+    value, declared = getattr(config, f.name), str(f.type)
+    kind, word = _FIELD_TYPES.get(declared.removesuffix(" | None"), (None, ""))
+    if kind is None or (value is None and declared.endswith(" | None")):
         return None
-    if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds if k is not int or float not in kinds)
-        return f"TrainConfig.{f.name}={value!r}: must be {'an' if names[0] in 'aeiou' else 'a'} {names}"
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        return f"TrainConfig.{f.name}={value!r}: must be {word}" + (" or None" if declared.endswith("None") else "")
     return None
 
 
-_FIELD_TYPES = {  # declared type (as written above) -> accepted Python types
-    "float | None": (int, float),
-    "float": (int, float),
-    "int": (int,),
-    "int | None": (int,),
-    "str": (str,),
-    "bool": (bool,),
-    "bool | None": (bool,),
-    "dict | None": (dict,),
+_FIELD_TYPES = {  # declared type (as written above, without "| None") -> accepted type, in words
+    "float": (numbers.Real, "a number"),
+    "int": (numbers.Integral, "a whole number"),
+    "str": (str, "a string"),
+    "bool": (bool, "True or False"),
+    "dict": (dict, "a dict"),
 }
 
 
