@@ -188,3 +188,10 @@ def test_numpy_numbers_are_numbers_and_bools_are_not():
         TrainConfig(batch_size=True)
     with pytest.raises(ConfigError, match="save_total_limit='2': must be a whole number or None"):
         TrainConfig(save_total_limit="2")
+
+
+def test_a_failed_fusion_run_removes_the_fusion_it_added(tmp_path):
+    model = model_with_head()
+    model.add_adapter("other", config="seq_bn")
+    fails_unchanged(tmp_path, Boom, model=model, kind="fusion", adapter=["kw", "other"], callbacks=[explode])
+    assert "kw,other" not in model.adapter_fusions
