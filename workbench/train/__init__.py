@@ -14,6 +14,7 @@ from .config import TrainConfig
 from .data import LABELLED_TASKS, TASKS, load_splits
 from .errors import (
     CheckpointError,
+    ConfigError,
     DataCheckError,
     DataError,
     EmptyDatasetError,
@@ -33,6 +34,7 @@ __all__ = [
     "TASKS",
     "AdapterTrainer",
     "CheckpointError",
+    "ConfigError",
     "DataCheckError",
     "DataError",
     "EmptyDatasetError",

@@ -165,6 +165,12 @@ def _text_problems(splits: DatasetDict, column: str, lists_ok: bool) -> list[Pro
                 column=column,
             )
         ]
+    missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
+    odd = [i for i, v in enumerate(values) if not _is_empty(v) and not isinstance(v, str) and not lists_ok]
+    if missing or odd:  # a few None or numbers among texts would be trained on as the words "None" or "7"
+        found = [f"no text (None) in training rows {_quote(missing)}"] if missing else []
+        found += [f"non-text values in training rows {_quote(odd)} (e.g. {values[odd[0]]!r})"] if odd else []
+        return [Problem(f"text column {column!r}: {'; '.join(found)}", column=column)]
     if empty:
         return [
             Problem(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import SchedulerType, TrainingArguments
+
+from .errors import ConfigError
 
 # peak learning rates when TrainConfig leaves it open: an adapter's few new weights take a large step (AdapterHub's
 # examples train adapters at 1e-4), AdapterFusion layers 5e-5 (as in the AdapterFusion paper), and the full
@@ -22,6 +26,16 @@ SCHEDULERS = (  # the schedules that need no extra arguments (the Train panel of
     "constant_with_warmup",
     "inverse_sqrt",
 )
+
+EVAL_STRATEGIES = ("epoch", "steps", "no")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TASK_METRICS = {  # what each task's evaluation reports (see metrics.py, qa.py and WorkbenchTrainer)
+    "classification": {"loss", "accuracy", "f1"},
+    "multilabel": {"loss", "accuracy", "f1"},
+    "tagging": {"loss", "accuracy", "f1"},
+    "qa": {"loss", "exact_match", "f1"},
+    "causal_lm": {"loss", "perplexity"},
+}
 
 
 @dataclass
@@ -74,40 +88,62 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.eval_strategy not in ("epoch", "steps", "no"):
-            raise ValueError(f"TrainConfig.eval_strategy={self.eval_strategy!r}: use 'epoch', 'steps' or 'no'")
-        if self.eval_strategy == "steps" and not self.eval_steps:
-            raise ValueError("TrainConfig.eval_strategy='steps' needs eval_steps")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"TrainConfig.precision={self.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
-        if not 0 <= self.doc_stride < self.max_length:
-            raise ValueError(f"TrainConfig.doc_stride={self.doc_stride}: must be in [0, max_length={self.max_length})")
-        if self.max_answer_length < 1:
-            raise ValueError(f"TrainConfig.max_answer_length={self.max_answer_length}: must be at least 1")
-        if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"TrainConfig.validation_fraction={self.validation_fraction}: must be in (0, 1)")
-        if self.early_stopping_patience is not None and self.eval_strategy == "no":
-            raise ValueError("TrainConfig.early_stopping_patience needs an eval_strategy other than 'no'")
         problems = self.problems()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError("; ".join(problems), problems)
 
     def problems(self) -> list[str]:
-        """Every out-of-range number, one plain sentence each (the Train panel lists them all at once)."""
-        found = []
-        for name in ("learning_rate", "num_train_epochs", "weight_decay"):
+        """Every bad field, one plain sentence each naming the field and its value (the Train panel and
+        `ConfigError` list them all at once)."""
+        found = [_type_problem(self, f) for f in dataclasses.fields(self)]
+        found = [p for p in found if p]
+        bad_type = {p.split("=")[0].removeprefix("TrainConfig.") for p in found}
+
+        def check(name: str, ok, rule: str) -> None:
             value = getattr(self, name)
-            if value is not None and value < 0:
-                found.append(f"TrainConfig.{name}={value}: must be 0 or more")
-        for name in ("batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                found.append(f"TrainConfig.{name}={getattr(self, name)}: must be 1 or more")
-        if self.warmup_steps < 0:
-            found.append(f"TrainConfig.warmup_steps={self.warmup_steps}: use steps (1 or more) or a fraction below 1")
-        if self.lr_scheduler_type not in {s.value for s in SchedulerType}:
-            schedules = ", ".join(SCHEDULERS)
-            found.append(f"TrainConfig.lr_scheduler_type={self.lr_scheduler_type!r}: use one of {schedules}")
+            if name not in bad_type and value is not None and not ok(value):
+                found.append(f"TrainConfig.{name}={value!r}: {rule}")
+                bad_type.add(name)  # one sentence per field
+
+        for name in _REAL_FIELDS:  # nan and inf first: they compare False with every bound below
+            check(name, math.isfinite, "must be a finite number")
+        for name in ("learning_rate", "weight_decay", "early_stopping_threshold"):
+            check(name, lambda v: v >= 0, "must be 0 or more")
+        check("num_train_epochs", lambda v: v > 0, "must be above 0")
+        check("max_grad_norm", lambda v: v > 0, "must be above 0")
+        check("warmup_steps", lambda v: v >= 0, "use steps (1 or more) or a fraction below 1")
+        check("max_steps", lambda v: v == -1 or v > 0, "must be 1 or more (or -1: from num_train_epochs)")
+        for name in ("batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps", *_STEP_FIELDS):
+            check(name, lambda v: v >= 1, "must be 1 or more")
+        for name in ("eval_steps", "save_total_limit", "early_stopping_patience"):
+            check(name, lambda v: v >= 1, "must be 1 or more, or None")
+        check("validation_fraction", lambda v: 0 < v < 1, "must be in (0, 1)")
+        check("seed", lambda v: 0 <= v < 2**32, "must be in [0, 2**32)")
+        check("dataloader_num_workers", lambda v: v >= 0, "must be 0 or more")
+        check("eval_strategy", lambda v: v in EVAL_STRATEGIES, "use 'epoch', 'steps' or 'no'")
+        check("precision", lambda v: v in PRECISIONS, "use 'auto', 'fp32', 'bf16' or 'fp16'")
+        check(
+            "lr_scheduler_type", lambda v: v in {s.value for s in SchedulerType}, f"use one of {', '.join(SCHEDULERS)}"
+        )
+        known = sorted(set().union(*TASK_METRICS.values()))
+        check("metric_for_best_model", lambda v: _metric(v) in known, f"use one of {', '.join(known)}")
+        if "max_length" not in bad_type:
+            check("doc_stride", lambda v: 0 <= v < self.max_length, f"must be in [0, max_length={self.max_length})")
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            found.append("TrainConfig.eval_strategy='steps' needs eval_steps")
+        if self.early_stopping_patience is not None and self.eval_strategy == "no":
+            found.append("TrainConfig.early_stopping_patience needs an eval_strategy other than 'no'")
         return found
+
+    def task_problems(self, task: str) -> list[str]:
+        """What this config cannot do for `task`: a `metric_for_best_model` the task's evaluation never reports."""
+        metrics = TASK_METRICS.get(task)
+        if self.eval_strategy == "no" or metrics is None or _metric(self.metric_for_best_model) in metrics:
+            return []
+        return [
+            f"TrainConfig.metric_for_best_model={self.metric_for_best_model!r}: task {task!r} reports "
+            f"{', '.join(sorted(metrics))}"
+        ]
 
     def for_kind(self, kind: str) -> TrainConfig:
         """This config with the learning rate filled in for a run of `kind` when it was left open (None)."""
@@ -161,6 +197,43 @@ class TrainConfig:
             activation_checkpointing=self.gradient_checkpointing,
             activation_checkpointing_kwargs=self.gradient_checkpointing_kwargs,
         )
+
+
+_REAL_FIELDS = (
+    "learning_rate",
+    "num_train_epochs",
+    "weight_decay",
+    "early_stopping_threshold",
+    "max_grad_norm",
+    "warmup_steps",
+    "validation_fraction",
+)
+_STEP_FIELDS = ("logging_steps", "save_steps", "max_answer_length")
+
+
+def _metric(name) -> str:
+    return name.removeprefix("eval_") if isinstance(name, str) else name
+
+
+def _type_problem(config: TrainConfig, f: dataclasses.Field) -> str | None:
+    """A sentence when the field's value is not of its declared type (a bool is no number here; numpy numbers
+    are)."""
+    value, declared = getattr(config, f.name), str(f.type)
+    kind, word = _FIELD_TYPES.get(declared.removesuffix(" | None"), (None, ""))
+    if kind is None or (value is None and declared.endswith(" | None")):
+        return None
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        return f"TrainConfig.{f.name}={value!r}: must be {word}" + (" or None" if declared.endswith("None") else "")
+    return None
+
+
+_FIELD_TYPES = {  # declared type (as written above, without "| None") -> accepted type, in words
+    "float": (numbers.Real, "a number"),
+    "int": (numbers.Integral, "a whole number"),
+    "str": (str, "a string"),
+    "bool": (bool, "True or False"),
+    "dict": (dict, "a dict"),
+}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import pandas as pd
+import pyarrow as pa
 from datasets import Dataset, DatasetDict
 
 from . import qa
@@ -127,10 +128,13 @@ def _as_dataset(part) -> Dataset:
         return part
     if isinstance(part, (str, Path)):
         part = _read_file(Path(part))
-    if isinstance(part, pd.DataFrame):
-        return Dataset.from_pandas(part, preserve_index=False)
-    if isinstance(part, list):
-        return Dataset.from_list(part)
+    try:
+        if isinstance(part, pd.DataFrame):
+            return Dataset.from_pandas(part, preserve_index=False)
+        if isinstance(part, list):
+            return Dataset.from_list(part)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:  # e.g. numbers mixed into a column of text
+        raise DataError(f"the data has a column of mixed value types: {err.args[-1] if err.args else err}") from None
     raise DataError(f"cannot use {type(part).__name__} as data: pass a DataFrame, a Dataset, a file or a dataset id")
 
 

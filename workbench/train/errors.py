@@ -9,6 +9,14 @@ class TrainingError(AdapterError):
     """Base class for every error a training run raises on purpose."""
 
 
+class ConfigError(TrainingError, ValueError):
+    """A `TrainConfig` field (or `train()` argument) with a bad value; `problems` lists every one found."""
+
+    def __init__(self, message: str, problems=()):
+        super().__init__(message)
+        self.problems = tuple(problems) or (message,)
+
+
 class DataError(TrainingError, ValueError):
     """The data cannot be used for the task (base class of the data errors below).
 

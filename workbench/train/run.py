@@ -20,12 +20,12 @@ from . import qa
 from .checkpoints import clear_run, folder_bytes, free_folder, run_in_folder, staged_folder
 from .checks import check_data_before_training
 from .config import TrainConfig
-from .errors import CheckpointError, OutputDirError, RunFolderInUseError
+from .errors import CheckpointError, ConfigError, OutputDirError, RunFolderInUseError
 from .events import EndEvent, EventBridge, RunControl, dispatch
 from .metrics import metrics_for
 from .records import VALIDATION_KEPT, RunRecord
 from .runner import WorkbenchTrainer
-from .setup import ensure_head, head_labels, planned_head, prepare_model, set_trainable
+from .setup import ModelSnapshot, ensure_head, head_labels, planned_head, prepare_model, set_trainable
 
 KINDS = ("adapter", "fusion", "full")
 
@@ -101,108 +101,114 @@ def train(
     gets the record; the main process alone writes checkpoints and `final/` and sends events to `callbacks`, and a
     `control.stop()` there stops every process.
     """
-    config = (config or TrainConfig()).for_kind(kind)  # a learning rate left open: the default for the kind
+    config = config if config is not None else TrainConfig()
+    _check_arguments(kind, task, config, resume_from_checkpoint)  # before the data is loaded or the model touched
+    config = config.for_kind(kind)  # a learning rate left open: the default for the kind
     control = control or RunControl()
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}: use one of {', '.join(KINDS)}")
-    if task not in data_mod.TASKS:
-        raise ValueError(f"task={task!r}: use one of {', '.join(data_mod.TASKS)}")
-    if isinstance(resume_from_checkpoint, (str, Path)) and not Path(resume_from_checkpoint).is_dir():
-        raise CheckpointError(f"no checkpoint folder {resume_from_checkpoint}")
     resume_from_checkpoint = _claim(
         Path(output_dir), resume or resume_from_checkpoint is True, overwrite, resume_from_checkpoint
     )
+    existed = Path(output_dir).exists()
     output = _writable(Path(output_dir))
     args = config.training_args(output)  # sets up the process group when launched on several processes
 
-    columns = data_mod.Columns(
-        text_column, text_pair_column, label_column, question_column, context_column, answers_column
-    )
-    with args.main_process_first(desc="loading and tokenizing the data"):  # others then reuse datasets' cache
-        splits = data_mod.load_splits(data, config.validation_fraction, config.seed)
-        splits = data_mod.rename_labels(splits, columns, task, label_names or {})
-        existing = head_labels(model, planned_head(kind, adapter, head, task), task)
-        check_data_before_training(splits, columns, task, existing)  # every problem at once, nothing trained yet
-        tokenizer = tokenizer or _tokenizer_of(model)
+    snapshot = ModelSnapshot(model)  # a failure from here on puts the model back as it is now
+    try:
+        columns = data_mod.Columns(
+            text_column, text_pair_column, label_column, question_column, context_column, answers_column
+        )
+        with args.main_process_first(desc="loading and tokenizing the data"):  # others then reuse datasets' cache
+            splits = data_mod.load_splits(data, config.validation_fraction, config.seed)
+            splits = data_mod.rename_labels(splits, columns, task, label_names or {})
+            existing = head_labels(model, planned_head(kind, adapter, head, task), task)
+            check_data_before_training(splits, columns, task, existing)  # every problem at once, nothing trained yet
+            tokenizer = tokenizer or _tokenizer_of(model)
 
-        plan, method = prepare_model(model, kind, adapter, adapter_config, head, task)
-        label2id = ensure_head(model, plan.head, task, splits, columns, [str(n) for n in (label_names or {}).values()])
-        set_trainable(model, plan)
-        labels = data_mod.LabelMap(label2id, label_column)
-        encoded = data_mod.tokenize(splits, tokenizer, columns, task, labels, config.max_length, config.doc_stride)
+            plan, method = prepare_model(model, kind, adapter, adapter_config, head, task)
+            label2id = ensure_head(
+                model, plan.head, task, splits, columns, [str(n) for n in (label_names or {}).values()]
+            )
+            set_trainable(model, plan)
+            snapshot.keep_trained_values()  # the weights this run moves, as they are before it
+            labels = data_mod.LabelMap(label2id, label_column)
+            encoded = data_mod.tokenize(splits, tokenizer, columns, task, labels, config.max_length, config.doc_stride)
 
-    compute_metrics = metrics_for(task, len(label2id))
-    if task == "qa":  # the windows' metadata map predictions back to the examples' text
-        validation = (encoded["validation"], splits["validation"])
-        compute_metrics = qa.SquadMetrics(*validation, columns, config.max_answer_length)
-        encoded = encoded.remove_columns(list(qa.METADATA))
+        compute_metrics = metrics_for(task, len(label2id))
+        if task == "qa":  # the windows' metadata map predictions back to the examples' text
+            validation = (encoded["validation"], splits["validation"])
+            compute_metrics = qa.SquadMetrics(*validation, columns, config.max_answer_length)
+            encoded = encoded.remove_columns(list(qa.METADATA))
 
-    if task == "qa":
-        args.label_names = ["start_positions", "end_positions"]
-    if task == "causal_lm" and config.metric_for_best_model == "perplexity" and config.greater_is_better is None:
-        args.greater_is_better = False
-    collator_cls = {"tagging": DataCollatorForTokenClassification, "causal_lm": data_mod.CausalLMCollator}.get(
-        task, DataCollatorWithPadding
-    )
-    bridge = EventBridge(callbacks, control, config.batch_size * config.gradient_accumulation_steps)
-    extra = []
-    if config.early_stopping_patience is not None:
-        extra.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
-    trainer = WorkbenchTrainer(
-        model=model,
-        args=args,
-        train_dataset=encoded["train"],
-        eval_dataset=encoded["validation"],
-        data_collator=collator_cls(tokenizer, pad_to_multiple_of=8 if args.bf16 or args.fp16 else None),
-        compute_metrics=compute_metrics,
-        callbacks=[bridge, *extra],
-        plan=plan,
-        bridge=bridge,
-        perplexity=task == "causal_lm",
-    )
+        if task == "qa":
+            args.label_names = ["start_positions", "end_positions"]
+        if task == "causal_lm" and config.metric_for_best_model == "perplexity" and config.greater_is_better is None:
+            args.greater_is_better = False
+        collator_cls = {"tagging": DataCollatorForTokenClassification, "causal_lm": data_mod.CausalLMCollator}.get(
+            task, DataCollatorWithPadding
+        )
+        bridge = EventBridge(callbacks, control, config.batch_size * config.gradient_accumulation_steps)
+        extra = []
+        if config.early_stopping_patience is not None:
+            extra.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
+        trainer = WorkbenchTrainer(
+            model=model,
+            args=args,
+            train_dataset=encoded["train"],
+            eval_dataset=encoded["validation"],
+            data_collator=collator_cls(tokenizer, pad_to_multiple_of=8 if args.bf16 or args.fp16 else None),
+            compute_metrics=compute_metrics,
+            callbacks=[bridge, *extra],
+            plan=plan,
+            bridge=bridge,
+            perplexity=task == "causal_lm",
+        )
 
-    trainer.remove_callback(PrinterCallback)  # the run reports through its own events
-    if overwrite and args.should_save:  # only now: a bad setting or bad data above has deleted nothing
-        clear_run(output)
-    trainer.accelerator.wait_for_everyone()
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
-    wall = time.perf_counter() - start
-    evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
-    if not evals:
-        evals.append({**trainer.evaluate(), "step": trainer.state.global_step})
-    final_dir = output / "final"
-    with staged_folder(final_dir, writer=args.should_save, barrier=trainer.accelerator.wait_for_everyone) as tmp:
-        trainer.save_model(str(tmp))  # written by the main process only
-    trainer.accelerator.wait_for_everyone()
+        trainer.remove_callback(PrinterCallback)  # the run reports through its own events
+        if overwrite and args.should_save:  # only now: a bad setting or bad data above has deleted nothing
+            clear_run(output)
+        trainer.accelerator.wait_for_everyone()
+        start = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+        wall = time.perf_counter() - start
+        evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+        if not evals:
+            evals.append({**trainer.evaluate(), "step": trainer.state.global_step})
+        final_dir = output / "final"
+        with staged_folder(final_dir, writer=args.should_save, barrier=trainer.accelerator.wait_for_everyone) as tmp:
+            trainer.save_model(str(tmp))  # written by the main process only
+        trainer.accelerator.wait_for_everyone()
 
-    record = RunRecord(
-        name=name or f"{kind}:{method}",
-        kind=kind,
-        method=method,
-        task=task,
-        trainable_params=_count(model, trainable=True),
-        total_params=_count(model, trainable=False),
-        saved_bytes=folder_bytes(final_dir),
-        saved_path=str(final_dir),
-        output_dir=str(output),
-        wall_time_s=wall,
-        train_samples_per_second=float(result.metrics.get("train_samples_per_second", 0.0)),
-        peak_memory_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else bridge.peak_rss,
-        memory_kind="cuda" if torch.cuda.is_available() else "rss",
-        global_step=trainer.state.global_step,
-        stop_reason=_stop_reason(trainer, bridge, extra),
-        final_metrics=_metrics_only(evals[-1]),
-        best_metrics=_metrics_only(_best_eval(evals, trainer.state.best_global_step)),
-        best_checkpoint=trainer.state.best_model_checkpoint,
-        train_losses=list(bridge.step_losses),
-        config=config.to_dict(),
-        validation=_validation_examples(splits["validation"], columns, labels, task),
-        **_shares(model, plan),
-    )
-    if trainer.is_world_process_zero():
-        dispatch(bridge.callbacks, EndEvent(record))
-    return record
+        record = RunRecord(
+            name=name or f"{kind}:{method}",
+            kind=kind,
+            method=method,
+            task=task,
+            trainable_params=_count(model, trainable=True),
+            total_params=_count(model, trainable=False),
+            saved_bytes=folder_bytes(final_dir),
+            saved_path=str(final_dir),
+            output_dir=str(output),
+            wall_time_s=wall,
+            train_samples_per_second=float(result.metrics.get("train_samples_per_second", 0.0)),
+            peak_memory_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else bridge.peak_rss,
+            memory_kind="cuda" if torch.cuda.is_available() else "rss",
+            global_step=trainer.state.global_step,
+            stop_reason=_stop_reason(trainer, bridge, extra),
+            final_metrics=_metrics_only(evals[-1]),
+            best_metrics=_metrics_only(_best_eval(evals, trainer.state.best_global_step)),
+            best_checkpoint=trainer.state.best_model_checkpoint,
+            train_losses=list(bridge.step_losses),
+            config=config.to_dict(),
+            validation=_validation_examples(splits["validation"], columns, labels, task),
+            **_shares(model, plan),
+        )
+        if trainer.is_world_process_zero():
+            dispatch(bridge.callbacks, EndEvent(record))
+        return record
+    except BaseException:
+        snapshot.restore()
+        _drop_if_empty(output, existed)
+        raise
 
 
 def _validation_examples(split, columns, labels, task: str) -> dict[str, list]:
@@ -215,6 +221,29 @@ def _validation_examples(split, columns, labels, task: str) -> dict[str, list]:
     if columns.text_pair:
         kept["text_pair"] = [str(t) for t in rows[columns.text_pair]]
     return kept
+
+
+def _check_arguments(kind: str, task: str, config, resume_from_checkpoint) -> None:
+    """Every bad argument at once, before the data is loaded or the model touched."""
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config={config!r}: pass a TrainConfig")
+    problems = config.problems()  # a config changed after it was made is checked again
+    if kind not in KINDS:
+        problems.append(f"kind={kind!r}: use one of {', '.join(KINDS)}")
+    if task not in data_mod.TASKS:
+        problems.append(f"task={task!r}: use one of {', '.join(data_mod.TASKS)}")
+    else:
+        problems += config.task_problems(task)
+    if problems:
+        raise ConfigError("; ".join(problems), problems)
+    if isinstance(resume_from_checkpoint, (str, Path)) and not Path(resume_from_checkpoint).is_dir():
+        raise CheckpointError(f"no checkpoint folder {resume_from_checkpoint}")
+
+
+def _drop_if_empty(folder: Path, existed: bool) -> None:
+    """Remove the output folder a failed run created when nothing was written in it."""
+    if not existed and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _claim(output: Path, resume: bool, overwrite: bool, checkpoint) -> str | Path | None:

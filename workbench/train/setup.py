@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
+import torch
+
 from ..core.composition import Fuse
 from ..core.errors import HeadError
 from ..hub.methods import method_name
@@ -108,3 +112,88 @@ def set_trainable(model, plan: SavePlan) -> None:
                 head.requires_grad_(False)
         model.unfreeze_head(plan.head)  # a head weight tied to the input embeddings stays frozen
     model.active_head = plan.head
+
+
+class ModelSnapshot:
+    """What a run changes on the model, taken before it changes anything, so a failed `train()` can put every bit
+    back: the adapters, fusions and heads it has (new ones are deleted), the active adapters and head, base-model
+    freezing, each parameter's `requires_grad`, each module's train/eval mode, the device, and the values of the
+    weights the run trains (copied once they are known, `keep_trained_values`, so an adapter run copies only its
+    adapter and head)."""
+
+    def __init__(self, model):
+        self.model = model
+        engine = getattr(model, "_engine", None)
+        self.adapters = set(getattr(model, "adapters", {}))
+        self.fusions = set(getattr(model, "adapter_fusions", {}))
+        self.heads = set(getattr(model, "heads", {}))
+        self.engine_state = _engine_state(engine)
+        self.active_head = getattr(model, "_active_head", None)
+        self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+        self.params = dict(model.named_parameters())
+        self.training = {name: m.training for name, m in model.named_modules()}
+        self.checkpointing = _checkpointing(model)
+        self.device = next(iter(self.params.values())).device if self.params else None
+        self.values: dict = {}
+
+    def keep_trained_values(self) -> None:
+        """Copy the weights that existed before the run and are trained now (their values are the ones a run
+        moves; new adapters and heads are deleted on failure instead)."""
+        for name, param in self.model.named_parameters():
+            if param.requires_grad and self.params.get(name) is param and name not in self.values:
+                self.values[name] = param.detach().to("cpu", copy=True)
+
+    def restore(self) -> None:
+        """Put the model back as it was when the snapshot was taken."""
+        model = self.model
+        for fusion in set(getattr(model, "adapter_fusions", {})) - self.fusions:
+            model.delete_adapter_fusion(fusion)
+        for name in set(getattr(model, "adapters", {})) - self.adapters:
+            model.delete_adapter(name)
+        for name in set(getattr(model, "heads", {})) - self.heads:
+            model.delete_head(name)
+        if not self.checkpointing and _checkpointing(model):
+            model.activation_checkpointing_disable()
+        if self.device is not None and next(model.parameters()).device != self.device:
+            model.to(self.device)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.values.items():
+                params[name].copy_(value)
+        _set_engine_state(getattr(model, "_engine", None), self.engine_state)
+        if hasattr(model, "_active_head"):
+            model._active_head = self.active_head
+        for name, flag in self.requires_grad.items():
+            if name in params:
+                params[name].requires_grad_(flag)
+        for name, module in model.named_modules():
+            if name in self.training:
+                module.training = self.training[name]
+
+
+def _checkpointing(model) -> bool:
+    return bool(getattr(model, "is_activation_checkpointing", False))
+
+
+_ENGINE_FIELDS = ("active_setup", "skip_layers")
+
+
+def _engine_state(engine) -> dict:
+    if engine is None:
+        return {}
+    state = {field: copy.copy(getattr(engine, field)) for field in _ENGINE_FIELDS if hasattr(engine, field)}
+    base = getattr(engine, "base", None)
+    if base is not None and hasattr(base, "model_frozen"):
+        state["model_frozen"] = base.model_frozen
+    return state
+
+
+def _set_engine_state(engine, state: dict) -> None:
+    for field, value in state.items():
+        if field == "model_frozen":
+            engine.base.model_frozen = value
+        else:
+            setattr(engine, field, value)
+    if "model_frozen" not in state and getattr(engine, "base", None) is not None:
+        if hasattr(engine.base, "model_frozen"):
+            del engine.base.model_frozen
