@@ -1,6 +1,7 @@
 """The JupyterLab extension's server routes (/adapter-workbench/search, /info) on a real Jupyter server (pytest-jupyter)
 against the fake Hub: results, load code that really loads, bad queries, and no access without a token."""
 
+import asyncio
 import json
 
 import pytest
@@ -209,7 +210,6 @@ def slow_hub_settings(monkeypatch):
 async def test_a_stalled_hub_leaves_every_request_answered_and_the_server_fast(
     slow_hub_settings, jp_fetch, jp_http_port, jp_base_url, jp_auth_header, hub
 ):
-    import asyncio
     import time
 
     from tornado.simple_httpclient import SimpleAsyncHTTPClient
@@ -281,3 +281,29 @@ def test_a_bad_pool_setting_is_an_error_naming_it(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=f"{name} must be .* not '{value}'"):
         HubPool.from_env()
+
+
+async def test_a_timed_out_call_keeps_its_slot_until_its_thread_ends():
+    """So a stalled Hub costs at most `workers` threads: later requests are refused, not given new threads."""
+    import threading
+
+    from jupyterlab_adapter_workbench.pool import CallTimedOut, HubPool, PoolFull
+
+    pool, release = HubPool(workers=1, queue=0, timeout=0.2), threading.Event()
+    try:
+        with pytest.raises(CallTimedOut, match="stalled: the Hub did not answer within 0.2 s"):
+            await pool.run("stalled", release.wait, 10)
+        with pytest.raises(PoolFull, match="busy"):
+            await pool.run("next", lambda: "never")
+        release.set()
+        for _ in range(50):  # the stalled thread finishes and frees its slot
+            try:
+                assert await pool.run("after", lambda: "answered") == "answered"
+                break
+            except PoolFull:
+                await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the slot was never freed")
+    finally:
+        release.set()
+        pool.shutdown()
