@@ -1,6 +1,7 @@
 """The JupyterLab extension's server routes (/adapter-workbench/search, /info) on a real Jupyter server (pytest-jupyter)
 against the fake Hub: results, load code that really loads, bad queries, and no access without a token."""
 
+import asyncio
 import json
 
 import pytest
@@ -194,3 +195,115 @@ async def test_hub_down_is_502_with_the_reason(jp_fetch, fake_hub):
     fake_hub.fail(".*", "status")
     error = await get_error(jp_fetch, "search", 502, source="hf")
     assert "no cached listing" in error["error"]
+
+
+# ---- a slow Hub: bounded pool, timeouts, a server that stays responsive ------------------------------------------
+@pytest.fixture
+def slow_hub_settings(monkeypatch):
+    """A 3 s request timeout and no listing cache, so every search really waits for the (stalled) Hub. Listed
+    before `jp_fetch` in a test so it is set when the server (and its pool) starts."""
+    monkeypatch.setenv("WORKBENCH_EXTENSION_TIMEOUT", "3")
+    monkeypatch.setenv("WORKBENCH_LISTING_TTL", "0")
+    return 3.0
+
+
+async def test_a_stalled_hub_leaves_every_request_answered_and_the_server_fast(
+    slow_hub_settings, jp_fetch, jp_http_port, jp_base_url, jp_auth_header, hub
+):
+    import time
+
+    from tornado.simple_httpclient import SimpleAsyncHTTPClient
+
+    hub.fail("^/ah/", "timeout", seconds=1.5)  # every listing request stalls 1.5 s (the reach check does not)
+    count, timeout = 200, slow_hub_settings
+    client = SimpleAsyncHTTPClient(force_instance=True, max_clients=count + 10)
+    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}adapter-workbench/search?source=ah&q=imdb"
+
+    async def timed(target):
+        start = time.monotonic()
+        response = await client.fetch(target, headers=jp_auth_header, raise_error=False, request_timeout=30)
+        return response, time.monotonic() - start
+
+    try:
+        batch = asyncio.gather(*(timed(url) for _ in range(count)))
+        statuses = []
+        for pause in (0.8, 1.0):  # the burst is accepted; 40 Hub calls are running or waiting on the stalled Hub
+            await asyncio.sleep(pause)
+            statuses.append(await timed(f"http://127.0.0.1:{jp_http_port}{jp_base_url}api/status"))
+        answers = await batch
+    finally:
+        client.close()
+
+    for status, status_took in statuses:  # Jupyter's own routes do not wait for the Hub
+        assert status.code == 200 and status_took < 1.0
+    codes = [response.code for response, _ in answers]
+    assert set(codes) <= {200, 503, 504}, codes
+    assert max(took for _, took in answers) < timeout + 2.0  # nobody waits much past the timeout
+    assert codes.count(503) >= count - (8 + 32)  # beyond 8 running and 32 waiting, refused at once
+    assert codes.count(200) >= 1  # the first calls did get through the slow Hub
+    for response, took in answers:
+        body = json.loads(response.body)
+        if response.code == 503:
+            assert took < 1.5 and "busy" in body["error"] and response.headers["Retry-After"]
+        if response.code == 504:
+            assert "adapter-workbench/search" in body["error"] and "did not answer within 3 s" in body["error"]
+
+
+@pytest.fixture
+def one_second_timeout(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_EXTENSION_TIMEOUT", "1")  # read when the server starts: list before `jp_fetch`
+
+
+async def test_one_request_to_a_hub_slower_than_the_timeout_is_504(one_second_timeout, jp_fetch, hub):
+    import time
+
+    hub.fail("^/api/models/", "timeout", seconds=4)
+    start = time.monotonic()
+    error = await get_error(jp_fetch, "info", 504, id=SEQ_BN_REPO)
+    assert time.monotonic() - start < 2.5
+    assert error["status"] == 504
+    assert error["error"] == (
+        "adapter-workbench/info: the Hub did not answer within 1 s (set WORKBENCH_EXTENSION_TIMEOUT to wait longer)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WORKBENCH_EXTENSION_TIMEOUT", "soon"),
+        ("WORKBENCH_EXTENSION_WORKERS", "0"),
+        ("WORKBENCH_EXTENSION_QUEUE", "-1"),
+    ],
+)
+def test_a_bad_pool_setting_is_an_error_naming_it(monkeypatch, name, value):
+    from jupyterlab_adapter_workbench.pool import HubPool
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name} must be .* not '{value}'"):
+        HubPool.from_env()
+
+
+async def test_a_timed_out_call_keeps_its_slot_until_its_thread_ends():
+    """So a stalled Hub costs at most `workers` threads: later requests are refused, not given new threads."""
+    import threading
+
+    from jupyterlab_adapter_workbench.pool import CallTimedOut, HubPool, PoolFull
+
+    pool, release = HubPool(workers=1, queue=0, timeout=0.2), threading.Event()
+    try:
+        with pytest.raises(CallTimedOut, match="stalled: the Hub did not answer within 0.2 s"):
+            await pool.run("stalled", release.wait, 10)
+        with pytest.raises(PoolFull, match="busy"):
+            await pool.run("next", lambda: "never")
+        release.set()
+        for _ in range(50):  # the stalled thread finishes and frees its slot
+            try:
+                assert await pool.run("after", lambda: "answered") == "answered"
+                break
+            except PoolFull:
+                await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the slot was never freed")
+    finally:
+        release.set()
+        pool.shutdown()

@@ -8,28 +8,36 @@ import tornado
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
-from tornado.ioloop import IOLoop
 
 from workbench.hub import HubUnavailableError, InvalidRepoIdError
 
 from . import hub_api
+from .pool import CallTimedOut, HubPool, PoolFull
 
 NAMESPACE = "adapter-workbench"
 NOT_FOUND = (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)
+POOL_SETTING = "adapter_workbench_hub_pool"  # one `HubPool` per server app, in its tornado settings
 
 
 class _HubHandler(APIHandler):
-    """Runs one `hub_api` call off the event loop (the hub is blocking HTTP) and answers JSON."""
+    """Runs one `hub_api` call on the extension's bounded pool (the hub is blocking HTTP) and answers JSON."""
 
     call = staticmethod(hub_api.search)
+    route = "search"
 
     @tornado.web.authenticated
     async def get(self):
         args = {key: [v.decode("utf-8", "replace") for v in values] for key, values in self.request.arguments.items()}
         try:
-            answer = await IOLoop.current().run_in_executor(None, self.call, args)
+            pool: HubPool = self.settings[POOL_SETTING]
+            answer = await pool.run(f"adapter-workbench/{self.route}", self.call, args)
         except (hub_api.BadQuery, InvalidRepoIdError) as err:  # the id passed the pattern, not the Hub's rules
             return self._error(400, str(err))
+        except PoolFull as err:
+            self.set_header("Retry-After", "5")
+            return self._error(503, str(err))
+        except CallTimedOut as err:
+            return self._error(504, str(err))
         except HubUnavailableError as err:
             return self._error(502, str(err))
         except (OSError, ValueError) as err:  # not found, network failures, malformed answers from the Hub
@@ -50,6 +58,7 @@ class SearchHandler(_HubHandler):
 
 class InfoHandler(_HubHandler):
     call = staticmethod(hub_api.info)
+    route = "info"
 
 
 def _is_not_found(err: Exception) -> bool:
@@ -62,6 +71,8 @@ def _first_line(err: Exception) -> str:
 
 
 def setup_handlers(web_app) -> None:
+    """Register the routes and create the server app's Hub pool (configured by WORKBENCH_EXTENSION_*)."""
+    web_app.settings[POOL_SETTING] = HubPool.from_env()
     base = url_path_join(web_app.settings["base_url"], NAMESPACE)
     web_app.add_handlers(
         ".*$",
