@@ -84,7 +84,10 @@ def train(
             `save_to_disk`), a DataFrame, a Dataset/DatasetDict, or a dict of splits.
         output_dir: checkpoints go to `checkpoint-<step>/`, the final (best) weights to `final/`. Each folder is
             written as `.partial-<name>/` and renamed when complete; a failed write (disk full, file too large,
-            unwritable) raises `OutputDirError` naming the folder and keeps the checkpoints written before.
+            unwritable) raises `OutputDirError` naming the folder and keeps the checkpoints written before. A
+            folder replaced (`final/`) is complete at every instant, old or new, even if the process is killed.
+            One run at a time: the run holds `.workbench-run.lock` in the folder until it ends, and a second
+            `train()` into it raises `RunLockedError` naming the holder's pid (a dead holder's lock is taken over).
         callbacks: `TrainingCallback`s or callables receiving `StepEvent`, `EvalEvent` and `EndEvent`.
         control: a `RunControl` whose `stop()` ends the run after the current optimizer step, with a checkpoint.
         resume_from_checkpoint: a checkpoint folder of an earlier run of the same setup, or True for the last one
