@@ -22,6 +22,7 @@ from .errors import (
     NonFiniteLossError,
     OutputDirError,
     RunFolderInUseError,
+    RunLockedError,
     TrainingError,
     UnknownLabelError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "RunControl",
     "RunFolder",
     "RunFolderInUseError",
+    "RunLockedError",
     "RunRecord",
     "Seq2SeqAdapterTrainer",
     "StepEvent",

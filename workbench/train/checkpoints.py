@@ -282,15 +282,51 @@ def staged_folder(folder: str | Path, *, writer: bool = True, barrier=None):
         raise
 
 
+BACKUP_PREFIX = STAGING_PREFIX + "old-"  # an earlier folder kept until its replacement is in place
+
+
 def _replace(staging: Path, folder: Path) -> None:
+    """Put the complete `staging` folder in place of `folder`, so that a complete copy (old or new) always exists.
+
+    Two renames, each atomic: `folder` to its backup, then `staging` to `folder`; then the backup is deleted. The
+    backup is only made once `staging` is complete, and only deleted once `staging` is `folder`, so a kill at any
+    point leaves `folder` or its complete backup; `recover_folder` (run by `train()` under its lock, and by the next
+    replacement) puts a backup whose `folder` is missing back, and readers (`run_in_folder`) count it meanwhile.
+    (Renames rather than a symlink swap: the folders stay plain folders that every tool and OS reads the same.)
+    """
+    recover_folder(folder)  # a backup left by a killed replacement: back in place, or deleted if not needed
     if not folder.exists():
         staging.rename(folder)  # atomic within one file system
         return
-    old = folder.with_name(STAGING_PREFIX + "old-" + folder.name)
-    shutil.rmtree(old, ignore_errors=True)
-    folder.rename(old)
+    backup = _backup_of(folder)
+    folder.rename(backup)
     staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _backup_of(folder: Path) -> Path:
+    return folder.with_name(BACKUP_PREFIX + folder.name)
+
+
+def recover_folder(folder: str | Path) -> None:
+    """Undo a replacement of `folder` killed half way: its backup goes back when `folder` is missing (the backup is
+    complete: it was `folder`), and is deleted when `folder` is there (the replacement got that far)."""
+    folder = Path(folder)
+    backup = _backup_of(folder)
+    if not backup.is_dir() or backup.is_symlink():
+        return
+    if folder.is_dir():
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        backup.rename(folder)
+
+
+def recover_run(folder: str | Path) -> None:
+    """`recover_folder` for every backup in the output folder `folder` (its `final/` and checkpoints)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for backup in folder.glob(BACKUP_PREFIX + "*"):
+            recover_folder(folder / backup.name[len(BACKUP_PREFIX) :])
 
 
 def _is_write_failure(err: BaseException) -> bool:
@@ -374,12 +410,14 @@ class RunFolder:
 
 
 def run_in_folder(folder: str | Path) -> RunFolder | None:
-    """What `folder` holds of a run (checkpoints, `final/`), or None when it holds none (or does not exist)."""
+    """What `folder` holds of a run (checkpoints, `final/`), or None when it holds none (or does not exist).
+
+    Only reads: a `final/` backup left by a killed replacement counts as `final/` (`recover_run` puts it back)."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
     found = [(int(m[1]), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
-    final = (folder / "final").is_dir()
+    final = (folder / "final").is_dir() or _backup_of(folder / "final").is_dir()  # (a replacement killed half way)
     if not found and not final:
         return None
     return RunFolder(folder, [p for _, p in sorted(found)], final)
@@ -403,6 +441,6 @@ def clear_run(folder: str | Path) -> None:
     doomed = list(run.checkpoints) + ([folder / "final"] if run and run.final else []) if run else []
     doomed += [p for p in folder.glob(STAGING_PREFIX + "*") if p.is_dir()] if folder.is_dir() else []
     for path in doomed:
-        if path.parent.resolve() != folder.resolve() or path.is_symlink():
+        if not path.is_dir() or path.parent.resolve() != folder.resolve() or path.is_symlink():
             continue  # only real sub-folders of `folder`
         shutil.rmtree(path)

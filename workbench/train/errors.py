@@ -63,3 +63,11 @@ class RunFolderInUseError(OutputDirError):
     def __init__(self, message: str, folder=None, suggestion=None, last_checkpoint=None):
         super().__init__(message)
         self.folder, self.suggestion, self.last_checkpoint = folder, suggestion, last_checkpoint
+
+
+class RunLockedError(OutputDirError):
+    """Another `train()` is writing into the output folder now: `holder` is its lock's record (pid, host, start)."""
+
+    def __init__(self, message: str, folder=None, holder=None):
+        super().__init__(message)
+        self.folder, self.holder = folder, dict(holder or {})

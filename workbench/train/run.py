@@ -17,13 +17,14 @@ from transformers import (
 from ..core.composition import Fuse
 from . import data as data_mod
 from . import qa
-from .checkpoints import clear_run, folder_bytes, free_folder, run_in_folder, staged_folder
+from .checkpoints import clear_run, folder_bytes, free_folder, recover_run, run_in_folder, staged_folder
 from .checks import check_data_before_training
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError, OutputDirError, RunFolderInUseError
 from .events import EndEvent, EventBridge, RunControl, dispatch
 from .metrics import metrics_for
 from .records import VALIDATION_KEPT, RunRecord
+from .runlock import RunLock
 from .runner import WorkbenchTrainer
 from .setup import ModelSnapshot, ensure_head, head_labels, planned_head, prepare_model, set_trainable
 
@@ -83,7 +84,10 @@ def train(
             `save_to_disk`), a DataFrame, a Dataset/DatasetDict, or a dict of splits.
         output_dir: checkpoints go to `checkpoint-<step>/`, the final (best) weights to `final/`. Each folder is
             written as `.partial-<name>/` and renamed when complete; a failed write (disk full, file too large,
-            unwritable) raises `OutputDirError` naming the folder and keeps the checkpoints written before.
+            unwritable) raises `OutputDirError` naming the folder and keeps the checkpoints written before. A
+            folder replaced (`final/`) is complete at every instant, old or new, even if the process is killed.
+            One run at a time: the run holds `.workbench-run.lock` in the folder until it ends, and a second
+            `train()` into it raises `RunLockedError` naming the holder's pid (a dead holder's lock is taken over).
         callbacks: `TrainingCallback`s or callables receiving `StepEvent`, `EvalEvent` and `EndEvent`.
         control: a `RunControl` whose `stop()` ends the run after the current optimizer step, with a checkpoint.
         resume_from_checkpoint: a checkpoint folder of an earlier run of the same setup, or True for the last one
@@ -105,14 +109,25 @@ def train(
     _check_arguments(kind, task, config, resume_from_checkpoint)  # before the data is loaded or the model touched
     config = config.for_kind(kind)  # a learning rate left open: the default for the kind
     control = control or RunControl()
-    resume_from_checkpoint = _claim(
-        Path(output_dir), resume or resume_from_checkpoint is True, overwrite, resume_from_checkpoint
-    )
     existed = Path(output_dir).exists()
     output = _writable(Path(output_dir))
-    args = config.training_args(output)  # sets up the process group when launched on several processes
-
-    snapshot = ModelSnapshot(model)  # a failure from here on puts the model back as it is now
+    lock = _lock(output)  # no other train() writes into this folder until this one ends
+    try:
+        recover_run(output)  # a `final/` (or checkpoint) whose replacement was killed half way: back in place
+        resume_from_checkpoint = _claim(
+            output, resume or resume_from_checkpoint is True, overwrite, resume_from_checkpoint
+        )
+    except BaseException:
+        lock.release()
+        _drop_if_empty(output, existed)
+        raise
+    try:
+        args = config.training_args(output)  # sets up the process group when launched on several processes
+        snapshot = ModelSnapshot(model)  # a failure from here on puts the model back as it is now
+    except BaseException:
+        lock.release()
+        _drop_if_empty(output, existed)
+        raise
     try:
         columns = data_mod.Columns(
             text_column, text_pair_column, label_column, question_column, context_column, answers_column
@@ -202,11 +217,13 @@ def train(
             validation=_validation_examples(splits["validation"], columns, labels, task),
             **_shares(model, plan),
         )
+        lock.release()  # before the end event: a callback may start the next run into this folder
         if trainer.is_world_process_zero():
             dispatch(bridge.callbacks, EndEvent(record))
         return record
     except BaseException:
         snapshot.restore()
+        lock.release()
         _drop_if_empty(output, existed)
         raise
 
@@ -269,6 +286,18 @@ def _claim(output: Path, resume: bool, overwrite: bool, checkpoint) -> str | Pat
         suggestion=suggestion,
         last_checkpoint=last,
     )
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
+
+
+def _lock(output: Path) -> RunLock | _NoLock:
+    """The folder's run lock, taken by the main process only (every process of a launch calls `train()`)."""
+    if int(os.environ.get("RANK", 0) or 0) != 0:
+        return _NoLock()
+    return RunLock(output).acquire()
 
 
 def _writable(folder: Path) -> Path:
