@@ -244,7 +244,8 @@ async def test_a_stalled_hub_leaves_every_request_answered_and_the_server_fast(
     for response, took in answers:
         body = json.loads(response.body)
         if response.code == 503:
-            assert took < 1.5 and "busy" in body["error"] and response.headers["Retry-After"]
+            # refused without waiting for a thread: well before the timeout (generous for 200 requests on 2 cores)
+            assert took < timeout - 0.5 and "busy" in body["error"] and response.headers["Retry-After"]
         if response.code == 504:
             assert "adapter-workbench/search" in body["error"] and "did not answer within 3 s" in body["error"]
 
