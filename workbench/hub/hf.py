@@ -17,6 +17,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from .entries import HubEntryError, check_repo_id, mapping, skip, text
 from .families import model_type_of
 from .info import AdapterInfo
+from .partials import drop_stale_partials
 from .methods import method_name
 from .reach import check_hub
 
@@ -220,6 +221,7 @@ def _adapter_config(api: HfApi, repo_id: str) -> dict | None:
     """The repo's adapter_config.json; None when it is missing or unreadable, `HubEntryError` when not an object."""
     try:
         path = hf_hub_download(repo_id, "adapter_config.json", endpoint=api.endpoint)
+        drop_stale_partials(repo_id)
         with open(path, encoding="utf-8") as handle:
             config = json.load(handle)
     except (OSError, ValueError, httpx2.HTTPError):

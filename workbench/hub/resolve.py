@@ -12,6 +12,7 @@ from pathlib import Path
 from ..core.errors import AdapterLoadError
 from .ah import is_ah_id, resolve_ah_id
 from .entries import check_repo_id
+from .partials import drop_stale_partials
 from .reach import HubUnreachable, check_hub, hub_unreachable, local_copy
 
 
@@ -65,12 +66,12 @@ def resolve_adapter(
     except LocalEntryNotFoundError as err:
         reason = f"{adapter_id!r} is not in the local cache and the Hub cannot be reached"
         raise AdapterLoadError(f"{reason}: {err}") from None
-    except (HfHubHTTPError, OSError, ValueError, httpx2.HTTPError) as err:
-        _drop_partial_downloads(adapter_id)
+    except (HfHubHTTPError, OSError, ValueError, httpx2.HTTPError) as err:  # huggingface_hub removed its partial file
         unreachable = hub_unreachable(err, endpoint)
         if unreachable is not None:
             raise unreachable from None
         raise AdapterLoadError(f"could not download adapter {adapter_id!r}: {err}") from None
+    drop_stale_partials(adapter_id)
     return Path(folder)
 
 
@@ -127,16 +128,6 @@ def progress_bar_class(callback: Callable[[DownloadProgress], None]):
             callback(DownloadProgress(int(files[0]), int(files[1]), int(size[0]), int(size[1])))
 
     return ReportingBar
-
-
-def _drop_partial_downloads(repo_id: str) -> None:
-    """huggingface_hub keeps `*.incomplete` blobs to resume later; a failed load leaves no half-written file."""
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
-
-    blobs = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "blobs"
-    for partial in blobs.glob("*.incomplete"):
-        partial.unlink(missing_ok=True)
 
 
 def _model_name(model) -> str | None:
