@@ -3,9 +3,20 @@ against the fake Hub: results, load code that really loads, bad queries, and no 
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
+from jupyterlab_adapter_workbench.handlers import POOL_SETTING
 from tiny import tiny_adapter_model
 from tornado.httpclient import HTTPClientError
 
@@ -142,33 +153,33 @@ async def test_unknown_adapter_is_404(jp_fetch, hub):
     assert "not on the Hub" in error["error"]
 
 
-@pytest.mark.parametrize(
-    ("route", "params", "named"),
-    [
-        ("search", {"source": "s3"}, "source"),
-        ("search", {"library": "torch"}, "library"),
-        ("search", {"sort": "size"}, "sort"),
-        ("search", {"limit": "0"}, "limit"),
-        ("search", {"limit": "5000"}, "limit"),
-        ("search", {"page": "-1"}, "page"),
-        ("search", {"page": "1e3"}, "page"),
-        ("search", {"q": "x" * 201}, "q"),
-        ("search", {"q": "a\x00b"}, "q"),
-        ("search", {"model": "../../etc/passwd"}, "model"),
-        ("search", {"model": "org/../secret"}, "model"),
-        ("search", {"model": "http://evil.example/x"}, "model"),
-        ("search", {"task": "sentiment/imdb"}, "task"),
-        ("search", {"method": "lora; rm -rf"}, "method"),
-        ("search", {"url": "http://evil.example"}, "url"),
-        ("info", {}, "id"),
-        ("info", {"id": "../../etc/passwd"}, "id"),
-        ("info", {"id": "/abs/path"}, "id"),
-        ("info", {"id": "no-slash"}, "id"),
-        ("info", {"id": "@ukp/..", "source": "ah"}, "id"),
-        ("info", {"id": SEQ_BN_REPO, "source": "file"}, "source"),
-        ("info", {"id": "a--b/c"}, "a--b/c"),  # passes the route's pattern, not the Hub's rules
-    ],
-)
+BAD_QUERIES = [
+    ("search", {"source": "s3"}, "source"),
+    ("search", {"library": "torch"}, "library"),
+    ("search", {"sort": "size"}, "sort"),
+    ("search", {"limit": "0"}, "limit"),
+    ("search", {"limit": "5000"}, "limit"),
+    ("search", {"page": "-1"}, "page"),
+    ("search", {"page": "1e3"}, "page"),
+    ("search", {"q": "x" * 201}, "q"),
+    ("search", {"q": "a\x00b"}, "q"),
+    ("search", {"model": "../../etc/passwd"}, "model"),
+    ("search", {"model": "org/../secret"}, "model"),
+    ("search", {"model": "http://evil.example/x"}, "model"),
+    ("search", {"task": "sentiment/imdb"}, "task"),
+    ("search", {"method": "lora; rm -rf"}, "method"),
+    ("search", {"url": "http://evil.example"}, "url"),
+    ("info", {}, "id"),
+    ("info", {"id": "../../etc/passwd"}, "id"),
+    ("info", {"id": "/abs/path"}, "id"),
+    ("info", {"id": "no-slash"}, "id"),
+    ("info", {"id": "@ukp/..", "source": "ah"}, "id"),
+    ("info", {"id": SEQ_BN_REPO, "source": "file"}, "source"),
+    ("info", {"id": "a--b/c"}, "a--b/c"),  # passes the route's pattern, not the Hub's rules
+]
+
+
+@pytest.mark.parametrize(("route", "params", "named"), BAD_QUERIES)
 async def test_bad_queries_are_400_naming_the_parameter(jp_fetch, hub, route, params, named):
     before = len(hub.requests)
     error = await get_error(jp_fetch, route, 400, **params)
@@ -210,8 +221,6 @@ def slow_hub_settings(monkeypatch):
 async def test_a_stalled_hub_leaves_every_request_answered_and_the_server_fast(
     slow_hub_settings, jp_fetch, jp_http_port, jp_base_url, jp_auth_header, hub
 ):
-    import time
-
     from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
     hub.fail("^/ah/", "timeout", seconds=1.5)  # every listing request stalls 1.5 s (the reach check does not)
@@ -256,8 +265,6 @@ def one_second_timeout(monkeypatch):
 
 
 async def test_one_request_to_a_hub_slower_than_the_timeout_is_504(one_second_timeout, jp_fetch, hub):
-    import time
-
     hub.fail("^/api/models/", "timeout", seconds=4)
     start = time.monotonic()
     error = await get_error(jp_fetch, "info", 504, id=SEQ_BN_REPO)
@@ -286,7 +293,6 @@ def test_a_bad_pool_setting_is_an_error_naming_it(monkeypatch, name, value):
 
 async def test_a_timed_out_call_keeps_its_slot_until_its_thread_ends():
     """So a stalled Hub costs at most `workers` threads: later requests are refused, not given new threads."""
-    import threading
 
     from jupyterlab_adapter_workbench.pool import CallTimedOut, HubPool, PoolFull
 
@@ -308,3 +314,162 @@ async def test_a_timed_out_call_keeps_its_slot_until_its_thread_ends():
     finally:
         release.set()
         pool.shutdown()
+
+
+# ---- bad queries come before the pool; the server's stop ends the pool --------------------------------------------
+@pytest.fixture
+def one_hub_thread(monkeypatch):
+    """One Hub thread, no queue and a 5 s timeout, so one stalled request fills the pool. List before `jp_fetch`."""
+    monkeypatch.setenv("WORKBENCH_EXTENSION_WORKERS", "1")
+    monkeypatch.setenv("WORKBENCH_EXTENSION_QUEUE", "0")
+    monkeypatch.setenv("WORKBENCH_EXTENSION_TIMEOUT", "5")
+    return 5.0
+
+
+async def stall_one_request(jp_fetch, hub, seconds):
+    """An info request whose Hub call the fake Hub holds `seconds`; returned (as a task) once the Hub has it."""
+    hub.fail("^/api/models/", "timeout", seconds=seconds, times=1)
+    task = asyncio.ensure_future(get_error(jp_fetch, "info", 504, id=SEQ_BN_REPO))
+    await wait_for_hub_request(hub, "/api/models/")
+    return task
+
+
+async def wait_for_hub_request(hub, path_start, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not any(entry["path"].startswith(path_start) for entry in list(hub.requests)):
+        assert time.monotonic() < deadline, f"no request for {path_start} reached the Hub"
+        await asyncio.sleep(0.05)
+
+
+def pool_threads(pool):
+    return [t for t in threading.enumerate() if t.name.startswith(pool.thread_prefix) and t.is_alive()]
+
+
+async def test_bad_queries_are_400_before_the_pool_even_when_it_is_full(one_hub_thread, jp_fetch, hub):
+    stalled = await stall_one_request(jp_fetch, hub, seconds=one_hub_thread + 1)
+    before = len(hub.requests)
+    for route, params, named in BAD_QUERIES:
+        start = time.monotonic()
+        error = await get_error(jp_fetch, route, 400, **params)
+        assert named in error["error"] and time.monotonic() - start < 1.0, (route, params, error)
+    busy = await get_error(jp_fetch, "search", 503, q="imdb")  # a good query still finds the pool full
+    assert "busy" in busy["error"]
+    assert not stalled.done()  # the pool was full throughout
+    assert len(hub.requests) == before
+    assert "did not answer within 5 s" in (await stalled)["error"]
+
+
+async def test_stopping_the_server_shuts_its_pool_down(jp_fetch, jp_serverapp, hub):
+    assert (await get_json(jp_fetch, "search", q="imdb"))["total"] == 2
+    pool = jp_serverapp.web_app.settings[POOL_SETTING]
+    assert len(pool_threads(pool)) == pool.workers
+
+    await jp_serverapp.cleanup_extensions()  # the extensions' part of the server's stop
+
+    assert pool.closed and pool_threads(pool) == []
+    error = await get_error(jp_fetch, "search", 503, q="imdb")  # routes still up in this test: refused, not queued
+    assert "shutting down" in error["error"]
+
+
+async def test_a_server_stopped_during_a_stalled_hub_call_waits_at_most_the_timeout(
+    one_hub_thread, jp_fetch, jp_serverapp, hub
+):
+    stalled = await stall_one_request(jp_fetch, hub, seconds=60)
+    pool = jp_serverapp.web_app.settings[POOL_SETTING]
+    start = time.monotonic()
+    await jp_serverapp.cleanup_extensions()
+    assert time.monotonic() - start < one_hub_thread + 1.0
+    assert pool.closed
+    assert all(t.daemon for t in pool_threads(pool))  # the one stuck in the Hub cannot hold up the process's exit
+    assert "did not answer within 5 s" in (await stalled)["error"]
+
+
+async def test_shutdown_cancels_queued_calls_lets_running_ones_finish_and_refuses_new_ones():
+    from jupyterlab_adapter_workbench.pool import HubPool, PoolClosed
+
+    pool, started, release = HubPool(workers=1, queue=1, timeout=5), threading.Event(), threading.Event()
+    try:
+        running = asyncio.ensure_future(pool.run("running", lambda: started.set() or release.wait(5)))
+        queued = asyncio.ensure_future(pool.run("queued", lambda: "never"))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        pool.shutdown()
+        with pytest.raises(PoolClosed, match="queued: the server is shutting down"):
+            await queued
+        with pytest.raises(PoolClosed, match="late: the server is shutting down"):
+            await pool.run("late", lambda: "never")
+        assert not await pool.wait_stopped(0.2)  # the running call's thread is still in it
+        release.set()
+        assert await running is True
+        assert await pool.wait_stopped(2.0) and pool_threads(pool) == []
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_a_jupyter_server_process_exits_promptly_on_sigterm_while_a_hub_call_stalls(hub, tmp_path):
+    """The real stop: SIGTERM to `jupyter server` while the Hub holds a call for 60 s; the process is gone in
+    seconds (an executor's threads would be joined at exit, keeping it alive until the Hub answers)."""
+    import jupyterlab_adapter_workbench
+
+    port, token = _free_port(), "stall-test-token"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "jupyter_server_config.json").write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {"jupyterlab_adapter_workbench": True}}})
+    )
+    package_root = Path(jupyterlab_adapter_workbench.__file__).parents[1]
+    env = {
+        **os.environ,
+        "WORKBENCH_EXTENSION_TIMEOUT": "2",
+        "PYTHONPATH": os.pathsep.join([str(package_root), *sys.path]),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+    }
+    command = [sys.executable, "-m", "jupyter_server", f"--port={port}", "--ServerApp.port_retries=0"]
+    command += ["--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False"]
+    command += [f"--ServerApp.root_dir={tmp_path}", "--allow-root"]  # root in some CI containers
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # ready when the extension's route answers
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            try:
+                _get(f"{base}/adapter-workbench/search?q=imdb&token={token}", timeout=5)
+                break
+            except OSError:
+                time.sleep(0.3)
+        hub.fail("^/api/models/", "timeout", seconds=60, times=1)
+        caller = threading.Thread(
+            target=_get, args=(f"{base}/adapter-workbench/info?id={SEQ_BN_REPO}&token={token}", 30), daemon=True
+        )
+        caller.start()
+        asyncio.run(wait_for_hub_request(hub, "/api/models/"))
+
+        server.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the server was still running 30 s after SIGTERM:\n" + (tmp_path / "server.log").read_text())
+        assert time.monotonic() - start < 2 + 6, (tmp_path / "server.log").read_text()  # timeout + shutdown
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, timeout: float) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except urllib.error.HTTPError as err:  # an answer, even an error one: the server is up
+        return err.read()

@@ -8,12 +8,6 @@ def _jupyter_labextension_paths():
 
 
 def _jupyter_server_extension_points():
-    return [{"module": "jupyterlab_adapter_workbench"}]
+    from .app import AdapterWorkbenchApp
 
-
-def _load_jupyter_server_extension(server_app):
-    """Register the REST routes (`/adapter-workbench/search`, `/adapter-workbench/info`)."""
-    from .handlers import setup_handlers
-
-    setup_handlers(server_app.web_app)
-    server_app.log.info("jupyterlab_adapter_workbench: routes under /adapter-workbench registered")
+    return [{"module": "jupyterlab_adapter_workbench", "app": AdapterWorkbenchApp}]

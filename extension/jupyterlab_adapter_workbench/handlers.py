@@ -16,22 +16,27 @@ from .pool import CallTimedOut, HubPool, PoolFull
 
 NAMESPACE = "adapter-workbench"
 NOT_FOUND = (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)
-POOL_SETTING = "adapter_workbench_hub_pool"  # one `HubPool` per server app, in its tornado settings
+POOL_SETTING = "adapter_workbench_hub_pool"  # the extension app's `HubPool`, in the server's tornado settings
 
 
 class _HubHandler(APIHandler):
     """Runs one `hub_api` call on the extension's bounded pool (the hub is blocking HTTP) and answers JSON."""
 
+    parse = staticmethod(hub_api.parse_search)
     call = staticmethod(hub_api.search)
     route = "search"
 
     @tornado.web.authenticated
     async def get(self):
         args = {key: [v.decode("utf-8", "replace") for v in values] for key, values in self.request.arguments.items()}
+        try:  # checked here, before the pool: a bad query is a 400 even when the pool is full
+            query = self.parse(args)
+        except (hub_api.BadQuery, InvalidRepoIdError) as err:  # the id passed the pattern, not the Hub's rules
+            return self._error(400, str(err))
         try:
             pool: HubPool = self.settings[POOL_SETTING]
-            answer = await pool.run(f"adapter-workbench/{self.route}", self.call, args)
-        except (hub_api.BadQuery, InvalidRepoIdError) as err:  # the id passed the pattern, not the Hub's rules
+            answer = await pool.run(f"adapter-workbench/{self.route}", self.call, query)
+        except InvalidRepoIdError as err:  # checked above; kept so that one slipping through is still a 400
             return self._error(400, str(err))
         except PoolFull as err:
             self.set_header("Retry-After", "5")
@@ -53,10 +58,11 @@ class _HubHandler(APIHandler):
 
 
 class SearchHandler(_HubHandler):
-    call = staticmethod(hub_api.search)
+    pass
 
 
 class InfoHandler(_HubHandler):
+    parse = staticmethod(hub_api.parse_info)
     call = staticmethod(hub_api.info)
     route = "info"
 
@@ -70,11 +76,4 @@ def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def setup_handlers(web_app) -> None:
-    """Register the routes and create the server app's Hub pool (configured by WORKBENCH_EXTENSION_*)."""
-    web_app.settings[POOL_SETTING] = HubPool.from_env()
-    base = url_path_join(web_app.settings["base_url"], NAMESPACE)
-    web_app.add_handlers(
-        ".*$",
-        [(url_path_join(base, "search"), SearchHandler), (url_path_join(base, "info"), InfoHandler)],
-    )
+ROUTES = [(url_path_join(NAMESPACE, "search"), SearchHandler), (url_path_join(NAMESPACE, "info"), InfoHandler)]

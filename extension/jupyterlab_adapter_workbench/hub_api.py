@@ -1,7 +1,8 @@
 """What the sidebar asks of `workbench.hub`: checked queries in, JSON-ready answers out. No tornado here.
 
-Every value from the browser is checked against an allowed set, a length limit or an id pattern before it reaches
-the hub code, so nothing the client sends becomes a path or URL unchecked.
+Every value from the browser is checked (`parse_search`, `parse_info`) against an allowed set, a length limit or an
+id pattern before it reaches the hub code, so nothing the client sends becomes a path or URL unchecked. The checks
+are apart from the calls so that the server can answer a bad query (400) before it asks its busy Hub pool.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 
 from workbench.hub import AdapterInfo, get_adapter_info, search_adapters
+from workbench.hub.entries import check_ah_id, check_repo_id
 
 MAX_TEXT = 200
 MAX_LIMIT = 100
@@ -28,9 +30,8 @@ class BadQuery(ValueError):
     """A query parameter that is missing, unknown, repeated or not allowed; the message names it."""
 
 
-def search(args: dict[str, list[str]]) -> dict:
-    """Search the Hub with the filters of the Hub panel; `args` as tornado parses a query string."""
-    query = parse_search(args)
+def search(query: dict) -> dict:
+    """Search the Hub with the filters of the Hub panel; `query` from `parse_search`."""
     results = search_adapters(
         text=query["q"],
         model_name=query["model"],
@@ -52,13 +53,13 @@ def search(args: dict[str, list[str]]) -> dict:
     }
 
 
-def info(args: dict[str, list[str]]) -> dict:
-    """Details of one adapter, with its load code."""
-    query = parse_info(args)
+def info(query: dict) -> dict:
+    """Details of one adapter, with its load code; `query` from `parse_info`."""
     return adapter_json(get_adapter_info(query["id"], source=query["source"]))
 
 
 def parse_search(args: dict[str, list[str]]) -> dict:
+    """The checked query of a search; `args` as tornado parses a query string. `BadQuery` names a bad parameter."""
     values = _single_values(args, {"q", "source", "model", "task", "method", "library", "sort", "page", "limit"})
     text = values.get("q", "")
     if len(text) > MAX_TEXT or not text.isprintable():
@@ -77,11 +78,17 @@ def parse_search(args: dict[str, list[str]]) -> dict:
 
 
 def parse_info(args: dict[str, list[str]]) -> dict:
+    """The checked query for one adapter; an id the Hub would refuse is `InvalidRepoIdError`, before any request."""
     values = _single_values(args, {"id", "source"})
     adapter_id = _pattern(values, "id", ADAPTER_ID_PATTERN)
     if adapter_id is None:
         raise BadQuery("id is required (an AdapterHub id '@org/name' or a Hub repo 'org/name')")
-    return {"id": adapter_id, "source": _choice(values, "source", SOURCES)}
+    source = _choice(values, "source", SOURCES)
+    if source == "ah" or adapter_id.startswith("@"):  # as `get_adapter_info` picks the source
+        check_ah_id(adapter_id)
+    else:
+        check_repo_id(adapter_id)
+    return {"id": adapter_id, "source": source}
 
 
 def load_code(info: AdapterInfo) -> str:
