@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lab demo-lab test chromium quality conformance parity parity-reference bench bench-hub bench-engine support-table clean
+.PHONY: venv lab demo-lab test chromium quality conformance parity parity-reference bench bench-hub bench-engine bench-e2e support-table clean
 
 $(STAMP): pyproject.toml extension/pyproject.toml extension/package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -101,6 +101,17 @@ NOTE ?=
 bench-engine: $(STAMP)
 	$(BIN)/python benchmarks/engine_scaling.py --note "$(NOTE)"
 	$(BIN)/python benchmarks/composition_speed.py --note "$(NOTE)"
+
+# End-to-end SST-2 training against AdapterTrainer (in .venv-adapters, which this gives datasets and accelerate)
+# and PEFT; reads ../shared/data/sst2. make bench-e2e NOTE="quiet machine"
+ADAPTERS_VENV := .venv-adapters
+$(ADAPTERS_VENV)/.bench-e2e:
+	$(MAKE) -C tests/conformance venv
+	$(ADAPTERS_VENV)/bin/python -m pip install -q torch==2.13.0 datasets accelerate
+	touch $@
+
+bench-e2e: $(VENV)/.bench $(ADAPTERS_VENV)/.bench-e2e
+	$(BIN)/python benchmarks/e2e_train.py --note "$(NOTE)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -49,7 +49,7 @@ def another_process_downloading(hf_home: Path, etag: str):
     return child, partial
 
 
-def test_a_failed_download_leaves_the_partial_files_of_other_downloads(fake_hub, adapter_files, tmp_path):
+def test_a_failed_download_leaves_the_partial_files_of_other_downloads(fake_hub, adapter_files, tmp_path):  # noqa: F811
     files, base = adapter_files
     add_adapterhub_repo(fake_hub, REPO, files)
     hf_home = tmp_path / "hf_home"
@@ -69,7 +69,7 @@ def test_a_failed_download_leaves_the_partial_files_of_other_downloads(fake_hub,
         other.wait()
 
 
-def test_a_killed_download_leftover_is_removed_by_the_next_download_of_the_file(fake_hub, adapter_files, tmp_path):
+def test_a_killed_download_leftover_is_removed_by_the_next_download_of_the_file(fake_hub, adapter_files, tmp_path):  # noqa: F811
     files, base = adapter_files
     add_adapterhub_repo(fake_hub, REPO, files)
     hf_home = tmp_path / "hf_home"
@@ -98,7 +98,7 @@ def test_a_killed_download_leftover_is_removed_by_the_next_download_of_the_file(
     assert partials(hf_home) == []
 
 
-def test_a_leftover_is_kept_while_a_live_download_holds_its_lock(fake_hub, adapter_files, tmp_path):
+def test_a_leftover_is_kept_while_a_live_download_holds_its_lock(fake_hub, adapter_files, tmp_path):  # noqa: F811
     files, base = adapter_files
     add_adapterhub_repo(fake_hub, REPO, files)
     model = workbench.AutoAdapterModel.from_pretrained(base)

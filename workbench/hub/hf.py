@@ -17,8 +17,8 @@ from huggingface_hub import HfApi, hf_hub_download
 from .entries import HubEntryError, check_repo_id, mapping, skip, text
 from .families import model_type_of
 from .info import AdapterInfo
-from .partials import drop_stale_partials
 from .methods import method_name
+from .partials import drop_stale_partials
 from .reach import check_hub
 
 ADAPTERHUB_LIBRARY = "adapter-transformers"

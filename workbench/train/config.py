@@ -74,6 +74,10 @@ class TrainConfig:
     seed: int = 42
     precision: str = field(default="auto", metadata={"help": "'auto' (bf16/fp16 on GPU), 'fp32', 'bf16', 'fp16'"})
     dataloader_num_workers: int = 0
+    group_by_length: bool = field(
+        default=True,
+        metadata={"help": "train batches of examples of similar length: less padding, faster (batches stay random)"},
+    )
     fast_dropout: bool = field(
         default=True, metadata={"help": "adapter/fusion runs on CPU: dropout with cheaper random numbers (same p)"}
     )
@@ -194,6 +198,7 @@ class TrainConfig:
             remove_unused_columns=False,  # the tokenized splits hold model inputs and labels only
             label_names=["labels"],
             dataloader_num_workers=self.dataloader_num_workers,
+            train_sampling_strategy="group_by_length" if self.group_by_length else "random",
             activation_checkpointing=self.gradient_checkpointing,
             activation_checkpointing_kwargs=self.gradient_checkpointing_kwargs,
         )

@@ -176,6 +176,7 @@ def train(
             plan=plan,
             bridge=bridge,
             perplexity=task == "causal_lm",
+            sort_eval=task != "qa",
         )
 
         trainer.remove_callback(PrinterCallback)  # the run reports through its own events

@@ -16,6 +16,8 @@ import math
 import os
 
 import torch
+from torch.utils.data import SequentialSampler
+from transformers.trainer_utils import has_length
 
 from ..core.transformers_api import get_last_checkpoint
 from .adapter_trainer import TRAINING_ARGS_FILE, AdapterTrainer
@@ -28,8 +30,9 @@ class WorkbenchTrainer(AdapterTrainer):
     """An `AdapterTrainer` whose checkpoints follow a `SavePlan` (adapter + head, fusion + head, or the full
     model)."""
 
-    def __init__(self, *args, plan: SavePlan, bridge=None, perplexity: bool = False, **kwargs):
+    def __init__(self, *args, plan: SavePlan, bridge=None, perplexity: bool = False, sort_eval: bool = True, **kwargs):
         self.plan = plan  # read by the checks in AdapterTrainer's __init__
+        self.sort_eval = sort_eval
         super().__init__(*args, **kwargs)
         self.bridge = bridge
         self.perplexity = perplexity
@@ -44,6 +47,16 @@ class WorkbenchTrainer(AdapterTrainer):
         attention = getattr(self.args, "attention_dropout", True)
         with fast_dropout(self.accelerator.unwrap_model(self.model), fast=fast, attention=attention):
             return super().train(*args, **kwargs)
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation batches of similar length (less padding), longest first; in the data's order for QA, whose
+        predictions are matched to their windows by position. Several processes: accelerate shards in order."""
+        if self.args.world_size > 1 or eval_dataset is None or not has_length(eval_dataset):
+            return None
+        if not self.sort_eval or "input_ids" not in getattr(eval_dataset, "column_names", ()):
+            return SequentialSampler(eval_dataset)
+        lengths = [len(ids) for ids in eval_dataset["input_ids"]]
+        return sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
 
     def evaluation_loop(self, *args, **kwargs):
         """Trainer's loop; with `perplexity`, the metrics also get `<prefix>_perplexity` = exp(loss)."""
