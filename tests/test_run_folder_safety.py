@@ -25,7 +25,8 @@ from workbench.train.checkpoints import (
     save_parts,
     staged_folder,
 )
-from workbench.train.overwrite import ASIDE
+from workbench.train.errors import OutputDirError
+from workbench.train.overwrite import ASIDE, MOVING
 from workbench.train.runlock import LOCK_FILE, RunLock
 
 TESTS = Path(__file__).parent
@@ -370,3 +371,20 @@ def test_a_stopped_overwrite_replaces_the_old_run(tmp_path):
                    control=stop, overwrite=True)  # fmt: skip
     assert record.stop_reason == "stop_request"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "final"]
+
+
+def test_an_old_run_that_cannot_be_moved_aside_stays_as_it_was(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    old = a_run(out, seed=1)
+    rename = Path.rename
+
+    def failing(self, target):  # the second folder's move fails (as an unmovable folder would)
+        if Path(target).parent.name == MOVING and self.name == "checkpoint-2":
+            raise PermissionError(13, "Permission denied", str(self))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OutputDirError, match=f"cannot move the run in {out} aside .*checkpoint-2.*nothing was deleted"):
+        train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=make_tokenizer(), output_dir=out,
+              config=fast(eval_strategy="no", max_steps=2), overwrite=True)  # fmt: skip
+    assert tree(out) == old

@@ -17,6 +17,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import OutputDirError
+
 ASIDE = ".partial-overwritten"  # a staging name: Trainer's "checkpoint-*" globs never see it
 MOVING = ASIDE + "-moving"
 DONE = ASIDE + "-done"
@@ -31,10 +33,16 @@ def set_aside(folder: Path, run_parts: RunParts) -> None:
     if not parts:
         return
     moving = folder / MOVING
-    moving.mkdir()  # `recover_aside` ran first: no earlier one is left
-    for part in parts:
-        part.rename(moving / part.name)
-    moving.rename(folder / ASIDE)
+    try:
+        moving.mkdir()  # `recover_aside` ran first: no earlier one is left
+        for part in parts:
+            part.rename(moving / part.name)
+        moving.rename(folder / ASIDE)
+    except OSError as err:  # (train() then moves what was moved back)
+        raise OutputDirError(
+            f"cannot move the run in {folder} aside to overwrite it: {err.strerror or err} ({err.filename}); "
+            "nothing was deleted"
+        ) from err
 
 
 def discard(folder: Path) -> None:

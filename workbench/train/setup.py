@@ -185,9 +185,10 @@ class BufferSnapshot:
             (name, key): (buffer, buffer.detach().to("cpu", copy=True), buffer.device)
             for name, module in self.modules.items()
             for key, buffer in module._buffers.items()
-            if buffer is not None
+            if buffer is not None and not buffer.is_meta  # (a meta tensor holds no value to keep)
         }
         self.names = {name: set(module._buffers) for name, module in self.modules.items()}
+        self.nones = {(name, key) for name, m in self.modules.items() for key, b in m._buffers.items() if b is None}
 
     def restore(self) -> None:
         with torch.no_grad():
@@ -201,9 +202,8 @@ class BufferSnapshot:
             for key in set(module._buffers) - self.names[name]:  # added by the run
                 del module._buffers[key]
                 module._non_persistent_buffers_set.discard(key)
-            for key in self.names[name]:
-                if (name, key) not in self.saved:  # registered as None
-                    module._buffers[key] = None
+        for name, key in self.nones:  # registered as None
+            self.modules[name]._buffers[key] = None
 
 
 def _checkpointing(model) -> bool:
