@@ -16,7 +16,7 @@ import pytest
 import torch
 from test_train import adapter_model, fast, keyword_frame, make_tokenizer
 
-from workbench.train import RunLockedError, TrainingCallback, run_in_folder, runlock, train
+from workbench.train import RunControl, RunLockedError, StepEvent, TrainingCallback, run_in_folder, runlock, train
 from workbench.train.checkpoints import (
     BACKUP_PREFIX,
     CheckpointParts,
@@ -25,6 +25,8 @@ from workbench.train.checkpoints import (
     save_parts,
     staged_folder,
 )
+from workbench.train.errors import OutputDirError
+from workbench.train.overwrite import ASIDE, MOVING
 from workbench.train.runlock import LOCK_FILE, RunLock
 
 TESTS = Path(__file__).parent
@@ -222,3 +224,167 @@ def test_without_flock_a_dead_holder_is_taken_over_and_a_live_one_refused(tmp_pa
     with pytest.raises(RunLockedError, match="another-host"):  # another host's pid cannot be checked: kept
         RunLock(tmp_path).acquire()
     assert time.time() - started < 5
+
+
+# --- overwrite=True keeps the old run until the new one has completed ---------------------------------------------
+
+# Overwrites the run in `out` with the folders of `new` as train() does (old run aside, new folders written, old
+# run discarded), SIGKILLing itself just before its k-th file system change (rename, unlink, rmdir), k = 0: never.
+OVERWRITE_CHILD = r"""
+import os, shutil, signal, sys
+from pathlib import Path
+from workbench.train.checkpoints import run_parts
+from workbench.train.overwrite import discard, set_aside
+
+out, new, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+count = 0
+
+def counted(original):
+    def call(*args, **kwargs):
+        global count
+        count += 1
+        if count == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+    return call
+
+for name in ("rename", "unlink", "rmdir"):
+    setattr(os, name, counted(getattr(os, name)))
+set_aside(out, run_parts)
+for part in sorted(new.iterdir()):
+    shutil.copytree(part, out / part.name)
+discard(out)
+print("CHANGES", count)
+"""
+
+# An overwrite=True run into argv[1], SIGKILLed during its second step (after writing checkpoint-1).
+KILLED_TRAIN_CHILD = r"""
+import os, signal, sys
+from test_train import adapter_model, fast, keyword_frame, make_tokenizer
+from workbench.train import StepEvent, train
+
+def kill(event):
+    if isinstance(event, StepEvent) and event.step == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(adapter_model(adapter_seed=5), keyword_frame(), adapter="kw", tokenizer=make_tokenizer(), output_dir=sys.argv[1],
+      config=fast(eval_strategy="no", save_steps=1, max_steps=4), callbacks=[kill], overwrite=True)
+"""
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (but the run lock) with its bytes, and every folder: what a run folder holds."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>"
+        for p in folder.rglob("*")
+        if p.name != LOCK_FILE
+    }
+
+
+def a_run(folder: Path, seed: int, names=("checkpoint-1", "checkpoint-2", "final")) -> dict[str, bytes]:
+    for name in names:
+        saved_adapter(folder / name, seed=seed)
+    return tree(folder)
+
+
+def test_an_overwrite_killed_at_any_step_leaves_the_old_run_or_the_new_one(tmp_path):
+    new = tmp_path / "new"
+    a_run(new, seed=2, names=("checkpoint-1", "final"))
+    new_run = tree(new)
+
+    def old_run(out: Path) -> dict[str, bytes]:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")  # not part of the run: stays whatever happens
+        return a_run(out, seed=1)
+
+    out = tmp_path / "out"
+    old = old_run(out)
+    done = subprocess.run([sys.executable, "-c", OVERWRITE_CHILD, str(out), str(new), "0"], capture_output=True,
+                          text=True, env=ENV, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    changes = int(done.stdout.split("CHANGES")[-1])
+    assert changes >= 5  # a rename per old folder, the phase renames, deleting the old folders' files
+    assert tree(out) == {**new_run, "notes.txt": b"mine"}
+
+    outcomes = set()
+    for kill_at in range(1, changes + 1):
+        out = tmp_path / f"out-{kill_at}"
+        old = old_run(out)
+        done = subprocess.run([sys.executable, "-c", OVERWRITE_CHILD, str(out), str(new), str(kill_at)],
+                              capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
+        assert done.returncode == -9, (kill_at, done.stderr[-2000:])
+        recover_run(out)  # what the next train() does first
+        held = tree(out)
+        assert held in (old, {**new_run, "notes.txt": b"mine"}), (kill_at, sorted(held))
+        outcomes.add("old" if held == old else "new")
+        recover_run(out)  # and a second recovery changes nothing
+        assert tree(out) == held, kill_at
+    assert outcomes == {"old", "new"}
+
+
+def test_an_overwriting_run_killed_mid_training_leaves_the_old_run_to_recover(tmp_path):
+    out = tmp_path / "out"
+    old = a_run(out, seed=1)
+    killed = subprocess.run([sys.executable, "-c", KILLED_TRAIN_CHILD, str(out)], capture_output=True, text=True,
+                            env=ENV, timeout=300)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    left = tree(out)
+    assert "checkpoint-1/kw/adapter_config.json" in left and left != old  # the killed run's own checkpoint
+    assert (out / ASIDE / "checkpoint-1").is_dir() and (out / ASIDE / "final").is_dir()
+    recover_run(out)
+    assert tree(out) == old
+    assert same(loaded(out / "final"), loaded(out / "checkpoint-2"))
+
+
+class FailAtSecondStep(TrainingCallback):
+    def __init__(self, error: type[BaseException]):
+        self.error = error
+
+    def on_step(self, event):
+        if event.step == 2:
+            raise self.error("stopped at step 2")
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_overwrite_puts_the_old_run_back(tmp_path, error):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the run's")
+    a_run(out, seed=1)
+    (out / "checkpoint-7").symlink_to(outside, target_is_directory=True)  # never followed, moved or deleted
+    old = tree(out)
+    with pytest.raises(error, match="stopped at step 2"):
+        train(adapter_model(adapter_seed=5), keyword_frame(), adapter="kw", tokenizer=make_tokenizer(),
+              output_dir=out, config=fast(eval_strategy="no", save_steps=1, max_steps=4),
+              callbacks=[FailAtSecondStep(error)], overwrite=True)  # fmt: skip
+    assert tree(out) == old  # checkpoint-1 of the failed run removed, the old one back
+    assert (out / "checkpoint-7").is_symlink() and (outside / "keep.txt").read_text() == "not the run's"
+
+
+def test_a_stopped_overwrite_replaces_the_old_run(tmp_path):
+    out = tmp_path / "out"
+    a_run(out, seed=1, names=("checkpoint-1", "checkpoint-2", "checkpoint-9", "final"))
+    stop = RunControl()
+    record = train(adapter_model(adapter_seed=5), keyword_frame(), adapter="kw", tokenizer=make_tokenizer(),
+                   output_dir=out, config=fast(eval_strategy="no", save_steps=1, max_steps=4),
+                   callbacks=[lambda e: stop.stop() if isinstance(e, StepEvent) and e.step == 1 else None],
+                   control=stop, overwrite=True)  # fmt: skip
+    assert record.stop_reason == "stop_request"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "final"]
+
+
+def test_an_old_run_that_cannot_be_moved_aside_stays_as_it_was(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    old = a_run(out, seed=1)
+    rename = Path.rename
+
+    def failing(self, target):  # the second folder's move fails (as an unmovable folder would)
+        if Path(target).parent.name == MOVING and self.name == "checkpoint-2":
+            raise PermissionError(13, "Permission denied", str(self))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OutputDirError, match=f"cannot move the run in {out} aside .*checkpoint-2.*nothing was deleted"):
+        train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=make_tokenizer(), output_dir=out,
+              config=fast(eval_strategy="no", max_steps=2), overwrite=True)  # fmt: skip
+    assert tree(out) == old

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_train import adapter_model, fast, keyword_frame, make_tokenizer
 
-from workbench.train import CheckpointError, ConfigError, DataError, TrainConfig, train
+from workbench.train import CheckpointError, ConfigError, DataError, StepEvent, TrainConfig, train
 
 
 def snapshot(model) -> dict:
@@ -195,3 +195,60 @@ def test_a_failed_fusion_run_removes_the_fusion_it_added(tmp_path):
     model.add_adapter("other", config="seq_bn")
     fails_unchanged(tmp_path, Boom, model=model, kind="fusion", adapter=["kw", "other"], callbacks=[explode])
     assert "kw,other" not in model.adapter_fusions
+
+
+def with_buffers_a_run_changes(model):
+    """Buffers changed by training forward passes: a BatchNorm-like running mean on the adapter, the base model's
+    position ids shifted in place, and a head counter whose dtype a hook converts (the tensor is replaced)."""
+    adapter = model.bert.encoder.layer[0].output.adapters["kw"]
+    adapter.register_buffer("running_mean", torch.zeros(32))
+    embeddings = model.bert.embeddings
+    head = model.heads["kw"]
+    head.register_buffer("seen", torch.zeros((), dtype=torch.long))
+
+    def track(module, args, output):
+        if module.training:
+            hidden = output[0] if isinstance(output, tuple) else output
+            module.running_mean.mul_(0.9).add_(hidden.detach().float().mean((0, 1)), alpha=0.1)
+
+    def shift(module, args, output):
+        if module.training:
+            module.position_ids.copy_(module.position_ids.roll(1, -1))
+
+    def count(module, args, output):
+        if module.training:
+            module._buffers["seen"] = module.seen.double() + 1  # a new tensor of another dtype
+            module.register_buffer("added", torch.ones(2))  # a buffer the run adds
+
+    hooks = [adapter.register_forward_hook(track), embeddings.register_forward_hook(shift)]
+    return hooks + [head.register_forward_hook(count)]
+
+
+def all_buffers(model) -> dict:
+    return {name: (buffer.detach().clone(), buffer.dtype, buffer.device) for name, buffer in model.named_buffers()}
+
+
+def test_a_failure_after_some_steps_restores_every_buffer(tmp_path):
+    model = model_with_head()
+    hooks = with_buffers_a_run_changes(model)
+    objects = {name: buffer for name, buffer in model.named_buffers()}
+    buffers = all_buffers(model)
+    changed = {}
+
+    def fail_at_third_step(event):
+        if isinstance(event, StepEvent) and event.step == 3:
+            now = dict(model.named_buffers())
+            changed.update({n: b for n, b in now.items() if n not in buffers or not torch.equal(b, buffers[n][0])})
+            raise Boom("failed after three steps")
+
+    fails_unchanged(tmp_path, Boom, model=model, adapter="kw", head="kw", callbacks=[fail_at_third_step])
+    adapter_mean = "bert.encoder.layer.0.output.adapters.kw.running_mean"
+    ran = {adapter_mean, "bert.embeddings.position_ids", "heads.kw.seen", "heads.kw.added"}
+    assert set(changed) == ran and changed["heads.kw.seen"].dtype == torch.float64  # what the run did change
+    after = all_buffers(model)
+    assert after.keys() == buffers.keys()
+    for name, (value, dtype, device) in buffers.items():
+        assert torch.equal(after[name][0], value) and after[name][1:] == (dtype, device), name
+        assert dict(model.named_buffers())[name] is objects[name], name  # the same tensor objects
+    for hook in hooks:
+        hook.remove()

@@ -27,6 +27,8 @@ import torch
 from ..core import files
 from ..core.keys import file_keys_of, from_file_keys, is_adapter_key, is_engine_key, is_fusion_key
 from .errors import CheckpointError, NonFiniteLossError, OutputDirError, TrainingError
+from .overwrite import NAMES as OVERWRITE_NAMES
+from .overwrite import recover_aside
 
 try:
     import resource
@@ -322,9 +324,11 @@ def recover_folder(folder: str | Path) -> None:
 
 
 def recover_run(folder: str | Path) -> None:
-    """`recover_folder` for every backup in the output folder `folder` (its `final/` and checkpoints)."""
+    """Undo what a killed run left half done in the output folder `folder`: the old run an overwrite had set aside
+    goes back (`overwrite.recover_aside`), then `recover_folder` for every backup (its `final/` and checkpoints)."""
     folder = Path(folder)
     if folder.is_dir():
+        recover_aside(folder, run_parts)
         for backup in folder.glob(BACKUP_PREFIX + "*"):
             recover_folder(folder / backup.name[len(BACKUP_PREFIX) :])
 
@@ -433,14 +437,23 @@ def free_folder(folder: str | Path) -> Path:
     return candidate
 
 
-def clear_run(folder: str | Path) -> None:
-    """Delete a run's checkpoints, `final/` and half-written folders from `folder`; nothing else in it, and
-    nothing outside it."""
+def run_parts(folder: str | Path) -> list[Path]:
+    """A run's checkpoints, `final/` and half-written folders in `folder`: real sub-folders of it only (no link,
+    nothing outside it), and never an old run an overwrite set aside."""
     folder = Path(folder)
+    if not folder.is_dir():
+        return []
     run = run_in_folder(folder)
-    doomed = list(run.checkpoints) + ([folder / "final"] if run and run.final else []) if run else []
-    doomed += [p for p in folder.glob(STAGING_PREFIX + "*") if p.is_dir()] if folder.is_dir() else []
+    parts = list(run.checkpoints) + ([folder / "final"] if run and run.final else []) if run else []
+    parts += [p for p in folder.glob(STAGING_PREFIX + "*") if p.name not in OVERWRITE_NAMES]
+    return [p for p in parts if p.is_dir() and not p.is_symlink() and p.parent.resolve() == folder.resolve()]
+
+
+def clear_run(folder: str | Path) -> None:
+    """Delete a run's checkpoints, `final/` and half-written folders from `folder`, and an old run an overwrite
+    set aside; nothing else in it, and nothing outside it."""
+    folder = Path(folder)
+    doomed = run_parts(folder) + [folder / name for name in OVERWRITE_NAMES]
     for path in doomed:
-        if not path.is_dir() or path.parent.resolve() != folder.resolve() or path.is_symlink():
-            continue  # only real sub-folders of `folder`
-        shutil.rmtree(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)

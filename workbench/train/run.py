@@ -17,12 +17,13 @@ from transformers import (
 from ..core.composition import Fuse
 from . import data as data_mod
 from . import qa
-from .checkpoints import clear_run, folder_bytes, free_folder, recover_run, run_in_folder, staged_folder
+from .checkpoints import folder_bytes, free_folder, recover_run, run_in_folder, run_parts, staged_folder
 from .checks import check_data_before_training
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError, OutputDirError, RunFolderInUseError
 from .events import EndEvent, EventBridge, RunControl, dispatch
 from .metrics import metrics_for
+from .overwrite import discard, recover_aside, set_aside
 from .records import VALIDATION_KEPT, RunRecord
 from .runlock import RunLock
 from .runner import WorkbenchTrainer
@@ -96,8 +97,11 @@ def train(
             checkpoint restores everything the run had: the trained weights (for adapter and fusion runs, the
             adapter or fusion and the head; the whole model for "full"), the optimizer and learning-rate scheduler
             state, the random number generators and Trainer's state (step, epoch, best checkpoint, log history).
-        overwrite: delete the `checkpoint-*` and `final/` folders `output_dir` holds (nothing else, nothing
-            outside it) before training. Without `resume` or `overwrite`, an `output_dir` that already holds a
+        overwrite: replace the `checkpoint-*` and `final/` folders `output_dir` holds (nothing else, nothing
+            outside it). They are moved aside (renamed into a hidden folder in `output_dir`) before training and
+            deleted once this run has written its `final/`; if it fails (an error, an interrupt, a killed process:
+            the next `train()` into the folder puts them back), the old run is put back and this one's folders
+            removed. Without `resume` or `overwrite`, an `output_dir` that already holds a
             run's checkpoints or `final/` raises `RunFolderInUseError` naming a free folder, before anything is
             written: two runs never mix their checkpoints.
 
@@ -124,6 +128,7 @@ def train(
     try:
         args = config.training_args(output)  # sets up the process group when launched on several processes
         snapshot = ModelSnapshot(model)  # a failure from here on puts the model back as it is now
+        overwriting = overwrite and args.should_save
     except BaseException:
         lock.release()
         _drop_if_empty(output, existed)
@@ -180,8 +185,8 @@ def train(
         )
 
         trainer.remove_callback(PrinterCallback)  # the run reports through its own events
-        if overwrite and args.should_save:  # only now: a bad setting or bad data above has deleted nothing
-            clear_run(output)
+        if overwriting:  # only now: a bad setting or bad data above has moved nothing
+            set_aside(output, run_parts)  # the old run, kept until this one has completed
         trainer.accelerator.wait_for_everyone()
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
@@ -218,12 +223,16 @@ def train(
             validation=_validation_examples(splits["validation"], columns, labels, task),
             **_shares(model, plan),
         )
+        if overwriting:
+            discard(output)
         lock.release()  # before the end event: a callback may start the next run into this folder
         if trainer.is_world_process_zero():
             dispatch(bridge.callbacks, EndEvent(record))
         return record
     except BaseException:
         snapshot.restore()
+        if overwriting:
+            recover_aside(output, run_parts)  # the old run back, what this one wrote removed
         lock.release()
         _drop_if_empty(output, existed)
         raise

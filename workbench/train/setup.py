@@ -117,9 +117,9 @@ def set_trainable(model, plan: SavePlan) -> None:
 class ModelSnapshot:
     """What a run changes on the model, taken before it changes anything, so a failed `train()` can put every bit
     back: the adapters, fusions and heads it has (new ones are deleted), the active adapters and head, base-model
-    freezing, each parameter's `requires_grad`, each module's train/eval mode, the device, and the values of the
+    freezing, each parameter's `requires_grad`, each module's train/eval mode, the device, the values of the
     weights the run trains (copied once they are known, `keep_trained_values`, so an adapter run copies only its
-    adapter and head)."""
+    adapter and head) and every buffer (`BufferSnapshot`: any hook may change one, and they are small)."""
 
     def __init__(self, model):
         self.model = model
@@ -135,6 +135,7 @@ class ModelSnapshot:
         self.checkpointing = _checkpointing(model)
         self.device = next(iter(self.params.values())).device if self.params else None
         self.values: dict = {}
+        self.buffers = BufferSnapshot(model)
 
     def keep_trained_values(self) -> None:
         """Copy the weights that existed before the run and are trained now (their values are the ones a run
@@ -160,6 +161,7 @@ class ModelSnapshot:
         with torch.no_grad():
             for name, value in self.values.items():
                 params[name].copy_(value)
+        self.buffers.restore()
         _set_engine_state(getattr(model, "_engine", None), self.engine_state)
         if hasattr(model, "_active_head"):
             model._active_head = self.active_head
@@ -169,6 +171,39 @@ class ModelSnapshot:
         for name, module in model.named_modules():
             if name in self.training:
                 module.training = self.training[name]
+
+
+class BufferSnapshot:
+    """Every buffer of the model (running statistics, position ids, ...): the tensor object each module holds and
+    a copy of its value (on the CPU), so a restore puts back the same object, value, dtype and device even if a run
+    changed it in place or replaced it (`.to()`, `.half()`), and drops buffers a run added to existing modules.
+    The copies cost what the buffers weigh: a few kB for a BERT-like model (its position and token type ids)."""
+
+    def __init__(self, model):
+        self.modules = dict(model.named_modules())
+        self.saved = {
+            (name, key): (buffer, buffer.detach().to("cpu", copy=True), buffer.device)
+            for name, module in self.modules.items()
+            for key, buffer in module._buffers.items()
+            if buffer is not None and not buffer.is_meta  # (a meta tensor holds no value to keep)
+        }
+        self.names = {name: set(module._buffers) for name, module in self.modules.items()}
+        self.nones = {(name, key) for name, m in self.modules.items() for key, b in m._buffers.items() if b is None}
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for (name, key), (buffer, value, device) in self.saved.items():
+                if (buffer.dtype, buffer.device, buffer.shape) == (value.dtype, device, value.shape):
+                    buffer.copy_(value)
+                else:  # converted or resized through `.data`
+                    buffer.data = value.to(device, copy=True)
+                self.modules[name]._buffers[key] = buffer
+        for name, module in self.modules.items():
+            for key in set(module._buffers) - self.names[name]:  # added by the run
+                del module._buffers[key]
+                module._non_persistent_buffers_set.discard(key)
+        for name, key in self.nones:  # registered as None
+            self.modules[name]._buffers[key] = None
 
 
 def _checkpointing(model) -> bool:
