@@ -89,8 +89,8 @@ def test_a_killed_download_leftover_is_removed_by_the_next_download_of_the_file(
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    leftover = partials(hf_home)
-    assert len(leftover) == 1 and leftover[0].stat().st_size == 0
+    leftover = partials(hf_home)  # the stalled weights file's, and any other file's still being fetched
+    assert any(p.stat().st_size == 0 for p in leftover)
 
     fake_hub.clear_faults()
     model = workbench.AutoAdapterModel.from_pretrained(base)
