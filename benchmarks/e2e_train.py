@@ -147,7 +147,7 @@ def phases_markdown(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--contenders", default=",".join(c for c in CONTENDERS if c != "adapters-lora"))
     parser.add_argument("--train-size", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--job-timeout", type=int, default=3600)
