@@ -27,6 +27,7 @@ benchmarks/results/composition_speed{,_quick}.{json,md}.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -330,7 +331,9 @@ def main() -> None:
         results.append(measure_method(method, path, inputs, args, sync))
         print(f"{method} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     elapsed = time.perf_counter() - start
+    command = shlex.join([".venv/bin/python", "benchmarks/composition_speed.py", *sys.argv[1:]])
     md = report(results, args, facts, args.batch) + f"\n- wall time of the run: {elapsed:.0f} s"
+    md += f"\n- command: `{command}`"
     if "gpu" in facts:
         md += f"\n- GPU: {facts['gpu']}"
     print(md)
@@ -341,7 +344,7 @@ def main() -> None:
         k: getattr(args, k)
         for k in ("quick", "rounds", "warmup", "methods", "counts", "batch", "length", "device", "seed")
     }
-    data = {"setting": settings, "machine": facts, "wall_s": elapsed, "results": results}
+    data = {"command": command, "setting": settings, "machine": facts, "wall_s": elapsed, "results": results}
     write_results(RESULTS, name, title, md, data)
 
 
