@@ -8,7 +8,7 @@ once the model and optimizer are built (before the first step), resets the kerne
 ru_maxrss after the steps: the **step increase** (peak during the steps minus the set-up RSS: activations,
 gradients, optimizer state) and the **process peak** (model loading included). Rows:
   - batch 32 × length 128: workbench seq_bn (train_adapter; with the fast dropout workbench.train.train uses,
-    and with torch's dropout, whose masks are smaller), workbench full fine-tuning, the `adapters` library seq_bn
+    and with torch's dropout), workbench full fine-tuning, the `adapters` library seq_bn
     (its venv, transformers 4.57.6);
   - batch 32 × length 512: workbench seq_bn without and with gradient checkpointing
     (`model.activation_checkpointing_enable()`, transformers' public call); the checkpointed run also checks
@@ -79,7 +79,7 @@ def worker(name: str, args) -> None:
     inputs = train_inputs(torch, model.config.vocab_size, args.batch, length)
     with dropout_mode(name, model):  # what workbench.train.train does: fast dropout for adapter runs
         result = memory_steps(torch, model, inputs, args.steps, args.warmup)
-        if name.startswith("wb_seq_bn_long"):
+        if name.endswith("_gc"):
             result["adapter_gradients"] = adapter_grads_ok(torch, model, inputs)
     result.update(checkpointing=bool(getattr(model, "is_activation_checkpointing", False)), length=length)
     json.dump({**result, "threads": torch.get_num_threads(), "transformers": transformers.__version__}, sys.stdout)
