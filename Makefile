@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lab demo-lab test chromium quality conformance parity parity-reference bench bench-hub bench-engine bench-e2e support-table clean
+.PHONY: venv lab demo-lab test chromium quality conformance parity parity-reference bench bench-hub bench-engine bench-e2e bench-memory support-table clean
 
 $(STAMP): pyproject.toml extension/pyproject.toml extension/package.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -95,10 +95,10 @@ bench: $(VENV)/.bench bench-hub
 bench-hub: $(STAMP)
 	$(BIN)/python benchmarks/hub_listing.py
 
-# Adapter-management scaling (10/100/300 adapters) and Parallel/BatchSplit speed; run on a quiet machine and say so:
-# make bench-engine NOTE="quiet machine, nothing else running"
+# Adapter-management scaling (10/100/300 adapters) and Parallel/BatchSplit/per-row speed (PEFT's mixed batches as
+# the peer); run on a quiet machine and say so: make bench-engine NOTE="quiet machine, nothing else running"
 NOTE ?=
-bench-engine: $(STAMP)
+bench-engine: $(VENV)/.bench
 	$(BIN)/python benchmarks/engine_scaling.py --note "$(NOTE)"
 	$(BIN)/python benchmarks/composition_speed.py --note "$(NOTE)"
 
@@ -112,6 +112,11 @@ $(ADAPTERS_VENV)/.bench-e2e:
 
 bench-e2e: $(VENV)/.bench $(ADAPTERS_VENV)/.bench-e2e
 	$(BIN)/python benchmarks/e2e_train.py --note "$(NOTE)"
+
+# Training-step memory (adapter vs full vs the `adapters` library; gradient checkpointing at 32 x 512): needs
+# .venv-adapters and over 16 GB free. make bench-memory NOTE="quiet machine"
+bench-memory: $(STAMP) $(ADAPTERS_VENV)/.bench-e2e
+	$(BIN)/python benchmarks/train_memory.py --note "$(NOTE)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

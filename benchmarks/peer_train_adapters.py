@@ -1,24 +1,25 @@
 """Training-step timings of the AdapterHub `adapters` library (transformers 4.x), run in its own venv.
 
-Started once per variant by train_throughput.py (so each variant's peak RSS is its own process's); also holds
-the timing loop that train_throughput.py's own workers use, so every variant is timed by the same code.
-Prints one JSON object on stdout.
+Started once per variant by train_throughput.py and train_memory.py (so each variant's peak RSS is its own
+process's); also holds the timing loop (`time_steps`) and the step-memory measurement (`memory_steps`) that their
+own workers use, so every variant is measured by the same code. Prints one JSON object on stdout.
 
     .venv-adapters/bin/python benchmarks/peer_train_adapters.py --path MODEL_DIR --variant seq_bn|lora
-        [--batch 16] [--length 128] [--steps 8] [--warmup 2] [--threads N]
+        [--batch 16] [--length 128] [--steps 8] [--warmup 2] [--threads N] [--memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import resource
 import sys
+import threading
 import time
 
-VARIANTS = {
-    name: f"adapters, {name} (train_adapter)" for name in ("seq_bn", "lora", "dora", "vera", "loreft")
-}
+VARIANTS = {name: f"adapters, {name} (train_adapter)" for name in ("seq_bn", "lora", "dora", "vera", "loreft")}
 
 
 def train_inputs(torch, vocab: int, batch: int, length: int) -> dict:
@@ -30,14 +31,17 @@ def train_inputs(torch, vocab: int, batch: int, length: int) -> dict:
     return inputs
 
 
-def time_steps(torch, model, inputs: dict, steps: int, warmup: int, lr: float = 1e-4) -> dict:
+def time_steps(torch, model, inputs: dict, steps: int, warmup: int, lr: float = 1e-4, on_ready=None) -> dict:
     """Forward + backward + AdamW step on one fixed batch; per-step seconds and the parts of the last steps.
 
-    Train mode (dropout on), gradients set to None between steps, like Trainer's default loop.
+    Train mode (dropout on), gradients set to None between steps, like Trainer's default loop. `on_ready()` is
+    called once the optimizer is built, before the first step (memory_steps measures the set-up RSS there).
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
+    if on_ready is not None:
+        on_ready()
     batch = inputs["input_ids"].shape[0]
     times, fwd, bwd, opt, losses = [], [], [], [], []
     for i in range(warmup + steps):
@@ -56,16 +60,95 @@ def time_steps(torch, model, inputs: dict, steps: int, warmup: int, lr: float = 
             bwd.append(t2 - t1)
             opt.append(t3 - t2)
             losses.append(loss.item())
-    return {"step_s": times, "forward_s": fwd, "backward_s": bwd, "optimizer_s": opt, "losses": losses,
-            "samples_per_s": batch * len(times) / sum(times),
-            "trainable_params": sum(p.numel() for p in params),
-            "total_params": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
-            "peak_rss_bytes": peak_rss()}
+    return {
+        "step_s": times,
+        "forward_s": fwd,
+        "backward_s": bwd,
+        "optimizer_s": opt,
+        "losses": losses,
+        "samples_per_s": batch * len(times) / sum(times),
+        "trainable_params": sum(p.numel() for p in params),
+        "total_params": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+        "peak_rss_bytes": peak_rss(),
+    }
 
 
 def peak_rss() -> int:
     """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_now() -> int:
+    """This process's resident set size now (Linux /proc/self/statm: resident pages)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak RSS (VmHWM, which ru_maxrss reads) to the current RSS; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # Linux ≥ 4.0: "reset the peak resident set size"
+        return True
+    except OSError:
+        return False
+
+
+class RssSampler(threading.Thread):
+    """The highest RSS seen every `every_s` seconds until stop() (a cross-check of the kernel's peak; torch
+    releases the GIL in its kernels, so the thread gets to sample during them)."""
+
+    def __init__(self, every_s: float = 0.005):
+        super().__init__(daemon=True)
+        self.every_s, self.peak, self.samples = every_s, rss_now(), 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, rss_now())
+            self.samples += 1
+            self._done.wait(self.every_s)
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        return self.peak
+
+
+def memory_steps(torch, model, inputs: dict, steps: int, warmup: int) -> dict:
+    """time_steps, with the RSS the steps add: activations, gradients and optimizer state.
+
+    After the model and optimizer are built (before the first step) the RSS is read (`setup_rss_bytes`) and the
+    kernel's peak is reset to it, so ru_maxrss at the end is the peak during the steps alone
+    (`step_peak_rss_bytes`); `step_increase_bytes` is that peak minus the set-up RSS. `process_peak_rss_bytes`
+    is the whole process's peak (model loading included). Where the peak cannot be reset, the step peak is the
+    process peak (flagged by `peak_reset: false`; the increase is then an upper bound). A sampling thread
+    gives a cross-check (`sampled_increase_bytes`, a lower bound).
+    """
+    marks = {}
+
+    def ready():
+        gc.collect()
+        marks["setup_peak"] = peak_rss()
+        marks["setup_rss"] = rss_now()
+        marks["reset"] = reset_peak_rss()
+        marks["sampler"] = RssSampler()
+        marks["sampler"].start()
+
+    result = time_steps(torch, model, inputs, steps, warmup, on_ready=ready)
+    sampled = marks["sampler"].stop()
+    step_peak = peak_rss()
+    result.update(
+        setup_rss_bytes=marks["setup_rss"],
+        step_peak_rss_bytes=step_peak,
+        step_increase_bytes=step_peak - marks["setup_rss"],
+        sampled_increase_bytes=sampled - marks["setup_rss"],
+        rss_samples=marks["sampler"].samples,
+        process_peak_rss_bytes=max(marks["setup_peak"], step_peak),
+        peak_rss_bytes=max(marks["setup_peak"], step_peak),
+        peak_reset=marks["reset"],
+    )
+    return result
 
 
 def build(variant: str, path: str):
@@ -88,6 +171,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--profile", action="store_true", help="also profile one step (torch.profiler)")
+    parser.add_argument("--memory", action="store_true", help="also the RSS the steps add (memory_steps)")
     args = parser.parse_args()
 
     import torch
@@ -100,11 +184,16 @@ def main() -> None:
 
     model = build(args.variant, args.path)
     inputs = train_inputs(torch, model.config.vocab_size, args.batch, args.length)
-    result = time_steps(torch, model, inputs, args.steps, args.warmup)
+    measure = memory_steps if args.memory else time_steps
+    result = measure(torch, model, inputs, args.steps, args.warmup)
     if args.profile:
         result["profile"] = profile_step(torch, model, inputs)
-    result.update(threads=torch.get_num_threads(), torch=torch.__version__, transformers=transformers.__version__,
-                  adapters=adapters.__version__)
+    result.update(
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        adapters=adapters.__version__,
+    )
     json.dump(result, sys.stdout)
 
 
@@ -125,8 +214,10 @@ def profile_step(torch, model, inputs: dict, top: int = 25) -> dict:
     events = prof.key_averages()
     phases = {e.key: e.cpu_time_total / 1e3 for e in events if e.key.startswith("phase_")}
     ops = sorted((e for e in events if not e.key.startswith("phase_")), key=lambda e: -e.self_cpu_time_total)
-    return {"phases_ms": phases, "top_ops": [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                                              "calls": e.count} for e in ops[:top]]}
+    return {
+        "phases_ms": phases,
+        "top_ops": [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in ops[:top]],
+    }
 
 
 if __name__ == "__main__":
