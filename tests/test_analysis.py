@@ -484,14 +484,14 @@ def test_chunked_scores_match_the_models_own_logits(model, tokenizer):
     assert len({tuple(row.tolist()) for row in probs}) == len(MIXED)  # the texts are told apart
 
 
-def test_chunks_are_length_sorted_and_padded_to_their_longest(model, tokenizer, monkeypatch):
+def test_chunks_are_length_sorted_longest_first_and_padded_to_their_longest(model, tokenizer, monkeypatch):
     from workbench.analysis import outputs
 
     shapes, encode = [], outputs._encode
     monkeypatch.setattr(outputs, "_encode", lambda *a: shapes.append(encode(*a)["input_ids"].shape) or encode(*a))
     predict(model, tokenizer, MIXED, setup="sst", batch_size=3)
     lengths = sorted(len(tokenizer(t)["input_ids"]) for t in MIXED)
-    assert shapes == [(3, lengths[2]), (3, lengths[5]), (1, lengths[6])]
+    assert shapes == [(3, lengths[6]), (3, lengths[3]), (1, lengths[0])]  # longest first
 
 
 def test_causal_lm_generates_each_text_whatever_the_batch_size(tokenizer):

@@ -54,7 +54,7 @@ def predict(
     `head` picks a prediction head of an `AdapterModel`; by default it is the head named after the setup
     (AdapterHub's convention), and the base model runs without a head. A transformers model with its own head
     (e.g. `...ForSequenceClassification` with `workbench.init`) always uses that head. `batch_size` texts run
-    per forward, shortest first (a causal LM generates one text at a time).
+    per forward, longest first (a causal LM generates one text at a time).
     """
     texts = _check_texts(texts)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -93,13 +93,14 @@ def _in_chunks(model, tokenizer, texts, kind, max_length, batch_size, run_chunk)
     """`run_chunk(chunk_texts, inputs)` over chunks of texts of similar token length; results in `texts` order.
 
     Sorting by length (one tokenizer pass without padding) keeps each chunk's padding small; a stable sort keeps
-    equal-length texts in the caller's order.
+    equal-length texts in the caller's order. Longest first: the first chunk takes the most memory, and the later,
+    smaller ones reuse it (ascending chunks grow the process's memory with every new, larger shape).
     """
     if len(texts) <= 1:
         order = list(range(len(texts)))
     else:
         lengths = [len(ids) for ids in _tokenize(tokenizer, texts, kind, max_length, padding=False)["input_ids"]]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     results: list[Prediction | None] = [None] * len(texts)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
