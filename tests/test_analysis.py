@@ -415,3 +415,98 @@ def test_a_moved_run_folder_is_named(runs, tmp_path):
     model, tokenizer, adapter_run, _ = runs
     with pytest.raises(FileNotFoundError, match="moved or deleted"):
         run_predictions(model, tokenizer, [_with(adapter_run, saved_path=str(tmp_path / "gone"))], ["w5"])
+
+
+# Texts of very different token lengths, not in length order: chunks of 3 mix them only after sorting.
+MIXED = [
+    "a great film",
+    "terrible acting, dull plot and a story that goes nowhere for two very long hours of my life",
+    "ok",
+    "the cast is wonderful but the script lets them down again and again, which is a pity",
+    "bad",
+    "fine film , really",
+    "i laughed",
+]
+QA_MIXED = [
+    "who wrote it ||| ada lovelace wrote the first program",
+    "what ||| a b",
+    "where did the long story end after all these years ||| it ended in a small town by the sea, far away from home",
+    "when ||| yesterday",
+]
+MASKED = ["a [MASK] film", "the cast is [MASK] but the script lets them down again and again", "[MASK]"]
+
+
+def _same(got, expected):
+    """Predictions equal up to float noise of different padding: texts, labels, tags, answers, fill-ins, scores."""
+    assert [p.text for p in got] == [p.text for p in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert (g.kind, g.label, g.tags, g.answer, g.generated) == (e.kind, e.label, e.tags, e.answer, e.generated)
+        assert g.scores.keys() == e.scores.keys()
+        assert torch.allclose(torch.tensor(list(g.scores.values())), torch.tensor(list(e.scores.values())), atol=1e-5)
+        assert g.branches.keys() == e.branches.keys()
+        for name in g.branches:
+            _same([g.branches[name]], [e.branches[name]])
+
+
+@pytest.mark.parametrize(
+    ("setup", "head", "texts"),
+    [
+        ("sst", None, MIXED),
+        ("multi", None, MIXED),
+        ("ner", None, MIXED),
+        (None, None, MIXED),
+        ("Parallel(sst, ner)", None, MIXED),
+        ("Fuse(sst, ner)", None, MIXED),
+        (None, "squad", QA_MIXED),
+        (None, "mlm", MASKED),
+    ],
+)
+def test_chunked_predictions_equal_one_batch_in_the_callers_order(model, tokenizer, setup, head, texts):
+    model.add_adapter("multi", "seq_bn")
+    _randomize(model, "multi")
+    model.add_classification_head("multi", num_labels=3, multilabel=True, id2label={0: "a", 1: "b", 2: "c"})
+    model.add_qa_head("squad")
+    model.add_masked_lm_head("mlm")
+    one_batch = predict(model, tokenizer, texts, setup=setup, head=head, batch_size=len(texts))
+    assert [p.text for p in one_batch] == texts
+    for batch_size in (1, 3, len(texts) + 10):
+        _same(predict(model, tokenizer, texts, setup=setup, head=head, batch_size=batch_size), one_batch)
+    for text, prediction in zip(texts, one_batch, strict=True):  # alone, no padding at all: the same output
+        _same(predict(model, tokenizer, [text], setup=setup, head=head), [prediction])
+
+
+def test_chunked_scores_match_the_models_own_logits(model, tokenizer):
+    """Sorted, chunked and put back: row i is text i's own forward (not another text's)."""
+    preds = predict(model, tokenizer, MIXED, setup="sst", batch_size=2)
+    probs = torch.softmax(_manual_logits(model, tokenizer, MIXED, "sst", "sst"), dim=-1)
+    got = torch.tensor([[p.scores["negative"], p.scores["positive"]] for p in preds])
+    assert torch.allclose(got, probs, atol=1e-5)
+    assert len({tuple(row.tolist()) for row in probs}) == len(MIXED)  # the texts are told apart
+
+
+def test_chunks_are_length_sorted_longest_first_and_padded_to_their_longest(model, tokenizer, monkeypatch):
+    from workbench.analysis import outputs
+
+    shapes, encode = [], outputs._encode
+    monkeypatch.setattr(outputs, "_encode", lambda *a: shapes.append(encode(*a)["input_ids"].shape) or encode(*a))
+    predict(model, tokenizer, MIXED, setup="sst", batch_size=3)
+    lengths = sorted(len(tokenizer(t)["input_ids"]) for t in MIXED)
+    assert shapes == [(3, lengths[6]), (3, lengths[3]), (1, lengths[0])]  # longest first
+
+
+def test_causal_lm_generates_each_text_whatever_the_batch_size(tokenizer):
+    model = tiny_adapter_model("gpt2", vocab_size=tokenizer.vocab_size)
+    model.add_adapter("story", "seq_bn")
+    model.add_causal_lm_head("story")
+    _randomize(model, "story")
+    texts = ["once upon a time", "it was"]
+    alone = [predict(model, tokenizer, [t], setup="story", max_new_tokens=3)[0].generated for t in texts]
+    assert [
+        p.generated for p in predict(model, tokenizer, texts, setup="story", max_new_tokens=3, batch_size=1)
+    ] == alone
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, "8", True, None])
+def test_bad_batch_size_is_named(model, tokenizer, batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        predict(model, tokenizer, TEXTS, setup="sst", batch_size=batch_size)

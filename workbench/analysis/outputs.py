@@ -5,7 +5,8 @@
     model, tok = load_checkpoint("runs/full/final"); predict(model, tok, texts)
 
 The setup is applied with `AdapterSetup` for the call only: the model's active adapters, head and train/eval
-mode are left as they were.
+mode are left as they were. Many texts run in length-sorted chunks of `batch_size` (padded to each chunk's
+longest), so thousands of texts cost little padding and bounded memory; results keep the caller's order.
 """
 
 from __future__ import annotations
@@ -46,14 +47,18 @@ def predict(
     head: str | None = None,
     max_new_tokens: int = 8,
     max_length: int = 128,
+    batch_size: int = 64,
 ) -> list[Prediction]:
     """Outputs of `model` for `texts` under `setup` (None: the base model; a name; a composition or its text).
 
     `head` picks a prediction head of an `AdapterModel`; by default it is the head named after the setup
     (AdapterHub's convention), and the base model runs without a head. A transformers model with its own head
-    (e.g. `...ForSequenceClassification` with `workbench.init`) always uses that head.
+    (e.g. `...ForSequenceClassification` with `workbench.init`) always uses that head. `batch_size` texts run
+    per forward, longest first (a causal LM generates one text at a time).
     """
     texts = _check_texts(texts)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     block = check_setup(model, setup)
     heads = [head] if head else heads_for(model, block)
     has_flex_heads = hasattr(model, "heads")
@@ -65,18 +70,45 @@ def predict(
     try:
         with torch.inference_mode(), AdapterSetup(block, head_setup=_head_setup(block, heads)):
             if isinstance(block, Parallel) and len(heads) > 1:
-                return _predict_parallel(model, tokenizer, texts, heads, max_length)
+                return _predict_parallel(model, tokenizer, texts, heads, max_length, batch_size)
             kind = head_kind(model, heads[0] if heads else None)
             if kind == "causal_lm":
                 return [_generate(model, tokenizer, text, max_new_tokens) for text in texts]
-            inputs = _encode(model, tokenizer, texts, kind, max_length)
-            if has_flex_heads and not heads:
-                outputs = model.base_model(**inputs)  # no head: the base model's hidden states
-            else:
-                outputs = model(**inputs)
-            return _interpret(model, tokenizer, texts, inputs, outputs, kind, heads[0] if heads else None)
+            forward = model.base_model if has_flex_heads and not heads else model  # no head: hidden states
+            head_name = heads[0] if heads else None
+            return _in_chunks(
+                model,
+                tokenizer,
+                texts,
+                kind,
+                max_length,
+                batch_size,
+                lambda chunk, inputs: _interpret(model, tokenizer, chunk, inputs, forward(**inputs), kind, head_name),
+            )
     finally:
         model.train(was_training)
+
+
+def _in_chunks(model, tokenizer, texts, kind, max_length, batch_size, run_chunk) -> list[Prediction]:
+    """`run_chunk(chunk_texts, inputs)` over chunks of texts of similar token length; results in `texts` order.
+
+    Sorting by length (one tokenizer pass without padding) keeps each chunk's padding small; a stable sort keeps
+    equal-length texts in the caller's order. Longest first: the first chunk takes the most memory, and the later,
+    smaller ones reuse it (ascending chunks grow the process's memory with every new, larger shape).
+    """
+    if len(texts) <= 1:
+        order = list(range(len(texts)))
+    else:
+        lengths = [len(ids) for ids in _tokenize(tokenizer, texts, kind, max_length, padding=False)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    results: list[Prediction | None] = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        chunk = [texts[i] for i in rows]
+        predictions = run_chunk(chunk, _encode(model, tokenizer, chunk, kind, max_length))
+        for i, prediction in zip(rows, predictions, strict=True):
+            results[i] = prediction
+    return results
 
 
 def _check_texts(texts) -> list[str]:
@@ -128,14 +160,21 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _encode(model, tokenizer, texts: list[str], kind: str, max_length: int) -> dict:
+def _tokenize(tokenizer, texts: list[str], kind: str, max_length: int, padding: bool):
     if kind == "qa":
         pairs = [_split_qa(t) for t in texts]
-        encoded = tokenizer(
-            [q for q, _ in pairs], [c for _, c in pairs], padding=True, truncation="only_second", max_length=max_length
+        return tokenizer(
+            [q for q, _ in pairs],
+            [c for _, c in pairs],
+            padding=padding,
+            truncation="only_second",
+            max_length=max_length,
         )
-    else:
-        encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length)
+    return tokenizer(texts, padding=padding, truncation=True, max_length=max_length)
+
+
+def _encode(model, tokenizer, texts: list[str], kind: str, max_length: int) -> dict:
+    encoded = _tokenize(tokenizer, texts, kind, max_length, padding=True)
     return {k: torch.tensor(v, device=_device(model)) for k, v in encoded.items()}
 
 
@@ -256,11 +295,23 @@ def _generate(model, tokenizer, text: str, max_new_tokens: int) -> Prediction:
     return Prediction(text, "causal_lm", continuation.strip() or "(nothing generated)", generated=continuation)
 
 
-def _predict_parallel(model, tokenizer, texts, heads, max_length) -> list[Prediction]:
+def _predict_parallel(model, tokenizer, texts, heads, max_length, batch_size) -> list[Prediction]:
     kinds = [head_kind(model, h) for h in heads]
     if any(k in ("causal_lm", "qa") for k in kinds):
         raise ValueError(f"a Parallel setup compares classification/tagging heads here, not {', '.join(kinds)}")
-    inputs = _encode(model, tokenizer, texts, "classification", max_length)
+    return _in_chunks(
+        model,
+        tokenizer,
+        texts,
+        "classification",
+        max_length,
+        batch_size,
+        lambda chunk, inputs: _parallel_chunk(model, tokenizer, chunk, inputs, heads, kinds),
+    )
+
+
+def _parallel_chunk(model, tokenizer, texts, inputs, heads, kinds) -> list[Prediction]:
+    """One chunk under a Parallel setup: one forward, each head's outputs read as its own kind."""
     outputs = model(**inputs)
     per_head = [
         _interpret(model, tokenizer, texts, inputs, out, kind, name)

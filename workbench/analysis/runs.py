@@ -247,11 +247,10 @@ def evaluate_run(model, tokenizer, record, cache=None, batch_size: int = 64) -> 
         raise ValueError(f"run {record.name!r} classifies text pairs: evaluation details cover single texts only")
     kept = [(text, label) for text, label in zip(data["text"], data["label"], strict=True) if text.strip()]
     texts, truth = [t for t, _ in kept], [label for _, label in kept]
-    predicted = []
     with run_model(model, tokenizer, record, cache) as trained:
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            predicted += predict(trained.model, trained.tokenizer, batch, trained.setup, head=trained.head)
+        predicted = predict(
+            trained.model, trained.tokenizer, texts, trained.setup, head=trained.head, batch_size=batch_size
+        )
     labels = list(dict.fromkeys([*sorted(set(truth)), *sorted({p.label for p in predicted})]))
     confusion = pd.DataFrame(0, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
     wrong = []
