@@ -37,6 +37,8 @@ def drop_stale_partials(repo_id: str, repo_type: str = "model") -> list[Path]:
         try:
             partial.unlink(missing_ok=True)
             removed.append(partial)
+        except OSError:  # another user's file in a shared cache: leaving it is harmless, failing the load is not
+            pass
         finally:
             lock.release()
     return removed

@@ -76,7 +76,7 @@ class TrainConfig:
     dataloader_num_workers: int = 0
     group_by_length: bool = field(
         default=True,
-        metadata={"help": "train batches of examples of similar length: less padding, faster (batches stay random)"},
+        metadata={"help": "train batches of examples of similar length: less padding, faster (seeded per epoch)"},
     )
     fast_dropout: bool = field(
         default=True, metadata={"help": "adapter/fusion runs on CPU: dropout with cheaper random numbers (same p)"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -117,7 +118,8 @@ def train(
     output = _writable(Path(output_dir))
     lock = _lock(output)  # no other train() writes into this folder until this one ends
     try:
-        recover_run(output)  # a `final/` (or checkpoint) whose replacement was killed half way: back in place
+        if isinstance(lock, RunLock):  # the main process alone: two processes recovering would race
+            recover_run(output)  # a `final/` (or checkpoint) whose replacement was killed half way: back in place
         resume_from_checkpoint = _claim(
             output, resume or resume_from_checkpoint is True, overwrite, resume_from_checkpoint
         )
@@ -181,7 +183,7 @@ def train(
             plan=plan,
             bridge=bridge,
             perplexity=task == "causal_lm",
-            sort_eval=task != "qa",
+            sort_eval=task not in ("qa", "causal_lm"),  # QA matches by position; LM loss is batch-weighted
         )
 
         trainer.remove_callback(PrinterCallback)  # the run reports through its own events
@@ -223,19 +225,31 @@ def train(
             validation=_validation_examples(splits["validation"], columns, labels, task),
             **_shares(model, plan),
         )
-        if overwriting:
-            discard(output)
-        lock.release()  # before the end event: a callback may start the next run into this folder
-        if trainer.is_world_process_zero():
-            dispatch(bridge.callbacks, EndEvent(record))
-        return record
     except BaseException:
-        snapshot.restore()
-        if overwriting:
-            recover_aside(output, run_parts)  # the old run back, what this one wrote removed
-        lock.release()
-        _drop_if_empty(output, existed)
+        try:
+            snapshot.restore()
+            if overwriting:
+                recover_aside(output, run_parts)  # the old run back, what this one wrote removed
+            _drop_if_empty(output, existed)
+        finally:
+            lock.release()  # even when putting things back fails: the folder must not stay locked
         raise
+    if overwriting:
+        _discard_old_run(output)
+    lock.release()  # before the end event: a callback may start the next run into this folder
+    if trainer.is_world_process_zero():
+        dispatch(bridge.callbacks, EndEvent(record))
+    return record
+
+
+def _discard_old_run(output: Path) -> None:
+    """The run completed: delete the run it replaced. A failure here must not undo a finished run; the next
+    `train()` into the folder deletes what is left (`recover_run`)."""
+    try:
+        discard(output)
+    except OSError as err:
+        message = f"the run {output} replaced is not deleted completely ({err}); the next run there deletes it"
+        warnings.warn(message, stacklevel=3)
 
 
 def _validation_examples(split, columns, labels, task: str) -> dict[str, list]:

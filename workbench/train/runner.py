@@ -17,6 +17,7 @@ import os
 
 import torch
 from torch.utils.data import SequentialSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import has_length
 
 from ..core.transformers_api import get_last_checkpoint
@@ -47,6 +48,20 @@ class WorkbenchTrainer(AdapterTrainer):
         attention = getattr(self.args, "attention_dropout", True)
         with fast_dropout(self.accelerator.unwrap_model(self.model), fast=fast, attention=attention):
             return super().train(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped batches drawn from the run's own generator, seeded per epoch: a resumed run (and every
+        process of a launch) sees exactly the batches of an uninterrupted one. Trainer's sampler shuffles with
+        torch's global generator, which a resume restores only after the epoch's order is drawn."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in getattr(
+            dataset, "column_names", ()
+        ):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return EpochSeededLengthSampler(batch, lengths=lengths, seed=seed)
 
     def _get_eval_sampler(self, eval_dataset):
         """Evaluation batches of similar length (less padding), longest first; in the data's order for QA, whose
@@ -113,3 +128,16 @@ class WorkbenchTrainer(AdapterTrainer):
             load_full(self.accelerator.unwrap_model(self.model), folder, self.plan.head)
         else:
             super()._load_from_checkpoint(folder)
+
+
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """transformers' length-grouped order, drawn from a generator seeded with `seed + epoch` (Trainer calls
+    `set_epoch` at each epoch's start), so the order depends on the epoch alone."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + int(epoch))
