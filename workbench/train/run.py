@@ -230,9 +230,9 @@ def train(
             snapshot.restore()
             if overwriting:
                 recover_aside(output, run_parts)  # the old run back, what this one wrote removed
-            _drop_if_empty(output, existed)
         finally:
             lock.release()  # even when putting things back fails: the folder must not stay locked
+            _drop_if_empty(output, existed)  # (after the release: the lock file is in the folder)
         raise
     if overwriting:
         _discard_old_run(output)
