@@ -235,6 +235,17 @@ def test_overwrite_with_bad_data_deletes_nothing(tokenizer, tmp_path):
     assert (folder / "checkpoint-2").is_dir() and (folder / "final").is_dir()
 
 
+def test_overwrite_resuming_from_a_checkpoint_of_the_run_it_replaces_is_refused(tokenizer, tmp_path):
+    folder = tmp_path / "kw"
+    _stopped_run(tokenizer, folder)
+    model = adapter_model()
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(ValueError, match=r"overwrite=True replaces the run in .*checkpoint-2.*choose one"):
+        train(model, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=folder, overwrite=True,
+              resume_from_checkpoint=folder / "checkpoint-2")  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == before and set(model.heads) == set()
+
+
 def test_record_share_equals_the_model_summary(tokenizer, tmp_path):
     model = adapter_model()
     model.add_adapter("other", config="seq_bn")  # a second adapter must not count in the denominator

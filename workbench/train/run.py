@@ -291,6 +291,11 @@ def _claim(output: Path, resume: bool, overwrite: bool, checkpoint) -> str | Pat
     """The checkpoint to resume from (None: a fresh run); raises unless `output` may take this run."""
     if resume and overwrite:
         raise ValueError("resume=True and overwrite=True: choose one (continue the run, or replace it)")
+    if overwrite and checkpoint and Path(checkpoint).resolve().parent == output.resolve():
+        raise ValueError(
+            f"overwrite=True replaces the run in {output}, and resume_from_checkpoint={str(checkpoint)!r} is part of "
+            "it: choose one (continue the run, or replace it)"
+        )
     existing = run_in_folder(output)
     if resume and not isinstance(checkpoint, (str, Path)):
         if existing is None or existing.last_checkpoint is None:
