@@ -114,9 +114,21 @@ def _training_arguments(TrainingArguments, args, **extra):
     )
 
 
+def _tokenized_tsv(args, tokenizer, pad_to_max_length: bool):
+    """The peers' data, as their guides read it: `datasets` reads the TSVs, the tokenizer truncates (and pads)."""
+    from datasets import load_dataset
+
+    data = load_dataset("csv", data_files={"train": args.train, "validation": args.dev}, delimiter="\t")
+    padding = {"padding": "max_length"} if pad_to_max_length else {}
+
+    def encode(batch):
+        return tokenizer(batch["sentence"], max_length=args.max_length, truncation=True, **padding)
+
+    return data.map(encode, batched=True, remove_columns=["sentence"]).rename_column("label", "labels")
+
+
 def run_adapters(args, phases: Phases) -> dict:
     from adapters import AdapterTrainer, AutoAdapterModel
-    from datasets import load_dataset
     from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments
 
     phases.end("import")
@@ -129,13 +141,7 @@ def run_adapters(args, phases: Phases) -> dict:
     model.train_adapter("sst2")
     phases.end("load")
 
-    data = load_dataset("csv", data_files={"train": args.train, "validation": args.dev}, delimiter="\t")
-    padding = {} if dynamic else {"padding": "max_length"}
-
-    def encode(batch):
-        return tokenizer(batch["sentence"], max_length=args.max_length, truncation=True, **padding)
-
-    data = data.map(encode, batched=True, remove_columns=["sentence"]).rename_column("label", "labels")
+    data = _tokenized_tsv(args, tokenizer, pad_to_max_length=not dynamic)
     if not dynamic:
         data.set_format(type="torch", columns=["input_ids", "attention_mask", "labels"])
     phases.end("data")
@@ -157,7 +163,6 @@ def run_adapters(args, phases: Phases) -> dict:
 
 
 def run_peft(args, phases: Phases) -> dict:
-    from datasets import load_dataset
     from peft import LoraConfig, get_peft_model
     from transformers import (
         AutoModelForSequenceClassification,
@@ -173,12 +178,7 @@ def run_peft(args, phases: Phases) -> dict:
     lora = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"])
     model = get_peft_model(model, lora)
     phases.end("load")
-    data = load_dataset("csv", data_files={"train": args.train, "validation": args.dev}, delimiter="\t")
-
-    def encode(batch):
-        return tokenizer(batch["sentence"], max_length=args.max_length, truncation=True)
-
-    data = data.map(encode, batched=True, remove_columns=["sentence"]).rename_column("label", "labels")
+    data = _tokenized_tsv(args, tokenizer, pad_to_max_length=False)
     phases.end("data")
     trainer = Trainer(
         model=model,

@@ -37,13 +37,9 @@ ENV = {
     "HF_HUB_OFFLINE": "1",
 }
 
-# Replaces out/final with a copy of `new`, SIGKILLing itself just before its k-th file system change (rename,
-# unlink, rmdir), k = 0 meaning never; prints how many changes the replacement made.
-REPLACE_CHILD = r"""
-import os, shutil, signal, sys
-from pathlib import Path
-from workbench.train.checkpoints import staged_folder
-
+# The children's common part: arguments (out folder, new folder, k) and `counted(f)`, which wraps a file system call
+# so the process SIGKILLs itself just before the k-th wrapped call (k = 0: never).
+KILL_AT = r"""
 out, new, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 count = 0
 
@@ -55,13 +51,26 @@ def counted(original):
             os.kill(os.getpid(), signal.SIGKILL)
         return original(*args, **kwargs)
     return call
+"""
 
+# Replaces out/final with a copy of `new`, SIGKILLing itself just before its k-th file system change (rename,
+# unlink, rmdir), k = 0 meaning never; prints how many changes the replacement made.
+REPLACE_CHILD = (
+    r"""
+import os, shutil, signal, sys
+from pathlib import Path
+from workbench.train.checkpoints import staged_folder
+
+"""
+    + KILL_AT
+    + r"""
 with staged_folder(out / "final") as staging:
     shutil.copytree(new, staging, dirs_exist_ok=True)
     for name in ("rename", "unlink", "rmdir"):
         setattr(os, name, counted(getattr(os, name)))
 print("CHANGES", count)
 """
+)
 
 
 def saved_adapter(folder: Path, seed: int) -> dict[str, torch.Tensor]:
@@ -230,24 +239,16 @@ def test_without_flock_a_dead_holder_is_taken_over_and_a_live_one_refused(tmp_pa
 
 # Overwrites the run in `out` with the folders of `new` as train() does (old run aside, new folders written, old
 # run discarded), SIGKILLing itself just before its k-th file system change (rename, unlink, rmdir), k = 0: never.
-OVERWRITE_CHILD = r"""
+OVERWRITE_CHILD = (
+    r"""
 import os, shutil, signal, sys
 from pathlib import Path
 from workbench.train.checkpoints import run_parts
 from workbench.train.overwrite import discard, set_aside
 
-out, new, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-count = 0
-
-def counted(original):
-    def call(*args, **kwargs):
-        global count
-        count += 1
-        if count == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return original(*args, **kwargs)
-    return call
-
+"""
+    + KILL_AT
+    + r"""
 for name in ("rename", "unlink", "rmdir"):
     setattr(os, name, counted(getattr(os, name)))
 set_aside(out, run_parts)
@@ -256,6 +257,7 @@ for part in sorted(new.iterdir()):
 discard(out)
 print("CHANGES", count)
 """
+)
 
 # An overwrite=True run into argv[1], SIGKILLed during its second step (after writing checkpoint-1).
 KILLED_TRAIN_CHILD = r"""
