@@ -6,7 +6,8 @@
 
 The setup is applied with `AdapterSetup` for the call only: the model's active adapters, head and train/eval
 mode are left as they were. Many texts run in length-sorted chunks of `batch_size` (padded to each chunk's
-longest), so thousands of texts cost little padding and bounded memory; results keep the caller's order.
+longest), so thousands of texts cost little padding and bounded memory; results keep the caller's order. On a
+CPU the linear layers multiply through oneDNN (`core.onednn_linear`), about twice as fast on AMD processors.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from ..core.composition import Parallel
 from ..core.context import AdapterSetup
+from ..core.onednn_linear import onednn_linears
 from .setups import check_setup, heads_for
 
 QA_SEPARATOR = "|||"  # "question ||| context" for question-answering heads
@@ -68,7 +70,7 @@ def predict(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), AdapterSetup(block, head_setup=_head_setup(block, heads)):
+        with torch.inference_mode(), onednn_linears(model), AdapterSetup(block, head_setup=_head_setup(block, heads)):
             if isinstance(block, Parallel) and len(heads) > 1:
                 return _predict_parallel(model, tokenizer, texts, heads, max_length, batch_size)
             kind = head_kind(model, heads[0] if heads else None)

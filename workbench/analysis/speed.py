@@ -1,7 +1,8 @@
 """Inference speed of the base model, each adapter and each composition: one forward pass over a batch.
 
 Each setup gets `warmup` untimed passes, then `repeats` timed ones; the table reports the median (robust to a
-noisy machine). On a GPU the clock waits for the device (`torch.cuda.synchronize`).
+noisy machine). On a GPU the clock waits for the device (`torch.cuda.synchronize`); on a CPU the linears multiply
+through oneDNN, as in `predict`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from ..core.composition import Parallel
 from ..core.context import AdapterSetup
+from ..core.onednn_linear import onednn_linears
 from .setups import check_setup, heads_for, setup_label
 
 COLUMNS = ["setup", "batch_size", "median_s", "min_s", "texts_per_s", "slowdown", "device"]
@@ -80,7 +82,7 @@ def _time_setup(model, block, inputs: dict, repeats: int, warmup: int, device: t
     else:
         run = model
     times = []
-    with torch.inference_mode(), AdapterSetup(block, head_setup=head_setup):
+    with torch.inference_mode(), onednn_linears(model), AdapterSetup(block, head_setup=head_setup):
         for i in range(warmup + repeats):
             _sync(device)
             start = time.perf_counter()

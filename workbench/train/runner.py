@@ -12,6 +12,7 @@ Under `torchrun` / `accelerate launch` every process runs the same code; only th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -20,6 +21,7 @@ from torch.utils.data import SequentialSampler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import has_length
 
+from ..core.onednn_linear import onednn_linears
 from ..core.transformers_api import get_last_checkpoint
 from .adapter_trainer import TRAINING_ARGS_FILE, AdapterTrainer
 from .checkpoints import SavePlan, check_finite, load_full, save_full
@@ -43,10 +45,13 @@ class WorkbenchTrainer(AdapterTrainer):
         return self.plan.kind != "full"
 
     def train(self, *args, **kwargs):
-        """Trainer's train; adapter and fusion runs with `fast_dropout` (see `workbench.train.fast_dropout`)."""
+        """Trainer's train; adapter and fusion runs with `fast_dropout` (see `workbench.train.fast_dropout`), and
+        their frozen linears on a CPU through oneDNN (`core.onednn_linear`)."""
         fast = getattr(self.args, "fast_dropout", False) and self.plan.kind != "full"
         attention = getattr(self.args, "attention_dropout", True)
-        with fast_dropout(self.accelerator.unwrap_model(self.model), fast=fast, attention=attention):
+        model = self.accelerator.unwrap_model(self.model)
+        frozen = onednn_linears(model) if self.plan.kind != "full" else contextlib.nullcontext()
+        with fast_dropout(model, fast=fast, attention=attention), frozen:
             return super().train(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
@@ -74,8 +79,10 @@ class WorkbenchTrainer(AdapterTrainer):
         return sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
 
     def evaluation_loop(self, *args, **kwargs):
-        """Trainer's loop; with `perplexity`, the metrics also get `<prefix>_perplexity` = exp(loss)."""
-        output = super().evaluation_loop(*args, **kwargs)
+        """Trainer's loop, with oneDNN linears on a CPU (`core.onednn_linear`); with `perplexity`, the metrics also
+        get `<prefix>_perplexity` = exp(loss)."""
+        with onednn_linears(self.accelerator.unwrap_model(self.model)):
+            output = super().evaluation_loop(*args, **kwargs)
         if self.perplexity:
             prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
             loss = output.metrics.get(f"{prefix}_loss")
