@@ -7,6 +7,9 @@ public workbench API only:
   - Parallel: `set_active_adapters(Parallel("c0", ..., "c{n-1}"))` and ONE forward of the 16-row batch, which the
     block replicates (n channels × 16 rows out), against n separate forwards of the same 16 rows, each with one
     adapter active: the ratio `n separate / parallel` (target ≥ 2.5 for n = 4, set by the engine issue);
+  - wide: one adapter active and ONE forward of the batch repeated n times (Parallel's rows, no composition):
+    `Parallel / wide` is what the Parallel block itself costs (ideal 1.0), `n separate / wide` what one wide
+    batch costs against n narrow ones on this machine (cache effects: below 1 on a CPU);
   - BatchSplit: `BatchSplit("c0", ..., batch_sizes=[16/n, ...])` on the 16-row batch against one adapter active
     on the same 16 rows: the ratio `batchsplit / single` (target ≤ 1.15 for n = 4, set by the engine issue);
   - per-row adapters: `model(**inputs, adapter_names=[...])`, one name per row, the same rows per adapter as
@@ -48,13 +51,15 @@ TARGET_COUNT = 4  # the engine issue set its Parallel and BatchSplit targets for
 PARALLEL_TARGET = 2.5  # 4 separate forwards / one Parallel forward ≥ 2.5
 BATCHSPLIT_TARGET = 1.15  # BatchSplit forward / single-adapter forward ≤ 1.15
 TOLERANCE = 1e-4  # max abs diff allowed between a composed output and the adapter-by-adapter one
-# (numerator, denominator, label, target or None): time ratios per count; "n" stands for the count
+# (numerator, denominator, label, target or None): time ratios per count; "n" stands for the count, "B" the batch
 RATIOS = {
     "parallel": ("separate", "parallel", "n separate / Parallel", PARALLEL_TARGET),
     "batchsplit": ("batchsplit", "single", "BatchSplit / single", BATCHSPLIT_TARGET),
     "rows": ("rows", "single", "per-row adapter_names / single", None),
     "peft_vs_rows": ("peft_rows", "rows", "PEFT adapter_names / workbench per-row", None),
     "peft_vs_batchsplit": ("peft_rows", "batchsplit", "PEFT adapter_names / workbench BatchSplit", None),
+    "parallel_vs_wide": ("parallel", "wide", "Parallel / one adapter on the same n × B rows", None),
+    "separate_vs_wide": ("separate", "wide", "n separate / one adapter on the same n × B rows", None),
 }
 
 
@@ -149,6 +154,7 @@ def check(outputs: dict, batch: int, sizes: list[int]) -> dict[str, float]:
         "batchsplit_vs_separate_slices": (outputs["batchsplit"].float() - split_ref).abs().max().item(),
         "rows_vs_separate_slices": (outputs["rows"].float() - split_ref).abs().max().item(),
         "single_vs_separate_c0": (outputs["single"].float() - separate[:batch]).abs().max().item(),
+        "wide_vs_separate_c0": (outputs["wide"].float().view(-1, *chunks[0].shape) - chunks[0]).abs().max().item(),
     }
     if "peft_rows" in outputs:
         diffs["peft_rows_vs_separate_slices"] = (outputs["peft_rows"].float() - split_ref).abs().max().item()
@@ -161,6 +167,8 @@ DIFF_OF = {
     "rows": "rows_vs_separate_slices",
     "peft_vs_rows": "peft_rows_vs_separate_slices",
     "peft_vs_batchsplit": "peft_rows_vs_separate_slices",
+    "parallel_vs_wide": "parallel_vs_separate",
+    "separate_vs_wide": "wide_vs_separate_c0",
 }
 
 
@@ -175,6 +183,7 @@ def measure(model, all_names: list[str], peft_model, count: int, inputs: dict, a
         "single": variant(model, [names[0]], inputs, sync),
         "separate": variant(model, names, inputs, sync),
         "parallel": variant(model, [Parallel(*names)], inputs, sync),
+        "wide": variant(model, [names[0]], {k: v.repeat(count, 1) for k, v in inputs.items()}, sync),
         "batchsplit": variant(model, [BatchSplit(*names, batch_sizes=sizes)], inputs, sync),
         "rows": rows_variant(model, rows, inputs, sync, before=lambda: model.set_active_adapters(None)),
     }
@@ -199,7 +208,7 @@ def measure(model, all_names: list[str], peft_model, count: int, inputs: dict, a
         if judged:
             ok = pq[1] >= target if key == "parallel" else pq[1] <= target
         ratios[key] = {
-            "label": label.replace("n separate", f"{count} separate"),
+            "label": label.replace("n separate", f"{count} separate").replace("n × B", f"{count} × {batch}"),
             "ratio": stats[num]["median_ms"] / stats[den]["median_ms"],
             "paired": pq[1],
             "paired_iqr": [pq[0], pq[2]],
@@ -238,6 +247,7 @@ def report(results: list[dict], args, facts: dict, batch: int) -> str:
                 "single": ("one adapter active (c0)", batch),
                 "separate": (f"{n} separate forwards, one adapter each (sum)", f"{n} × {batch}"),
                 "parallel": (f"Parallel of {n}, one forward", f"{n} × {batch} (replicated)"),
+                "wide": (f"one adapter (c0), the batch repeated {n} times, one forward", f"{n} × {batch}"),
                 "batchsplit": (f"BatchSplit of {n}, batch_sizes={sizes}", batch),
                 "rows": (f"per-row adapter_names, {n} adapters (same rows)", batch),
                 "peft_rows": (f"PEFT adapter_names, {n} LoRAs (same rows)", batch),
@@ -274,18 +284,21 @@ def report(results: list[dict], args, facts: dict, batch: int) -> str:
     legend = (
         f"Only forwards are timed (set_active_adapters before each is not). Parallel replicates the {batch}-row "
         f"batch into n channels, so its one forward does the same work as the n separate forwards (n × {batch} "
-        "rows; the embeddings run once instead of n times). BatchSplit, per-row adapter_names and PEFT's "
-        "adapter_names run the same 16 rows, the same consecutive rows per adapter. PEFT's LoRAs (r 8, α 8, "
+        "rows, embeddings included: the inputs are replicated when the forward starts). BatchSplit, per-row "
+        "adapter_names and PEFT's adapter_names run the same 16 rows, the same consecutive rows per adapter. "
+        "PEFT's LoRAs (r 8, α 8, "
         "query/value) hold the weights of workbench's. paired: median over rounds of the ratio within the same "
         "round, with its quartiles; the ok column judges the paired ratio (it cancels slow drift in machine "
         f"load). Targets: the engine issue set Parallel ≥ {PARALLEL_TARGET} and BatchSplit ≤ {BATCHSPLIT_TARGET} "
         f"for n = {TARGET_COUNT}; the other rows are reported without a target. outputs match: the Parallel "
         "output equals the separate forwards channel by channel, and each BatchSplit, per-row and PEFT slice "
         f"equals the same rows of its adapter's forward (max abs diff ≤ {TOLERANCE:g}). LoRA's zero-initialised "
-        "B is given small seeded random values so the adapters differ. On a CPU the forward is compute-bound, "
-        f"so one n × {batch}-row forward and n {batch}-row forwards cost about the same FLOPs; a Parallel "
-        f"speed-up comes from better use of a device that {batch} rows leave idle (a GPU), so expect a ratio "
-        "near 1 on a CPU."
+        f"B is given small seeded random values so the adapters differ. One n × {batch}-row forward and n "
+        f"{batch}-row forwards cost about the same FLOPs; a Parallel speed-up comes from better use of a device "
+        f"that {batch} rows leave idle (a GPU). On a CPU expect less than 1: the one-adapter forward of the batch "
+        f"repeated n times (wide) runs Parallel's rows without any composition, so `Parallel / wide` is the "
+        "block's own cost (ideal 1.0) and `n separate / wide` the machine's: a wide batch's activations no longer "
+        "fit the CPU's cache, and its memory-bound operations (GELU, copies, adds) slow down per row."
     )
     return "\n".join(
         [setting, "", "\n".join(timing), "", "\n".join(ratios), "", legend, "", "Machine:", "", facts_markdown(facts)]

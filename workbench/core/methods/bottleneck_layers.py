@@ -16,7 +16,7 @@ from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split,
 from ..configs import AdapterFusionConfig, BnConfig
 from ..engine import record_gating
 from ..errors import CompositionError, UnsupportedMethodError
-from ..runtime import ComposableLayer, compose, row_bounds
+from ..runtime import ComposableLayer, cat_rows, compose, row_bounds
 from ..sites import ResidualSite
 from .base import AdapterMethod
 from .bottleneck import bottleneck_size, make_adapter
@@ -79,10 +79,11 @@ class BottleneckLayer(ComposableLayer):
         if out.last is None:
             return None
         hooked = self.site_spec.hooked  # the layer adds the residual and norms: adapters never do (AdapterHub)
-        if not isinstance(out.last, tuple):
-            return self.adapters[out.last].post_forward(out.hidden, h, out.input_tensor, norm, ln_after=not hooked)
+        last = self._finished_alike(out.last)
+        if not isinstance(last, tuple):
+            return self.adapters[last].post_forward(out.hidden, h, out.input_tensor, norm, ln_after=not hooked)
         pieces, start = [], 0  # row groups finished by different adapters (or by none: the layer's own output)
-        for rows, name in out.last:
+        for rows, name in last:
             cut = slice(start, start + rows)
             if name is None:
                 pieces.append(h[cut] if hooked else norm(h[cut] + r[cut]) if norm is not None else h[cut] + r[cut])
@@ -91,6 +92,18 @@ class BottleneckLayer(ComposableLayer):
                 pieces.append(self.adapters[name].post_forward(out.hidden[cut], h[cut], inputs, norm, not hooked))
             start += rows
         return torch.cat(pieces)
+
+    def _finished_alike(self, last):
+        """`last`, or one adapter name for row groups that all finish alike (a Parallel of alike adapters): an
+        adapter's `post_forward` uses no weights of its own, so one call over all rows gives the same output."""
+        if not isinstance(last, tuple):
+            return last
+        kinds = {None if name is None else self._post_kind(self.adapters[name]) for _, name in last}
+        return last[0][1] if len(kinds) == 1 and None not in kinds else last
+
+    @staticmethod
+    def _post_kind(adapter) -> tuple:
+        return type(adapter), adapter.config.original_ln_after
 
     # --- the composition contract --------------------------------------------------------------------------
 
@@ -141,8 +154,8 @@ class BottleneckLayer(ComposableLayer):
             last = lasts[0]
         else:  # each row group keeps the adapter that finishes it
             last = tuple(run for p in parts for run in _runs(p.last, p.hidden.shape[0]))
-        maybe = lambda name: cat(name) if getattr(parts[0], name) is not None else None  # noqa: E731 (no residual)
-        inputs, residual = maybe("input_tensor"), maybe("residual")
+        # inputs and residuals are mostly the slices the children got: `cat_rows` joins those without a copy
+        inputs, residual = (cat_rows([getattr(p, name) for p in parts]) for name in ("input_tensor", "residual"))
         return BnState(cat("hidden"), inputs, residual, parts[0].norm, None, last, parts[0].fusing)
 
     def average(self, parts: list[BnState], weights: list[float]) -> BnState:

@@ -32,7 +32,7 @@ from ..configs import LoRAConfig, MTLLoRAConfig, TargetedLoRAConfig
 from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
 from ..quantized import check_kernels, quantization_of, refuse_dense
-from ..runtime import ComposableLayer, blocks_with_names, compose
+from ..runtime import ComposableLayer, blocks_with_names, cat_rows, compose
 from ..transformers_api import Conv1D
 from . import dora
 from .base import AdapterMethod
@@ -386,7 +386,7 @@ class LoRATarget(ComposableLayer):
 
     def concat(self, parts: list[_State]) -> _State:
         last = next((p.last for p in reversed(parts) if p.last is not None), None)
-        x, y = torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts])
+        x, y = cat_rows([p.x for p in parts]), cat_rows([p.y for p in parts])  # slices left as they were
         if any(p.out is not None or (p.last is not None and dora.is_dora(self.loras[p.last])) for p in parts):
             # a DoRA magnitude belongs to its own rows: finish each slice with its own last adapter
             done = [p.out if p.out is not None else p.y if p.h is None else self._finish(self.loras[p.last], p.y, p.h)

@@ -32,7 +32,7 @@ from ..configs import PrefixTuningConfig
 from ..context import current_call
 from ..engine import LayerRef, record_gating
 from ..errors import UnsupportedModelError
-from ..runtime import ComposableLayer, compose
+from ..runtime import ComposableLayer, cat_rows, compose
 from ..transformers_api import (
     ALL_ATTENTION_FUNCTIONS,
     ALL_MASK_ATTENTION_FUNCTIONS,
@@ -234,9 +234,8 @@ class PrefixTuningShim(nn.Module, ComposableLayer):
                 p.key, p.value = (nn.functional.pad(t, (0, 0, pad, 0)) for t in (p.key, p.value))
                 p.mask = torch.cat([_fill(p.mask, pad, attend=False), p.mask], dim=-1)
         cat = lambda name: torch.cat([getattr(p, name) for p in parts], dim=0)  # noqa: E731
-        mask = cat("mask") if parts[0].mask is not None else None
-        residual = cat("residual") if parts[0].residual is not None else None
-        return _State(cat("key"), cat("value"), mask, residual)
+        kept = lambda name: cat_rows([getattr(p, name) for p in parts])  # noqa: E731 (slices left alone: no copy)
+        return _State(cat("key"), cat("value"), kept("mask"), kept("residual"))
 
 
 def _fill(mask: torch.Tensor, width: int, attend: bool) -> torch.Tensor:
