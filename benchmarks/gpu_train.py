@@ -9,8 +9,9 @@ contender × model × setting is one process (gpu_train_job.py), so its peak GPU
 runs past --job-timeout, or that starts after --budget-s, is a row saying so. Results are rewritten after every
 job (benchmarks/results/gpu_train.{json,md}, and copied to $OUT when it is set), so a cut-off run keeps its rows.
 
-    python benchmarks/gpu_train.py [--device cuda] [--note "quiet"] [--peak-tflops 989]
+    python benchmarks/gpu_train.py [--device cuda] [--note "quiet"] [--peak-tflops 989] [--budget-s 420]
         [--adapters-python .venv-adapters/bin/python | --adapters-site /tmp/site-adapters]
+        [--workbench-site /tmp/site-wb]    # gpu_run.sh: the device command, with the carried wheels
     python benchmarks/gpu_train.py --device cpu --tiny     # every path on tiny configs (to $TMPDIR/gpu_train_tiny.*)
 """
 
