@@ -26,4 +26,9 @@ download() {  # folder, then NAME==VERSION ...
 download .whl/wb httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5
 download .whl/adapters adapters==1.3.0 transformers==4.57.6 huggingface_hub==0.36.2 tokenizers==0.22.2
 ls -l .whl/wb .whl/adapters
-du -sh .whl
+# what a device call sends: tracked and untracked-not-ignored files, plus the carried .whl (limit: 64 MiB)
+tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+whl=$(du -cb .whl | tail -1 | cut -f1)
+total=$(( (tree + whl) / 1048576 ))
+echo "working tree $(( tree / 1048576 )) MiB + .whl $(( whl / 1048576 )) MiB = ${total} MiB of the 64 MiB a device call may send"
+[ "$total" -lt 62 ] || echo "WARNING: too close to 64 MiB: ignore (info/exclude) untracked files the run does not need" >&2
