@@ -11,7 +11,8 @@ from torch import nn
 from transformers import AutoModel, EarlyStoppingCallback, PreTrainedModel, Trainer
 
 from workbench.core import transformers_api as api
-from workbench.core.archs import ARCHITECTURES, get_module
+from workbench.core.archs import get_module
+from workbench.core.families import ARCHITECTURES
 
 
 def _params(fn) -> list[str]:
@@ -376,5 +377,5 @@ def test_arch_paths(model_type):
         except AttributeError:
             pytest.fail(
                 f"archs[{model_type!r}].{item}: {where!r} is gone from {type(root).__name__} "
-                f"({type(model).__module__}); update workbench/core/archs.py"
+                f"({type(model).__module__}); update its spec in workbench/core/family_*.py"
             )
