@@ -277,6 +277,7 @@ def test_cache_argument(model_type):
     assert api.cache_length(cache) == 3, f"cache_length: a cache after 3 tokens reports {api.cache_length(cache)}"
     assert api.cache_length(None) == 0
 
+
 def test_model_class_flags():
     missing = [flag for flag in api.MODEL_CLASS_FLAGS if not hasattr(PreTrainedModel, flag)]
     assert not missing, f"PreTrainedModel no longer has the class flags {missing} that AdapterModel sets"
