@@ -95,7 +95,7 @@ def test_family_classes_and_mapping():
     from transformers import T5Config
 
     assert ADAPTER_MODEL_MAPPING[T5Config] is workbench.T5AdapterModel
-    from workbench.core.archs import ARCHITECTURES
+    from workbench.core.families import ARCHITECTURES
     from workbench.core.model_classes import ADAPTER_MODEL_CLASSES
 
     unsupported = sorted(set(ADAPTER_MODEL_CLASSES) - set(ARCHITECTURES))

@@ -8,8 +8,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import workbench
 from workbench import AdapterModelInterface, AutoAdapterModel, UnsupportedModelError
-from workbench.core.archs import ARCHITECTURES
 from workbench.core.autodescribe import describe_model
+from workbench.core.families import ARCHITECTURES
 
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
 TOKENS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -14,8 +14,8 @@ from transformers import AutoConfig, AutoModel
 
 import workbench
 from workbench import AutoAdapterModel, UnsupportedModelError
-from workbench.core.archs import ARCHITECTURES
 from workbench.core.errors import UnsupportedMethodError
+from workbench.core.families import ARCHITECTURES
 from workbench.core.plugin_interfaces import PLUGIN_INTERFACES
 
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)

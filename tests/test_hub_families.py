@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from workbench import get_adapter_info, list_adapters, search_adapters
-from workbench.core.archs import ARCHITECTURES
+from workbench.core.families import ARCHITECTURES
 from workbench.hub.families import model_type_of
 from workbench.hub.info import AdapterInfo
 

@@ -118,11 +118,11 @@ def test_peft_bin_weights_leave_out_and_merge(tmp_path):
 
 def test_peft_hub_repo_is_recognised(tmp_path, monkeypatch):
     """A Hub repo resolves to a snapshot folder; a PEFT one is named after the repo."""
-    import workbench.core.model_mixin
+    import workbench.core.model_files
 
     base = tiny_base_model("bert")
     peft_model, folder = _peft_folder(base, _config("lora", dict(target_modules=["query"])), tmp_path)
-    monkeypatch.setattr(workbench.core.model_mixin, "_ADAPTER_RESOLVER", lambda adapter_id, **_: folder)
+    monkeypatch.setattr(workbench.core.model_files, "_ADAPTER_RESOLVER", lambda adapter_id, **_: folder)
     model = workbench.init(copy.deepcopy(base))
     assert model.load_adapter("some-org/lora.v2", set_active=True) == "lora_v2"
     torch.testing.assert_close(_hidden(model, _inputs()), _hidden(peft_model, _inputs()), atol=ATOL, rtol=0)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from workbench.core import support
-from workbench.core.archs import ARCHITECTURES
+from workbench.core.families import ARCHITECTURES
 
 README = Path(__file__).parents[1] / "README.md"
 

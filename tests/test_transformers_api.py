@@ -11,7 +11,8 @@ from torch import nn
 from transformers import AutoModel, EarlyStoppingCallback, PreTrainedModel, Trainer
 
 from workbench.core import transformers_api as api
-from workbench.core.archs import ARCHITECTURES, get_module
+from workbench.core.archs import get_module
+from workbench.core.families import ARCHITECTURES
 
 
 def _params(fn) -> list[str]:
@@ -276,6 +277,7 @@ def test_cache_argument(model_type):
     assert api.cache_length(cache) == 3, f"cache_length: a cache after 3 tokens reports {api.cache_length(cache)}"
     assert api.cache_length(None) == 0
 
+
 def test_model_class_flags():
     missing = [flag for flag in api.MODEL_CLASS_FLAGS if not hasattr(PreTrainedModel, flag)]
     assert not missing, f"PreTrainedModel no longer has the class flags {missing} that AdapterModel sets"
@@ -376,5 +378,5 @@ def test_arch_paths(model_type):
         except AttributeError:
             pytest.fail(
                 f"archs[{model_type!r}].{item}: {where!r} is gone from {type(root).__name__} "
-                f"({type(model).__module__}); update workbench/core/archs.py"
+                f"({type(model).__module__}); update its spec in workbench/core/family_*.py"
             )

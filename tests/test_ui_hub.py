@@ -384,7 +384,7 @@ def test_archive_adapter_loads_onto_a_local_model_and_a_new_model_resets_try_it(
 
 
 def test_the_family_filter_offers_the_registrys_families_and_filters_by_them(hub, monkeypatch):
-    from workbench.core.archs import ARCHITECTURES
+    from workbench.core.families import ARCHITECTURES
 
     for repo, model_type in (("someone/roberta-adapter", "roberta"), ("someone/olmo-adapter", "olmo")):
         hub.add_repo(

@@ -362,7 +362,7 @@ def test_hub_id_loads_through_the_hub_and_a_bad_folder_is_one_readable_error(fak
 
 
 def test_the_family_choice_comes_from_the_registry_and_offers_a_checkpoint(monkeypatch):
-    from workbench.core.archs import ARCHITECTURES
+    from workbench.core.families import ARCHITECTURES
     from workbench.core.support import EXAMPLE_CHECKPOINTS
 
     panel = ModelPanel(Session())

@@ -13,7 +13,7 @@ from tiny import tiny_adapter_model
 
 from workbench import AdapterError, AdapterLoadError
 from workbench.core import files
-from workbench.core.model_mixin import ALLOW_NON_FINITE_ENV
+from workbench.core.model_files import ALLOW_NON_FINITE_ENV
 
 
 @pytest.fixture

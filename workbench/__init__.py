@@ -49,7 +49,8 @@ from .core.interface import AdapterModelInterface
 from .core.model_adapters_config import ModelAdaptersConfig, get_adapter_config_hash
 from .core.model_classes import *  # noqa: F403  (BertAdapterModel, ..., ADAPTER_MODEL_MAPPING)
 from .core.model_classes import __all__ as _model_classes
-from .core.model_mixin import ADAPTERS_API_VERSION, ModelAdaptersMixin
+from .core.model_files import ADAPTERS_API_VERSION
+from .core.model_mixin import ModelAdaptersMixin
 from .hub import AdapterInfo, get_adapter_info, list_adapters, search_adapters
 
 __version__ = "0.1.0"

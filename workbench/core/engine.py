@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import methods as method_registry
-from .archs import LayerStack, get_module, spec_for
+from .archs import LayerStack, get_module
 from .composition import Block
 from .context import (
     ForwardContext,
@@ -27,6 +27,7 @@ from .context import (
     replicate_batch,
     scoped_setup,
 )
+from .families import spec_for
 from .rows import BASE, current_plan, enter_plan, leave_plan, row_names, setup_of
 from .rows import check_names as check_row_names
 from .runtime import check_batch, check_setup, task_rows

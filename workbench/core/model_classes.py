@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from transformers import AutoConfig
 
 from .adapter_model import AdapterModel
-from .archs import ARCHITECTURES
 from .errors import UnsupportedModelError
+from .families import ARCHITECTURES
 
 _ENCODER_HEADS = (
     "classification",

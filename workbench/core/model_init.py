@@ -1,6 +1,6 @@
 """`init()`: adapter support for an already loaded transformers model, and how a model's spec is found.
 
-The spec comes from the family's entry in `archs.ARCHITECTURES`, an `AdapterModelInterface` the caller gives (or
+The spec comes from the family's entry in `families.ARCHITECTURES`, an `AdapterModelInterface` the caller gives (or
 AdapterHub's plugin interface for the model type, or the one saved beside the model), or, with `interface="auto"`,
 from `autodescribe`. `AdapterModel` finds its spec the same way (`spec_of`).
 """
@@ -14,9 +14,10 @@ from torch import nn
 from transformers import GenerationMixin
 
 from . import files
-from .archs import ARCHITECTURES, spec_from_interface
+from .archs import spec_from_interface
 from .autodescribe import describe_model
 from .errors import AdapterConfigError, AdapterLoadError, UnsupportedModelError
+from .families import ARCHITECTURES
 from .interface import AdapterModelInterface
 from .model_mixin import ModelAdaptersMixin
 from .plugin_interfaces import plugin_interface

@@ -19,6 +19,7 @@ import torch
 
 from . import files
 from .errors import AdapterLoadError, HeadError
+from .weight_checks import check_weights
 
 
 def _head(head_type: str, modules: list[str | None], /, **config) -> tuple[dict, tuple]:
@@ -348,7 +349,6 @@ def load_static(model, save_directory, id2label=None, loading_info: dict | None 
     """Load a head saved by `save_static` from a model of the same class, or a flex head whose config equals this
     class's static head (the inverse conversion); labels come from the file unless `id2label` is given."""
     from .heads import label2id_for
-    from .model_mixin import _check_weights
 
     if not has_static_head(model):
         raise HeadError(f"{type(model).__name__} has no prediction head to load into")
@@ -377,7 +377,7 @@ def load_static(model, save_directory, id2label=None, loading_info: dict | None 
     own = static_state(model)
     if data["config"] is not None:  # what a flex head has no place for is zero in the static head it equals
         state.update({k: torch.zeros_like(v) for k, v in own.items() if k in _DROPPABLE_IF_ZERO and k not in state})
-    _check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, weights_path)
+    check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, weights_path)
     count = model.config.num_labels
     if id2label is not None:
         label2id = label2id_for(id2label, count, str(config_path))

@@ -1,6 +1,6 @@
 """What the engine supports, per model type, read from its registries (so the README's table cannot drift).
 
-`support_rows()` lists every model type in `archs.ARCHITECTURES`: its family name, the adapter methods its spec
+`support_rows()` lists every model type in `families.ARCHITECTURES`: its family name, the adapter methods its spec
 allows, the head types its `AdapterModel` class offers, and whether the `adapters` library 1.3 supports it natively,
 through its plugin interface, or not at all. `support_table()` renders them as markdown; `python -m
 workbench.core.support` rewrites the README's table between its markers (`--check` only compares). The UI offers
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .archs import ARCHITECTURES
+from .families import ARCHITECTURES
 
 # adapters 1.3.0: ADAPTER_MODEL_MAPPING_NAMES (plus EncoderDecoderModel and CLIP's towers, which `adapters.init`
 # takes as "clip"), and wrappers/interfaces.py

@@ -9,7 +9,7 @@ Some internals are attributes rather than importable names (`config._attn_implem
 `_upcast_and_reordered_attn`, the per-model `eager_attention_forward`, `_set_gradient_checkpointing`, class
 flags). Those are described here by name (constants and small accessors); their call sites are listed with each.
 
-Not an import, but also an internal: the module paths in `workbench.core.archs.ARCHITECTURES` (where each adapter
+Not an import, but also an internal: the module paths in `workbench.core.families.ARCHITECTURES` (where each adapter
 method hooks into each model type). `test_arch_paths` checks every path of every architecture on a tiny model.
 """
 

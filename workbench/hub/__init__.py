@@ -3,7 +3,7 @@
 Every request goes through `huggingface_hub`; listings are cached on disk (see `cache.py`).
 """
 
-from ..core.model_mixin import register_adapter_resolver
+from ..core.model_files import register_adapter_resolver
 from ..core.setups import register_hub_pusher
 from .cache import HubUnavailableError, Listing
 from .entries import HubEntryError, InvalidRepoIdError

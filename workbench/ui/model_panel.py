@@ -68,7 +68,7 @@ def base_model_source(model_name: str | None) -> str:
 
 def family_label(model_type: str | None) -> str:
     """The family as a person reads it ("BERT (bert)"), saying so when the engine has no spec for it."""
-    from workbench.core.archs import ARCHITECTURES
+    from workbench.core.families import ARCHITECTURES
     from workbench.core.support import family_label as label
 
     if not model_type:
