@@ -34,12 +34,13 @@ from .heads import (
 from .interface import AdapterModelInterface
 from .keys import rename_prefixed
 from .model_init import init, saved_interface, share_adapter_api, spec_of
-from .model_mixin import ModelAdaptersMixin, _check_weights
+from .model_mixin import ModelAdaptersMixin
 from .names import check_head_name
 from .outputs import MultiHeadOutput
 from .rows import BASE, current_plan, row_names, rows_scope, runs
 from .runtime import row_bounds
 from .transformers_api import cache_of
+from .weight_checks import check_weights
 
 _CONFIG_CLASS_TO_MODEL = {"XLMRobertaConfig": "XLMRoberta"}
 
@@ -151,7 +152,7 @@ class AdapterModel(AddHeadMethods, ModelAdaptersMixin, PreTrainedModel, Generati
             if ties and decoder not in state:
                 head[-1].weight = self.get_input_embeddings().weight  # saved once, as the input embedding
                 del own[decoder]
-            _check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, name_or_path, warn=False)
+            check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, name_or_path, warn=False)
         except AdapterLoadError as err:
             warnings.warn(f"the {architectures[0]} head of {name_or_path} was not converted: {err}", stacklevel=3)
             return
@@ -575,11 +576,11 @@ class AdapterModel(AddHeadMethods, ModelAdaptersMixin, PreTrainedModel, Generati
                 with torch.device("meta"):  # sizes checked against the file before anything is allocated
                     probe = head_from_config(self.config, config)
                 shapes = {k: tuple(v.shape) for k, v in probe.state_dict(prefix=f"heads.{name}.").items()}
-                _check_weights(state, shapes, weights_path)
+                check_weights(state, shapes, weights_path)
             head = self._head_from_config(name, config)
             if custom:
                 shapes = {k: tuple(v.shape) for k, v in head.state_dict(prefix=f"heads.{name}.").items()}
-                _check_weights(state, shapes, weights_path)
+                check_weights(state, shapes, weights_path)
         except (TypeError, ValueError, HeadError) as err:
             if isinstance(err, AdapterLoadError):
                 raise

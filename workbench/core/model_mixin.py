@@ -29,7 +29,6 @@ from .model_merging import AdapterMergingMixin
 from .names import check_name
 from .runtime import check_setup
 from .setups import AdapterSetupMixin
-from .weight_checks import check_weights as _check_weights  # noqa: F401  (adapter_model.py imports it from here)
 
 DRY_RUN = "workbench-dry-run"  # the scratch adapter name of `_dry_run` (never a valid user name: it is checked)
 _SCRATCH_KEY = re.compile(rf"(^|\.){re.escape(DRY_RUN)}\.")
