@@ -229,3 +229,42 @@ def test_bf16_layers_run_their_own_forward():
     expected = _default(layer, x)
     with torch.no_grad(), onednn_linears(layer):
         assert torch.equal(layer(x), expected)
+
+
+@pytest.mark.parametrize("layout", ["strided", "expanded"])
+def test_a_bias_that_is_not_dense_gives_the_default_result(layout):
+    """oneDNN reads the bias as dense memory: a strided view (one part of an interleaved q|k|v bias) or an expanded
+    one must still add the layer's own bias."""
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 16)
+    fused = torch.randn(48)
+    layer.bias = nn.Parameter(fused.view(16, 3)[:, 0] if layout == "strided" else torch.tensor([0.5]).expand(16))
+    x = torch.randn(4, 7, 32)
+    default = _default(layer, x)
+    with torch.no_grad(), onednn_linears(layer):
+        torch.testing.assert_close(layer(x), default)
+    layer.requires_grad_(False)
+    with onednn_linears(layer):
+        torch.testing.assert_close(layer(x.requires_grad_()).detach(), default)
+
+
+def test_a_model_compiled_with_inductor_runs_inside_the_block():
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    x = torch.randn(3, 5, 16)
+    compiled = torch.compile(layer)
+    with torch.no_grad(), onednn_linears(layer):
+        torch.testing.assert_close(compiled(x), _default(layer, x))
+
+
+def test_the_self_check_is_not_fooled_by_the_callers_autocast_or_default_dtype(monkeypatch):
+    monkeypatch.setattr(onednn_linear, "_works", None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert onednn_linear.enabled()
+    monkeypatch.setattr(onednn_linear, "_works", None)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert onednn_linear.enabled()
+    finally:
+        torch.set_default_dtype(default)

@@ -390,3 +390,19 @@ def test_an_old_run_that_cannot_be_moved_aside_stays_as_it_was(tmp_path, monkeyp
         train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=make_tokenizer(), output_dir=out,
               config=fast(eval_strategy="no", max_steps=2), overwrite=True)  # fmt: skip
     assert tree(out) == old
+
+
+def test_an_old_run_that_cannot_be_put_back_is_named_and_nothing_changes(tmp_path):
+    """A killed overwrite left the old run aside, and the user made a `final/` of their own meanwhile: the next run
+    says which folders clash instead of failing later on the leftover."""
+    out = tmp_path / "out"
+    a_run(out / MOVING, seed=1, names=("checkpoint-2", "final"))
+    (out / "final").mkdir()
+    (out / "final" / "mine.txt").write_text("the user's")
+    expected = {k.replace(f"{MOVING}/checkpoint-2", "checkpoint-2"): v for k, v in tree(out).items()}
+    for overwrite in (True, False):
+        with pytest.raises(OutputDirError, match=f"kept in {out / MOVING}: final could not be put back"):
+            train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=make_tokenizer(), output_dir=out,
+                  config=fast(eval_strategy="no", max_steps=2), overwrite=overwrite)  # fmt: skip
+        assert tree(out) == expected  # what could go back did; the user's final/ and the old one untouched
+    assert (out / "final" / "mine.txt").read_text() == "the user's" and (out / MOVING / "final").is_dir()

@@ -10,10 +10,11 @@ same products about twice as fast there.
 Inside the block, and only in a thread that is inside such a block, each plain fp32 `nn.Linear` of `model` on the
 CPU multiplies through oneDNN: with autograd off, or with autograd on when its weight and bias are frozen (the
 backward then needs only the input's gradient, also through oneDNN). Anything else runs the layer's own forward:
-another thread, a trainable weight under autograd, CPU autocast, another dtype or device. Weights are read at each
-call, so nothing is ever stale. Results equal `F.linear`'s up to float rounding (about 1e-7 relative), checked
-once per process on a small layer; if the operators are missing or disagree, blocks do nothing.
-`WORKBENCH_ONEDNN=0` in the environment turns blocks off.
+another thread, a trainable weight under autograd, CPU autocast, torch.compile, another dtype or device. Weights
+are read at each call, so nothing is ever stale. Results equal `F.linear`'s up to float rounding (about 1e-7
+relative), checked once per process on a small layer; if the operators are missing or disagree, blocks do nothing.
+`WORKBENCH_ONEDNN=0` in the environment turns blocks off. (A copy of the model made inside a block, by
+`copy.deepcopy` say, keeps the patched forwards, pointing at the copy's own layers; they act only inside blocks.)
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class _OneDNNForward:
     def __call__(self, input: torch.Tensor) -> torch.Tensor:
         module = self.module
         weight, bias = module.weight, module.bias
-        if _fits(input, weight, bias):
+        if _fits(input, weight, bias) and not torch.compiler.is_compiling():  # inductor can't lower it unfrozen
             if not torch.is_grad_enabled():
                 return _product(input, weight, bias)
             if not weight.requires_grad and (bias is None or not bias.requires_grad):
@@ -90,9 +91,9 @@ def _fits(input, weight, bias) -> bool:
 
 
 def _product(input, weight, bias):
-    return torch.ops.mkldnn._linear_pointwise(
-        input, weight.detach(), None if bias is None else bias.detach(), "none", [], ""
-    )
+    # oneDNN reads the bias as dense memory, whatever its strides (a strided or expanded bias gives wrong sums)
+    bias = None if bias is None else bias.detach().contiguous()
+    return torch.ops.mkldnn._linear_pointwise(input, weight.detach(), bias, "none", [], "")
 
 
 class _FrozenLinearProduct(torch.autograd.Function):
@@ -155,12 +156,13 @@ def _self_check() -> bool:
         _works = False
         try:
             if torch.backends.mkldnn.is_available():
+                # fp32 on the CPU, without autocast, whatever the caller's defaults: the verdict holds for the process
                 generator = torch.Generator().manual_seed(0)
-                weight = torch.randn(24, 16, generator=generator)
-                bias = torch.randn(24, generator=generator)
-                x = torch.randn(3, 5, 16, generator=generator)
-                grad = torch.randn(3, 5, 24, generator=generator)
-                with torch.no_grad():
+                weight, bias, x, grad = (
+                    torch.randn(*shape, generator=generator, dtype=torch.float32, device="cpu")
+                    for shape in ((24, 16), (24,), (3, 5, 16), (3, 5, 24))
+                )
+                with torch.no_grad(), torch.autocast("cpu", enabled=False):
                     if not torch.allclose(_product(x, weight, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5):
                         return False
                     if not torch.allclose(_product(grad, weight.t(), None), grad @ weight, rtol=1e-5, atol=1e-5):

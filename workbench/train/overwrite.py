@@ -66,8 +66,13 @@ def recover_aside(folder: Path, run_parts: RunParts) -> None:
         for part in sorted(moving.iterdir()):
             if not (folder / part.name).exists():
                 part.rename(folder / part.name)
-        if not any(moving.iterdir()):  # (a name taken meanwhile, only by a user's own folder: kept aside)
-            moving.rmdir()
+        kept = sorted(part.name for part in moving.iterdir())  # names taken meanwhile (by a user's own folders)
+        if kept:
+            raise OutputDirError(
+                f"the run an earlier overwrite set aside is kept in {moving}: {', '.join(kept)} could not be put "
+                f"back because {folder} holds folders of the same names; move one of each pair away, then run again"
+            )
+        moving.rmdir()
 
 
 def _real(path: Path) -> bool:
