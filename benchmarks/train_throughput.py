@@ -139,15 +139,21 @@ def trainer_worker(path: str, args) -> dict:
     }
 
 
-def dropout_mode(name: str, model):
-    """What workbench.train.train does: fast dropout for adapter runs ("_std": torch's; "_noattn": the opt-in)."""
+def as_train_does(name: str, model):
+    """What workbench.train.train does around an adapter run: fast dropout ("_std": torch's; "_noattn": the
+    opt-in) and the frozen linears through oneDNN (`workbench.core.onednn_linear`); nothing for full fine-tuning."""
     import contextlib
 
-    if not name.startswith("wb_") or name in ("wb_full", "wb_seq_bn_std"):
+    if not name.startswith("wb_") or name == "wb_full":
         return contextlib.nullcontext()
+    from workbench.core.onednn_linear import onednn_linears
     from workbench.train.fast_dropout import fast_dropout
 
-    return fast_dropout(model, attention=not name.endswith("_noattn"))
+    stack = contextlib.ExitStack()
+    if name != "wb_seq_bn_std":
+        stack.enter_context(fast_dropout(model, attention=not name.endswith("_noattn")))
+    stack.enter_context(onednn_linears(model))
+    return stack
 
 
 def worker(name: str, args) -> None:
@@ -165,7 +171,7 @@ def worker(name: str, args) -> None:
         return
     model = build(name, path)
     inputs = train_inputs(torch, model.config.vocab_size, args.batch, args.length)
-    with dropout_mode(name, model):
+    with as_train_does(name, model):
         result = time_steps(torch, model, inputs, args.steps, args.warmup)
         if args.profile:
             result["profile"] = profile_step(torch, model, inputs)
@@ -310,7 +316,7 @@ def main() -> None:
         "samples/s: batch / median step time (forward + backward + AdamW step); paired ×: median over blocks of "
         "the adapters seq_bn block's median step time / this variant's in the same block (each block runs "
         "every variant once, interleaved, so machine load hits both sides of a pair alike); workbench adapter "
-        "rows train under fast dropout, as workbench.train.train does (TrainConfig.fast_dropout); "
+        "rows train under fast dropout and oneDNN linears, as workbench.train.train does; "
         "fwd / bwd / opt: median ms of "
         "each part; peak RSS: the variant's own process (ru_maxrss); Trainer row: median gap between step "
         "events after warm-up, and in brackets the RunRecord's samples/s (whole run: warm-up, eval, save)."
