@@ -15,6 +15,7 @@ Writes benchmarks/results/train_throughput.{json,md}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -139,21 +140,23 @@ def trainer_worker(path: str, args) -> dict:
     }
 
 
+@contextlib.contextmanager
 def as_train_does(name: str, model):
     """What workbench.train.train does around an adapter run: fast dropout ("_std": torch's; "_noattn": the
     opt-in) and the frozen linears through oneDNN (`workbench.core.onednn_linear`); nothing for full fine-tuning."""
-    import contextlib
-
     if not name.startswith("wb_") or name == "wb_full":
-        return contextlib.nullcontext()
+        yield
+        return
     from workbench.core.onednn_linear import onednn_linears
     from workbench.train.fast_dropout import fast_dropout
 
-    stack = contextlib.ExitStack()
-    if name != "wb_seq_bn_std":
-        stack.enter_context(fast_dropout(model, attention=not name.endswith("_noattn")))
-    stack.enter_context(onednn_linears(model))
-    return stack
+    dropout = (
+        contextlib.nullcontext()
+        if name == "wb_seq_bn_std"
+        else fast_dropout(model, attention=not name.endswith("_noattn"))
+    )
+    with dropout, onednn_linears(model):
+        yield
 
 
 def worker(name: str, args) -> None:

@@ -47,10 +47,11 @@ class WorkbenchTrainer(AdapterTrainer):
     def train(self, *args, **kwargs):
         """Trainer's train; adapter and fusion runs with `fast_dropout` (see `workbench.train.fast_dropout`), and
         their frozen linears on a CPU through oneDNN (`core.onednn_linear`)."""
-        fast = getattr(self.args, "fast_dropout", False) and self.plan.kind != "full"
+        adapters = self._trains_adapters()
+        fast = getattr(self.args, "fast_dropout", False) and adapters
         attention = getattr(self.args, "attention_dropout", True)
         model = self.accelerator.unwrap_model(self.model)
-        frozen = onednn_linears(model) if self.plan.kind != "full" else contextlib.nullcontext()
+        frozen = onednn_linears(model) if adapters else contextlib.nullcontext()
         with fast_dropout(model, fast=fast, attention=attention), frozen:
             return super().train(*args, **kwargs)
 
