@@ -11,7 +11,7 @@ job (benchmarks/results/gpu_train.{json,md}, and copied to $OUT when it is set),
 
     python benchmarks/gpu_train.py [--device cuda] [--note "quiet"] [--peak-tflops 989] [--budget-s 420]
         [--adapters-python .venv-adapters/bin/python | --adapters-site /tmp/site-adapters]
-        [--workbench-site /tmp/site-wb]    # gpu_run.sh: the device command, with the carried wheels
+        [--workbench-site /tmp/site-wb] [--name gpu_train]    # gpu_run.sh: the device command, with the wheels
     python benchmarks/gpu_train.py --device cpu --tiny     # every path on tiny configs (to $TMPDIR/gpu_train_tiny.*)
 """
 
@@ -142,10 +142,8 @@ def run_job(args, model: str, contender: str, gc: bool) -> dict:
         *(["--gc"] if gc else []),
     ]
     env = dict(os.environ)
-    site = (
-        args.adapters_site if contender.startswith("ah_") else args.workbench_site if contender[:3] == "wb_" else None
-    )
-    if site:  # carried packages first: for the adapters jobs transformers 4.57.6 shadows the machine's own
+    site = args.adapters_site if contender.startswith("ah_") else args.workbench_site
+    if site:  # carried packages first: transformers 4.57.6 for the adapters jobs, 5.24 for workbench and PEFT
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")]))
     row = {"model": model, "contender": contender, "gc": gc, "batch": batch, "seq": seq, "family": family}
     try:
@@ -259,7 +257,7 @@ def report(args, facts: dict, card: dict, rows: list[dict], elapsed: float, fina
     )
     if final:
         print(markdown)
-    name = "gpu_train_tiny" if args.tiny else "gpu_train"
+    name = f"{args.name}_tiny" if args.tiny else args.name
     results = Path(tempfile.gettempdir()) if args.tiny else RESULTS  # a tiny run is a check, not a result
     data = {"command": sys.argv, "setting": setting, "facts": facts, "card": card, "rows": rows}
     data |= {"flops_note": FLOPS_NOTE, "models": MODELS}
@@ -287,6 +285,7 @@ def parse_args():
     parser.add_argument("--adapters-site", default=None, help="put first on PYTHONPATH for the adapters jobs")
     parser.add_argument("--workbench-site", default=None, help="put first on PYTHONPATH for the workbench jobs")
     parser.add_argument("--note", default="", help="was the machine quiet? (reported)")
+    parser.add_argument("--name", default="gpu_train", help="results file name (results/NAME.{md,json})")
     args = parser.parse_args()
     args.gc = [{"off": False, "on": True}[g] for g in args.gc.split(",")]
     args.batch = {k: int(v) for k, v in (item.split("=") for item in args.batch.split(",") if item)}

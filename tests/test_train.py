@@ -78,7 +78,8 @@ def adapter_model(name: str = "kw", config: str = "seq_bn", adapter_seed: int | 
 
 
 def trained_state(model, name: str) -> dict:
-    return {k: v.detach().clone() for k, v in model.named_parameters() if name in k and v.requires_grad}
+    """On the CPU: a run on a GPU leaves the model there (as Trainer does), and the tests compare with CPU models."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters() if name in k and v.requires_grad}
 
 
 def test_adapter_run_learns_and_records(tokenizer, tmp_path):
@@ -129,7 +130,7 @@ def test_adapter_run_beside_another_adapters_head_trains_only_its_own(tokenizer,
     record = train(model, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path, config=fast())
     assert record.global_step == 6
     assert not any(p.requires_grad for p in model.heads["other"].parameters())
-    assert all(torch.equal(v, model.heads["other"].state_dict()[k]) for k, v in other_head.items())
+    assert all(torch.equal(v, model.heads["other"].state_dict()[k].cpu()) for k, v in other_head.items())
     assert not (tmp_path / "final" / "other").exists()
 
 
@@ -319,7 +320,7 @@ def test_fusion_run_trains_only_fusion_and_head(tokenizer, tmp_path):
     assert trainable and all("adapter_fusion_layer" in k or k.startswith("heads.a,b.") for k in trainable)
     assert record.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
     for key, value in before.items():
-        torch.testing.assert_close(dict(model.named_parameters())[key], value)
+        torch.testing.assert_close(dict(model.named_parameters())[key].cpu(), value)
     assert (tmp_path / "checkpoint-6" / "a,b" / "pytorch_model_adapter_fusion.bin").is_file()
 
 

@@ -3,6 +3,10 @@
 import dataclasses
 import inspect
 import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -380,3 +384,20 @@ def test_arch_paths(model_type):
                 f"archs[{model_type!r}].{item}: {where!r} is gone from {type(root).__name__} "
                 f"({type(model).__module__}); update its spec in workbench/core/family_*.py"
             )
+
+
+def test_an_older_transformers_is_refused_at_import_with_the_fix():
+    """Below MIN_TRANSFORMERS the engine's hooks miss (prefix tuning on T5 and GPT-J did nothing on 5.17): import
+    fails, naming both versions and the pip command; pyproject asks for the same floor."""
+    api.require_transformers(api.MIN_TRANSFORMERS)
+    api.require_transformers("6.0.0.dev0")
+    with pytest.raises(ImportError, match=r"needs transformers >= 5\.24, this environment has 5\.23\.9"):
+        api.require_transformers("5.23.9")
+    code = "import transformers; transformers.__version__ = '5.17.0'; import workbench"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.returncode != 0
+    assert f"needs transformers >= {api.MIN_TRANSFORMERS}, this environment has 5.17.0" in proc.stderr
+    assert 'pip install "transformers>=' in proc.stderr
+    dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"transformers>={api.MIN_TRANSFORMERS},<6" in dependencies

@@ -48,6 +48,11 @@ class ResidualSite:
         norm_layer = layer if site.norm_layer is None else engine.layers[site.norm_layer]
         self.norm = get_module(norm_layer, site.norm) if site.norm else None
         self.hooked, self.swapped = site.hooked, site.swapped
+        # A site without a norm of its own and not hooked is a pre-LN residual: the layer adds `r` to the sublayer
+        # output we hand back, so `combine` returns its result less `r` (see `Adapter.post_forward`).
+        self.layer_adds_residual = not self.hooked and self.norm is None
+        if self.swapped and self.layer_adds_residual:
+            raise ValueError(f"a swapped site needs the layer's norm or a hook ({site}): its residual is `h`")
         self.host, self.created_host = ensure_host(layer, site.host)
         self.combine = combine
         self.active = active  # active(ctx) -> bool: does any adapter of the call act here?
@@ -112,10 +117,8 @@ class ResidualSite:
         if self.hooked:  # the layer adds the residual and applies its norms to what we return
             norm = SiteNorm(self.norm, None, None, None) if self.norm is not None else None
             new = self.combine(*self._order(h, residual), norm, ctx)
-        else:
-            combined = self.combine(*self._order(h, residual), None, ctx)
-            # The layer adds the residual itself after this hook, so hand back the difference.
-            new = None if combined is None else combined - residual
+        else:  # a pre-LN layer: it adds the residual itself after this hook, and `combine` leaves it out
+            new = self.combine(*self._order(h, residual), None, ctx)
         if new is None:
             return None
         self._publish(ctx, new)
