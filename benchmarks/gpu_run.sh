@@ -23,7 +23,7 @@ done
   PYTHONPATH=/tmp/site-wb${PYTHONPATH:+:$PYTHONPATH} "$PY" -c 'import transformers, workbench; print("workbench and PEFT jobs: transformers", transformers.__version__)'
 } 2>&1 | tee "$OUT/gpu_env.txt"
 # the GPU path's tests first (about a minute): the engine on CUDA, and workbench.train's runs on the GPU
-PYTHONPATH=/tmp/site-wb${PYTHONPATH:+:$PYTHONPATH} timeout 90 "$PY" -m pytest -q -p no:cacheprovider \
+PYTHONPATH=/tmp/site-wb${PYTHONPATH:+:$PYTHONPATH} timeout 60 "$PY" -m pytest -q -p no:cacheprovider \
   --continue-on-collection-errors tests/test_cuda.py tests/test_train.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -25
-timeout 480 "$PY" benchmarks/gpu_train.py --device cuda --workbench-site /tmp/site-wb \
-  --adapters-site /tmp/site-adapters --budget-s 430 --job-timeout 90 "$@" 2>&1 | tee -a "$OUT/gpu_train.log"
+timeout 500 "$PY" benchmarks/gpu_train.py --device cuda --workbench-site /tmp/site-wb \
+  --adapters-site /tmp/site-adapters --budget-s 460 --job-timeout 90 "$@" 2>&1 | tee -a "$OUT/gpu_train.log"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tiny import tiny_adapter_model
 
-from workbench import AdapterSetup, Average, BatchSplit, Fuse, Parallel, Stack
+from workbench import AdapterSetup, Average, BatchSplit, Fuse, Parallel, Split, Stack
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -87,12 +87,14 @@ COMPOSITIONS = {
     "fuse": lambda: Fuse("a", "b"),
     "batch_split": lambda: BatchSplit("a", "b", batch_sizes=[1, 2]),
     "average": lambda: Average("a", "b", weights=[0.3, 0.7]),
+    "split": lambda: Split("a", "b", splits=[2, 4]),
 }
 
 
+@pytest.mark.parametrize("model_type", ["bert", "llama"])  # post-LN with heads; pre-LN (the layer adds `r`)
 @pytest.mark.parametrize("composition", COMPOSITIONS)
-def test_compositions_and_their_heads_give_the_cpu_outputs_on_cuda(composition):
-    model = model_with("bert", {"a": "seq_bn", "b": "seq_bn"})
+def test_compositions_and_their_heads_give_the_cpu_outputs_on_cuda(composition, model_type):
+    model = model_with(model_type, {"a": "seq_bn", "b": "seq_bn"})
     if composition == "fuse":
         model.add_adapter_fusion(["a", "b"])
         perturb_fusion(model, "a,b")
@@ -124,14 +126,14 @@ def test_adapters_and_heads_added_or_loaded_after_the_move_live_on_cuda(tmp_path
     torch.manual_seed(0)  # the same base weights as the source
     model = tiny_adapter_model("bert").to("cuda")
     model.add_adapter("new", config="seq_bn")
-    model.add_classification_head("new_head", num_labels=3)
+    model.add_classification_head("new_head", num_labels=4)  # unlike the loaded head's 3
     name = model.load_adapter(str(tmp_path / "saved"), set_active=True)
     assert devices_of(model) == {"cuda"}
     assert name == "saved" and model.active_head == "saved"
     assert_same(outputs(model, "cuda"), want)
     model.set_active_adapters("new")
     model.active_head = "new_head"
-    assert outputs(model, "cuda")[0].shape == (3, 3)
+    assert outputs(model, "cuda")[0].shape == (3, 4)
 
 
 def test_merged_lora_on_cuda_gives_the_unmerged_outputs():

@@ -14,6 +14,7 @@ from tiny import tiny_base_model, tiny_config
 from torch import nn
 from transformers import AutoModel, EarlyStoppingCallback, PreTrainedModel, Trainer
 
+from workbench._requirements import MIN_TRANSFORMERS, require_transformers
 from workbench.core import transformers_api as api
 from workbench.core.archs import get_module
 from workbench.core.families import ARCHITECTURES
@@ -388,16 +389,22 @@ def test_arch_paths(model_type):
 
 def test_an_older_transformers_is_refused_at_import_with_the_fix():
     """Below MIN_TRANSFORMERS the engine's hooks miss (prefix tuning on T5 and GPT-J did nothing on 5.17): import
-    fails, naming both versions and the pip command; pyproject asks for the same floor."""
-    api.require_transformers(api.MIN_TRANSFORMERS)
-    api.require_transformers("6.0.0.dev0")
+    fails before any other part of the package loads, naming both versions and the pip command; pyproject asks for
+    the same floor."""
+    require_transformers(MIN_TRANSFORMERS)
+    require_transformers("6.0.0.dev0")
     with pytest.raises(ImportError, match=r"needs transformers >= 5\.24, this environment has 5\.23\.9"):
-        api.require_transformers("5.23.9")
-    code = "import transformers; transformers.__version__ = '5.17.0'; import workbench"
+        require_transformers("5.23.9")
+    code = (
+        "import sys, transformers; transformers.__version__ = '5.17.0'\n"
+        "try:\n    import workbench\n"
+        "except ImportError as error:\n"
+        "    print(sorted(m for m in sys.modules if m.startswith('workbench.')), error)\n"
+    )
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
-    assert proc.returncode != 0
-    assert f"needs transformers >= {api.MIN_TRANSFORMERS}, this environment has 5.17.0" in proc.stderr
-    assert 'pip install "transformers>=' in proc.stderr
+    assert proc.stdout.startswith("[] "), proc.stdout + proc.stderr  # no other module of the package was loaded
+    assert f"needs transformers >= {MIN_TRANSFORMERS}, this environment has 5.17.0" in proc.stdout
+    assert 'pip install "transformers>=' in proc.stdout
     dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert f"transformers>={api.MIN_TRANSFORMERS},<6" in dependencies
+    assert f"transformers>={MIN_TRANSFORMERS},<6" in dependencies

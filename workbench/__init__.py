@@ -3,6 +3,7 @@
 The public API keeps AdapterHub's names, so its tutorials run with only the import changed.
 """
 
+from . import _requirements  # noqa: F401  (first: refuses a transformers the engine's hooks do not fit)
 from .core.adapter_model import AdapterModel, AutoAdapterModel, AutoModelWithHeads, init, load_model
 from .core.composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack, parse_composition
 from .core.configs import (

@@ -19,35 +19,14 @@ import importlib
 import sys
 from collections.abc import Mapping
 
-import transformers
-from packaging.version import Version
-
-MIN_TRANSFORMERS = "5.24"
-"""The oldest transformers the workbench runs on, the one its tests run on. Older 5.x releases differ where the
-workbench hooks in: GPT-J's attention (before 5.24) and T5's (5.17 at least) bypass the attention interface, so
-prefix tuning there left the outputs unchanged, silently; activation checkpointing and TrainingArguments use other
-names; CLIP's towers and fast tokenizers' overflow windows behave differently (all seen running the tests on 5.17)."""
-
-
-def require_transformers(version: str) -> None:
-    """Refuse an older transformers at import, with what to do, rather than compute wrong outputs with it."""
-    if Version(version) < Version(MIN_TRANSFORMERS):
-        raise ImportError(
-            f"workbench needs transformers >= {MIN_TRANSFORMERS}, this environment has {version}: "
-            f'pip install "transformers>={MIN_TRANSFORMERS},<6"'
-        )
-
-
-require_transformers(transformers.__version__)
-
-from transformers import AttentionInterface  # noqa: E402  (after the version check: older releases lack some)
-from transformers.activations import ACT2FN, get_activation  # noqa: E402
-from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask, sdpa_mask  # noqa: E402
-from transformers.modeling_layers import GradientCheckpointingLayer  # noqa: E402
-from transformers.modeling_outputs import ModelOutput  # noqa: E402
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
-from transformers.pytorch_utils import Conv1D  # noqa: E402
+from transformers import AttentionInterface
+from transformers.activations import ACT2FN, get_activation
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask, sdpa_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.pytorch_utils import Conv1D
 
 __all__ = [  # plus the names in TRAINER_INTERNALS, imported on first use
     "ACT2FN",
