@@ -48,10 +48,10 @@ class ResidualSite:
         norm_layer = layer if site.norm_layer is None else engine.layers[site.norm_layer]
         self.norm = get_module(norm_layer, site.norm) if site.norm else None
         self.hooked, self.swapped = site.hooked, site.swapped
-        # A site without a norm of its own and not hooked is a pre-LN residual: the layer adds `r` to the sublayer
-        # output we hand back, so `combine` returns its result less `r` (see `Adapter.post_forward`).
-        self.layer_adds_residual = not self.hooked and self.norm is None
-        if self.swapped and self.layer_adds_residual:
+        # A hooked site, or one without a norm of its own (pre-LN), hands its result to a layer that adds `r` (and
+        # its norms) itself: `combine` returns the result less `r` (see `Adapter.post_forward`).
+        self.layer_adds_residual = self.hooked or self.norm is None
+        if self.swapped and not self.hooked and self.norm is None:
             raise ValueError(f"a swapped site needs the layer's norm or a hook ({site}): its residual is `h`")
         self.host, self.created_host = ensure_host(layer, site.host)
         self.combine = combine

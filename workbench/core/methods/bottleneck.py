@@ -159,14 +159,14 @@ class Adapter(nn.Module):
         gate = torch.sigmoid(self.gate(x.to(self.gate.weight.dtype))).mean(dim=1).unsqueeze(-1).to(out.dtype)
         return out * gate, gate
 
-    def post_forward(self, h, sublayer_output, r, norm, ln_after: bool = True, layer_adds_r: bool = False):
-        """The layer's residual (and post-norm) after the adapter; `ln_after=False` at a hooked site, where the layer
-        adds them itself (AdapterHub's plugin interface sets `original_ln_after = False` there). `layer_adds_r` at a
-        pre-LN site (no norm) whose layer adds `r` to what the site returns: the result less `r`, without adding
-        and taking away the same tensor (two passes over the hidden states, and their rounding)."""
-        if not (ln_after and self.config.original_ln_after):
-            return h - r if layer_adds_r else h
+    def post_forward(self, h, sublayer_output, r, norm, layer_adds_r: bool = False):
+        """The layer's residual (and post-norm) after the adapter. `layer_adds_r` where the layer adds `r` (and
+        applies its norms) to what the site returns: a hooked site (AdapterHub's plugin interface) or a pre-LN one.
+        There the result is `h`, less `r` without `original_ln_after` (hooked sites refuse that config): never
+        `r` added here and taken away again (two passes over the hidden states, and their rounding)."""
         if layer_adds_r:
+            return h if self.config.original_ln_after else h - r
+        if not self.config.original_ln_after:
             return h
         total = _add(h, r, reuse=True)
         return norm(total) if norm is not None else total
@@ -198,9 +198,9 @@ class ParallelAdapter(Adapter):
             out = self.adapter_norm_after(out)
         return out, up, gate
 
-    def post_forward(self, h, sublayer_output, r, norm, ln_after: bool = True, layer_adds_r: bool = False):
+    def post_forward(self, h, sublayer_output, r, norm, layer_adds_r: bool = False):
         h = h + sublayer_output
-        return super().post_forward(h, sublayer_output, r, norm, ln_after, layer_adds_r)
+        return super().post_forward(h, sublayer_output, r, norm, layer_adds_r)
 
 
 def make_adapter(hidden: int, config: BnConfig, layer_idx: int, shared_phm=None) -> Adapter:

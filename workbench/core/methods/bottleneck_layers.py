@@ -78,21 +78,18 @@ class BottleneckLayer(ComposableLayer):
         out = compose(self, ctx.setup, BnState(h, r, r, norm), ctx)
         if out.last is None:
             return None
-        hooked = self.site_spec.hooked  # the layer adds the residual and norms: adapters never do (AdapterHub)
-        adds_r = self.site.layer_adds_residual  # a pre-LN layer adds r to what we return
+        adds_r = self.site.layer_adds_residual  # hooked or pre-LN: the layer adds r (and its norms) to our result
         last = self._finished_alike(out.last)
         if not isinstance(last, tuple):
-            return self.adapters[last].post_forward(out.hidden, h, out.input_tensor, norm, not hooked, adds_r)
+            return self.adapters[last].post_forward(out.hidden, h, out.input_tensor, norm, adds_r)
         pieces, start = [], 0  # row groups finished by different adapters (or by none: the layer's own output)
         for rows, name in last:
             cut = slice(start, start + rows)
             if name is None:
-                own = h[cut] if hooked or adds_r else norm(h[cut] + r[cut]) if norm is not None else h[cut] + r[cut]
-                pieces.append(own)
+                pieces.append(h[cut] if adds_r else norm(h[cut] + r[cut]) if norm is not None else h[cut] + r[cut])
             else:
                 inputs = _cut(out.input_tensor, cut)
-                adapter = self.adapters[name]
-                pieces.append(adapter.post_forward(out.hidden[cut], h[cut], inputs, norm, not hooked, adds_r))
+                pieces.append(self.adapters[name].post_forward(out.hidden[cut], h[cut], inputs, norm, adds_r))
             start += rows
         return torch.cat(pieces)
 
