@@ -34,6 +34,7 @@ CONTENDERS = (
     "adapters-seq_bn-dynamic",
     "peft-lora",
     "adapters-lora",  # not run by default: a notebook-shaped job is the longest, and seq_bn's tells the same
+    "workbench-seq_bn-compile",  # not run by default: TrainConfig(torch_compile=True), compiling inside the job
 )
 
 
@@ -65,7 +66,7 @@ def run_workbench(args, phases: Phases) -> dict:
     from workbench.train import TrainConfig, train
 
     phases.end("import")
-    method = args.contender.removeprefix("workbench-")
+    method = args.contender.removeprefix("workbench-").removesuffix("-compile")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoAdapterModel.from_pretrained(args.model)
     phases.end("load")
@@ -78,6 +79,7 @@ def run_workbench(args, phases: Phases) -> dict:
         warmup_steps=args.warmup,
         seed=args.seed,
         logging_steps=50,
+        torch_compile=args.contender.endswith("-compile"),
     )
     record = train(
         model,

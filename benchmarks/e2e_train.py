@@ -42,6 +42,7 @@ TARGET_SPEEDUP = 1.5
 DESCRIPTIONS = {
     "workbench-seq_bn": "`workbench.train.train(model, {train, validation TSV}, adapter_config='seq_bn')`",
     "workbench-lora": "the same with `adapter_config='lora'` (r 8, α 8, query and value)",
+    "workbench-seq_bn-compile": "seq_bn with `TrainConfig(torch_compile=True)` (inductor, compiling in the job)",
     "adapters-seq_bn": "`adapters` AdapterTrainer, seq_bn, `padding='max_length'` as its training notebook",
     "adapters-lora": "the same with `config='lora'`",
     "adapters-seq_bn-dynamic": "AdapterTrainer, seq_bn, dynamic padding (`DataCollatorWithPadding`)",
@@ -151,7 +152,8 @@ def phases_markdown(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--contenders", default=",".join(c for c in CONTENDERS if c != "adapters-lora"))
+    default = [c for c in CONTENDERS if c not in ("adapters-lora", "workbench-seq_bn-compile")]
+    parser.add_argument("--contenders", default=",".join(default))
     parser.add_argument("--train-size", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--job-timeout", type=int, default=3600)

@@ -54,7 +54,11 @@ CONTENDERS = {
     "wb_seq_bn": "workbench seq_bn",
     "ah_seq_bn": "adapters 1.3.0 seq_bn",
 }
+COMPILED = "_compiled"  # torch.compile(model) (inductor) after the adapter is added; not run unless named
+CONTENDERS |= {name + COMPILED: f"{text}, torch.compile" for name, text in CONTENDERS.items()}
+DEFAULT_CONTENDERS = [name for name in CONTENDERS if not name.endswith(COMPILED)]
 PEERS = {"wb_lora": ("ah_lora", "peft_lora"), "wb_seq_bn": ("ah_seq_bn", None)}  # workbench row: (adapters, PEFT)
+PEERS |= {wb + COMPILED: tuple(p + COMPILED if p else None for p in peers) for wb, peers in PEERS.items()}
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
 FLOPS_NOTE = (
     "MFU = tokens/s × model FLOPs per token / the card's dense bf16 peak. Model FLOPs per token of a "
@@ -273,7 +277,7 @@ def parse_args():
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--tiny", action="store_true", help="tiny configs (2 layers, hidden 64), batch 2 × 32")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS), help=f"of {', '.join(CONTENDERS)}")
     parser.add_argument("--gc", default="off,on", help="checkpointing settings to run: off,on | off | on")
     parser.add_argument("--batch", default="", help="batch overrides, e.g. llama_1b=4,bert_base=32")
     parser.add_argument("--warmup", type=int, default=10)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA_TARGETS = {"llama": ["q_proj", "v_proj"], "bert": ["query", "value"]}  # AdapterHub's lora default: q and v
+COMPILED = "_compiled"  # a contender name's suffix: torch.compile(model) (inductor) once the adapter is added
 
 
 def build_base(torch, transformers, family: str, sizes: dict, device: str):
@@ -108,6 +109,7 @@ def train_steps(torch, model, inputs: dict, warmup: int, steps: int, device: str
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    warm_start = time.perf_counter()
     loss = model(**inputs).loss  # the first step checks that every trainable parameter gets a gradient
     loss.backward()
     missing = sum(p.grad is None for p in params)
@@ -119,6 +121,7 @@ def train_steps(torch, model, inputs: dict, warmup: int, steps: int, device: str
     if cuda:
         torch.cuda.synchronize()
         marks = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+    warmup_s = time.perf_counter() - warm_start  # with torch.compile: compiling the graphs, mostly
     losses, cpu_marks = [], []
     start = time.perf_counter()
     for i in range(steps):
@@ -137,6 +140,7 @@ def train_steps(torch, model, inputs: dict, warmup: int, steps: int, device: str
     wall_s = time.perf_counter() - start
     return {
         "wall_s": wall_s,
+        "warmup_s": warmup_s,
         "step_ms": step_ms,
         "median_step_ms": statistics.median(step_ms),
         "first_loss": first_loss,
@@ -158,10 +162,12 @@ def run(args) -> dict:
     dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
     model, config = build_base(torch, transformers, args.family, json.loads(args.sizes), args.device)
-    model, lib_version = add_contender(model, args.family, args.contender)
+    model, lib_version = add_contender(model, args.family, args.contender.removesuffix(COMPILED))
     model.to(device=args.device, dtype=dtype)
     if args.gc:
         enable_checkpointing(model)
+    if args.contender.endswith(COMPILED):  # compiled during the warm-up steps (their time is in warmup_s)
+        model = torch.compile(model)
     inputs = make_batch(torch, args.family, config.vocab_size, args.batch, args.seq, args.device)
     build_s = time.perf_counter() - t0
     try:
@@ -183,7 +189,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--family", choices=list(LORA_TARGETS), required=True)
     parser.add_argument("--sizes", required=True, help="JSON of config sizes (hidden_size, num_hidden_layers, ...)")
-    parser.add_argument("--contender", choices=["wb_lora", "wb_seq_bn", "ah_lora", "ah_seq_bn", "peft_lora"])
+    contenders = ["wb_lora", "wb_seq_bn", "ah_lora", "ah_seq_bn", "peft_lora"]
+    parser.add_argument("--contender", choices=contenders + [c + COMPILED for c in contenders])
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--seq", type=int, required=True)
     parser.add_argument("--gc", action="store_true", help="activation (gradient) checkpointing of every layer")

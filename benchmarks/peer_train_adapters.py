@@ -5,7 +5,7 @@ process's); also holds the timing loop (`time_steps`) and the step-memory measur
 own workers use, so every variant is measured by the same code. Prints one JSON object on stdout.
 
     .venv-adapters/bin/python benchmarks/peer_train_adapters.py --path MODEL_DIR --variant seq_bn|lora
-        [--batch 16] [--length 128] [--steps 8] [--warmup 2] [--threads N] [--memory]
+        [--batch 16] [--length 128] [--steps 8] [--warmup 2] [--threads N] [--memory] [--compile]
 """
 
 from __future__ import annotations
@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--profile", action="store_true", help="also profile one step (torch.profiler)")
     parser.add_argument("--memory", action="store_true", help="also the RSS the steps add (memory_steps)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (inductor) first")
     args = parser.parse_args()
 
     import torch
@@ -184,6 +185,8 @@ def main() -> None:
 
     model = build(args.variant, args.path)
     inputs = train_inputs(torch, model.config.vocab_size, args.batch, args.length)
+    if args.compile:
+        model = torch.compile(model)
     measure = memory_steps if args.memory else time_steps
     result = measure(torch, model, inputs, args.steps, args.warmup)
     if args.profile:

@@ -10,6 +10,9 @@ Writes benchmarks/results/train_throughput.{json,md}.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--warmup 2] [--rounds 1] [--threads N]
         [--only wb_seq_bn,ah_seq_bn] [--profile]
+
+"_compiled" variants run `torch.compile(model)` (inductor, as `TrainConfig(torch_compile=True)` does); give them
+--warmup 3, so compiling the forward and backward graphs is not timed.
 """
 
 from __future__ import annotations
@@ -51,7 +54,13 @@ VARIANTS = {
     "ah_vera": "adapters 1.3.0, vera",
     "ah_loreft": "adapters 1.3.0, loreft",
     "trainer_seq_bn": "workbench train() (Trainer), seq_bn",
+    "wb_seq_bn_compiled": "workbench, seq_bn, torch.compile",
+    "wb_lora_compiled": "workbench, lora, torch.compile",
+    "peft_lora_compiled": "PEFT lora, torch.compile",
+    "ah_seq_bn_compiled": "adapters 1.3.0, seq_bn, torch.compile",
+    "ah_lora_compiled": "adapters 1.3.0, lora, torch.compile",
 }
+COMPILED = "_compiled"  # a variant compiled with torch.compile (inductor); its first steps compile: --warmup 3
 
 
 def build(name: str, path: str):
@@ -172,9 +181,11 @@ def worker(name: str, args) -> None:
     if name == "trainer_seq_bn":
         json.dump(trainer_worker(path, args), sys.stdout)
         return
-    model = build(name, path)
+    model = build(name.removesuffix(COMPILED), path)
     inputs = train_inputs(torch, model.config.vocab_size, args.batch, args.length)
-    with as_train_does(name, model):
+    if name.endswith(COMPILED):  # inductor draws its own dropout masks and picks its kernels: as train(torch_compile)
+        model = torch.compile(model)
+    with as_train_does(name, model) if not name.endswith(COMPILED) else contextlib.nullcontext():
         result = time_steps(torch, model, inputs, args.steps, args.warmup)
         if args.profile:
             result["profile"] = profile_step(torch, model, inputs)
@@ -203,8 +214,9 @@ def run_variant(name: str, args, threads: int, path: str) -> dict:
             "--path",
             path,
             "--variant",
-            name.removeprefix("ah_"),
+            name.removeprefix("ah_").removesuffix(COMPILED),
             *flags,
+            *(["--compile"] if name.endswith(COMPILED) else []),
         ]
     else:
         cmd = [sys.executable, __file__, "--worker", name, *flags]

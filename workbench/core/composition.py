@@ -72,7 +72,11 @@ class Block(Sequence):
 
     @property
     def parallel_channels(self) -> int:
-        return max((c.parallel_channels for c in self.children if isinstance(c, Block)), default=1)
+        channels = 1  # a loop, not max(..., default=): torch.compile traces it
+        for child in self.children:
+            if isinstance(child, Block):
+                channels = max(channels, child.parallel_channels)
+        return channels
 
     def to_dict(self) -> dict:
         return {

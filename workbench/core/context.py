@@ -1,24 +1,25 @@
-"""Per-call state: what one forward pass needs, kept in context variables, never on modules.
+"""Per-call state: what one forward pass needs, kept in per-thread slots, never on modules.
 
 Two threads (or two nested calls) that run the same model each see their own `AdapterSetup` and their own
-`ForwardContext`: Python gives every thread its own context, and `contextvars` tokens undo each `with` block
-exactly. Gradient checkpointing re-runs a layer during backward, after the forward has ended; the checkpoint
-function is wrapped (`keep_call_context`) so the replay sees the context the layer first ran in.
+`ForwardContext`: the values live in per-thread slots (`ThreadSlot`, readable inside `torch.compile`d graphs), and
+their tokens undo each `with` block exactly. Gradient checkpointing re-runs a layer during backward, after the
+forward has ended; the checkpoint function is wrapped (`keep_call_context`) so the replay sees the context the
+layer first ran in.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 from dataclasses import dataclass, field
 
 import torch
 
 from .composition import Block, parse_composition
+from .thread_slot import ThreadSlot
 
-_SCOPED_SETUP: contextvars.ContextVar = contextvars.ContextVar("workbench_adapter_setup", default=None)
-_CALLS: contextvars.ContextVar = contextvars.ContextVar("workbench_forward_calls", default=None)
+_SCOPED_SETUP = ThreadSlot("workbench_adapter_setup")
+_CALLS = ThreadSlot("workbench_forward_calls")  # {id(engine): ForwardContext} of the calls running in this thread
 
 
 class AdapterSetup:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -31,10 +30,11 @@ from .families import spec_for
 from .rows import BASE, current_plan, enter_plan, leave_plan, row_names, setup_of
 from .rows import check_names as check_row_names
 from .runtime import check_batch, check_setup, task_rows
+from .thread_slot import ThreadSlot
 
 # A task model's call (init()-ed `...For<Task>`, CLIPTextModelWithProjection) that asked for fusion attentions or
 # gating scores: the base model's call leaves them here, and the task model's output gets them (its own object).
-_ROOT_EXTRAS: ContextVar[dict | None] = ContextVar("root_extras", default=None)
+_ROOT_EXTRAS = ThreadSlot("workbench_root_extras")
 _EXTRA_FLAGS = ("output_adapter_fusion_attentions", "output_adapter_gating_scores")
 
 
@@ -241,6 +241,9 @@ class EngineState:
         if scoped is None:
             return self.active_setup
         setup = scoped.adapter_setup
+        if torch.compiler.is_compiling():  # checked while tracing; a graph's guards hold the setup and model state
+            check_setup(setup, self)  # (a cache keyed by the block's id would recompile for every new block)
+            return setup
         key = (id(scoped), setup, self.version)
         if self._checked_scoped != key:  # checked once per block and model state, not per forward
             check_setup(setup, self)

@@ -12,15 +12,15 @@ so KV caches, heads and labels keep their rows. The list overrides the active se
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from dataclasses import dataclass, field
 
 from .composition import BatchSplit, Stack
 from .errors import CompositionError
+from .thread_slot import ThreadSlot
 
 BASE = "__base__"  # no adapter for this row (names starting with "_" are never adapter names)
 
-_PLAN: contextvars.ContextVar = contextvars.ContextVar("workbench_row_adapters", default=None)
+_PLAN = ThreadSlot("workbench_row_adapters")
 
 
 @dataclass
@@ -31,7 +31,7 @@ class RowPlan:
     widen: bool = False  # generate(): a batch k times as long repeats each row's name k times
     setups: dict = field(default_factory=dict)  # id(engine) -> the setup of that model's running call
     owner: int | None = None  # id of the model whose call set it (its forward hook takes it away)
-    token: contextvars.Token | None = None
+    token: tuple | None = None
 
 
 def current_plan() -> RowPlan | None:

@@ -197,6 +197,8 @@ def cat_rows(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
     first = tensors[0]
     if first is None or len(tensors) == 1:
         return first
+    if torch.compiler.is_compiling():  # a compiled graph plans its own memory (and cannot read storage addresses)
+        return torch.cat(tensors)
     stride, rest, storage = first.stride(), first.shape[1:], first.untyped_storage().data_ptr()
     offset = first.storage_offset()
     for t in tensors:

@@ -90,6 +90,10 @@ class TrainConfig:
     gradient_checkpointing_kwargs: dict | None = field(
         default=None, metadata={"help": "for torch.utils.checkpoint, e.g. {'use_reentrant': False} (the default)"}
     )
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the model (inductor): faster steps after a first slow one that compiles"},
+    )
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -201,6 +205,7 @@ class TrainConfig:
             train_sampling_strategy="group_by_length" if self.group_by_length else "random",
             activation_checkpointing=self.gradient_checkpointing,
             activation_checkpointing_kwargs=self.gradient_checkpointing_kwargs,
+            torch_compile=self.torch_compile,
         )
 
 

@@ -46,12 +46,13 @@ class WorkbenchTrainer(AdapterTrainer):
 
     def train(self, *args, **kwargs):
         """Trainer's train; adapter and fusion runs with `fast_dropout` (see `workbench.train.fast_dropout`), and
-        their frozen linears on a CPU through oneDNN (`core.onednn_linear`)."""
-        adapters = self._trains_adapters()
-        fast = getattr(self.args, "fast_dropout", False) and adapters
+        their frozen linears on a CPU through oneDNN (`core.onednn_linear`). A compiled model (`torch_compile`) needs
+        neither: inductor draws its own dropout masks and picks its own matrix kernels."""
+        eager_adapters = self._trains_adapters() and not self.args.torch_compile
+        fast = getattr(self.args, "fast_dropout", False) and eager_adapters
         attention = getattr(self.args, "attention_dropout", True)
         model = self.accelerator.unwrap_model(self.model)
-        frozen = onednn_linears(model) if adapters else contextlib.nullcontext()
+        frozen = onednn_linears(model) if eager_adapters else contextlib.nullcontext()
         with fast_dropout(model, fast=fast, attention=attention), frozen:
             return super().train(*args, **kwargs)
 
@@ -82,7 +83,8 @@ class WorkbenchTrainer(AdapterTrainer):
     def evaluation_loop(self, *args, **kwargs):
         """Trainer's loop, with oneDNN linears on a CPU (`core.onednn_linear`); with `perplexity`, the metrics also
         get `<prefix>_perplexity` = exp(loss)."""
-        with onednn_linears(self.accelerator.unwrap_model(self.model)):
+        model = self.accelerator.unwrap_model(self.model)
+        with onednn_linears(model) if not self.args.torch_compile else contextlib.nullcontext():
             output = super().evaluation_loop(*args, **kwargs)
         if self.perplexity:
             prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")

@@ -79,6 +79,7 @@ class PromptTuningMethod(AdapterMethod):
         self.mask_position = params.index("attention_mask") if "attention_mask" in params else None
         self._handle = None
         self._mask_handle = None
+        self.attached = False  # a plain flag for the hooks: torch.compile cannot trace a hook handle
 
     def _attach(self) -> None:
         base = self.engine.base
@@ -89,10 +90,12 @@ class PromptTuningMethod(AdapterMethod):
         if self.engine.spec.prompt_mask:
             module = get_module(base, self.engine.spec.prompt_mask)
             self._mask_handle = module.register_forward_pre_hook(self._on_mask_module, with_kwargs=True)
+        self.attached = True
 
     def _detach(self) -> None:
         self._handle.remove()
         self._handle = None
+        self.attached = False
         if self._mask_handle is not None:
             self._mask_handle.remove()
             self._mask_handle = None
@@ -103,7 +106,7 @@ class PromptTuningMethod(AdapterMethod):
             raise AdapterConfigError(
                 "prompt_init='from_string' is not supported yet (it needs a tokenizer); use 'random_uniform'"
             )
-        if self._handle is None:
+        if not self.attached:
             self._attach()
         size = getattr(self.engine.base.config, "embedding_size", None) or self.engine.hidden_size
         layer = self.engine.base.prompt_tuning
@@ -167,7 +170,7 @@ class PromptTuningMethod(AdapterMethod):
 
     def begin(self, ctx, args, kwargs):
         """Prepend P ones to a 2-D attention mask (positional or keyword)."""
-        prompt = self.active(ctx) if self._handle is not None else None
+        prompt = self.active(ctx) if self.attached else None
         if prompt is None or self.engine.spec.prompt_mask:
             return None
         position = self.mask_position

@@ -1,0 +1,40 @@
+"""A value per thread with `contextvars`-style set and reset, that `torch.compile` can read inside a graph.
+
+The engine's per-call state (the running forward, a scoped `AdapterSetup`, per-row adapters) must differ between
+threads sharing a model, and the layer hooks that read it run inside compiled graphs. Dynamo cannot trace
+`ContextVar.get` (each read is a graph break), but it traces an attribute of a `threading.local` and guards it
+per thread: a compiled graph runs only while the calling thread's value still matches what it was traced with.
+The slot starts as None in the thread that creates it (the importing one), so there a graph sees the same state
+at every call; another thread's first call finds no value yet and compiles once more.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class ThreadSlot:
+    """`slot.get()`, `token = slot.set(value)`, `slot.reset(token)`: like a `ContextVar`, but per thread only."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._local = threading.local()  # a plain one: Dynamo mistraces writes to a subclass's attributes
+        self._local.value = None
+
+    def get(self):
+        return getattr(self._local, "value", None)
+
+    def set(self, value) -> tuple:
+        """Make `value` this thread's; returns the token that puts the previous value back."""
+        token = (self, self.get())
+        self._local.value = value
+        return token
+
+    def reset(self, token: tuple) -> None:
+        slot, previous = token
+        if slot is not self:
+            raise ValueError(f"a token of {slot.name!r} cannot reset {self.name!r}")
+        self._local.value = previous
+
+    def __repr__(self) -> str:
+        return f"ThreadSlot({self.name!r})"
