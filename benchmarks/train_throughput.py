@@ -11,8 +11,8 @@ Writes benchmarks/results/train_throughput.{json,md}.
     .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--warmup 2] [--rounds 1] [--threads N]
         [--only wb_seq_bn,ah_seq_bn] [--profile]
 
-"_compiled" variants run `torch.compile(model)` (inductor, as `TrainConfig(torch_compile=True)` does); give them
---warmup 3, so compiling the forward and backward graphs is not timed.
+"_compiled" variants run `torch.compile(model)` (inductor, as `TrainConfig(torch_compile=True)` does) and always
+get at least 3 warm-up steps, so compiling the forward and backward graphs is never timed.
 """
 
 from __future__ import annotations
@@ -193,11 +193,12 @@ def worker(name: str, args) -> None:
 
 
 def run_variant(name: str, args, threads: int, path: str) -> dict:
+    warmup = max(args.warmup, 3) if name.endswith(COMPILED) else args.warmup  # compiling is never timed
     flags = [
         "--steps",
         str(args.steps),
         "--warmup",
-        str(args.warmup),
+        str(warmup),
         "--threads",
         str(threads),
         "--batch",
@@ -277,6 +278,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--only", default=None, help="comma-separated variants (default: all)")
     parser.add_argument("--profile", action="store_true", help="profile one extra step per variant")
+    parser.add_argument("--name", default="train_throughput", help="results file name (results/NAME.{json,md})")
+    parser.add_argument("--note", default="", help="was the machine quiet? (reported)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads = args.threads or len(os.sched_getaffinity(0))
@@ -349,10 +352,10 @@ def main() -> None:
         "machine": platform.machine(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (RESULTS / "train_throughput.json").write_text(
-        json.dumps({"setting": meta, "results": rows, "runs": runs}, indent=1)
-    )
-    (RESULTS / "train_throughput.md").write_text(f"# Training throughput\n\n{report}\n")
+    meta |= {"command": sys.argv, "note": args.note}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"setting": meta, "results": rows, "runs": runs}, indent=1))
+    command = f"Command: `{' '.join(['python', *sys.argv])}`" + (f"; note: {args.note}" if args.note else "")
+    (RESULTS / f"{args.name}.md").write_text(f"# Training throughput\n\n{command}\n\n{report}\n")
 
 
 if __name__ == "__main__":

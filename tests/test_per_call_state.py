@@ -12,6 +12,9 @@ from tiny import tiny_adapter_model, tiny_base_model
 
 import workbench
 from workbench import AdapterSetup, BatchSplit, CompositionError, Parallel, Stack
+from workbench.core.context import current_call
+from workbench.core.rows import current_plan
+from workbench.core.thread_slot import ThreadSlot
 from workbench.train import TrainConfig, train
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 0, 0]])
@@ -121,6 +124,85 @@ def test_a_failed_forward_leaves_no_call_state_behind():
     with pytest.raises(Exception), AdapterSetup("a"):  # noqa: B017 - any error in the middle of the forward
         model(input_ids=torch.tensor([[500]]))  # index out of the vocabulary
     torch.testing.assert_close(hidden(model), plain, atol=0, rtol=0)
+
+
+def _interrupt(module, args, output):
+    raise KeyboardInterrupt  # a notebook cell stopped in the middle of a forward
+
+
+@pytest.mark.parametrize("kind", ["adapter_model", "init"])
+def test_a_forward_stopped_by_keyboard_interrupt_leaves_nothing_for_the_next_call(kind):
+    """torch runs no clean-up hook for a KeyboardInterrupt: the next call of the model drops what was left."""
+    torch.manual_seed(0)
+    model = tiny_adapter_model() if kind == "adapter_model" else workbench.init(tiny_base_model())
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+        perturb(model, name)
+    model.set_active_adapters("a")
+    expected = hidden(model)
+    engine = model._engine
+    layer = engine.layer_refs[1].module
+    handle = layer.register_forward_hook(_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model(input_ids=IDS, attention_mask=MASK, adapter_names=["b", "__base__"])
+    handle.remove()
+    assert current_call(engine) is not None  # what the interrupted call left behind
+    torch.testing.assert_close(hidden(model), expected, atol=0, rtol=0)
+    assert current_call(engine) is None and current_plan() is None
+
+
+def test_one_setup_block_entered_by_several_threads_restores_each_threads_own_state():
+    model = model_with({"a": "seq_bn", "b": "lora[init_weights=bert]"})
+    block = AdapterSetup("b")
+    expected = {"a": None, "b": None}
+    with AdapterSetup("a"):
+        expected["a"] = hidden(model)
+    with block:
+        expected["b"] = hidden(model)
+    inside, errors = threading.Barrier(2), []
+
+    def work():
+        try:
+            with AdapterSetup("a"):
+                with block:
+                    inside.wait()
+                    torch.testing.assert_close(hidden(model), expected["b"])
+                    inside.wait()
+                torch.testing.assert_close(hidden(model), expected["a"])  # its own outer block again
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+
+
+def test_a_token_resets_only_its_own_slot_in_its_own_thread():
+    slot = ThreadSlot("test")
+    outer = slot.set("outer")
+    inner = slot.set("inner")
+    seen, errors = [], []
+
+    def other():
+        seen.append(slot.get())
+        try:
+            slot.reset(inner)
+        except ValueError as err:
+            errors.append(str(err))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert seen == [None] and "another thread" in errors[0] and slot.get() == "inner"
+    slot.reset(inner)
+    assert slot.get() == "outer"
+    slot.reset(outer)
+    assert slot.get() is None
+    with pytest.raises(ValueError, match="'other'"):
+        slot.reset(ThreadSlot("other").set(1))
 
 
 # --- gradient checkpointing -----------------------------------------------------------------------------------

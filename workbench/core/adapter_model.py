@@ -254,6 +254,7 @@ class AdapterModel(AddHeadMethods, ModelAdaptersMixin, PreTrainedModel, Generati
     def generate(self, *args, adapter_names=None, **kwargs):
         """transformers' `generate` with the active (or scoped) setup: one batch through one head; with
         `adapter_names`, each row with its own adapter (`"__base__"`: none) and that adapter's head."""
+        self._engine.drop_stale_state()  # its encoder may run before any call of the whole model
         if adapter_names is not None:
             with rows_scope(adapter_names, widen=True):
                 return super().generate(*args, **kwargs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -33,17 +34,18 @@ class AdapterSetup:
         self.adapter_setup = parse_composition(adapter_setup)
         self.head_setup = head_setup
         self.ignore_empty = ignore_empty
-        self._tokens: list = []
+        self._tokens = threading.local()  # .stack: per thread, so one block object may be entered by several
 
     def __enter__(self):
+        stack = self._tokens.__dict__.setdefault("stack", [])
         if self.adapter_setup is not None or not self.ignore_empty:
-            self._tokens.append(_SCOPED_SETUP.set(self))
+            stack.append(_SCOPED_SETUP.set(self))
         else:
-            self._tokens.append(None)
+            stack.append(None)
         return self
 
     def __exit__(self, *exc):
-        token = self._tokens.pop()
+        token = self._tokens.stack.pop()
         if token is not None:
             _SCOPED_SETUP.reset(token)
 

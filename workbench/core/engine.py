@@ -250,7 +250,27 @@ class EngineState:
             self._checked_scoped = key
         return setup
 
+    def drop_stale_state(self) -> None:
+        """Forget what an interrupted call of this model left in this thread.
+
+        torch runs the `always_call` hooks that clean up after a call only when the forward raised an `Exception`:
+        a KeyboardInterrupt (stopping a notebook cell), or an error in a compiled region after a graph break,
+        leaves the call's context, row plan and extras holder behind, and the next call would read them. A model
+        called at its root (or its `generate`) is never inside its own call, so anything of its own is stale."""
+        ctx = current_call(self)
+        if ctx is not None and "token" in ctx.scratch:
+            leave_call(ctx.scratch.pop("token"))
+        plan = current_plan()
+        while plan is not None and plan.owner == id(self.root) and plan.token is not None:
+            leave_plan(plan.token)
+            plan = current_plan()
+        holder = _ROOT_EXTRAS.get()
+        while holder is not None and holder["owner"] == id(self.root):
+            _ROOT_EXTRAS.reset(holder["token"])
+            holder = _ROOT_EXTRAS.get()
+
     def _root_begin(self, module, args, kwargs):
+        self.drop_stale_state()
         if any(kwargs.get(flag) for flag in _EXTRA_FLAGS):  # this call's own holder (an older one is shadowed)
             holder = {"owner": id(module), "extras": {}}
             holder["token"] = _ROOT_EXTRAS.set(holder)
@@ -286,6 +306,8 @@ class EngineState:
             self._end(module, args, output)
 
     def _begin(self, module, args, kwargs):
+        if module is self.root:
+            self.drop_stale_state()
         own = kwargs.pop("adapter_names", None)
         plan = enter_plan(own) if own is not None else None
         try:

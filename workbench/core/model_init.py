@@ -30,6 +30,7 @@ class _GenerateByRows:
     """`generate(..., adapter_names=[...])` for a transformers model given adapters by `init()`."""
 
     def generate(self, *args, adapter_names=None, **kwargs):
+        self._engine.drop_stale_state()  # its encoder may run before any call of the whole model
         with rows_scope(adapter_names, widen=True):
             return super().generate(*args, **kwargs)
 

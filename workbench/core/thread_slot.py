@@ -1,5 +1,9 @@
 """A value per thread with `contextvars`-style set and reset, that `torch.compile` can read inside a graph.
 
+Per thread, not per asyncio task: tasks on one thread share the value (a `with AdapterSetup(...)` held across an
+`await` is seen by the thread's other tasks), and `contextvars.copy_context()` / `asyncio.to_thread` do not carry
+it.
+
 The engine's per-call state (the running forward, a scoped `AdapterSetup`, per-row adapters) must differ between
 threads sharing a model, and the layer hooks that read it run inside compiled graphs. Dynamo cannot trace
 `ContextVar.get` (each read is a graph break), but it traces an attribute of a `threading.local` and guards it
@@ -11,6 +15,8 @@ at every call; another thread's first call finds no value yet and compiles once 
 from __future__ import annotations
 
 import threading
+
+import torch
 
 
 class ThreadSlot:
@@ -26,15 +32,23 @@ class ThreadSlot:
 
     def set(self, value) -> tuple:
         """Make `value` this thread's; returns the token that puts the previous value back."""
-        token = (self, self.get())
+        token = (self, _thread(), self.get())
         self._local.value = value
         return token
 
     def reset(self, token: tuple) -> None:
-        slot, previous = token
+        slot, thread, previous = token
         if slot is not self:
             raise ValueError(f"a token of {slot.name!r} cannot reset {self.name!r}")
+        if thread is not None and _thread() not in (None, thread):
+            raise ValueError(f"a token of {self.name!r} set in another thread cannot reset this thread's value")
         self._local.value = previous
 
     def __repr__(self) -> str:
         return f"ThreadSlot({self.name!r})"
+
+
+def _thread() -> int | None:
+    """The calling thread's id; None inside a compiled graph (Dynamo cannot trace it; the engine's own set/reset
+    pairs there are in one call, on one thread)."""
+    return None if torch.compiler.is_compiling() else threading.get_ident()

@@ -105,9 +105,9 @@ class ReftModule(nn.Module):
         prefix = starts[:, None] + torch.arange(min(self.prefix_positions, length), device=hidden.device)
         suffix = ends[:, None] + torch.arange(-min(self.suffix_positions, length), 0, device=hidden.device)
         for kind, index in (("prefix", prefix), ("suffix", suffix)):
-            # The check reads tensor values, which a compiled graph cannot branch on; there `gather` still
-            # refuses an index outside the row (an error, not a wrong result), without this message.
-            if index.numel() and not torch.compiler.is_compiling() and (index.min() < 0 or index.max() >= length):
+            # reads tensor values: a compiled graph breaks here (an index out of range on a GPU would otherwise
+            # be a device-side assert, which leaves the CUDA context unusable)
+            if index.numel() and (index.min() < 0 or index.max() >= length):
                 row = int(((index < 0) | (index >= length)).any(dim=1).nonzero()[0])
                 count = getattr(self, f"{kind}_positions")
                 raise CompositionError(
