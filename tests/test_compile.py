@@ -18,7 +18,7 @@ from tiny import tiny_adapter_model, tiny_config
 from transformers import BertForSequenceClassification, LlamaForCausalLM
 
 import workbench
-from workbench import AdapterSetup, Average, BatchSplit, Fuse, Parallel, Split, Stack
+from workbench import AdapterFusionConfig, AdapterSetup, Average, BatchSplit, Fuse, Parallel, Split, Stack
 from workbench.train import TrainConfig, train
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # eager and compiled draw different masks
@@ -193,6 +193,29 @@ def test_a_compiled_model_follows_setup_and_weight_changes_instead_of_replaying_
     model.delete_adapter("a")
     result, eager = both("b")
     torch.testing.assert_close(result, eager)
+
+
+def test_a_fusion_whose_temperature_anneals_runs_that_step_eagerly_and_keeps_annealing():
+    """AdapterHub lowers the fusion temperature (a Python number) on every forward; a graph would freeze it."""
+    import copy
+
+    model = head_model()
+    model.delete_adapter_fusion(Fuse("a", "b"))
+    model.add_adapter_fusion(Fuse("a", "b"), config=AdapterFusionConfig.load("dynamic", temperature=True))
+    model.set_active_adapters(Fuse("a", "b"))
+    perturb(model, scale=0.5)
+    twin = copy.deepcopy(model)
+    fast = compiled(model, fullgraph=False)
+    layers = lambda m: [x for x in m.modules() if type(x).__name__ == "FusionLayer"]  # noqa: E731
+    for step in range(4):
+        with torch.no_grad():
+            result = outputs_of(fast(input_ids=IDS, attention_mask=MASK))
+            expected = outputs_of(twin(input_ids=IDS, attention_mask=MASK))
+        torch.testing.assert_close(result, expected)
+        assert [f.temperature for f in layers(model)] == [f.temperature for f in layers(twin)] != [50.0, 50.0]
+        if step == 0:
+            first = graphs()
+    assert graphs() == first  # no recompile per step
 
 
 def test_a_new_setup_block_with_the_same_setup_reuses_the_graph():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import warnings
 
@@ -178,6 +179,35 @@ def test_one_setup_block_entered_by_several_threads_restores_each_threads_own_st
     for thread in threads:
         thread.join()
     assert not errors
+
+
+def test_asyncio_tasks_sharing_a_thread_each_keep_their_own_setup_block():
+    """Blocks held across an `await` belong to their task (a context variable), also when they exit out of order,
+    and `asyncio.to_thread` carries the block into its worker."""
+    model = model_with({"a": "seq_bn", "b": "lora[init_weights=bert]"})
+    expected = {None: hidden(model)}
+    for name in ("a", "b"):
+        with AdapterSetup(name):
+            expected[name] = hidden(model)
+
+    async def in_block(name, linger):
+        with AdapterSetup(name):
+            await asyncio.sleep(0)  # the other task enters its block meanwhile
+            out = hidden(model)
+            await asyncio.sleep(linger)  # "b" lingers: "a" leaves first
+        return out
+
+    async def main():
+        a, b = await asyncio.gather(in_block("a", 0), in_block("b", 0.05))
+        with AdapterSetup("a"):
+            threaded = await asyncio.to_thread(hidden, model)
+        return a, b, threaded
+
+    a, b, threaded = asyncio.run(main())
+    torch.testing.assert_close(a, expected["a"], atol=0, rtol=0)
+    torch.testing.assert_close(b, expected["b"], atol=0, rtol=0)
+    torch.testing.assert_close(threaded, expected["a"], atol=0, rtol=0)
+    torch.testing.assert_close(hidden(model), expected[None], atol=0, rtol=0)  # nothing left behind
 
 
 def test_a_token_resets_only_its_own_slot_in_its_own_thread():

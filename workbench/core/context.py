@@ -1,8 +1,9 @@
 """Per-call state: what one forward pass needs, kept in per-thread slots, never on modules.
 
 Two threads (or two nested calls) that run the same model each see their own `AdapterSetup` and their own
-`ForwardContext`: the values live in per-thread slots (`ThreadSlot`, readable inside `torch.compile`d graphs), and
-their tokens undo each `with` block exactly. Gradient checkpointing re-runs a layer during backward, after the
+`ForwardContext`: a scoped setup lives in a context variable (per thread and asyncio task), the state of a running
+forward in per-thread slots (`ThreadSlot`, readable inside `torch.compile`d graphs), and tokens undo each `with`
+block exactly. Gradient checkpointing re-runs a layer during backward, after the
 forward has ended; the checkpoint function is wrapped (`keep_call_context`) so the replay sees the context the
 layer first ran in.
 """
@@ -10,6 +11,7 @@ layer first ran in.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import threading
 from dataclasses import dataclass, field
@@ -19,7 +21,12 @@ import torch
 from .composition import Block, parse_composition
 from .thread_slot import ThreadSlot
 
-_SCOPED_SETUP = ThreadSlot("workbench_adapter_setup")
+# The scoped setup is held across arbitrary user code (an `await` too), so it lives in a context variable: per
+# thread and per asyncio task. Dynamo cannot read one, so compiled graphs read its copy for this thread, updated
+# whenever a block is entered or left here (exact unless asyncio tasks interleave blocks in one thread, or a
+# block's setup is used from `asyncio.to_thread`: there only compiled models miss it).
+_SCOPED_SETUP: contextvars.ContextVar = contextvars.ContextVar("workbench_adapter_setup", default=None)
+_SCOPED_COPY = ThreadSlot("workbench_adapter_setup_copy")
 _CALLS = ThreadSlot("workbench_forward_calls")  # {id(engine): ForwardContext} of the calls running in this thread
 
 
@@ -42,16 +49,20 @@ class AdapterSetup:
             stack.append(_SCOPED_SETUP.set(self))
         else:
             stack.append(None)
+        _SCOPED_COPY.put(_SCOPED_SETUP.get())
         return self
 
     def __exit__(self, *exc):
         token = self._tokens.stack.pop()
         if token is not None:
             _SCOPED_SETUP.reset(token)
+        _SCOPED_COPY.put(_SCOPED_SETUP.get())
 
 
 def scoped_setup() -> AdapterSetup | None:
-    """The innermost `AdapterSetup` block being run in this thread, if any."""
+    """The innermost `AdapterSetup` block being run here (this thread and asyncio task), if any."""
+    if torch.compiler.is_compiling():
+        return _SCOPED_COPY.get()
     return _SCOPED_SETUP.get()
 
 

@@ -1,10 +1,9 @@
 """A value per thread with `contextvars`-style set and reset, that `torch.compile` can read inside a graph.
 
-Per thread, not per asyncio task: tasks on one thread share the value (a `with AdapterSetup(...)` held across an
-`await` is seen by the thread's other tasks), and `contextvars.copy_context()` / `asyncio.to_thread` do not carry
-it.
+Per thread, not per asyncio task, so only for state set and unset within one synchronous call (a forward, a
+`generate`); a `with AdapterSetup(...)` block, which may span an `await`, keeps a context variable (see context.py).
 
-The engine's per-call state (the running forward, a scoped `AdapterSetup`, per-row adapters) must differ between
+The engine's per-call state (the running forward, per-row adapters) must differ between
 threads sharing a model, and the layer hooks that read it run inside compiled graphs. Dynamo cannot trace
 `ContextVar.get` (each read is a graph break), but it traces an attribute of a `threading.local` and guards it
 per thread: a compiled graph runs only while the calling thread's value still matches what it was traced with.
@@ -35,6 +34,10 @@ class ThreadSlot:
         token = (self, _thread(), self.get())
         self._local.value = value
         return token
+
+    def put(self, value) -> None:
+        """Make `value` this thread's, with no way back (a copy of a value kept elsewhere)."""
+        self._local.value = value
 
     def reset(self, token: tuple) -> None:
         slot, thread, previous = token

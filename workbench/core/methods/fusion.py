@@ -42,6 +42,16 @@ class FusionLayer(nn.Module):
 
         `advance` lowers the temperature one step (not when gradient checkpointing replays the layer).
         """
+        if self.config.temperature:  # a Python number lowered on every forward: a compiled graph would freeze it
+            return self._eager_forward(query, ups, residual, advance)
+        return self._forward(query, ups, residual, advance)
+
+    @torch.compiler.disable
+    def _eager_forward(self, query, ups, residual, advance: bool):
+        """`_forward` outside any compiled graph (a graph break in a compiled model)."""
+        return self._forward(query, ups, residual, advance)
+
+    def _forward(self, query, ups, residual, advance: bool):
         config = self.config
         if config.residual_before:
             ups = ups + residual[:, :, None, :]
