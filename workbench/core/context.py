@@ -1,11 +1,10 @@
-"""Per-call state: what one forward pass needs, kept in per-thread slots, never on modules.
+"""Per-call state: what one forward pass needs, never kept on modules.
 
 Two threads (or two nested calls) that run the same model each see their own `AdapterSetup` and their own
 `ForwardContext`: a scoped setup lives in a context variable (per thread and asyncio task), the state of a running
 forward in per-thread slots (`ThreadSlot`, readable inside `torch.compile`d graphs), and tokens undo each `with`
-block exactly. Gradient checkpointing re-runs a layer during backward, after the
-forward has ended; the checkpoint function is wrapped (`keep_call_context`) so the replay sees the context the
-layer first ran in.
+block exactly. Gradient checkpointing re-runs a layer during backward, after the forward has ended; the
+checkpoint function is wrapped (`keep_call_context`) so the replay sees the context the layer first ran in.
 """
 
 from __future__ import annotations
