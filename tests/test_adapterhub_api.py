@@ -192,3 +192,35 @@ def test_config_union_reads_like_adapterhubs():
     assert workbench.AdapterConfig.load("mam") == union
     with pytest.raises(TypeError):
         workbench.ConfigUnion(workbench.SeqBnConfig(), "lora")
+
+
+@pytest.mark.parametrize("config", ["seq_bn", "lora"])
+def test_load_adapter_leave_out_skips_those_layers_of_a_file_saved_with_all(tmp_path, config):
+    """As AdapterHub: the left-out layers' weights are not loaded (reported as unexpected keys)."""
+    torch.manual_seed(0)
+    source = tiny_adapter_model()
+    source.add_adapter("a", config=config)
+    with torch.no_grad():
+        for _, param in source._adapter_parameters("a"):
+            param.add_(torch.randn_like(param))
+    source.save_adapter(tmp_path / "a", "a")
+    info = {}
+    model = tiny_adapter_model()
+    model.load_adapter(tmp_path / "a", leave_out=[0], loading_info=info)
+    assert model.adapters_config.get("a")["leave_out"] == [0]
+    assert info["unexpected_keys"] and all(".layer.0." in key for key in info["unexpected_keys"])
+    kept = dict(source._adapter_parameters("a"))
+    loaded = dict(model._adapter_parameters("a"))
+    assert loaded and not any(".layer.0." in key for key in loaded)
+    for key, param in loaded.items():
+        torch.testing.assert_close(param, kept[key], atol=0, rtol=0)
+
+
+def test_load_adapter_leave_out_refuses_weights_that_span_all_layers(tmp_path):
+    source = tiny_adapter_model()
+    source.add_adapter("p", config="prefix_tuning")
+    source.save_adapter(tmp_path / "p", "p")
+    model = tiny_adapter_model()
+    with pytest.raises(AdapterConfigError, match="leave_out= cannot apply"):
+        model.load_adapter(tmp_path / "p", leave_out=[0])
+    assert "p" not in model.adapters_config

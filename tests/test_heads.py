@@ -92,6 +92,26 @@ def test_fusion_head_is_saved_and_loaded_under_its_saved_name(tmp_path):
     assert run(model).logits.shape == (3, 4)
 
 
+def test_loading_without_set_active_keeps_the_active_head(tmp_path):
+    """As AdapterHub: `set_active` covers the loaded head too; the active adapter keeps running through its head."""
+    model = model_with_heads()
+    model.add_adapter_fusion(["a", "b"])
+    model.add_classification_head("fuse_head", num_labels=4)
+    model.save_adapter(tmp_path / "b", "b")
+    model.save_adapter_fusion(tmp_path / "fusion", "a,b", with_head="fuse_head")
+    model.set_active_adapters("a")
+    model.active_head = "a"
+    before = run(model).logits
+    model.load_adapter(tmp_path / "b", load_as="b2")
+    model.delete_adapter_fusion("a,b")
+    model.delete_head("fuse_head")
+    model.load_adapter_fusion(tmp_path / "fusion")
+    assert model.active_head == "a" and model.config.num_labels == 2
+    assert torch.equal(run(model).logits, before)
+    model.load_adapter(tmp_path / "b", load_as="b3", set_active=True)
+    assert model.active_head == "b3" and run(model).logits.shape == (3, 3)
+
+
 def test_an_adapter_setup_without_head_setup_takes_the_heads_its_composition_implies():
     model = model_with_heads()
     model.active_head = "a"

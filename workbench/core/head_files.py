@@ -127,15 +127,15 @@ class HeadFileMethods:
         if name in self.heads:
             self.save_head(folder, name, use_safetensors)
 
-    def _load_matching_head(self, folder: Path, name: str, id2label) -> None:
+    def _load_matching_head(self, folder: Path, name: str, id2label, set_active: bool) -> None:
         if (folder / files.HEAD_CONFIG_NAME).is_file():
-            self.load_head(folder, load_as=name, id2label=id2label)
+            self.load_head(folder, load_as=name, id2label=id2label, set_active=set_active)
 
     def _save_fusion_head(self, folder: Path, head_name: str, use_safetensors: bool) -> None:
         if head_name not in self.heads:
             raise HeadError(f"no head named {head_name!r} to save with the fusion")
         self.save_head(folder, head_name, use_safetensors)
 
-    def _load_fusion_head(self, folder: Path) -> None:
-        if (folder / files.HEAD_CONFIG_NAME).is_file():
-            self.load_head(folder)  # under the name saved in its head_config.json, as AdapterHub does
+    def _load_fusion_head(self, folder: Path, set_active: bool) -> None:
+        if (folder / files.HEAD_CONFIG_NAME).is_file():  # under the name saved in its head_config.json, as AdapterHub
+            self.load_head(folder, set_active=set_active)

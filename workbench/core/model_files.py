@@ -197,6 +197,7 @@ class AdapterFilesMixin:
             # files from adapter-transformers v1/v2 (no "version") used the activation names of their time
             config_data = {**config_data, "non_linearity": _LEGACY[config_data["non_linearity"]]}
         adapter_config = AdapterConfig.from_dict(config_data, strict=False, source=str(config_path))
+        saved_config = adapter_config
         if leave_out:
             if not hasattr(adapter_config, "leave_out"):
                 raise AdapterConfigError(f"leave_out= does not apply to {type(adapter_config).__name__} adapters")
@@ -218,7 +219,8 @@ class AdapterFilesMixin:
             expected = self._dry_run(adapter_config, name)
         except AdapterConfigError as err:
             raise type(err)(f"{config_path}: {err}") from None
-        state = fill_pool_copies(state, expected)
+        left_out = self._drop_left_out_layers(state, expected, saved_config, adapter_config, name, config_path)
+        state = fill_pool_copies({k: v for k, v in state.items() if k not in left_out}, expected)
         check_weights(state, expected, weights_path, warn=False)
         with self._engine.transaction(self):
             if replacing:  # as AdapterHub does; the old adapter comes back if this load fails
@@ -229,12 +231,26 @@ class AdapterFilesMixin:
                 raise type(err)(f"{config_path}: {err}") from None
             self._load_weights(state, self._engine.state_dict_of(name, keep_vars=True), weights_path)
             if with_head:
-                self._load_matching_head(folder, name, id2label)
+                self._load_matching_head(folder, name, id2label, set_active)
             if set_active:
                 self.set_active_adapters(name)
         if loading_info is not None:  # every key was checked above: a mismatch raises instead of being listed
-            loading_info.update(missing_keys=[], unexpected_keys=[])
+            loading_info.update(missing_keys=[], unexpected_keys=left_out)
         return name
+
+    def _drop_left_out_layers(self, state, expected, saved_config, config, name, config_path) -> list[str]:
+        """The file's weights of the layers `load_adapter(leave_out=...)` leaves out (not loaded, as AdapterHub
+        reports them: unexpected keys). A method whose weights span all layers in one tensor cannot leave one out."""
+        if config is saved_config:
+            return []
+        saved = self._dry_run(saved_config, name)
+        reshaped = sorted(k for k in expected if k in saved and saved[k] != expected[k])
+        if reshaped:
+            raise AdapterConfigError(
+                f"{config_path}: leave_out= cannot apply when loading this {type(config).__name__} adapter: its "
+                f"weight {reshaped[0]} holds every layer in one tensor; add it with leave_out= and train it instead"
+            )
+        return sorted(k for k in state if k in saved and k not in expected)
 
     def _resolve_adapter_folder(self, name_or_path, **kwargs) -> Path:
         path = Path(str(name_or_path)).expanduser()
@@ -255,7 +271,7 @@ class AdapterFilesMixin:
         if hidden and hidden != getattr(config, "hidden_size", hidden):
             raise AdapterLoadError(f"{path} was saved for hidden size {hidden}; this model has {config.hidden_size}")
 
-    def _load_matching_head(self, folder: Path, name: str, id2label) -> None:
+    def _load_matching_head(self, folder: Path, name: str, id2label, set_active: bool) -> None:
         """A head saved beside the adapter goes into this model's task layers if it is this class's head (or a flex
         head equal to it); any other head is skipped with a warning, as AdapterHub does."""
         config_path = folder / files.HEAD_CONFIG_NAME

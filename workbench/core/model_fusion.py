@@ -183,12 +183,12 @@ class AdapterFusionMixin:
             own = self._engine.state_dict_of("fusion:" + fusion_name, keep_vars=True)
             self._load_weights(state, own, weights_path)
             if with_head:
-                self._load_fusion_head(folder)
+                self._load_fusion_head(folder, set_active)
             if set_active:
                 self.set_active_adapters(Fuse(*names, name=fusion_name if fusion_name != ",".join(names) else None))
         return fusion_name
 
-    def _load_fusion_head(self, folder: Path) -> None:
+    def _load_fusion_head(self, folder: Path, set_active: bool) -> None:
         """Overridden by models with flex heads."""
 
 
