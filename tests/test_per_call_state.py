@@ -152,6 +152,34 @@ def test_a_forward_stopped_by_keyboard_interrupt_leaves_nothing_for_the_next_cal
     assert current_call(engine) is None and current_plan() is None
 
 
+def test_an_interrupted_calls_rows_reach_neither_another_model_nor_the_base_model():
+    """The rows of an interrupted `adapter_names` call are dropped by the next call of any model in the thread."""
+    torch.manual_seed(0)
+    models = [tiny_adapter_model(), tiny_adapter_model()]
+    for model in models:
+        for name in ("a", "b"):
+            model.add_adapter(name, config="seq_bn")
+            perturb(model, name)
+        model.set_active_adapters("a")
+    first, second = models
+    expected_base = hidden(first.base_model)
+    expected_other = hidden(second)
+    handle = first._engine.layer_refs[1].module.register_forward_hook(_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        first(input_ids=IDS, attention_mask=MASK, adapter_names=["b", "__base__"])
+    handle.remove()
+    torch.testing.assert_close(hidden(second), expected_other, atol=0, rtol=0)
+    assert current_plan() is None
+    with pytest.raises(KeyboardInterrupt):
+        handle = first._engine.layer_refs[1].module.register_forward_hook(_interrupt)
+        try:
+            first(input_ids=IDS, attention_mask=MASK, adapter_names=["b", "__base__"])
+        finally:
+            handle.remove()
+    torch.testing.assert_close(hidden(first.base_model), expected_base, atol=0, rtol=0)
+    assert current_plan() is None
+
+
 def test_one_setup_block_entered_by_several_threads_restores_each_threads_own_state():
     model = model_with({"a": "seq_bn", "b": "lora[init_weights=bert]"})
     block = AdapterSetup("b")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ from .context import (
     scoped_setup,
 )
 from .families import spec_for
-from .rows import BASE, current_plan, enter_plan, leave_plan, row_names, setup_of
+from .rows import BASE, current_plan, drop_dead_plans, enter_plan, leave_plan, row_names, setup_of
 from .rows import check_names as check_row_names
 from .runtime import check_batch, check_setup, task_rows
 from .thread_slot import ThreadSlot
@@ -264,6 +265,8 @@ class EngineState:
         while plan is not None and plan.owner == id(self.root) and plan.token is not None:
             leave_plan(plan.token)
             plan = current_plan()
+        if not torch.compiler.is_compiling():
+            drop_dead_plans()  # another model's interrupted call
         holder = _ROOT_EXTRAS.get()
         while holder is not None and holder["owner"] == id(self.root):
             _ROOT_EXTRAS.reset(holder["token"])
@@ -277,7 +280,8 @@ class EngineState:
         names = kwargs.pop("adapter_names", None)
         if names is None:
             return None
-        enter_plan(names, owner=id(module))
+        caller = None if torch.compiler.is_compiling() else sys._getframe(1)  # the call running this hook
+        enter_plan(names, owner=id(module), frame=caller)
         return args, kwargs
 
     def _root_end(self, module, args, kwargs, output):
@@ -308,6 +312,8 @@ class EngineState:
     def _begin(self, module, args, kwargs):
         if module is self.root:
             self.drop_stale_state()
+        elif not torch.compiler.is_compiling():  # the base model called on its own, or inside its root's call
+            drop_dead_plans()
         own = kwargs.pop("adapter_names", None)
         plan = enter_plan(own) if own is not None else None
         try:

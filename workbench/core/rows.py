@@ -12,6 +12,7 @@ so KV caches, heads and labels keep their rows. The list overrides the active se
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass, field
 
 from .composition import BatchSplit, Stack
@@ -32,6 +33,7 @@ class RowPlan:
     setups: dict = field(default_factory=dict)  # id(engine) -> the setup of that model's running call
     owner: int | None = None  # id of the model whose call set it (its forward hook takes it away)
     token: tuple | None = None
+    frame: object = None  # the frame running that call: on the stack for as long as the call runs
 
 
 def current_plan() -> RowPlan | None:
@@ -52,11 +54,32 @@ def rows_scope(names, widen: bool = False):
         _PLAN.reset(token)
 
 
-def enter_plan(names, owner: int | None = None) -> RowPlan:
+def enter_plan(names, owner: int | None = None, frame=None) -> RowPlan:
     """Make `names` the current plan (until `leave_plan(plan.token)`)."""
-    plan = RowPlan(parse_names(names), owner=owner)
+    plan = RowPlan(parse_names(names), owner=owner, frame=frame)
     plan.token = _PLAN.set(plan)
     return plan
+
+
+def drop_dead_plans() -> None:
+    """Leave the plans of model calls that no longer run in this thread.
+
+    A KeyboardInterrupt skips the hook that leaves a call's plan, and without this any later call in the thread,
+    of another model or of the same model's base model, would run the interrupted call's rows. A plan entered by
+    a call's hook holds that call's frame, which is on the stack exactly while the call runs."""
+    plan = _PLAN.get()
+    while plan is not None and plan.frame is not None and plan.token is not None and not _on_stack(plan.frame):
+        leave_plan(plan.token)
+        plan = _PLAN.get()
+
+
+def _on_stack(frame) -> bool:
+    here = sys._getframe(1)
+    while here is not None:
+        if here is frame:
+            return True
+        here = here.f_back
+    return False
 
 
 def leave_plan(token) -> None:
