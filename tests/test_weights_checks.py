@@ -249,3 +249,41 @@ def test_damaged_or_linked_embedding_files_are_load_errors(tmp_path, model, dama
         model.load_embeddings(tmp_path / "emb", "copy")
     assert str(path) in str(caught.value)
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("first_safetensors", [True, False], ids=["safetensors-then-bin", "bin-then-safetensors"])
+def test_a_save_in_the_other_format_replaces_the_earlier_file(tmp_path, first_safetensors):
+    """A folder saved again in the other format loads the last save (the earlier file is removed)."""
+    torch.manual_seed(0)
+    source = tiny_adapter_model()
+    source.add_adapter("a", config="seq_bn")
+    source.add_classification_head("a", num_labels=2)
+    source.save_adapter(tmp_path / "a", "a", use_safetensors=first_safetensors)
+    with torch.no_grad():
+        for param in [p for _, p in source._adapter_parameters("a")] + list(source.heads["a"].parameters()):
+            param.add_(0.5)
+    source.save_adapter(tmp_path / "a", "a", use_safetensors=not first_safetensors)
+    names = {p.name for p in (tmp_path / "a").iterdir()}
+    assert (files.SAFE_WEIGHTS_NAME in names) != (files.WEIGHTS_NAME in names)
+    assert (files.SAFE_HEAD_WEIGHTS_NAME in names) != (files.HEAD_WEIGHTS_NAME in names)
+    torch.manual_seed(0)
+    loaded = tiny_adapter_model()  # the same base weights
+    loaded.load_adapter(tmp_path / "a", set_active=True)
+    source.set_active_adapters("a")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, source(input_ids=ids).logits)
+
+
+def test_a_folder_holding_both_formats_loads_the_newer_file_and_says_so(tmp_path, saved):
+    folder, path = saved
+    other = folder / (files.WEIGHTS_NAME if path.name == files.SAFE_WEIGHTS_NAME else files.SAFE_WEIGHTS_NAME)
+    (tmp_path / "copy").mkdir()
+    files.write_weights(tmp_path / "copy" / other.name, files.read_weights(path))
+    os.replace(tmp_path / "copy" / other.name, other)  # an older tool's file beside this save's
+    os.utime(other, ns=(path.stat().st_mtime_ns - 10**9,) * 2)
+    with pytest.warns(UserWarning, match=f"loading the newer, {path.name}"):
+        assert files.find_weights(folder, files.WEIGHTS_NAME, files.SAFE_WEIGHTS_NAME) == path
+    os.utime(other, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+    with pytest.warns(UserWarning, match=f"loading the newer, {other.name}"):
+        assert files.find_weights(folder, files.WEIGHTS_NAME, files.SAFE_WEIGHTS_NAME) == other

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +28,12 @@ SAFE_HEAD_WEIGHTS_NAME = "model_head.safetensors"
 ADAPTERFUSION_CONFIG_NAME = "adapter_fusion_config.json"
 ADAPTERFUSION_WEIGHTS_NAME = "pytorch_model_adapter_fusion.bin"
 SAFE_ADAPTERFUSION_WEIGHTS_NAME = "model_adapter_fusion.safetensors"
+_FORMAT_PAIRS = [  # one file's two formats: a save in one replaces the other, so a folder never holds both
+    (WEIGHTS_NAME, SAFE_WEIGHTS_NAME),
+    (HEAD_WEIGHTS_NAME, SAFE_HEAD_WEIGHTS_NAME),
+    (ADAPTERFUSION_WEIGHTS_NAME, SAFE_ADAPTERFUSION_WEIGHTS_NAME),
+    ("adapter_model.bin", "adapter_model.safetensors"),  # PEFT's
+]
 EMBEDDING_FILE = "embedding.pt"
 TOKENIZER_PATH = "tokenizer"
 SETUP_CONFIG_NAME = "adapter_setup.json"
@@ -109,11 +116,17 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
 
 
 def find_weights(folder: Path, bin_name: str, safetensors_name: str) -> Path | None:
-    """The weights file in `folder`, preferring safetensors; None if neither exists."""
-    for name in (safetensors_name, bin_name):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    """The weights file in `folder`; None if neither exists.
+
+    Where both formats are there (an older save in the other format, by another tool or an older workbench,
+    which did not remove it), the newer file is the last save: it is read, with a warning naming both."""
+    found = [folder / name for name in (safetensors_name, bin_name) if (folder / name).is_file()]
+    if len(found) < 2:
+        return found[0] if found else None
+    safe, binary = found
+    newer, older = (binary, safe) if binary.stat().st_mtime_ns > safe.stat().st_mtime_ns else (safe, binary)
+    warnings.warn(f"{folder} holds both {safe.name} and {binary.name}: loading the newer, {newer.name}", stacklevel=3)
+    return newer
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -195,6 +208,11 @@ def write_weights(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> No
         _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     else:
         _atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+    for pair in _FORMAT_PAIRS:
+        if path.name in pair:
+            other = path.with_name(pair[1] if path.name == pair[0] else pair[0])
+            if other.is_file():
+                other.unlink()  # the same file in the other format, from an earlier save: now stale
 
 
 def write_tensor(path: str | os.PathLike, tensor: torch.Tensor) -> None:
