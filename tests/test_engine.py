@@ -246,6 +246,29 @@ def test_save_pretrained_writes_base_adapters_fusions_and_heads(tmp_path):
         torch.testing.assert_close(hidden(reloaded), hidden(model))
 
 
+def test_a_checkpoint_listing_heads_or_adapters_it_does_not_hold_is_refused(tmp_path):
+    """A model saved whole by the `adapters` library lists its heads and adapters in config.json but keeps their
+    weights inside its own weights file: loaded silently, the heads would be random and the adapters gone."""
+    import json
+    import shutil
+
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn")
+    model.add_classification_head("a", num_labels=2)
+    model.save_pretrained(tmp_path / "whole")
+    shutil.rmtree(tmp_path / "whole" / "heads")
+    with pytest.raises(workbench.AdapterLoadError, match=r"head\(s\) \['a'\]"):
+        workbench.AutoAdapterModel.from_pretrained(tmp_path / "whole")
+    model.delete_head("a")
+    model.save_pretrained(tmp_path / "library")
+    shutil.rmtree(tmp_path / "library" / "adapters")
+    config = json.loads((tmp_path / "library" / "config.json").read_text())
+    config["adapters"] = {"adapters": {"a": "9076f36a74755ac4"}, "config_map": {}, "fusions": {}}
+    (tmp_path / "library" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(workbench.AdapterLoadError, match=r"adapter\(s\) \['a'\]"):
+        workbench.AutoAdapterModel.from_pretrained(tmp_path / "library")
+
+
 def test_adapter_setup_activates_a_setup_only_inside_the_block():
     model = tiny_adapter_model()
     model.add_adapter("a", config="seq_bn")

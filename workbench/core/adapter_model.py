@@ -123,9 +123,28 @@ class AdapterModel(AddHeadMethods, HeadFileMethods, ModelAdaptersMixin, PreTrain
             keys = (k if k in own else f"{model.base_model_prefix}.{k}" for k in info["missing_keys"])
             info["missing_keys"] = type(info["missing_keys"])(k for k in keys if k in own)
         hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+        listed_heads = set(model.heads)  # rebuilt from config.prediction_heads: weights still to come
         model._convert_static_head(pretrained_model_name_or_path, info, hub)
-        model._load_saved_parts(pretrained_model_name_or_path)
+        loaded_heads = model._load_saved_parts(pretrained_model_name_or_path)
+        model._check_listed_parts_loaded(pretrained_model_name_or_path, listed_heads - set(loaded_heads))
         return (model, info) if info is not None else model
+
+    def _check_listed_parts_loaded(self, name_or_path, heads_without_weights: set) -> None:
+        """Refuse a checkpoint whose config lists heads or adapters that were not loaded: they would run with
+        random weights, or not at all, with no error. A model saved whole by the `adapters` library keeps them in
+        its weights file (workbench's `save_pretrained` writes them to subfolders)."""
+        listed = getattr(self.config, "adapters", None)  # the `adapters` library's ModelAdaptersConfig
+        listed = listed.get("adapters") if isinstance(listed, dict) else None
+        adapters = sorted(set(listed or ()) - set(self._engine.configs))
+        parts = [f"head(s) {sorted(heads_without_weights)}"] if heads_without_weights else []
+        parts += [f"adapter(s) {adapters}"] if adapters else []
+        if parts:
+            raise AdapterLoadError(
+                f"{name_or_path}: its config.json lists {' and '.join(parts)} with no heads/<name> or "
+                "adapters/<name> folder to load them from (a model saved whole by the `adapters` library keeps "
+                "them inside its weights file, which workbench does not read): save each adapter with its head "
+                "by `save_adapter` in the `adapters` library, load the base model, then `load_adapter` each"
+            )
 
     def _convert_static_head(self, name_or_path, info: dict | None, hub_kwargs: dict) -> None:
         """A checkpoint of a `...For<Task>` class (`config.architectures`) brings its task layers as flex head
@@ -245,11 +264,12 @@ class AdapterModel(AddHeadMethods, HeadFileMethods, ModelAdaptersMixin, PreTrain
         for name in self.heads:
             self.save_head(folder / "heads" / name, name)
 
-    def _load_saved_parts(self, name_or_path) -> None:
+    def _load_saved_parts(self, name_or_path) -> list[str]:
+        """Load the adapters, fusions and heads `save_pretrained` wrote; returns the heads' names."""
         super()._load_saved_parts(name_or_path)
         heads = Path(str(name_or_path)) / "heads"
-        for sub in sorted(p for p in heads.iterdir() if p.is_dir()) if heads.is_dir() else []:
-            self.load_head(sub)
+        subfolders = sorted(p for p in heads.iterdir() if p.is_dir()) if heads.is_dir() else []
+        return [self.load_head(sub) for sub in subfolders]
 
     def generate(self, *args, adapter_names=None, **kwargs):
         """transformers' `generate` with the active (or scoped) setup: one batch through one head; with
