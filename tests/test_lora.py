@@ -199,3 +199,15 @@ def test_stacking_loras_on_unequal_projections_is_a_clear_error():
         model.add_adapter(name, config=LoRAConfig(attn_matrices=["k"], init_weights="bert"))
     with pytest.raises(CompositionError, match="16 features"):
         model.set_active_adapters(workbench.Stack("a", "b"))
+
+
+@pytest.mark.parametrize("config", ["lora", "ia3"])
+def test_a_fractional_alpha_from_a_file_or_string_is_taken(config):
+    """AdapterHub annotates alpha as int but runs (and saves) any number: alpha=2.5 scales by 2.5 / r."""
+    model = workbench.init(tiny_base_model())
+    model.add_adapter("a", config=f"{config}[alpha=2.5]")
+    assert model.adapters_config.get("a")["alpha"] == 2.5
+    scales = {m.scaling for m in model.modules() if hasattr(m, "scaling") and hasattr(m, "r")}
+    assert scales == ({2.5 / 8} if config == "lora" else {2.5})
+    with pytest.raises(AdapterConfigError, match="alpha='x'"):
+        model.add_adapter("b", config=LoRAConfig(alpha="x"))

@@ -370,7 +370,7 @@ class LoRAConfig(AdapterConfig):
     output_lora: bool = False
     leave_out: list[int] = field(default_factory=list)
     r: int = 8
-    alpha: int = 8
+    alpha: float = 8  # AdapterHub annotates int, but its files may hold any number
     dropout: float = 0.0
     attn_matrices: list[str] = field(default_factory=lambda: ["q", "v"])
     composition_mode: str = "add"
@@ -428,7 +428,7 @@ class IA3Config(LoRAConfig):
     intermediate_lora: bool = True
     output_lora: bool = False
     r: int = 1
-    alpha: int = 1
+    alpha: float = 1
     attn_matrices: list[str] = field(default_factory=lambda: ["k", "v"])
     composition_mode: str = "scale"
     init_weights: str = "ia3"
