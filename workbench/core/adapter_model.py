@@ -130,21 +130,31 @@ class AdapterModel(AddHeadMethods, HeadFileMethods, ModelAdaptersMixin, PreTrain
         return (model, info) if info is not None else model
 
     def _check_listed_parts_loaded(self, name_or_path, heads_without_weights: set) -> None:
-        """Refuse a checkpoint whose config lists heads or adapters that were not loaded: they would run with
-        random weights, or not at all, with no error. A model saved whole by the `adapters` library keeps them in
-        its weights file (workbench's `save_pretrained` writes them to subfolders)."""
-        listed = getattr(self.config, "adapters", None)  # the `adapters` library's ModelAdaptersConfig
-        listed = listed.get("adapters") if isinstance(listed, dict) else None
-        adapters = sorted(set(listed or ()) - set(self._engine.configs))
-        parts = [f"head(s) {sorted(heads_without_weights)}"] if heads_without_weights else []
-        parts += [f"adapter(s) {adapters}"] if adapters else []
-        if parts:
-            raise AdapterLoadError(
-                f"{name_or_path}: its config.json lists {' and '.join(parts)} with no heads/<name> or "
-                "adapters/<name> folder to load them from (a model saved whole by the `adapters` library keeps "
-                "them inside its weights file, which workbench does not read): save each adapter with its head "
-                "by `save_adapter` in the `adapters` library, load the base model, then `load_adapter` each"
+        """Heads that config.json lists but no heads/<name> folder holds would run with random weights.
+
+        A model saved whole by the `adapters` library (its config.json has the library's `adapters` entry) keeps
+        its adapters and heads inside its weights file, which workbench does not read: refused. Otherwise (e.g.
+        `model.base_model.save_pretrained`, whose config still lists the heads) those heads are left out, with
+        a warning; `load_adapter` or `load_head` brings them with their weights."""
+        library = getattr(self.config, "adapters", None)  # the `adapters` library's ModelAdaptersConfig
+        if isinstance(library, dict) and "config_map" in library:
+            adapters = sorted(set(library.get("adapters") or ()) - set(self._engine.configs))
+            parts = [f"head(s) {sorted(heads_without_weights)}"] if heads_without_weights else []
+            parts += [f"adapter(s) {adapters}"] if adapters else []
+            if parts:
+                raise AdapterLoadError(
+                    f"{name_or_path}: a model saved whole by the `adapters` library, whose {' and '.join(parts)} "
+                    "are inside its weights file, which workbench does not read: save each adapter with its head "
+                    "by `save_adapter` in the `adapters` library, load the base model, then `load_adapter` each"
+                )
+        if heads_without_weights:
+            warnings.warn(
+                f"{name_or_path}: config.json lists head(s) {sorted(heads_without_weights)} but the folder has no "
+                "heads/<name> with their weights: left out (load them with load_adapter or load_head)",
+                stacklevel=3,
             )
+            for name in sorted(heads_without_weights):
+                self.delete_head(name)
 
     def _convert_static_head(self, name_or_path, info: dict | None, hub_kwargs: dict) -> None:
         """A checkpoint of a `...For<Task>` class (`config.architectures`) brings its task layers as flex head
