@@ -5,6 +5,7 @@ checks every file against a meta-device build first (`_dry_run`) and its weights
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -224,9 +225,10 @@ class AdapterFilesMixin:
         left_out = self._drop_left_out_layers(state, expected, saved_config, adapter_config, name, config_path)
         state = fill_pool_copies({k: v for k, v in state.items() if k not in left_out}, expected)
         check_weights(state, expected, weights_path, warn=False)
+        _check_finite(state, weights_path)  # before anything changes
         replacing = name in self._engine.configs
         in_place = replacing and self._fits(name, adapter_config, expected)
-        with self._engine.transaction(self):
+        with self._engine.transaction(self):  # all or nothing: a failed load leaves the old adapter as it was
             if not in_place:
                 if replacing:
                     warnings.warn(f"load_adapter: replacing the existing adapter {name!r} with {folder}", stacklevel=2)
@@ -238,6 +240,9 @@ class AdapterFilesMixin:
                 self._load_matching_head(folder, name, id2label, set_active)
             own = self._engine.state_dict_of(name, keep_vars=True)
             self._check_loaded(state, own, weights_path)
+            if in_place:  # a later failure, here or in an enclosing load (load_adapter_setup), writes them back
+                old = {key: own[key].detach().clone() for key in state}
+                self._engine.on_undo(functools.partial(self._write_weights, name, old, own))
             self._write_weights(name, state, own)
             if set_active:
                 self.set_active_adapters(name)
@@ -333,16 +338,23 @@ class AdapterFilesMixin:
         Integer or bool weights where the model has floats are refused rather than cast.
         """
         check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, source)
-        allow_non_finite = os.environ.get(ALLOW_NON_FINITE_ENV, "") == "1"
         for key, tensor in state.items():
             if own[key].is_floating_point() and not tensor.is_floating_point():
                 raise AdapterLoadError(
                     f"{source}: weight {key!r} has dtype {tensor.dtype}, not floating point ({own[key].dtype} expected)"
                 )
-            if not allow_non_finite and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise AdapterLoadError(
-                    f"{source}: weight {key!r} holds NaN or infinite values (set {ALLOW_NON_FINITE_ENV}=1 to allow)"
-                )
+        _check_finite(state, source)
+
+
+def _check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse NaN/inf weights (naming the key) unless WORKBENCH_ALLOW_NON_FINITE=1."""
+    if os.environ.get(ALLOW_NON_FINITE_ENV, "") == "1":
+        return
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AdapterLoadError(
+                f"{source}: weight {key!r} holds NaN or infinite values (set {ALLOW_NON_FINITE_ENV}=1 to allow)"
+            )
 
 
 def _copy_into(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
