@@ -147,6 +147,84 @@ def test_load_adapter_fills_loading_info_and_replaces_an_adapter_of_the_same_nam
     assert other.adapters_config.get("a") == workbench.LoRAConfig()  # the file's config, not the old one
 
 
+def _fused_model():
+    model = tiny_adapter_model()
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+        perturb(model, name)
+    model.add_adapter_fusion(Fuse("a", "b"))
+    with torch.no_grad():
+        for _, param in model._fusion_parameters("a,b"):
+            param.add_(torch.randn_like(param) * 0.3)
+    model.train_adapter_fusion(Fuse("a", "b"))
+    return model.eval()
+
+
+def _parameters(model, owner):
+    return {key: param for key, param in model._engine.named_parameters_of(owner)}
+
+
+def test_reloading_an_adapter_loads_it_in_place(tmp_path):
+    # AdapterHub loads into the adapter it has: the fusion over it, the active setup, its parameter objects (an
+    # optimizer's) and requires_grad flags stay; only the values change
+    model = _fused_model()
+    model.save_adapter(tmp_path, "a")
+    saved = {k: v.clone() for k, v in model._engine.state_dict_of("a").items()}
+    expected = out(model)
+    perturb(model, "a")
+    params, fusion = _parameters(model, "a"), _parameters(model, "fusion:a,b")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.load_adapter(str(tmp_path))
+    assert model.adapter_fusions == {"a,b": ["a", "b"]} and model.active_adapters == Fuse("a", "b")
+    assert all(params[k] is p for k, p in _parameters(model, "a").items()) and len(params) == len(saved)
+    assert all(fusion[k] is p for k, p in _parameters(model, "fusion:a,b").items())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(torch.equal(params[k], v) for k, v in saved.items())
+    torch.testing.assert_close(out(model), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("setup", ["a", ["a", "b"]])
+def test_reloading_an_active_adapter_keeps_the_active_setup(tmp_path, setup):
+    model = tiny_adapter_model()
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+    model.set_active_adapters(setup)
+    active = model.active_adapters
+    model.save_adapter(tmp_path, "a")
+    model.load_adapter(str(tmp_path))
+    assert model.active_adapters == active  # as adapters 1.3.0 keeps it
+
+
+def test_reloading_a_merged_lora_adapter_merges_the_new_weights(tmp_path):
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="lora")
+    perturb(model, "a")
+    model.save_adapter(tmp_path, "a")
+    model.set_active_adapters("a")
+    expected = out(model)
+    perturb(model, "a")
+    model.merge_adapter("a")
+    model.load_adapter(str(tmp_path))  # the merged weights must not keep the old values
+    torch.testing.assert_close(out(model), expected)
+    model.reset_adapter()
+    torch.testing.assert_close(out(model), expected)
+
+
+def test_overwriting_a_fused_adapter_keeps_the_fusion_where_it_fits(tmp_path):
+    # adapters 1.3.0 keeps a fusion when add_adapter(overwrite_ok=True) replaces one of its adapters
+    model = _fused_model()
+    fusion = _parameters(model, "fusion:a,b")
+    model.add_adapter("a", config="seq_bn[reduction_factor=8]", overwrite_ok=True)
+    assert model.adapter_fusions == {"a,b": ["a", "b"]} and model.active_adapters == Fuse("a", "b")
+    assert all(fusion[k] is p for k, p in _parameters(model, "fusion:a,b").items())
+    out(model)
+    model.save_adapter(tmp_path, "a")  # a file of another config than the model's "a": replaced, fusion kept
+    model.add_adapter("a", config="seq_bn", overwrite_ok=True)
+    with pytest.warns(UserWarning, match="replacing the existing adapter 'a'"):
+        model.load_adapter(str(tmp_path))
+    assert model.adapters["a"]["reduction_factor"] == 8 and model.adapter_fusions == {"a,b": ["a", "b"]}
+
+
 def test_legacy_activation_names_of_unversioned_files(tmp_path):
     import json
 

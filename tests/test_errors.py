@@ -210,3 +210,111 @@ def test_config_file_values_of_the_wrong_type_are_refused(tmp_path):
     path.write_text('{"architecture": "lora", "r": "eight", "selfattn_lora": true}')
     with pytest.raises(AdapterConfigError, match="r='eight'"):
         AdapterConfig.load(str(path))
+
+
+# --- a load under the name of an adapter on the model, refused part-way: nothing changes (found by a red-team pass) ---
+
+
+def _trained_fused_model():
+    model = tiny_adapter_model()
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+        model.add_classification_head(name, num_labels=2)
+    model.add_adapter_fusion(Fuse("a", "b"))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    model.train_adapter("a")  # "a" trainable, "b" and the fusion frozen
+    model.set_active_adapters(Fuse("a", "b"))
+    return model.eval()
+
+
+def full_snapshot(model):
+    """Values, parameter objects and flags, adapters with their configs, fusions, active setup and heads."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    params = dict(model.named_parameters())
+    flags = {n: p.requires_grad for n, p in params.items()}
+    return state, params, flags, dict(model.adapters), model.adapter_fusions, (model.active_adapters, dict(model.heads))
+
+
+def assert_fully_unchanged(model, before, same_objects=True):
+    state, params, flags, adapters, fusions, active = before
+    after = model.state_dict()
+    assert set(after) == set(state) and all(torch.equal(after[k], state[k]) for k in state)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert dict(model.adapters) == adapters and model.adapter_fusions == fusions
+    assert (model.active_adapters, dict(model.heads)) == active
+    if same_objects:
+        assert all(p is params[n] for n, p in model.named_parameters())
+
+
+def _spoil(folder, how):
+    if how == "nan":
+        path = folder / "pytorch_adapter.bin"
+        weights = torch.load(path, weights_only=True)
+        key = sorted(weights)[0]
+        weights[key].view(-1)[0] = float("nan")
+        torch.save(weights, path)
+    else:  # a head file that does not fit its weights
+        config = json.loads((folder / "head_config.json").read_text())
+        config["config"]["num_labels"] = 3
+        (folder / "head_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("how", ["nan", "head"])
+def test_failed_reload_under_an_existing_name_leaves_the_model_as_it_was(tmp_path, how):
+    model = _trained_fused_model()
+    model.save_adapter(tmp_path / "a", "a")
+    _spoil(tmp_path / "a", how)
+    with torch.no_grad():
+        for _, param in model._adapter_parameters("a"):
+            param.mul_(1.5)  # the model's "a" differs from the file's
+    before = full_snapshot(model)
+    with pytest.raises((AdapterLoadError, HeadError)):
+        model.load_adapter(str(tmp_path / "a"))
+    assert_fully_unchanged(model, before)
+
+
+def test_failed_replacement_by_another_config_restores_the_old_adapter(tmp_path):
+    # the file's "a" has another config: the model's "a" is deleted and re-added, and must come back on failure
+    other = tiny_adapter_model()
+    other.add_adapter("a", config="seq_bn[reduction_factor=8]")
+    other.add_classification_head("a", num_labels=2)
+    other.save_adapter(tmp_path / "a", "a")
+    _spoil(tmp_path / "a", "head")
+    model = _trained_fused_model()
+    before = full_snapshot(model)
+    with pytest.raises(HeadError), pytest.warns(UserWarning, match="replacing"):
+        model.load_adapter(str(tmp_path / "a"))
+    assert_fully_unchanged(model, before, same_objects=False)  # rebuilt modules, the old tensors and flags
+    with pytest.raises(CompositionError, match="AdapterFusion 'a,b'"):  # a LoRA "a" cannot be fused
+        model.add_adapter("a", config="lora", overwrite_ok=True)
+    assert_fully_unchanged(model, before, same_objects=False)
+
+
+def test_failed_replacement_that_the_active_setup_cannot_run_is_refused():
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="seq_bn")
+    model.set_active_adapters(workbench.Split("a", "b", splits=2))
+    before = full_snapshot(model)
+    with pytest.raises(CompositionError, match="active setup"):
+        model.add_adapter("a", config="lora", overwrite_ok=True)  # LoRA takes no part in Split
+    assert_fully_unchanged(model, before, same_objects=False)
+
+
+def test_failed_setup_reload_restores_adapters_fusions_and_weights(tmp_path):
+    # load_adapter_setup is all or nothing, also where its adapters are already on the model (loaded in place)
+    model = _trained_fused_model()
+    model.save_adapter_setup(tmp_path, Fuse("a", "b"), head_setup="b")
+    config = json.loads((tmp_path / "b" / "head_config.json").read_text())
+    config["config"]["num_labels"] = 5
+    (tmp_path / "b" / "head_config.json").write_text(json.dumps(config))
+    with torch.no_grad():
+        for owner in ("a", "fusion:a,b"):
+            for _, param in model._engine.named_parameters_of(owner):
+                param.mul_(1.5)  # "a" is loaded (in place) before "b" fails
+    before = full_snapshot(model)
+    with pytest.raises(HeadError):
+        model.load_adapter_setup(tmp_path)
+    assert_fully_unchanged(model, before)

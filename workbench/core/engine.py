@@ -78,6 +78,7 @@ class EngineState:
         self._checked_scoped: tuple | None = None
         self.embeddings = None  # the named input embeddings (`embeddings.EmbeddingStore`), made on first use
         self._checked_rows: tuple | None = None
+        self._undo: list[list] = []  # per open transaction: what undoes its changes made in place
         base.register_forward_pre_hook(self._begin, with_kwargs=True)
         base.register_forward_hook(self._end, always_call=True)
         # generate() runs an encoder-decoder model's encoder on its own, before the decoder steps; CLIP's
@@ -190,10 +191,14 @@ class EngineState:
 
     @contextlib.contextmanager
     def transaction(self, root):
-        """Undo everything the block added or switched if it raises: the model ends as it was."""
+        """Undo everything the block changed if it raises: the model ends as it was.
+
+        Adapters and fusions the block deleted or replaced come back with their own tensors (values, dtype, device,
+        requires_grad); what was changed in place is undone through `on_undo`."""
         before = {
             "configs": dict(self.configs),
             "fusions": dict(self.fusions),
+            "owned": {owner: dict(modules) for owner, modules in self.owned.items()},
             "active": self.active_setup,
             "skip": set(self.skip_layers),
             "attn": getattr(self.base.config, "_attn_implementation", None),
@@ -201,24 +206,46 @@ class EngineState:
             "active_head": getattr(root, "_active_head", None),
             "labels": (copy.copy(root.config.id2label), copy.copy(root.config.label2id)),
         }
+        self._undo.append([])
         try:
             yield
         except BaseException:
+            for undo in reversed(self._undo.pop()):
+                undo()
             self._roll_back(root, before)
             raise
+        done = self._undo.pop()
+        if self._undo:  # an enclosing transaction may still fail: it undoes these writes too
+            self._undo[-1].extend(done)
+
+    def on_undo(self, undo) -> None:
+        """Call `undo()` if the enclosing transaction (or one around it) fails: for changes made in place (a load
+        into an adapter's weights), which the roll-back cannot see."""
+        self._undo[-1].append(undo)
 
     def _roll_back(self, root, before: dict) -> None:
-        for fusion in [f for f in self.fusions if f not in before["fusions"]]:
-            with contextlib.suppress(Exception):
-                self.method("bottleneck").delete_fusion(fusion)
-            self.fusions.pop(fusion, None)
-            self.unregister("fusion:" + fusion)
-        for name in [n for n in self.configs if n not in before["configs"]]:
-            for kind in self.method_kinds(name):
-                with contextlib.suppress(Exception):
-                    self.method(kind).delete(name)
-            self.configs.pop(name, None)
-            self.unregister(name)
+        owned = before["owned"]
+
+        def changed(owner: str) -> bool:  # deleted, or rebuilt (new modules) inside the block
+            return self.owned.get(owner) != owned.get(owner)
+
+        for fusion in list(self.fusions):
+            if self.fusions[fusion] is not before["fusions"].get(fusion) or changed("fusion:" + fusion):
+                self._drop_fusion(fusion)
+        for name in list(self.configs):
+            if self.configs[name] is not before["configs"].get(name) or changed(name):
+                self._drop_adapter(name)
+        for name, config in before["configs"].items():
+            if name not in self.configs:
+                self.configs[name] = config
+                for kind, part in method_registry.method_parts(config):
+                    self.method(kind).add(name, part)
+                self.put_back(name, owned.get(name, {}))
+        for fusion, entry in before["fusions"].items():
+            if fusion not in self.fusions:
+                self.fusions[fusion] = entry
+                self.method("bottleneck").add_fusion(fusion, *entry)
+                self.put_back("fusion:" + fusion, owned.get("fusion:" + fusion, {}))
         self.active_setup, self.skip_layers = before["active"], before["skip"]
         if before["heads"] is not None:
             for name in [h for h in root.heads if h not in before["heads"]]:
@@ -231,6 +258,35 @@ class EngineState:
         attn = before["attn"]
         if attn is not None and self.base.config._attn_implementation != attn:
             self.base.set_attn_implementation(attn)
+
+    def _drop_fusion(self, fusion: str) -> None:
+        with contextlib.suppress(Exception):
+            self.method("bottleneck").delete_fusion(fusion)
+        self.fusions.pop(fusion, None)
+        self.unregister("fusion:" + fusion)
+
+    def _drop_adapter(self, name: str) -> None:
+        for kind in self.method_kinds(name):
+            with contextlib.suppress(Exception):
+                self.method(kind).delete(name)
+        self.configs.pop(name, None)
+        self.unregister(name)
+
+    def put_back(self, owner: str, modules: dict[str, nn.Module]) -> None:
+        """Give `owner`'s modules, just rebuilt at the same paths, the tensors and train/eval mode of `modules` (its
+        modules from before): the rebuilt parameters take the old ones' data and requires_grad, so tied weights
+        stay tied. Raises ValueError, changing nothing, where the two do not hold the same weights."""
+        now = self.owned.get(owner, {})
+        new, old = _tensors_of(now), _tensors_of(modules)
+        if set(new) != set(old) or any(new[k].shape != old[k].shape for k in new):
+            raise ValueError(f"{owner!r} was rebuilt with other weights than it had: {sorted(set(new) ^ set(old))[:4]}")
+        for path, module in now.items():
+            if path in modules:
+                module.train(modules[path].training)
+        for key, tensor in new.items():
+            tensor.data = old[key].data
+            if isinstance(tensor, nn.Parameter):
+                tensor.requires_grad = old[key].requires_grad
 
     # --- forward -----------------------------------------------------------------------------------------
 
@@ -390,6 +446,15 @@ def record_gating(
     score = score.unsqueeze(0) if score.dim() == 0 else score
     previous = per_layer.get(location)
     per_layer[location] = score if previous is None else torch.column_stack((previous, score))
+
+
+def _tensors_of(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of `modules` (path -> module), keyed by its path; shared ones under each path."""
+    tensors = {}
+    for path, module in modules.items():
+        tensors.update(module.named_parameters(prefix=path, remove_duplicate=False))
+        tensors.update(module.named_buffers(prefix=path, remove_duplicate=False))
+    return tensors
 
 
 def _path_of(root: nn.Module, base: nn.Module) -> str:

@@ -5,6 +5,7 @@ checks every file against a meta-device build first (`_dry_run`) and its weights
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -174,7 +175,10 @@ class AdapterFilesMixin:
     ) -> str:
         """Load an adapter (AdapterHub or PEFT format; a local folder or a Hub repo) and return its name.
 
-        An adapter already loaded under the same name is replaced (with a warning), as AdapterHub does.
+        An adapter already on the model under the same name with the same config takes the file's weights in place,
+        as in AdapterHub: its parameter objects (an optimizer's), requires_grad flags, fusions and the active setup
+        stay. One with another config is replaced (with a warning) as `add_adapter(overwrite_ok=True)` replaces it
+        (AdapterHub would keep the old config and load what fits of the weights, silently).
         `loading_info`, if given, receives AdapterHub's `missing_keys`/`unexpected_keys` (always empty: files
         whose keys do not match are refused with an error that lists them). A corrupt or hostile weights file, a
         weights file linking outside its folder, integer weights and NaN/inf values are refused with an
@@ -211,7 +215,6 @@ class AdapterFilesMixin:
         name = load_as or saved_name
         if name is None:
             name = check_name(folder.name, "adapter", f"{folder} (its folder name; pass load_as=)")
-        replacing = name in self._engine.configs
         state = from_file_keys(files.read_weights(weights_path), file_keys_of(self._engine))
         state = rename_adapter_keys(state, saved_name or name, name)
         state = align_base_prefix(state, self._engine.saved_prefix, self._engine.base is self._engine.root)
@@ -222,16 +225,25 @@ class AdapterFilesMixin:
         left_out = self._drop_left_out_layers(state, expected, saved_config, adapter_config, name, config_path)
         state = fill_pool_copies({k: v for k, v in state.items() if k not in left_out}, expected)
         check_weights(state, expected, weights_path, warn=False)
-        with self._engine.transaction(self):
-            if replacing:  # as AdapterHub does; the old adapter comes back if this load fails
-                warnings.warn(f"load_adapter: replacing the existing adapter {name!r} with {folder}", stacklevel=2)
-            try:
-                self.add_adapter(name, config=adapter_config, overwrite_ok=replacing)
-            except AdapterConfigError as err:  # a value the model cannot take (e.g. PHM sizes): name the file
-                raise type(err)(f"{config_path}: {err}") from None
-            self._load_weights(state, self._engine.state_dict_of(name, keep_vars=True), weights_path)
-            if with_head:
+        _check_finite(state, weights_path)  # before anything changes
+        replacing = name in self._engine.configs
+        in_place = replacing and self._fits(name, adapter_config, expected)
+        with self._engine.transaction(self):  # all or nothing: a failed load leaves the old adapter as it was
+            if not in_place:
+                if replacing:
+                    warnings.warn(f"load_adapter: replacing the existing adapter {name!r} with {folder}", stacklevel=2)
+                try:
+                    self.add_adapter(name, config=adapter_config, overwrite_ok=replacing)
+                except AdapterConfigError as err:  # a value the model cannot take (e.g. PHM sizes): name the file
+                    raise type(err)(f"{config_path}: {err}") from None
+            if with_head:  # before the weights: a head that does not load leaves them untouched
                 self._load_matching_head(folder, name, id2label, set_active)
+            own = self._engine.state_dict_of(name, keep_vars=True)
+            self._check_loaded(state, own, weights_path)
+            if in_place:  # a later failure, here or in an enclosing load (load_adapter_setup), writes them back
+                old = {key: own[key].detach().clone() for key in state}
+                self._engine.on_undo(functools.partial(self._write_weights, name, old, own))
+            self._write_weights(name, state, own)
             if set_active:
                 self.set_active_adapters(name)
         if loading_info is not None:  # every key was checked above: a mismatch raises instead of being listed
@@ -251,6 +263,22 @@ class AdapterFilesMixin:
                 f"weight {reshaped[0]} holds every layer in one tensor; add it with leave_out= and train it instead"
             )
         return sorted(k for k in state if k in saved and k not in expected)
+
+    def _fits(self, name: str, config: AdapterConfig, expected: dict[str, tuple]) -> bool:
+        """Adapter `name` has `config` and the weights a new one would have: a load can write into it."""
+        current = {key: tuple(value.shape) for key, value in self._engine.state_dict_of(name).items()}
+        return self._engine.configs[name] == config and current == expected
+
+    def _write_weights(self, name: str, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+        """Copy checked `state` into adapter `name`'s tensors `own`. A merged LoRA adapter is unmerged for it and
+        merged again after: its merged projections would otherwise keep computing with the old values."""
+        lora = self._engine.methods.get("lora")
+        merged = lora is not None and lora.unmerge(name)
+        try:
+            _copy_into(state, own)
+        finally:
+            if merged:
+                lora.merge(name)
 
     def _resolve_adapter_folder(self, name_or_path, **kwargs) -> Path:
         path = Path(str(name_or_path)).expanduser()
@@ -298,26 +326,41 @@ class AdapterFilesMixin:
         static_heads.load_static(self, folder, id2label)
 
     def _load_weights(self, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: Path) -> None:
-        """Copy `state` into the tensors `own` (key -> tensor) after checking keys, shapes and values.
+        """Copy `state` into the tensors `own` (key -> tensor) after checking them (`_check_loaded`)."""
+        self._check_loaded(state, own, source)
+        _copy_into(state, own)
+
+    def _check_loaded(self, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: Path) -> None:
+        """Check the keys, shapes and values of `state` against the tensors `own` (key -> tensor) it will go into.
 
         Weights with NaN or infinite values are refused (naming the key) unless the environment variable
         WORKBENCH_ALLOW_NON_FINITE=1 is set, for files that hold such values on purpose (e.g. masks of -inf).
         Integer or bool weights where the model has floats are refused rather than cast.
         """
         check_weights(state, {k: tuple(v.shape) for k, v in own.items()}, source)
-        allow_non_finite = os.environ.get(ALLOW_NON_FINITE_ENV, "") == "1"
         for key, tensor in state.items():
             if own[key].is_floating_point() and not tensor.is_floating_point():
                 raise AdapterLoadError(
                     f"{source}: weight {key!r} has dtype {tensor.dtype}, not floating point ({own[key].dtype} expected)"
                 )
-            if not allow_non_finite and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise AdapterLoadError(
-                    f"{source}: weight {key!r} holds NaN or infinite values (set {ALLOW_NON_FINITE_ENV}=1 to allow)"
-                )
-        with torch.no_grad():
-            for key, tensor in state.items():
-                own[key].copy_(tensor.to(own[key].dtype))
+        _check_finite(state, source)
+
+
+def _check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse NaN/inf weights (naming the key) unless WORKBENCH_ALLOW_NON_FINITE=1."""
+    if os.environ.get(ALLOW_NON_FINITE_ENV, "") == "1":
+        return
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AdapterLoadError(
+                f"{source}: weight {key!r} holds NaN or infinite values (set {ALLOW_NON_FINITE_ENV}=1 to allow)"
+            )
+
+
+def _copy_into(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for key, tensor in state.items():
+            own[key].copy_(tensor.to(own[key].dtype))
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -34,13 +34,7 @@ class AdapterFusionMixin:
         names = _fusion_names(adapter_names)
         fusion_name = name or ",".join(names)
         check_fusion_name(fusion_name)
-        for adapter in names:
-            if not isinstance(self._require(adapter), BnConfig):
-                raise CompositionError(f"AdapterFusion needs bottleneck adapters; {adapter!r} is not one")
-        configs = [self._engine.configs[n] for n in names]
-        for location in ("mh_adapter", "output_adapter"):
-            if len({getattr(c, location) for c in configs}) > 1:
-                raise CompositionError(f"adapters {names} disagree on {location}; they cannot be fused")
+        self._check_fusable(names)
         config = AdapterFusionConfig.load(config)
         engine = self._engine
         with engine.transaction(self):
@@ -55,6 +49,23 @@ class AdapterFusionMixin:
                 module.to(reference.device).train(self.training)
             if set_active:
                 self.set_active_adapters(Fuse(*names, name=fusion_name if fusion_name != ",".join(names) else None))
+
+    def _check_fusable(self, names: list[str]) -> None:
+        for adapter in names:
+            if not isinstance(self._require(adapter), BnConfig):
+                raise CompositionError(f"AdapterFusion needs bottleneck adapters; {adapter!r} is not one")
+        configs = [self._engine.configs[n] for n in names]
+        for location in ("mh_adapter", "output_adapter"):
+            if len({getattr(c, location) for c in configs}) > 1:
+                raise CompositionError(f"adapters {names} disagree on {location}; they cannot be fused")
+
+    def _check_fusion_fits(self, fusion_name: str) -> None:
+        """Fusion `fusion_name` still runs after one of its adapters was replaced: its adapters can be fused, and
+        its layers are still exactly those that hold all of them."""
+        names, _ = self._engine.fusions[fusion_name]
+        self._check_fusable(names)
+        if not self._method("bottleneck").fusion_fits(fusion_name, names):
+            raise CompositionError(f"adapters {names} are no longer all in the layers of the fusion")
 
     def get_fusion_regularization_loss(self, fusion_name: str | None = None) -> torch.Tensor | None:
         """0.01 * sum ||I - V||^2 over fusion layers (keeps value matrices near identity while training): of one

@@ -65,7 +65,11 @@ class ModelAdaptersMixin(
         return bool(self._engine.configs)
 
     def add_adapter(self, adapter_name: str, config=None, overwrite_ok: bool = False, set_active: bool = False):
-        """Add a new, freshly initialised adapter; `config` is a config object, dict, preset name or string."""
+        """Add a new, freshly initialised adapter; `config` is a config object, dict, preset name or string.
+
+        `overwrite_ok` replaces an adapter of that name by a fresh one (AdapterHub's overwrite): the fusions over it
+        and the active setup stay, as in AdapterHub, if they still fit the new adapter; if not, CompositionError
+        names what no longer fits, and the old adapter stays."""
         check_name(adapter_name)
         config = AdapterConfig.load(config)
         engine = self._engine
@@ -74,12 +78,36 @@ class ModelAdaptersMixin(
                 raise AdapterConfigError(f"an adapter named {adapter_name!r} already exists")
             self._dry_run(config)  # a config that cannot be added must not cost the adapter it would replace
         with engine.transaction(self):
-            if adapter_name in engine.configs:
-                self.delete_adapter(adapter_name)
+            replacing = adapter_name in engine.configs
+            if replacing:
+                self._remove_parts(adapter_name)
             self._add_parts(adapter_name, config)
             self._adapter_to_model(adapter_name)
+            if replacing:
+                self._check_replaced(adapter_name)
             if set_active:
                 self.set_active_adapters(adapter_name)
+
+    def _check_replaced(self, name: str) -> None:
+        """The fusions over adapter `name` and the active setup must still run with its new config."""
+        engine = self._engine
+        for fusion_name, (names, _) in engine.fusions.items():
+            if name in names:
+                try:
+                    self._check_fusion_fits(fusion_name)
+                except CompositionError as err:
+                    raise CompositionError(
+                        f"the new adapter {name!r} does not fit AdapterFusion {fusion_name!r} ({err}): delete the "
+                        "fusion first, or use another name"
+                    ) from None
+        if engine.active_setup is not None and name in engine.active_setup.names():
+            try:
+                check_setup(engine.active_setup, engine)
+            except CompositionError as err:
+                raise CompositionError(
+                    f"the active setup {engine.active_setup} cannot run with the new adapter {name!r} ({err}): "
+                    "activate another setup first, or use another name"
+                ) from None
 
     def _add_parts(self, name: str, config: AdapterConfig) -> None:
         quantized.check_runtime(self._engine.base)  # a quantized base whose kernels cannot run here is refused
@@ -125,13 +153,18 @@ class ModelAdaptersMixin(
             for fusion_name, (names, _) in list(engine.fusions.items()):
                 if adapter_name in names:
                     self.delete_adapter_fusion(fusion_name)
-            for kind in engine.method_kinds(adapter_name):
-                engine.method(kind).delete(adapter_name)
-            del engine.configs[adapter_name]
-            engine.unregister(adapter_name)
+            self._remove_parts(adapter_name)
             setup = engine.active_setup
             if setup is not None and adapter_name in setup.names():
                 engine.active_setup = None
+
+    def _remove_parts(self, name: str) -> None:
+        """Take adapter `name`'s modules and config away (its fusions and the active setup are the caller's)."""
+        engine = self._engine
+        for kind in engine.method_kinds(name):
+            engine.method(kind).delete(name)
+        del engine.configs[name]
+        engine.unregister(name)
 
     def _require(self, name: str) -> AdapterConfig:
         if name not in self._engine.configs:

@@ -319,5 +319,11 @@ class BottleneckMethod(AdapterMethod):
                 del layer.fusions[fusion_name]
         self.engine.unregister("fusion:" + fusion_name)
 
+    def fusion_fits(self, fusion_name: str, names: list[str]) -> bool:
+        """The fusion's layers are exactly those that hold all its adapters (as `add_fusion` placed them)."""
+        return all(
+            (fusion_name in layer.fusions) == all(n in layer.adapters for n in names) for layer in self.layers.values()
+        )
+
     def fusion_layers(self, fusion_name: str) -> list[FusionLayer]:
         return [layer.fusions[fusion_name] for layer in self.layers.values() if fusion_name in layer.fusions]

@@ -598,10 +598,16 @@ class LoRAMethod(AdapterMethod):
             saved.copies[name] = saved.make()
             self.engine.register(name, f"{path}.modules_to_save.{name}", saved.copies[name], in_root=True)
 
+    def unmerge(self, name: str) -> bool:
+        """Undo the merge of adapter `name` only; True if it was merged."""
+        merged = [t for t in self.targets.values() if t.merged == name]
+        for target in merged:
+            target.reset()
+        return bool(merged)
+
     def delete(self, name: str) -> None:
+        self.unmerge(name)
         for key, target in list(self.targets.items()):
-            if target.merged == name:
-                target.reset()
             if name in target.loras:
                 del target.loras[name]
             if not len(target.loras):
