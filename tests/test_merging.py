@@ -536,6 +536,91 @@ def test_merge_and_reset_in_bfloat16_are_bit_exact():
     assert_bit_exact(model, before)
 
 
+MERGED_KINDS = [FULL_LORA, "ia3[init_weights=bert]", "dora[init_weights=bert]", "vera[init_weights=bert]"]
+
+
+@pytest.mark.filterwarnings("ignore:.*zero init")
+@pytest.mark.parametrize("config", MERGED_KINDS, ids=["lora", "ia3", "dora", "vera"])
+@pytest.mark.parametrize("start,end", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32)])
+def test_a_widening_cast_while_merged_resets_bit_for_bit_in_the_new_dtype(start, end, config, recwarn):
+    """bf16/fp16 -> fp32 keeps the merged weight exactly: reset gives what casting the unmerged model gives."""
+    model = model_with(config, names=("a",), model_type="llama").to(start)
+    expected = {k: v.to(end) for k, v in base_weights(model).items()}
+    model.merge_adapter("a")
+    model.to(end)
+    model.reset_adapter()
+    assert_bit_exact(model, expected)
+    assert not [w for w in recwarn if "not bit for bit" in str(w.message)]
+
+
+@pytest.mark.filterwarnings("ignore:.*zero init")
+@pytest.mark.parametrize(
+    "undo,config",
+    [("reset_adapter", c) for c in MERGED_KINDS] + [("set_active_adapters", FULL_LORA), ("delete_adapter", FULL_LORA)],
+    ids=["lora", "ia3", "dora", "vera", "set_active_adapters", "delete_adapter"],
+)
+@pytest.mark.parametrize(
+    "start,end", [(torch.float32, torch.bfloat16), (torch.float16, torch.bfloat16), (torch.float32, torch.float16)]
+)
+def test_a_narrowing_cast_while_merged_resets_within_its_rounding_and_says_so(start, end, config, undo):
+    """The merged weight lost bits: reset inverts what is there (up to the new dtype's rounding), with a warning,
+    and never leaves the model stuck merged."""
+    model = model_with(config, names=("a",)).to(start)
+    expected = {k: v.to(end) for k, v in base_weights(model).items()}
+    model.merge_adapter("a")
+    merged = {k: v.float() for k, v in base_weights(model).items()}
+    # a subnormal W' (a tiny (IA)^3 scale, fp16) keeps too few bits to invert; at merge time the steps had them
+    tiny = max(torch.finfo(start).smallest_normal, torch.finfo(end).smallest_normal)
+    normal = {k: (v == 0) | (v.abs() >= tiny) for k, v in merged.items()}
+    for t in undos(model):  # DoRA: W' = scale * (W + dW) per row; the rounding of W' is divided by it on reset
+        if t.restore["scale"] is not None:
+            merged[f"{t.path}.weight"] /= t.restore["scale"].float().abs().unsqueeze(1)
+    model.to(end)
+    with pytest.warns(UserWarning, match=r"\['a'\].*not bit for bit"):
+        getattr(model, undo)(*{"set_active_adapters": [None], "delete_adapter": ["a"]}.get(undo, []))
+    assert not undos(model)
+    after = base_weights(model)
+    for key in after.keys() & expected.keys():
+        got, want = after[key], expected[key]
+        assert got.dtype == end
+        rounding = torch.finfo(end).eps * (merged[key].abs() + 2 * want.float().abs()) + 1e-6  # of W' and of W
+        assert ((got.float() - want.float()).abs() <= rounding)[normal[key]].all(), key
+
+
+def test_a_round_trip_cast_while_merged_is_not_claimed_bit_exact():
+    """fp32 -> bf16 -> fp32 gives back the merge dtype but not the merged weight: reset says it is not exact."""
+    model = model_with(FULL_LORA, names=("a",))
+    expected = base_weights(model)
+    model.merge_adapter("a")
+    model.to(torch.bfloat16).to(torch.float32)
+    with pytest.warns(UserWarning, match="not bit for bit"):
+        model.reset_adapter()
+    assert all(torch.allclose(base_weights(model)[k], v, atol=2e-2) for k, v in expected.items())
+
+
+def test_the_merged_weight_fingerprint_is_chunk_free_and_sees_one_ulp():
+    from workbench.core.methods.exact_undo import _fingerprint
+
+    weight = torch.randn(37, 11)
+    assert _fingerprint(weight, chunk=5) == _fingerprint(weight)
+    moved = weight.clone()
+    moved[20, 3] = torch.nextafter(moved[20, 3], torch.tensor(9.0))
+    assert _fingerprint(moved) != _fingerprint(weight)
+
+
+def test_save_pretrained_after_a_cast_while_merged_saves_the_original_in_the_new_dtype(tmp_path):
+    model = model_with(FULL_LORA, names=("a",)).to(torch.bfloat16)
+    before = {k: v.float() for k, v in base_weights(model).items() if k.startswith("bert.")}
+    model.merge_adapter("a")
+    model.to(torch.float32)
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(saved[k.removeprefix("bert.")], v) for k, v in before.items())
+    assert undos(model)  # saving leaves the merge in place
+
+
 def test_a_failed_merge_leaves_no_projection_merged(monkeypatch):
     model = model_with(FULL_LORA, names=("a",))
     before = base_weights(model)

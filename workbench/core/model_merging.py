@@ -55,7 +55,8 @@ class AdapterMergingMixin:
     def merge_adapter(self, name: str) -> None:
         """Merge a LoRA/(IA)^3 adapter into the base weights (no extra cost at inference), all or nothing.
 
-        `reset_adapter()` restores the weights bit for bit; no copy of them is kept (see `LoRATarget.merge`).
+        `reset_adapter()` restores the weights bit for bit; no copy of them is kept (see `LoRATarget.merge`). After a
+        cast that rounds the merged weights (fp32 -> bf16) it can only restore them up to that rounding, and warns.
         """
         config = self._require(name)
         if not isinstance(config, LoRAConfig):
@@ -76,7 +77,8 @@ class AdapterMergingMixin:
             self._engine.configs[name] = flat if config is parts["prefix_tuning"] else _replace_part(config, flat)
 
     def reset_adapter(self) -> None:
-        """Undo `merge_adapter`: the base weights are again exactly what they were."""
+        """Undo `merge_adapter`: the base weights are again exactly what they were (in the current dtype), unless
+        a cast rounded the merged weights: then up to that rounding, with a warning (`methods/exact_undo.py`)."""
         if "lora" in self._engine.methods:
             self._engine.methods["lora"].reset()
 

@@ -201,16 +201,17 @@ def _tensors(lora) -> dict[str, torch.Tensor]:
 
 @contextmanager
 def _computing_with(lora, snapshot: dict[str, torch.Tensor]):
-    """Run the block with `lora`'s tensors set to `snapshot` (as at merge time), then put the current ones back."""
+    """Run the block with `lora`'s tensors replaced by `snapshot` (their values, dtype and device at merge time,
+    whatever the model was cast or moved to since), then put the current ones back."""
     live = _tensors(lora)
-    changed = {k: v.detach().clone() for k, v in live.items() if not torch.equal(v, snapshot[k])}
-    for key in changed:
-        live[key].data.copy_(snapshot[key])
+    current = {k: v.data for k, v in live.items()}
+    for key, value in live.items():
+        value.data = snapshot[key]
     try:
         yield
     finally:
-        for key, value in changed.items():
-            live[key].data.copy_(value)
+        for key, value in current.items():
+            live[key].data = value
 
 
 def qkv_parts(spec, config, out_features: int, path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -473,7 +474,7 @@ class LoRATarget(ComposableLayer):
             if dora.is_dora(lora):
                 scale = dora.row_scale(lora, self.dense(weight), lora.delta_w).to(weight.dtype).detach()
             merged = self._merged(lora, weight, scale)
-            undo = ExactUndo.capture(weight, lambda: self._unmerged(lora, merged, scale))
+            undo = ExactUndo.capture(weight, merged, lambda w: self._unmerged(lora, w, scale))
             bias = None
             if scale is not None and lora.dora_style == "adapters" and module.bias is not None:
                 bias = module.bias.detach().clone()
@@ -498,22 +499,30 @@ class LoRATarget(ComposableLayer):
             merged = self.dense(self.dense(merged) / scale.unsqueeze(1))
         return merged - (delta * lora.scaling).to(merged.dtype)
 
-    def original_weight(self) -> torch.Tensor:
-        """The weight before the merge, bit for bit (computed; nothing is written)."""
+    def original_weight(self) -> tuple[torch.Tensor, bool]:
+        """The weight before the merge, in the weight's current dtype and on its device (computed; nothing is
+        written), and whether it is bit for bit: not after a narrowing cast while merged (`ExactUndo`)."""
         lora, restore = self.loras[self.merged], self.restore
-        weight = self.module.weight
         with torch.no_grad(), _computing_with(lora, restore["snapshot"]):
-            inverse = lambda: self._unmerged(lora, weight.detach(), restore["scale"])  # noqa: E731
-            return restore["undo"].restore(inverse, weight.device)
+            inverse = lambda w: self._unmerged(lora, w, restore["scale"])  # noqa: E731
+            return restore["undo"].restore(self.module.weight, inverse)
 
-    def reset(self) -> None:
+    def original_bias(self) -> torch.Tensor | None:
+        """The bias before a DoRA merge that scaled it (AdapterHub's convention), as the bias is now; else None."""
+        bias = self.restore["bias"]
+        return None if bias is None else bias.to(self.module.bias.device, self.module.bias.dtype)
+
+    def reset(self) -> bool:
+        """Undo the merge; returns whether the weight is back bit for bit (see `original_weight`)."""
         if self.merged is None:
-            return
+            return True
         with torch.no_grad():
-            self.module.weight.copy_(self.original_weight())
+            weight, exact = self.original_weight()
+            self.module.weight.copy_(weight)
             if self.restore["bias"] is not None:
-                self.module.bias.copy_(self.restore["bias"])
+                self.module.bias.copy_(self.original_bias())
         self.merged, self.restore = None, None
+        return exact
 
 
 class LoRAMethod(AdapterMethod):
@@ -599,10 +608,10 @@ class LoRAMethod(AdapterMethod):
             self.engine.register(name, f"{path}.modules_to_save.{name}", saved.copies[name], in_root=True)
 
     def unmerge(self, name: str) -> bool:
-        """Undo the merge of adapter `name` only; True if it was merged."""
+        """Undo the merge of adapter `name` only (bit for bit, else with a warning); True if it was merged."""
         merged = [t for t in self.targets.values() if t.merged == name]
-        for target in merged:
-            target.reset()
+        inexact = [t for t in merged if not t.reset()]
+        _warn_inexact({name} if inexact else set(), "restored")
         return bool(merged)
 
     def delete(self, name: str) -> None:
@@ -706,17 +715,25 @@ class LoRAMethod(AdapterMethod):
     def unmerged_weights(self) -> dict[str, torch.Tensor]:
         """The original weights (keys in the root model) of every projection an adapter is merged into."""
         weights = {}
+        inexact = set()
         for t in self.targets.values():
             if t.merged is not None:
-                weights[f"{t.path}.weight"] = t.original_weight()
+                weights[f"{t.path}.weight"], exact = t.original_weight()
+                if not exact:
+                    inexact.add(t.merged)
                 if t.restore["bias"] is not None:
-                    weights[f"{t.path}.bias"] = t.restore["bias"]
+                    weights[f"{t.path}.bias"] = t.original_bias()
+        _warn_inexact(inexact, "saved")
         return weights
 
     def reset(self) -> None:
-        """Undo every merge."""
+        """Undo every merge (bit for bit unless the weights changed while merged: then with a warning)."""
+        inexact = set()
         for target in self.targets.values():
-            target.reset()
+            name = target.merged
+            if not target.reset():
+                inexact.add(name)
+        _warn_inexact(inexact, "restored")
 
     # --- MTL-LoRA parameter sharing (mtl_lora.py) -----------------------------------------------------------
 
@@ -738,6 +755,17 @@ class LoRAMethod(AdapterMethod):
     def unshare_parameters(self, name: str) -> None:
         for target in self.targets.values():
             _mtl().unshare(target.module, target.loras, name)
+
+
+def _warn_inexact(names: set, what: str) -> None:
+    if names:
+        warnings.warn(
+            f"the base weights under merged adapter(s) {sorted(names)} were changed after merge_adapter (cast to "
+            f"a narrower dtype, such as float32 -> bfloat16, or written): they are {what} as the merged weight "
+            "minus the adapter's delta, the original only up to the current dtype's rounding, not bit for bit; "
+            "call reset_adapter() before casting to keep them exact",
+            stacklevel=3,
+        )
 
 
 def _vera():
