@@ -96,7 +96,8 @@ def test_loreft_keeps_a_float32_projection():
 
 @pytest.mark.parametrize("model_type", ["bert", "gpt2"])
 @pytest.mark.parametrize("config", ["seq_bn", "seq_bn_inv", "compacter[reduction_factor=4]", "lora", "ia3",
-                                    "prefix_tuning", "noreft", "seq_bn[use_gating=True]", "mam"])  # fmt: skip
+                                    "prefix_tuning", "noreft", "seq_bn[use_gating=True]", "mam",
+                                    "prefix_tuning[use_gating=True]", "unipelt"])  # fmt: skip
 def test_adapter_to_moves_and_casts_and_the_forward_follows(model_type, config):
     model = bf16_model(model_type).eval()
     model.add_adapter("a", config, set_active=True)
@@ -110,6 +111,36 @@ def test_adapter_to_moves_and_casts_and_the_forward_follows(model_type, config):
     with torch.no_grad():
         narrow = model(input_ids=IDS, attention_mask=MASK)[0]
     torch.testing.assert_close(narrow, wide, atol=0.05, rtol=0.05)
+
+
+def fusion_dtypes(model, name="a,b") -> set:
+    return {p.dtype for _, p in model._engine.named_parameters_of(f"fusion:{name}")}
+
+
+def test_a_fusion_takes_the_models_dtype_and_follows_adapter_fusion_to(tmp_path):
+    """Added or loaded on a bf16 model, a fusion is bf16; cast apart with `adapter_fusion_to`, its forward still
+    runs (in its own dtype, answering in the model's)."""
+    model = bf16_model("bert").eval()
+    for name in ("a", "b"):
+        model.add_adapter(name, "seq_bn")
+    model.add_adapter_fusion(workbench.Fuse("a", "b"), set_active=True)
+    assert fusion_dtypes(model) == {torch.bfloat16}
+    with torch.no_grad():
+        narrow = model(input_ids=IDS, attention_mask=MASK)[0]
+    model.adapter_fusion_to(workbench.Fuse("a", "b"), dtype=torch.float32)
+    assert fusion_dtypes(model) == {torch.float32}
+    with torch.no_grad():
+        wide = model(input_ids=IDS, attention_mask=MASK)[0]
+    assert wide.dtype == torch.bfloat16 and torch.isfinite(wide).all()
+    torch.testing.assert_close(narrow, wide, atol=0.05, rtol=0.05)
+    model.save_adapter_fusion(tmp_path / "fusion", "a,b")
+    loaded = bf16_model("bert").eval()
+    for name in ("a", "b"):
+        loaded.add_adapter(name, "seq_bn")
+    loaded.load_adapter_fusion(tmp_path / "fusion", set_active=True)
+    assert fusion_dtypes(loaded) == {torch.bfloat16}
+    with torch.no_grad():
+        assert torch.isfinite(loaded(input_ids=IDS, attention_mask=MASK)[0]).all()
 
 
 @pytest.mark.parametrize("config", ["seq_bn", "compacter[reduction_factor=4]", "lora", "ia3", "vera",

@@ -44,9 +44,9 @@ class AdapterFusionMixin:
                 self.delete_adapter_fusion(fusion_name)
             engine.fusions[fusion_name] = (names, config)
             engine.method("bottleneck").add_fusion(fusion_name, names, config)
-            reference = engine.reference_weight()
+            reference = engine.reference_weight()  # the model's device and float dtype, as adapters take them
             for module in engine.owned.get("fusion:" + fusion_name, {}).values():
-                module.to(reference.device).train(self.training)
+                module.to(reference.device, dtype=reference.dtype).train(self.training)
             if set_active:
                 self.set_active_adapters(Fuse(*names, name=fusion_name if fusion_name != ",".join(names) else None))
 

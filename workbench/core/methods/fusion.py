@@ -40,11 +40,16 @@ class FusionLayer(nn.Module):
     def forward(self, query, ups, residual, advance: bool = True):
         """query (B,T,H), ups (B,T,n,H), residual (B,T,H) -> (output (B,T,H), attention (B,T,n)).
 
-        `advance` lowers the temperature one step (not when gradient checkpointing replays the layer).
+        `advance` lowers the temperature one step (not when gradient checkpointing replays the layer). It computes
+        in its own dtype (the model's, unless `adapter_fusion_to` cast it) and answers in the hidden states' one.
         """
+        dtype, own = query.dtype, next((p.dtype for p in self.parameters()), query.dtype)
+        query, ups, residual = query.to(own), ups.to(own), residual.to(own)
         if self.config.temperature:  # a Python number lowered on every forward: a compiled graph would freeze it
-            return self._eager_forward(query, ups, residual, advance)
-        return self._forward(query, ups, residual, advance)
+            out, probs = self._eager_forward(query, ups, residual, advance)
+        else:
+            out, probs = self._forward(query, ups, residual, advance)
+        return out.to(dtype), probs.to(dtype)
 
     @torch.compiler.disable
     def _eager_forward(self, query, ups, residual, advance: bool):

@@ -206,7 +206,8 @@ class PrefixTuningShim(nn.Module, ComposableLayer):
         pk, pv = prefix.layer_states(self.prefixes[name], st.key.shape[0])
         pk, pv = pk.to(st.key.dtype), pv.to(st.value.dtype)
         if name in self.prefix_gates:
-            gate = torch.sigmoid(self.prefix_gates[name](st.residual)).mean(dim=1)
+            gate_layer = self.prefix_gates[name]  # `adapter_to` may have cast it: computes in its own dtype
+            gate = torch.sigmoid(gate_layer(st.residual.to(gate_layer.weight.dtype))).mean(dim=1).to(pk.dtype)
             record_gating(ctx, name, self.layer_idx, self.location_key, gate)
             pk = pk * gate[:, 0].view(-1, 1, 1, 1)
             pv = pv * gate[:, -1].view(-1, 1, 1, 1)
