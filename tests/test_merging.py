@@ -621,6 +621,37 @@ def test_save_pretrained_after_a_cast_while_merged_saves_the_original_in_the_new
     assert undos(model)  # saving leaves the merge in place
 
 
+def test_merge_refuses_while_skip_layers_skips_a_layer_the_adapter_adapts():
+    """Merged weights run in every layer: merging under skip_layers would silently change the output (the adapters
+    library does), so it is refused, and the model is unchanged."""
+    model = model_with(FULL_LORA, names=("a",))
+    model.set_active_adapters("a", skip_layers=[0])
+    before = snapshot(model)
+    with pytest.raises(AdapterConfigError, match=r"skip_layers=\[0\] skips layer\(s\) \[0\]"):
+        model.merge_adapter("a")
+    assert_unchanged(model, before)
+    assert not undos(model)
+
+
+def test_merge_under_skip_layers_of_layers_the_adapter_leaves_out_runs_the_same():
+    model = model_with(LoRAConfig(leave_out=[0], init_weights="bert"), names=("a",))
+    model.eval().set_active_adapters("a", skip_layers=[0])
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        unmerged = model(input_ids=ids)[0]
+        model.merge_adapter("a")
+        torch.testing.assert_close(model(input_ids=ids)[0], unmerged)
+
+
+def test_a_merged_adapter_refuses_a_call_that_skips_its_layers():
+    model = model_with(FULL_LORA, names=("a",))
+    model.set_active_adapters("a")
+    model.merge_adapter("a")
+    model._engine.skip_layers = {1}  # set behind set_active_adapters' back (which would reset the merge)
+    with pytest.raises(workbench.CompositionError, match="cannot skip layers"):
+        model(input_ids=torch.tensor([[5, 6, 7]]))
+
+
 def test_a_failed_merge_leaves_no_projection_merged(monkeypatch):
     model = model_with(FULL_LORA, names=("a",))
     before = base_weights(model)

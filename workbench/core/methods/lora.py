@@ -676,8 +676,18 @@ class LoRAMethod(AdapterMethod):
                     )
 
     def merge(self, name: str) -> None:
-        """Fold adapter `name` into the base weights; its hook then stays idle until `reset`."""
+        """Fold adapter `name` into the base weights; its hook then stays idle until `reset`.
+
+        Refused while `skip_layers` skips a layer the adapter adapts: merged weights run in every layer, so the
+        merged model would silently differ from the call it replaces (the adapters library merges anyway)."""
         targets = [t for t in self.targets.values() if name in t.loras]
+        skipped = sorted({t.layer_idx for t in targets} & self.engine.skip_layers)
+        if skipped:
+            raise AdapterConfigError(
+                f"cannot merge adapter {name!r} while skip_layers={sorted(self.engine.skip_layers)} skips layer(s) "
+                f"{skipped} it adapts: a merged adapter runs in every layer; call set_active_adapters without "
+                "skip_layers first, or keep the adapter unmerged"
+            )
         for target in targets:
             if _fused(target.loras[name]) and _mtl().is_mtl(target.loras[name]):
                 raise AdapterConfigError(_fused_mtl_message(name, target.path))
@@ -701,6 +711,12 @@ class LoRAMethod(AdapterMethod):
     def check_call(self, setup) -> None:
         """A merged adapter is in the weights for every call: a call must run exactly it (AdapterSetup included)."""
         merged = {t.merged for t in self.targets.values() if t.merged is not None}
+        skipped = sorted({t.layer_idx for t in self.targets.values() if t.merged} & self.engine.skip_layers)
+        if skipped:  # merge refuses this; skip_layers set afterwards by hand would run the skipped layers silently
+            raise CompositionError(
+                f"adapter {sorted(merged)[0]!r} is merged into the weights of layer(s) {skipped}, which skip_layers "
+                "skips: a merged adapter cannot skip layers; call reset_adapter() first"
+            )
         if not merged or setup is None:  # no setup: the merged weights are the model the user asked for
             return
         names = setup.names() if setup is not None else []
