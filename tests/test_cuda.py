@@ -144,6 +144,20 @@ def test_merged_lora_on_cuda_gives_the_unmerged_outputs():
     assert_same(outputs(model, "cuda"), unmerged)
 
 
+@pytest.mark.parametrize("config", ["lora", "ia3", "dora", "vera"])
+@pytest.mark.parametrize("there", ["cuda", "cpu"])
+def test_a_merged_model_moved_to_another_device_resets_bit_for_bit(config, there):
+    """The undo is computed where the merge was (exact_undo.py): a move while merged loses nothing."""
+    here = "cpu" if there == "cuda" else "cuda"
+    model = model_with("llama", {"a": config}).to(here)
+    before = {k: v.cpu().clone() for k, v in model.state_dict().items() if ".loras." not in k}
+    model.merge_adapter("a")
+    model.to(there)
+    model.reset_adapter()
+    after = model.state_dict()
+    assert all(after[k].device.type == there and torch.equal(after[k].cpu(), v) for k, v in before.items())
+
+
 @pytest.mark.parametrize("model_type", ["bert", "llama"])
 @pytest.mark.parametrize("config", ["seq_bn", "lora", "prefix_tuning"])
 def test_bf16_training_on_cuda_with_and_without_checkpointing(model_type, config):
