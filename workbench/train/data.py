@@ -9,6 +9,7 @@ label names live in the head (and in its saved `head_config.json`).
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import math
 from collections.abc import Mapping
@@ -26,9 +27,11 @@ from .errors import DataError, EmptyDatasetError, UnknownLabelError
 TASKS = ("classification", "multilabel", "tagging", "qa", "causal_lm")
 LABELLED_TASKS = ("classification", "multilabel", "tagging")  # the tasks whose head has a label set
 _VALIDATION_NAMES = ("validation", "valid", "dev", "val", "test")
+# TSV has no quoting (GLUE, SST-2 and the IANA format): a quote is text. With CSV's quoting, a text opening with
+# a quote swallowed the rows up to the next quote into one text with the last row's label, silently.
 _READERS = {
     ".csv": lambda p: pd.read_csv(p),
-    ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+    ".tsv": lambda p: pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE),
     ".json": lambda p: pd.read_json(p),
     ".jsonl": lambda p: pd.read_json(p, lines=True),
 }
