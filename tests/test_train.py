@@ -1,7 +1,9 @@
 """workbench.train on tiny models: adapter, fusion and full runs, checkpoints, resume, stop, bad input."""
 
+import json
 import math
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -207,6 +209,52 @@ def test_resume_continues_a_stopped_run_to_the_planned_total(tokenizer, tmp_path
     expected, got = trained_state(straight, "kw"), trained_state(resumed, "kw")
     for key in expected:  # optimizer, scheduler and data order restored too: the same weights as straight through
         torch.testing.assert_close(got[key], expected[key], msg=key)
+
+
+def test_a_run_stopped_mid_epoch_with_epoch_evaluation_resumes_to_the_uninterrupted_weights(tokenizer, tmp_path):
+    # evaluating drew from torch's generator, and the stop evaluated its partial epoch before saving the random
+    # state: with dropout on, the resumed run drew other masks (and that evaluation could become the best)
+    config = fast(eval_strategy="epoch", num_train_epochs=2, max_steps=-1, save_total_limit=None)
+    assert tiny_adapter_model().config.hidden_dropout_prob > 0
+    straight = adapter_model()
+    done = train(straight, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / "straight",
+                 config=config)  # fmt: skip
+    control = RunControl()
+    stop = lambda e: control.stop("test") if isinstance(e, StepEvent) and e.step == 3 else None  # noqa: E731
+    stopped = train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / "kw",
+                    config=config, callbacks=[stop], control=control)  # fmt: skip
+    assert stopped.global_step == 3 and stopped.stop_reason == "stop_request"
+    resumed = adapter_model(adapter_seed=99)
+    record = train(resumed, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / "kw",
+                   config=config, resume=True)  # fmt: skip
+    assert record.global_step == done.global_step == 16 and record.stop_reason == "completed"
+    def evaluated(folder):
+        history = json.loads((folder / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
+        return [entry["step"] for entry in history if "eval_loss" in entry]
+
+    assert evaluated(tmp_path / "kw") == evaluated(tmp_path / "straight") == [8, 16]  # not the stop's step 3
+    assert Path(record.best_checkpoint).name == Path(done.best_checkpoint).name
+    expected, got = trained_state(straight, "kw"), trained_state(resumed, "kw")  # the best checkpoint, reloaded
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_evaluating_does_not_change_the_training(tokenizer, tmp_path):
+    # an evaluation draws from torch's generator: without keeping it, the dropout masks after it differed
+    assert tiny_adapter_model().config.hidden_dropout_prob > 0
+    at_step_5 = {}
+    for every in (2, 3, 100):  # evaluations at steps 2 and 4, at 3, none
+        model = adapter_model()
+
+        def keep(event, model=model, every=every):
+            if isinstance(event, StepEvent) and event.step == 5:
+                at_step_5[every] = trained_state(model, "kw")
+
+        train(model, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / str(every),
+              config=fast(eval_steps=every), callbacks=[keep])  # fmt: skip
+    for key in at_step_5[100]:
+        assert torch.equal(at_step_5[2][key], at_step_5[100][key]), key
+        assert torch.equal(at_step_5[3][key], at_step_5[100][key]), key
 
 
 def test_resume_without_a_checkpoint_says_so(tokenizer, tmp_path):
