@@ -257,6 +257,17 @@ def test_evaluating_does_not_change_the_training(tokenizer, tmp_path):
         assert torch.equal(at_step_5[3][key], at_step_5[100][key]), key
 
 
+def test_bf16_trains_under_autocast_on_any_device(tokenizer, tmp_path):
+    # on a CPU, precision="bf16" used to train in fp32 while the record said bf16
+    model, seen = adapter_model(), set()
+    dense = model.bert.encoder.layer[0].output.dense
+    dense.register_forward_hook(lambda module, args, out: seen.add(out.dtype) if module.training else None)
+    record = train(model, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path,
+                   config=fast(max_steps=2, eval_strategy="no", precision="bf16"))  # fmt: skip
+    assert seen == {torch.bfloat16} and record.config["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in trained_state(model, "kw").values())  # autocast: fp32 weights
+
+
 def test_resume_without_a_checkpoint_says_so(tokenizer, tmp_path):
     with pytest.raises(workbench.train.CheckpointError, match="nothing to resume in .*empty"):
         train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / "empty",

@@ -133,6 +133,15 @@ def test_a_metric_the_task_does_not_report(tmp_path):
     assert "metric_for_best_model='perplexity'" in str(error)
 
 
+def test_fp16_without_a_gpu_is_refused(tmp_path, monkeypatch):
+    # Trainer trained in fp32 on a CPU while the record said fp16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    match = r"TrainConfig.precision='fp16': fp16 training needs a CUDA GPU and this machine has none; use 'bf16'"
+    fails_unchanged(tmp_path, ConfigError, match, config=fast(precision="fp16"))
+    with pytest.raises(ConfigError, match=match):
+        fast(precision="fp16").training_args(tmp_path / "args")
+
+
 def test_bad_kind_and_task_are_listed_together(tmp_path):
     error = fails_unchanged(tmp_path, ConfigError, kind="lora", task="summaries")
     assert "kind='lora'" in str(error) and "task='summaries'" in str(error)
