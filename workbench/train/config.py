@@ -138,8 +138,7 @@ class TrainConfig:
         )
         known = sorted(set().union(*TASK_METRICS.values()))
         check("metric_for_best_model", lambda v: _metric(v) in known, f"use one of {', '.join(known)}")
-        if "max_length" not in bad_type:
-            check("doc_stride", lambda v: 0 <= v < self.max_length, f"must be in [0, max_length={self.max_length})")
+        check("doc_stride", lambda v: v >= 0, "must be 0 or more")  # below max_length: for "qa" (task_problems)
         if self.eval_strategy == "steps" and self.eval_steps is None:
             found.append("TrainConfig.eval_strategy='steps' needs eval_steps")
         if self.early_stopping_patience is not None and self.eval_strategy == "no":
@@ -147,13 +146,18 @@ class TrainConfig:
         return found
 
     def task_problems(self, task: str) -> list[str]:
-        """What this config cannot do for `task`: a `metric_for_best_model` the task's evaluation never reports."""
+        """What this config cannot do for `task`: a `metric_for_best_model` the task's evaluation never reports;
+        for "qa", a `doc_stride` as long as a window (only QA has windows: other tasks ignore it)."""
+        found = []
+        if task == "qa" and not self.doc_stride < self.max_length:
+            found.append(f"TrainConfig.doc_stride={self.doc_stride!r}: must be below max_length={self.max_length}")
         metrics = TASK_METRICS.get(task)
         if self.eval_strategy == "no" or metrics is None or _metric(self.metric_for_best_model) in metrics:
-            return []
+            return found
         return [
+            *found,
             f"TrainConfig.metric_for_best_model={self.metric_for_best_model!r}: task {task!r} reports "
-            f"{', '.join(sorted(metrics))}"
+            f"{', '.join(sorted(metrics))}",
         ]
 
     def device_problems(self) -> list[str]:
