@@ -433,6 +433,16 @@ def test_tagging_run(tokenizer, tmp_path):
     assert model.heads["kw"].config["head_type"] == "tagging" and "eval_accuracy" in record.final_metrics
 
 
+def test_tagging_run_with_tags_as_text(tokenizer, tmp_path):
+    # "O K O" (a CSV/TSV cell) was split on commas for the head's labels, on whitespace for the encoding
+    frame = keyword_frame(32)
+    rows = frame.assign(label=[" ".join("K" if w == "w5" else "O" for w in t.split()) for t in frame.text])
+    model = adapter_model()
+    train(model, rows, adapter="kw", task="tagging", tokenizer=tokenizer, output_dir=tmp_path,
+          config=fast(max_steps=1, eval_strategy="no"))  # fmt: skip
+    assert sorted(model.heads["kw"].config["label2id"]) == ["K", "O"]
+
+
 def test_missing_column(tokenizer, tmp_path):
     with pytest.raises(MissingColumnError, match="'sentence'.*'train'"):
         train(
