@@ -127,7 +127,7 @@ def test_rows_without_a_label(tmp_path):
     [
         (list(range(40)), "text column 'text' holds numbers, not text (e.g. 0, 1, 2, 3, 4 and 35 more)"),
         ([["w5", "w6"]] * 40, "text column 'text' holds lists, not text (e.g. ['w5', 'w6']); word lists are for task"),
-        (["w5 w6"] * 10 + [""] * 20 + [None] * 10, "text column 'text' is mostly empty: 30 of 40 rows"),
+        (["w5 w6"] * 10 + [""] * 20 + [None] * 10, "text column 'text' is mostly empty: 30 of 40 training rows"),
     ],
     ids=["numbers", "lists", "mostly-empty"],
 )
@@ -137,6 +137,19 @@ def test_text_column_that_is_not_text(tmp_path, column, message):
     found = errors(check_data(data))
     assert len(found) == 1 and found[0].startswith(message)
     refused(tmp_path, data, DataCheckError, "text column 'text'")
+
+
+def test_validation_texts_are_checked_as_training_texts_are(tmp_path):
+    # a validation row with no text was evaluated as the word "None"
+    validation = keyword_frame(10, seed=1)
+    validation.loc[2, "text"] = None
+    data = {"train": keyword_frame(40), "validation": validation}
+    assert errors(check_data(data)) == ["text column 'text': no text (None) in validation rows 2"]
+    refused(tmp_path, data, DataCheckError, r"no text \(None\) in validation rows 2")
+    validation = keyword_frame(10, seed=1).assign(text=list(range(10)))
+    found = errors(check_data({"train": keyword_frame(40), "validation": validation}))
+    assert found == ["text column 'text' in the validation rows holds numbers, not text (e.g. 0, 1, 2, 3, 4 and 5 "
+                     "more): pick the column with the text"]  # fmt: skip
 
 
 def test_some_empty_texts_are_a_warning_and_the_same_column_twice_an_error():

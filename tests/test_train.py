@@ -1,7 +1,9 @@
 """workbench.train on tiny models: adapter, fusion and full runs, checkpoints, resume, stop, bad input."""
 
+import json
 import math
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -209,6 +211,63 @@ def test_resume_continues_a_stopped_run_to_the_planned_total(tokenizer, tmp_path
         torch.testing.assert_close(got[key], expected[key], msg=key)
 
 
+def test_a_run_stopped_mid_epoch_with_epoch_evaluation_resumes_to_the_uninterrupted_weights(tokenizer, tmp_path):
+    # evaluating drew from torch's generator, and the stop evaluated its partial epoch before saving the random
+    # state: with dropout on, the resumed run drew other masks (and that evaluation could become the best)
+    config = fast(eval_strategy="epoch", num_train_epochs=2, max_steps=-1, save_total_limit=None)
+    assert tiny_adapter_model().config.hidden_dropout_prob > 0
+    straight = adapter_model()
+    done = train(straight, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / "straight",
+                 config=config)  # fmt: skip
+    control = RunControl()
+    stop = lambda e: control.stop("test") if isinstance(e, StepEvent) and e.step == 3 else None  # noqa: E731
+    stopped = train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / "kw",
+                    config=config, callbacks=[stop], control=control)  # fmt: skip
+    assert stopped.global_step == 3 and stopped.stop_reason == "stop_request"
+    resumed = adapter_model(adapter_seed=99)
+    record = train(resumed, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / "kw",
+                   config=config, resume=True)  # fmt: skip
+    assert record.global_step == done.global_step == 16 and record.stop_reason == "completed"
+    def evaluated(folder):
+        history = json.loads((folder / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
+        return [entry["step"] for entry in history if "eval_loss" in entry]
+
+    assert evaluated(tmp_path / "kw") == evaluated(tmp_path / "straight") == [8, 16]  # not the stop's step 3
+    assert Path(record.best_checkpoint).name == Path(done.best_checkpoint).name
+    expected, got = trained_state(straight, "kw"), trained_state(resumed, "kw")  # the best checkpoint, reloaded
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_evaluating_does_not_change_the_training(tokenizer, tmp_path):
+    # an evaluation draws from torch's generator: without keeping it, the dropout masks after it differed
+    assert tiny_adapter_model().config.hidden_dropout_prob > 0
+    at_step_5 = {}
+    for every in (2, 3, 100):  # evaluations at steps 2 and 4, at 3, none
+        model = adapter_model()
+
+        def keep(event, model=model, every=every):
+            if isinstance(event, StepEvent) and event.step == 5:
+                at_step_5[every] = trained_state(model, "kw")
+
+        train(model, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / str(every),
+              config=fast(eval_steps=every), callbacks=[keep])  # fmt: skip
+    for key in at_step_5[100]:
+        assert torch.equal(at_step_5[2][key], at_step_5[100][key]), key
+        assert torch.equal(at_step_5[3][key], at_step_5[100][key]), key
+
+
+def test_bf16_trains_under_autocast_on_any_device(tokenizer, tmp_path):
+    # on a CPU, precision="bf16" used to train in fp32 while the record said bf16
+    model, seen = adapter_model(), set()
+    dense = model.bert.encoder.layer[0].output.dense
+    dense.register_forward_hook(lambda module, args, out: seen.add(out.dtype) if module.training else None)
+    record = train(model, keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path,
+                   config=fast(max_steps=2, eval_strategy="no", precision="bf16"))  # fmt: skip
+    assert seen == {torch.bfloat16} and record.config["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in trained_state(model, "kw").values())  # autocast: fp32 weights
+
+
 def test_resume_without_a_checkpoint_says_so(tokenizer, tmp_path):
     with pytest.raises(workbench.train.CheckpointError, match="nothing to resume in .*empty"):
         train(adapter_model(), keyword_frame(), adapter="kw", tokenizer=tokenizer, output_dir=tmp_path / "empty",
@@ -372,6 +431,16 @@ def test_tagging_run(tokenizer, tmp_path):
         config=fast(max_steps=2, eval_steps=2),
     )
     assert model.heads["kw"].config["head_type"] == "tagging" and "eval_accuracy" in record.final_metrics
+
+
+def test_tagging_run_with_tags_as_text(tokenizer, tmp_path):
+    # "O K O" (a CSV/TSV cell) was split on commas for the head's labels, on whitespace for the encoding
+    frame = keyword_frame(32)
+    rows = frame.assign(label=[" ".join("K" if w == "w5" else "O" for w in t.split()) for t in frame.text])
+    model = adapter_model()
+    train(model, rows, adapter="kw", task="tagging", tokenizer=tokenizer, output_dir=tmp_path,
+          config=fast(max_steps=1, eval_strategy="no"))  # fmt: skip
+    assert sorted(model.heads["kw"].config["label2id"]) == ["K", "O"]
 
 
 def test_missing_column(tokenizer, tmp_path):

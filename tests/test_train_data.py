@@ -88,3 +88,20 @@ def test_local_folder_of_data_files_and_saved_dataset(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match="empty: cannot load it as a dataset folder"):
         load_splits(empty)
+
+
+def test_tsv_has_no_quoting_a_quote_is_text_and_csv_keeps_its_quoting(tmp_path):
+    # GLUE/SST-2 TSVs are unquoted: a text opening with a quote once swallowed the rows up to the next quote
+    texts = [f"w{i} w{i + 1}" for i in range(12)]
+    texts[2], texts[7] = '"w9 the so-called hit', 'w8 said "yes"'
+    (tmp_path / "rows.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(texts)))
+    splits = load_splits({"train": tmp_path / "rows.tsv", "dev": tmp_path / "rows.tsv"})
+    assert splits["train"]["text"] == texts and splits["train"]["label"] == [i % 2 for i in range(12)]
+
+    (tmp_path / "tab.tsv").write_text("text\tlabel\nw4 w5\t0\nw6\tw7\t1\n")  # a tab inside a text: not TSV
+    with pytest.raises(DataError, match=r"tab.tsv: cannot read it"):
+        load_splits(tmp_path / "tab.tsv")
+
+    (tmp_path / "rows.csv").write_text('text,label\n"w4, ""w5""",0\nw6,1\n')  # CSV quoting stays
+    assert load_splits({"train": tmp_path / "rows.csv", "dev": tmp_path / "rows.csv"})["train"]["text"] == [
+        'w4, "w5"', "w6"]

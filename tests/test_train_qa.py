@@ -82,8 +82,8 @@ def test_bad_qa_rows_are_named(tokenizer):
     long_question = " ".join(WORDS[:8])
     with pytest.raises(DataError, match=r"row 0: the question in column 'q' has 8 tokens.*doc_stride=3"):
         windows(tokenizer, [row("w10 w11 w12", "w11", question=long_question)], max_length=12, doc_stride=3)
-    with pytest.raises(ValueError, match="doc_stride=128"):
-        TrainConfig(doc_stride=128)
+    too_long = TrainConfig(doc_stride=128).task_problems("qa")
+    assert too_long == ["TrainConfig.doc_stride=128: must be below max_length=128"]
 
 
 def hand_made_windows():

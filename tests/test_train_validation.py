@@ -133,6 +133,25 @@ def test_a_metric_the_task_does_not_report(tmp_path):
     assert "metric_for_best_model='perplexity'" in str(error)
 
 
+def test_fp16_without_a_gpu_is_refused(tmp_path, monkeypatch):
+    # Trainer trained in fp32 on a CPU while the record said fp16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    match = r"TrainConfig.precision='fp16': fp16 training needs a CUDA GPU and this machine has none; use 'bf16'"
+    fails_unchanged(tmp_path, ConfigError, match, config=fast(precision="fp16"))
+    with pytest.raises(ConfigError, match=match):
+        fast(precision="fp16").training_args(tmp_path / "args")
+
+
+def test_doc_stride_is_checked_for_qa_only(tmp_path):
+    # max_length=32 or less was refused for every task because of QA's default doc_stride=32
+    config = fast(max_length=16)
+    assert config.task_problems("classification") == [] and config.task_problems("causal_lm") == []
+    match = r"TrainConfig.doc_stride=32: must be below max_length=16"
+    fails_unchanged(tmp_path, ConfigError, match, task="qa", config=config)
+    with pytest.raises(ConfigError, match=r"TrainConfig.doc_stride=-1: must be 0 or more"):
+        TrainConfig(doc_stride=-1)
+
+
 def test_bad_kind_and_task_are_listed_together(tmp_path):
     error = fails_unchanged(tmp_path, ConfigError, kind="lora", task="summaries")
     assert "kind='lora'" in str(error) and "task='summaries'" in str(error)

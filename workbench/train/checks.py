@@ -5,7 +5,8 @@ and the values.
 which raises one error listing every error found, so code users get the protection the Train panel gives. Checked:
 
 - the columns the task needs are there;
-- the text columns hold text: not numbers, not lists (word lists are right for "tagging"), not mostly empty;
+- the text columns hold text, in training and validation rows: not numbers, not lists (word lists are right for
+  "tagging"), not mostly empty;
 - every row has a label, the labels are not all the same (never a silent one-class run), each label has at least
   `MIN_ROWS_PER_LABEL` training rows (fewer than `FEW_ROWS_PER_LABEL` is a warning), the validation split has no
   label that training never sees, and, when the head exists already, every label is one of the head's.
@@ -141,7 +142,16 @@ def _text_columns(columns: Columns, task: str) -> list[str]:
 
 
 def _text_problems(splits: DatasetDict, column: str, lists_ok: bool) -> list[Problem]:
-    values = splits["train"][column]
+    """The text checks on both splits: a validation row with no text would be evaluated as the word "None"."""
+    problems = []
+    for split, rows in (("train", "training"), ("validation", "validation")):
+        if split in splits:
+            problems += _split_text_problems(splits[split][column], column, lists_ok, rows)
+    return problems
+
+
+def _split_text_problems(values: list, column: str, lists_ok: bool, rows: str) -> list[Problem]:
+    where = "" if rows == "training" else f" in the {rows} rows"
     if not values:
         return []
     empty = [v for v in values if _is_empty(v)]
@@ -149,11 +159,12 @@ def _text_problems(splits: DatasetDict, column: str, lists_ok: bool) -> list[Pro
     numbers = [v for v in filled if isinstance(v, (int, float)) and not isinstance(v, bool)]
     lists = [v for v in filled if isinstance(v, (list, tuple))]
     if len(empty) > EMPTY_TEXT_SHARE * len(values):
-        return [Problem(f"text column {column!r} is mostly empty: {len(empty)} of {len(values)} rows", column=column)]
+        mostly = f"text column {column!r} is mostly empty: {len(empty)} of {len(values)} {rows} rows"
+        return [Problem(mostly, column=column)]
     if filled and len(numbers) > len(filled) / 2:
         return [
             Problem(
-                f"text column {column!r} holds numbers, not text (e.g. {_quote(numbers)}): "
+                f"text column {column!r}{where} holds numbers, not text (e.g. {_quote(numbers)}): "
                 "pick the column with the text",
                 column=column,
             )
@@ -161,20 +172,21 @@ def _text_problems(splits: DatasetDict, column: str, lists_ok: bool) -> list[Pro
     if filled and len(lists) > len(filled) / 2 and not lists_ok:
         return [
             Problem(
-                f"text column {column!r} holds lists, not text (e.g. {lists[0]!r}); word lists are for task 'tagging'",
+                f"text column {column!r}{where} holds lists, not text (e.g. {lists[0]!r}); "
+                "word lists are for task 'tagging'",
                 column=column,
             )
         ]
     missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
     odd = [i for i, v in enumerate(values) if not _is_empty(v) and not isinstance(v, str) and not lists_ok]
     if missing or odd:  # a few None or numbers among texts would be trained on as the words "None" or "7"
-        found = [f"no text (None) in training rows {_quote(missing)}"] if missing else []
-        found += [f"non-text values in training rows {_quote(odd)} (e.g. {values[odd[0]]!r})"] if odd else []
+        found = [f"no text (None) in {rows} rows {_quote(missing)}"] if missing else []
+        found += [f"non-text values in {rows} rows {_quote(odd)} (e.g. {values[odd[0]]!r})"] if odd else []
         return [Problem(f"text column {column!r}: {'; '.join(found)}", column=column)]
     if empty:
         return [
             Problem(
-                f"text column {column!r} is empty in {len(empty)} of {len(values)} training rows",
+                f"text column {column!r} is empty in {len(empty)} of {len(values)} {rows} rows",
                 severity="warning",
                 column=column,
             )

@@ -72,7 +72,10 @@ class TrainConfig:
     early_stopping_threshold: float = 0.0
     validation_fraction: float = field(default=0.1, metadata={"help": "held out from train when no validation"})
     seed: int = 42
-    precision: str = field(default="auto", metadata={"help": "'auto' (bf16/fp16 on GPU), 'fp32', 'bf16', 'fp16'"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "'auto' (bf16/fp16 on a GPU, fp32 on a CPU), 'fp32', 'bf16' (CPU autocast too), 'fp16'"},
+    )
     dataloader_num_workers: int = 0
     group_by_length: bool = field(
         default=True,
@@ -135,8 +138,7 @@ class TrainConfig:
         )
         known = sorted(set().union(*TASK_METRICS.values()))
         check("metric_for_best_model", lambda v: _metric(v) in known, f"use one of {', '.join(known)}")
-        if "max_length" not in bad_type:
-            check("doc_stride", lambda v: 0 <= v < self.max_length, f"must be in [0, max_length={self.max_length})")
+        check("doc_stride", lambda v: v >= 0, "must be 0 or more")  # below max_length: for "qa" (task_problems)
         if self.eval_strategy == "steps" and self.eval_steps is None:
             found.append("TrainConfig.eval_strategy='steps' needs eval_steps")
         if self.early_stopping_patience is not None and self.eval_strategy == "no":
@@ -144,14 +146,27 @@ class TrainConfig:
         return found
 
     def task_problems(self, task: str) -> list[str]:
-        """What this config cannot do for `task`: a `metric_for_best_model` the task's evaluation never reports."""
+        """What this config cannot do for `task`: a `metric_for_best_model` the task's evaluation never reports;
+        for "qa", a `doc_stride` as long as a window (only QA has windows: other tasks ignore it)."""
+        found = []
+        if task == "qa" and not self.doc_stride < self.max_length:
+            found.append(f"TrainConfig.doc_stride={self.doc_stride!r}: must be below max_length={self.max_length}")
         metrics = TASK_METRICS.get(task)
         if self.eval_strategy == "no" or metrics is None or _metric(self.metric_for_best_model) in metrics:
-            return []
+            return found
         return [
+            *found,
             f"TrainConfig.metric_for_best_model={self.metric_for_best_model!r}: task {task!r} reports "
-            f"{', '.join(sorted(metrics))}"
+            f"{', '.join(sorted(metrics))}",
         ]
+
+    def device_problems(self) -> list[str]:
+        """What this machine cannot do: fp16 mixed precision needs CUDA (on a CPU, Trainer would train in fp32 while
+        the run's record said fp16). bf16 runs on a CPU too, under torch's CPU autocast."""
+        if self.precision == "fp16" and not torch.cuda.is_available():
+            return ["TrainConfig.precision='fp16': fp16 training needs a CUDA GPU and this machine has none; "
+                    "use 'bf16' (CPU autocast) or 'fp32'"]  # fmt: skip
+        return []
 
     def for_kind(self, kind: str) -> TrainConfig:
         """This config with the learning rate filled in for a run of `kind` when it was left open (None)."""
@@ -165,10 +180,12 @@ class TrainConfig:
 
     def training_args(self, output_dir: str | Path) -> WorkbenchTrainingArguments:
         """Trainer's arguments: checkpoints follow evaluations so the best one is kept and restored at the end."""
+        if problems := self.device_problems():
+            raise ConfigError("; ".join(problems), problems)
         gpu = torch.cuda.is_available()
         auto = self.precision == "auto"
-        bf16 = gpu and (self.precision == "bf16" or (auto and torch.cuda.is_bf16_supported()))
-        fp16 = gpu and (self.precision == "fp16" or (auto and not bf16))
+        bf16 = self.precision == "bf16" or (gpu and auto and torch.cuda.is_bf16_supported())
+        fp16 = self.precision == "fp16" or (gpu and auto and not bf16)
         evaluate = self.eval_strategy != "no"
         return WorkbenchTrainingArguments(
             output_dir=str(output_dir),

@@ -9,6 +9,7 @@ label names live in the head (and in its saved `head_config.json`).
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import math
 from collections.abc import Mapping
@@ -26,9 +27,11 @@ from .errors import DataError, EmptyDatasetError, UnknownLabelError
 TASKS = ("classification", "multilabel", "tagging", "qa", "causal_lm")
 LABELLED_TASKS = ("classification", "multilabel", "tagging")  # the tasks whose head has a label set
 _VALIDATION_NAMES = ("validation", "valid", "dev", "val", "test")
+# TSV has no quoting (GLUE, SST-2 and the IANA format): a quote is text. With CSV's quoting, a text opening with
+# a quote swallowed the rows up to the next quote into one text with the last row's label, silently.
 _READERS = {
     ".csv": lambda p: pd.read_csv(p),
-    ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+    ".tsv": lambda p: pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE),
     ".json": lambda p: pd.read_json(p),
     ".jsonl": lambda p: pd.read_json(p, lines=True),
 }
@@ -193,7 +196,7 @@ def label_values(dataset: Dataset, columns: Columns, task: str) -> list:
     """The distinct label values of a split, sorted (numbers numerically, others as text)."""
     seen = set()
     for value in dataset[columns.label]:
-        items = _as_list(value, columns.label) if task != "classification" else [value]
+        items = _as_list(value, columns.label, task) if task != "classification" else [value]
         for item in items:
             _check_present(item, columns.label)
             seen.add(item)
@@ -224,9 +227,12 @@ def _check_present(value, column: str) -> None:
         raise UnknownLabelError(f"a row has no label in column {column!r}")
 
 
-def _as_list(value, column: str) -> list:
+def _as_list(value, column: str, task: str) -> list:
+    """A multilabel or tagging label as a list. A string holds comma-separated labels for "multilabel"
+    ("sports, politics") and whitespace-separated tags for "tagging" ("O B-PER O", one per word, as text files hold
+    them); the head's labels, the checks and the encoding all split it this way."""
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
+        return [v.strip() for v in value.split("," if task == "multilabel" else None) if v.strip()]
     if isinstance(value, (list, tuple)):
         return list(value)
     raise DataError(f"column {column!r} must hold lists of labels, found {type(value).__name__}: {value!r}")
@@ -285,7 +291,7 @@ def _encode_multilabel(rows, tokenizer, columns, labels, max_length):
     hot = []
     for value in rows[columns.label]:
         row = [0.0] * count
-        for item in _as_list(value, columns.label):
+        for item in _as_list(value, columns.label, "multilabel"):
             row[labels(item)] = 1.0
         hot.append(row)
     encoded["labels"] = hot
@@ -299,7 +305,7 @@ def _encode_tags(rows, tokenizer, columns, labels, max_length):
     encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
     all_tags = []
     for i, tags in enumerate(rows[columns.label]):
-        tags = _as_list(tags, columns.label) if not isinstance(tags, str) else tags.split()
+        tags = _as_list(tags, columns.label, "tagging")
         if len(tags) != len(words[i]):
             raise DataError(
                 f"row with {len(words[i])} words in column {columns.text!r} has {len(tags)} tags in {columns.label!r}"

@@ -145,6 +145,15 @@ class EventBridge(TrainerCallback):
             control.should_save = True
         return control
 
+    def on_epoch_end(self, args, state, control, **kwargs):
+        """A stop mid-epoch breaks Trainer's epoch loop into its epoch-end hook: no evaluation (and no second save)
+        of the partial epoch, which an uninterrupted run never makes; it could become the best checkpoint or count
+        against early stopping. A stop on an epoch's last step keeps that epoch's evaluation."""
+        if self.stopped_by_request and not float(state.epoch or 0.0).is_integer():
+            control.should_evaluate = False
+            control.should_save = False  # the stop's step is saved already (on_step_end)
+        return control
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.sample_memory()
         if state.is_world_process_zero:  # the metrics are already gathered over the processes

@@ -275,6 +275,7 @@ def _check_arguments(kind: str, task: str, config, resume_from_checkpoint) -> No
         problems.append(f"task={task!r}: use one of {', '.join(data_mod.TASKS)}")
     else:
         problems += config.task_problems(task)
+    problems += config.device_problems()
     if problems:
         raise ConfigError("; ".join(problems), problems)
     if isinstance(resume_from_checkpoint, (str, Path)) and not Path(resume_from_checkpoint).is_dir():

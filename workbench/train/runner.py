@@ -80,6 +80,13 @@ class WorkbenchTrainer(AdapterTrainer):
         lengths = [len(ids) for ids in eval_dataset["input_ids"]]
         return sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
 
+    def evaluate(self, *args, **kwargs):
+        """Trainer's evaluate, leaving torch's random state as it found it: evaluating draws from it (the eval
+        DataLoader's seed), so without this, training after an evaluation (dropout masks) would depend on whether
+        and when it evaluated, and the random state a checkpoint saves after one would not be the run's."""
+        with _training_rng_kept():
+            return super().evaluate(*args, **kwargs)
+
     def evaluation_loop(self, *args, **kwargs):
         """Trainer's loop, with oneDNN linears on a CPU (`core.onednn_linear`); with `perplexity`, the metrics also
         get `<prefix>_perplexity` = exp(loss)."""
@@ -138,6 +145,12 @@ class WorkbenchTrainer(AdapterTrainer):
             load_full(self.accelerator.unwrap_model(self.model), folder, self.plan.head)
         else:
             super()._load_from_checkpoint(folder)
+
+
+def _training_rng_kept():
+    """torch's CPU generator and, once CUDA is in use, every CUDA device's, restored on exit."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    return torch.random.fork_rng(devices=devices)
 
 
 class EpochSeededLengthSampler(LengthGroupedSampler):
