@@ -206,6 +206,25 @@ def test_transformers_checkpoint_uses_its_own_head_and_labels(tokenizer, tmp_pat
         load_checkpoint(tmp_path / "nowhere")
 
 
+def test_a_one_output_head_gives_its_value_not_a_softmax(model, tokenizer):
+    """AdapterHub's regression head (num_labels=1, e.g. the Hub's STS-B adapters): a softmax over the one logit
+    said "LABEL_0 (1.00)" for every text; a transformers model with one label is a regression model as well."""
+    model.add_classification_head("sts", num_labels=1)
+    torch.nn.init.normal_(model.heads["sts"][-1].weight, std=0.5)
+    preds = predict(model, tokenizer, TEXTS, setup="sst", head="sts")
+    values = _manual_logits(model, tokenizer, TEXTS, "sst", "sts")[:, 0]
+    assert [p.kind for p in preds] == ["regression", "regression"]
+    assert [p.value for p in preds] == pytest.approx(values.tolist(), abs=1e-5)
+    assert [p.scores["LABEL_0"] for p in preds] == pytest.approx(values.tolist(), abs=1e-5)
+    assert preds[0].summary == f"value {float(values[0]):.4g}" and preds[0].value != preds[1].value
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, num_labels=1)  # fmt: skip
+    scorer = BertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        expected = scorer(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits[:, 0]
+    assert [p.value for p in predict(scorer, tokenizer, TEXTS)] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 

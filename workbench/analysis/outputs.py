@@ -23,7 +23,7 @@ from ..core.onednn_linear import onednn_linears
 from .setups import check_setup, heads_for
 
 QA_SEPARATOR = "|||"  # "question ||| context" for question-answering heads
-HEAD_KINDS = ("classification", "multilabel", "tagging", "qa", "causal_lm", "masked_lm", "none")
+HEAD_KINDS = ("classification", "multilabel", "regression", "tagging", "qa", "causal_lm", "masked_lm", "none")
 
 
 @dataclass
@@ -34,7 +34,8 @@ class Prediction:
     kind: str
     summary: str
     label: str | None = None
-    scores: dict[str, float] = field(default_factory=dict)  # label -> probability (classification)
+    scores: dict[str, float] = field(default_factory=dict)  # label -> probability; output name -> value (regression)
+    value: float | None = None  # the model's output (regression)
     tags: list[tuple[str, str]] = field(default_factory=list)  # (token, label) (tagging)
     generated: str | None = None  # causal LM continuation, or masked LM fill-ins
     answer: str | None = None  # QA span
@@ -134,6 +135,8 @@ def head_kind(model, head: str | None) -> str:
         if head is None:
             return "none"
         head_type = model.heads[head].head_type
+        if head_type == "classification" and model.heads[head].config.get("num_labels") == 1:
+            return "regression"  # AdapterHub's regression head (e.g. STS-B): one output, mean squared error
         return {
             "classification": "classification",
             "multilabel_classification": "multilabel",
@@ -152,10 +155,18 @@ def head_kind(model, head: str | None) -> str:
         ("ForMaskedLM", "masked_lm"),
     ):
         if name.endswith(suffix):
-            if kind == "classification" and getattr(model.config, "problem_type", None) == "multi_label_classification":
-                return "multilabel"
-            return kind
+            return _sequence_kind(model.config) if kind == "classification" else kind
     return "none"
+
+
+def _sequence_kind(config) -> str:
+    """As transformers picks the loss: `problem_type`, else one label means regression."""
+    problem = getattr(config, "problem_type", None)
+    if problem == "multi_label_classification":
+        return "multilabel"
+    if problem == "regression" or (problem is None and getattr(config, "num_labels", 2) == 1):
+        return "regression"
+    return "classification"
 
 
 def _device(model) -> torch.device:
@@ -206,6 +217,8 @@ def _interpret(model, tokenizer, texts, inputs, outputs, kind, head) -> list[Pre
     if kind == "masked_lm":
         return _fill_masks(tokenizer, texts, inputs, logits)
     labels = _id2label(model, head, logits.shape[-1])
+    if kind == "regression":
+        return _values(texts, logits, labels[0])
     if kind == "tagging":
         return _tags(tokenizer, texts, inputs, logits, labels)
     return _classes(texts, logits, labels, multilabel=kind == "multilabel")
@@ -227,6 +240,15 @@ def _classes(texts, logits, labels, multilabel: bool) -> list[Prediction]:
             kind = "classification"
         results.append(Prediction(text, kind, summary, label=label, scores=scores))
     return results
+
+
+def _values(texts, logits, name: str) -> list[Prediction]:
+    """A regression head's output as it is: a softmax over one logit would be 1.0 for every text."""
+    shown = "value" if name == "LABEL_0" else name  # the default name says nothing
+    return [
+        Prediction(text, "regression", f"{shown} {float(v):.4g}", scores={name: float(v)}, value=float(v))
+        for text, v in zip(texts, logits.view(len(texts), -1)[:, 0], strict=True)
+    ]
 
 
 def _tags(tokenizer, texts, inputs, logits, labels) -> list[Prediction]:
