@@ -237,7 +237,7 @@ def test_costs_count_parameters_and_measure_the_saved_files(model, tmp_path):
     assert table.loc["sst", "head_params"] == head_params
     assert table.loc["sst", "trainable_params"] == sst_params + head_params
     assert table.loc["lang", "head_params"] == 0  # no head named "lang"
-    model.save_adapter(tmp_path / "sst", "sst", use_safetensors=True)  # with its head, as the row counts it
+    model.save_adapter(tmp_path / "sst", "sst")  # with its head, as the row counts it
     assert table.loc["sst", "bytes_on_disk"] == _folder_bytes(tmp_path / "sst")
     stack = "Stack('lang', 'sst')"
     assert table.loc[stack, "added_params"] == sst_params + table.loc["lang", "added_params"]
@@ -252,6 +252,17 @@ def test_costs_count_parameters_and_measure_the_saved_files(model, tmp_path):
     assert table.loc["full model", "trainable_params"] == full_params
     assert table.loc["sst", "pct_params"] == pytest.approx(100 * (sst_params + head_params) / full_params)
     assert table.loc["full model", "pct_bytes"] == pytest.approx(100.0)
+
+
+def test_costs_of_prefix_tuning_count_its_shared_pool_once(tmp_path):
+    """Every layer aliases the one prefix pool: measured as safetensors (which stores no shared memory), the bytes
+    were (layers + 1) times what `save_adapter` and `train()` write."""
+    model = tiny_adapter_model("bert")
+    model.add_adapter("prefix", "prefix_tuning")
+    row = costs(model, ["prefix"]).set_index("setup").loc["prefix"]
+    model.save_adapter(tmp_path / "prefix", "prefix")
+    assert row["bytes_on_disk"] == _folder_bytes(tmp_path / "prefix")
+    assert row["bytes_on_disk"] < 1.1 * 4 * row["added_params"]  # float32: one copy of the pool, and a header
 
 
 def test_costs_of_a_full_checkpoint_are_its_weight_files(model, tmp_path):

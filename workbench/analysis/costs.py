@@ -1,8 +1,10 @@
 """What each adapter, composition and the full model costs: trainable parameters and bytes on disk.
 
 Adapter bytes are measured: the AdapterHub files (adapter, fusion and matching head) are written to a temporary
-folder and their sizes summed. The full model's bytes are its weights' exact size (what a safetensors checkpoint
-holds, less its small header), computed rather than written, since a large model would take long to save.
+folder as `save_adapter` and `train()` write them by default, and their sizes summed. (Not as safetensors: that
+format cannot share memory, so a prefix-tuning pool aliased by every layer would be counted once per layer.)
+The full model's bytes are its weights' exact size (what a safetensors checkpoint holds, less its small header),
+computed rather than written, since a large model would take long to save.
 """
 
 from __future__ import annotations
@@ -121,11 +123,11 @@ def _saved_bytes(model, adapters: list[str], fusions: list[str], heads: list[str
     with tempfile.TemporaryDirectory(prefix="workbench-costs-") as tmp:
         folder = Path(tmp)
         for name in adapters:
-            model.save_adapter(folder / "adapters" / name, name, with_head=False, use_safetensors=True)
+            model.save_adapter(folder / "adapters" / name, name, with_head=False)
         for name in fusions:
-            model.save_adapter_fusion(folder / "fusions" / name, name, use_safetensors=True)
+            model.save_adapter_fusion(folder / "fusions" / name, name)
         for name in heads:
-            model.save_head(folder / "heads" / name, name, use_safetensors=True)
+            model.save_head(folder / "heads" / name, name)
         return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
