@@ -265,6 +265,20 @@ def test_costs_of_prefix_tuning_count_its_shared_pool_once(tmp_path):
     assert row["bytes_on_disk"] < 1.1 * 4 * row["added_params"]  # float32: one copy of the pool, and a header
 
 
+def test_costs_count_parameters_not_buffers():
+    """LoReFT's orthogonal parametrization keeps an h x h buffer per unit in the state dict: not a parameter, not
+    trained, and not counted by `adapter_summary` (nor by AdapterHub's)."""
+    model = tiny_adapter_model("bert")
+    model.add_adapter("reft", "loreft")
+    model.add_classification_head("reft", num_labels=2)
+    model.train_adapter("reft")
+    row = costs(model, ["reft"]).set_index("setup").loc["reft"]
+    [summary] = [r["#param"] for r in model.adapter_summary(as_dict=True) if r["name"] == "reft"]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert row["added_params"] == summary == trainable - row["head_params"]
+    assert row["trainable_params"] == trainable
+
+
 def test_costs_of_a_full_checkpoint_are_its_weight_files(model, tmp_path):
     """A Trainer output folder holds `training_args.bin` (a pickle of settings) beside the weights: not weights, and
     never unpickled."""

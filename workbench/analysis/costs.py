@@ -98,9 +98,10 @@ def _setup_row(model, setup) -> dict:
     adapters = block.names()
     fusions = _fuse_names(block)
     heads = heads_for(model, block)
-    state = model.state_dict()
-    added = [t for name in adapters for t in model.adapter_state_dict(name).values()]
-    added += [t for key, t in state.items() if any(is_fusion_key(key, f) for f in fusions)]
+    # parameters only: a state dict also holds buffers (LoReFT's orthogonal parametrization keeps an h x h base)
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    added = [parameters[key] for name in adapters for key in model.adapter_state_dict(name) if key in parameters]
+    added += [p for key, p in parameters.items() if any(is_fusion_key(key, f) for f in fusions)]
     base_ids = {p.data_ptr() for p in getattr(model, "base_model", model).parameters()}
     head_tensors = [
         p for name in heads for p in model.heads[name].parameters() if p.data_ptr() not in base_ids
