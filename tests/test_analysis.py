@@ -149,13 +149,27 @@ def test_bad_inputs_are_named(model, tokenizer):
     with pytest.raises(ValueError, match="'nope'.*not loaded"):
         predict(model, tokenizer, TEXTS, setup="Stack(sst, nope)")
     with pytest.raises(ValueError, match="no input texts"):
-        predict(model, tokenizer, ["  ", ""], setup="sst")
+        predict(model, tokenizer, [], setup="sst")
     with pytest.raises(ValueError, match="no head named 'missing'"):
         predict(model, tokenizer, TEXTS, setup="sst", head="missing")
     with pytest.raises(ValueError, match="unknown block 'Mix'"):
         predict(model, tokenizer, TEXTS, setup="Mix(sst, ner)")
     with pytest.raises(ValueError, match="AdapterFusion 'sst,lang'"):
         predict(model, tokenizer, TEXTS, setup="Fuse(sst, lang)")
+
+
+def test_empty_texts_are_refused_by_position_not_dropped(model, tokenizer):
+    """Dropping them shifted every later prediction onto the wrong text for a caller zipping texts with results."""
+    before = (model.active_adapters, model.active_head, model.training)
+    with pytest.raises(ValueError, match=r"texts\[1\], texts\[3\] are empty or only whitespace"):
+        predict(model, tokenizer, ["a great film", "", "dull", "   "], setup="sst")
+    with pytest.raises(ValueError, match=r"^texts\[0\] is empty"):
+        predict(model, tokenizer, [" "], setup="sst")
+    with pytest.raises(TypeError, match=r"texts\[1\] is None, not a string"):
+        predict(model, tokenizer, ["a great film", None], setup="sst")
+    assert (model.active_adapters, model.active_head, model.training) == before
+    preds = predict(model, tokenizer, ["dull", "a great film", "dull"], setup="sst")
+    assert [p.text for p in preds] == ["dull", "a great film", "dull"]
 
 
 def test_setup_texts_parse_without_eval():

@@ -115,11 +115,20 @@ def _in_chunks(model, tokenizer, texts, kind, max_length, batch_size, run_chunk)
 
 
 def _check_texts(texts) -> list[str]:
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = [t for t in texts if t.strip()]
+    """The texts as a list; an empty one is refused, not dropped: the i-th prediction is for the i-th text."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise ValueError("no input texts: give at least one non-empty text")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {text!r}, not a string")
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        where = ", ".join(f"texts[{i}]" for i in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ValueError(
+            f"{where} {'is' if len(empty) == 1 else 'are'} empty or only whitespace: predictions line up with "
+            "the texts by position, so remove or fill the empty ones first"
+        )
     return texts
 
 
