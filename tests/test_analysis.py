@@ -458,6 +458,21 @@ def test_evaluate_run_gives_confusion_matrix_and_misclassified_examples(runs):
         evaluate_run(model, tokenizer, _with(adapter_run, validation={}))
 
 
+def test_runs_are_predicted_at_the_max_length_they_were_trained_and_evaluated_with(runs):
+    """At predict's default of 128 tokens, evaluate_run's accuracy described other inputs than the run's own."""
+    from workbench.analysis import evaluate_run, run_predictions
+
+    model, tokenizer, adapter_run, _ = runs
+    short = _with(adapter_run, config={**adapter_run.config, "max_length": 4})
+    texts = adapter_run.validation["text"]
+    cut, whole = (predict(model, tokenizer, texts, setup="kw", max_length=n) for n in (4, 128))
+    assert [p.scores for p in cut] != [p.scores for p in whole]  # the cut changes what the model sees
+    [got] = run_predictions(model, tokenizer, [short], texts).values()
+    assert [p.scores for p in got] == [p.scores for p in cut]
+    right = sum(p.label == label for p, label in zip(cut, adapter_run.validation["label"], strict=True))
+    assert evaluate_run(model, tokenizer, short).accuracy == pytest.approx(right / len(texts))
+
+
 def test_run_speed_times_each_run(runs):
     from workbench.analysis import run_speed
 

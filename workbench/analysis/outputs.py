@@ -23,6 +23,7 @@ from ..core.onednn_linear import onednn_linears
 from .setups import check_setup, heads_for
 
 QA_SEPARATOR = "|||"  # "question ||| context" for question-answering heads
+MAX_LENGTH = 128  # tokens per text, as TrainConfig's default
 HEAD_KINDS = ("classification", "multilabel", "regression", "tagging", "qa", "causal_lm", "masked_lm", "none")
 
 
@@ -49,7 +50,7 @@ def predict(
     setup=None,
     head: str | None = None,
     max_new_tokens: int = 8,
-    max_length: int = 128,
+    max_length: int = MAX_LENGTH,
     batch_size: int = 64,
 ) -> list[Prediction]:
     """Outputs of `model` for `texts` under `setup` (None: the base model; a name; a composition or its text).
