@@ -183,7 +183,7 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _tokenize(tokenizer, texts: list[str], kind: str, max_length: int, padding: bool):
+def _tokenize(tokenizer, texts: list[str], kind: str, max_length: int, padding: bool, **kwargs):
     if kind == "qa":
         pairs = [_split_qa(t) for t in texts]
         return tokenizer(
@@ -192,13 +192,14 @@ def _tokenize(tokenizer, texts: list[str], kind: str, max_length: int, padding: 
             padding=padding,
             truncation="only_second",
             max_length=max_length,
+            **kwargs,
         )
-    return tokenizer(texts, padding=padding, truncation=True, max_length=max_length)
+    return tokenizer(texts, padding=padding, truncation=True, max_length=max_length, **kwargs)
 
 
-def _encode(model, tokenizer, texts: list[str], kind: str, max_length: int) -> dict:
-    encoded = _tokenize(tokenizer, texts, kind, max_length, padding=True)
-    return {k: torch.tensor(v, device=_device(model)) for k, v in encoded.items()}
+def _encode(model, tokenizer, texts: list[str], kind: str, max_length: int):
+    """The model's inputs as tensors, kept a `BatchEncoding`: a fast tokenizer's says which tokens are the context."""
+    return _tokenize(tokenizer, texts, kind, max_length, padding=True, return_tensors="pt").to(_device(model))
 
 
 def _split_qa(text: str) -> tuple[str, str]:
@@ -282,6 +283,8 @@ def _spans(tokenizer, texts, inputs, outputs) -> list[Prediction]:
     start_logits, end_logits = outputs.start_logits.float().cpu(), outputs.end_logits.float().cpu()
     for i, text in enumerate(texts):
         context = _context_positions(inputs, i, set(tokenizer.all_special_ids))
+        if not context:
+            raise ValueError(f"no context tokens in {text!r} (an empty context, or one cut off by max_length)")
         start = max(context, key=lambda j: start_logits[i, j])
         end = max((j for j in context if j >= start), key=lambda j: end_logits[i, j])
         answer = tokenizer.decode(inputs["input_ids"][i][start : end + 1].tolist(), skip_special_tokens=True).strip()
@@ -290,13 +293,19 @@ def _spans(tokenizer, texts, inputs, outputs) -> list[Prediction]:
 
 
 def _context_positions(inputs, row: int, special: set[int]) -> list[int]:
-    """Token positions of the context (the second sequence, no special tokens); without type ids, every text token."""
-    mask, ids = inputs.get("attention_mask"), inputs["input_ids"][row].tolist()
-    positions = [j for j, tok in enumerate(ids) if (mask is None or mask[row, j]) and tok not in special]
-    types = inputs.get("token_type_ids")
-    if types is not None and types[row].any():
-        positions = [j for j in positions if types[row, j] == 1]
-    return positions
+    """Token positions of the context (the second sequence), where an answer may start and end, as in training.
+
+    A fast tokenizer's `sequence_ids` say which tokens those are; a slow one needs token type ids that do (many
+    models, DistilBERT and RoBERTa among them, have none or all zeros: any text token would do, question too).
+    """
+    if getattr(inputs, "encodings", None):
+        return [j for j, sequence in enumerate(inputs.sequence_ids(row)) if sequence == 1]
+    types, mask, ids = inputs.get("token_type_ids"), inputs.get("attention_mask"), inputs["input_ids"][row].tolist()
+    if types is None or not types[row].any():
+        raise ValueError("a question-answering head needs a fast tokenizer here, to tell the context from the question")
+    return [
+        j for j, tok in enumerate(ids) if types[row, j] == 1 and (mask is None or mask[row, j]) and tok not in special
+    ]
 
 
 def _fill_masks(tokenizer, texts, inputs, logits) -> list[Prediction]:
