@@ -389,13 +389,7 @@ def load_checkpoint(folder: str | Path, tokenizer=None):
     model_cls = getattr(transformers, architecture, None)
     is_task_model = model_cls is not None and ("For" in architecture or architecture.endswith("LMHeadModel"))
     if (folder / "heads").is_dir() or (folder / "adapters").is_dir() or not is_task_model:
-        model = AutoAdapterModel.from_pretrained(folder)
-        for sub in sorted((folder / "adapters").glob("*/")) if (folder / "adapters").is_dir() else []:
-            model.load_adapter(str(sub), load_as=sub.name, with_head=False)
-        for sub in sorted((folder / "fusions").glob("*/")) if (folder / "fusions").is_dir() else []:
-            model.load_adapter_fusion(str(sub), load_as=sub.name)
-        for sub in sorted((folder / "heads").glob("*/")) if (folder / "heads").is_dir() else []:
-            model.load_head(sub, load_as=sub.name)
+        model = AutoAdapterModel.from_pretrained(folder)  # with the adapters, fusions and heads saved beside it
     else:
         model = model_cls.from_pretrained(folder, trust_remote_code=False)
     model.eval()
