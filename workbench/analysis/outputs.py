@@ -23,7 +23,8 @@ from ..core.onednn_linear import onednn_linears
 from .setups import check_setup, heads_for
 
 QA_SEPARATOR = "|||"  # "question ||| context" for question-answering heads
-HEAD_KINDS = ("classification", "multilabel", "tagging", "qa", "causal_lm", "masked_lm", "none")
+MAX_LENGTH = 128  # tokens per text, as TrainConfig's default
+HEAD_KINDS = ("classification", "multilabel", "regression", "tagging", "qa", "causal_lm", "masked_lm", "none")
 
 
 @dataclass
@@ -34,7 +35,8 @@ class Prediction:
     kind: str
     summary: str
     label: str | None = None
-    scores: dict[str, float] = field(default_factory=dict)  # label -> probability (classification)
+    scores: dict[str, float] = field(default_factory=dict)  # label -> probability; output name -> value (regression)
+    value: float | None = None  # the model's output (regression)
     tags: list[tuple[str, str]] = field(default_factory=list)  # (token, label) (tagging)
     generated: str | None = None  # causal LM continuation, or masked LM fill-ins
     answer: str | None = None  # QA span
@@ -48,7 +50,7 @@ def predict(
     setup=None,
     head: str | None = None,
     max_new_tokens: int = 8,
-    max_length: int = 128,
+    max_length: int = MAX_LENGTH,
     batch_size: int = 64,
 ) -> list[Prediction]:
     """Outputs of `model` for `texts` under `setup` (None: the base model; a name; a composition or its text).
@@ -114,11 +116,20 @@ def _in_chunks(model, tokenizer, texts, kind, max_length, batch_size, run_chunk)
 
 
 def _check_texts(texts) -> list[str]:
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = [t for t in texts if t.strip()]
+    """The texts as a list; an empty one is refused, not dropped: the i-th prediction is for the i-th text."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise ValueError("no input texts: give at least one non-empty text")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {text!r}, not a string")
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        where = ", ".join(f"texts[{i}]" for i in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ValueError(
+            f"{where} {'is' if len(empty) == 1 else 'are'} empty or only whitespace: predictions line up with "
+            "the texts by position, so remove or fill the empty ones first"
+        )
     return texts
 
 
@@ -134,6 +145,8 @@ def head_kind(model, head: str | None) -> str:
         if head is None:
             return "none"
         head_type = model.heads[head].head_type
+        if head_type == "classification" and model.heads[head].config.get("num_labels") == 1:
+            return "regression"  # AdapterHub's regression head (e.g. STS-B): one output, mean squared error
         return {
             "classification": "classification",
             "multilabel_classification": "multilabel",
@@ -152,17 +165,25 @@ def head_kind(model, head: str | None) -> str:
         ("ForMaskedLM", "masked_lm"),
     ):
         if name.endswith(suffix):
-            if kind == "classification" and getattr(model.config, "problem_type", None) == "multi_label_classification":
-                return "multilabel"
-            return kind
+            return _sequence_kind(model.config) if kind == "classification" else kind
     return "none"
+
+
+def _sequence_kind(config) -> str:
+    """As transformers picks the loss: `problem_type`, else one label means regression."""
+    problem = getattr(config, "problem_type", None)
+    if problem == "multi_label_classification":
+        return "multilabel"
+    if problem == "regression" or (problem is None and getattr(config, "num_labels", 2) == 1):
+        return "regression"
+    return "classification"
 
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _tokenize(tokenizer, texts: list[str], kind: str, max_length: int, padding: bool):
+def _tokenize(tokenizer, texts: list[str], kind: str, max_length: int, padding: bool, **kwargs):
     if kind == "qa":
         pairs = [_split_qa(t) for t in texts]
         return tokenizer(
@@ -171,13 +192,14 @@ def _tokenize(tokenizer, texts: list[str], kind: str, max_length: int, padding: 
             padding=padding,
             truncation="only_second",
             max_length=max_length,
+            **kwargs,
         )
-    return tokenizer(texts, padding=padding, truncation=True, max_length=max_length)
+    return tokenizer(texts, padding=padding, truncation=True, max_length=max_length, **kwargs)
 
 
-def _encode(model, tokenizer, texts: list[str], kind: str, max_length: int) -> dict:
-    encoded = _tokenize(tokenizer, texts, kind, max_length, padding=True)
-    return {k: torch.tensor(v, device=_device(model)) for k, v in encoded.items()}
+def _encode(model, tokenizer, texts: list[str], kind: str, max_length: int):
+    """The model's inputs as tensors, kept a `BatchEncoding`: a fast tokenizer's says which tokens are the context."""
+    return _tokenize(tokenizer, texts, kind, max_length, padding=True, return_tensors="pt").to(_device(model))
 
 
 def _split_qa(text: str) -> tuple[str, str]:
@@ -206,6 +228,8 @@ def _interpret(model, tokenizer, texts, inputs, outputs, kind, head) -> list[Pre
     if kind == "masked_lm":
         return _fill_masks(tokenizer, texts, inputs, logits)
     labels = _id2label(model, head, logits.shape[-1])
+    if kind == "regression":
+        return _values(texts, logits, labels[0])
     if kind == "tagging":
         return _tags(tokenizer, texts, inputs, logits, labels)
     return _classes(texts, logits, labels, multilabel=kind == "multilabel")
@@ -229,6 +253,15 @@ def _classes(texts, logits, labels, multilabel: bool) -> list[Prediction]:
     return results
 
 
+def _values(texts, logits, name: str) -> list[Prediction]:
+    """A regression head's output as it is: a softmax over one logit would be 1.0 for every text."""
+    shown = "value" if name == "LABEL_0" else name  # the default name says nothing
+    return [
+        Prediction(text, "regression", f"{shown} {float(v):.4g}", scores={name: float(v)}, value=float(v))
+        for text, v in zip(texts, logits.view(len(texts), -1)[:, 0], strict=True)
+    ]
+
+
 def _tags(tokenizer, texts, inputs, logits, labels) -> list[Prediction]:
     results = []
     special = set(tokenizer.all_special_ids)
@@ -250,6 +283,8 @@ def _spans(tokenizer, texts, inputs, outputs) -> list[Prediction]:
     start_logits, end_logits = outputs.start_logits.float().cpu(), outputs.end_logits.float().cpu()
     for i, text in enumerate(texts):
         context = _context_positions(inputs, i, set(tokenizer.all_special_ids))
+        if not context:
+            raise ValueError(f"no context tokens in {text!r} (an empty context, or one cut off by max_length)")
         start = max(context, key=lambda j: start_logits[i, j])
         end = max((j for j in context if j >= start), key=lambda j: end_logits[i, j])
         answer = tokenizer.decode(inputs["input_ids"][i][start : end + 1].tolist(), skip_special_tokens=True).strip()
@@ -258,13 +293,19 @@ def _spans(tokenizer, texts, inputs, outputs) -> list[Prediction]:
 
 
 def _context_positions(inputs, row: int, special: set[int]) -> list[int]:
-    """Token positions of the context (the second sequence, no special tokens); without type ids, every text token."""
-    mask, ids = inputs.get("attention_mask"), inputs["input_ids"][row].tolist()
-    positions = [j for j, tok in enumerate(ids) if (mask is None or mask[row, j]) and tok not in special]
-    types = inputs.get("token_type_ids")
-    if types is not None and types[row].any():
-        positions = [j for j in positions if types[row, j] == 1]
-    return positions
+    """Token positions of the context (the second sequence), where an answer may start and end, as in training.
+
+    A fast tokenizer's `sequence_ids` say which tokens those are; a slow one needs token type ids that do (many
+    models, DistilBERT and RoBERTa among them, have none or all zeros: any text token would do, question too).
+    """
+    if getattr(inputs, "encodings", None):
+        return [j for j, sequence in enumerate(inputs.sequence_ids(row)) if sequence == 1]
+    types, mask, ids = inputs.get("token_type_ids"), inputs.get("attention_mask"), inputs["input_ids"][row].tolist()
+    if types is None or not types[row].any():
+        raise ValueError("a question-answering head needs a fast tokenizer here, to tell the context from the question")
+    return [
+        j for j, tok in enumerate(ids) if types[row, j] == 1 and (mask is None or mask[row, j]) and tok not in special
+    ]
 
 
 def _fill_masks(tokenizer, texts, inputs, logits) -> list[Prediction]:
@@ -348,13 +389,7 @@ def load_checkpoint(folder: str | Path, tokenizer=None):
     model_cls = getattr(transformers, architecture, None)
     is_task_model = model_cls is not None and ("For" in architecture or architecture.endswith("LMHeadModel"))
     if (folder / "heads").is_dir() or (folder / "adapters").is_dir() or not is_task_model:
-        model = AutoAdapterModel.from_pretrained(folder)
-        for sub in sorted((folder / "adapters").glob("*/")) if (folder / "adapters").is_dir() else []:
-            model.load_adapter(str(sub), load_as=sub.name, with_head=False)
-        for sub in sorted((folder / "fusions").glob("*/")) if (folder / "fusions").is_dir() else []:
-            model.load_adapter_fusion(str(sub), load_as=sub.name)
-        for sub in sorted((folder / "heads").glob("*/")) if (folder / "heads").is_dir() else []:
-            model.load_head(sub, load_as=sub.name)
+        model = AutoAdapterModel.from_pretrained(folder)  # with the adapters, fusions and heads saved beside it
     else:
         model = model_cls.from_pretrained(folder, trust_remote_code=False)
     model.eval()

@@ -2,7 +2,7 @@
 
     table = run_table(records)                                 # metrics, parameters, bytes, time, memory per run
     with run_model(model, tok, record) as trained:             # the weights the run saved, ready to predict
-        predict(trained.model, tok, texts, setup=trained.setup, head=trained.head)
+        predict(trained.model, tok, texts, setup=trained.setup, head=trained.head, max_length=trained.max_length)
     evaluation = evaluate_run(model, tok, record)               # confusion matrix and misclassified examples
 
 A run is found through its `final/` folder (`record.saved_path`), whose `workbench_run.json` says what it
@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ..core import files
-from .outputs import load_checkpoint, predict
+from .outputs import MAX_LENGTH, load_checkpoint, predict
 from .speed import inference_speed
 
 PLAN_FILE = "workbench_run.json"
@@ -96,12 +96,14 @@ def run_plan(record) -> dict:
 
 @dataclass
 class TrainedModel:
-    """What to call `predict` with for a run: the model, its tokenizer, the adapter setup and the head."""
+    """What to call `predict` with for a run: the model, its tokenizer, the adapter setup, the head and the
+    run's `max_length` (its metrics were computed on inputs cut there)."""
 
     model: object
     tokenizer: object
     setup: str | None
     head: str | None
+    max_length: int = MAX_LENGTH
 
 
 class CheckpointCache:
@@ -144,9 +146,10 @@ def run_model(model, tokenizer, record, cache: CheckpointCache | None = None) ->
     """The weights `record` saved, ready for `predict` / `inference_speed` inside the block (see the module doc)."""
     plan = run_plan(record)
     folder = Path(record.saved_path)
+    max_length = (record.config or {}).get("max_length", MAX_LENGTH)
     if plan["kind"] == "full":
         full, tok = (cache or CheckpointCache()).get(folder, tokenizer)
-        yield TrainedModel(full, tok, None, checkpoint_head(full, folder))
+        yield TrainedModel(full, tok, None, checkpoint_head(full, folder), max_length)
         return
     if plan["kind"] != "adapter":
         raise ValueError(f"run {record.name!r} is a {plan['kind']} run: only adapter and full runs are compared")
@@ -155,12 +158,12 @@ def run_model(model, tokenizer, record, cache: CheckpointCache | None = None) ->
     [adapter] = plan["adapters"]
     _check_same_model(model, folder / adapter, record.name)
     if _holds_saved_adapter(model, folder / adapter, adapter, plan["head"]):
-        yield TrainedModel(model, tokenizer, adapter, plan["head"])
+        yield TrainedModel(model, tokenizer, adapter, plan["head"], max_length)
         return
     temporary = f"run_{uuid.uuid4().hex[:8]}"
     model.load_adapter(str(folder / adapter), load_as=temporary, with_head=True, set_active=False)
     try:
-        yield TrainedModel(model, tokenizer, temporary, temporary if temporary in model.heads else None)
+        yield TrainedModel(model, tokenizer, temporary, temporary if temporary in model.heads else None, max_length)
     finally:
         if temporary in getattr(model, "heads", {}):
             model.delete_head(temporary)
@@ -205,7 +208,9 @@ def run_predictions(model, tokenizer, records, texts: list[str], cache: Checkpoi
     results = {}
     for record in records:
         with run_model(model, tokenizer, record, cache) as trained:
-            results[record.name] = predict(trained.model, trained.tokenizer, texts, trained.setup, head=trained.head)
+            results[record.name] = predict(
+                trained.model, trained.tokenizer, texts, trained.setup, head=trained.head, max_length=trained.max_length
+            )
     return results
 
 
@@ -216,7 +221,9 @@ def run_speed(model, tokenizer, records, texts: list[str], repeats: int = 5, cac
     tables = []
     for record in records:
         with run_model(model, tokenizer, record, cache) as trained:
-            table = inference_speed(trained.model, trained.tokenizer, texts, [trained.setup], repeats=repeats)
+            table = inference_speed(
+                trained.model, trained.tokenizer, texts, [trained.setup], repeats=repeats, max_length=trained.max_length
+            )
         tables.append(table.assign(setup=record.name, kind=record.kind))
     table = pd.concat(tables, ignore_index=True)
     full = table.loc[table["kind"] == "full", "median_s"]
@@ -249,7 +256,13 @@ def evaluate_run(model, tokenizer, record, cache=None, batch_size: int = 64) -> 
     texts, truth = [t for t, _ in kept], [label for _, label in kept]
     with run_model(model, tokenizer, record, cache) as trained:
         predicted = predict(
-            trained.model, trained.tokenizer, texts, trained.setup, head=trained.head, batch_size=batch_size
+            trained.model,
+            trained.tokenizer,
+            texts,
+            trained.setup,
+            head=trained.head,
+            max_length=trained.max_length,
+            batch_size=batch_size,
         )
     labels = list(dict.fromkeys([*sorted(set(truth)), *sorted({p.label for p in predicted})]))
     confusion = pd.DataFrame(0, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
