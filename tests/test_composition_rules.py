@@ -223,3 +223,45 @@ def test_training_nothing_is_refused_before_anything_changes(call, setup):
 def test_averages_that_cannot_be_normalised_are_refused():
     with pytest.raises(CompositionError, match="inf"):
         Average("a", "b", weights=[1e308, 1e308])
+
+
+# --- adapters absent from some layers (leave_out) in Fuse and Average, as AdapterHub runs them (fidelity red team) ---
+
+
+def _perturbed(configs: dict, model_type="bert", fusion=None):
+    torch.manual_seed(0)
+    model = model_with(configs, model_type)
+    if fusion:
+        model.add_adapter_fusion(fusion)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "adapter" in name or "lora" in name or "prompt" in name or "invertible" in name:
+                param.add_(torch.randn_like(param) * 0.2)
+    return model
+
+
+def _layer_outputs(model, setup, ids):
+    with torch.no_grad(), AdapterSetup(setup):
+        return model(input_ids=ids, output_hidden_states=True).hidden_states
+
+
+def test_a_fusion_fuses_the_adapters_present_in_a_layer_where_another_is_left_out(tmp_path):
+    """Layer 0 holds only b: AdapterHub puts a fusion layer there anyway and fuses b alone (b used to be skipped)."""
+    model = _perturbed({"a": "seq_bn[leave_out=[0]]", "b": "seq_bn"}, fusion=Fuse("a", "b"))
+    assert any(".layer.0." in k and "adapter_fusion_layer.a,b." in k for k in model.state_dict())
+    ids = torch.tensor([[5, 6, 7, 8]])
+    plain = _layer_outputs(model, None, ids)[1]
+    fused = _layer_outputs(model, Fuse("a", "b"), ids)
+    assert (fused[1] - plain).abs().max() > 1e-2  # b ran in layer 0
+    model.save_adapter_fusion(tmp_path / "f", "a,b")
+    model.delete_adapter_fusion("a,b")
+    model.load_adapter_fusion(tmp_path / "f")  # the file holds layer 0's fusion too
+    torch.testing.assert_close(_layer_outputs(model, Fuse("a", "b"), ids)[-1], fused[-1])
+
+
+def test_a_fusion_whose_last_adapter_is_left_out_where_others_run_is_refused():
+    model = _perturbed({"a": "seq_bn[leave_out=[0]]", "b": "seq_bn"}, fusion=Fuse("b", "a"))
+    before = snapshot(model)
+    with pytest.raises(CompositionError, match="last adapter 'a' is not in layer 0"):
+        model.set_active_adapters(Fuse("b", "a"))
+    assert_unchanged(model, before)

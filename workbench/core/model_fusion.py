@@ -55,7 +55,7 @@ class AdapterFusionMixin:
             if not isinstance(self._require(adapter), BnConfig):
                 raise CompositionError(f"AdapterFusion needs bottleneck adapters; {adapter!r} is not one")
         configs = [self._engine.configs[n] for n in names]
-        for location in ("mh_adapter", "output_adapter"):
+        for location in ("mh_adapter", "output_adapter", "cross_adapter"):
             if len({getattr(c, location) for c in configs}) > 1:
                 raise CompositionError(f"adapters {names} disagree on {location}; they cannot be fused")
 

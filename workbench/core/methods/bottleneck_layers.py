@@ -16,7 +16,7 @@ from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split,
 from ..configs import AdapterFusionConfig, BnConfig
 from ..engine import record_gating
 from ..errors import CompositionError, UnsupportedMethodError
-from ..runtime import ComposableLayer, cat_rows, compose, row_bounds
+from ..runtime import ComposableLayer, blocks_with_names, cat_rows, compose, row_bounds, takes_part
 from ..sites import ResidualSite
 from .base import AdapterMethod
 from .bottleneck import bottleneck_size, make_adapter
@@ -185,19 +185,22 @@ class BottleneckLayer(ComposableLayer):
         return replace(st, hidden=torch.cat([p.hidden for p in parts], dim=1), last=parts[-1].last)
 
     def fuse(self, block: Fuse, st: BnState, ctx, run_child) -> BnState:
-        name = block.name
-        if name not in self.fusions:  # the fused adapters are not all in this layer
+        """AdapterHub's fusion: attention over the up-projections of the fused adapters present in this layer
+        (one left out here by `leave_out` is not fused here). `BottleneckMethod.check_setup` refused a setup whose
+        last adapter is absent where others are present, which AdapterHub cannot run either."""
+        present = [child for child in block if takes_part(self, child)]
+        if not present:
             return st
-        fusion: FusionLayer = self.fusions[name]
+        fusion: FusionLayer = self.fusions[block.name]
         last = block.last()
         x, query, residual = self.adapters[last].pre_forward(
             st.hidden, st.input_tensor, st.norm, query_before_ln=bool(fusion.config.query_before_ln)
         )
         inner = replace(st, hidden=x, residual=residual, fusing=True)
-        ups = [run_child(child, inner).up for child in block]
+        ups = [run_child(child, inner).up for child in present]
         out, probs = fusion(query, torch.stack(ups, dim=2), residual, advance=ctx.recording)
         if ctx.output_fusion_attentions and ctx.recording:
-            per_layer = ctx.fusion_attentions.setdefault(name, {}).setdefault(self.layer_id, {})
+            per_layer = ctx.fusion_attentions.setdefault(block.name, {}).setdefault(self.layer_id, {})
             per_layer[self.location] = probs.detach().cpu()
         return replace(st, hidden=out, last=last)
 
@@ -304,26 +307,59 @@ class BottleneckMethod(AdapterMethod):
         self.engine.unregister(name)
 
     def add_fusion(self, fusion_name: str, names: list[str], config: AdapterFusionConfig) -> None:
+        """A fusion layer at every site the fused adapters' configs use, in every layer: `leave_out` is ignored, as
+        in AdapterHub, so its files (which hold every layer) load, and a layer where only some of the adapters are
+        present fuses those."""
         dropout = config.dropout_prob
         if dropout is None:
             dropout = getattr(self.engine.base.config, "attention_probs_dropout_prob", None) or 0.0
-        for layer in self.layers.values():
-            if all(n in layer.adapters for n in names):
-                layer.fusions[fusion_name] = FusionLayer(config, layer.hidden_size, dropout)
-                path = f"{layer.path}.adapter_fusion_layer.{fusion_name}"
-                self.engine.register("fusion:" + fusion_name, path, layer.fusions[fusion_name])
+        configs = [self.engine.configs[n] for n in names]
+        try:
+            for ref in self.engine.layer_refs:
+                for location in LOCATIONS:
+                    if all(uses_site(c, ref.stack, location) for c in configs):
+                        layer = self._layer(ref.index, location)
+                        layer.fusions[fusion_name] = FusionLayer(config, layer.hidden_size, dropout)
+                        path = f"{layer.path}.adapter_fusion_layer.{fusion_name}"
+                        self.engine.register("fusion:" + fusion_name, path, layer.fusions[fusion_name])
+        except Exception:
+            self.delete_fusion(fusion_name)
+            raise
 
     def delete_fusion(self, fusion_name: str) -> None:
-        for layer in self.layers.values():
+        for key, layer in list(self.layers.items()):
             if fusion_name in layer.fusions:
                 del layer.fusions[fusion_name]
+            if not len(layer.adapters) and not len(layer.fusions):
+                layer.remove()
+                del self.layers[key]
         self.engine.unregister("fusion:" + fusion_name)
 
     def fusion_fits(self, fusion_name: str, names: list[str]) -> bool:
-        """The fusion's layers are exactly those that hold all its adapters (as `add_fusion` placed them)."""
-        return all(
-            (fusion_name in layer.fusions) == all(n in layer.adapters for n in names) for layer in self.layers.values()
-        )
+        """The fusion's layers are exactly the sites all its adapters' configs use (as `add_fusion` placed them)."""
+        configs = [self.engine.configs[n] for n in names]
+        wanted = {
+            (ref.index, location)
+            for ref in self.engine.layer_refs
+            for location in LOCATIONS
+            if all(uses_site(c, ref.stack, location) for c in configs)
+        }
+        return wanted == {key for key, layer in self.layers.items() if fusion_name in layer.fusions}
+
+    def check_setup(self, setup) -> None:
+        """Refuse a Fuse whose last adapter is absent from a layer where other fused adapters are present: the
+        fusion's query and residual come from that adapter (AdapterHub fails there with a KeyError)."""
+        for block, _ in blocks_with_names(setup):
+            if not isinstance(block, Fuse):
+                continue
+            for layer in self.layers.values():
+                present = [n for n in block.names() if n in layer]
+                if present and block.last() not in layer:
+                    raise CompositionError(
+                        f"{block}: its last adapter {block.last()!r} is not in layer {layer.layer_id} "
+                        f"({layer.location}), where {present} are (leave_out differs); a fusion takes its query "
+                        "from the last adapter, so put an adapter present in every layer last"
+                    )
 
     def fusion_layers(self, fusion_name: str) -> list[FusionLayer]:
         return [layer.fusions[fusion_name] for layer in self.layers.values() if fusion_name in layer.fusions]
