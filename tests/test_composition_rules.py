@@ -265,3 +265,52 @@ def test_a_fusion_whose_last_adapter_is_left_out_where_others_run_is_refused():
     with pytest.raises(CompositionError, match="last adapter 'a' is not in layer 0"):
         model.set_active_adapters(Fuse("b", "a"))
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("lora[attn_matrices=['q']]", "lora[attn_matrices=['k']]"),
+        ("ia3[attn_matrices=['k'],intermediate_lora=False]", "ia3[attn_matrices=['v'],intermediate_lora=False]"),
+    ],
+)
+def test_an_average_scales_a_child_alone_in_a_module_by_one_over_n_as_adapterhub(a, b):
+    """AdapterHub's rule: a child alone in a module gets sum(weights)/n of its delta, whatever its weight; so with
+    a and b on different projections, Average(a, b) is Stack(a, b) with every delta halved."""
+    model = _perturbed({"a": a, "b": b})
+    ids = torch.tensor([[5, 6, 7, 8]])
+    got = _layer_outputs(model, Average("a", "b", weights=[0.3, 0.7]), ids)[-1]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("lora_B"):
+                param.mul_(0.5)
+    torch.testing.assert_close(got, _layer_outputs(model, Stack("a", "b"), ids)[-1])
+
+
+def test_an_average_scales_a_bottleneck_alone_at_a_site_by_one_over_n(tmp_path):
+    """b (LoRA, zero delta) has no bottleneck: a alone at every site gives half its output, as Average(a, a) does."""
+    model = _perturbed({"a": "seq_bn"})
+    model.add_adapter("b", config="lora")
+    model.save_adapter(tmp_path / "a", "a", with_head=False)
+    model.load_adapter(tmp_path / "a", load_as="a2", with_head=False)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    got = _layer_outputs(model, Average("a", "b", weights=[0.3, 0.7]), ids)[-1]
+    torch.testing.assert_close(got, _layer_outputs(model, Average("a", "a2"), ids)[-1])
+
+
+@pytest.mark.parametrize(
+    "configs, setup",
+    [
+        ({"a": "seq_bn", "b": "seq_bn", "c": "seq_bn[leave_out=[0]]"}, Average("a", "b", "c")),
+        ({"a": "lora", "b": "lora", "c": "lora[leave_out=[0]]"}, Average("a", "b", "c")),
+        ({"a": "seq_bn[leave_out=[0]]", "b": "seq_bn"}, Average(Stack("a"), "b")),
+    ],
+)
+def test_an_average_with_some_children_absent_from_a_layer_without_adapterhub_rule_is_refused(configs, setup):
+    model = model_with(configs)
+    model.set_active_adapters("a")
+    before = snapshot(model)
+    with pytest.raises(CompositionError, match="AdapterHub's rule"):
+        model.set_active_adapters(setup)
+    assert_unchanged(model, before)
+

@@ -53,6 +53,14 @@ class ComposableLayer:
         """Combine the children's states of an `Average` block."""
         raise NotImplementedError
 
+    def alone(self, state, weights: list[float], index: int):
+        """The state of an `Average` whose only child in this layer is child `index` (the others are left out here).
+
+        AdapterHub's rule: its `mean` broadcasts the one state over all n weights, so the child's output is scaled
+        by sum(weights) / n (1/n for normalised weights), whichever child it is and whatever came before the block.
+        """
+        return self.average([state], [sum(weights) / len(weights)])
+
     def fuse(self, block: Fuse, state, ctx, run_child):
         raise CompositionError(f"{type(self).__name__} does not take part in Fuse")
 
@@ -87,6 +95,9 @@ def compose(layer: ComposableLayer, setup, state, ctx):
         return layer.concat(parts)
     if isinstance(setup, Average):
         state = layer.enter(setup, state)
+        present = [i for i, child in enumerate(setup) if takes_part(layer, child)]
+        if len(present) < len(setup):  # one child here (`check_averages` refused other partial layers)
+            return layer.alone(run_child(setup[present[0]], state), setup.weights, present[0])
         return layer.average([run_child(child, state) for child in setup], setup.weights)
     if isinstance(setup, MultiTask):
         return _multi_task(layer, setup, layer.enter(setup, state), ctx, run_child)
@@ -272,6 +283,26 @@ def check_setup(setup, engine) -> None:
                     )
     for kind in {k for name in setup.names() for k in engine.method_kinds(name)}:
         engine.method(kind).check_setup(setup)
+
+
+def check_averages(setup, layers) -> None:
+    """Refuse an `Average` that has some but not all of its children in one of `layers`, unless exactly one child
+    is there and the absent ones are adapter names: only that case has AdapterHub's rule (`ComposableLayer.alone`;
+    its `mean` cannot broadcast 2..n-1 states, and counts an absent nested block as its unchanged input)."""
+    for block, _ in blocks_with_names(setup):
+        if not isinstance(block, Average):
+            continue
+        for layer in layers:
+            here = [takes_part(layer, child) for child in block]
+            absent_blocks = [c for c, h in zip(block, here, strict=True) if not h and isinstance(c, Block)]
+            if 0 < sum(here) < len(block) and (sum(here) > 1 or absent_blocks):
+                missing = [c for c, h in zip(block, here, strict=True) if not h]
+                raise CompositionError(
+                    f"{setup}: {block} has {[c for c, h in zip(block, here, strict=True) if h]} but not {missing} "
+                    f"at {getattr(layer, 'path', type(layer).__name__)}; an Average averages a layer's adapters "
+                    "when all its children are there or exactly one adapter is (AdapterHub's rule): give the "
+                    "adapters the same leave_out and sites"
+                )
 
 
 def check_batch(setup, batch: int | None) -> None:

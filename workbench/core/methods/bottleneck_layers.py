@@ -16,7 +16,15 @@ from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split,
 from ..configs import AdapterFusionConfig, BnConfig
 from ..engine import record_gating
 from ..errors import CompositionError, UnsupportedMethodError
-from ..runtime import ComposableLayer, blocks_with_names, cat_rows, compose, row_bounds, takes_part
+from ..runtime import (
+    ComposableLayer,
+    blocks_with_names,
+    cat_rows,
+    check_averages,
+    compose,
+    row_bounds,
+    takes_part,
+)
 from ..sites import ResidualSite
 from .base import AdapterMethod
 from .bottleneck import bottleneck_size, make_adapter
@@ -159,10 +167,10 @@ class BottleneckLayer(ComposableLayer):
         return BnState(cat("hidden"), inputs, residual, parts[0].norm, None, last, parts[0].fusing)
 
     def average(self, parts: list[BnState], weights: list[float]) -> BnState:
+        """AdapterHub's mean of the weighted outputs (every child is present here; see `ComposableLayer.alone`)."""
         w = torch.tensor(weights, dtype=parts[0].hidden.dtype, device=parts[0].hidden.device)
         stacked = torch.stack([p.hidden for p in parts]) * w[:, None, None, None]
-        last = next((p.last for p in reversed(parts) if p.last is not None), None)  # the last child present here
-        return replace(parts[0], hidden=stacked.mean(dim=0), last=last)
+        return replace(parts[0], hidden=stacked.mean(dim=0), last=parts[-1].last)
 
     def split(self, block: Split, st: BnState, ctx, run_child) -> BnState:
         length = st.hidden.shape[1]
@@ -347,8 +355,10 @@ class BottleneckMethod(AdapterMethod):
         return wanted == {key for key, layer in self.layers.items() if fusion_name in layer.fusions}
 
     def check_setup(self, setup) -> None:
-        """Refuse a Fuse whose last adapter is absent from a layer where other fused adapters are present: the
-        fusion's query and residual come from that adapter (AdapterHub fails there with a KeyError)."""
+        """Refuse Averages with some children absent from a layer (`check_averages`), and a Fuse whose last
+        adapter is absent from a layer where other fused adapters are present: the fusion's query and residual
+        come from that adapter (AdapterHub fails there with a KeyError)."""
+        check_averages(setup, self.layers.values())
         for block, _ in blocks_with_names(setup):
             if not isinstance(block, Fuse):
                 continue

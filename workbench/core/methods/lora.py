@@ -32,7 +32,7 @@ from ..configs import LoRAConfig, MTLLoRAConfig, TargetedLoRAConfig
 from ..engine import record_gating
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
 from ..quantized import check_kernels, quantization_of, refuse_dense
-from ..runtime import ComposableLayer, blocks_with_names, cat_rows, compose
+from ..runtime import ComposableLayer, blocks_with_names, cat_rows, check_averages, compose
 from ..transformers_api import Conv1D
 from . import dora
 from .base import AdapterMethod
@@ -402,14 +402,12 @@ class LoRATarget(ComposableLayer):
         return _State(x, torch.cat(hs), y, last)
 
     def average(self, parts: list[_State], weights: list[float]) -> _State:
-        present = [(p, w) for p, w in zip(parts, weights, strict=True) if p.h is not None]
-        if not present:
-            return parts[0]
-        first = present[0][0]
-        w = torch.tensor([w for _, w in present], dtype=first.h.dtype, device=first.h.device)
-        stacked = torch.stack([p.h.expand_as(first.h) for p, _ in present])
+        """AdapterHub's mean of the weighted deltas (every child is present here; see `ComposableLayer.alone`)."""
+        first = parts[0]
+        w = torch.tensor(weights, dtype=first.h.dtype, device=first.h.device)
+        stacked = torch.stack([p.h.expand_as(first.h) for p in parts])
         h = (stacked * w.view(-1, *[1] * (stacked.dim() - 1))).mean(dim=0)
-        return replace(first, h=h, last=present[-1][0].last)
+        return replace(first, h=h, last=parts[-1].last)
 
     def _fused_delta(self, lora, st: _State):
         """A fused q|k|v projection: the enabled parts' scaled delta over the full width (others: no change)."""
@@ -638,7 +636,9 @@ class LoRAMethod(AdapterMethod):
         return [s.module for s in self.saved.values() if any(n in s.copies for n in names)]
 
     def check_setup(self, setup) -> None:
-        """Stacked LoRAs feed one adapter's delta into the next: only possible where in and out sizes agree."""
+        """Stacked LoRAs feed one adapter's delta into the next: only possible where in and out sizes agree.
+        Averages with some children absent from a module: `check_averages`."""
+        check_averages(setup, [*self.targets.values(), *self.saved.values()])
         for block, names in blocks_with_names(setup):
             for target in self.targets.values():
                 here = [n for n in names if n in target.loras]

@@ -105,8 +105,11 @@ class SavedModule(ComposableLayer):
         return _Saved(args, kwargs, torch.cat([p.y for p in parts]), last)
 
     def average(self, parts: list[_Saved], weights: list[float]) -> _Saved:
-        present = [(p, w) for p, w in zip(parts, weights, strict=True) if p.last is not None]
-        if not present:
-            return parts[0]
-        y = torch.stack([p.y * w for p, w in present]).sum(dim=0)  # whole outputs: their weighted sum
-        return replace(present[0][0], y=y, last=present[-1][0].last)
+        # whole outputs: their weighted sum
+        y = torch.stack([p.y * w for p, w in zip(parts, weights, strict=True)]).sum(dim=0)
+        return replace(parts[0], y=y, last=parts[-1].last)
+
+    def alone(self, state: _Saved, weights: list[float], index: int) -> _Saved:
+        """A module only one child trains a copy of: that copy's output with its own weight (the weighted sum of the
+        outputs present; AdapterHub has no modules_to_save)."""
+        return replace(state, y=state.y * weights[index])
