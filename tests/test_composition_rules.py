@@ -314,3 +314,43 @@ def test_an_average_with_some_children_absent_from_a_layer_without_adapterhub_ru
         model.set_active_adapters(setup)
     assert_unchanged(model, before)
 
+
+# --- prompt tunings and invertible adapters act on the whole batch, before channels split it (fidelity red team) ---
+
+CHANNEL_SETUPS = [
+    ({"a": "prompt_tuning", "b": "prompt_tuning"}, Parallel("a", "b")),
+    ({"a": "prompt_tuning", "b": "prompt_tuning"}, BatchSplit("a", "b", batch_sizes=[1, 1])),
+    ({"a": "prompt_tuning", "b": "seq_bn"}, Parallel("a", "b")),  # used to fail with a bare size mismatch
+    ({"a": "seq_bn", "b": "prompt_tuning"}, Parallel("a", "b")),  # b's rows would get no prompt
+    ({"a": "seq_bn_inv", "b": "seq_bn_inv"}, Parallel("a", "b")),
+    ({"a": "seq_bn_inv", "b": "seq_bn_inv"}, BatchSplit("a", "b", batch_sizes=[1, 1])),
+    ({"a": "seq_bn", "b": "seq_bn_inv"}, Stack(BatchSplit("a", "b", batch_sizes=[1, 1]), "a")),
+]
+
+
+@pytest.mark.parametrize("configs, setup", CHANNEL_SETUPS)
+def test_channels_starting_with_different_prompts_or_invertible_adapters_are_refused(configs, setup):
+    model = model_with(configs)
+    model.set_active_adapters("a")
+    before = snapshot(model)
+    with pytest.raises(CompositionError, match="channels of .* start with (prompt tuning|invertible adapter)s"):
+        model.set_active_adapters(setup)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize(
+    "method, make",
+    [
+        ("prompt_tuning", lambda a, b: Parallel(Stack("p", a), Stack("p", b))),
+        ("prompt_tuning", lambda a, b: Stack("p", Parallel(a, b))),  # a block further on: p acts for every channel
+        ("seq_bn_inv", lambda a, b: Stack("p", Parallel(a, b))),
+        ("seq_bn_inv", lambda a, b: Stack("p", BatchSplit(a, b, batch_sizes=[2, 2]))),
+    ],
+)
+def test_channels_that_share_their_first_prompt_or_invertible_adapter_equal_their_own_passes(method, make):
+    model = _perturbed({"p": method, "a": "lora[init_weights=bert]", "b": "lora[init_weights=bert]"})
+    ids = torch.randint(3, 90, (2, 6))
+    both = _pass(model, make("a", "b"), torch.cat([ids, ids]) if "BatchSplit" in repr(make("a", "b")) else ids)
+    torch.testing.assert_close(both[:2], _pass(model, Stack("p", "a"), ids), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(both[2:], _pass(model, Stack("p", "b"), ids), atol=1e-5, rtol=1e-4)
+

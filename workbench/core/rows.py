@@ -152,6 +152,7 @@ def check_names(engine, names) -> None:
                     f"adapter_names: adapter {name!r} is a {kind} adapter, which cannot run row by row in a batch"
                 )
     check = BatchSplit(*adapters, batch_sizes=1) if len(adapters) > 1 else Stack(adapters[0])
+    check.per_row = True  # rows run their own prompt tuning / invertible adapter (`check_channels_start_alike`)
     try:
         check_setup(check, engine)
     except CompositionError as err:

@@ -305,6 +305,28 @@ def check_averages(setup, layers) -> None:
                 )
 
 
+def check_channels_start_alike(setup, own, what: str) -> None:
+    """Refuse a setup whose Parallel/BatchSplit/MultiTask channels start with different `what`s (prompt tunings,
+    invertible adapters: `own(name)` is the one adapter `name` brings, or None).
+
+    Such a method acts once on the whole batch, before the channels split it, with the setup's first adapter's
+    module (AdapterHub's rule); a channel starting with another one would silently run the first channel's."""
+    first = setup.first()
+    for block, _ in blocks_with_names(setup):
+        if not isinstance(block, (Parallel, BatchSplit, MultiTask)) or block.first() != first:
+            continue  # a block further on: the setup's first adapter decides for every channel alike
+        if getattr(block, "per_row", False):
+            continue  # `adapter_names` rows: the methods run each row's own module (`rows.check_names`)
+        starts = {child if isinstance(child, str) else child.first(): None for child in block}
+        found = {name: own(name) for name in starts}
+        if len(set(found.values())) > 1:
+            raise CompositionError(
+                f"{setup}: the channels of {block} start with {what}s {found}; one {what} acts on the whole batch "
+                f"(the setup's first adapter's, as in AdapterHub), so every channel would get {first!r}'s "
+                f"({found[first]}): run these setups one after the other"
+            )
+
+
 def check_batch(setup, batch: int | None) -> None:
     """At the start of a forward: BatchSplit sizes must add up to the batch they split."""
     if setup is None or batch is None:

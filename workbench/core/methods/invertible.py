@@ -14,7 +14,7 @@ from ..configs import BnConfig
 from ..context import current_call
 from ..errors import AdapterConfigError
 from ..rows import runs
-from ..runtime import ALL_BLOCKS
+from ..runtime import ALL_BLOCKS, check_channels_start_alike
 from .activations import activation
 from .base import AdapterMethod
 
@@ -113,6 +113,12 @@ class InvertibleMethod(AdapterMethod):
             for path in self._sharing():
                 del get_module(self.engine.base, path).invertible_adapters
         self.engine.unregister(name)
+
+    def check_setup(self, setup) -> None:
+        """Channels that start with different invertible adapters (or none) are refused: the coupling transforms
+        the embeddings of the whole batch, before Parallel/BatchSplit/MultiTask split it."""
+        modules = getattr(self.owner, "invertible_adapters", {})
+        check_channels_start_alike(setup, lambda name: name if name in modules else None, "invertible adapter")
 
     def active(self, setup) -> NICECoupling | None:
         modules = getattr(self.owner, "invertible_adapters", None)

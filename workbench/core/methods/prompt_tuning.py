@@ -20,7 +20,7 @@ from ..configs import PromptTuningConfig
 from ..context import current_call
 from ..errors import AdapterConfigError, CompositionError, UnsupportedModelError
 from ..rows import runs
-from ..runtime import ALL_BLOCKS
+from ..runtime import ALL_BLOCKS, check_channels_start_alike
 from .base import AdapterMethod
 
 
@@ -120,6 +120,13 @@ class PromptTuningMethod(AdapterMethod):
         if layer is not None and not len(layer.prompt_tunings):
             self._detach()
         self.engine.unregister(name)
+
+    def check_setup(self, setup) -> None:
+        """Channels that start with different prompt tunings (or none) are refused: one prompt is prepended to
+        the whole batch, before Parallel/BatchSplit/MultiTask split it."""
+        layer = getattr(self.engine.base, "prompt_tuning", None)
+        prompts = layer.prompt_tunings if layer is not None else {}
+        check_channels_start_alike(setup, lambda name: name if name in prompts else None, "prompt tuning")
 
     def active(self, ctx) -> PromptTuning | None:
         if ctx is None or ctx.setup is None:
