@@ -21,6 +21,7 @@ from workbench import (
     Split,
     Stack,
 )
+from workbench.core.composition import Block
 from workbench.core.keys import is_adapter_key
 
 
@@ -354,3 +355,12 @@ def test_channels_that_share_their_first_prompt_or_invertible_adapter_equal_thei
     torch.testing.assert_close(both[:2], _pass(model, Stack("p", "a"), ids), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(both[2:], _pass(model, Stack("p", "b"), ids), atol=1e-5, rtol=1e-4)
 
+
+def test_an_average_without_normalised_weights_survives_to_dict_and_a_saved_setup(tmp_path):
+    setup = Average("a", "b", weights=[0.5, 1.5], normalize_weights=False)
+    assert Block.from_dict(setup.to_dict()).weights == [0.5, 1.5]
+    model = model_with({"a": "seq_bn", "b": "seq_bn"})
+    model.save_adapter_setup(tmp_path, setup)
+    loaded, _ = tiny_adapter_model().load_adapter_setup(tmp_path)
+    assert loaded == setup and loaded.weights == [0.5, 1.5]
+    assert "normalize_weights" not in Average("a", "b", weights=[1, 3]).to_dict()  # AdapterHub's form otherwise

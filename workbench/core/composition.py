@@ -166,9 +166,12 @@ class Average(Block):
                 raise CompositionError(f"Average weights {weights} sum to {total} and cannot be normalised")
             weights = [w / total for w in weights]
         self.weights = weights
+        self.normalize_weights = bool(normalize_weights)
 
     def _options(self):
-        return {"weights": self.weights}
+        """The weights, and `normalize_weights=False` where they are not normalised: a saved setup (or `to_dict`)
+        read back would otherwise rescale them (AdapterHub writes only the weights and loses this)."""
+        return {"weights": self.weights, **({} if self.normalize_weights else {"normalize_weights": False})}
 
 
 class MultiTask(Block):
