@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from test_bad_values import assert_unchanged, snapshot
 from tiny import tiny_adapter_model
 
 from workbench import (
     AdapterConfigError,
+    AdapterLoadError,
     AdapterSetup,
     Average,
     BatchSplit,
@@ -364,3 +366,18 @@ def test_an_average_without_normalised_weights_survives_to_dict_and_a_saved_setu
     loaded, _ = tiny_adapter_model().load_adapter_setup(tmp_path)
     assert loaded == setup and loaded.weights == [0.5, 1.5]
     assert "normalize_weights" not in Average("a", "b", weights=[1, 3]).to_dict()  # AdapterHub's form otherwise
+
+
+def test_a_fusion_file_without_the_layers_that_hold_none_of_its_adapters_still_loads(tmp_path):
+    """Files saved before fusion layers were placed in every layer (AdapterHub's) lack those that never run."""
+    model = _perturbed({"a": "seq_bn[leave_out=[0]]", "b": "seq_bn[leave_out=[0]]"}, fusion=Fuse("a", "b"))
+    model.save_adapter_fusion(tmp_path / "f", "a,b", use_safetensors=True)
+    path = tmp_path / "f" / "model_adapter_fusion.safetensors"
+    state = load_file(path)
+    save_file({k: v for k, v in state.items() if ".layer.0." not in k}, path)
+    model.delete_adapter_fusion("a,b")
+    model.load_adapter_fusion(tmp_path / "f")
+    save_file({k: v for k, v in state.items() if ".layer.1." not in k}, path)  # a layer where they run: refused
+    model.delete_adapter_fusion("a,b")
+    with pytest.raises(AdapterLoadError, match="lacks weight"):
+        model.load_adapter_fusion(tmp_path / "f")

@@ -192,6 +192,8 @@ class AdapterFusionMixin:
         with self._engine.transaction(self):
             self.add_adapter_fusion(names, config, name=fusion_name if fusion_name != ",".join(names) else None)
             own = self._engine.state_dict_of("fusion:" + fusion_name, keep_vars=True)
+            idle = self._engine.method("bottleneck").idle_fusion_paths(fusion_name, names)
+            own = {k: v for k, v in own.items() if k in state or not k.startswith(idle)}  # older files lack them
             self._load_weights(state, own, weights_path)
             if with_head:
                 self._load_fusion_head(folder, set_active)

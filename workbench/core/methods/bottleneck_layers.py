@@ -354,6 +354,15 @@ class BottleneckMethod(AdapterMethod):
         }
         return wanted == {key for key, layer in self.layers.items() if fusion_name in layer.fusions}
 
+    def idle_fusion_paths(self, fusion_name: str, names: list[str]) -> tuple[str, ...]:
+        """The module paths (with a final dot) of the fusion's layers that hold none of its adapters: they never
+        run, and fusion files saved before workbench placed them (as AdapterHub does) lack their weights."""
+        return tuple(
+            f"{self.engine.base_prefix}{layer.path}.adapter_fusion_layer.{fusion_name}."
+            for layer in self.layers.values()
+            if fusion_name in layer.fusions and not any(n in layer.adapters for n in names)
+        )
+
     def check_setup(self, setup) -> None:
         """Refuse Averages with some children absent from a layer (`check_averages`), and a Fuse whose last
         adapter is absent from a layer where other fused adapters are present: the fusion's query and residual
