@@ -320,10 +320,11 @@ def check_channels_start_alike(setup, own, what: str) -> None:
         starts = {child if isinstance(child, str) else child.first(): None for child in block}
         found = {name: own(name) for name in starts}
         if len(set(found.values())) > 1:
+            runs = repr(found[first]) if found[first] else "none"
             raise CompositionError(
-                f"{setup}: the channels of {block} start with {what}s {found}; one {what} acts on the whole batch "
-                f"(the setup's first adapter's, as in AdapterHub), so every channel would get {first!r}'s "
-                f"({found[first]}): run these setups one after the other"
+                f"{setup}: the channels of {block} start with {what}s {found}; one {what} acts on the whole batch, "
+                f"the setup's first adapter's (as in AdapterHub), so every channel would run {runs}: run these "
+                "setups one after the other"
             )
 
 
