@@ -64,3 +64,14 @@ def test_bad_fusion_or_texts_are_named(fused):
         fusion_attention(fused, tokenizer, TEXTS, "a")
     with pytest.raises(ValueError, match="no input texts"):
         fusion_attention(fused, tokenizer, ["  "], "a,b,c")
+
+
+def test_an_adapter_left_out_of_a_layer_has_no_attention_there():
+    """Layer 0 fuses b alone (a is left out there): b gets all of it, a is NaN, not b's value under a's name."""
+    model = tiny_adapter_model()
+    model.add_adapter("a", config="seq_bn[leave_out=[0]]")
+    model.add_adapter("b", config="seq_bn")
+    model.add_adapter_fusion(workbench.Fuse("a", "b"))
+    frame = fusion_attention(model, make_tokenizer(), TEXTS, workbench.Fuse("a", "b"))
+    assert list(frame.index) == [0, 1] and frame.loc[0].isna().tolist() == [True, False]
+    assert frame.loc[0, "b"] == pytest.approx(1.0) and frame.loc[1].sum() == pytest.approx(1.0, abs=1e-5)

@@ -5,7 +5,8 @@
 AdapterHub users plot this to see which adapters a fusion relies on (adapters issues #83, #174, #452). The
 model's forward with `output_adapter_fusion_attentions=True` gives, per layer and site, the attention of every
 token over the fused adapters; here it is averaged over the real (unpadded) tokens of all texts and over the
-sites of a layer, so every row sums to 1.
+sites of a layer, so every row sums to 1 (NaN for an adapter left out of a layer: the fusion there attends over
+the others, as in AdapterHub).
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ def fusion_attention(model, tokenizer, texts: list[str] | str, fusion, max_lengt
     finally:
         model.train(was_training)
     per_layer = outputs["adapter_fusion_attentions"].get(block.name, {})
-    rows = {layer: _token_mean(list(sites.values()), mask) for layer, sites in sorted(per_layer.items())}
+    present = model._method("bottleneck").fused_children(block)
+    rows = {
+        layer: _token_mean([(probs, present[(layer, site)]) for site, probs in sites.items()], mask, len(block))
+        for layer, sites in sorted(per_layer.items())
+    }
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=block.name.split(","))
     frame.index.name = "layer"
     frame.columns.name = "adapter"
@@ -60,7 +65,12 @@ def _as_fuse(fusion) -> Fuse:
     return Fuse(*names)
 
 
-def _token_mean(sites: list[torch.Tensor], mask: torch.Tensor) -> list[float]:
-    """Each site's (batch, tokens, adapters) attention averaged over unpadded tokens, then over the sites."""
-    means = [(probs.float() * mask[..., None]).sum(dim=(0, 1)) / mask.sum() for probs in sites]
-    return torch.stack(means).mean(dim=0).tolist()
+def _token_mean(sites: list[tuple[torch.Tensor, list[int]]], mask: torch.Tensor, width: int) -> list[float]:
+    """Each site's (batch, tokens, present adapters) attention averaged over unpadded tokens, placed in the
+    columns of the adapters present there (NaN elsewhere), then averaged over the sites."""
+    means = []
+    for probs, columns in sites:
+        row = torch.full((width,), float("nan"))
+        row[columns] = (probs.float() * mask[..., None]).sum(dim=(0, 1)) / mask.sum()
+        means.append(row)
+    return torch.stack(means).nanmean(dim=0).tolist()

@@ -354,6 +354,15 @@ class BottleneckMethod(AdapterMethod):
         }
         return wanted == {key for key, layer in self.layers.items() if fusion_name in layer.fusions}
 
+    def fused_children(self, block: Fuse) -> dict[tuple, list[int]]:
+        """(layer id, location) -> the indices of `block`'s children present there: the columns of the fusion
+        attentions recorded at that site (a child left out of a layer is not fused there)."""
+        return {
+            (layer.layer_id, layer.location): [i for i, child in enumerate(block) if takes_part(layer, child)]
+            for layer in self.layers.values()
+            if block.name in layer.fusions
+        }
+
     def idle_fusion_paths(self, fusion_name: str, names: list[str]) -> tuple[str, ...]:
         """The module paths (with a final dot) of the fusion's layers that hold none of its adapters: they never
         run, and fusion files saved before workbench placed them (as AdapterHub does) lack their weights."""
