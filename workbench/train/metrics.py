@@ -1,8 +1,8 @@
 """Evaluation metrics per task, computed with numpy from Trainer's `EvalPrediction`.
 
-Classification and tagging: accuracy and F1. Causal LM: perplexity, exp of the eval loss, added to the eval
-metrics by `WorkbenchTrainer` (it needs the loss, which `compute_metrics` does not see). Extractive QA is scored
-on the examples' text, see `qa.SquadMetrics`.
+Classification and tagging: accuracy and F1. Causal LM: perplexity, exp of the mean loss per predicted token,
+added to the eval metrics by `WorkbenchTrainer` (it needs the losses, which `compute_metrics` does not see).
+Extractive QA is scored on the examples' text, see `qa.SquadMetrics`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def macro_f1(predicted: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
 
 def metrics_for(task: str, num_labels: int):
     """A `compute_metrics` function for Trainer: accuracy and F1 (macro; micro for multilabel); None for
-    "causal_lm" (perplexity comes from the eval loss, and no logits are gathered) and "qa" (see `qa.SquadMetrics`,
+    "causal_lm" (perplexity comes from the batches' losses, and no logits are gathered) and "qa" (see `qa.SquadMetrics`,
     which needs the validation windows)."""
 
     def single(pred) -> dict[str, float]:

@@ -89,16 +89,32 @@ class WorkbenchTrainer(AdapterTrainer):
 
     def evaluation_loop(self, *args, **kwargs):
         """Trainer's loop, with oneDNN linears on a CPU (`core.onednn_linear`); with `perplexity`, the metrics also
-        get `<prefix>_perplexity` = exp(loss)."""
+        get `<prefix>_perplexity`: exp of the mean loss per predicted token. (Trainer's `eval_loss` averages each
+        batch's token mean over rows, so its exp would change with the evaluation batch size.)"""
         model = self.accelerator.unwrap_model(self.model)
+        self._token_nll = [torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)]
         with onednn_linears(model) if not self.args.torch_compile else contextlib.nullcontext():
             output = super().evaluation_loop(*args, **kwargs)
-        if self.perplexity:
+        total, tokens = self._token_nll
+        self._token_nll = None
+        if self.perplexity and tokens > 0:
+            if self.args.world_size > 1:
+                total, tokens = self.accelerator.reduce(torch.stack([total, tokens]).to(self.args.device), "sum")
             prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-            loss = output.metrics.get(f"{prefix}_loss")
-            if loss is not None:
-                output.metrics[f"{prefix}_perplexity"] = math.exp(loss) if loss < 700 else math.inf
+            mean = float(total / tokens)
+            output.metrics[f"{prefix}_perplexity"] = math.exp(mean) if mean < 700 else math.inf
         return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Trainer's step; with `perplexity`, also the batch's summed loss over its predicted tokens (a causal LM's
+        loss is the mean over the labels after the first position that are not -100)."""
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        accumulating = getattr(self, "_token_nll", None)
+        if self.perplexity and accumulating is not None and loss is not None and "labels" in inputs:
+            tokens = (inputs["labels"][..., 1:] != -100).sum().cpu().double()
+            accumulating[0] += loss.detach().double().cpu() * tokens
+            accumulating[1] += tokens
+        return loss, logits, labels
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
