@@ -94,6 +94,26 @@ def test_loreft_keeps_a_float32_projection():
     assert float_dtypes(model, "a") == {torch.float32}
 
 
+def test_casting_a_model_with_loreft_keeps_its_projection_float32_and_runs():
+    """torch has no half-precision orthogonal map: `model.to(bfloat16)` leaves the projection in float32 (the
+    forward failed in `orgqr`); the output stays that of the float32 model up to bf16's rounding."""
+    torch.manual_seed(0)
+    model = workbench.AutoAdapterModel.from_config(tiny_config("llama")).eval()
+    model.add_adapter("a", "loreft")
+    with torch.no_grad():
+        for _, param in model._adapter_parameters("a"):
+            param.add_(0.1 * torch.randn_like(param))
+    model.set_active_adapters("a")
+    with torch.no_grad():
+        expected = model(input_ids=IDS)[0]
+        model.to(torch.bfloat16)
+        got = model(input_ids=IDS)[0]
+    projections = [m.projection.parametrizations.weight.original for m in model.modules() if hasattr(m, "projection")]
+    assert projections and {p.dtype for p in projections} == {torch.float32}
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=0.05, rtol=0.02)
+
+
 @pytest.mark.parametrize("model_type", ["bert", "gpt2"])
 @pytest.mark.parametrize("config", ["seq_bn", "seq_bn_inv", "compacter[reduction_factor=4]", "lora", "ia3",
                                     "prefix_tuning", "noreft", "seq_bn[use_gating=True]", "mam",

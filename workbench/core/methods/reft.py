@@ -61,6 +61,17 @@ class ReftUnit(nn.Module):
         self.non_linearity = activation(config.non_linearity)
         self.dropout = nn.Dropout(config.dropout)
 
+    def _apply(self, fn, recurse=True):
+        """A cast of the model (`model.to(torch.bfloat16)`) moves an orthogonal projection but keeps it in float32:
+        torch has no half-precision orthogonal map (the forward would fail), and its base rounded to bf16 and back
+        would no longer be orthogonal."""
+        probe = fn(torch.empty(0, device=self.learned_source.weight.device))  # what the cast makes of float32
+        if not hasattr(self.projection, "parametrizations") or probe.dtype not in HALF or not recurse:
+            return super()._apply(fn, recurse)
+        for child in self.children():
+            child._apply((lambda t: t.to(device=probe.device)) if child is self.projection else fn)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.learned_source.weight.dtype
         x = x.to(dtype)
