@@ -9,7 +9,7 @@ from tiny import tiny_adapter_model
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config
 
 import workbench
-from workbench import ADAPTER_MODEL_MAPPING, AdapterConfigError, Fuse, UnsupportedModelError
+from workbench import ADAPTER_MODEL_MAPPING, AdapterConfigError, AdapterLoadError, Fuse, UnsupportedModelError
 from workbench.core.model_adapters_config import get_adapter_config_hash
 
 BERT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
@@ -181,6 +181,30 @@ def test_reloading_an_adapter_loads_it_in_place(tmp_path):
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert all(torch.equal(params[k], v) for k, v in saved.items())
     torch.testing.assert_close(out(model), expected, rtol=0, atol=0)
+
+
+def test_reloading_a_fusion_loads_it_in_place_and_a_failure_puts_the_old_values_back(tmp_path):
+    """As AdapterHub (which warns that it overwrites): a fusion already on the model takes the file's weights."""
+    model = _fused_model()
+    model.save_adapter_fusion(tmp_path / "fusion", "a,b")
+    expected = out(model)
+    with torch.no_grad():
+        for _, param in model._fusion_parameters("a,b"):
+            param.add_(1.0)
+    params = _parameters(model, "fusion:a,b")
+    with pytest.warns(UserWarning, match="into the existing fusion 'a,b'"):
+        model.load_adapter_fusion(tmp_path / "fusion")
+    assert all(params[k] is p for k, p in _parameters(model, "fusion:a,b").items())
+    torch.testing.assert_close(out(model), expected, rtol=0, atol=0)
+    with torch.no_grad():
+        for _, param in model._fusion_parameters("a,b"):
+            param.add_(1.0)
+    before = {k: p.detach().clone() for k, p in params.items()}
+    with pytest.raises(AdapterLoadError), pytest.warns(UserWarning):
+        with model._engine.transaction(model):  # a load around it that fails later (as load_adapter_setup)
+            model.load_adapter_fusion(tmp_path / "fusion")
+            raise AdapterLoadError("a later part of the load failed")
+    assert all(torch.equal(params[k], v) for k, v in before.items())
 
 
 @pytest.mark.parametrize("setup", ["a", ["a", "b"]])

@@ -5,6 +5,7 @@ uses the adapter API the other parts provide (`_require`, `set_active_adapters`,
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -189,11 +190,19 @@ class AdapterFusionMixin:
             config = AdapterFusionConfig.load(dict(data["config"]))
         except (AdapterConfigError, KeyError, TypeError) as err:
             raise AdapterLoadError(f"{config_path}: bad fusion config ({err})") from None
+        existing = self._engine.fusions.get(fusion_name)
+        in_place = existing is not None and list(existing[0]) == list(names) and existing[1] == config
         with self._engine.transaction(self):
-            self.add_adapter_fusion(names, config, name=fusion_name if fusion_name != ",".join(names) else None)
+            if in_place:  # as AdapterHub: the file's weights go into the fusion already there (identity kept)
+                warnings.warn(f"load_adapter_fusion: {folder} into the existing fusion {fusion_name!r}", stacklevel=2)
+            else:
+                self.add_adapter_fusion(names, config, name=fusion_name if fusion_name != ",".join(names) else None)
             own = self._engine.state_dict_of("fusion:" + fusion_name, keep_vars=True)
             idle = self._engine.method("bottleneck").idle_fusion_paths(fusion_name, names)
             own = {k: v for k, v in own.items() if k in state or not k.startswith(idle)}  # older files lack them
+            if in_place:  # a later failure, here or in an enclosing load, writes the old values back
+                old = {key: value.detach().clone() for key, value in own.items()}
+                self._engine.on_undo(lambda: _copy_back(old, own))
             self._load_weights(state, own, weights_path)
             if with_head:
                 self._load_fusion_head(folder, set_active)
@@ -203,6 +212,12 @@ class AdapterFusionMixin:
 
     def _load_fusion_head(self, folder: Path, set_active: bool) -> None:
         """Overridden by models with flex heads."""
+
+
+def _copy_back(old: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for key, value in old.items():
+            own[key].copy_(value)
 
 
 def _fusion_key(adapter_names) -> str:
