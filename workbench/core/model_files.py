@@ -17,7 +17,7 @@ from .configs import AdapterConfig, TargetedLoRAConfig
 from .errors import AdapterConfigError, AdapterLoadError, HeadError
 from .keys import align_base_prefix, file_keys_of, from_file_keys, is_engine_key, rename_adapter_keys, to_file_keys
 from .names import check_name
-from .weight_checks import check_weights, fill_pool_copies
+from .weight_checks import check_weights, copy_into, fill_pool_copies
 
 ADAPTERS_API_VERSION = "1.3.0"  # the `adapters` release whose API and file format workbench implements
 FORMAT_VERSION = f"adapters.{ADAPTERS_API_VERSION}"
@@ -275,7 +275,7 @@ class AdapterFilesMixin:
         lora = self._engine.methods.get("lora")
         merged = lora is not None and lora.unmerge(name)
         try:
-            _copy_into(state, own)
+            copy_into(state, own)
         finally:
             if merged:
                 lora.merge(name)
@@ -328,7 +328,7 @@ class AdapterFilesMixin:
     def _load_weights(self, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: Path) -> None:
         """Copy `state` into the tensors `own` (key -> tensor) after checking them (`_check_loaded`)."""
         self._check_loaded(state, own, source)
-        _copy_into(state, own)
+        copy_into(state, own)
 
     def _check_loaded(self, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: Path) -> None:
         """Check the keys, shapes and values of `state` against the tensors `own` (key -> tensor) it will go into.
@@ -355,12 +355,6 @@ def _check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
             raise AdapterLoadError(
                 f"{source}: weight {key!r} holds NaN or infinite values (set {ALLOW_NON_FINITE_ENV}=1 to allow)"
             )
-
-
-def _copy_into(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for key, tensor in state.items():
-            own[key].copy_(tensor.to(own[key].dtype))
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -5,6 +5,7 @@ uses the adapter API the other parts provide (`_require`, `set_active_adapters`,
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .errors import AdapterConfigError, AdapterLoadError, CompositionError
 from .keys import align_base_prefix, file_keys_of, from_file_keys, rename_prefixed, to_file_keys
 from .names import check_fusion_name
 from .runtime import check_setup
+from .weight_checks import copy_into
 
 
 class AdapterFusionMixin:
@@ -202,7 +204,7 @@ class AdapterFusionMixin:
             own = {k: v for k, v in own.items() if k in state or not k.startswith(idle)}  # older files lack them
             if in_place:  # a later failure, here or in an enclosing load, writes the old values back
                 old = {key: value.detach().clone() for key, value in own.items()}
-                self._engine.on_undo(lambda: _copy_back(old, own))
+                self._engine.on_undo(functools.partial(copy_into, old, own))
             self._load_weights(state, own, weights_path)
             if with_head:
                 self._load_fusion_head(folder, set_active)
@@ -212,12 +214,6 @@ class AdapterFusionMixin:
 
     def _load_fusion_head(self, folder: Path, set_active: bool) -> None:
         """Overridden by models with flex heads."""
-
-
-def _copy_back(old: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for key, value in old.items():
-            own[key].copy_(value)
 
 
 def _fusion_key(adapter_names) -> str:

@@ -51,6 +51,13 @@ def check_weights(state: dict[str, torch.Tensor], shapes: dict[str, tuple], sour
             )
 
 
+def copy_into(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """Copy checked `state` into the model's tensors `own` (same keys), in their dtype."""
+    with torch.no_grad():
+        for key, tensor in state.items():
+            own[key].copy_(tensor.to(own[key].dtype))
+
+
 def _few(keys: list[str]) -> str:
     shown = ", ".join(repr(k) for k in keys[:3])
     return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
